@@ -1,0 +1,20 @@
+//===- Dialect.h - the `pl` dialect and its ops ----------------------------===//
+#pragma once
+
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/Dialect.h"
+#include "mlir/IR/OpDefinition.h"
+#include "mlir/Interfaces/InferTypeOpInterface.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+
+#include "ir/PlDialect.h.inc"
+
+#define GET_OP_CLASSES
+#include "ir/PlOps.h.inc"
+
+namespace parallora::pl {
+/// Name of the discardable attribute carrying an op's decoder-layer index.
+inline constexpr llvm::StringLiteral kLayerAttr = "pl.layer";
+/// Name of the module attribute carrying the model config dictionary.
+inline constexpr llvm::StringLiteral kModelAttr = "pl.model";
+} // namespace parallora::pl
