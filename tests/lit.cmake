@@ -1,0 +1,1 @@
+# lit set-up (see tests/CMakeLists.txt)
