@@ -22,6 +22,17 @@ def Pl_IntTensor : RankedTensorOf<[AnySignlessInteger]>;
 
 def Pl_ParamOp : Pl_Op<"param", [Pure]> {
   let summary = "a named model parameter, frozen or trainable";
+  let description = [{
+    A model weight identified by its Hugging Face parameter name. `trainable` marks the
+    parameters the optimizer updates (LoRA adapters); the others are frozen. `init` says how
+    the runtime fills the tensor: `"normal(0.0,0.02)"`, `"ones"`, `"zeros"`,
+    `"kaiming_uniform(a=2.23606797749979)"` or `"checkpoint"` (loaded from safetensors).
+    The result must be a statically shaped float tensor.
+
+    ```mlir
+    %a = pl.param "model.layers.0.self_attn.q_proj.lora_A.weight" {init = "kaiming_uniform(a=2.23606797749979)", trainable} : tensor<8x2048xf32>
+    ```
+  }];
   let arguments = (ins StrAttr:$name, UnitAttr:$trainable, OptionalAttr<StrAttr>:$init);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$name attr-dict `:` type($result)";
@@ -30,6 +41,13 @@ def Pl_ParamOp : Pl_Op<"param", [Pure]> {
 
 def Pl_ConstantOp : Pl_Op<"constant", [Pure, ConstantLike]> {
   let summary = "a constant tensor";
+  let description = [{
+    A constant tensor; `value` (an elements attribute) must have exactly the result type.
+
+    ```mlir
+    %c = pl.constant dense<[1, 2]> : tensor<2xi64> : tensor<2xi64>
+    ```
+  }];
   let arguments = (ins ElementsAttr:$value);
   let results = (outs Pl_Tensor:$result);
   let assemblyFormat = "attr-dict $value `:` type($result)";
@@ -43,6 +61,14 @@ def Pl_ConstantOp : Pl_Op<"constant", [Pure, ConstantLike]> {
 
 def Pl_EmbeddingOp : Pl_Op<"embedding", [Pure]> {
   let summary = "token embedding lookup: table[ids]";
+  let description = [{
+    Gathers rows of `table` (V, D) at the integer `ids` (B, T); the result is (B, T, D) with
+    the table's element type. B and T may be dynamic.
+
+    ```mlir
+    %h = pl.embedding %ids, %table : (tensor<2x?xi64>, tensor<128256x2048xf32>) -> tensor<2x?x2048xf32>
+    ```
+  }];
   let arguments = (ins Pl_IntTensor:$ids, Pl_FloatTensor:$table);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$ids `,` $table attr-dict `:` functional-type(operands, results)";
@@ -51,6 +77,14 @@ def Pl_EmbeddingOp : Pl_Op<"embedding", [Pure]> {
 
 def Pl_RMSNormOp : Pl_Op<"rms_norm", [Pure]> {
   let summary = "LLaMA RMSNorm over the last dim: x * rsqrt(mean(x^2) + eps) * weight";
+  let description = [{
+    Normalizes over the last dim D: `x * rsqrt(mean(x^2, -1) + eps) * weight`. `weight` is
+    (D); the result has the input's type; `eps` > 0.
+
+    ```mlir
+    %n = pl.rms_norm %x, %g {eps = 1.000000e-05 : f64} : (tensor<2x?x2048xf32>, tensor<2048xf32>) -> tensor<2x?x2048xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$input, Pl_FloatTensor:$weight, F64Attr:$eps);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$input `,` $weight attr-dict `:` functional-type(operands, results)";
@@ -59,6 +93,14 @@ def Pl_RMSNormOp : Pl_Op<"rms_norm", [Pure]> {
 
 def Pl_LinearOp : Pl_Op<"linear", [Pure]> {
   let summary = "y = x W^T (+ b), W is (out, in) as in torch.nn.Linear";
+  let description = [{
+    `input` is (..., K), `weight` is (N, K) as `torch.nn.Linear` stores it, the optional
+    `bias` is (N); the result is (..., N) with the input's leading dims.
+
+    ```mlir
+    %y = pl.linear %x, %w : (tensor<2x?x2048xf32>, tensor<512x2048xf32>) -> tensor<2x?x512xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$input, Pl_FloatTensor:$weight,
                        Optional<Pl_FloatTensor>:$bias);
   let results = (outs Pl_FloatTensor:$result);
@@ -68,6 +110,17 @@ def Pl_LinearOp : Pl_Op<"linear", [Pure]> {
 
 def Pl_LoraLinearOp : Pl_Op<"lora_linear", [Pure]> {
   let summary = "linear layer with a LoRA adapter: x W^T + scaling * (dropout(x) A^T) B^T";
+  let description = [{
+    The base linear layer plus a LoRA adapter in peft's layout: `weight` is (N, K),
+    `lora_a` is (r, K), `lora_b` is (N, r), with r equal to the `rank` attribute (> 0).
+    `scaling` (> 0) is usually `alpha / rank`; `dropout` in [0, 1) applies to the adapter
+    input only; `module` is the adapted module's path (e.g. `model.layers.0.self_attn.q_proj`).
+    The result is (..., N).
+
+    ```mlir
+    %y = pl.lora_linear %x, %w, %a, %b {alpha = 1.600000e+01 : f64, module = "model.layers.0.self_attn.q_proj", rank = 8 : i64, scaling = 2.000000e+00 : f64} : (tensor<2x?x2048xf32>, tensor<2048x2048xf32>, tensor<8x2048xf32>, tensor<2048x8xf32>) -> tensor<2x?x2048xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$input, Pl_FloatTensor:$weight,
                        Pl_FloatTensor:$lora_a, Pl_FloatTensor:$lora_b,
                        I64Attr:$rank, F64Attr:$alpha, F64Attr:$scaling,
@@ -79,6 +132,15 @@ def Pl_LoraLinearOp : Pl_Op<"lora_linear", [Pure]> {
 
 def Pl_MatMulOp : Pl_Op<"matmul", [Pure]> {
   let summary = "batched matrix product op(a) @ op(b) with transpose flags on the last two dims";
+  let description = [{
+    Operands and result have the same rank >= 2 and equal batch (leading) dims.
+    `transpose_lhs` / `transpose_rhs` swap the last two dims of an operand first, so that
+    op(lhs) is (..., M, K), op(rhs) is (..., K, N) and the result is (..., M, N).
+
+    ```mlir
+    %s = pl.matmul %q, %k {transpose_rhs = true} : (tensor<2x32x?x64xf32>, tensor<2x32x?x64xf32>) -> tensor<2x32x?x?xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$lhs, Pl_FloatTensor:$rhs,
                        DefaultValuedAttr<BoolAttr, "false">:$transpose_lhs,
                        DefaultValuedAttr<BoolAttr, "false">:$transpose_rhs);
@@ -89,6 +151,16 @@ def Pl_MatMulOp : Pl_Op<"matmul", [Pure]> {
 
 def Pl_RopeOp : Pl_Op<"rope", [Pure, SameOperandsAndResultType]> {
   let summary = "rotary position embedding (LLaMA rotate-half) on (B, H, T, Dh), positions 0..T-1";
+  let description = [{
+    Rotates pairs (i, i + Dh/2) of the head dim by angle `pos * theta^(-2i/Dh)` on an input
+    (B, H, T, Dh) with Dh even; `theta` > 0. The optional `rope_scaling` dictionary holds
+    LLaMA 3's frequency scaling with f64 or i64 entries `factor`, `low_freq_factor`,
+    `high_freq_factor` and `original_max_position_embeddings`.
+
+    ```mlir
+    %r = pl.rope %q {rope_scaling = {factor = 3.200000e+01 : f64, high_freq_factor = 4.000000e+00 : f64, low_freq_factor = 1.000000e+00 : f64, original_max_position_embeddings = 8192 : i64}, theta = 5.000000e+05 : f64} : tensor<2x32x?x64xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$input, F64Attr:$theta,
                        OptionalAttr<DictionaryAttr>:$rope_scaling);
   let results = (outs Pl_FloatTensor:$result);
@@ -98,6 +170,15 @@ def Pl_RopeOp : Pl_Op<"rope", [Pure, SameOperandsAndResultType]> {
 
 def Pl_AttentionOp : Pl_Op<"attention", [Pure]> {
   let summary = "scaled dot-product attention with grouped-query heads, optionally causal";
+  let description = [{
+    `softmax(q k^T * scale [+ causal mask]) v` with `query` (B, Hq, T, Dh) and `key`,
+    `value` (B, Hkv, S, Dh); Hq must be a multiple of Hkv (grouped-query attention: each
+    key/value head serves Hq / Hkv query heads). The result has the query's type; `scale` > 0.
+
+    ```mlir
+    %o = pl.attention %q, %k, %v {causal, scale = 1.250000e-01 : f64} : (tensor<2x32x?x64xf32>, tensor<2x8x?x64xf32>, tensor<2x8x?x64xf32>) -> tensor<2x32x?x64xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$query, Pl_FloatTensor:$key, Pl_FloatTensor:$value,
                        UnitAttr:$causal, F64Attr:$scale);
   let results = (outs Pl_FloatTensor:$result);
@@ -107,6 +188,13 @@ def Pl_AttentionOp : Pl_Op<"attention", [Pure]> {
 
 def Pl_SiluOp : Pl_Op<"silu", [Pure, SameOperandsAndResultType]> {
   let summary = "x * sigmoid(x)";
+  let description = [{
+    Elementwise `x * sigmoid(x)`; operand and result have the same type.
+
+    ```mlir
+    %s = pl.silu %x : tensor<2x?x8192xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$input);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$input attr-dict `:` type($result)";
@@ -114,6 +202,14 @@ def Pl_SiluOp : Pl_Op<"silu", [Pure, SameOperandsAndResultType]> {
 
 def Pl_SwigluOp : Pl_Op<"swiglu", [Pure, SameOperandsAndResultType]> {
   let summary = "silu(gate) * up, LLaMA's MLP activation";
+  let description = [{
+    Elementwise `silu(gate) * up` on two tensors of the result's type; the fused form of
+    LLaMA's `act_fn(gate_proj(x)) * up_proj(x)`.
+
+    ```mlir
+    %h = pl.swiglu %gate, %up : tensor<2x?x8192xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$gate, Pl_FloatTensor:$up);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$gate `,` $up attr-dict `:` type($result)";
@@ -121,6 +217,13 @@ def Pl_SwigluOp : Pl_Op<"swiglu", [Pure, SameOperandsAndResultType]> {
 
 def Pl_AddOp : Pl_Op<"add", [Pure, Commutative, SameOperandsAndResultType]> {
   let summary = "elementwise sum (residual connections)";
+  let description = [{
+    Elementwise `lhs + rhs`; both operands and the result have the same type (no broadcasting).
+
+    ```mlir
+    %h = pl.add %x, %attn : tensor<2x?x2048xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$lhs, Pl_FloatTensor:$rhs);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
@@ -128,6 +231,13 @@ def Pl_AddOp : Pl_Op<"add", [Pure, Commutative, SameOperandsAndResultType]> {
 
 def Pl_MulOp : Pl_Op<"mul", [Pure, Commutative, SameOperandsAndResultType]> {
   let summary = "elementwise product";
+  let description = [{
+    Elementwise `lhs * rhs`; both operands and the result have the same type (no broadcasting).
+
+    ```mlir
+    %p = pl.mul %x, %y : tensor<2x?x2048xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$lhs, Pl_FloatTensor:$rhs);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
@@ -135,6 +245,14 @@ def Pl_MulOp : Pl_Op<"mul", [Pure, Commutative, SameOperandsAndResultType]> {
 
 def Pl_ReshapeOp : Pl_Op<"reshape", [Pure]> {
   let summary = "reshape to the result type (same element count)";
+  let description = [{
+    Reinterprets the input in row-major order as the result type: same element type, and
+    the same element count when both shapes are static.
+
+    ```mlir
+    %r = pl.reshape %x : (tensor<2x?x2048xf32>) -> tensor<2x?x32x64xf32>
+    ```
+  }];
   let arguments = (ins Pl_Tensor:$input);
   let results = (outs Pl_Tensor:$result);
   let assemblyFormat = "$input attr-dict `:` functional-type(operands, results)";
@@ -143,6 +261,13 @@ def Pl_ReshapeOp : Pl_Op<"reshape", [Pure]> {
 
 def Pl_TransposeOp : Pl_Op<"transpose", [Pure]> {
   let summary = "permute dims: result.dim(i) = input.dim(perm[i])";
+  let description = [{
+    `perm` is a permutation of 0..rank-1 and `result.dim(i) = input.dim(perm[i])`.
+
+    ```mlir
+    %t = pl.transpose %x {perm = array<i64: 0, 2, 1, 3>} : (tensor<2x?x32x64xf32>) -> tensor<2x32x?x64xf32>
+    ```
+  }];
   let arguments = (ins Pl_Tensor:$input, DenseI64ArrayAttr:$perm);
   let results = (outs Pl_Tensor:$result);
   let assemblyFormat = "$input attr-dict `:` functional-type(operands, results)";
@@ -151,6 +276,14 @@ def Pl_TransposeOp : Pl_Op<"transpose", [Pure]> {
 
 def Pl_SoftmaxOp : Pl_Op<"softmax", [Pure, SameOperandsAndResultType]> {
   let summary = "softmax along one axis";
+  let description = [{
+    Softmax along `axis`, which is in [-rank, rank) (negative counts from the end);
+    operand and result have the same type.
+
+    ```mlir
+    %p = pl.softmax %s {axis = -1 : i64} : tensor<2x32x?x?xf32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$input, I64Attr:$axis);
   let results = (outs Pl_FloatTensor:$result);
   let assemblyFormat = "$input attr-dict `:` type($result)";
@@ -159,6 +292,15 @@ def Pl_SoftmaxOp : Pl_Op<"softmax", [Pure, SameOperandsAndResultType]> {
 
 def Pl_CrossEntropyOp : Pl_Op<"cross_entropy", [Pure]> {
   let summary = "mean next-token cross-entropy of logits (..., V) against labels (...)";
+  let description = [{
+    Mean cross-entropy of `logits` (..., V) against integer `labels` (...) (the logits shape
+    without its last dim), skipping positions whose label is `ignore_index` (default -100,
+    as in PyTorch). The loss is a 0-d f32 tensor.
+
+    ```mlir
+    %loss = pl.cross_entropy %logits, %labels : (tensor<2x?x128256xf32>, tensor<2x?xi64>) -> tensor<f32>
+    ```
+  }];
   let arguments = (ins Pl_FloatTensor:$logits, Pl_IntTensor:$labels,
                        DefaultValuedAttr<I64Attr, "-100">:$ignore_index);
   let results = (outs 0DTensorOf<[F32]>:$loss);
@@ -172,6 +314,15 @@ def Pl_CrossEntropyOp : Pl_Op<"cross_entropy", [Pure]> {
 
 def Pl_GenericOp : Pl_Op<"generic"> {
   let summary = "an imported op that was not raised to a pl op, kept with its attributes";
+  let description = [{
+    Keeps an ONNX node the importer could not raise to a `pl` op: `op_type` is the ONNX op
+    type, `op_attrs` its attributes. Passes treat it as opaque (it is not `Pure`: nothing
+    is known of its side effects).
+
+    ```mlir
+    %y = pl.generic "CumSum"(%x, %axis) {op_attrs = {exclusive = 0 : i64}} : (tensor<3xf32>, tensor<i64>) -> tensor<3xf32>
+    ```
+  }];
   let arguments = (ins Variadic<AnyType>:$inputs, StrAttr:$op_type,
                        OptionalAttr<DictionaryAttr>:$op_attrs);
   let results = (outs Variadic<AnyType>:$outputs);

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything Parallora needs on Debian 12 (run as root or with sudo).
+#   scripts/install_deps.sh              # build + test dependencies (Debian packages)
+#   scripts/install_deps.sh --reference  # also the PyPI reference tools (torch, transformers, peft,
+#                                        # onnx) in ~/.venvs/parallora-ref, used only by the fixture and
+#                                        # benchmark scripts; the test suite does not need them.
+set -euo pipefail
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git python3 python3-venv
+  llvm-16-dev llvm-16-tools libmlir-16-dev mlir-16-tools        # MLIR 16: dialect, passes, lit, FileCheck
+  libonnx-dev libprotobuf-dev protobuf-compiler                 # ONNX import
+  nlohmann-json3-dev libcli11-dev                               # config.json / safetensors headers, CLIs
+  libopenmpi-dev openmpi-bin                                    # multi-rank CPU runs (mpirun)
+  libopenblas-dev                                               # CPU GEMM
+  libgtest-dev libgmock-dev                                     # unit tests
+  clang-14 libclang-rt-14-dev                                   # libFuzzer targets
+  graphviz                                                      # dot -> SVG for graph dumps
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install_deps: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "install_deps: all Debian packages present"
+fi
+
+if [ "${1:-}" = "--reference" ]; then
+  VENV="${PARALLORA_REF_VENV:-$HOME/.venvs/parallora-ref}"
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q torch transformers peft onnx onnxscript onnxruntime safetensors numpy
+  echo "install_deps: reference tools in $VENV"
+fi

@@ -1,0 +1,19 @@
+# lit configuration for Parallora's IR, pass, frontend and tool tests.
+import os
+import lit.formats
+
+config.name = "Parallora"
+config.test_format = lit.formats.ShTest(execute_external=False)
+config.suffixes = [".mlir", ".test"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.parallora_obj_root, "tests")
+config.excludes = ["unit", "fixtures", "lit.cfg.py", "lit.site.cfg.py.in", "CMakeLists.txt", "lit.cmake"]
+
+tool_dirs = [
+    os.path.join(config.parallora_obj_root, "tools", "lora-opt"),
+    os.path.join(config.parallora_obj_root, "tools", "lora-compile"),
+    config.filecheck_dir,
+]
+config.environment["PATH"] = os.pathsep.join(tool_dirs + [config.environment.get("PATH", os.environ.get("PATH", ""))])
+config.substitutions.append(("%fixtures", os.path.join(config.parallora_src_root, "tests", "fixtures")))
+config.substitutions.append(("%src", config.parallora_src_root))
