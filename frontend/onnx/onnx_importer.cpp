@@ -2,6 +2,8 @@
 #include "frontend/onnx/onnx_importer.h"
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <set>
 
@@ -18,6 +20,19 @@ using namespace mlir;
 namespace parallora {
 namespace {
 using namespace onnx_import;
+
+// Exported scalars are float32: 1e-5 arrives as 9.99999974e-06. Use the shortest decimal that
+// rounds to the same float, which is what the model's config said.
+double shortest_float(double v) {
+  float f = float(v);
+  for (int digits = 1; digits <= 9; ++digits) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.*g", digits, double(f));
+    double back = std::strtod(buf, nullptr);
+    if (float(back) == f) return back;
+  }
+  return double(f);
+}
 
 class Raiser {
 public:
@@ -287,7 +302,7 @@ Value Raiser::raise_rms_norm(const Node &n) {
         Value xv = get(x);
         Value wv = xv ? param(w, false) : Value();
         if (!wv) return {};
-        return b_.create<pl::RMSNormOp>(loc(n), type_of(n.outputs[0]), xv, wv, b_.getF64FloatAttr(*eps));
+        return b_.create<pl::RMSNormOp>(loc(n), type_of(n.outputs[0]), xv, wv, b_.getF64FloatAttr(shortest_float(*eps)));
       }
     }
   }
@@ -447,6 +462,9 @@ Value Raiser::raise_attention(const Node &n) {
                   "' is neither causal nor empty; padding masks are not supported in training graphs");
     causal = is_causal && !is_zero;
   }
+  // The exporter splits 1/sqrt(Dh) into two float32 factors; snap to the exact value when close.
+  if (std::fabs(scale * std::sqrt(double(dh)) - 1.0) < 1e-6) scale = 1.0 / std::sqrt(double(dh));
+  else scale = shortest_float(scale);
   Value qv = get(q), kv = qv ? get(k) : Value(), vvv = kv ? get(v) : Value();
   if (!vvv) return {};
   return b_.create<pl::AttentionOp>(loc(n), type_of(n.outputs[0]), qv, kv, vvv,

@@ -16,6 +16,7 @@
 #include "frontend/onnx/onnx_graph.h"
 #include "frontend/onnx/onnx_importer.h"
 #include "frontend/safetensors.h"
+#include "models/llama_builder.h"
 #include "ir/Dialect.h"
 #include "mlir/IR/Diagnostics.h"
 #include "tests/unit/structural_hash.h"
@@ -199,6 +200,30 @@ TEST(OnnxImport, RecognisesPeftLoraAdapters) {
   EXPECT_EQ(p["model.layers.1.mlp.down_proj.lora_B.weight"].getType().cast<RankedTensorType>().getShape(),
             llvm::ArrayRef<int64_t>({64, 4}));
   EXPECT_FALSE(p["model.layers.1.mlp.down_proj.weight"].getTrainable());
+}
+
+// The HF-config path (models/llama_builder) and the ONNX path must give the same graph.
+TEST(OnnxImport, MatchesTheIRBuiltFromTheHFConfig) {
+  for (auto [onnx_file, hf_dir] : {std::pair<std::string, std::string>{"tiny_llama.onnx", "tiny_llama.hf"},
+                                   {"tiny_llama_noopt.onnx", "tiny_llama.hf"},
+                                   {"tiny_llama_tied.onnx", "tiny_llama_tied.hf"}}) {
+    auto r = import(kFixtures + onnx_file);
+    ASSERT_TRUE(r->module) << r->errors;
+    auto cfg = load_llama_config(kFixtures + hf_dir + "/config.json");
+    ASSERT_TRUE(cfg) << cfg.message();
+    OwningOpRef<ModuleOp> built = build_llama_module(r->ctx, *cfg, 2, 16);
+    ASSERT_TRUE(built);
+    EXPECT_EQ(test_util::op_counts(*built), test_util::op_counts(*r->module)) << onnx_file;
+    EXPECT_EQ(test_util::module_hash(*built), test_util::module_hash(*r->module)) << onnx_file;
+    std::set<std::string> a, b;
+    for (auto &[n, op] : params(*built)) a.insert(n);
+    for (auto &[n, op] : params(*r->module)) b.insert(n);
+    EXPECT_EQ(a, b) << onnx_file;
+    // The config recovered from the graph agrees with config.json on every key it has.
+    auto from_graph = r->module->getOperation()->getAttrOfType<DictionaryAttr>(pl::kModelAttr);
+    auto from_cfg = built->getOperation()->getAttrOfType<DictionaryAttr>(pl::kModelAttr);
+    for (NamedAttribute kv : from_graph) EXPECT_EQ(kv.getValue(), from_cfg.get(kv.getName())) << kv.getName().str();
+  }
 }
 
 // ---------------------------------------------------------------- bad input
