@@ -6,6 +6,8 @@
 //===----------------------------------------------------------------------===//
 #include "ir/Dialect.h"
 
+#include <cstdio>
+
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/OpImplementation.h"
@@ -33,6 +35,12 @@ bool compatible(ArrayRef<int64_t> a, ArrayRef<int64_t> b) {
   for (size_t i = 0; i < a.size(); ++i)
     if (!compatible(a[i], b[i])) return false;
   return true;
+}
+/// Attributes print as %g ("0.1", "1e-05") rather than the diagnostic default "1.000000e-01".
+std::string num_str(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
 }
 std::string dim_str(int64_t d) { return dyn(d) ? "?" : std::to_string(d); }
 /// "2x?x64", or "scalar" for a 0-d tensor: the same spelling as in the IR's tensor types.
@@ -95,7 +103,7 @@ LogicalResult RMSNormOp::verify() {
                                        << dim_str(x.getShape().back()) << " (input is " << shape_str(x) << ")";
   if (getType() != getInput().getType())
     return emitOpError("result type ") << getType() << " must equal the input type " << getInput().getType();
-  if (!(getEps().convertToDouble() > 0)) return emitOpError("eps must be > 0, got ") << getEps().convertToDouble();
+  if (!(getEps().convertToDouble() > 0)) return emitOpError("eps must be > 0, got ") << num_str(getEps().convertToDouble());
   return success();
 }
 
@@ -146,9 +154,9 @@ LogicalResult LoraLinearOp::verify() {
   if (!compatible(b.getDimSize(0), w.getDimSize(0)))
     return emitOpError("lora_b out-features ") << dim_str(b.getDimSize(0)) << " do not match weight out-features "
                                                << dim_str(w.getDimSize(0)) << " (weight is " << shape_str(w) << ")";
-  if (!(getScaling().convertToDouble() > 0)) return emitOpError("scaling must be > 0, got ") << getScaling().convertToDouble();
+  if (!(getScaling().convertToDouble() > 0)) return emitOpError("scaling must be > 0, got ") << num_str(getScaling().convertToDouble());
   double p = getDropout().convertToDouble();
-  if (!(p >= 0 && p < 1)) return emitOpError("dropout must be in [0, 1), got ") << p;
+  if (!(p >= 0 && p < 1)) return emitOpError("dropout must be in [0, 1), got ") << num_str(p);
   if (getModule().empty()) return emitOpError("needs the module path it adapts (attribute 'module' is empty)");
   return success();
 }
@@ -184,7 +192,7 @@ LogicalResult RopeOp::verify() {
   if (x.getRank() != 4) return emitOpError("input must be (batch, heads, seq, head_dim), got ") << shape_str(x);
   // rotate-half pairs dim i with dim i + Dh/2.
   if (!dyn(x.getDimSize(3)) && x.getDimSize(3) % 2 != 0) return emitOpError("head_dim must be even, got ") << x.getDimSize(3);
-  if (!(getTheta().convertToDouble() > 0)) return emitOpError("theta must be > 0, got ") << getTheta().convertToDouble();
+  if (!(getTheta().convertToDouble() > 0)) return emitOpError("theta must be > 0, got ") << num_str(getTheta().convertToDouble());
   if (auto s = getRopeScaling()) {
     // LLaMA 3 frequency scaling, as in transformers' `_compute_llama3_parameters`.
     for (const char *k : {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}) {
@@ -216,7 +224,7 @@ LogicalResult AttentionOp::verify() {
     return emitOpError("query head_dim ") << dim_str(q.getDimSize(3)) << " differs from key/value head_dim " << dim_str(k.getDimSize(3));
   if (getType() != getQuery().getType())
     return emitOpError("result type ") << getType() << " must equal the query type " << getQuery().getType();
-  if (!(getScale().convertToDouble() > 0)) return emitOpError("scale must be > 0, got ") << getScale().convertToDouble();
+  if (!(getScale().convertToDouble() > 0)) return emitOpError("scale must be > 0, got ") << num_str(getScale().convertToDouble());
   return success();
 }
 
