@@ -1,5 +1,6 @@
 //===- lora-opt.cpp - run Parallora passes on .mlir files ------------------===//
 #include "ir/Dialect.h"
+#include "passes/lora/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/DialectRegistry.h"
@@ -13,6 +14,7 @@ int main(int argc, char **argv) {
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();
   mlir::registerSymbolDCEPass();
+  parallora::registerLoraPasses();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "Parallora pass driver\n", registry));
 }

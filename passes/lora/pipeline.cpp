@@ -1,0 +1,15 @@
+//===- pipeline.cpp - the LoRA phase as a list of passes -------------------===//
+#include "passes/lora/Passes.h"
+
+namespace parallora {
+
+void buildLoraPipeline(mlir::OpPassManager &pm, const InjectLoraOptions &options) {
+  // 1. Rewrite the targeted pl.linear ops into pl.lora_linear and create the adapter params
+  //    (PEFT names, shapes and init), so later phases see the adapters as ordinary params.
+  pm.addPass(createInjectLora(options));
+  // 2. Fix trainability: adapters train, everything else (including adapters that came with an
+  //    imported PEFT graph) is decided here once, before the training phase builds gradients.
+  pm.addPass(createFreezeBase());
+}
+
+} // namespace parallora
