@@ -152,8 +152,8 @@ int main(int argc, char **argv) {
                "Input is an ONNX export of Hugging Face LlamaForCausalLM (with or without PEFT LoRA) or an HF config.json."};
   Args a;
   auto *onnx_opt = app.add_option("--onnx", a.onnx, "ONNX model exported by torch.onnx.export (external data next to it)")->check(CLI::ExistingFile);
-  auto *hf_opt = app.add_option("--hf-config", a.hf_config, "Hugging Face config.json of a LLaMA model")->check(CLI::ExistingFile);
-  onnx_opt->excludes(hf_opt);
+  app.add_option("--hf-config", a.hf_config, "Hugging Face config.json of a LLaMA model (with --onnx: the exported model's config, for rope scaling)")->check(CLI::ExistingFile);
+  (void)onnx_opt;
   app.add_option("--weights", a.weights, "HF checkpoint: directory with model.safetensors or model.safetensors.index.json, or one .safetensors file")->check(CLI::ExistingPath);
   app.add_option("--batch", a.batch, "global batch in sequences (fixes a symbolic batch dim)")->check(CLI::PositiveNumber);
   app.add_option("--seq-len", a.seq_len, "sequence length (fixes a symbolic sequence dim)")->check(CLI::PositiveNumber);
@@ -191,7 +191,9 @@ int main(int argc, char **argv) {
     io.seq_len = a.seq_len;
     // An HF config.json next to the ONNX file supplies rope scaling (not recoverable from tables).
     std::string dir = a.onnx.substr(0, a.onnx.rfind('/') + 1);
-    if (llvm::sys::fs::exists(dir + "config.json")) {
+    if (config) {
+      io.config = config;
+    } else if (llvm::sys::fs::exists(dir + "config.json")) {
       auto c = load_llama_config(dir + "config.json");
       if (c) io.config = *c;
     }
