@@ -97,10 +97,14 @@ for target in "${TARGETS[@]}"; do
   case "$target" in
     fuzz_safetensors) seed_safetensors "$dir" ;;
     fuzz_hf_config) seed_hf_config "$dir" ;;
+    fuzz_onnx) cp "$ROOT"/tests/fixtures/fuzz/onnx/*.onnx "$dir/" ;;
   esac
   echo "fuzz.sh: $target for ${SECONDS_PER_TARGET}s ($(ls "$dir" | wc -l) seeds)"
   binary="$(find "$BUILD" -type f -name "$target" -perm -u+x | head -n 1)"
-  if ! "$binary" "$dir" -max_total_time="$SECONDS_PER_TARGET" \
+  # PARALLORA_FUZZ_RUNS=N: a fixed number of inputs from a fixed seed (CI: repeatable);
+  # otherwise fuzz for SECONDS_PER_TARGET seconds (exploration).
+  if [ -n "${PARALLORA_FUZZ_RUNS:-}" ]; then budget=(-runs="$PARALLORA_FUZZ_RUNS" -seed=1); else budget=(-max_total_time="$SECONDS_PER_TARGET"); fi
+  if ! "$binary" "$dir" "${budget[@]}" \
        -max_len=16384 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
        -artifact_prefix="$ARTIFACTS/$target-" 2>"$BUILD/$target.log"; then
     tail -n 40 "$BUILD/$target.log" >&2

@@ -62,6 +62,20 @@ int64_t broadcast_index(int64_t k, const Shape &out, const Shape &s) {
 
 int64_t norm_axis(int64_t a, size_t rank) { return a < 0 ? a + int64_t(rank) : a; }
 
+// Folding materialises the result: only for valid shapes of bounded size (a crafted
+// ConstantOfShape/Expand/Range must not allocate gigabytes).
+constexpr int64_t kMaxFoldElements = int64_t(1) << 25;
+thread_local int64_t fold_limit = kMaxFoldElements; // set per node from the graph's options
+bool can_fold(const EvalResult &r) {
+  int64_t n = 1;
+  for (int64_t d : r.shape) {
+    if (d < 0) return false;
+    if (d > 0 && n > kMaxFoldElements / d) return false;
+    n *= d;
+  }
+  return n <= fold_limit;
+}
+
 } // namespace
 
 Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const ValueInfo *> &in,
@@ -78,6 +92,9 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
       return fail("expects at least " + std::to_string(count) + " inputs, has " + std::to_string(in.size()));
     return Status::ok();
   };
+  if (res.empty())
+    return Status::ok(); // a node without outputs computes nothing we need
+  fold_limit = std::min(kMaxFoldElements, g.fold_limit());
   EvalResult &r = res[0];
   if (!n.domain.empty() && n.domain != "ai.onnx")
     return Status::ok(); // custom domain: unknown shape; the importer rejects it if used
@@ -134,7 +151,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
       return fail("operand shapes cannot be broadcast");
     r.type = is_bool_result ? kBool : (op == "Where" ? in[1]->type : in[0]->type);
     r.shape_known = true;
-    if (all_data()) {
+    if (all_data() && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, r.shape);
       int64_t total = numel(r.shape);
       for (int64_t k = 0; k < total; ++k) {
@@ -164,7 +181,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     r.type = is_bool_result ? kBool : in[0]->type;
     r.shape = in[0]->shape;
     r.shape_known = true;
-    if (all_data()) {
+    if (all_data() && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, r.shape);
       for (int64_t k = 0; k < t.size(); ++k)
         t.set(k, unary.at(op)(data[0]->at_f(k)));
@@ -181,7 +198,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     r.type = op == "Cast" ? int32_t(g.attr_int(n, "to", kFloat)) : (in.size() > 1 && in[1] ? in[1]->type : kFloat);
     r.shape = in[0]->shape;
     r.shape_known = true;
-    if (data[0]) {
+    if (data[0] && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, r.shape);
       for (int64_t k = 0; k < t.size(); ++k) {
         if (!t.is_float() && !data[0]->is_float()) { // int -> int: no trip through double (INT64_MAX ends)
@@ -239,7 +256,8 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
         if (infer >= 0) return fail("reshape target " + shape_str(target) + " has two -1 dims");
         infer = int64_t(d);
       } else {
-        prod *= target[d];
+        if (target[d] < 0 || __builtin_mul_overflow(prod, target[d], &prod))
+          return fail("reshape target " + shape_str(target) + " is not a valid shape");
       }
     }
     int64_t total = numel(in[0]->shape);
@@ -248,7 +266,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
       return fail("cannot reshape " + shape_str(in[0]->shape) + " (" + std::to_string(total) + " elements) to " +
                   shape_str(target));
     r.type = in[0]->type; r.shape = target; r.shape_known = true;
-    if (data[0]) { HostTensor t = *data[0]; t.shape = target; r.data = std::move(t); }
+    if (data[0] && can_fold(r)) { HostTensor t = *data[0]; t.shape = target; r.data = std::move(t); }
     return Status::ok();
   }
   if (op == "Unsqueeze" || op == "Squeeze") {
@@ -281,7 +299,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
       }
     }
     r.type = in[0]->type; r.shape = s; r.shape_known = true;
-    if (data[0]) { HostTensor t = *data[0]; t.shape = s; r.data = std::move(t); }
+    if (data[0] && can_fold(r)) { HostTensor t = *data[0]; t.shape = s; r.data = std::move(t); }
     return Status::ok();
   }
   if (op == "Flatten") {
@@ -290,7 +308,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     int64_t a = 1, b = 1;
     for (int64_t d = 0; d < int64_t(in[0]->shape.size()); ++d) (d < axis ? a : b) *= in[0]->shape[d];
     r.type = in[0]->type; r.shape = {a, b}; r.shape_known = true;
-    if (data[0]) { HostTensor t = *data[0]; t.shape = r.shape; r.data = std::move(t); }
+    if (data[0] && can_fold(r)) { HostTensor t = *data[0]; t.shape = r.shape; r.data = std::move(t); }
     return Status::ok();
   }
   if (op == "Transpose") {
@@ -299,9 +317,16 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     std::vector<int64_t> perm = g.attr_ints(n, "perm");
     if (perm.empty()) for (int64_t d = int64_t(s.size()) - 1; d >= 0; --d) perm.push_back(d);
     if (perm.size() != s.size()) return fail("perm has " + std::to_string(perm.size()) + " entries for rank " + std::to_string(s.size()));
+    {
+      std::vector<bool> seen(perm.size(), false);
+      for (int64_t p : perm) {
+        if (p < 0 || p >= int64_t(perm.size()) || seen[p]) return fail("perm is not a permutation");
+        seen[p] = true;
+      }
+    }
     r.type = in[0]->type; r.shape_known = true; r.shape.clear();
     for (int64_t p : perm) r.shape.push_back(s[p]);
-    if (data[0]) {
+    if (data[0] && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, r.shape);
       auto st = strides_of(s);
       for (int64_t k = 0; k < t.size(); ++k) {
@@ -320,7 +345,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     Shape target(data[1]->i.begin(), data[1]->i.end());
     if (!broadcast_shapes({in[0]->shape, target}, r.shape)) return fail("cannot expand " + shape_str(in[0]->shape) + " to " + shape_str(target));
     r.type = in[0]->type; r.shape_known = true;
-    if (data[0]) {
+    if (data[0] && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, r.shape);
       for (int64_t k = 0; k < t.size(); ++k) {
         int64_t src = broadcast_index(k, r.shape, data[0]->shape);
@@ -335,10 +360,16 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     for (size_t k = 0; k < in.size(); ++k) if (!known(k)) return Status::ok();
     Shape s = in[0]->shape;
     axis = norm_axis(axis, s.size());
+    if (axis < 0 || axis >= int64_t(s.size())) return fail("concat axis out of range for rank " + std::to_string(s.size()));
+    for (const ValueInfo *v : in) {
+      if (!v || v->shape.size() != s.size()) return fail("concat inputs have different ranks");
+      for (size_t d = 0; d < s.size(); ++d)
+        if (int64_t(d) != axis && v->shape[d] != s[d]) return fail("concat inputs differ in dim " + std::to_string(d));
+    }
     s[axis] = 0;
     for (const ValueInfo *v : in) s[axis] += v->shape[axis];
     r.type = in[0]->type; r.shape = s; r.shape_known = true;
-    if (all_data()) {
+    if (all_data() && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, s);
       int64_t outer = 1; for (int64_t d = 0; d < axis; ++d) outer *= s[d];
       int64_t inner = 1; for (size_t d = axis + 1; d < s.size(); ++d) inner *= s[d];
@@ -360,8 +391,14 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     for (size_t k = 1; k < in.size(); ++k) if (in[k] && !data[k]) return Status::ok();
     const Shape &s = in[0]->shape;
     size_t nax = data[1]->size();
+    if (data[2]->size() != int64_t(nax) || (in.size() > 3 && in[3] && data[3]->size() != int64_t(nax)) ||
+        (in.size() > 4 && in[4] && data[4]->size() != int64_t(nax)))
+      return fail("slice starts/ends/axes/steps differ in length");
     std::vector<int64_t> axes(nax), steps(nax, 1);
-    for (size_t k = 0; k < nax; ++k) axes[k] = in.size() > 3 && in[3] ? norm_axis(data[3]->at_i(k), s.size()) : int64_t(k);
+    for (size_t k = 0; k < nax; ++k) {
+      axes[k] = in.size() > 3 && in[3] ? norm_axis(data[3]->at_i(k), s.size()) : int64_t(k);
+      if (axes[k] < 0 || axes[k] >= int64_t(s.size())) return fail("slice axis out of range");
+    }
     if (in.size() > 4 && in[4]) for (size_t k = 0; k < nax; ++k) steps[k] = data[4]->at_i(k);
     std::vector<int64_t> start(s.size(), 0), step(s.size(), 1);
     Shape out = s;
@@ -376,7 +413,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
       start[a] = b; step[a] = st;
     }
     r.type = in[0]->type; r.shape = out; r.shape_known = true;
-    if (data[0]) {
+    if (data[0] && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, out);
       auto st = strides_of(s);
       for (int64_t k = 0; k < t.size(); ++k) {
@@ -393,11 +430,12 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     if (!known(0) || !known(1)) return Status::ok();
     const Shape &s = in[0]->shape;
     int64_t axis = norm_axis(g.attr_int(n, "axis", 0), s.size());
+    if (axis < 0 || axis >= int64_t(s.size())) return fail("gather axis out of range for rank " + std::to_string(s.size()));
     Shape out(s.begin(), s.begin() + axis);
     out.insert(out.end(), in[1]->shape.begin(), in[1]->shape.end());
     out.insert(out.end(), s.begin() + axis + 1, s.end());
     r.type = in[0]->type; r.shape = out; r.shape_known = true;
-    if (data[0] && data[1]) {
+    if (data[0] && data[1] && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, out);
       int64_t outer = 1; for (int64_t d = 0; d < axis; ++d) outer *= s[d];
       int64_t inner = 1; for (size_t d = axis + 1; d < s.size(); ++d) inner *= s[d];
@@ -420,12 +458,14 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     if (!known(0) || !known(1)) return Status::ok();
     int64_t batch_dims = g.attr_int(n, "batch_dims", 0);
     const Shape &s = in[0]->shape, &is = in[1]->shape;
+    if (is.empty() || is.back() < 1 || batch_dims < 0 || batch_dims + is.back() > int64_t(s.size()))
+      return fail("GatherND indices " + shape_str(is) + " do not fit data " + shape_str(s));
     int64_t q = is.back();
     Shape out(is.begin(), is.end() - 1);
     out.insert(out.end(), s.begin() + batch_dims + q, s.end());
     r.type = in[0]->type; r.shape = out; r.shape_known = true;
     if (batch_dims != 0) return Status::ok();
-    if (data[0] && data[1]) {
+    if (data[0] && data[1] && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, out);
       auto st = strides_of(s);
       int64_t inner = 1; for (size_t d = q; d < s.size(); ++d) inner *= s[d];
@@ -443,8 +483,13 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     if (Status s = need(3); !s) return s;
     r.type = in[0]->type;
     if (!data[0] || !data[1] || !data[2]) return Status::ok();
+    if (data[0]->size() != 1 || data[1]->size() != 1 || data[2]->size() != 1) return fail("Range needs scalar inputs");
     double start = data[0]->at_f(0), limit = data[1]->at_f(0), delta = data[2]->at_f(0);
-    int64_t count = std::max<int64_t>(0, int64_t(std::ceil((limit - start) / delta)));
+    if (delta == 0 || !std::isfinite(start) || !std::isfinite(limit) || !std::isfinite(delta))
+      return fail("Range with delta 0 or a non-finite bound");
+    double steps = std::ceil((limit - start) / delta);
+    if (steps > double(kMaxFoldElements)) return fail("Range of " + std::to_string(steps) + " elements is too large to fold");
+    int64_t count = std::max<int64_t>(0, int64_t(steps));
     r.shape = {count}; r.shape_known = true;
     HostTensor t = HostTensor::make(r.type, r.shape);
     for (int64_t k = 0; k < count; ++k) t.set(k, start + double(k) * delta);
@@ -455,19 +500,21 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     if (!data[0]) return Status::ok();
     r.shape.assign(data[0]->i.begin(), data[0]->i.end()); r.shape_known = true;
     r.type = kFloat;
+    for (int64_t d : r.shape) if (d < 0) return fail("negative dim in shape " + shape_str(r.shape));
     double fill = 0;
     if (const auto *a = g.attr(n, "value")) {
       r.type = a->t().data_type();
       HostTensor v; // read one element through the regular path is overkill; handle common types
       if (a->t().has_raw_data() && !a->t().raw_data().empty()) {
         const std::string &raw = a->t().raw_data();
-        if (r.type == kFloat) { float f; std::memcpy(&f, raw.data(), 4); fill = f; }
-        else if (r.type == kInt64) { int64_t i; std::memcpy(&i, raw.data(), 8); fill = double(i); }
+        if (r.type == kFloat && raw.size() >= 4) { float f; std::memcpy(&f, raw.data(), 4); fill = f; }
+        else if (r.type == kInt64 && raw.size() >= 8) { int64_t i; std::memcpy(&i, raw.data(), 8); fill = double(i); }
         else if (r.type == kBool || r.type == kUint8) fill = raw[0];
       } else if (a->t().float_data_size()) fill = a->t().float_data(0);
       else if (a->t().int64_data_size()) fill = double(a->t().int64_data(0));
       else if (a->t().int32_data_size()) fill = a->t().int32_data(0);
     }
+    if (!can_fold(r)) return Status::ok();
     HostTensor t = HostTensor::make(r.type, r.shape);
     for (int64_t k = 0; k < t.size(); ++k) t.set(k, fill);
     r.data = std::move(t);
@@ -476,9 +523,11 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
   if (op == "CumSum") {
     if (!known(0)) return Status::ok();
     r.type = in[0]->type; r.shape = in[0]->shape; r.shape_known = true;
-    if (data[0] && data[1]) {
+    if (data[0] && data[1] && can_fold(r)) {
       const Shape &s = in[0]->shape;
+      if (data[1]->size() != 1) return fail("CumSum axis must be a scalar");
       int64_t axis = norm_axis(data[1]->at_i(0), s.size());
+      if (axis < 0 || axis >= int64_t(s.size()) || s[axis] == 0) return fail("cumsum axis out of range");
       bool exclusive = g.attr_int(n, "exclusive", 0), reverse = g.attr_int(n, "reverse", 0);
       HostTensor t = HostTensor::make(r.type, s);
       auto st = strides_of(s);
@@ -500,7 +549,9 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
   if (op == "Trilu") {
     if (!known(0)) return Status::ok();
     r.type = in[0]->type; r.shape = in[0]->shape; r.shape_known = true;
-    if (data[0] && (in.size() < 2 || !in[1] || data[1])) {
+    if (data[0] && (in.size() < 2 || !in[1] || data[1]) && can_fold(r)) {
+      if (in[0]->shape.size() < 2) return fail("Trilu needs rank >= 2");
+      if (in.size() > 1 && in[1] && data[1]->size() != 1) return fail("Trilu k must be a scalar");
       int64_t kdiag = in.size() > 1 && in[1] ? data[1]->at_i(0) : 0;
       bool upper = g.attr_int(n, "upper", 1);
       const Shape &s = in[0]->shape;
@@ -520,6 +571,7 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
   if (op == "MatMul") {
     if (!known(0) || !known(1)) return Status::ok();
     Shape a = in[0]->shape, b = in[1]->shape;
+    if (a.empty() || b.empty()) return fail("MatMul of a scalar");
     bool a1 = a.size() == 1, b1 = b.size() == 1;
     if (a1) a.insert(a.begin(), 1);
     if (b1) b.push_back(1);
@@ -528,11 +580,13 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
     Shape ba(a.begin(), a.end() - 2), bb(b.begin(), b.end() - 2), batch;
     if (!broadcast_shapes({ba, bb}, batch)) return fail("MatMul batch dims cannot be broadcast");
     int64_t M = a[a.size() - 2], N = b.back(), K = a.back();
+    if (double(M) * double(N) * double(K) * double(std::max<int64_t>(1, numel(batch))) > double(fold_limit))
+      return Status::ok(); // too much work to fold; the shape is all we need
     r.shape = batch;
     if (!a1) r.shape.push_back(M);
     if (!b1) r.shape.push_back(N);
     r.type = in[0]->type; r.shape_known = true;
-    if (all_data()) {
+    if (all_data() && can_fold(r)) {
       HostTensor t = HostTensor::make(r.type, r.shape);
       int64_t nb = numel(batch);
       Shape ta = ba, tb = bb;

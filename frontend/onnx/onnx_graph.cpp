@@ -48,7 +48,8 @@ const char *onnx_type_name(int32_t t) {
 int64_t numel(const Shape &s) {
   int64_t n = 1;
   for (int64_t d : s)
-    n *= d < 0 ? 0 : d;
+    if (__builtin_mul_overflow(n, d < 0 ? 0 : d, &n))
+      return INT64_MAX; // saturate: callers compare against limits
   return n;
 }
 std::string shape_str(const Shape &s) {
@@ -144,6 +145,7 @@ OnnxGraph::~OnnxGraph() {
 StatusOr<std::unique_ptr<OnnxGraph>> OnnxGraph::load(const std::string &path,
                                                      const LoadOptions &options) {
   std::unique_ptr<OnnxGraph> g(new OnnxGraph());
+  g->fold_limit_ = options.fold_limit;
   if (Status s = g->parse(path, options); !s)
     return s;
   if (Status s = g->infer_and_fold(options); !s)
@@ -167,14 +169,26 @@ static Status tensor_bytes(const onnx::TensorProto &t, const std::string &file, 
   if (esize == 0)
     return Status::error(file + ": initializer '" + t.name() + "' has unsupported data type " +
                          onnx_type_name(out.type) + " (" + std::to_string(out.type) + ")");
+  for (int64_t d : out.shape)
+    if (d > (int64_t(1) << 40))
+      return Status::error(file + ": initializer '" + t.name() + "' has an implausible dim " + std::to_string(d));
+  if (numel(out.shape) > (int64_t(1) << 40))
+    return Status::error(file + ": initializer '" + t.name() + "' has an implausible shape " + shape_str(out.shape));
   size_t want = size_t(numel(out.shape)) * esize;
   if (t.data_location() == onnx::TensorProto_DataLocation_EXTERNAL) {
     std::string location;
     int64_t offset = 0, length = -1;
     for (const auto &kv : t.external_data()) {
-      if (kv.key() == "location") location = kv.value();
-      else if (kv.key() == "offset") offset = std::stoll(kv.value());
-      else if (kv.key() == "length") length = std::stoll(kv.value());
+      char *end = nullptr;
+      if (kv.key() == "location") {
+        location = kv.value();
+      } else if (kv.key() == "offset" || kv.key() == "length") {
+        long long v = std::strtoll(kv.value().c_str(), &end, 10);
+        if (kv.value().empty() || *end != '\0' || v < 0)
+          return Status::error(file + ": initializer '" + t.name() + "' has a bad external data " + kv.key() + " '" +
+                               kv.value() + "'");
+        (kv.key() == "offset" ? offset : length) = v;
+      }
     }
     if (location.empty() || location.find("..") != std::string::npos || location[0] == '/')
       return Status::error(file + ": initializer '" + t.name() + "' has a bad external data location '" +
@@ -227,7 +241,9 @@ static Status tensor_bytes(const onnx::TensorProto &t, const std::string &file, 
   owned.push_back(std::make_unique<uint8_t[]>(std::max<size_t>(want, 1)));
   uint8_t *buf = owned.back().get();
   bool ok = true;
-  if (out.type == kFloat && size_t(t.float_data_size()) == n)
+  if (n == 0)
+    ; // empty tensor: nothing to copy (the typed field may be a null array)
+  else if (out.type == kFloat && size_t(t.float_data_size()) == n)
     std::memcpy(buf, t.float_data().data(), want);
   else if (out.type == kInt64 && size_t(t.int64_data_size()) == n)
     std::memcpy(buf, t.int64_data().data(), want);
@@ -313,6 +329,8 @@ Status OnnxGraph::parse(const std::string &path, const LoadOptions &options) {
       int64_t size = dim.has_dim_value() ? dim.dim_value() : -1;
       if (size < 0 && d == 0 && options.batch > 0) size = options.batch;
       if (size < 0 && d == 1 && options.seq_len > 0) size = options.seq_len;
+      if (size > (int64_t(1) << 32))
+        return Status::error(path + ": graph input '" + in.name() + "' has an implausible dim " + std::to_string(size));
       if (size < 0)
         return Status::error(path + ": graph input '" + in.name() + "' has symbolic dim " + std::to_string(d) +
                              " ('" + dim.dim_param() + "'); pass " + (d == 0 ? "--batch" : "--seq-len") +
@@ -494,6 +512,15 @@ Status OnnxGraph::infer_and_fold(const LoadOptions &options) {
         if (perm.empty())
           for (int64_t d = int64_t(src.shape.size()) - 1; d >= 0; --d)
             perm.push_back(d);
+        std::vector<bool> seen(src.shape.size(), false);
+        bool valid = perm.size() == src.shape.size();
+        for (int64_t p : perm) {
+          valid = valid && p >= 0 && p < int64_t(seen.size()) && !seen[p];
+          if (valid) seen[p] = true;
+        }
+        if (!valid)
+          return Status::error(path_ + ": " + n.describe() + ": perm is not a permutation of the input's " +
+                               std::to_string(src.shape.size()) + " dims");
         std::vector<int64_t> composed(perm.size());
         out.shape.clear();
         for (size_t d = 0; d < perm.size(); ++d) {
@@ -535,6 +562,11 @@ Status OnnxGraph::infer_and_fold(const LoadOptions &options) {
         fprintf(stderr, "[onnx] %s -> %s %s%s\n", n.describe().c_str(), n.outputs[k].c_str(),
                 results[k].shape_known ? shape_str(results[k].shape).c_str() : "unknown",
                 results[k].data ? " (folded)" : "");
+      // Crafted graphs can describe absurd shapes; stop before any kernel multiplies them.
+      for (int64_t d : results[k].shape)
+        if (d < -1 || d > (int64_t(1) << 40) || numel(results[k].shape) > (int64_t(1) << 48))
+          return Status::error(path_ + ": " + n.describe() + ": output '" + n.outputs[k] + "' would have shape " +
+                               shape_str(results[k].shape));
       ValueInfo &out = values_[n.outputs[k]];
       out.type = results[k].type;
       out.shape = results[k].shape;

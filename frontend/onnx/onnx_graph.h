@@ -82,6 +82,7 @@ public:
   const std::vector<std::string> &inputs() const { return inputs_; }
   const std::vector<std::string> &outputs() const { return outputs_; }
   int64_t opset() const { return opset_; }
+  int64_t fold_limit() const { return fold_limit_; }
   const ValueInfo *value(const std::string &name) const;
   const Node *producer(const std::string &name) const;
   bool is_const(const std::string &name) const;
@@ -115,6 +116,7 @@ private:
   std::map<std::string, ValueInfo> values_;
   std::vector<std::string> inputs_, outputs_;
   int64_t opset_ = 0;
+  int64_t fold_limit_ = int64_t(1) << 24;
 };
 
 /// Result of evaluating one node: types, shapes and (when all inputs were constant) data.
