@@ -501,7 +501,8 @@ Status OnnxGraph::infer_and_fold(const LoadOptions &options) {
       data.push_back(nullptr); // filled below when folding
     }
     // Layout-only ops on a lazy weight view stay lazy: no copy of large weights.
-    if (all_const && (n.op_type == "Transpose" || n.op_type == "Identity") && ins[0] &&
+    if (all_const && (n.op_type == "Transpose" || n.op_type == "Identity") && !ins.empty() && ins[0] &&
+        !n.outputs.empty() &&
         ins[0]->constant->is_lazy()) {
       const ValueInfo &src = *ins[0];
       ValueInfo &out = values_[n.outputs[0]];
