@@ -10,6 +10,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <map>
 
 #include <onnx/onnx_pb.h>
 
@@ -95,6 +96,24 @@ Status eval_onnx_node(const OnnxGraph &g, const Node &n, const std::vector<const
   if (res.empty())
     return Status::ok(); // a node without outputs computes nothing we need
   fold_limit = std::min(kMaxFoldElements, g.fold_limit());
+  // Required inputs per op: a crafted node with fewer must be an error, not a null deref.
+  static const std::map<std::string, size_t> min_inputs = {
+      {"Add", 2}, {"Sub", 2}, {"Mul", 2}, {"Div", 2}, {"Pow", 2}, {"Max", 2}, {"Min", 2}, {"Equal", 2},
+      {"Less", 2}, {"LessOrEqual", 2}, {"Greater", 2}, {"GreaterOrEqual", 2}, {"And", 2}, {"Or", 2},
+      {"Where", 3}, {"Neg", 1}, {"Sqrt", 1}, {"Reciprocal", 1}, {"Cos", 1}, {"Sin", 1}, {"Exp", 1},
+      {"Log", 1}, {"Abs", 1}, {"Tanh", 1}, {"Sigmoid", 1}, {"Not", 1}, {"IsNaN", 1}, {"IsInf", 1},
+      {"Floor", 1}, {"Ceil", 1}, {"Identity", 1}, {"Dropout", 1}, {"Cast", 1}, {"CastLike", 2},
+      {"Shape", 1}, {"Size", 1}, {"Reshape", 2}, {"Unsqueeze", 1}, {"Squeeze", 1}, {"Flatten", 1},
+      {"Transpose", 1}, {"Expand", 2}, {"Concat", 1}, {"Slice", 3}, {"Gather", 2}, {"GatherND", 2},
+      {"Range", 3}, {"ConstantOfShape", 1}, {"CumSum", 2}, {"Trilu", 1}, {"MatMul", 2},
+      {"ReduceMean", 1}, {"ReduceSum", 1}, {"ReduceMax", 1}, {"Softmax", 1}, {"LogSoftmax", 1}};
+  if (auto it = min_inputs.find(op); it != min_inputs.end()) {
+    if (in.size() < it->second)
+      return fail("needs " + std::to_string(it->second) + " inputs, has " + std::to_string(in.size()));
+    size_t required = op == "Concat" ? in.size() : it->second;
+    for (size_t k = 0; k < required; ++k)
+      if (!in[k]) return fail("input " + std::to_string(k) + " is required");
+  }
   EvalResult &r = res[0];
   if (!n.domain.empty() && n.domain != "ai.onnx")
     return Status::ok(); // custom domain: unknown shape; the importer rejects it if used
