@@ -1,0 +1,72 @@
+//===- kernels.h - CPU reference kernels (fp32, multithreaded) --------------===//
+//
+// The CPU backend is the numerical oracle: fp32 everywhere, GEMMs through OpenBLAS (cblas),
+// other loops parallel with OpenMP. Results must not depend on the thread count beyond
+// fp32 rounding of the GEMMs, and must be bit-reproducible for the same thread count
+// (static schedules, no atomics in reductions), so that --resume continues bit-for-bit.
+//
+// THE KERNEL CONTRACT. Shapes: B batch, T sequence, D hidden, K in-features, N out-features,
+// r LoRA rank, H heads (Hq query, Hkv key/value; Hq % Hkv == 0), Dh head dim, V vocab.
+// "(.., K)" means any leading dims, flattened to M rows. Ids and labels are int32.
+// Outputs are overwritten unless the attr `accumulate` = 1, then the kernel adds into them.
+//
+//  name               inputs                                  outputs             attrs
+//  embedding_fwd      ids (B,T) i32, table (V,D)              y (B,T,D)           -
+//                       an id outside [0, V) is an error naming the id and position
+//  rms_norm_fwd       x (..,D), w (D)                          y (..,D)            eps (f64)
+//  rms_norm_bwd       dy (..,D), x (..,D), w (D)               dx (..,D)           eps
+//  linear_fwd         x (..,K), W (N,K), bias (N) or absent    y (..,N)            -
+//  linear_bwd_input   dy (..,N), W (N,K)                       dx (..,K)           accumulate
+//  lora_linear_fwd    x (..,K), W (N,K), A (r,K), B (N,r),     y (..,N)            scaling (f64)
+//                     bias (N) or absent                         y = x W^T + bias + scaling * (x A^T) B^T
+//  lora_linear_bwd    dy (..,N), x (..,K), W (N,K), A (r,K),   dx (..,K),          scaling, accumulate
+//                     B (N,r)                                  dA (r,K), dB (N,r)
+//                       dx = dy W + s (dy B) A;  dA = s (dy B)^T x;  dB = s dy^T (x A^T)
+//                       `accumulate` applies to dA and dB only (gradient accumulators);
+//                       dx is always overwritten
+//  rope_fwd           x (B,H,T,Dh)                             y (B,H,T,Dh)        theta (f64); optional
+//                       llama3 scaling: rope_type = "llama3", factor, low_freq_factor,
+//                       high_freq_factor (f64), original_max_position_embeddings (i64).
+//                       HF rotate-half: y = x cos + rotate_half(x) sin, positions 0..T-1,
+//                       inv_freq[i] = theta^(-2i/Dh) (then llama3-scaled as HF does)
+//  rope_bwd           dy (B,H,T,Dh)                            dx (B,H,T,Dh)       same as rope_fwd
+//  attention_fwd      q (B,Hq,T,Dh), k (B,Hkv,S,Dh), v (B,Hkv,S,Dh)  o (B,Hq,T,Dh) scale (f64), causal (i64 0/1)
+//                       query head h uses kv head h / (Hq/Hkv); causal masks s > t (T == S)
+//  attention_bwd      do (B,Hq,T,Dh), q, k, v                  dq, dk, dv          scale, causal
+//  swiglu_fwd         gate (..), up (..)                       y = silu(gate)*up   -
+//  swiglu_bwd         dy (..), gate (..), up (..)              dgate, dup          -
+//  add                a (..), b (..)                           y = a + b           -
+//  transpose          x                                        y                   perm (ints): y.dim(i) = x.dim(perm[i])
+//  copy               x                                        y (same numel)      -
+//  accumulate         x (..)                                   acc (..): acc += x  -
+//  cross_entropy_fwd  logits (B,T,V), labels (B,T) i32         loss () f32         ignore_index (i64),
+//                       shift (i64 0/1): 1 = HF's causal-LM shift, logits[:, t] predicts labels[:, t+1]
+//                       (positions t = 0..T-2). loss = mean over non-ignored positions (0 when none)
+//  cross_entropy_bwd  logits (B,T,V), labels (B,T) i32         dlogits (B,T,V)     ignore_index, shift,
+//                       grad_scale (f64): dlogits = grad_scale * (softmax - onehot) / count at
+//                       non-ignored positions, 0 elsewhere (also at t = T-1 when shift)
+//  adamw_step         p_0..p_{n-1}, g_0..g_{n-1},              (none: in place)    n (i64), beta1, beta2,
+//                     m_0..m_{n-1}, v_0..v_{n-1}                                   eps, weight_decay,
+//                       max_grad_norm (f64; 0 = off), zero_grads (i64 0/1)
+//                       torch semantics: norm = sqrt(sum g^2) over all n grads (fp64 sum);
+//                       StepState.grad_norm = norm; if not finite: StepState.grad_norm_finite =
+//                       false, no update (grads still zeroed). If max_grad_norm > 0 and
+//                       clip = max_grad_norm / (norm + 1e-6) < 1, g *= clip (torch's
+//                       clip_grad_norm_). Then torch.optim.AdamW with t = StepState.step,
+//                       lr = StepState.lr: p *= 1 - lr*wd; m = b1 m + (1-b1) g;
+//                       v = b2 v + (1-b2) g^2; p -= (lr / (1-b1^t)) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include "runtime/kernel.h"
+
+namespace parallora::rt::cpu {
+
+/// Registers every CPU kernel listed above.
+void register_kernels(KernelRegistry &registry);
+
+/// Threads used by the CPU kernels (OpenMP and OpenBLAS); 0 = all cores.
+void set_num_threads(int n);
+
+} // namespace parallora::rt::cpu
