@@ -274,5 +274,76 @@ LogicalResult CrossEntropyOp::verify() {
   return success();
 }
 
+//===----------------------------------------------------------------------===//
+// Training step
+//===----------------------------------------------------------------------===//
+
+/// Gradient ops return the gradient of a forward operand: the same type as that operand.
+static LogicalResult verify_same_type(Operation *op, Value result, Value like, StringRef what) {
+  if (result.getType() != like.getType())
+    return op->emitOpError() << what << " has type " << result.getType() << " but must match " << like.getType();
+  return success();
+}
+
+LogicalResult CrossEntropyGradOp::verify() {
+  if (failed(verify_same_type(*this, getResult(), getLogits(), "the logits gradient"))) return failure();
+  auto logits = tensor(getLogits()), labels = tensor(getLabels());
+  if (logits.getRank() != labels.getRank() + 1)
+    return emitOpError("labels ") << shape_str(labels) << " must be the logits shape " << shape_str(logits)
+                                  << " without the vocab dim";
+  if (!(getGradScale().convertToDouble() > 0))
+    return emitOpError("grad_scale must be > 0, got ") << num_str(getGradScale().convertToDouble());
+  return success();
+}
+
+LogicalResult RMSNormGradOp::verify() {
+  if (failed(verify_same_type(*this, getGrad(), getInput(), "the output gradient"))) return failure();
+  return verify_same_type(*this, getResult(), getInput(), "the input gradient");
+}
+
+LogicalResult LinearGradInputOp::verify() {
+  auto dy = tensor(getGrad()), w = tensor(getWeight()), dx = tensor(getResult());
+  if (w.getRank() != 2) return emitOpError("weight must be (N, K), got ") << shape_str(w);
+  if (dy.getRank() != dx.getRank() || dy.getRank() < 1)
+    return emitOpError("gradient ") << shape_str(dy) << " and result " << shape_str(dx) << " must have the same rank";
+  if (!compatible(dy.getDimSize(dy.getRank() - 1), w.getDimSize(0)))
+    return emitOpError("gradient last dim ") << dim_str(dy.getDimSize(dy.getRank() - 1)) << " must equal weight N = "
+                                             << w.getDimSize(0);
+  if (!compatible(dx.getDimSize(dx.getRank() - 1), w.getDimSize(1)))
+    return emitOpError("result last dim ") << dim_str(dx.getDimSize(dx.getRank() - 1)) << " must equal weight K = "
+                                           << w.getDimSize(1);
+  return success();
+}
+
+LogicalResult LoraLinearGradOp::verify() {
+  if (failed(verify_same_type(*this, getGradInput(), getInput(), "grad_input"))) return failure();
+  if (failed(verify_same_type(*this, getGradLoraA(), getLoraA(), "grad_lora_a"))) return failure();
+  return verify_same_type(*this, getGradLoraB(), getLoraB(), "grad_lora_b");
+}
+
+LogicalResult AttentionGradOp::verify() {
+  if (failed(verify_same_type(*this, getGrad(), getQuery(), "the output gradient"))) return failure();
+  if (failed(verify_same_type(*this, getGradQuery(), getQuery(), "grad_query"))) return failure();
+  if (failed(verify_same_type(*this, getGradKey(), getKey(), "grad_key"))) return failure();
+  return verify_same_type(*this, getGradValue(), getValue(), "grad_value");
+}
+
+LogicalResult SwigluGradOp::verify() {
+  if (failed(verify_same_type(*this, getGrad(), getGate(), "the output gradient"))) return failure();
+  if (failed(verify_same_type(*this, getGradGate(), getGate(), "grad_gate"))) return failure();
+  return verify_same_type(*this, getGradUp(), getUp(), "grad_up");
+}
+
+LogicalResult AdamWStepOp::verify() {
+  double b1 = getBeta1().convertToDouble(), b2 = getBeta2().convertToDouble();
+  if (!(b1 >= 0 && b1 < 1) || !(b2 >= 0 && b2 < 1))
+    return emitOpError("betas must be in [0, 1), got (") << num_str(b1) << ", " << num_str(b2) << ")";
+  if (!(getEps().convertToDouble() > 0)) return emitOpError("eps must be > 0");
+  if (getWeightDecay().convertToDouble() < 0) return emitOpError("weight_decay must be >= 0");
+  if (getMaxGradNorm().convertToDouble() < 0) return emitOpError("max_grad_norm must be >= 0 (0 = no clipping)");
+  if (getParams().empty()) return emitOpError("needs at least one trainable parameter");
+  return success();
+}
+
 #define GET_OP_CLASSES
 #include "ir/PlOps.cpp.inc"

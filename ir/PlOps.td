@@ -295,16 +295,176 @@ def Pl_CrossEntropyOp : Pl_Op<"cross_entropy", [Pure]> {
   let description = [{
     Mean cross-entropy of `logits` (..., V) against integer `labels` (...) (the logits shape
     without its last dim), skipping positions whose label is `ignore_index` (default -100,
-    as in PyTorch). The loss is a 0-d f32 tensor.
+    as in PyTorch). With `shift_labels` (Hugging Face's causal-LM loss) the logits at position
+    t predict the label at t + 1 along the second-to-last logits dim, so the last position is
+    not scored. The loss is a 0-d f32 tensor.
 
     ```mlir
     %loss = pl.cross_entropy %logits, %labels : (tensor<2x?x128256xf32>, tensor<2x?xi64>) -> tensor<f32>
     ```
   }];
   let arguments = (ins Pl_FloatTensor:$logits, Pl_IntTensor:$labels,
-                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index);
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index, UnitAttr:$shift_labels);
   let results = (outs 0DTensorOf<[F32]>:$loss);
   let assemblyFormat = "$logits `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Training step: gradient ops (built by --autodiff) and the optimizer
+//===----------------------------------------------------------------------===//
+
+def Pl_CrossEntropyGradOp : Pl_Op<"cross_entropy_grad", [Pure]> {
+  let summary = "gradient of pl.cross_entropy's loss with respect to the logits";
+  let description = [{
+    `grad_scale * (softmax(logits) - onehot(labels)) / count` at scored positions and 0
+    elsewhere, where `count` is the number of scored (non-ignored) positions; `ignore_index`
+    and `shift_labels` mean what they mean on `pl.cross_entropy`. `grad_scale` is the loss
+    seed: 1 for one batch, `1 / micro_batches` when micro-batch gradients are accumulated.
+
+    ```mlir
+    %dl = pl.cross_entropy_grad %logits, %labels {grad_scale = 5.000000e-01 : f64, shift_labels} : (tensor<2x16x256xf32>, tensor<2x16xi64>) -> tensor<2x16x256xf32>
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$logits, Pl_IntTensor:$labels,
+                       DefaultValuedAttr<I64Attr, "-100">:$ignore_index, UnitAttr:$shift_labels,
+                       F64Attr:$grad_scale);
+  let results = (outs Pl_FloatTensor:$result);
+  let assemblyFormat = "$logits `,` $labels attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Pl_RMSNormGradOp : Pl_Op<"rms_norm_grad", [Pure]> {
+  let summary = "input gradient of pl.rms_norm (the weight is frozen)";
+  let description = [{
+    With r = rsqrt(mean(x^2) + eps) over the last dim D and g = dy * weight:
+    `dx = r * (g - x * r^2 * mean(g * x))`. The result has the type of `x`.
+
+    ```mlir
+    %dx = pl.rms_norm_grad %dy, %x, %w {eps = 1.000000e-05 : f64} : (tensor<2x16x64xf32>, tensor<2x16x64xf32>, tensor<64xf32>) -> tensor<2x16x64xf32>
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$grad, Pl_FloatTensor:$input, Pl_FloatTensor:$weight, F64Attr:$eps);
+  let results = (outs Pl_FloatTensor:$result);
+  let assemblyFormat = "$grad `,` $input `,` $weight attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Pl_LinearGradInputOp : Pl_Op<"linear_grad_input", [Pure]> {
+  let summary = "input gradient of a frozen linear layer: dx = dy W";
+  let description = [{
+    `grad` is (..., N), `weight` is (N, K); the result is (..., K).
+
+    ```mlir
+    %dx = pl.linear_grad_input %dy, %w : (tensor<2x16x256xf32>, tensor<256x64xf32>) -> tensor<2x16x64xf32>
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$grad, Pl_FloatTensor:$weight);
+  let results = (outs Pl_FloatTensor:$result);
+  let assemblyFormat = "$grad `,` $weight attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Pl_LoraLinearGradOp : Pl_Op<"lora_linear_grad", [Pure]> {
+  let summary = "gradients of pl.lora_linear: input and both adapter matrices";
+  let description = [{
+    For `y = x W^T + s (x A^T) B^T` with s = `scaling`:
+    `dx = dy W + s (dy B) A`, `dA = s (dy B)^T x` (r, K), `dB = s dy^T (x A^T)` (N, r),
+    summing over all leading dims. The base weight W is frozen.
+
+    ```mlir
+    %dx, %da, %db = pl.lora_linear_grad %dy, %x, %w, %a, %b {scaling = 2.000000e+00 : f64} : (tensor<2x16x64xf32>, tensor<2x16x64xf32>, tensor<64x64xf32>, tensor<4x64xf32>, tensor<64x4xf32>) -> (tensor<2x16x64xf32>, tensor<4x64xf32>, tensor<64x4xf32>)
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$grad, Pl_FloatTensor:$input, Pl_FloatTensor:$weight,
+                       Pl_FloatTensor:$lora_a, Pl_FloatTensor:$lora_b, F64Attr:$scaling);
+  let results = (outs Pl_FloatTensor:$grad_input, Pl_FloatTensor:$grad_lora_a, Pl_FloatTensor:$grad_lora_b);
+  let assemblyFormat = "$grad `,` $input `,` $weight `,` $lora_a `,` $lora_b attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Pl_RopeGradOp : Pl_Op<"rope_grad", [Pure, SameOperandsAndResultType]> {
+  let summary = "gradient of pl.rope: the rotation by the negative angle";
+  let description = [{
+    Rope is an orthogonal map per position, so its adjoint rotates each pair back:
+    `dx = dy cos - rotate_half(dy) sin` in rotate-half form. Attributes as on `pl.rope`.
+
+    ```mlir
+    %dx = pl.rope_grad %dy {theta = 1.000000e+04 : f64} : tensor<2x4x16x16xf32>
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$grad, F64Attr:$theta, OptionalAttr<DictionaryAttr>:$rope_scaling);
+  let results = (outs Pl_FloatTensor:$result);
+  let assemblyFormat = "$grad attr-dict `:` type($result)";
+}
+
+def Pl_AttentionGradOp : Pl_Op<"attention_grad", [Pure]> {
+  let summary = "gradients of pl.attention with respect to query, key and value";
+  let description = [{
+    With P = softmax(q k^T * scale [+ causal mask]): `dv = P^T do`, `dP = do v^T`,
+    `dS = P * (dP - rowsum(dP * P))`, `dq = dS k * scale`, `dk = dS^T q * scale`; for grouped
+    heads, dk and dv sum over the query heads that share a key/value head.
+
+    ```mlir
+    %dq, %dk, %dv = pl.attention_grad %do, %q, %k, %v {causal, scale = 2.500000e-01 : f64} : (tensor<2x4x16x16xf32>, tensor<2x4x16x16xf32>, tensor<2x2x16x16xf32>, tensor<2x2x16x16xf32>) -> (tensor<2x4x16x16xf32>, tensor<2x2x16x16xf32>, tensor<2x2x16x16xf32>)
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$grad, Pl_FloatTensor:$query, Pl_FloatTensor:$key,
+                       Pl_FloatTensor:$value, UnitAttr:$causal, F64Attr:$scale);
+  let results = (outs Pl_FloatTensor:$grad_query, Pl_FloatTensor:$grad_key, Pl_FloatTensor:$grad_value);
+  let assemblyFormat = "$grad `,` $query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Pl_SwigluGradOp : Pl_Op<"swiglu_grad", [Pure]> {
+  let summary = "gradients of pl.swiglu with respect to gate and up";
+  let description = [{
+    With sg = sigmoid(gate): `dgate = dy * up * sg * (1 + gate * (1 - sg))`,
+    `dup = dy * gate * sg`.
+
+    ```mlir
+    %dg, %du = pl.swiglu_grad %dy, %g, %u : (tensor<2x16x128xf32>, tensor<2x16x128xf32>, tensor<2x16x128xf32>) -> (tensor<2x16x128xf32>, tensor<2x16x128xf32>)
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$grad, Pl_FloatTensor:$gate, Pl_FloatTensor:$up);
+  let results = (outs Pl_FloatTensor:$grad_gate, Pl_FloatTensor:$grad_up);
+  let assemblyFormat = "$grad `,` $gate `,` $up attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def Pl_AccumulateGradOp : Pl_Op<"accumulate_grad", [MemoryEffects<[MemWrite]>]> {
+  let summary = "add a gradient into the persistent accumulator of a trainable parameter";
+  let description = [{
+    `grad` is added to the gradient accumulator of the trainable `pl.param` named `param`
+    (same shape). Accumulators persist across micro-batches and are read and zeroed by
+    `pl.adamw_step`; this is how gradient accumulation is expressed.
+
+    ```mlir
+    pl.accumulate_grad %da {param = "model.layers.0.self_attn.q_proj.lora_A.weight"} : tensor<4x64xf32>
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$grad, StrAttr:$param);
+  let assemblyFormat = "$grad attr-dict `:` type($grad)";
+}
+
+def Pl_AdamWStepOp : Pl_Op<"adamw_step", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "global-norm clipping and AdamW over the accumulated gradients of all trainables";
+  let description = [{
+    One optimizer step over the trainable params named in `params` (torch semantics):
+    the global L2 norm of all accumulated gradients is computed; if `max_grad_norm` > 0 and
+    the norm exceeds it, every gradient is scaled by `max_grad_norm / (norm + 1e-6)`
+    (`clip_grad_norm_`); then `torch.optim.AdamW` with bias correction and decoupled weight
+    decay updates each param and its two moments; the accumulators are zeroed. A non-finite
+    norm skips the update. The learning rate of each step comes from the runtime's schedule
+    (module attribute `pl.train`), so it is not an attribute here.
+
+    ```mlir
+    pl.adamw_step {beta1 = 9.000000e-01 : f64, beta2 = 9.990000e-01 : f64, eps = 1.000000e-08 : f64, max_grad_norm = 1.000000e+00 : f64, params = ["model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.0.self_attn.q_proj.lora_B.weight"], weight_decay = 0.000000e+00 : f64}
+    ```
+  }];
+  let arguments = (ins StrArrayAttr:$params, F64Attr:$beta1, F64Attr:$beta2, F64Attr:$eps,
+                       F64Attr:$weight_decay, F64Attr:$max_grad_norm);
+  let assemblyFormat = "attr-dict";
   let hasVerifier = 1;
 }
 

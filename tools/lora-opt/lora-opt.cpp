@@ -1,6 +1,7 @@
 //===- lora-opt.cpp - run Parallora passes on .mlir files ------------------===//
 #include "ir/Dialect.h"
 #include "passes/lora/Passes.h"
+#include "passes/train/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/DialectRegistry.h"
@@ -15,6 +16,7 @@ int main(int argc, char **argv) {
   mlir::registerCSEPass();
   mlir::registerSymbolDCEPass();
   parallora::registerLoraPasses();
+  parallora::registerTrainPasses();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "Parallora pass driver\n", registry));
 }

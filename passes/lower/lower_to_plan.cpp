@@ -1,0 +1,531 @@
+//===- lower_to_plan.cpp - @train_step/@eval_step/@optimizer_step -> plan ---===//
+//
+// Each function becomes one program. Values map to buffers:
+//   block arguments          -> Input buffers by their pl.name ("input_ids", "labels"), i32
+//   pl.param                 -> Param / Trainable buffers, one per name (shared by programs)
+//   the returned loss        -> the Output buffer "loss"
+//   pl.reshape               -> a view: same bytes as its input (no instruction)
+//   lora_linear_grad dA/dB   -> written straight into the Grad accumulators (accumulate = 1)
+//                               when their only use is pl.accumulate_grad
+//   everything else          -> an Activation buffer in the arena
+// Temporaries that share bytes (views, in-place adds) form one storage group whose live
+// interval is the union of its members'; groups are placed by plan_memory() per program, and
+// the arena is the largest program's (programs never run at the same time).
+//
+//===----------------------------------------------------------------------===//
+#include "passes/lower/lower_to_plan.h"
+
+#include <numeric>
+
+#include "ir/Dialect.h"
+#include "passes/lower/memory_plan.h"
+#include "passes/train/Passes.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "llvm/ADT/DenseMap.h"
+#include "llvm/ADT/StringMap.h"
+
+#include <nlohmann/json.hpp>
+
+using namespace mlir;
+
+namespace parallora {
+namespace {
+
+using plan::Buffer;
+using plan::BufferKind;
+using plan::Instr;
+
+std::string loc_path(Location loc) {
+  if (auto n = loc.dyn_cast<NameLoc>()) return n.getName().str();
+  if (auto f = loc.dyn_cast<FusedLoc>())
+    for (Location l : f.getLocations()) {
+      std::string s = loc_path(l);
+      if (!s.empty()) return s;
+    }
+  return "";
+}
+
+double attr_f64(Attribute a) {
+  if (auto f = a.dyn_cast_or_null<FloatAttr>()) return f.getValueAsDouble();
+  if (auto i = a.dyn_cast_or_null<IntegerAttr>()) return static_cast<double>(i.getInt());
+  return 0;
+}
+
+int64_t numel(ArrayRef<int64_t> shape) {
+  return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+/// Rows of an (.., K) operand: the product of all but the last dim.
+int64_t rows(Value v) {
+  auto t = v.getType().cast<RankedTensorType>();
+  return numel(t.getShape()) / t.getShape().back();
+}
+
+class Lowering {
+public:
+  Lowering(ModuleOp module, const LowerOptions &o) : module_(module), opts_(o) {}
+
+  FailureOr<plan::Plan> run() {
+    auto train = module_.lookupSymbol<func::FuncOp>(kTrainStep);
+    auto eval = module_.lookupSymbol<func::FuncOp>(kEvalStep);
+    auto optim = module_.lookupSymbol<func::FuncOp>(kOptimizerStep);
+    if (!train || !eval || !optim) {
+      module_.emitError("lower: the module needs @train_step, @eval_step and @optimizer_step (run the training "
+                        "pipeline first)");
+      return failure();
+    }
+    plan::Plan p;
+    p.producer = opts_.producer;
+    p.base_weights = opts_.base_weights;
+    p.lora = opts_.lora;
+    p.global_batch = opts_.global_batch;
+    p.micro_batches = opts_.micro_batches;
+    if (failed(read_model(p)) || failed(read_hparams(p))) return failure();
+    auto ids = train.getFunctionType().getInput(0).cast<RankedTensorType>();
+    p.seq_len = ids.getDimSize(1);
+    if (ids.getDimSize(0) * opts_.micro_batches != opts_.global_batch) {
+      train.emitError("lower: micro-batch ") << ids.getDimSize(0) << " x " << opts_.micro_batches
+                                             << " micro-batches != global batch " << opts_.global_batch;
+      return failure();
+    }
+    train.walk([&](pl::CrossEntropyOp ce) { p.ignore_index = ce.getIgnoreIndexAttr().getInt(); });
+
+    rank_.rank = 0;
+    plan::Program micro, evalp, opt;
+    micro.name = "micro_step";
+    evalp.name = "eval_step";
+    opt.name = "optimizer_step";
+    if (failed(lower_function(train, micro, /*is_eval=*/false)) || failed(lower_function(eval, evalp, true)) ||
+        failed(lower_function(optim, opt, false)))
+      return failure();
+    rank_.programs = {std::move(micro), std::move(opt), std::move(evalp)};
+    estimates(p);
+    p.ranks.push_back(std::move(rank_));
+    return p;
+  }
+
+private:
+  // ------------------------------------------------------------------ buffers
+  int32_t add_buffer(Buffer b) {
+    b.id = static_cast<int32_t>(rank_.buffers.size());
+    rank_.buffers.push_back(std::move(b));
+    return rank_.buffers.back().id;
+  }
+
+  int32_t named(BufferKind kind, const std::string &name, plan::ElemType dtype, std::vector<int64_t> shape,
+                const std::string &param = "") {
+    auto it = by_name_.find(name);
+    if (it != by_name_.end()) return it->second;
+    Buffer b;
+    b.name = name;
+    b.kind = kind;
+    b.dtype = dtype;
+    b.shape = std::move(shape);
+    b.param = param;
+    int32_t id = add_buffer(std::move(b));
+    by_name_[name] = id;
+    return id;
+  }
+
+  FailureOr<int32_t> param_buffer(pl::ParamOp p) {
+    std::string name = p.getName().str();
+    auto it = by_name_.find(name);
+    if (it != by_name_.end()) return it->second;
+    auto type = p.getType().cast<RankedTensorType>();
+    std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
+    bool trainable = p.getTrainable();
+    int32_t id = named(trainable ? BufferKind::Trainable : BufferKind::Param, name, plan::ElemType::F32, shape);
+    Buffer &b = rank_.buffers[id];
+    std::string init = p.getInit() ? p.getInit()->str() : "";
+    // Frozen weights come from the base checkpoint when there is one; adapters from their init
+    // spec (or --init-adapter / --resume at run time).
+    b.init = (!trainable && (!opts_.base_weights.empty() || init.empty())) ? "checkpoint" : init;
+    if (trainable) {
+      named(BufferKind::Grad, "grad." + name, plan::ElemType::F32, shape, name);
+      named(BufferKind::OptState, name + ".exp_avg", plan::ElemType::F32, shape, name);
+      named(BufferKind::OptState, name + ".exp_avg_sq", plan::ElemType::F32, shape, name);
+    }
+    return id;
+  }
+
+  /// A new temporary buffer for `v` in the current program.
+  int32_t activation(Value v, const std::string &name) {
+    auto type = v.getType().cast<RankedTensorType>();
+    Buffer b;
+    b.name = name;
+    b.kind = BufferKind::Activation;
+    b.dtype = type.getElementType().isa<FloatType>() ? plan::ElemType::F32 : plan::ElemType::I32;
+    b.shape.assign(type.getShape().begin(), type.getShape().end());
+    int32_t id = add_buffer(std::move(b));
+    group_[id] = id;
+    return id;
+  }
+
+  int32_t root(int32_t id) {
+    while (group_[id] != id) id = group_[id] = group_[group_[id]];
+    return id;
+  }
+  bool is_temp(int32_t id) const { return id >= 0 && rank_.buffers[id].kind == BufferKind::Activation; }
+
+  // ------------------------------------------------------------------ functions
+  LogicalResult lower_function(func::FuncOp func, plan::Program &prog, bool is_eval) {
+    llvm::DenseMap<Value, int32_t> buf;
+    Block &body = func.getBody().front();
+    for (BlockArgument arg : body.getArguments()) {
+      auto name = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "pl.name");
+      if (!name) return func.emitError("lower: argument #") << arg.getArgNumber() << " has no pl.name", failure();
+      auto type = arg.getType().cast<RankedTensorType>();
+      buf[arg] = named(BufferKind::Input, name.str(), plan::ElemType::I32,
+                       std::vector<int64_t>(type.getShape().begin(), type.getShape().end()));
+    }
+    Value returned;
+    if (auto ret = dyn_cast<func::ReturnOp>(body.getTerminator()); ret && ret.getNumOperands() == 1)
+      returned = ret.getOperand(0);
+
+    // Accumulations folded into lora_linear_bwd, and their values.
+    llvm::DenseSet<Operation *> fused;
+    first_buffer_ = static_cast<int32_t>(rank_.buffers.size());
+
+    for (Operation &op : body.without_terminator()) {
+      Instr in;
+      in.loc = loc_path(op.getLoc());
+      if (auto l = op.getAttrOfType<IntegerAttr>(pl::kLayerAttr)) in.layer = static_cast<int32_t>(l.getInt());
+      auto operand = [&](Value v) -> int32_t { return v ? buf.lookup(v) : -1; };
+      auto result = [&](Value v, const std::string &hint = "") -> int32_t {
+        int32_t id;
+        if (v == returned) id = named(BufferKind::Output, "loss", plan::ElemType::F32, {});
+        else id = activation(v, hint.empty() ? "%" + std::to_string(rank_.buffers.size()) + " " + in.loc : hint);
+        buf[v] = id;
+        return id;
+      };
+
+      if (auto p = dyn_cast<pl::ParamOp>(op)) {
+        auto id = param_buffer(p);
+        if (failed(id)) return failure();
+        buf[p.getResult()] = *id;
+        continue;
+      }
+      if (auto r = dyn_cast<pl::ReshapeOp>(op)) {
+        int32_t src = buf.lookup(r.getInput());
+        if (is_temp(src)) {  // a view: join the input's storage group
+          int32_t id = activation(r.getResult(), "%" + std::to_string(rank_.buffers.size()) + " " + in.loc);
+          group_[id] = root(src);
+          buf[r.getResult()] = id;
+          view_of_[id] = src;
+          continue;
+        }
+        in.op = "copy";
+        in.inputs = {src};
+        in.outputs = {result(r.getResult())};
+      } else if (auto e = dyn_cast<pl::EmbeddingOp>(op)) {
+        in.op = "embedding_fwd";
+        in.inputs = {operand(e.getIds()), operand(e.getTable())};
+        in.outputs = {result(e.getResult())};
+      } else if (auto n = dyn_cast<pl::RMSNormOp>(op)) {
+        in.op = "rms_norm_fwd";
+        in.inputs = {operand(n.getInput()), operand(n.getWeight())};
+        in.outputs = {result(n.getResult())};
+        in.attrs["eps"] = n.getEps().convertToDouble();
+        in.flops = 4.0 * numel(n.getType().cast<RankedTensorType>().getShape());
+      } else if (auto l = dyn_cast<pl::LinearOp>(op)) {
+        in.op = "linear_fwd";
+        in.inputs = {operand(l.getInput()), operand(l.getWeight()), operand(l.getBias())};
+        in.outputs = {result(l.getResult(), is_eval && is_logits(l.getResult()) ? "logits" : "")};
+        in.flops = linear_flops(l.getInput(), l.getWeight());
+      } else if (auto l = dyn_cast<pl::LoraLinearOp>(op)) {
+        if (l.getDropout().convertToDouble() != 0.0)
+          return l.emitError("lower: LoRA dropout is not supported by the runtime yet"), failure();
+        in.op = "lora_linear_fwd";
+        in.inputs = {operand(l.getInput()), operand(l.getWeight()), operand(l.getLoraA()), operand(l.getLoraB()), -1};
+        in.outputs = {result(l.getResult(), is_eval && is_logits(l.getResult()) ? "logits" : "")};
+        in.attrs["scaling"] = l.getScaling().convertToDouble();
+        in.flops = linear_flops(l.getInput(), l.getWeight()) + lora_flops(l.getInput(), l.getLoraA(), l.getLoraB(), 1);
+      } else if (auto r = dyn_cast<pl::RopeOp>(op)) {
+        in.op = "rope_fwd";
+        in.inputs = {operand(r.getInput())};
+        in.outputs = {result(r.getResult())};
+        rope_attrs(in, r.getTheta().convertToDouble(), r.getRopeScalingAttr());
+      } else if (auto a = dyn_cast<pl::AttentionOp>(op)) {
+        in.op = "attention_fwd";
+        in.inputs = {operand(a.getQuery()), operand(a.getKey()), operand(a.getValue())};
+        in.outputs = {result(a.getResult())};
+        in.attrs["scale"] = a.getScale().convertToDouble();
+        in.attrs["causal"] = int64_t(a.getCausal() ? 1 : 0);
+        in.flops = attention_flops(a.getQuery(), a.getKey(), a.getCausal());
+      } else if (auto s = dyn_cast<pl::SwigluOp>(op)) {
+        in.op = "swiglu_fwd";
+        in.inputs = {operand(s.getGate()), operand(s.getUp())};
+        in.outputs = {result(s.getResult())};
+      } else if (auto a = dyn_cast<pl::AddOp>(op)) {
+        in.op = "add";
+        in.inputs = {operand(a.getLhs()), operand(a.getRhs())};
+        in.outputs = {result(a.getResult())};
+      } else if (auto t = dyn_cast<pl::TransposeOp>(op)) {
+        in.op = "transpose";
+        in.inputs = {operand(t.getInput())};
+        in.outputs = {result(t.getResult())};
+        in.attrs["perm"] = std::vector<int64_t>(t.getPerm().begin(), t.getPerm().end());
+      } else if (auto ce = dyn_cast<pl::CrossEntropyOp>(op)) {
+        in.op = "cross_entropy_fwd";
+        in.inputs = {operand(ce.getLogits()), operand(ce.getLabels())};
+        in.outputs = {result(ce.getLoss())};
+        in.attrs["ignore_index"] = ce.getIgnoreIndexAttr().getInt();
+        in.attrs["shift"] = int64_t(ce.getShiftLabels() ? 1 : 0);
+      } else if (auto g = dyn_cast<pl::CrossEntropyGradOp>(op)) {
+        in.op = "cross_entropy_bwd";
+        in.inputs = {operand(g.getLogits()), operand(g.getLabels())};
+        in.outputs = {result(g.getResult())};
+        in.attrs["ignore_index"] = g.getIgnoreIndexAttr().getInt();
+        in.attrs["shift"] = int64_t(g.getShiftLabels() ? 1 : 0);
+        in.attrs["grad_scale"] = g.getGradScale().convertToDouble();
+      } else if (auto g = dyn_cast<pl::RMSNormGradOp>(op)) {
+        in.op = "rms_norm_bwd";
+        in.inputs = {operand(g.getGrad()), operand(g.getInput()), operand(g.getWeight())};
+        in.outputs = {result(g.getResult())};
+        in.attrs["eps"] = g.getEps().convertToDouble();
+      } else if (auto g = dyn_cast<pl::LinearGradInputOp>(op)) {
+        in.op = "linear_bwd_input";
+        in.inputs = {operand(g.getGrad()), operand(g.getWeight())};
+        in.outputs = {result(g.getResult())};
+        in.flops = linear_flops(g.getResult(), g.getWeight());
+      } else if (auto g = dyn_cast<pl::LoraLinearGradOp>(op)) {
+        in.op = "lora_linear_bwd";
+        in.inputs = {operand(g.getGrad()), operand(g.getInput()), operand(g.getWeight()), operand(g.getLoraA()),
+                     operand(g.getLoraB())};
+        auto acc_a = single_accumulate(g.getGradLoraA()), acc_b = single_accumulate(g.getGradLoraB());
+        int32_t dx = result(g.getGradInput());
+        if (acc_a && acc_b) {
+          in.outputs = {dx, by_name_.lookup(("grad." + acc_a.getParam()).str()),
+                        by_name_.lookup(("grad." + acc_b.getParam()).str())};
+          in.attrs["accumulate"] = int64_t(1);
+          fused.insert(acc_a);
+          fused.insert(acc_b);
+        } else {
+          in.outputs = {dx, result(g.getGradLoraA()), result(g.getGradLoraB())};
+          in.attrs["accumulate"] = int64_t(0);
+        }
+        in.attrs["scaling"] = g.getScaling().convertToDouble();
+        in.flops = linear_flops(g.getGradInput(), g.getWeight()) +
+                   lora_flops(g.getInput(), g.getLoraA(), g.getLoraB(), 2);
+      } else if (auto g = dyn_cast<pl::RopeGradOp>(op)) {
+        in.op = "rope_bwd";
+        in.inputs = {operand(g.getGrad())};
+        in.outputs = {result(g.getResult())};
+        rope_attrs(in, g.getTheta().convertToDouble(), g.getRopeScalingAttr());
+      } else if (auto g = dyn_cast<pl::AttentionGradOp>(op)) {
+        in.op = "attention_bwd";
+        in.inputs = {operand(g.getGrad()), operand(g.getQuery()), operand(g.getKey()), operand(g.getValue())};
+        in.outputs = {result(g.getGradQuery()), result(g.getGradKey()), result(g.getGradValue())};
+        in.attrs["scale"] = g.getScale().convertToDouble();
+        in.attrs["causal"] = int64_t(g.getCausal() ? 1 : 0);
+        in.flops = 2 * attention_flops(g.getQuery(), g.getKey(), g.getCausal());
+      } else if (auto g = dyn_cast<pl::SwigluGradOp>(op)) {
+        in.op = "swiglu_bwd";
+        in.inputs = {operand(g.getGrad()), operand(g.getGate()), operand(g.getUp())};
+        in.outputs = {result(g.getGradGate()), result(g.getGradUp())};
+      } else if (auto acc = dyn_cast<pl::AccumulateGradOp>(op)) {
+        if (fused.contains(acc)) continue;
+        int32_t target = by_name_.lookup(("grad." + acc.getParam()).str());
+        in.op = "accumulate";
+        in.inputs = {operand(acc.getGrad())};
+        in.outputs = {target};
+      } else if (auto step = dyn_cast<pl::AdamWStepOp>(op)) {
+        in.op = "adamw_step";
+        std::vector<int32_t> p, g, m, v;
+        for (Attribute a : step.getParams()) {
+          std::string name = a.cast<StringAttr>().str();
+          if (!by_name_.count(name))
+            return step.emitError("lower: adamw_step names '") << name << "', which @train_step does not use", failure();
+          p.push_back(by_name_.lookup(name));
+          g.push_back(by_name_.lookup("grad." + name));
+          m.push_back(by_name_.lookup(name + ".exp_avg"));
+          v.push_back(by_name_.lookup(name + ".exp_avg_sq"));
+        }
+        for (auto *list : {&p, &g, &m, &v}) in.inputs.insert(in.inputs.end(), list->begin(), list->end());
+        in.attrs["n"] = int64_t(p.size());
+        in.attrs["beta1"] = step.getBeta1().convertToDouble();
+        in.attrs["beta2"] = step.getBeta2().convertToDouble();
+        in.attrs["eps"] = step.getEps().convertToDouble();
+        in.attrs["weight_decay"] = step.getWeightDecay().convertToDouble();
+        in.attrs["max_grad_norm"] = step.getMaxGradNorm().convertToDouble();
+        in.attrs["zero_grads"] = int64_t(1);
+      } else {
+        return op.emitError("lower: ") << op.getName() << " has no runtime kernel (at " << in.loc << ")", failure();
+      }
+
+      // In-place residual add: write over the left input when it dies here.
+      if (in.op == "add" && opts_.inplace_add && is_temp(in.inputs[0]) && is_temp(in.outputs[0]) &&
+          last_use_in(op, cast<pl::AddOp>(op).getLhs(), buf)) {
+        group_[in.outputs[0]] = root(in.inputs[0]);
+      }
+      prog.instrs.push_back(std::move(in));
+    }
+    return place(prog);
+  }
+
+  /// True when no op after `op` reads `v` or any value sharing its storage.
+  bool last_use_in(Operation &op, Value v, const llvm::DenseMap<Value, int32_t> &buf) {
+    int32_t g = root(buf.lookup(v));
+    for (Operation *cur = op.getNextNode(); cur; cur = cur->getNextNode())
+      for (Value o : cur->getOperands()) {
+        auto it = buf.find(o);
+        if (it != buf.end() && is_temp(it->second) && root(it->second) == g) return false;
+        // Values defined later are not in `buf` yet; a view of `v` defined later would be.
+        if (it == buf.end())
+          if (auto r = o.getDefiningOp<pl::ReshapeOp>(); r && buf.count(r.getInput()) &&
+                                                        root(buf.lookup(r.getInput())) == g)
+            return false;
+      }
+    return true;
+  }
+
+  static pl::AccumulateGradOp single_accumulate(Value v) {
+    if (!v.hasOneUse()) return {};
+    return dyn_cast<pl::AccumulateGradOp>(*v.getUsers().begin());
+  }
+
+  bool is_logits(Value v) {
+    return llvm::any_of(v.getUsers(), [](Operation *u) { return isa<pl::CrossEntropyOp>(u); });
+  }
+
+  /// Live intervals of this program's storage groups -> arena offsets.
+  LogicalResult place(plan::Program &prog) {
+    llvm::DenseMap<int32_t, std::pair<int64_t, int64_t>> span;  // group -> [first, last]
+    for (int64_t i = 0; i < static_cast<int64_t>(prog.instrs.size()); ++i) {
+      const Instr &in = prog.instrs[i];
+      for (const auto *list : {&in.inputs, &in.outputs})
+        for (int32_t id : *list) {
+          if (!is_temp(id)) continue;
+          int32_t g = root(id);
+          auto it = span.find(g);
+          if (it == span.end()) span[g] = {i, i};
+          else it->second = {std::min(it->second.first, i), std::max(it->second.second, i)};
+        }
+    }
+    std::vector<int32_t> groups;
+    std::vector<LiveInterval> intervals;
+    for (auto &[g, s] : span) {
+      int64_t bytes = 0;
+      for (int32_t id = first_buffer_; id < static_cast<int32_t>(rank_.buffers.size()); ++id)
+        if (is_temp(id) && root(id) == g) bytes = std::max(bytes, rank_.buffers[id].nbytes());
+      groups.push_back(g);
+      intervals.push_back({bytes, s.first, s.second});
+    }
+    MemoryPlan mp = plan_memory(intervals);
+    llvm::DenseMap<int32_t, int64_t> offset;
+    for (size_t i = 0; i < groups.size(); ++i) offset[groups[i]] = mp.offsets[i];
+    for (int32_t id = first_buffer_; id < static_cast<int32_t>(rank_.buffers.size()); ++id)
+      if (is_temp(id)) {
+        auto it = offset.find(root(id));
+        rank_.buffers[id].offset = it == offset.end() ? 0 : it->second;  // unused views: harmless
+      }
+    rank_.arena_bytes = std::max(rank_.arena_bytes, mp.arena_bytes);
+    return success();
+  }
+
+  // ------------------------------------------------------------------ attributes, costs
+  static void rope_attrs(Instr &in, double theta, DictionaryAttr scaling) {
+    in.attrs["theta"] = theta;
+    if (!scaling) return;
+    in.attrs["rope_type"] = std::string("llama3");
+    for (const char *k : {"factor", "low_freq_factor", "high_freq_factor"}) in.attrs[k] = attr_f64(scaling.get(k));
+    in.attrs["original_max_position_embeddings"] =
+        static_cast<int64_t>(attr_f64(scaling.get("original_max_position_embeddings")));
+  }
+
+  static double linear_flops(Value x, Value w) {
+    auto wt = w.getType().cast<RankedTensorType>();
+    return 2.0 * rows(x) * wt.getDimSize(0) * wt.getDimSize(1);
+  }
+  /// LoRA's extra matmuls: forward x A^T and (xA) B^T; backward four more of the same sizes.
+  static double lora_flops(Value x, Value a, Value b, int passes) {
+    auto at = a.getType().cast<RankedTensorType>(), bt = b.getType().cast<RankedTensorType>();
+    double m = rows(x), r = at.getDimSize(0), k = at.getDimSize(1), n = bt.getDimSize(0);
+    return passes * 2.0 * m * r * (k + n);
+  }
+  /// q k^T and P v; causal attention does half the work.
+  static double attention_flops(Value q, Value k, bool causal) {
+    auto qt = q.getType().cast<RankedTensorType>(), kt = k.getType().cast<RankedTensorType>();
+    double f = 4.0 * qt.getDimSize(0) * qt.getDimSize(1) * qt.getDimSize(2) * kt.getDimSize(2) * qt.getDimSize(3);
+    return causal ? f / 2 : f;
+  }
+
+  void estimates(plan::Plan &p) {
+    for (const Buffer &b : rank_.buffers) {
+      switch (b.kind) {
+      case BufferKind::Param:
+      case BufferKind::Trainable: rank_.param_bytes += b.nbytes(); break;
+      case BufferKind::Grad: rank_.grad_bytes += b.nbytes(); break;
+      case BufferKind::OptState: rank_.optimizer_bytes += b.nbytes(); break;
+      case BufferKind::Input:
+      case BufferKind::Output: io_bytes_ += b.nbytes(); break;
+      default: break;
+      }
+    }
+    rank_.peak_bytes = rank_.param_bytes + rank_.grad_bytes + rank_.optimizer_bytes + io_bytes_ + rank_.arena_bytes;
+    double micro = 0, opt = 0;
+    for (const plan::Program &prog : rank_.programs) {
+      double f = 0;
+      for (const Instr &in : prog.instrs) f += in.flops;
+      if (prog.name == "micro_step") micro = f;
+      if (prog.name == "optimizer_step") opt = f;
+    }
+    rank_.flops_per_step = micro * p.micro_batches + opt;
+  }
+
+  LogicalResult read_model(plan::Plan &p) {
+    auto model = module_->getAttrOfType<DictionaryAttr>(pl::kModelAttr);
+    if (!model) return module_.emitError("lower: module has no pl.model attribute"), failure();
+    nlohmann::json j;
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["model_type"] = "llama";
+    for (NamedAttribute a : model) {
+      std::string k = a.getName().str();
+      if (auto i = a.getValue().dyn_cast<IntegerAttr>()) {
+        if (i.getType().isInteger(1)) j[k] = i.getValue().getBoolValue();
+        else j[k] = i.getInt();
+      } else if (auto f = a.getValue().dyn_cast<FloatAttr>()) j[k] = f.getValueAsDouble();
+      else if (auto b = a.getValue().dyn_cast<BoolAttr>()) j[k] = b.getValue();
+      else if (auto s = a.getValue().dyn_cast<StringAttr>()) j[k] = s.str();
+    }
+    if (j.contains("vocab_size")) p.vocab_size = j["vocab_size"].get<int64_t>();
+    p.model_config_json = j.dump(2);
+    return success();
+  }
+
+  LogicalResult read_hparams(plan::Plan &p) {
+    auto hp = module_->getAttrOfType<DictionaryAttr>(kTrainAttr);
+    if (!hp) return module_.emitError("lower: module has no pl.train attribute (run --adamw)"), failure();
+    auto f = [&](const char *k, double d) { return hp.get(k) ? attr_f64(hp.get(k)) : d; };
+    p.hparams.lr = f("lr", p.hparams.lr);
+    p.hparams.warmup_steps = static_cast<int64_t>(f("warmup_steps", 0));
+    p.hparams.min_lr_ratio = f("min_lr_ratio", 0);
+    p.hparams.total_steps = static_cast<int64_t>(f("total_steps", 0));
+    p.hparams.weight_decay = f("weight_decay", 0);
+    p.hparams.beta1 = f("beta1", 0.9);
+    p.hparams.beta2 = f("beta2", 0.999);
+    p.hparams.eps = f("eps", 1e-8);
+    p.hparams.max_grad_norm = f("max_grad_norm", 1.0);
+    if (auto s = hp.getAs<StringAttr>("schedule")) p.hparams.schedule = s.str();
+    return success();
+  }
+
+  ModuleOp module_;
+  const LowerOptions &opts_;
+  plan::RankPlan rank_;
+  llvm::StringMap<int32_t> by_name_;
+  llvm::DenseMap<int32_t, int32_t> group_;    // union-find over temporary buffers
+  llvm::DenseMap<int32_t, int32_t> view_of_;  // reshape views
+  int32_t first_buffer_ = 0;
+  int64_t io_bytes_ = 0;
+};
+
+} // namespace
+
+FailureOr<plan::Plan> lower_to_plan(ModuleOp module, const LowerOptions &options) {
+  return Lowering(module, options).run();
+}
+
+} // namespace parallora

@@ -1,0 +1,33 @@
+//===- lower_to_plan.h - training module -> runtime plan --------------------===//
+//
+// The last compiler phase: turns the module the training phase produced (@train_step,
+// @eval_step, @optimizer_step; see passes/train) into a plan::Plan (runtime/plan/plan.h):
+// one instruction per op (reshapes become views), buffers for params, gradients, AdamW
+// moments, inputs and the loss, and temporaries placed in one arena by the liveness-based
+// memory planner (memory_plan.h), with in-place residual adds where the input dies.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include <string>
+
+#include "runtime/plan/plan.h"
+
+#include "mlir/IR/BuiltinOps.h"
+#include "mlir/Support/LogicalResult.h"
+
+namespace parallora {
+
+struct LowerOptions {
+  int64_t global_batch = 1;
+  int64_t micro_batches = 1;
+  std::string base_weights;     // recorded in the plan; frozen params then read "checkpoint"
+  plan::LoraInfo lora;
+  std::string producer = "lora-compile";
+  bool inplace_add = true;      // residual adds write over an input that dies there
+};
+
+/// Fails with a diagnostic naming the op (and its module path) that cannot be lowered.
+mlir::FailureOr<plan::Plan> lower_to_plan(mlir::ModuleOp module, const LowerOptions &options);
+
+} // namespace parallora

@@ -1,0 +1,16 @@
+//===- pipeline.cpp - the training phase as a list of passes ---------------===//
+#include "passes/train/Passes.h"
+
+namespace parallora {
+
+void buildTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOptions &options) {
+  // 1. Add HF's shifted next-token loss; keep an un-differentiated copy for validation.
+  pm.addPass(createAppendLoss(options.loss));
+  // 2. Reverse-mode gradients for the adapters only (after the loss exists, before the
+  //    optimizer needs the list of accumulated gradients).
+  pm.addPass(createAutodiff(options.autodiff));
+  // 3. One fused clip + AdamW step over every accumulated gradient.
+  pm.addPass(createAdamW(options.adamw));
+}
+
+} // namespace parallora
