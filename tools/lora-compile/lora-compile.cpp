@@ -1,12 +1,14 @@
-//===- lora-compile.cpp - LLaMA (+LoRA) graph -> `pl` IR (and, later, plans) ===//
+//===- lora-compile.cpp - LLaMA (+LoRA) graph -> `pl` IR -> training plan ---===//
 //
 //   lora-compile --onnx model.onnx | --hf-config config.json [--weights dir]
 //                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...]
-//                [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
+//                [--micro-batches M --lr ... --warmup ... --schedule ... --weight-decay ...]
+//                [-o plan.lp] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
 //
 // Failures print a diagnostic naming the file/node/flag and exit non-zero.
 //
 //===----------------------------------------------------------------------===//
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -22,6 +24,9 @@
 #include "ir/Dialect.h"
 #include "models/llama_builder.h"
 #include "passes/lora/Passes.h"
+#include "passes/lower/lower_to_plan.h"
+#include "passes/train/Passes.h"
+#include "runtime/plan/plan_io.h"
 #include "tools/lora-compile/graph_dot.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -47,7 +52,21 @@ struct Args {
   std::string lora_targets = "q_proj,v_proj";
   bool use_rslora = false, no_lora = false;
   std::string dump_ir, dump_graph, dump_after_all;
+  // Training step and plan.
+  std::string output;
+  int64_t micro_batches = 1;
+  double lr = 1e-4, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, max_grad_norm = 1.0;
+  double min_lr_ratio = 0.0;
+  int64_t warmup = 0, total_steps = 0;
+  std::string schedule = "constant";
+  bool train_ir = false;
 };
+
+std::string mib(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f MiB", double(bytes) / (1024.0 * 1024.0));
+  return buf;
+}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -166,9 +185,42 @@ int main(int argc, char **argv) {
   app.add_option("--dump-ir", a.dump_ir, "write the final IR (MLIR text) to this file ('-' for stdout)");
   app.add_option("--dump-graph", a.dump_graph, "write the graph as Graphviz DOT (render: dot -Tsvg out.dot -o out.svg)");
   app.add_option("--dump-ir-after-all", a.dump_after_all, "write the IR after import and after every pass into this folder");
+  // Training step (the plan).
+  app.add_option("-o,--output", a.output, "write the training plan (lora-run's input) to this file, e.g. plan.lp; needs --batch and --seq-len");
+  app.add_flag("--train-ir", a.train_ir, "run the training passes (loss, autodiff, AdamW) even without -o, e.g. to --dump-ir them");
+  app.add_option("--micro-batches", a.micro_batches, "gradient accumulation: micro-batches per optimizer step (must divide --batch)")->check(CLI::PositiveNumber);
+  app.add_option("--lr", a.lr, "peak learning rate")->check(CLI::PositiveNumber);
+  app.add_option("--warmup", a.warmup, "linear warmup steps")->check(CLI::NonNegativeNumber);
+  app.add_option("--schedule", a.schedule, "LR after warmup: constant, cosine or linear")->check(CLI::IsMember({"constant", "cosine", "linear"}));
+  app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(CLI::NonNegativeNumber);
+  app.add_option("--weight-decay", a.weight_decay, "AdamW decoupled weight decay")->check(CLI::NonNegativeNumber);
+  app.add_option("--beta1", a.beta1, "AdamW beta1")->check(CLI::Range(0.0, 0.999999));
+  app.add_option("--beta2", a.beta2, "AdamW beta2")->check(CLI::Range(0.0, 0.999999));
+  app.add_option("--adam-eps", a.adam_eps, "AdamW epsilon")->check(CLI::PositiveNumber);
+  app.add_option("--max-grad-norm", a.max_grad_norm, "global gradient-norm clipping (0 = off)")->check(CLI::NonNegativeNumber);
+  app.footer("Examples:\n"
+             "  lora-compile --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-batches 2 \\\n"
+             "      --lora-rank 8 --lora-alpha 16 --lora-targets all-linear --lr 1e-3 --warmup 10 --schedule cosine -o plan.lp\n"
+             "  lora-compile --onnx model.onnx --weights hf_dir/ --batch 4 --seq-len 128 -o plan.lp\n"
+             "  lora-compile --hf-config config.json --dump-ir model.mlir --dump-graph model.dot");
   CLI11_PARSE(app, argc, argv);
+  bool build_train = !a.output.empty() || a.train_ir;
   if (a.onnx.empty() && a.hf_config.empty()) {
     std::cerr << "error: give the model with --onnx model.onnx or --hf-config config.json (see --help)\n";
+    return 2;
+  }
+  // --batch is the global batch; the graph is built for one micro-batch of batch / micro-batches.
+  int64_t micro_batch = a.batch;
+  if (a.batch > 0) {
+    if (a.batch % a.micro_batches != 0) {
+      std::cerr << "error: --micro-batches " << a.micro_batches << " does not divide --batch " << a.batch << "\n";
+      return 2;
+    }
+    micro_batch = a.batch / a.micro_batches;
+  }
+  if (build_train && a.onnx.empty() && (a.batch <= 0 || a.seq_len <= 0)) {
+    std::cerr << "error: a training plan has fixed shapes: give --batch and --seq-len\n";
     return 2;
   }
 
@@ -187,7 +239,7 @@ int main(int argc, char **argv) {
   OnnxImportReport report;
   if (!a.onnx.empty()) {
     OnnxImportOptions io;
-    io.batch = a.batch;
+    io.batch = micro_batch;
     io.seq_len = a.seq_len;
     // An HF config.json next to the ONNX file supplies rope scaling (not recoverable from tables).
     std::string dir = a.onnx.substr(0, a.onnx.rfind('/') + 1);
@@ -203,7 +255,7 @@ int main(int argc, char **argv) {
     llvm::outs() << "lora-compile: imported " << a.onnx << " (" << report.onnx_nodes << " ONNX nodes, " << report.folded_nodes
                  << " folded) in " << llvm::format("%.2f", seconds_since(t0)) << " s\n";
   } else {
-    module = build_llama_module(ctx, *config, a.batch > 0 ? a.batch : ShapedType::kDynamic,
+    module = build_llama_module(ctx, *config, micro_batch > 0 ? micro_batch : ShapedType::kDynamic,
                                 a.seq_len > 0 ? a.seq_len : ShapedType::kDynamic);
     if (!module) return 1;
     llvm::outs() << "lora-compile: built " << a.hf_config << " in " << llvm::format("%.2f", seconds_since(t0)) << " s\n";
@@ -248,6 +300,49 @@ int main(int argc, char **argv) {
   if (failed(pm.run(*module))) return 1;
 
   print_summary(*module, a.onnx.empty() ? nullptr : &report, a);
+
+  // Training phase: loss, gradients of the adapters, AdamW.
+  int64_t global_batch = 0;
+  if (build_train) {
+    auto fwd = module->lookupSymbol<func::FuncOp>("forward");
+    auto ids = fwd ? fwd.getFunctionType().getInput(0).dyn_cast<RankedTensorType>() : nullptr;
+    if (!ids || !ids.hasStaticShape()) {
+      llvm::errs() << "error: the model's input_ids shape is not fixed; give --batch and --seq-len\n";
+      return 2;
+    }
+    global_batch = ids.getDimSize(0) * a.micro_batches;
+    TrainPipelineOptions to;
+    to.autodiff.microBatches = a.micro_batches;
+    to.adamw.lr = a.lr;
+    to.adamw.beta1 = a.beta1;
+    to.adamw.beta2 = a.beta2;
+    to.adamw.eps = a.adam_eps;
+    to.adamw.weightDecay = a.weight_decay;
+    to.adamw.maxGradNorm = a.max_grad_norm;
+    to.adamw.schedule = a.schedule;
+    to.adamw.warmupSteps = a.warmup;
+    to.adamw.minLrRatio = a.min_lr_ratio;
+    to.adamw.totalSteps = a.total_steps;
+    PassManager tpm(&ctx);
+    buildTrainPipeline(tpm, to);
+    if (!a.dump_after_all.empty()) {
+      ctx.disableMultithreading();
+      tpm.enableIRPrinting([](Pass *, Operation *) { return false; }, [](Pass *, Operation *) { return true; },
+                           true, false, false, *new llvm::raw_fd_ostream(a.dump_after_all + "/train-passes.mlir", *new std::error_code()));
+    }
+    if (failed(tpm.run(*module))) return 1;
+    int64_t grads = 0, bwd = 0;
+    module->walk([&](pl::AccumulateGradOp) { ++grads; });
+    module->walk([&](Operation *op) {
+      if (isa<pl::CrossEntropyGradOp, pl::RMSNormGradOp, pl::LinearGradInputOp, pl::LoraLinearGradOp, pl::RopeGradOp,
+              pl::AttentionGradOp, pl::SwigluGradOp>(op)) ++bwd;
+    });
+    llvm::outs() << "  training step: global batch " << global_batch << " x " << ids.getDimSize(1) << " tokens in "
+                 << a.micro_batches << " micro-batch(es) of " << ids.getDimSize(0) << "; " << bwd << " gradient ops, "
+                 << grads << " adapter gradients; AdamW lr " << llvm::format("%g", a.lr) << " (" << a.schedule << ", warmup "
+                 << a.warmup << "), weight decay " << llvm::format("%g", a.weight_decay) << ", clip "
+                 << llvm::format("%g", a.max_grad_norm) << "\n";
+  }
   if (!a.dump_ir.empty()) {
     std::error_code ec;
     llvm::raw_fd_ostream os(a.dump_ir, ec);
@@ -260,6 +355,46 @@ int main(int argc, char **argv) {
     if (!os) { llvm::errs() << "error: --dump-graph " << a.dump_graph << ": cannot write\n"; return 1; }
     write_graph_dot(*module, os);
     llvm::outs() << "  graph written to " << a.dump_graph << " (render: dot -Tsvg " << a.dump_graph << " -o graph.svg)\n";
+  }
+  if (!a.output.empty()) {
+    LowerOptions lo;
+    lo.global_batch = global_batch;
+    lo.micro_batches = a.micro_batches;
+    if (!a.weights.empty()) {
+      llvm::SmallString<256> abs(a.weights);
+      llvm::sys::fs::make_absolute(abs);
+      lo.base_weights = abs.str().str();
+    }
+    lo.producer = "lora-compile 0.1.0";
+    bool any_lora = false;
+    module->walk([&](pl::LoraLinearOp l) {
+      any_lora = true;
+      lo.lora.rank = l.getRank();
+      lo.lora.alpha = l.getAlpha().convertToDouble();
+      lo.lora.dropout = l.getDropout().convertToDouble();
+      std::string m = l.getModule().str();
+      std::string t = m.substr(m.rfind('.') + 1);
+      if (std::find(lo.lora.target_modules.begin(), lo.lora.target_modules.end(), t) == lo.lora.target_modules.end())
+        lo.lora.target_modules.push_back(t);
+    });
+    (void)any_lora;
+    std::sort(lo.lora.target_modules.begin(), lo.lora.target_modules.end());
+    lo.lora.use_rslora = a.use_rslora;
+    auto p = lower_to_plan(*module, lo);
+    if (failed(p)) return 1;
+    Status st = plan::write_plan(a.output, *p);
+    if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
+    const plan::RankPlan &r = p->ranks[0];
+    size_t instrs = 0;
+    for (auto &prog : r.programs) instrs += prog.instrs.size();
+    llvm::outs() << "  plan: " << instrs << " instructions in " << r.programs.size() << " programs, "
+                 << r.buffers.size() << " buffers\n";
+    llvm::outs() << "  memory (predicted peak " << mib(r.peak_bytes) << "): parameters " << mib(r.param_bytes)
+                 << ", gradients " << mib(r.grad_bytes) << ", AdamW moments " << mib(r.optimizer_bytes)
+                 << ", activation arena " << mib(r.arena_bytes) << "\n";
+    llvm::outs() << "  compute: " << llvm::format("%.3f", r.flops_per_step / 1e9) << " GFLOP per optimizer step ("
+                 << llvm::format("%.0f", r.flops_per_step / double(global_batch * p->seq_len)) << " FLOP per token)\n";
+    llvm::outs() << "  plan written to " << a.output << " (inspect: lora-run --describe " << a.output << ")\n";
   }
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
