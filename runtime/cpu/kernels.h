@@ -56,6 +56,27 @@
 //                       lr = StepState.lr: p *= 1 - lr*wd; m = b1 m + (1-b1) g;
 //                       v = b2 v + (1-b2) g^2; p -= (lr / (1-b1^t)) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
 //
+// READINGS OF THE CONTRACT where it leaves room (the CPU kernels implement these; tests in
+// tests/unit/test_cpu_kernels.cpp):
+//  - Attrs. Required (absent or non-numeric = error): eps, scaling, theta, scale, causal, shift,
+//    and for adamw_step n, beta1, beta2, eps; with rope_type = "llama3" also factor,
+//    low_freq_factor, high_freq_factor, original_max_position_embeddings. Defaults otherwise:
+//    accumulate 0, ignore_index -100, grad_scale 1, weight_decay 0, max_grad_norm 0,
+//    zero_grads 0, rope_type "default" (any other rope_type is an error).
+//  - `accumulate` is honoured where the table lists it (linear_bwd_input; dA and dB of
+//    lora_linear_bwd). Any other kernel given accumulate != 0 fails rather than overwrite.
+//  - An optional bias is absent when its Tensor has no data or the input list stops before it.
+//  - "(.., K)" operands are checked by last dim and row count, so y (B*T, N) for x (B, T, K)
+//    is accepted; element-wise operands (add, accumulate, swiglu_*) must have equal shapes.
+//  - attention: T != S is allowed when not causal. transpose and copy move any 4-byte element
+//    type (f32 or i32; x and y alike). loss of cross_entropy_fwd: any shape of one element.
+//  - cross_entropy_*: a label that is neither ignore_index nor in [0, V) is an error naming it
+//    and its position; with shift = 1, labels[:, 0] is never read.
+//  - adamw_step follows torch's single-tensor AdamW op by op: m is updated as
+//    exp_avg.lerp_(g, 1-b1) (= b1 m + (1-b1) g up to rounding), scalars rounded to f32 where
+//    torch does. With zero_grads = 0 the grads keep their clipped values (clip_grad_norm_ is
+//    in place). StepState.step must be >= 1.
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 

@@ -1,0 +1,146 @@
+//===- adamw.cpp - adamw_step: clip_grad_norm_ + torch.optim.AdamW --------===//
+//
+// Mirrors torch's single-tensor AdamW (the CPU default) and clip_grad_norm_, operation by
+// operation in float32 with the Python-scalar coefficients rounded to float as torch does:
+//   norm = sqrt(sum of g^2 over all grads), fp64, in fixed 32768-element chunks summed in
+//          order (the same value for every thread count)
+//   clip = max_grad_norm / (norm + 1e-6); if max_grad_norm > 0 and clip < 1: g *= clip
+//   p *= 1 - lr*wd                               param.mul_(1 - lr * weight_decay)
+//   m = m + (1-b1) * (g - m), one rounding      exp_avg.lerp_(grad, 1 - beta1) (fma form)
+//   v = v*b2;  v = v + ((1-b2) * g) * g          exp_avg_sq.mul_(beta2).addcmul_(g, g, 1-b2)
+//   denom = sqrt(v) / sqrt(1-b2^t) + eps
+//   p = p + (-(lr / (1-b1^t)) * m) / denom       param.addcdiv_(exp_avg, denom, -step_size)
+// A non-finite norm skips the update (StepState.grad_norm_finite = false); grads are still
+// zeroed when zero_grads = 1. With zero_grads = 0 the grads keep their clipped values, as
+// clip_grad_norm_ leaves them.
+//
+//===----------------------------------------------------------------------===//
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "runtime/cpu/common.h"
+#include "runtime/cpu/kernels_impl.h"
+
+namespace parallora::rt::cpu::impl {
+
+using detail::Check;
+
+namespace {
+constexpr int64_t kNormChunk = 32768;
+}
+
+Status adamw_step(KernelCall &c) {
+  Check ck(c, "adamw_step");
+  if (!ck.num_attr("n") || !ck.num_attr("beta1") || !ck.num_attr("beta2") ||
+      !ck.num_attr("eps"))
+    return ck.status();
+  const int64_t n = c.attr_i("n", -1);
+  if (!ck.expect(n >= 0, "attr n must be a non-negative integer") ||
+      !ck.operands(size_t(4 * n), size_t(4 * n), 0))
+    return ck.status();
+  if (!ck.expect(c.step != nullptr, "no StepState supplied (the runtime must pass one)"))
+    return ck.status();
+  StepState &st = *c.step;
+  if (!ck.expect(st.step >= 1, "StepState.step must be >= 1, got " + std::to_string(st.step)))
+    return ck.status();
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor &p = c.in[size_t(i)], &g = c.in[size_t(n + i)], &m = c.in[size_t(2 * n + i)],
+                 &v = c.in[size_t(3 * n + i)];
+    const std::string si = std::to_string(i);
+    const std::string pn = "p_" + si, gn = "g_" + si, mn = "m_" + si, vn = "v_" + si;
+    if (!ck.f32(p, pn.c_str()) || !ck.f32(g, gn.c_str()) || !ck.f32(m, mn.c_str()) ||
+        !ck.f32(v, vn.c_str()) || !ck.same_shape(g, gn.c_str(), p, pn.c_str()) ||
+        !ck.same_shape(m, mn.c_str(), p, pn.c_str()) ||
+        !ck.same_shape(v, vn.c_str(), p, pn.c_str()))
+      return ck.status();
+  }
+  const double beta1 = c.attr_f("beta1", 0.9), beta2 = c.attr_f("beta2", 0.999),
+               eps = c.attr_f("eps", 1e-8), wd = c.attr_f("weight_decay", 0.0),
+               max_norm = c.attr_f("max_grad_norm", 0.0), lr = st.lr;
+  const bool zero_grads = c.attr_i("zero_grads", 0) != 0;
+
+  // 1. Global gradient norm (fp64, fixed chunking).
+  struct Chunk {
+    const float *g;
+    int64_t len;
+  };
+  std::vector<Chunk> chunks;
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor &g = c.in[size_t(n + i)];
+    const int64_t len = g.numel();
+    for (int64_t off = 0; off < len; off += kNormChunk)
+      chunks.push_back({g.f32() + off, std::min(kNormChunk, len - off)});
+  }
+  std::vector<double> partial(chunks.size(), 0.0);
+  const int64_t nchunks = int64_t(chunks.size());
+#pragma omp parallel for schedule(static) if (nchunks * kNormChunk >= detail::kParallelWork)
+  for (int64_t k = 0; k < nchunks; ++k) {
+    double s = 0.0;
+    const float *g = chunks[size_t(k)].g;
+    for (int64_t j = 0; j < chunks[size_t(k)].len; ++j) s += double(g[j]) * double(g[j]);
+    partial[size_t(k)] = s;
+  }
+  double sumsq = 0.0;
+  for (double s : partial) sumsq += s;
+  const double norm = std::sqrt(sumsq);
+  st.grad_norm = norm;
+  st.grad_norm_finite = std::isfinite(norm);
+
+  if (!st.grad_norm_finite) {
+    if (zero_grads)
+      for (int64_t i = 0; i < n; ++i) {
+        const Tensor &g = c.in[size_t(n + i)];
+        float *gp = g.f32();
+        const int64_t len = g.numel();
+#pragma omp parallel for schedule(static) if (len >= detail::kParallelWork)
+        for (int64_t j = 0; j < len; ++j) gp[j] = 0.0f;
+      }
+    return Status::ok();
+  }
+
+  // 2. Clipping factor.
+  bool clip = false;
+  float clip_f = 1.0f;
+  if (max_norm > 0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+      clip = true;
+      clip_f = float(coef);
+    }
+  }
+
+  // 3. AdamW, element-wise.
+  const int64_t t = st.step;
+  const double bc1 = 1.0 - std::pow(beta1, double(t));
+  const double bc2 = 1.0 - std::pow(beta2, double(t));
+  const float decay_f = float(1.0 - lr * wd);
+  const bool decay = wd != 0.0;
+  const float w1_f = float(1.0 - beta1), b2_f = float(beta2), c2_f = float(1.0 - beta2);
+  const float bc2_sqrt_f = float(std::sqrt(bc2)), eps_f = float(eps);
+  const float neg_step_f = float(-(lr / bc1));
+  for (int64_t i = 0; i < n; ++i) {
+    float *pp = c.in[size_t(i)].f32(), *gp = c.in[size_t(n + i)].f32(),
+          *mp = c.in[size_t(2 * n + i)].f32(), *vp = c.in[size_t(3 * n + i)].f32();
+    const int64_t len = c.in[size_t(i)].numel();
+#pragma omp parallel for schedule(static) if (len >= detail::kParallelWork)
+    for (int64_t j = 0; j < len; ++j) {
+      float g = gp[j];
+      if (clip) g = g * clip_f;
+      float p = pp[j];
+      if (decay) p = p * decay_f;
+      const float m = std::fma(w1_f, g - mp[j], mp[j]);
+      float v = vp[j] * b2_f;
+      v = v + c2_f * g * g;
+      const float denom = std::sqrt(v) / bc2_sqrt_f + eps_f;
+      p = p + neg_step_f * m / denom;
+      pp[j] = p;
+      mp[j] = m;
+      vp[j] = v;
+      gp[j] = zero_grads ? 0.0f : g;
+    }
+  }
+  return Status::ok();
+}
+
+} // namespace parallora::rt::cpu::impl

@@ -1,0 +1,39 @@
+//===- embedding.cpp - embedding_fwd --------------------------------------===//
+#include <cstring>
+
+#include "runtime/cpu/common.h"
+#include "runtime/cpu/kernels_impl.h"
+
+namespace parallora::rt::cpu::impl {
+
+using detail::Check;
+
+// ids (B,T) i32, table (V,D) -> y (B,T,D). An id outside [0, V) is an error naming the id and
+// its position; it is detected before anything is written.
+Status embedding_fwd(KernelCall &c) {
+  Check ck(c, "embedding_fwd");
+  if (!ck.operands(2, 2, 1)) return ck.status();
+  const Tensor &ids = c.in[0], &table = c.in[1], &y = c.out[0];
+  if (!ck.i32(ids, "ids") || !ck.rank(ids, "ids", 2) || !ck.f32(table, "table") ||
+      !ck.rank(table, "table", 2) || !ck.f32(y, "y"))
+    return ck.status();
+  const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
+  if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
+
+  const int32_t *id = ids.i32();
+  const int64_t n = B * T;
+  for (int64_t i = 0; i < n; ++i) {
+    if (id[i] < 0 || id[i] >= V)
+      return ck.error("token id " + std::to_string(id[i]) + " at position (b=" +
+                      std::to_string(i / T) + ", t=" + std::to_string(i % T) +
+                      ") is outside the vocabulary [0, " + std::to_string(V) + ")");
+  }
+  const float *tab = table.f32();
+  float *out = y.f32();
+#pragma omp parallel for schedule(static) if (n * D >= detail::kParallelWork)
+  for (int64_t i = 0; i < n; ++i)
+    std::memcpy(out + i * D, tab + int64_t(id[i]) * D, size_t(D) * sizeof(float));
+  return Status::ok();
+}
+
+} // namespace parallora::rt::cpu::impl
