@@ -12,6 +12,7 @@ config.excludes = ["unit", "fixtures", "lit.cfg.py", "lit.site.cfg.py.in", "CMak
 tool_dirs = [
     os.path.join(config.parallora_obj_root, "tools", "lora-opt"),
     os.path.join(config.parallora_obj_root, "tools", "lora-compile"),
+    os.path.join(config.parallora_obj_root, "tools", "lora-run"),
     config.filecheck_dir,
 ]
 config.environment["PATH"] = os.pathsep.join(tool_dirs + [config.environment.get("PATH", os.environ.get("PATH", ""))])

@@ -1,0 +1,351 @@
+//===- executor.cpp - runs one rank of a plan on a kernel registry --------===//
+#include "runtime/core/executor.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "frontend/safetensors.h"
+#include "models/weight_init.h"
+#include "runtime/plan/plan_io.h"
+
+namespace parallora::rt {
+namespace {
+
+constexpr int64_t kAlign = 64;
+
+int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+std::string shape_str(const std::vector<int64_t> &shape) {
+  if (shape.empty()) return "scalar";
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s;
+}
+
+std::string join_names(const std::vector<std::string> &names, size_t max_shown = 8) {
+  std::string s;
+  for (size_t i = 0; i < names.size() && i < max_shown; ++i) s += (i ? ", " : "") + names[i];
+  if (names.size() > max_shown) s += " (and " + std::to_string(names.size() - max_shown) + " more)";
+  return s;
+}
+
+void *aligned_zeroed(int64_t bytes) {
+  size_t n = static_cast<size_t>(round_up(std::max<int64_t>(bytes, 1), kAlign));
+  void *p = std::aligned_alloc(kAlign, n);
+  if (p) std::memset(p, 0, n);
+  return p;
+}
+
+// Copies the slice `slice` ([start, size] per dim) of a row-major tensor of shape `full`.
+void copy_slice(const float *src, const std::vector<int64_t> &full,
+                const std::vector<std::pair<int64_t, int64_t>> &slice, float *dst) {
+  const size_t rank = full.size();
+  if (rank == 0) {
+    dst[0] = src[0];
+    return;
+  }
+  std::vector<int64_t> stride(rank, 1);
+  for (size_t d = rank - 1; d > 0; --d) stride[d - 1] = stride[d] * full[d];
+  std::vector<int64_t> idx(rank, 0);  // over the leading rank-1 dims
+  const int64_t row = slice[rank - 1].second;
+  for (int64_t d = 0; d + 1 < static_cast<int64_t>(rank); ++d)
+    if (slice[d].second == 0) return;
+  while (true) {
+    int64_t off = slice[rank - 1].first;
+    for (size_t d = 0; d + 1 < rank; ++d) off += (slice[d].first + idx[d]) * stride[d];
+    std::memcpy(dst, src + off, sizeof(float) * row);
+    dst += row;
+    int64_t d = static_cast<int64_t>(rank) - 2;
+    for (; d >= 0; --d) {
+      if (++idx[d] < slice[d].second) break;
+      idx[d] = 0;
+    }
+    if (d < 0) break;
+  }
+}
+
+} // namespace
+
+void Executor::AlignedFree::operator()(void *p) const { std::free(p); }
+
+Executor::~Executor() = default;
+
+StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int rank,
+                                                     const KernelRegistry &registry, const std::string &backend) {
+  if (Status s = plan::validate_plan(plan); !s) return Status::error("invalid plan: " + s.message());
+  if (rank < 0 || rank >= static_cast<int>(plan.ranks.size()))
+    return Status::error("rank " + std::to_string(rank) + " is not in the plan (world size " +
+                         std::to_string(plan.ranks.size()) + ")");
+  std::unique_ptr<Executor> ex(new Executor());
+  ex->rank_ = plan.ranks[rank];
+  const plan::RankPlan &rp = ex->rank_;
+
+  // Every kernel must exist; report all missing ones at once, in first-use order.
+  std::vector<std::string> missing_order;
+  std::map<std::string, int64_t> missing_uses;
+  for (const plan::Program &prog : rp.programs)
+    for (const plan::Instr &in : prog.instrs) {
+      if (ex->kernels_.count(in.op)) continue;
+      if (const KernelFn *fn = registry.find(in.op)) {
+        ex->kernels_[in.op] = *fn;
+        continue;
+      }
+      if (missing_uses[in.op]++ == 0) missing_order.push_back(in.op);
+    }
+  if (!missing_order.empty()) {
+    std::string msg = "plan needs kernels not in the " + backend + " backend: ";
+    for (size_t i = 0; i < missing_order.size(); ++i) {
+      int64_t uses = missing_uses[missing_order[i]];
+      msg += (i ? ", " : "") + missing_order[i] + (uses > 1 ? " (" + std::to_string(uses) + " uses)" : "");
+    }
+    return Status::error(msg);
+  }
+
+  // Storage: the arena, then one block for all persistent buffers.
+  ex->arena_bytes_ = rp.arena_bytes;
+  ex->arena_.reset(aligned_zeroed(rp.arena_bytes));
+  int64_t persistent = 0;
+  std::vector<int64_t> offsets(rp.buffers.size(), -1);
+  for (const plan::Buffer &b : rp.buffers) {
+    if (b.kind == plan::BufferKind::Activation) continue;
+    offsets[b.id] = persistent;
+    persistent += round_up(b.nbytes(), kAlign);
+  }
+  ex->persistent_bytes_ = persistent;
+  ex->persistent_.reset(aligned_zeroed(persistent));
+  if (!ex->arena_ || !ex->persistent_)
+    return Status::error("out of memory allocating " + std::to_string(rp.arena_bytes) + " arena bytes + " +
+                         std::to_string(persistent) + " persistent bytes for rank " + std::to_string(rank));
+  auto *arena = static_cast<uint8_t *>(ex->arena_.get());
+  auto *store = static_cast<uint8_t *>(ex->persistent_.get());
+  ex->tensors_.resize(rp.buffers.size());
+  for (const plan::Buffer &b : rp.buffers) {
+    BufferTensor &t = ex->tensors_[b.id];
+    t.buffer = &b;
+    t.tensor.dtype = b.dtype;
+    t.tensor.shape = b.shape;
+    t.tensor.data = b.kind == plan::BufferKind::Activation ? arena + b.offset : store + offsets[b.id];
+    if (!b.name.empty()) ex->by_name_.emplace(b.name, b.id);
+    if (b.kind == plan::BufferKind::Output && b.name == "loss") ex->loss_id_ = b.id;
+  }
+
+  // Prebuilt calls.
+  for (const plan::Program &prog : rp.programs) {
+    CompiledProgram &cp = ex->programs_[prog.name];
+    cp.calls.resize(prog.instrs.size());
+    cp.fns.resize(prog.instrs.size());
+    for (size_t i = 0; i < prog.instrs.size(); ++i) {
+      const plan::Instr &in = prog.instrs[i];
+      KernelCall &c = cp.calls[i];
+      c.instr = &in;
+      for (int32_t id : in.inputs) c.in.push_back(id < 0 ? Tensor{} : ex->tensors_[id].tensor);
+      for (int32_t id : in.outputs) c.out.push_back(id < 0 ? Tensor{} : ex->tensors_[id].tensor);
+      cp.fns[i] = &ex->kernels_.at(in.op);
+    }
+  }
+  return ex;
+}
+
+Status Executor::init_parameters(const std::string &weights_path, uint64_t seed, bool skip_trainables) {
+  std::vector<const plan::Buffer *> from_checkpoint;
+  for (const plan::Buffer &b : rank_.buffers) {
+    BufferTensor &t = tensors_[b.id];
+    switch (b.kind) {
+    case plan::BufferKind::Trainable:
+      if (skip_trainables) break;
+      [[fallthrough]];
+    case plan::BufferKind::Param:
+      if (b.init.empty() || b.init == "checkpoint") {
+        from_checkpoint.push_back(&b);
+      } else {
+        if (b.dtype != plan::ElemType::F32)
+          return Status::error("parameter '" + b.name + "' is " + plan::elem_type_name(b.dtype) +
+                               "; only f32 parameters can be initialised with '" + b.init + "'");
+        auto spec = parse_init_spec(b.init);
+        if (!spec) return Status::error("parameter '" + b.name + "': " + spec.message());
+        init_tensor(*spec, b.name, seed, t.tensor.f32(), b.shape);
+      }
+      break;
+    case plan::BufferKind::Activation:
+      break;
+    default:
+      std::memset(t.tensor.data, 0, static_cast<size_t>(b.nbytes()));
+    }
+  }
+  if (from_checkpoint.empty()) return Status::ok();
+  if (weights_path.empty())
+    return Status::error("parameter '" + from_checkpoint.front()->name + "'" +
+                         (from_checkpoint.size() > 1
+                              ? " (and " + std::to_string(from_checkpoint.size() - 1) + " more)"
+                              : std::string()) +
+                         " must be loaded from a checkpoint but no weights were given: pass --weights "
+                         "<HF model dir or .safetensors file>");
+  auto store = WeightStore::open(weights_path);
+  if (!store) return store.status();
+
+  std::vector<std::string> missing;
+  for (const plan::Buffer *b : from_checkpoint)
+    if (!store->find(b->name)) missing.push_back(b->name);
+  if (!missing.empty())
+    return Status::error(weights_path + " lacks " + std::to_string(missing.size()) +
+                         " tensor(s) the plan needs: " + join_names(missing));
+
+  std::vector<float> scratch;
+  for (const plan::Buffer *b : from_checkpoint) {
+    const TensorView *v = store->find(b->name);
+    float *dst = tensors_[b->id].tensor.f32();
+    if (b->dtype != plan::ElemType::F32)
+      return Status::error("parameter '" + b->name + "' is " + plan::elem_type_name(b->dtype) +
+                           "; only f32 parameters can be read from a checkpoint");
+    if (b->slice.empty()) {
+      if (v->shape != b->shape)
+        return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
+                             " but the plan needs " + shape_str(b->shape));
+      if (Status s = to_f32(*v, dst); !s) return Status::error(weights_path + ": " + s.message());
+    } else {
+      bool fits = v->shape.size() == b->slice.size();
+      for (size_t d = 0; fits && d < b->slice.size(); ++d)
+        fits = b->slice[d].first + b->slice[d].second <= v->shape[d];
+      if (!fits) {
+        std::string sl;
+        for (size_t d = 0; d < b->slice.size(); ++d)
+          sl += (d ? ", " : "") + std::to_string(b->slice[d].first) + ":" +
+                std::to_string(b->slice[d].first + b->slice[d].second);
+        return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
+                             " but the plan needs its slice [" + sl + "]");
+      }
+      scratch.resize(static_cast<size_t>(v->numel()));
+      if (Status s = to_f32(*v, scratch.data()); !s) return Status::error(weights_path + ": " + s.message());
+      copy_slice(scratch.data(), v->shape, b->slice, dst);
+    }
+  }
+  return Status::ok();
+}
+
+Status Executor::set_kind(plan::BufferKind kind, const char *what,
+                          const std::map<std::string, std::vector<float>> &values,
+                          const std::map<std::string, std::vector<int64_t>> *shapes) {
+  std::vector<std::string> missing, unexpected, mismatched;
+  std::map<std::string, const plan::Buffer *> wanted;
+  for (const plan::Buffer &b : rank_.buffers)
+    if (b.kind == kind) wanted[b.name] = &b;
+  for (auto &[name, b] : wanted) {
+    auto it = values.find(name);
+    if (it == values.end()) {
+      missing.push_back(name);
+      continue;
+    }
+    if (shapes) {
+      auto sit = shapes->find(name);
+      if (sit != shapes->end() && sit->second != b->shape) {
+        mismatched.push_back(name + " is " + shape_str(sit->second) + ", the plan needs " + shape_str(b->shape));
+        continue;
+      }
+    }
+    if (static_cast<int64_t>(it->second.size()) != b->numel())
+      mismatched.push_back(name + " has " + std::to_string(it->second.size()) + " values, the plan needs " +
+                           std::to_string(b->numel()) + " (" + shape_str(b->shape) + ")");
+  }
+  for (auto &[name, v] : values)
+    if (!wanted.count(name)) unexpected.push_back(name);
+  if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
+    std::string msg = std::string(what) + " do not match the plan:";
+    if (!missing.empty()) msg += " missing " + join_names(missing) + ";";
+    if (!unexpected.empty()) msg += " not in the plan " + join_names(unexpected) + ";";
+    if (!mismatched.empty()) msg += " wrong shape: " + join_names(mismatched) + ";";
+    msg.pop_back();
+    return Status::error(msg);
+  }
+  for (auto &[name, b] : wanted) {
+    const std::vector<float> &v = values.at(name);
+    std::memcpy(tensors_[b->id].tensor.data, v.data(), v.size() * sizeof(float));
+  }
+  return Status::ok();
+}
+
+Status Executor::set_trainables(const std::map<std::string, std::vector<float>> &values,
+                                const std::map<std::string, std::vector<int64_t>> *shapes) {
+  return set_kind(plan::BufferKind::Trainable, "adapter tensors", values, shapes);
+}
+
+Status Executor::set_optimizer_state(const std::map<std::string, std::vector<float>> &values) {
+  return set_kind(plan::BufferKind::OptState, "optimizer state tensors", values, nullptr);
+}
+
+Status Executor::feed(const std::string &input_name, const int32_t *data, int64_t count) {
+  auto it = by_name_.find(input_name);
+  if (it == by_name_.end() || rank_.buffers[it->second].kind != plan::BufferKind::Input)
+    return Status::error("the plan has no input '" + input_name + "'");
+  const plan::Buffer &b = rank_.buffers[it->second];
+  if (count != b.numel())
+    return Status::error("input '" + input_name + "' takes " + std::to_string(b.numel()) + " values (" +
+                         shape_str(b.shape) + "), got " + std::to_string(count));
+  if (b.dtype == plan::ElemType::I32) {
+    std::memcpy(tensors_[b.id].tensor.data, data, static_cast<size_t>(count) * sizeof(int32_t));
+  } else {
+    float *dst = tensors_[b.id].tensor.f32();
+    for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(data[i]);
+  }
+  return Status::ok();
+}
+
+bool Executor::has_program(const std::string &program) const { return programs_.count(program) != 0; }
+
+Status Executor::run(const std::string &program, StepState *step) { return run(program, step, InstrHook()); }
+
+Status Executor::run(const std::string &program, StepState *step, const InstrHook &after) {
+  auto it = programs_.find(program);
+  if (it == programs_.end()) {
+    std::string have;
+    for (auto &kv : programs_) have += (have.empty() ? "" : ", ") + kv.first;
+    return Status::error("the plan has no program '" + program + "' (it has: " + (have.empty() ? "none" : have) + ")");
+  }
+  CompiledProgram &cp = it->second;
+  const size_t n = cp.calls.size();
+  for (size_t i = 0; i < n; ++i) {
+    KernelCall &c = cp.calls[i];
+    c.step = step;
+    Status s;
+    if (profile_on_) {
+      auto t0 = std::chrono::steady_clock::now();
+      s = (*cp.fns[i])(c);
+      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      OpProfile &p = profile_[c.instr->op];
+      p.seconds += dt;
+      p.calls += 1;
+      p.flops += c.instr->flops;
+    } else {
+      s = (*cp.fns[i])(c);
+    }
+    if (!s) {
+      const plan::Instr &in = *c.instr;
+      return Status::error("instruction #" + std::to_string(i) + " " + in.op +
+                           (in.loc.empty() ? "" : " (" + in.loc + ")") + ": " + s.message());
+    }
+    if (after) after(i, c);
+  }
+  return Status::ok();
+}
+
+double Executor::loss() const {
+  if (loss_id_ < 0) return std::numeric_limits<double>::quiet_NaN();
+  return tensors_[loss_id_].tensor.f32()[0];
+}
+
+std::vector<BufferTensor> Executor::buffers(plan::BufferKind kind) const {
+  std::vector<BufferTensor> out;
+  for (const BufferTensor &t : tensors_)
+    if (t.buffer->kind == kind) out.push_back(t);
+  return out;
+}
+
+const BufferTensor *Executor::find(const std::string &name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+} // namespace parallora::rt

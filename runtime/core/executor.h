@@ -1,0 +1,128 @@
+//===- executor.h - runs one rank of a plan on a kernel registry ----------===//
+//
+// Load time (Executor::create): validates the plan, checks that every instruction's kernel
+// exists in the registry (all missing kernels are reported in one error), allocates one
+// 64-byte-aligned arena of `arena_bytes` for the Activation buffers and one block for every
+// persistent buffer (each 64-byte aligned), and prebuilds one KernelCall per instruction with
+// every operand resolved to a pointer (an absent operand, id -1, is a Tensor with data nullptr).
+//
+// Run time: init_parameters() once (or set_trainables/set_optimizer_state to restore), then
+// per micro-batch feed() the inputs and run("micro_step"), then run("optimizer_step").
+// Nothing is allocated while running.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "frontend/status.h"
+#include "runtime/kernel.h"
+#include "runtime/plan/plan.h"
+
+namespace parallora::rt {
+
+/// A buffer of the loaded rank and its storage.
+struct BufferTensor {
+  const plan::Buffer *buffer = nullptr;  // name, kind, param, shape (owned by the Executor)
+  Tensor tensor;
+};
+
+struct OpProfile {
+  double seconds = 0;  // total wall time in this op's kernel
+  int64_t calls = 0;
+  double flops = 0;    // sum of the instructions' model FLOPs
+};
+
+class Executor {
+public:
+  /// `backend` names the registry in errors ("plan needs kernels not in the cpu backend: ...").
+  /// The registry's functions are copied: it need not outlive the executor.
+  static StatusOr<std::unique_ptr<Executor>> create(const plan::Plan &plan, int rank,
+                                                    const KernelRegistry &registry,
+                                                    const std::string &backend = "cpu");
+  ~Executor();
+  Executor(const Executor &) = delete;
+  Executor &operator=(const Executor &) = delete;
+
+  /// Fills Param and Trainable buffers: init "checkpoint" (or empty) reads tensor `name` (its
+  /// `slice` when set) from `weights_path` (a .safetensors file, a directory with
+  /// model.safetensors or model.safetensors.index.json, or an index .json; "" = none),
+  /// converting F16/BF16/F64 to f32 and checking the shape; any other init is a
+  /// models/weight_init.h spec drawn from `seed`. Grad, OptState, Input and Output are zeroed.
+  /// `skip_trainables`: leave the Trainables alone (the caller sets them with set_trainables,
+  /// e.g. from --init-adapter or a checkpoint).
+  Status init_parameters(const std::string &weights_path, uint64_t seed, bool skip_trainables = false);
+
+  /// Overwrites every Trainable from `values` (by buffer name). The names must be exactly the
+  /// plan's trainables and the element counts (and the shapes, when `shapes` is given) must
+  /// match; the error lists every missing, unexpected and mis-shaped tensor.
+  Status set_trainables(const std::map<std::string, std::vector<float>> &values,
+                        const std::map<std::string, std::vector<int64_t>> *shapes = nullptr);
+  /// Same for the OptState buffers ("<param>.exp_avg" / "<param>.exp_avg_sq").
+  Status set_optimizer_state(const std::map<std::string, std::vector<float>> &values);
+
+  /// Copies `count` token ids into the Input buffer `input_name`; count must equal its numel.
+  Status feed(const std::string &input_name, const int32_t *data, int64_t count);
+
+  /// Runs the named program's instructions in order. A kernel error comes back as
+  /// "instruction #i op (loc): <kernel message>".
+  Status run(const std::string &program, StepState *step);
+  /// Same, calling `after(i, call)` once instruction #i has run (e.g. to copy an activation
+  /// before the arena reuses its bytes).
+  using InstrHook = std::function<void(size_t index, const KernelCall &call)>;
+  Status run(const std::string &program, StepState *step, const InstrHook &after);
+  bool has_program(const std::string &program) const;
+
+  /// Per-op timing (off by default): when on, run() times every kernel call.
+  void enable_profile(bool on) { profile_on_ = on; }
+  const std::map<std::string, OpProfile> &profile() const { return profile_; }
+  void reset_profile() { profile_.clear(); }
+
+  /// The Output buffer "loss" (NaN when the plan has none).
+  double loss() const;
+
+  /// Buffers of one kind, in buffer order (Trainable, OptState, Grad, ...).
+  std::vector<BufferTensor> buffers(plan::BufferKind kind) const;
+  /// Any buffer by name (activations by their plan name); nullptr when absent.
+  const BufferTensor *find(const std::string &name) const;
+  /// Buffer by id.
+  const BufferTensor &buffer(int32_t id) const { return tensors_[id]; }
+
+  const plan::RankPlan &rank_plan() const { return rank_; }
+  int64_t arena_bytes() const { return arena_bytes_; }
+  /// Bytes of all persistent (non-Activation) buffers, including alignment padding.
+  int64_t persistent_bytes() const { return persistent_bytes_; }
+
+private:
+  Executor() = default;
+  Status set_kind(plan::BufferKind kind, const char *what, const std::map<std::string, std::vector<float>> &values,
+                  const std::map<std::string, std::vector<int64_t>> *shapes);
+
+  struct CompiledProgram {
+    std::vector<KernelCall> calls;
+    std::vector<const KernelFn *> fns;
+  };
+  struct AlignedFree {
+    void operator()(void *p) const;
+  };
+
+  plan::RankPlan rank_;  // owned copy: KernelCall::instr points into it
+  std::map<std::string, KernelFn> kernels_;
+  std::map<std::string, CompiledProgram> programs_;
+  std::vector<BufferTensor> tensors_;
+  std::map<std::string, int32_t> by_name_;
+  std::unique_ptr<void, AlignedFree> arena_;
+  std::unique_ptr<void, AlignedFree> persistent_;
+  int64_t arena_bytes_ = 0;
+  int64_t persistent_bytes_ = 0;
+  int32_t loss_id_ = -1;
+  bool profile_on_ = false;
+  std::map<std::string, OpProfile> profile_;
+};
+
+} // namespace parallora::rt

@@ -1,0 +1,649 @@
+//===- plan_io.cpp - plan files: write, read + validate, describe, fingerprint ===//
+#include "runtime/plan/plan_io.h"
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <iomanip>
+#include <map>
+#include <set>
+#include <sstream>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/plan/plan.pb.h"
+
+namespace parallora::plan {
+namespace {
+
+constexpr size_t kHeaderBytes = 8 + 4 + 8;
+constexpr size_t kTrailerBytes = 4;
+
+// ------------------------------------------------------------------ struct <-> protobuf
+
+void to_pb(const Buffer &b, pb::Buffer *out) {
+  out->set_id(b.id);
+  out->set_name(b.name);
+  out->set_kind(static_cast<int32_t>(b.kind));
+  out->set_dtype(static_cast<int32_t>(b.dtype));
+  for (int64_t d : b.shape) out->add_shape(d);
+  out->set_offset(b.offset);
+  out->set_init(b.init);
+  out->set_param(b.param);
+  for (auto &[start, size] : b.slice) {
+    auto *r = out->add_slice();
+    r->set_start(start);
+    r->set_size(size);
+  }
+}
+
+void to_pb(const Instr &in, pb::Instr *out) {
+  out->set_op(in.op);
+  for (int32_t i : in.inputs) out->add_inputs(i);
+  for (int32_t o : in.outputs) out->add_outputs(o);
+  for (auto &[name, value] : in.attrs) {
+    auto *a = out->add_attrs();
+    a->set_name(name);
+    if (auto *i = std::get_if<int64_t>(&value)) a->set_i(*i);
+    else if (auto *f = std::get_if<double>(&value)) a->set_f(*f);
+    else if (auto *s = std::get_if<std::string>(&value)) a->set_s(*s);
+    else {
+      auto *list = a->mutable_ints();
+      for (int64_t v : std::get<std::vector<int64_t>>(value)) list->add_values(v);
+    }
+  }
+  out->set_loc(in.loc);
+  out->set_layer(in.layer);
+  out->set_flops(in.flops);
+}
+
+void to_pb(const Plan &p, pb::Plan *out) {
+  out->set_producer(p.producer);
+  out->set_model_config_json(p.model_config_json);
+  out->set_base_weights(p.base_weights);
+  auto *l = out->mutable_lora();
+  l->set_rank(p.lora.rank);
+  l->set_alpha(p.lora.alpha);
+  l->set_dropout(p.lora.dropout);
+  l->set_use_rslora(p.lora.use_rslora);
+  for (auto &t : p.lora.target_modules) l->add_target_modules(t);
+  auto *h = out->mutable_hparams();
+  h->set_lr(p.hparams.lr);
+  h->set_schedule(p.hparams.schedule);
+  h->set_warmup_steps(p.hparams.warmup_steps);
+  h->set_min_lr_ratio(p.hparams.min_lr_ratio);
+  h->set_total_steps(p.hparams.total_steps);
+  h->set_weight_decay(p.hparams.weight_decay);
+  h->set_beta1(p.hparams.beta1);
+  h->set_beta2(p.hparams.beta2);
+  h->set_eps(p.hparams.eps);
+  h->set_max_grad_norm(p.hparams.max_grad_norm);
+  out->set_global_batch(p.global_batch);
+  out->set_seq_len(p.seq_len);
+  out->set_micro_batches(p.micro_batches);
+  out->set_vocab_size(p.vocab_size);
+  out->set_ignore_index(p.ignore_index);
+  out->set_world_size(p.world_size);
+  for (const RankPlan &r : p.ranks) {
+    auto *rp = out->add_ranks();
+    rp->set_rank(r.rank);
+    for (const Buffer &b : r.buffers) to_pb(b, rp->add_buffers());
+    for (const Program &prog : r.programs) {
+      auto *pp = rp->add_programs();
+      pp->set_name(prog.name);
+      for (const Instr &in : prog.instrs) to_pb(in, pp->add_instrs());
+    }
+    rp->set_arena_bytes(r.arena_bytes);
+    rp->set_param_bytes(r.param_bytes);
+    rp->set_grad_bytes(r.grad_bytes);
+    rp->set_optimizer_bytes(r.optimizer_bytes);
+    rp->set_peak_bytes(r.peak_bytes);
+    rp->set_flops_per_step(r.flops_per_step);
+  }
+}
+
+std::string payload_of(const Plan &plan) {
+  pb::Plan msg;
+  to_pb(plan, &msg);
+  std::string bytes;
+  google::protobuf::io::StringOutputStream sos(&bytes);
+  {
+    google::protobuf::io::CodedOutputStream cos(&sos);
+    cos.SetSerializationDeterministic(true);
+    msg.SerializeToCodedStream(&cos);
+  }
+  return bytes;
+}
+
+Status from_pb(const pb::Plan &m, Plan &p) {
+  p.producer = m.producer();
+  p.model_config_json = m.model_config_json();
+  p.base_weights = m.base_weights();
+  p.lora.rank = m.lora().rank();
+  p.lora.alpha = m.lora().alpha();
+  p.lora.dropout = m.lora().dropout();
+  p.lora.use_rslora = m.lora().use_rslora();
+  p.lora.target_modules.assign(m.lora().target_modules().begin(), m.lora().target_modules().end());
+  const auto &h = m.hparams();
+  p.hparams.lr = h.lr();
+  p.hparams.schedule = h.schedule();
+  p.hparams.warmup_steps = h.warmup_steps();
+  p.hparams.min_lr_ratio = h.min_lr_ratio();
+  p.hparams.total_steps = h.total_steps();
+  p.hparams.weight_decay = h.weight_decay();
+  p.hparams.beta1 = h.beta1();
+  p.hparams.beta2 = h.beta2();
+  p.hparams.eps = h.eps();
+  p.hparams.max_grad_norm = h.max_grad_norm();
+  p.global_batch = m.global_batch();
+  p.seq_len = m.seq_len();
+  p.micro_batches = m.micro_batches();
+  p.vocab_size = m.vocab_size();
+  p.ignore_index = m.ignore_index();
+  p.world_size = m.world_size();
+  p.ranks.clear();
+  p.ranks.reserve(m.ranks_size());
+  for (int ri = 0; ri < m.ranks_size(); ++ri) {
+    const auto &mr = m.ranks(ri);
+    RankPlan r;
+    r.rank = mr.rank();
+    r.buffers.reserve(mr.buffers_size());
+    for (int bi = 0; bi < mr.buffers_size(); ++bi) {
+      const auto &mb = mr.buffers(bi);
+      Buffer b;
+      b.id = mb.id();
+      b.name = mb.name();
+      if (mb.kind() < 0 || mb.kind() > static_cast<int>(BufferKind::Output))
+        return Status::error("rank " + std::to_string(ri) + ": buffer #" + std::to_string(bi) + " ('" + mb.name() +
+                             "') has unknown kind " + std::to_string(mb.kind()));
+      if (mb.dtype() < 0 || mb.dtype() > static_cast<int>(ElemType::I32))
+        return Status::error("rank " + std::to_string(ri) + ": buffer #" + std::to_string(bi) + " ('" + mb.name() +
+                             "') has unknown element type " + std::to_string(mb.dtype()));
+      b.kind = static_cast<BufferKind>(mb.kind());
+      b.dtype = static_cast<ElemType>(mb.dtype());
+      b.shape.assign(mb.shape().begin(), mb.shape().end());
+      b.offset = mb.offset();
+      b.init = mb.init();
+      b.param = mb.param();
+      for (const auto &s : mb.slice()) b.slice.emplace_back(s.start(), s.size());
+      r.buffers.push_back(std::move(b));
+    }
+    for (const auto &mp : mr.programs()) {
+      Program prog;
+      prog.name = mp.name();
+      prog.instrs.reserve(mp.instrs_size());
+      for (const auto &mi : mp.instrs()) {
+        Instr in;
+        in.op = mi.op();
+        in.inputs.assign(mi.inputs().begin(), mi.inputs().end());
+        in.outputs.assign(mi.outputs().begin(), mi.outputs().end());
+        for (const auto &a : mi.attrs()) {
+          switch (a.value_case()) {
+          case pb::Attr::kI: in.attrs[a.name()] = a.i(); break;
+          case pb::Attr::kF: in.attrs[a.name()] = a.f(); break;
+          case pb::Attr::kS: in.attrs[a.name()] = a.s(); break;
+          case pb::Attr::kInts:
+            in.attrs[a.name()] = std::vector<int64_t>(a.ints().values().begin(), a.ints().values().end());
+            break;
+          default:
+            return Status::error("rank " + std::to_string(ri) + ": program '" + mp.name() + "': instruction " + mi.op() +
+                                 " has attribute '" + a.name() + "' without a value");
+          }
+        }
+        in.loc = mi.loc();
+        in.layer = mi.layer();
+        in.flops = mi.flops();
+        prog.instrs.push_back(std::move(in));
+      }
+      r.programs.push_back(std::move(prog));
+    }
+    r.arena_bytes = mr.arena_bytes();
+    r.param_bytes = mr.param_bytes();
+    r.grad_bytes = mr.grad_bytes();
+    r.optimizer_bytes = mr.optimizer_bytes();
+    r.peak_bytes = mr.peak_bytes();
+    r.flops_per_step = mr.flops_per_step();
+    p.ranks.push_back(std::move(r));
+  }
+  return Status::ok();
+}
+
+// ------------------------------------------------------------------ little-endian helpers
+
+void put_u32(std::string &s, uint32_t v) {
+  for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void put_u64(std::string &s, uint64_t v) {
+  for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint32_t get_u32(const std::string &s, size_t at) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<uint8_t>(s[at + i])) << (8 * i);
+  return v;
+}
+uint64_t get_u64(const std::string &s, size_t at) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(s[at + i])) << (8 * i);
+  return v;
+}
+
+std::string hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08x", v);
+  return buf;
+}
+
+std::string shape_str(const std::vector<int64_t> &shape) {
+  if (shape.empty()) return "scalar";
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s;
+}
+
+std::string human_bytes(double b) {
+  char buf[64];
+  if (b < 1024) std::snprintf(buf, sizeof buf, "%.0f B", b);
+  else if (b < 1024.0 * 1024) std::snprintf(buf, sizeof buf, "%.1f KiB", b / 1024);
+  else if (b < 1024.0 * 1024 * 1024) std::snprintf(buf, sizeof buf, "%.1f MiB", b / (1024.0 * 1024));
+  else std::snprintf(buf, sizeof buf, "%.2f GiB", b / (1024.0 * 1024 * 1024));
+  return buf;
+}
+
+std::string num(double v) {
+  std::ostringstream os;
+  os << std::setprecision(6) << v;
+  return os.str();
+}
+
+std::string buffer_ref(const RankPlan &rank, int32_t id) {
+  if (id < 0) return "_";
+  if (id >= static_cast<int32_t>(rank.buffers.size())) return "%?" + std::to_string(id);
+  const Buffer &b = rank.buffers[id];
+  if (b.kind == BufferKind::Activation) return "%" + std::to_string(id);
+  return "@" + b.name;
+}
+
+} // namespace
+
+// ------------------------------------------------------------------ public API
+
+const char *buffer_kind_name(BufferKind kind) {
+  switch (kind) {
+  case BufferKind::Input: return "input";
+  case BufferKind::Param: return "param";
+  case BufferKind::Trainable: return "trainable";
+  case BufferKind::Grad: return "grad";
+  case BufferKind::OptState: return "opt_state";
+  case BufferKind::Activation: return "activation";
+  case BufferKind::Output: return "output";
+  }
+  return "?";
+}
+
+const char *elem_type_name(ElemType type) { return type == ElemType::F32 ? "f32" : "i32"; }
+
+uint32_t crc32(const void *data, size_t size, uint32_t crc) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  const auto *p = static_cast<const uint8_t *>(data);
+  crc = ~crc;
+  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+const Program *find_program(const RankPlan &rank, const std::string &name) {
+  for (const Program &p : rank.programs)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+Status validate_plan(const Plan &plan) {
+  if (plan.world_size < 1) return Status::error("world_size is " + std::to_string(plan.world_size) + " (must be >= 1)");
+  if (static_cast<int64_t>(plan.ranks.size()) != plan.world_size)
+    return Status::error("world_size is " + std::to_string(plan.world_size) + " but the plan holds " +
+                         std::to_string(plan.ranks.size()) + " rank programs");
+  if (plan.global_batch < 1 || plan.seq_len < 1 || plan.micro_batches < 1)
+    return Status::error("global_batch, seq_len and micro_batches must be >= 1 (got " +
+                         std::to_string(plan.global_batch) + ", " + std::to_string(plan.seq_len) + ", " +
+                         std::to_string(plan.micro_batches) + ")");
+  for (size_t r = 0; r < plan.ranks.size(); ++r) {
+    const RankPlan &rank = plan.ranks[r];
+    std::string where = "rank " + std::to_string(r) + ": ";
+    if (rank.rank != static_cast<int32_t>(r))
+      return Status::error("ranks[" + std::to_string(r) + "].rank is " + std::to_string(rank.rank) + " (expected " +
+                           std::to_string(r) + ")");
+    if (rank.arena_bytes < 0) return Status::error(where + "negative arena_bytes " + std::to_string(rank.arena_bytes));
+    const int32_t n = static_cast<int32_t>(rank.buffers.size());
+    std::map<std::string, BufferKind> named;  // persistent buffers by name
+    for (int32_t i = 0; i < n; ++i) {
+      const Buffer &b = rank.buffers[i];
+      std::string bw = where + "buffer #" + std::to_string(i) + " ('" + b.name + "')";
+      if (b.id != i) return Status::error(bw + " has id " + std::to_string(b.id) + " (ids must equal the index)");
+      for (int64_t d : b.shape)
+        if (d < 0) return Status::error(bw + " has negative dimension in shape " + shape_str(b.shape));
+      if (b.kind == BufferKind::Activation) {
+        if (b.offset < 0) return Status::error(bw + " is an activation without an arena offset");
+        if (b.offset + b.nbytes() > rank.arena_bytes)
+          return Status::error(bw + " at arena offset " + std::to_string(b.offset) + " + " + std::to_string(b.nbytes()) +
+                               " bytes ends beyond the arena (" + std::to_string(rank.arena_bytes) + " bytes)");
+      } else {
+        if (b.name.empty()) return Status::error(bw + ": a " + std::string(buffer_kind_name(b.kind)) + " buffer needs a name");
+        if (!named.emplace(b.name, b.kind).second)
+          return Status::error(bw + ": another persistent buffer has the same name");
+      }
+      if (!b.slice.empty()) {
+        if (b.slice.size() != b.shape.size())
+          return Status::error(bw + " has a slice of " + std::to_string(b.slice.size()) + " dims for shape " +
+                               shape_str(b.shape));
+        for (size_t d = 0; d < b.slice.size(); ++d)
+          if (b.slice[d].first < 0 || b.slice[d].second != b.shape[d])
+            return Status::error(bw + ": slice dim " + std::to_string(d) + " [" + std::to_string(b.slice[d].first) + ", " +
+                                 std::to_string(b.slice[d].second) + "] does not match shape " + shape_str(b.shape));
+      }
+    }
+    for (const Buffer &b : rank.buffers) {
+      if (b.kind != BufferKind::Grad && b.kind != BufferKind::OptState) continue;
+      auto it = named.find(b.param);
+      if (it == named.end() || it->second != BufferKind::Trainable)
+        return Status::error(where + buffer_kind_name(b.kind) + " buffer #" + std::to_string(b.id) + " ('" + b.name +
+                             "') belongs to '" + b.param + "', which is not a trainable buffer of the rank");
+    }
+    std::set<std::string> prog_names;
+    for (const Program &prog : rank.programs) {
+      if (!prog_names.insert(prog.name).second)
+        return Status::error(where + "two programs are named '" + prog.name + "'");
+      for (size_t k = 0; k < prog.instrs.size(); ++k) {
+        const Instr &in = prog.instrs[k];
+        std::string iw = where + "program '" + prog.name + "' instruction #" + std::to_string(k) + " (" + in.op +
+                         (in.loc.empty() ? "" : ", " + in.loc) + ")";
+        if (in.op.empty()) return Status::error(iw + " has no op name");
+        for (size_t j = 0; j < in.inputs.size(); ++j)
+          if (in.inputs[j] < -1 || in.inputs[j] >= n)
+            return Status::error(iw + ": input " + std::to_string(j) + " refers to buffer " + std::to_string(in.inputs[j]) +
+                                 " but the rank has " + std::to_string(n) + " buffers");
+        for (size_t j = 0; j < in.outputs.size(); ++j)
+          if (in.outputs[j] < 0 || in.outputs[j] >= n)
+            return Status::error(iw + ": output " + std::to_string(j) + " refers to buffer " +
+                                 std::to_string(in.outputs[j]) + " but the rank has " + std::to_string(n) + " buffers");
+      }
+    }
+  }
+  return Status::ok();
+}
+
+std::string encode_plan(const Plan &plan) {
+  std::string payload = payload_of(plan);
+  std::string out;
+  out.reserve(kHeaderBytes + payload.size() + kTrailerBytes);
+  out.append(kPlanMagic, 8);
+  put_u32(out, kPlanFormatVersion);
+  put_u64(out, payload.size());
+  out += payload;
+  put_u32(out, crc32(payload.data(), payload.size()));
+  return out;
+}
+
+StatusOr<Plan> decode_plan(const std::string &bytes, const std::string &origin) {
+  if (bytes.size() < 8) {
+    if (!bytes.empty() && std::memcmp(bytes.data(), kPlanMagic, bytes.size()) == 0)
+      return Status::error(origin + " is truncated (" + std::to_string(bytes.size()) + " bytes)");
+    return Status::error(origin + " is not a Parallora plan (bad magic)");
+  }
+  if (std::memcmp(bytes.data(), kPlanMagic, 8) != 0)
+    return Status::error(origin + " is not a Parallora plan (bad magic)");
+  if (bytes.size() < 12) return Status::error(origin + " is truncated (" + std::to_string(bytes.size()) + " bytes)");
+  uint32_t version = get_u32(bytes, 8);
+  if (version != kPlanFormatVersion)
+    return Status::error(origin + " was written by plan format version " + std::to_string(version) +
+                         "; this lora-run reads version " + std::to_string(kPlanFormatVersion) +
+                         ": recompile with lora-compile");
+  if (bytes.size() < kHeaderBytes) return Status::error(origin + " is truncated (" + std::to_string(bytes.size()) + " bytes)");
+  uint64_t len = get_u64(bytes, 12);
+  uint64_t avail = bytes.size() - kHeaderBytes;
+  if (len > avail || avail - len < kTrailerBytes)
+    return Status::error(origin + " is truncated: the header announces " + std::to_string(len) +
+                         " payload bytes + 4 CRC bytes, the file has " + std::to_string(avail) + " after the header");
+  if (avail - len > kTrailerBytes)
+    return Status::error(origin + " is corrupt: " + std::to_string(avail - len - kTrailerBytes) +
+                         " unexpected bytes after the CRC");
+  uint32_t stored = get_u32(bytes, kHeaderBytes + len);
+  uint32_t computed = crc32(bytes.data() + kHeaderBytes, len);
+  if (stored != computed)
+    return Status::error(origin + " is corrupt: CRC32 mismatch (stored " + hex32(stored) + ", computed " + hex32(computed) +
+                         ")");
+  pb::Plan msg;
+  if (!msg.ParseFromArray(bytes.data() + kHeaderBytes, static_cast<int>(len)))
+    return Status::error(origin + " is corrupt: the protobuf payload does not parse");
+  Plan plan;
+  plan.version = version;
+  if (Status s = from_pb(msg, plan); !s) return Status::error(origin + " is corrupt: " + s.message());
+  if (Status s = validate_plan(plan); !s) return Status::error(origin + " is not a valid plan: " + s.message());
+  return plan;
+}
+
+Status write_plan(const std::string &path, const Plan &plan) {
+  if (Status s = validate_plan(plan); !s) return Status::error("refusing to write an invalid plan to " + path + ": " + s.message());
+  std::string bytes = encode_plan(plan);
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status::error("cannot write " + path + ": " + std::strerror(errno));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return Status::error("cannot write " + path + ": " + std::strerror(e));
+    }
+    done += static_cast<size_t>(w);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return Status::error("cannot write " + path + ": " + std::strerror(e));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return Status::error("cannot write " + path + ": rename failed: " + std::strerror(e));
+  }
+  return Status::ok();
+}
+
+StatusOr<Plan> read_plan(const std::string &path) {
+  FILE *f = std::fopen(path.c_str(), "rb");
+  if (!f) return Status::error("cannot open plan " + path + ": " + std::strerror(errno));
+  std::string bytes;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) bytes.append(buf, n);
+  bool err = std::ferror(f);
+  std::fclose(f);
+  if (err) return Status::error("cannot read plan " + path + " (is it a directory?)");
+  return decode_plan(bytes, path);
+}
+
+std::string plan_fingerprint(const Plan &plan) {
+  std::string payload = payload_of(plan);
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : payload) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+std::string format_instr(const RankPlan &rank, const Instr &in) {
+  std::string s;
+  for (size_t i = 0; i < in.outputs.size(); ++i) s += (i ? ", " : "") + buffer_ref(rank, in.outputs[i]);
+  if (!in.outputs.empty()) s += " = ";
+  s += in.op + "(";
+  for (size_t i = 0; i < in.inputs.size(); ++i) s += (i ? ", " : "") + buffer_ref(rank, in.inputs[i]);
+  s += ")";
+  if (!in.attrs.empty()) {
+    s += " {";
+    bool first = true;
+    for (auto &[name, v] : in.attrs) {
+      s += (first ? "" : ", ") + name + " = ";
+      first = false;
+      if (auto *i = std::get_if<int64_t>(&v)) s += std::to_string(*i);
+      else if (auto *f = std::get_if<double>(&v)) s += num(*f);
+      else if (auto *str = std::get_if<std::string>(&v)) s += "\"" + *str + "\"";
+      else {
+        s += "[";
+        auto &list = std::get<std::vector<int64_t>>(v);
+        for (size_t k = 0; k < list.size(); ++k) s += (k ? ", " : "") + std::to_string(list[k]);
+        s += "]";
+      }
+    }
+    s += "}";
+  }
+  if (!in.loc.empty()) s += "  " + in.loc;
+  return s;
+}
+
+std::string describe_plan(const Plan &plan, bool verbose) {
+  std::ostringstream os;
+  os << "plan: " << (plan.producer.empty() ? "(unknown producer)" : plan.producer) << ", format version "
+     << plan.version << ", fingerprint " << plan_fingerprint(plan) << "\n";
+
+  // Model: tolerant reads of the HF config (any missing key is just left out).
+  if (!plan.model_config_json.empty()) {
+    nlohmann::json cfg = nlohmann::json::parse(plan.model_config_json, nullptr, /*allow_exceptions=*/false);
+    if (cfg.is_object()) {
+      auto get = [&](const char *key) -> int64_t {
+        auto it = cfg.find(key);
+        return it != cfg.end() && it->is_number_integer() ? it->get<int64_t>() : -1;
+      };
+      int64_t layers = get("num_hidden_layers"), hidden = get("hidden_size"), heads = get("num_attention_heads"),
+              kv = get("num_key_value_heads"), inter = get("intermediate_size"), vocab = get("vocab_size");
+      std::string type = cfg.contains("model_type") && cfg["model_type"].is_string() ? cfg["model_type"].get<std::string>() : "llama";
+      os << "model: " << type;
+      if (layers >= 0) os << ", " << layers << " layers";
+      if (hidden >= 0) os << ", hidden " << hidden;
+      if (heads >= 0) {
+        os << ", heads " << heads;
+        if (kv >= 0 && kv != heads) os << " (kv " << kv << ")";
+      }
+      if (inter >= 0) os << ", intermediate " << inter;
+      if (vocab >= 0) os << ", vocab " << vocab;
+      if (cfg.contains("tie_word_embeddings") && cfg["tie_word_embeddings"].is_boolean())
+        os << ", tied embeddings: " << (cfg["tie_word_embeddings"].get<bool>() ? "yes" : "no");
+      os << "\n";
+    } else {
+      os << "model: (model_config_json does not parse)\n";
+    }
+  } else {
+    os << "model: (no config recorded)\n";
+  }
+  os << "base weights: " << (plan.base_weights.empty() ? "(none recorded: random init or lora-run --weights)" : plan.base_weights)
+     << "\n";
+
+  const LoraInfo &l = plan.lora;
+  if (l.rank > 0) {
+    double scaling = l.use_rslora ? l.alpha / std::sqrt(static_cast<double>(l.rank)) : l.alpha / l.rank;
+    os << "LoRA: r=" << l.rank << ", alpha=" << num(l.alpha) << " (scaling " << num(scaling)
+       << (l.use_rslora ? ", rslora" : "") << "), dropout " << num(l.dropout) << ", targets ";
+    for (size_t i = 0; i < l.target_modules.size(); ++i) os << (i ? "," : "") << l.target_modules[i];
+    if (l.target_modules.empty()) os << "(none)";
+    os << "\n";
+  } else {
+    os << "LoRA: none\n";
+  }
+
+  const Hyperparams &h = plan.hparams;
+  os << "hyperparameters: AdamW lr " << num(h.lr) << ", schedule " << h.schedule;
+  if (h.warmup_steps) os << " (warmup " << h.warmup_steps << " steps)";
+  if (h.schedule != "constant") {
+    os << ", min_lr_ratio " << num(h.min_lr_ratio) << ", decay over "
+       << (h.total_steps > 0 ? std::to_string(h.total_steps) + " steps" : std::string("--steps"));
+  }
+  os << ", betas (" << num(h.beta1) << ", " << num(h.beta2) << "), eps " << num(h.eps) << ", weight_decay "
+     << num(h.weight_decay) << ", max_grad_norm " << (h.max_grad_norm > 0 ? num(h.max_grad_norm) : std::string("off"))
+     << "\n";
+
+  int64_t per_micro = plan.global_batch / std::max<int64_t>(1, plan.micro_batches * plan.world_size);
+  os << "data: global batch " << plan.global_batch << " x seq_len " << plan.seq_len << " = "
+     << plan.global_batch * plan.seq_len << " tokens per step, " << plan.micro_batches << " micro-batch"
+     << (plan.micro_batches == 1 ? "" : "es") << " of " << per_micro << " sequences"
+     << (plan.world_size > 1 ? " per rank" : "") << ", vocab " << plan.vocab_size << ", ignore_index "
+     << plan.ignore_index << "\n";
+  os << "ranks: " << plan.world_size << "\n";
+
+  for (const RankPlan &r : plan.ranks) {
+    os << "rank " << r.rank << ":\n";
+    std::map<int, std::pair<int64_t, int64_t>> by_kind;  // kind -> (count, bytes)
+    for (const Buffer &b : r.buffers) {
+      auto &e = by_kind[static_cast<int>(b.kind)];
+      e.first += 1;
+      e.second += b.nbytes();
+    }
+    os << "  buffers:";
+    bool first = true;
+    for (auto &[k, e] : by_kind) {
+      os << (first ? " " : ", ") << buffer_kind_name(static_cast<BufferKind>(k)) << " " << e.first << " ("
+         << human_bytes(static_cast<double>(e.second))
+         << (static_cast<BufferKind>(k) == BufferKind::Activation ? " unshared" : "") << ")";
+      first = false;
+    }
+    os << "\n";
+    os << "  arena: " << human_bytes(static_cast<double>(r.arena_bytes)) << " (" << r.arena_bytes << " bytes)\n";
+    char buf[128];
+    std::snprintf(buf, sizeof buf, "%.1f MiB", r.peak_bytes / (1024.0 * 1024.0));
+    os << "  predicted peak memory: " << buf << " (params " << human_bytes(static_cast<double>(r.param_bytes))
+       << ", grads " << human_bytes(static_cast<double>(r.grad_bytes)) << ", optimizer "
+       << human_bytes(static_cast<double>(r.optimizer_bytes)) << ")\n";
+    std::snprintf(buf, sizeof buf, "%.3f GFLOP", r.flops_per_step / 1e9);
+    os << "  FLOPs per step: " << buf << "\n";
+    for (const Program &p : r.programs) {
+      std::map<std::string, int64_t> ops;
+      for (const Instr &in : p.instrs) ops[in.op] += 1;
+      os << "  program " << p.name << ": " << p.instrs.size() << " instruction" << (p.instrs.size() == 1 ? "" : "s");
+      if (!ops.empty()) {
+        os << " (";
+        bool f = true;
+        for (auto &[op, c] : ops) {
+          os << (f ? "" : ", ") << op << " " << c;
+          f = false;
+        }
+        os << ")";
+      }
+      os << "\n";
+    }
+    if (verbose) {
+      os << "  buffer table:\n";
+      for (const Buffer &b : r.buffers) {
+        os << "    " << (b.kind == BufferKind::Activation ? "%" + std::to_string(b.id) : "@" + b.name) << "  "
+           << buffer_kind_name(b.kind) << " " << elem_type_name(b.dtype) << " " << shape_str(b.shape);
+        if (b.kind == BufferKind::Activation) os << " at " << b.offset << "  " << b.name;
+        if (!b.init.empty()) os << " init " << b.init;
+        if (!b.param.empty()) os << " of " << b.param;
+        os << "\n";
+      }
+      for (const Program &p : r.programs) {
+        os << "  " << p.name << ":\n";
+        for (size_t k = 0; k < p.instrs.size(); ++k)
+          os << "    #" << k << "  " << format_instr(r, p.instrs[k]) << "\n";
+      }
+    }
+  }
+  return os.str();
+}
+
+} // namespace parallora::plan

@@ -1,0 +1,375 @@
+// Tests for runtime/core/executor: kernel availability at load, buffer storage (arena
+// aliasing, absent operands), feeding, running (error prefixes, profiling), parameter init
+// from checkpoints (dtype conversion, shape errors, slices) and init specs, restoring
+// trainables / optimizer state, and a small forward + loss through the real CPU kernels.
+#include "runtime/core/executor.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "frontend/safetensors.h"
+#include "models/weight_init.h"
+#include "runtime/cpu/kernels.h"
+
+using namespace parallora;
+using namespace parallora::rt;
+using plan::BufferKind;
+using plan::ElemType;
+
+namespace {
+
+struct PlanBuilder {
+  plan::Plan p;
+  PlanBuilder() {
+    p.producer = "test";
+    p.global_batch = 1;
+    p.seq_len = 3;
+    p.vocab_size = 4;
+    p.ranks.resize(1);
+    p.ranks[0].rank = 0;
+  }
+  plan::RankPlan &r() { return p.ranks[0]; }
+  int32_t buffer(const std::string &name, BufferKind kind, std::vector<int64_t> shape, ElemType dtype = ElemType::F32,
+                 const std::string &init = "", int64_t offset = -1, const std::string &param = "") {
+    plan::Buffer b;
+    b.id = static_cast<int32_t>(r().buffers.size());
+    b.name = name;
+    b.kind = kind;
+    b.dtype = dtype;
+    b.shape = std::move(shape);
+    b.init = init;
+    b.offset = offset;
+    b.param = param;
+    if (kind == BufferKind::Activation) r().arena_bytes = std::max(r().arena_bytes, offset + b.nbytes());
+    r().buffers.push_back(b);
+    return b.id;
+  }
+  plan::Instr &instr(const std::string &program, const std::string &op, std::vector<int32_t> in,
+                     std::vector<int32_t> out, const std::string &loc = "") {
+    plan::Program *prog = nullptr;
+    for (auto &pr : r().programs)
+      if (pr.name == program) prog = &pr;
+    if (!prog) {
+      r().programs.push_back({program, {}});
+      prog = &r().programs.back();
+    }
+    plan::Instr i;
+    i.op = op;
+    i.inputs = std::move(in);
+    i.outputs = std::move(out);
+    i.loc = loc;
+    prog->instrs.push_back(i);
+    return prog->instrs.back();
+  }
+};
+
+class ExecutorTest : public testing::Test {
+protected:
+  void SetUp() override {
+    std::string templ = testing::TempDir() + "executor_test_XXXXXX";
+    ASSERT_NE(mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+  }
+  void TearDown() override { std::system(("rm -rf '" + dir_ + "'").c_str()); }
+  std::string path(const std::string &name) const { return dir_ + "/" + name; }
+  std::string dir_;
+};
+
+// y = x * scale, elementwise (f32)
+Status scale_kernel(KernelCall &c) {
+  const Tensor &x = c.in[0];
+  const Tensor &y = c.out[0];
+  double s = c.attr_f("scale", 1.0);
+  for (int64_t i = 0; i < x.numel(); ++i) y.f32()[i] = static_cast<float>(x.f32()[i] * s);
+  return Status::ok();
+}
+
+TEST_F(ExecutorTest, ReportsAllMissingKernels) {
+  PlanBuilder b;
+  int32_t x = b.buffer("x", BufferKind::Input, {2});
+  int32_t y = b.buffer("%1", BufferKind::Activation, {2}, ElemType::F32, "", 0);
+  b.instr("micro_step", "foo", {x}, {y});
+  b.instr("micro_step", "scale", {x}, {y});
+  b.instr("micro_step", "foo", {x}, {y});
+  b.instr("micro_step", "bar", {x}, {y});
+  b.instr("eval_step", "foo", {x}, {y});
+  KernelRegistry reg;
+  reg.add("scale", scale_kernel);
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_FALSE(ex.is_ok());
+  EXPECT_EQ(ex.message(), "plan needs kernels not in the cpu backend: foo (3 uses), bar");
+  auto ex2 = Executor::create(b.p, 1, reg);
+  ASSERT_FALSE(ex2.is_ok());
+  EXPECT_NE(ex2.message().find("rank 1 is not in the plan"), std::string::npos);
+}
+
+TEST_F(ExecutorTest, RejectsInvalidPlan) {
+  PlanBuilder b;
+  int32_t x = b.buffer("x", BufferKind::Input, {2});
+  b.instr("micro_step", "scale", {x}, {7});
+  KernelRegistry reg;
+  reg.add("scale", scale_kernel);
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_FALSE(ex.is_ok());
+  EXPECT_NE(ex.message().find("invalid plan: rank 0: program 'micro_step' instruction #0"), std::string::npos)
+      << ex.message();
+}
+
+TEST_F(ExecutorTest, StorageFeedRunProfile) {
+  PlanBuilder b;
+  int32_t ids = b.buffer("input_ids", BufferKind::Input, {2, 2}, ElemType::I32);
+  int32_t a = b.buffer("%a", BufferKind::Activation, {4}, ElemType::F32, "", 0);
+  int32_t v = b.buffer("%view", BufferKind::Activation, {2, 2}, ElemType::F32, "", 0);  // same bytes as %a
+  int32_t c = b.buffer("%c", BufferKind::Activation, {4}, ElemType::F32, "", 64);
+  int32_t loss = b.buffer("loss", BufferKind::Output, {});
+  b.r().arena_bytes = 100;
+  // "tofloat": ids -> f32; then scale twice; then sum into loss; with an absent operand.
+  KernelRegistry reg;
+  reg.add("tofloat", [](KernelCall &k) {
+    for (int64_t i = 0; i < k.in[0].numel(); ++i) k.out[0].f32()[i] = static_cast<float>(k.in[0].i32()[i]);
+    return Status::ok();
+  });
+  reg.add("scale", scale_kernel);
+  reg.add("sum", [](KernelCall &k) {
+    if (k.in[1].present()) return Status::error("second operand should be absent");
+    float s = 0;
+    for (int64_t i = 0; i < k.in[0].numel(); ++i) s += k.in[0].f32()[i];
+    k.out[0].f32()[0] = s;
+    return Status::ok();
+  });
+  reg.add("fail", [](KernelCall &k) { return Status::error("token id " + std::to_string(k.in[0].i32()[0]) + " is bad"); });
+  b.instr("micro_step", "tofloat", {ids}, {a});
+  b.instr("micro_step", "scale", {v}, {c}).attrs["scale"] = 0.5;
+  b.instr("micro_step", "sum", {c, -1}, {loss}, "model.norm");
+  b.instr("eval_step", "fail", {ids}, {c}, "model.embed_tokens");
+  auto ex_or = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+
+  EXPECT_EQ(ex.arena_bytes(), 100);
+  EXPECT_EQ(ex.persistent_bytes(), 128);  // input_ids (16 B) and loss (4 B), each padded to 64
+  EXPECT_EQ(ex.buffer(a).tensor.data, ex.buffer(v).tensor.data);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(ex.buffer(a).tensor.data) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(ex.buffer(ids).tensor.data) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(ex.buffer(loss).tensor.data) % 64, 0u);
+  EXPECT_EQ(static_cast<uint8_t *>(ex.buffer(c).tensor.data) - static_cast<uint8_t *>(ex.buffer(a).tensor.data), 64);
+  EXPECT_EQ(ex.find("%view")->buffer->id, v);
+  EXPECT_EQ(ex.find("nope"), nullptr);
+  EXPECT_EQ(ex.buffers(BufferKind::Activation).size(), 3u);
+
+  std::vector<int32_t> data = {1, 2, 3, 4};
+  Status s = ex.feed("input_ids", data.data(), 3);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "input 'input_ids' takes 4 values (2x2), got 3");
+  s = ex.feed("labels", data.data(), 4);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "the plan has no input 'labels'");
+  ASSERT_TRUE(ex.feed("input_ids", data.data(), 4).is_ok());
+
+  ex.enable_profile(true);
+  ASSERT_TRUE(ex.run("micro_step", nullptr).is_ok());
+  EXPECT_DOUBLE_EQ(ex.loss(), 5.0);
+  std::vector<size_t> seen;
+  ASSERT_TRUE(ex.run("micro_step", nullptr, [&](size_t i, const KernelCall &k) {
+                  seen.push_back(i);
+                  if (k.instr->op == "scale") EXPECT_FLOAT_EQ(k.out[0].f32()[3], 2.0f);
+                }).is_ok());
+  EXPECT_EQ(seen, (std::vector<size_t>{0, 1, 2}));
+  ASSERT_EQ(ex.profile().count("scale"), 1u);
+  EXPECT_EQ(ex.profile().at("scale").calls, 2);
+  EXPECT_EQ(ex.profile().at("sum").calls, 2);
+  EXPECT_GE(ex.profile().at("sum").seconds, 0.0);
+
+  s = ex.run("eval_step", nullptr);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "instruction #0 fail (model.embed_tokens): token id 1 is bad");
+  s = ex.run("optimizer_step", nullptr);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "the plan has no program 'optimizer_step' (it has: eval_step, micro_step)");
+  EXPECT_TRUE(ex.has_program("eval_step"));
+  EXPECT_FALSE(ex.has_program("optimizer_step"));
+}
+
+TEST_F(ExecutorTest, LossIsNanWithoutLossOutput) {
+  PlanBuilder b;
+  b.buffer("x", BufferKind::Input, {1});
+  KernelRegistry reg;
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  EXPECT_TRUE(std::isnan((*ex)->loss()));
+}
+
+uint16_t to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  return static_cast<uint16_t>(bits >> 16);  // exact for values with 8 mantissa bits
+}
+
+TEST_F(ExecutorTest, InitParameters) {
+  // Checkpoint: "w" (2x3, BF16), "big" (4x4, F32) of which the plan takes rows 1..2, cols 2..3.
+  std::vector<float> w = {1, -2, 0.5, 3, 0.25, -8};
+  std::vector<uint16_t> w_bf16;
+  for (float f : w) w_bf16.push_back(to_bf16(f));
+  std::vector<float> big(16);
+  for (int i = 0; i < 16; ++i) big[i] = static_cast<float>(i);
+  ASSERT_TRUE(write_safetensors(path("model.safetensors"), {{"w", DType::BF16, {2, 3}, w_bf16.data()},
+                                                            {"big", DType::F32, {4, 4}, big.data()}})
+                  .is_ok());
+
+  PlanBuilder b;
+  int32_t pw = b.buffer("w", BufferKind::Param, {2, 3}, ElemType::F32, "checkpoint");
+  int32_t pbig = b.buffer("big", BufferKind::Param, {2, 2}, ElemType::F32, "checkpoint");
+  b.r().buffers[pbig].slice = {{1, 2}, {2, 2}};
+  int32_t lora_a = b.buffer("lora_A", BufferKind::Trainable, {2, 3}, ElemType::F32, "kaiming_uniform(a=sqrt(5))");
+  int32_t lora_b = b.buffer("lora_B", BufferKind::Trainable, {3, 2}, ElemType::F32, "zeros");
+  int32_t g = b.buffer("grad.lora_A", BufferKind::Grad, {2, 3}, ElemType::F32, "", -1, "lora_A");
+  b.buffer("lora_A.exp_avg", BufferKind::OptState, {2, 3}, ElemType::F32, "", -1, "lora_A");
+  b.buffer("lora_A.exp_avg_sq", BufferKind::OptState, {2, 3}, ElemType::F32, "", -1, "lora_A");
+  KernelRegistry reg;
+  auto ex_or = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+
+  Status s = ex.init_parameters("", 7);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("parameter 'w' (and 1 more) must be loaded from a checkpoint"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("--weights"), std::string::npos) << s.message();
+
+  ex.buffer(g).tensor.f32()[0] = 9;  // zeroed by init
+  ASSERT_TRUE(ex.init_parameters(dir_, 7).is_ok());
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(ex.buffer(pw).tensor.f32()[i], w[i]);
+  const float *sl = ex.buffer(pbig).tensor.f32();
+  EXPECT_EQ(std::vector<float>(sl, sl + 4), (std::vector<float>{6, 7, 10, 11}));
+  EXPECT_EQ(ex.buffer(g).tensor.f32()[0], 0.0f);
+  std::vector<float> expect_a(6);
+  init_tensor(*parse_init_spec("kaiming_uniform(a=sqrt(5))"), "lora_A", 7, expect_a.data(), {2, 3});
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(ex.buffer(lora_a).tensor.f32()[i], expect_a[i]);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(ex.buffer(lora_b).tensor.f32()[i], 0.0f);
+
+  // Trainables / optimizer state.
+  s = ex.set_trainables({{"lora_A", std::vector<float>(6, 1.f)}, {"lora_C", {1.f}}});
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "adapter tensors do not match the plan: missing lora_B; not in the plan lora_C");
+  std::map<std::string, std::vector<int64_t>> shapes = {{"lora_A", {3, 2}}, {"lora_B", {3, 2}}};
+  s = ex.set_trainables({{"lora_A", std::vector<float>(6, 1.f)}, {"lora_B", std::vector<float>(6, 2.f)}}, &shapes);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "adapter tensors do not match the plan: wrong shape: lora_A is 3x2, the plan needs 2x3");
+  s = ex.set_trainables({{"lora_A", std::vector<float>(5, 1.f)}, {"lora_B", std::vector<float>(6, 2.f)}});
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("lora_A has 5 values, the plan needs 6 (2x3)"), std::string::npos) << s.message();
+  ASSERT_TRUE(ex.set_trainables({{"lora_A", std::vector<float>(6, 1.f)}, {"lora_B", std::vector<float>(6, 2.f)}}).is_ok());
+  EXPECT_EQ(ex.buffer(lora_b).tensor.f32()[5], 2.0f);
+  ASSERT_TRUE(ex.set_optimizer_state({{"lora_A.exp_avg", std::vector<float>(6, 3.f)},
+                                      {"lora_A.exp_avg_sq", std::vector<float>(6, 4.f)}})
+                  .is_ok());
+  auto opt = ex.buffers(BufferKind::OptState);
+  ASSERT_EQ(opt.size(), 2u);
+  EXPECT_EQ(opt[1].tensor.f32()[2], 4.0f);
+  EXPECT_FALSE(ex.set_optimizer_state({}).is_ok());
+}
+
+TEST_F(ExecutorTest, CheckpointErrors) {
+  std::vector<float> w(6, 1.f);
+  ASSERT_TRUE(write_safetensors(path("m.safetensors"), {{"w", DType::F32, {3, 2}, w.data()}}).is_ok());
+  {
+    PlanBuilder b;
+    b.buffer("w", BufferKind::Param, {2, 3}, ElemType::F32, "checkpoint");
+    KernelRegistry reg;
+    auto ex = Executor::create(b.p, 0, reg);
+    ASSERT_TRUE(ex.is_ok());
+    Status s = (*ex)->init_parameters(path("m.safetensors"), 0);
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_EQ(s.message(), path("m.safetensors") + ": tensor 'w' has shape 3x2 but the plan needs 2x3");
+  }
+  {
+    PlanBuilder b;
+    b.buffer("w", BufferKind::Param, {3, 2}, ElemType::F32, "checkpoint");
+    b.buffer("q", BufferKind::Param, {3, 2}, ElemType::F32, "checkpoint");
+    b.buffer("k", BufferKind::Param, {3, 2}, ElemType::F32, "");
+    KernelRegistry reg;
+    auto ex = Executor::create(b.p, 0, reg);
+    ASSERT_TRUE(ex.is_ok());
+    Status s = (*ex)->init_parameters(path("m.safetensors"), 0);
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_EQ(s.message(), path("m.safetensors") + " lacks 2 tensor(s) the plan needs: q, k");
+    s = (*ex)->init_parameters(path("missing.safetensors"), 0);
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_NE(s.message().find("missing.safetensors"), std::string::npos) << s.message();
+  }
+  {
+    PlanBuilder b;
+    b.buffer("t", BufferKind::Trainable, {2}, ElemType::F32, "gaussian(1)");
+    KernelRegistry reg;
+    auto ex = Executor::create(b.p, 0, reg);
+    ASSERT_TRUE(ex.is_ok());
+    Status s = (*ex)->init_parameters("", 0);
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_NE(s.message().find("parameter 't'"), std::string::npos) << s.message();
+  }
+}
+
+// embedding -> linear (lm head) -> shifted cross-entropy through the real CPU kernels.
+TEST_F(ExecutorTest, ForwardAndLossWithCpuKernels) {
+  const int64_t V = 4, D = 2, T = 3;
+  PlanBuilder b;
+  int32_t ids = b.buffer("input_ids", BufferKind::Input, {1, T}, ElemType::I32);
+  int32_t labels = b.buffer("labels", BufferKind::Input, {1, T}, ElemType::I32);
+  int32_t emb = b.buffer("model.embed_tokens.weight", BufferKind::Param, {V, D}, ElemType::F32, "normal(0,1)");
+  int32_t head = b.buffer("lm_head.weight", BufferKind::Param, {V, D}, ElemType::F32, "normal(0,1)");
+  int32_t h = b.buffer("%h", BufferKind::Activation, {1, T, D}, ElemType::F32, "", 0);
+  int32_t logits = b.buffer("logits", BufferKind::Activation, {1, T, V}, ElemType::F32, "", 64);
+  int32_t loss = b.buffer("loss", BufferKind::Output, {});
+  b.instr("micro_step", "embedding_fwd", {ids, emb}, {h}, "model.embed_tokens");
+  b.instr("micro_step", "linear_fwd", {h, head, -1}, {logits}, "lm_head");
+  auto &ce = b.instr("micro_step", "cross_entropy_fwd", {logits, labels}, {loss});
+  ce.attrs["ignore_index"] = int64_t{-100};
+  ce.attrs["shift"] = int64_t{1};
+  KernelRegistry reg;
+  cpu::register_kernels(reg);
+  auto ex_or = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+  ASSERT_TRUE(ex.init_parameters("", 3).is_ok());
+  std::vector<int32_t> tokens = {1, 3, 2};
+  ASSERT_TRUE(ex.feed("input_ids", tokens.data(), T).is_ok());
+  ASSERT_TRUE(ex.feed("labels", tokens.data(), T).is_ok());
+  Status s = ex.run("micro_step", nullptr);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+
+  const float *E = ex.buffer(emb).tensor.f32(), *W = ex.buffer(head).tensor.f32();
+  double expect = 0;
+  for (int t = 0; t + 1 < T; ++t) {
+    std::vector<double> z(V);
+    double mx = -1e30;
+    for (int v = 0; v < V; ++v) {
+      z[v] = 0;
+      for (int d = 0; d < D; ++d) z[v] += double(E[tokens[t] * D + d]) * W[v * D + d];
+      mx = std::max(mx, z[v]);
+    }
+    double lse = 0;
+    for (double x : z) lse += std::exp(x - mx);
+    lse = mx + std::log(lse);
+    expect += lse - z[tokens[t + 1]];
+  }
+  expect /= (T - 1);
+  EXPECT_NEAR(ex.loss(), expect, 1e-5);
+  EXPECT_NEAR(ex.buffer(logits).tensor.f32()[V + 2],
+              double(E[tokens[1] * D]) * W[2 * D] + double(E[tokens[1] * D + 1]) * W[2 * D + 1], 1e-5);
+
+  // A bad token id comes back with the instruction's prefix.
+  std::vector<int32_t> bad = {1, 9, 2};
+  ASSERT_TRUE(ex.feed("input_ids", bad.data(), T).is_ok());
+  s = ex.run("micro_step", nullptr);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message().rfind("instruction #0 embedding_fwd (model.embed_tokens): ", 0), 0u) << s.message();
+  EXPECT_NE(s.message().find("9"), std::string::npos) << s.message();
+}
+
+} // namespace
