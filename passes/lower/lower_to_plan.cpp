@@ -213,7 +213,6 @@ private:
           int32_t id = activation(r.getResult(), "%" + std::to_string(rank_.buffers.size()) + " " + in.loc);
           group_[id] = root(src);
           buf[r.getResult()] = id;
-          view_of_[id] = src;
           continue;
         }
         in.op = "copy";
@@ -517,7 +516,6 @@ private:
   plan::RankPlan rank_;
   llvm::StringMap<int32_t> by_name_;
   llvm::DenseMap<int32_t, int32_t> group_;    // union-find over temporary buffers
-  llvm::DenseMap<int32_t, int32_t> view_of_;  // reshape views
   int32_t first_buffer_ = 0;
   int64_t io_bytes_ = 0;
 };

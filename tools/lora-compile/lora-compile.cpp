@@ -366,9 +366,7 @@ int main(int argc, char **argv) {
       lo.base_weights = abs.str().str();
     }
     lo.producer = "lora-compile 0.1.0";
-    bool any_lora = false;
     module->walk([&](pl::LoraLinearOp l) {
-      any_lora = true;
       lo.lora.rank = l.getRank();
       lo.lora.alpha = l.getAlpha().convertToDouble();
       lo.lora.dropout = l.getDropout().convertToDouble();
@@ -377,7 +375,6 @@ int main(int argc, char **argv) {
       if (std::find(lo.lora.target_modules.begin(), lo.lora.target_modules.end(), t) == lo.lora.target_modules.end())
         lo.lora.target_modules.push_back(t);
     });
-    (void)any_lora;
     std::sort(lo.lora.target_modules.begin(), lo.lora.target_modules.end());
     lo.lora.use_rslora = a.use_rslora;
     auto p = lower_to_plan(*module, lo);
