@@ -1,6 +1,6 @@
 //===- fs_util.h - durable file and directory updates (internal) ----------===//
 //
-// Helpers shared by peft_adapter.cpp and checkpoint.cpp; not part of the public API.
+// Helpers shared by peft_adapter.cpp, checkpoint.cpp and the plan writer (plan_io.cpp).
 //
 //===----------------------------------------------------------------------===//
 #pragma once

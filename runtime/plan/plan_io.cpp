@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/io/fs_util.h"
 #include "runtime/plan/plan.pb.h"
 
 namespace parallora::plan {
@@ -436,32 +437,8 @@ StatusOr<Plan> decode_plan(const std::string &bytes, const std::string &origin) 
 Status write_plan(const std::string &path, const Plan &plan) {
   if (Status s = validate_plan(plan); !s) return Status::error("refusing to write an invalid plan to " + path + ": " + s.message());
   std::string bytes = encode_plan(plan);
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::error("cannot write " + path + ": " + std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return Status::error("cannot write " + path + ": " + std::strerror(e));
-    }
-    done += static_cast<size_t>(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return Status::error("cannot write " + path + ": " + std::strerror(e));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    return Status::error("cannot write " + path + ": rename failed: " + std::strerror(e));
-  }
-  return Status::ok();
+  // Atomic: a kill mid-write leaves the previous plan (or none), never a torn one.
+  return rt::fsutil::write_file_atomic(path, bytes);
 }
 
 StatusOr<Plan> read_plan(const std::string &path) {
