@@ -47,11 +47,16 @@ struct StepState {
   bool grad_norm_finite = true;  // written by adamw_step; a non-finite norm skips the update
 };
 
+class Communicator;  // runtime/comm/comm.h
+
 struct KernelCall {
   const plan::Instr *instr = nullptr;
   std::vector<Tensor> in;    // in the instruction's input order
   std::vector<Tensor> out;   // in the instruction's output order
   StepState *step = nullptr;
+  // The rank's communicator (nullptr in single-rank use without one): collective kernels and
+  // kernels with a `vocab_group` / `norm_group` attribute reduce through it.
+  Communicator *comm = nullptr;
 
   int64_t attr_i(const std::string &name, int64_t dflt) const;
   double attr_f(const std::string &name, double dflt) const;

@@ -56,6 +56,33 @@
 //                       lr = StepState.lr: p *= 1 - lr*wd; m = b1 m + (1-b1) g;
 //                       v = b2 v + (1-b2) g^2; p -= (lr / (1-b1^t)) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
 //
+// PARALLEL PLANS (tensor / data / pipeline; KernelCall::comm, runtime/comm/comm.h). A `group`
+// names mesh axes ("tp", "dp,tp", ...); the reductions below are over that group.
+//  all_reduce         x_0..x_{n-1} (f32)                       y_0..y_{n-1}        group (str),
+//                       y_i = scale * sum over the group of x_i; one message for the whole     scale (f64,
+//                       list (a gradient bucket); y_i may be the same buffer as x_i (in place)  default 1)
+//  send               x (any 4-byte type)                      (none)              peer (i64 world
+//  recv               (none)                                   y                   rank), tag (i64)
+//                       the bytes of x / y; a recv's (peer, tag) matches the peer's send
+//  embedding_fwd      with vocab_group (str): table is rows [c*V', (c+1)*V') of the whole table,
+//                       c = this rank's index in the group (V' = table rows); an id outside the
+//                       shard gives a zero row; ids outside [0, V'*g) are still errors.
+//                       (y is a partial sum; the compiler all-reduces it.)
+//  cross_entropy_fwd  with vocab_group: logits (B,T,V') are the vocabulary shard c as above.
+//                       Vocabulary-parallel softmax (Megatron): all_reduce(max) of the N row
+//                       maxima, then all_reduce(sum) of 2N floats (the N sums of exp and the N
+//                       target logits, 0 where the target is in another shard); loss as before.
+//  cross_entropy_bwd  with vocab_group: dlogits for the shard; recomputes the row max
+//                       (all_reduce max, N floats) and the sum of exp (all_reduce sum, N floats).
+//                       N = B*T rows (all rows, also ignored/shifted ones, so every rank sends
+//                       the same counts).
+//  adamw_step         with norm_group (str, may be empty) and norm_divisors (ints, n entries):
+//                       norm^2 = all_reduce(sum) over norm_group of sum_i (sum g_i^2) /
+//                       norm_divisors[i] (local sum in fp64, reduced as one f32 element).
+//                       Divisor d_i = the number of ranks in the
+//                       group holding an identical copy of g_i (replicated gradients count once).
+//                       Default: no reduction, divisors 1.
+////
 // READINGS OF THE CONTRACT where it leaves room (the CPU kernels implement these; tests in
 // tests/unit/test_cpu_kernels.cpp):
 //  - Attrs. Required (absent or non-numeric = error): eps, scaling, theta, scale, causal, shift,

@@ -12,6 +12,19 @@
 //   "eval_step"       forward + loss only (validation)
 // The runtime runs micro_step `micro_batches` times, then optimizer_step, per training step.
 //
+// Pipelined plans (mesh.pp > 1) split micro_step per stage into
+//   "forward"         this stage's forward of one micro-batch (recv activations / send them on)
+//   "backward"        this stage's backward of the same micro-batch (recv / send gradients)
+// which the runtime interleaves over micro-batches by `pipeline_schedule` (runtime/core/
+// schedule.h). A micro-batch's forward and backward run on the same arena slot: the rank
+// allocates `slots` copies of its arena (and of its Input/Output buffers), one per micro-batch
+// in flight. eval_step is per stage too (forward only, with its own send/recv).
+//
+// Ranks and the mesh: world rank r <-> (pp stage, dp index, tp index) with tp varying fastest:
+// r = (pp_i * dp + dp_i) * tp + tp_i (Megatron's order). Collective instructions name a
+// `group`: the mesh axes they span ("tp", "dp", "dp,tp", "tp,pp", ...; always in dp,tp,pp order),
+// i.e. the ranks that share this rank's coordinates on every other axis.
+//
 // Buffers: Activation buffers live in one arena per rank at `offset` (the compiler's
 // liveness-based memory plan; two buffers with the same offset never live at the same time,
 // and a reshape's result shares its input's bytes). Every other kind is a persistent tensor
@@ -29,7 +42,7 @@
 namespace parallora::plan {
 
 /// Bumped on every incompatible change; a plan of another version is rejected on load.
-constexpr uint32_t kPlanFormatVersion = 1;
+constexpr uint32_t kPlanFormatVersion = 2;
 
 enum class ElemType { F32 = 0, I32 = 1 };
 
@@ -55,9 +68,12 @@ struct Buffer {
   std::string init;
   // Grad / OptState: the trainable this belongs to.
   std::string param;
-  // For sharded plans (later): the slice of the named checkpoint tensor this buffer holds,
-  // one [start, size] per dim; empty = the whole tensor.
+  // Sharded Param/Trainable (tensor parallel): the slice of the named checkpoint tensor this
+  // buffer holds, one [start, size] per dim, and that tensor's whole shape; empty = the whole
+  // tensor. An init spec is drawn for `full_shape` and then sliced, so every tp degree starts
+  // from the same numbers as the single-device plan.
   std::vector<std::pair<int64_t, int64_t>> slice;
+  std::vector<int64_t> full_shape;
 
   int64_t numel() const {
     int64_t n = 1;
@@ -80,12 +96,14 @@ struct Instr {
 };
 
 struct Program {
-  std::string name;                    // "micro_step", "optimizer_step", "eval_step"
+  std::string name;                    // "micro_step" | "forward" + "backward", "optimizer_step", "eval_step"
   std::vector<Instr> instrs;
 };
 
 struct RankPlan {
   int32_t rank = 0;
+  int32_t dp_rank = 0, tp_rank = 0, pp_stage = 0;  // mesh coordinates of `rank`
+  int32_t slots = 1;                   // arena copies: micro-batches in flight (pipelines)
   std::vector<Buffer> buffers;
   std::vector<Program> programs;
   int64_t arena_bytes = 0;             // size of the activation arena
@@ -95,7 +113,28 @@ struct RankPlan {
   int64_t optimizer_bytes = 0;
   int64_t peak_bytes = 0;              // param + grad + optimizer + arena + inputs/outputs
   double flops_per_step = 0;           // micro_steps * micro_step flops + optimizer
+  // Predicted bytes this rank sends per optimizer step, by collective ("all_reduce", "send");
+  // the runtime counts the same way (runtime/comm/comm.h) and reports both.
+  std::map<std::string, int64_t> bytes_sent;
+  double forward_flops = 0;            // one micro-batch's forward on this rank (pipelines)
+  double backward_flops = 0;           // one micro-batch's backward on this rank
+  double bubble_fraction = 0;          // predicted pipeline idle fraction of this rank's step
 };
+
+struct Mesh {
+  int32_t dp = 1, tp = 1, pp = 1;
+  int32_t size() const { return dp * tp * pp; }
+};
+
+inline int32_t rank_of(const Mesh &m, int32_t dp_i, int32_t tp_i, int32_t pp_i) {
+  return (pp_i * m.dp + dp_i) * m.tp + tp_i;
+}
+struct MeshCoord {
+  int32_t dp = 0, tp = 0, pp = 0;
+};
+inline MeshCoord coord_of(const Mesh &m, int32_t rank) {
+  return MeshCoord{(rank / m.tp) % m.dp, rank % m.tp, rank / (m.tp * m.dp)};
+}
 
 struct Hyperparams {
   double lr = 1e-4;
@@ -128,7 +167,10 @@ struct Plan {
   int64_t micro_batches = 1;           // micro_step runs per optimizer step (per data-parallel rank)
   int64_t vocab_size = 0;
   int64_t ignore_index = -100;
-  int32_t world_size = 1;
+  int32_t world_size = 1;              // == mesh.size()
+  Mesh mesh;
+  std::string strategy = "single";     // "single" | "data" | "tensor" | "pipeline" | "hybrid"
+  std::string pipeline_schedule = "none";  // "gpipe" | "1f1b" when mesh.pp > 1
   std::vector<RankPlan> ranks;         // ranks[r].rank == r
 };
 

@@ -1,0 +1,89 @@
+//===- comm.h - the collectives a rank's kernels use (MPI on CPU ranks) ----===//
+//
+// One Communicator per rank. It knows the plan's mesh and this rank's coordinates, and runs
+// collectives on a `group`: the ranks that share this rank's coordinates on every mesh axis
+// NOT named in the group ("tp" = this rank's tensor-parallel peers, "dp,tp" = its whole pipeline
+// stage, "" = this rank alone). Group names list axes in dp,tp,pp order.
+//
+// Every blocking call waits at most `timeout_seconds`; a peer that never answers (dead, or a
+// plan mismatch) becomes an error naming the operation, the group and the peers, never a hang.
+//
+// BYTES SENT (what the compiler predicts and the runtime reports, per rank): the algorithmic
+// bytes of the textbook algorithm, like nccl-tests' "bus bytes":
+//   all_reduce of n bytes over a group of g ranks: 2 * (g - 1) / g * n  (ring), 0 when g == 1
+//   send of n bytes: n;  recv: 0
+// counted under the kind "all_reduce" or "send". Exact integer formula: 2 * (g - 1) * n / g
+// with n a multiple of 4 bytes (rounded down).
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "frontend/status.h"
+#include "runtime/kernel.h"
+#include "runtime/plan/plan.h"
+
+namespace parallora::rt {
+
+enum class ReduceOp { Sum, Max };
+
+class Communicator {
+public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  const plan::Mesh &mesh() const { return mesh_; }
+  plan::MeshCoord coord() const { return plan::coord_of(mesh_, rank()); }
+  /// This rank's index along `axis` ("dp", "tp" or "pp").
+  int coord(const std::string &axis) const;
+  /// Number of ranks in `group` (product of the named axes' sizes); error text for a bad name.
+  StatusOr<int> group_size(const std::string &group) const;
+
+  /// In-place all-reduce of `count` floats over `group`.
+  virtual Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) = 0;
+  /// Point-to-point between world ranks. send never blocks on the receiver (the data is copied
+  /// to a staging buffer first); recv blocks until the message (peer, tag) arrives or times out.
+  /// Messages with the same (peer, tag) arrive in the order sent.
+  virtual Status send(int peer, int tag, const void *data, int64_t bytes) = 0;
+  virtual Status recv(int peer, int tag, void *data, int64_t bytes) = 0;
+  /// Waits for every outstanding send (call before the buffers they came from are reused
+  /// across optimizer steps, and at the end of training).
+  virtual Status flush() = 0;
+
+  /// Bytes sent so far, by kind ("all_reduce", "send"), counted as described above.
+  const std::map<std::string, int64_t> &bytes_sent() const { return bytes_sent_; }
+  void reset_bytes() { bytes_sent_.clear(); }
+
+  double timeout_seconds = 300;
+
+protected:
+  explicit Communicator(plan::Mesh mesh) : mesh_(mesh) {}
+  void count_all_reduce(int64_t bytes, int group_ranks);
+  void count_send(int64_t bytes) { bytes_sent_["send"] += bytes; }
+
+  plan::Mesh mesh_;
+  std::map<std::string, int64_t> bytes_sent_;
+};
+
+/// The formula above, shared with the compiler's prediction.
+inline int64_t all_reduce_bytes_sent(int64_t bytes, int group_ranks) {
+  return group_ranks <= 1 ? 0 : 2 * (group_ranks - 1) * bytes / group_ranks;
+}
+
+/// A world of one rank (no MPI): every collective is the identity, send/recv are errors.
+std::unique_ptr<Communicator> make_local_communicator();
+
+/// MPI: MPI_Init must have been called. Checks that MPI_COMM_WORLD's size equals mesh.size()
+/// (else an error naming both), then builds one sub-communicator per group.
+StatusOr<std::unique_ptr<Communicator>> make_mpi_communicator(const plan::Mesh &mesh);
+
+/// Registers the collective kernels ("all_reduce", "send", "recv"; contract in
+/// runtime/cpu/kernels.h) into a registry. They use KernelCall::comm.
+void register_collective_kernels(KernelRegistry &registry);
+
+} // namespace parallora::rt
