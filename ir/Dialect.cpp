@@ -345,5 +345,30 @@ LogicalResult AdamWStepOp::verify() {
   return success();
 }
 
+namespace {
+LogicalResult verify_group(Operation *op, StringRef group) {
+  if (group.empty()) return op->emitOpError("group must name at least one mesh axis (dp, tp, pp)");
+  SmallVector<StringRef> axes;
+  group.split(axes, ',');
+  static const char *order[] = {"dp", "tp", "pp"};
+  int last = -1;
+  for (StringRef a : axes) {
+    int i = a == "dp" ? 0 : a == "tp" ? 1 : a == "pp" ? 2 : -1;
+    if (i < 0) return op->emitOpError("unknown mesh axis '") << a << "' in group \"" << group << "\" (axes: dp, tp, pp)";
+    if (i <= last) return op->emitOpError("group \"") << group << "\" must list axes once, in the order " << order[0] << "," << order[1] << "," << order[2];
+    last = i;
+  }
+  return success();
+}
+} // namespace
+
+LogicalResult AllReduceOp::verify() { return verify_group(*this, getGroup()); }
+LogicalResult CopyToGroupOp::verify() { return verify_group(*this, getGroup()); }
+LogicalResult GradAllReduceOp::verify() {
+  if (getParams().empty()) return emitOpError("needs at least one gradient");
+  if (!(getScale().convertToDouble() > 0)) return emitOpError("scale must be > 0");
+  return verify_group(*this, getGroup());
+}
+
 #define GET_OP_CLASSES
 #include "ir/PlOps.cpp.inc"

@@ -469,6 +469,91 @@ def Pl_AdamWStepOp : Pl_Op<"adamw_step", [MemoryEffects<[MemRead, MemWrite]>]> {
 }
 
 //===----------------------------------------------------------------------===//
+// Collectives (inserted by passes/parallel; a `group` names mesh axes, e.g. "tp", "dp,tp")
+//===----------------------------------------------------------------------===//
+
+def Pl_AllReduceOp : Pl_Op<"all_reduce", [SameOperandsAndResultType]> {
+  let summary = "sum over the ranks of a mesh group";
+  let description = [{
+    Every rank of `group` (the ranks sharing this rank's coordinates on the other mesh axes)
+    contributes its `input`; all get the sum. Inserted where a partial sum (the output of a
+    row-parallel linear, a vocabulary-parallel embedding) meets a consumer that needs the
+    whole value. Its gradient is the identity (the gradient of a replicated value is
+    replicated).
+
+    ```mlir
+    %y = pl.all_reduce %partial {group = "tp"} : tensor<2x8x64xf32>
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$input, StrAttr:$group);
+  let results = (outs Pl_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+def Pl_CopyToGroupOp : Pl_Op<"copy_to_group", [SameOperandsAndResultType]> {
+  let summary = "identity forward; the gradient is summed over the group (Megatron's f)";
+  let description = [{
+    Marks a replicated value entering a computation that is sharded over `group` (the input
+    of column-parallel linears). Forward it is the identity; in the backward every rank holds
+    only its shard's contribution to the gradient, so the gradient is all-reduced over `group`.
+
+    ```mlir
+    %x1 = pl.copy_to_group %x {group = "tp"} : tensor<2x8x64xf32>
+    ```
+  }];
+  let arguments = (ins Pl_FloatTensor:$input, StrAttr:$group);
+  let results = (outs Pl_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+  let hasVerifier = 1;
+}
+
+def Pl_SendOp : Pl_Op<"send", [MemoryEffects<[MemWrite]>]> {
+  let summary = "send a value to another pipeline stage";
+  let description = [{
+    Sends `input` to the rank of pipeline stage `stage` with this rank's data- and
+    tensor-parallel coordinates. `tag` pairs it with the `pl.recv` of the same tag there.
+
+    ```mlir
+    pl.send %h {stage = 1 : i64, tag = 0 : i64} : tensor<2x8x64xf32>
+    ```
+  }];
+  let arguments = (ins Pl_Tensor:$input, I64Attr:$stage, I64Attr:$tag);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
+def Pl_RecvOp : Pl_Op<"recv", [MemoryEffects<[MemRead]>]> {
+  let summary = "receive a value from another pipeline stage";
+  let description = [{
+    Receives the value `pl.send` with the same `tag` sent on pipeline stage `stage`.
+
+    ```mlir
+    %h = pl.recv {stage = 0 : i64, tag = 0 : i64} : tensor<2x8x64xf32>
+    ```
+  }];
+  let arguments = (ins I64Attr:$stage, I64Attr:$tag);
+  let results = (outs Pl_Tensor:$result);
+  let assemblyFormat = "attr-dict `:` type($result)";
+}
+
+def Pl_GradAllReduceOp : Pl_Op<"grad_all_reduce", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "one bucket of gradient accumulators summed over a group, then scaled";
+  let description = [{
+    The accumulated gradients of the trainables named in `params` are summed over `group` as
+    one message and multiplied by `scale` (1/dp: the mean over data-parallel replicas). Runs
+    in `@optimizer_step` before `pl.adamw_step`; buckets are ordered as the backward produces
+    the gradients (last layer first).
+
+    ```mlir
+    pl.grad_all_reduce {group = "dp", params = ["model.layers.1.mlp.down_proj.lora_A.weight"], scale = 5.000000e-01 : f64}
+    ```
+  }];
+  let arguments = (ins StrArrayAttr:$params, StrAttr:$group, F64Attr:$scale);
+  let assemblyFormat = "attr-dict";
+  let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
 // Escape hatch for the importer
 //===----------------------------------------------------------------------===//
 

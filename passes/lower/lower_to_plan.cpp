@@ -15,11 +15,16 @@
 //===----------------------------------------------------------------------===//
 #include "passes/lower/lower_to_plan.h"
 
+#include <map>
 #include <numeric>
 
 #include "ir/Dialect.h"
+#include "passes/lower/flops.h"
 #include "passes/lower/memory_plan.h"
+#include "passes/parallel/Passes.h"
 #include "passes/train/Passes.h"
+#include "runtime/comm/comm.h"
+#include "runtime/core/schedule.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
@@ -68,41 +73,104 @@ public:
   Lowering(ModuleOp module, const LowerOptions &o) : module_(module), opts_(o) {}
 
   FailureOr<plan::Plan> run() {
-    auto train = module_.lookupSymbol<func::FuncOp>(kTrainStep);
-    auto eval = module_.lookupSymbol<func::FuncOp>(kEvalStep);
-    auto optim = module_.lookupSymbol<func::FuncOp>(kOptimizerStep);
-    if (!train || !eval || !optim) {
-      module_.emitError("lower: the module needs @train_step, @eval_step and @optimizer_step (run the training "
-                        "pipeline first)");
-      return failure();
-    }
+    Mesh3 mesh = read_mesh(module_);
     plan::Plan p;
     p.producer = opts_.producer;
     p.base_weights = opts_.base_weights;
     p.lora = opts_.lora;
     p.global_batch = opts_.global_batch;
     p.micro_batches = opts_.micro_batches;
-    if (failed(read_model(p)) || failed(read_hparams(p))) return failure();
-    auto ids = train.getFunctionType().getInput(0).cast<RankedTensorType>();
-    p.seq_len = ids.getDimSize(1);
-    if (ids.getDimSize(0) * opts_.micro_batches != opts_.global_batch) {
-      train.emitError("lower: micro-batch ") << ids.getDimSize(0) << " x " << opts_.micro_batches
-                                             << " micro-batches != global batch " << opts_.global_batch;
-      return failure();
+    p.mesh = plan::Mesh{static_cast<int32_t>(mesh.dp), static_cast<int32_t>(mesh.tp), static_cast<int32_t>(mesh.pp)};
+    p.world_size = p.mesh.size();
+    p.strategy = opts_.strategy;
+    if (mesh.pp > 1) {
+      auto pipe = module_->getAttrOfType<DictionaryAttr>(kPipelineAttr);
+      if (!pipe) return module_.emitError("lower: pp > 1 but the module has no pl.pipeline (run pipeline-split)"), failure();
+      p.pipeline_schedule = pipe.getAs<StringAttr>("schedule").str();
     }
-    train.walk([&](pl::CrossEntropyOp ce) { p.ignore_index = ce.getIgnoreIndexAttr().getInt(); });
+    if (failed(read_model(p)) || failed(read_hparams(p))) return failure();
 
-    rank_.rank = 0;
-    plan::Program micro, evalp, opt;
-    micro.name = "micro_step";
-    evalp.name = "eval_step";
-    opt.name = "optimizer_step";
-    if (failed(lower_function(train, micro, /*is_eval=*/false)) || failed(lower_function(eval, evalp, true)) ||
-        failed(lower_function(optim, opt, false)))
-      return failure();
-    rank_.programs = {std::move(micro), std::move(opt), std::move(evalp)};
-    estimates(p);
-    p.ranks.push_back(std::move(rank_));
+    std::vector<plan::RankPlan> stages;
+    for (int64_t s = 0; s < mesh.pp; ++s) {
+      auto fn = [&](llvm::StringRef base) {
+        return module_.lookupSymbol<func::FuncOp>(mesh.pp > 1 ? stage_function(base, s) : base.str());
+      };
+      auto train = fn(kTrainStep), eval = fn(kEvalStep), optim = fn(kOptimizerStep);
+      if (!train || !eval || !optim) {
+        module_.emitError("lower: the module needs @train_step, @eval_step and @optimizer_step (run the training "
+                          "pipeline first)")
+            << (mesh.pp > 1 ? " for every pipeline stage" : "");
+        return failure();
+      }
+      if (s == 0) {
+        auto ids = train.getFunctionType().getInput(0).cast<RankedTensorType>();
+        p.seq_len = ids.getDimSize(1);
+        if (ids.getDimSize(0) * opts_.micro_batches * mesh.dp != opts_.global_batch) {
+          train.emitError("lower: micro-batch ") << ids.getDimSize(0) << " x " << opts_.micro_batches
+                                                 << " micro-batches x dp " << mesh.dp << " != global batch "
+                                                 << opts_.global_batch;
+          return failure();
+        }
+      }
+      train.walk([&](pl::CrossEntropyOp ce) { p.ignore_index = ce.getIgnoreIndexAttr().getInt(); });
+
+      reset();
+      rank_.pp_stage = static_cast<int32_t>(s);
+      plan::Program micro, evalp, opt;
+      micro.name = "micro_step";
+      evalp.name = "eval_step";
+      opt.name = "optimizer_step";
+      if (failed(lower_function(train, micro, /*is_eval=*/false)))
+        return failure();
+      std::vector<bool> backward = backward_;
+      if (failed(lower_function(eval, evalp, true)) || failed(lower_function(optim, opt, false)))
+        return failure();
+      if (mesh.pp > 1) {  // one micro-batch's forward and backward, run separately by the schedule
+        plan::Program fwd, bwd;
+        fwd.name = "forward";
+        bwd.name = "backward";
+        for (size_t i = 0; i < micro.instrs.size(); ++i)
+          (backward[i] ? bwd : fwd).instrs.push_back(std::move(micro.instrs[i]));
+        rank_.programs = {std::move(fwd), std::move(bwd), std::move(opt), std::move(evalp)};
+        rank_.slots = rt::pipeline_slots(p.pipeline_schedule, static_cast<int>(mesh.pp), static_cast<int>(s),
+                                         static_cast<int>(opts_.micro_batches));
+      } else {
+        rank_.programs = {std::move(micro), std::move(opt), std::move(evalp)};
+      }
+      estimates(p, mesh);
+      stages.push_back(std::move(rank_));
+      stage_shards_.push_back(shard_dims_);
+    }
+    if (mesh.pp > 1) {
+      std::vector<double> fwd, bwd;
+      for (auto &st : stages) fwd.push_back(st.forward_flops), bwd.push_back(st.backward_flops);
+      rt::Timeline tl = rt::simulate_pipeline(p.pipeline_schedule, static_cast<int>(opts_.micro_batches), fwd, bwd);
+      for (size_t s = 0; s < stages.size(); ++s) stages[s].bubble_fraction = tl.bubble[s];
+    }
+    // Every rank: its stage's program with its tensor-parallel slices and its peers.
+    for (int32_t r = 0; r < p.world_size; ++r) {
+      plan::MeshCoord c = plan::coord_of(p.mesh, r);
+      plan::RankPlan rp = stages[c.pp];
+      rp.rank = r;
+      rp.dp_rank = c.dp;
+      rp.tp_rank = c.tp;
+      rp.pp_stage = c.pp;
+      for (auto &[id, dim] : stage_shards_[c.pp]) {
+        Buffer &b = rp.buffers[id];
+        b.full_shape = b.shape;
+        b.full_shape[dim] *= p.mesh.tp;
+        b.slice.clear();
+        for (size_t d = 0; d < b.shape.size(); ++d)
+          b.slice.push_back({static_cast<int64_t>(d) == dim ? c.tp * b.shape[d] : 0, b.shape[d]});
+      }
+      for (plan::Program &prog : rp.programs)
+        for (Instr &in : prog.instrs) {
+          auto st = in.attrs.find("stage");
+          if (st == in.attrs.end() || (in.op != "send" && in.op != "recv")) continue;
+          in.attrs["peer"] = int64_t(plan::rank_of(p.mesh, c.dp, c.tp, static_cast<int32_t>(std::get<int64_t>(st->second))));
+        }
+      p.ranks.push_back(std::move(rp));
+    }
     return p;
   }
 
@@ -142,6 +210,8 @@ private:
     // Frozen weights come from the base checkpoint when there is one; adapters from their init
     // spec (or --init-adapter / --resume at run time).
     b.init = (!trainable && (!opts_.base_weights.empty() || init.empty())) ? "checkpoint" : init;
+    if (auto sh = p->getAttrOfType<DictionaryAttr>(kShardAttr))
+      shard_dims_[id] = sh.getAs<IntegerAttr>("dim").getInt();
     if (trainable) {
       named(BufferKind::Grad, "grad." + name, plan::ElemType::F32, shape, name);
       named(BufferKind::OptState, name + ".exp_avg", plan::ElemType::F32, shape, name);
@@ -186,11 +256,13 @@ private:
 
     // Accumulations folded into lora_linear_bwd, and their values.
     llvm::DenseSet<Operation *> fused;
+    backward_.clear();
     first_buffer_ = static_cast<int32_t>(rank_.buffers.size());
 
     for (Operation &op : body.without_terminator()) {
       Instr in;
       in.loc = loc_path(op.getLoc());
+      in.flops = op_flops(&op);
       if (auto l = op.getAttrOfType<IntegerAttr>(pl::kLayerAttr)) in.layer = static_cast<int32_t>(l.getInt());
       auto operand = [&](Value v) -> int32_t { return v ? buf.lookup(v) : -1; };
       auto result = [&](Value v, const std::string &hint = "") -> int32_t {
@@ -207,17 +279,45 @@ private:
         buf[p.getResult()] = *id;
         continue;
       }
-      if (auto r = dyn_cast<pl::ReshapeOp>(op)) {
-        int32_t src = buf.lookup(r.getInput());
+      if (isa<pl::ReshapeOp, pl::CopyToGroupOp>(op)) {
+        // copy_to_group is the identity forward (its gradient all-reduce is a separate op).
+        Value input = op.getOperand(0), res = op.getResult(0);
+        int32_t src = buf.lookup(input);
         if (is_temp(src)) {  // a view: join the input's storage group
-          int32_t id = activation(r.getResult(), "%" + std::to_string(rank_.buffers.size()) + " " + in.loc);
+          int32_t id = activation(res, "%" + std::to_string(rank_.buffers.size()) + " " + in.loc);
           group_[id] = root(src);
-          buf[r.getResult()] = id;
+          buf[res] = id;
           continue;
         }
         in.op = "copy";
         in.inputs = {src};
-        in.outputs = {result(r.getResult())};
+        in.outputs = {result(res)};
+      } else if (auto ar = dyn_cast<pl::AllReduceOp>(op)) {
+        in.op = "all_reduce";
+        in.inputs = {operand(ar.getInput())};
+        in.outputs = {result(ar.getResult())};
+        in.attrs["group"] = ar.getGroup().str();
+      } else if (auto snd = dyn_cast<pl::SendOp>(op)) {
+        in.op = "send";
+        in.inputs = {operand(snd.getInput())};
+        in.attrs["stage"] = static_cast<int64_t>(snd.getStage());
+        in.attrs["tag"] = static_cast<int64_t>(snd.getTag());
+      } else if (auto rcv = dyn_cast<pl::RecvOp>(op)) {
+        in.op = "recv";
+        in.outputs = {result(rcv.getResult())};
+        in.attrs["stage"] = static_cast<int64_t>(rcv.getStage());
+        in.attrs["tag"] = static_cast<int64_t>(rcv.getTag());
+      } else if (auto gar = dyn_cast<pl::GradAllReduceOp>(op)) {
+        in.op = "all_reduce";
+        for (Attribute a : gar.getParams()) {
+          std::string g = "grad." + a.cast<StringAttr>().str();
+          if (!by_name_.count(g))
+            return gar.emitError("lower: grad_all_reduce names '") << a << "', which @train_step does not train", failure();
+          in.inputs.push_back(by_name_.lookup(g));
+        }
+        in.outputs = in.inputs;  // in place
+        in.attrs["group"] = gar.getGroup().str();
+        in.attrs["scale"] = gar.getScale().convertToDouble();
       } else if (auto e = dyn_cast<pl::EmbeddingOp>(op)) {
         in.op = "embedding_fwd";
         in.inputs = {operand(e.getIds()), operand(e.getTable())};
@@ -227,12 +327,10 @@ private:
         in.inputs = {operand(n.getInput()), operand(n.getWeight())};
         in.outputs = {result(n.getResult())};
         in.attrs["eps"] = n.getEps().convertToDouble();
-        in.flops = 4.0 * numel(n.getType().cast<RankedTensorType>().getShape());
       } else if (auto l = dyn_cast<pl::LinearOp>(op)) {
         in.op = "linear_fwd";
         in.inputs = {operand(l.getInput()), operand(l.getWeight()), operand(l.getBias())};
         in.outputs = {result(l.getResult(), is_eval && is_logits(l.getResult()) ? "logits" : "")};
-        in.flops = linear_flops(l.getInput(), l.getWeight());
       } else if (auto l = dyn_cast<pl::LoraLinearOp>(op)) {
         if (l.getDropout().convertToDouble() != 0.0)
           return l.emitError("lower: LoRA dropout is not supported by the runtime yet"), failure();
@@ -240,7 +338,6 @@ private:
         in.inputs = {operand(l.getInput()), operand(l.getWeight()), operand(l.getLoraA()), operand(l.getLoraB()), -1};
         in.outputs = {result(l.getResult(), is_eval && is_logits(l.getResult()) ? "logits" : "")};
         in.attrs["scaling"] = l.getScaling().convertToDouble();
-        in.flops = linear_flops(l.getInput(), l.getWeight()) + lora_flops(l.getInput(), l.getLoraA(), l.getLoraB(), 1);
       } else if (auto r = dyn_cast<pl::RopeOp>(op)) {
         in.op = "rope_fwd";
         in.inputs = {operand(r.getInput())};
@@ -252,7 +349,6 @@ private:
         in.outputs = {result(a.getResult())};
         in.attrs["scale"] = a.getScale().convertToDouble();
         in.attrs["causal"] = int64_t(a.getCausal() ? 1 : 0);
-        in.flops = attention_flops(a.getQuery(), a.getKey(), a.getCausal());
       } else if (auto s = dyn_cast<pl::SwigluOp>(op)) {
         in.op = "swiglu_fwd";
         in.inputs = {operand(s.getGate()), operand(s.getUp())};
@@ -288,7 +384,6 @@ private:
         in.op = "linear_bwd_input";
         in.inputs = {operand(g.getGrad()), operand(g.getWeight())};
         in.outputs = {result(g.getResult())};
-        in.flops = linear_flops(g.getResult(), g.getWeight());
       } else if (auto g = dyn_cast<pl::LoraLinearGradOp>(op)) {
         in.op = "lora_linear_bwd";
         in.inputs = {operand(g.getGrad()), operand(g.getInput()), operand(g.getWeight()), operand(g.getLoraA()),
@@ -306,8 +401,6 @@ private:
           in.attrs["accumulate"] = int64_t(0);
         }
         in.attrs["scaling"] = g.getScaling().convertToDouble();
-        in.flops = linear_flops(g.getGradInput(), g.getWeight()) +
-                   lora_flops(g.getInput(), g.getLoraA(), g.getLoraB(), 2);
       } else if (auto g = dyn_cast<pl::RopeGradOp>(op)) {
         in.op = "rope_bwd";
         in.inputs = {operand(g.getGrad())};
@@ -319,7 +412,6 @@ private:
         in.outputs = {result(g.getGradQuery()), result(g.getGradKey()), result(g.getGradValue())};
         in.attrs["scale"] = g.getScale().convertToDouble();
         in.attrs["causal"] = int64_t(g.getCausal() ? 1 : 0);
-        in.flops = 2 * attention_flops(g.getQuery(), g.getKey(), g.getCausal());
       } else if (auto g = dyn_cast<pl::SwigluGradOp>(op)) {
         in.op = "swiglu_bwd";
         in.inputs = {operand(g.getGrad()), operand(g.getGate()), operand(g.getUp())};
@@ -350,16 +442,21 @@ private:
         in.attrs["weight_decay"] = step.getWeightDecay().convertToDouble();
         in.attrs["max_grad_norm"] = step.getMaxGradNorm().convertToDouble();
         in.attrs["zero_grads"] = int64_t(1);
+        if (auto g = step->getAttrOfType<StringAttr>(kNormGroupAttr)) in.attrs["norm_group"] = g.str();
+        if (auto d = step->getAttrOfType<DenseI64ArrayAttr>(kNormDivisorsAttr))
+          in.attrs["norm_divisors"] = std::vector<int64_t>(d.asArrayRef().begin(), d.asArrayRef().end());
       } else {
         return op.emitError("lower: ") << op.getName() << " has no runtime kernel (at " << in.loc << ")", failure();
       }
 
+      if (auto vg = op.getAttrOfType<StringAttr>(kVocabGroupAttr)) in.attrs["vocab_group"] = vg.str();
       // In-place residual add: write over the left input when it dies here.
       if (in.op == "add" && opts_.inplace_add && is_temp(in.inputs[0]) && is_temp(in.outputs[0]) &&
           last_use_in(op, cast<pl::AddOp>(op).getLhs(), buf)) {
         group_[in.outputs[0]] = root(in.inputs[0]);
       }
       prog.instrs.push_back(std::move(in));
+      backward_.push_back(op.hasAttr(kBackwardAttr));
     }
     return place(prog);
   }
@@ -434,24 +531,42 @@ private:
         static_cast<int64_t>(attr_f64(scaling.get("original_max_position_embeddings")));
   }
 
-  static double linear_flops(Value x, Value w) {
-    auto wt = w.getType().cast<RankedTensorType>();
-    return 2.0 * rows(x) * wt.getDimSize(0) * wt.getDimSize(1);
-  }
-  /// LoRA's extra matmuls: forward x A^T and (xA) B^T; backward four more of the same sizes.
-  static double lora_flops(Value x, Value a, Value b, int passes) {
-    auto at = a.getType().cast<RankedTensorType>(), bt = b.getType().cast<RankedTensorType>();
-    double m = rows(x), r = at.getDimSize(0), k = at.getDimSize(1), n = bt.getDimSize(0);
-    return passes * 2.0 * m * r * (k + n);
-  }
-  /// q k^T and P v; causal attention does half the work.
-  static double attention_flops(Value q, Value k, bool causal) {
-    auto qt = q.getType().cast<RankedTensorType>(), kt = k.getType().cast<RankedTensorType>();
-    double f = 4.0 * qt.getDimSize(0) * qt.getDimSize(1) * qt.getDimSize(2) * kt.getDimSize(2) * qt.getDimSize(3);
-    return causal ? f / 2 : f;
+  /// Ranks in a collective group of the mesh ("dp,tp" -> dp * tp).
+  static int group_ranks(const std::string &group, const Mesh3 &m) {
+    int g = 1;
+    llvm::SmallVector<llvm::StringRef> axes;
+    llvm::StringRef(group).split(axes, ',', -1, false);
+    for (llvm::StringRef a : axes) g *= static_cast<int>(a == "dp" ? m.dp : a == "tp" ? m.tp : a == "pp" ? m.pp : 1);
+    return g;
   }
 
-  void estimates(plan::Plan &p) {
+  /// Bytes one execution of `in` sends (runtime/comm/comm.h's convention, per call).
+  void bytes_sent(const Instr &in, const Mesh3 &m, std::map<std::string, int64_t> &by_kind, int64_t times) {
+    auto group_of = [&](const char *key) {
+      auto it = in.attrs.find(key);
+      return it == in.attrs.end() ? std::string() : std::get<std::string>(it->second);
+    };
+    auto all_reduce = [&](int64_t bytes, const std::string &group) {
+      by_kind["all_reduce"] += times * rt::all_reduce_bytes_sent(bytes, group_ranks(group, m));
+    };
+    if (in.op == "all_reduce") {
+      int64_t n = 0;
+      for (int32_t id : in.inputs) n += rank_.buffers[id].nbytes();
+      all_reduce(n, group_of("group"));
+    } else if (in.op == "send") {
+      by_kind["send"] += times * rank_.buffers[in.inputs[0]].nbytes();
+    } else if ((in.op == "cross_entropy_fwd" || in.op == "cross_entropy_bwd") && in.attrs.count("vocab_group")) {
+      const Buffer &logits = rank_.buffers[in.inputs[0]];
+      int64_t rows = logits.numel() / logits.shape.back();
+      std::string g = group_of("vocab_group");
+      all_reduce(rows * 4, g);                                          // row maxima
+      all_reduce((in.op == "cross_entropy_fwd" ? 2 : 1) * rows * 4, g);  // sums of exp (+ target logits)
+    } else if (in.op == "adamw_step" && !group_of("norm_group").empty()) {
+      all_reduce(4, group_of("norm_group"));
+    }
+  }
+
+  void estimates(plan::Plan &p, const Mesh3 &mesh) {
     for (const Buffer &b : rank_.buffers) {
       switch (b.kind) {
       case BufferKind::Param:
@@ -463,15 +578,31 @@ private:
       default: break;
       }
     }
-    rank_.peak_bytes = rank_.param_bytes + rank_.grad_bytes + rank_.optimizer_bytes + io_bytes_ + rank_.arena_bytes;
-    double micro = 0, opt = 0;
+    rank_.peak_bytes =
+        rank_.param_bytes + rank_.grad_bytes + rank_.optimizer_bytes + (io_bytes_ + rank_.arena_bytes) * rank_.slots;
+    double opt = 0;
     for (const plan::Program &prog : rank_.programs) {
       double f = 0;
       for (const Instr &in : prog.instrs) f += in.flops;
-      if (prog.name == "micro_step") micro = f;
+      if (prog.name == "micro_step") rank_.forward_flops += f;  // forward + backward of a micro-batch
+      if (prog.name == "forward") rank_.forward_flops = f;
+      if (prog.name == "backward") rank_.backward_flops = f;
       if (prog.name == "optimizer_step") opt = f;
+      int64_t times = prog.name == "optimizer_step" ? 1 : prog.name == "eval_step" ? 0 : p.micro_batches;
+      for (const Instr &in : prog.instrs) bytes_sent(in, mesh, rank_.bytes_sent, times);
     }
-    rank_.flops_per_step = micro * p.micro_batches + opt;
+    if (mesh.pp == 1) {  // split micro_step's FLOPs: the forward is the part before the loss
+      double fwd = 0;
+      for (const plan::Program &prog : rank_.programs)
+        if (prog.name == "micro_step")
+          for (const Instr &in : prog.instrs) {
+            fwd += in.flops;
+            if (in.op == "cross_entropy_fwd") break;
+          }
+      rank_.backward_flops = rank_.forward_flops - fwd;
+      rank_.forward_flops = fwd;
+    }
+    rank_.flops_per_step = (rank_.forward_flops + rank_.backward_flops) * p.micro_batches + opt;
   }
 
   LogicalResult read_model(plan::Plan &p) {
@@ -511,9 +642,21 @@ private:
     return success();
   }
 
+  void reset() {
+    rank_ = plan::RankPlan();
+    by_name_.clear();
+    group_.clear();
+    shard_dims_.clear();
+    first_buffer_ = 0;
+    io_bytes_ = 0;
+  }
+
   ModuleOp module_;
   const LowerOptions &opts_;
   plan::RankPlan rank_;
+  std::vector<bool> backward_;                  // per instruction of the last lowered function
+  std::map<int32_t, int64_t> shard_dims_;       // tp-sharded param buffer -> its sharded dim
+  std::vector<std::map<int32_t, int64_t>> stage_shards_;
   llvm::StringMap<int32_t> by_name_;
   llvm::DenseMap<int32_t, int32_t> group_;    // union-find over temporary buffers
   int32_t first_buffer_ = 0;

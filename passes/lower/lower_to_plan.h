@@ -6,6 +6,11 @@
 // moments, inputs and the loss, and temporaries placed in one arena by the liveness-based
 // memory planner (memory_plan.h), with in-place residual adds where the input dies.
 //
+// Parallel modules (pl.mesh, passes/parallel): each pipeline stage's functions are lowered
+// once (SPMD over dp x tp) and copied to every rank of the stage, with that rank's slices of
+// the tp-sharded parameters and the world ranks of its send/recv peers. Per rank the plan
+// records the predicted bytes sent by collective, the arena slots and the bubble fraction.
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 
@@ -24,6 +29,7 @@ struct LowerOptions {
   std::string base_weights;     // recorded in the plan; frozen params then read "checkpoint"
   plan::LoraInfo lora;
   std::string producer = "lora-compile";
+  std::string strategy = "single";  // recorded in the plan: single | data | tensor | pipeline | hybrid
   bool inplace_add = true;      // residual adds write over an input that dies there
 };
 

@@ -16,9 +16,11 @@ using namespace mlir;
 namespace parallora {
 namespace {
 
-/// Copies pl.layer so backward ops belong to their forward op's layer.
+/// Copies pl.layer so backward ops belong to their forward op's layer, and pl.vocab_group
+/// (a vocabulary-parallel cross-entropy's backward is vocabulary-parallel too).
 template <typename OpT> OpT tagged(Operation *fwd, OpT op) {
-  if (Attribute layer = fwd->getAttr(pl::kLayerAttr)) op->setAttr(pl::kLayerAttr, layer);
+  for (llvm::StringRef k : {llvm::StringRef(pl::kLayerAttr), llvm::StringRef("pl.vocab_group")})
+    if (Attribute a = fwd->getAttr(k)) op->setAttr(k, a);
   return op;
 }
 
@@ -129,6 +131,23 @@ LogicalResult transpose_rule(Operation *op, ArrayRef<Value> rg, ArrayRef<bool> n
   return success();
 }
 
+LogicalResult all_reduce_rule(Operation *, ArrayRef<Value> rg, ArrayRef<bool> needs, OpBuilder &,
+                              const GradContext &, SmallVectorImpl<Value> &grads) {
+  // y = sum over the group of x_r, and every rank computes the same loss from y: the
+  // gradient of each x_r is dy, already replicated. No op.
+  if (needs[0]) grads[0] = rg[0];
+  return success();
+}
+
+LogicalResult copy_to_group_rule(Operation *op, ArrayRef<Value> rg, ArrayRef<bool> needs, OpBuilder &b,
+                                 const GradContext &, SmallVectorImpl<Value> &grads) {
+  // Forward identity into a sharded computation: each rank's dy holds only its shard's
+  // contribution, so the gradient of the replicated input is their sum (Megatron's f).
+  auto c = cast<pl::CopyToGroupOp>(op);
+  if (needs[0]) grads[0] = tagged(op, b.create<pl::AllReduceOp>(op->getLoc(), rg[0], c.getGroupAttr()));
+  return success();
+}
+
 const llvm::StringMap<GradRule> &rules() {
   static const llvm::StringMap<GradRule> table = {
       {pl::CrossEntropyOp::getOperationName(), cross_entropy_rule},
@@ -142,6 +161,8 @@ const llvm::StringMap<GradRule> &rules() {
       {pl::MulOp::getOperationName(), mul_rule},
       {pl::ReshapeOp::getOperationName(), reshape_rule},
       {pl::TransposeOp::getOperationName(), transpose_rule},
+      {pl::AllReduceOp::getOperationName(), all_reduce_rule},
+      {pl::CopyToGroupOp::getOperationName(), copy_to_group_rule},
   };
   return table;
 }

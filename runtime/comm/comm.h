@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "frontend/status.h"
 #include "runtime/kernel.h"
@@ -39,10 +40,16 @@ public:
   virtual int world_size() const = 0;
   const plan::Mesh &mesh() const { return mesh_; }
   plan::MeshCoord coord() const { return plan::coord_of(mesh_, rank()); }
-  /// This rank's index along `axis` ("dp", "tp" or "pp").
+  /// This rank's index along `axis` ("dp", "tp" or "pp"); -1 for any other name.
   int coord(const std::string &axis) const;
   /// Number of ranks in `group` (product of the named axes' sizes); error text for a bad name.
   StatusOr<int> group_size(const std::string &group) const;
+  /// The world ranks of `group` (this rank's), ascending; error text for a bad name.
+  StatusOr<std::vector<int>> group_ranks(const std::string &group) const;
+  /// This rank's index in `group`: its position in group_ranks(group) (= its rank in the
+  /// group's MPI sub-communicator; for "tp" the tp coordinate). Sharded kernels (vocab_group)
+  /// hold shard number group_rank(group).
+  StatusOr<int> group_rank(const std::string &group) const;
 
   /// In-place all-reduce of `count` floats over `group`.
   virtual Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) = 0;
@@ -75,12 +82,25 @@ inline int64_t all_reduce_bytes_sent(int64_t bytes, int group_ranks) {
   return group_ranks <= 1 ? 0 : 2 * (group_ranks - 1) * bytes / group_ranks;
 }
 
+/// A group as a kernel sees it: its size and this rank's index in it (group_rank).
+struct GroupInfo {
+  int size = 1;
+  int index = 0;
+};
+/// Resolves `group` for a kernel with a vocab_group / norm_group attr. `comm` may be null: then
+/// only "" (this rank alone) resolves; any other group is an error saying a communicator is
+/// needed. A bad group name is an error naming the axis.
+StatusOr<GroupInfo> resolve_group(const Communicator *comm, const std::string &group);
+
 /// A world of one rank (no MPI): every collective is the identity, send/recv are errors.
 std::unique_ptr<Communicator> make_local_communicator();
 
-/// MPI: MPI_Init must have been called. Checks that MPI_COMM_WORLD's size equals mesh.size()
-/// (else an error naming both), then builds one sub-communicator per group.
-StatusOr<std::unique_ptr<Communicator>> make_mpi_communicator(const plan::Mesh &mesh);
+/// MPI: MPI_Init must have been called (one thread calls the communicator; MPI_THREAD_SINGLE
+/// or FUNNELED is enough). Checks that MPI_COMM_WORLD's size equals mesh.size()
+/// (else an error naming both), then builds one sub-communicator per group. `timeout_seconds`
+/// bounds the setup's own waits and becomes the communicator's timeout_seconds.
+StatusOr<std::unique_ptr<Communicator>> make_mpi_communicator(const plan::Mesh &mesh,
+                                                             double timeout_seconds = 300);
 
 /// Registers the collective kernels ("all_reduce", "send", "recv"; contract in
 /// runtime/cpu/kernels.h) into a registry. They use KernelCall::comm.

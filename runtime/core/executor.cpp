@@ -75,14 +75,18 @@ void Executor::AlignedFree::operator()(void *p) const { std::free(p); }
 Executor::~Executor() = default;
 
 StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int rank,
-                                                     const KernelRegistry &registry, const std::string &backend) {
+                                                     const KernelRegistry &registry, const std::string &backend,
+                                                     Communicator *comm) {
   if (Status s = plan::validate_plan(plan); !s) return Status::error("invalid plan: " + s.message());
   if (rank < 0 || rank >= static_cast<int>(plan.ranks.size()))
     return Status::error("rank " + std::to_string(rank) + " is not in the plan (world size " +
                          std::to_string(plan.ranks.size()) + ")");
   std::unique_ptr<Executor> ex(new Executor());
   ex->rank_ = plan.ranks[rank];
+  ex->comm_ = comm;
   const plan::RankPlan &rp = ex->rank_;
+  const int S = std::max(1, rp.slots);
+  ex->slots_ = S;
 
   // Every kernel must exist; report all missing ones at once, in first-use order.
   std::vector<std::string> missing_order;
@@ -105,55 +109,85 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
     return Status::error(msg);
   }
 
-  // Storage: the arena, then one block for all persistent buffers.
+  // Storage: one arena per slot, then one block for all persistent buffers: shared kinds once,
+  // Input/Output once per slot.
+  auto per_slot = [](const plan::Buffer &b) {
+    return b.kind == plan::BufferKind::Input || b.kind == plan::BufferKind::Output;
+  };
   ex->arena_bytes_ = rp.arena_bytes;
-  ex->arena_.reset(aligned_zeroed(rp.arena_bytes));
+  for (int k = 0; k < S; ++k) ex->arenas_.emplace_back(aligned_zeroed(rp.arena_bytes));
   int64_t persistent = 0;
-  std::vector<int64_t> offsets(rp.buffers.size(), -1);
+  std::vector<std::vector<int64_t>> offsets(S, std::vector<int64_t>(rp.buffers.size(), -1));
   for (const plan::Buffer &b : rp.buffers) {
     if (b.kind == plan::BufferKind::Activation) continue;
-    offsets[b.id] = persistent;
-    persistent += round_up(b.nbytes(), kAlign);
+    for (int k = 0; k < S; ++k) {
+      if (k > 0 && !per_slot(b)) {
+        offsets[k][b.id] = offsets[0][b.id];
+        continue;
+      }
+      offsets[k][b.id] = persistent;
+      persistent += round_up(b.nbytes(), kAlign);
+    }
   }
   ex->persistent_bytes_ = persistent;
   ex->persistent_.reset(aligned_zeroed(persistent));
-  if (!ex->arena_ || !ex->persistent_)
-    return Status::error("out of memory allocating " + std::to_string(rp.arena_bytes) + " arena bytes + " +
-                         std::to_string(persistent) + " persistent bytes for rank " + std::to_string(rank));
-  auto *arena = static_cast<uint8_t *>(ex->arena_.get());
+  bool arenas_ok = true;
+  for (auto &a : ex->arenas_) arenas_ok = arenas_ok && a;
+  if (!arenas_ok || !ex->persistent_)
+    return Status::error("out of memory allocating " + std::to_string(S) + " x " + std::to_string(rp.arena_bytes) +
+                         " arena bytes + " + std::to_string(persistent) + " persistent bytes for rank " +
+                         std::to_string(rank));
   auto *store = static_cast<uint8_t *>(ex->persistent_.get());
-  ex->tensors_.resize(rp.buffers.size());
+  ex->tensors_.assign(S, std::vector<BufferTensor>(rp.buffers.size()));
+  for (int k = 0; k < S; ++k) {
+    auto *arena = static_cast<uint8_t *>(ex->arenas_[k].get());
+    for (const plan::Buffer &b : rp.buffers) {
+      BufferTensor &t = ex->tensors_[k][b.id];
+      t.buffer = &b;
+      t.tensor.dtype = b.dtype;
+      t.tensor.shape = b.shape;
+      t.tensor.data = b.kind == plan::BufferKind::Activation ? arena + b.offset : store + offsets[k][b.id];
+    }
+  }
   for (const plan::Buffer &b : rp.buffers) {
-    BufferTensor &t = ex->tensors_[b.id];
-    t.buffer = &b;
-    t.tensor.dtype = b.dtype;
-    t.tensor.shape = b.shape;
-    t.tensor.data = b.kind == plan::BufferKind::Activation ? arena + b.offset : store + offsets[b.id];
     if (!b.name.empty()) ex->by_name_.emplace(b.name, b.id);
     if (b.kind == plan::BufferKind::Output && b.name == "loss") ex->loss_id_ = b.id;
   }
 
-  // Prebuilt calls.
+  // Prebuilt calls, one set per slot.
   for (const plan::Program &prog : rp.programs) {
-    CompiledProgram &cp = ex->programs_[prog.name];
-    cp.calls.resize(prog.instrs.size());
-    cp.fns.resize(prog.instrs.size());
-    for (size_t i = 0; i < prog.instrs.size(); ++i) {
-      const plan::Instr &in = prog.instrs[i];
-      KernelCall &c = cp.calls[i];
-      c.instr = &in;
-      for (int32_t id : in.inputs) c.in.push_back(id < 0 ? Tensor{} : ex->tensors_[id].tensor);
-      for (int32_t id : in.outputs) c.out.push_back(id < 0 ? Tensor{} : ex->tensors_[id].tensor);
-      cp.fns[i] = &ex->kernels_.at(in.op);
+    std::vector<CompiledProgram> &per = ex->programs_[prog.name];
+    per.resize(S);
+    for (int k = 0; k < S; ++k) {
+      CompiledProgram &cp = per[k];
+      cp.calls.resize(prog.instrs.size());
+      cp.fns.resize(prog.instrs.size());
+      for (size_t i = 0; i < prog.instrs.size(); ++i) {
+        const plan::Instr &in = prog.instrs[i];
+        KernelCall &c = cp.calls[i];
+        c.instr = &in;
+        c.comm = comm;
+        for (int32_t id : in.inputs) c.in.push_back(id < 0 ? Tensor{} : ex->tensors_[k][id].tensor);
+        for (int32_t id : in.outputs) c.out.push_back(id < 0 ? Tensor{} : ex->tensors_[k][id].tensor);
+        cp.fns[i] = &ex->kernels_.at(in.op);
+      }
     }
   }
   return ex;
 }
 
+Status Executor::check_slot(int slot) const {
+  if (slot < 0 || slot >= slots_)
+    return Status::error("slot " + std::to_string(slot) + " is out of range (the rank has " + std::to_string(slots_) +
+                         " slot" + (slots_ == 1 ? "" : "s") + ")");
+  return Status::ok();
+}
+
 Status Executor::init_parameters(const std::string &weights_path, uint64_t seed, bool skip_trainables) {
   std::vector<const plan::Buffer *> from_checkpoint;
+  std::vector<float> full;
   for (const plan::Buffer &b : rank_.buffers) {
-    BufferTensor &t = tensors_[b.id];
+    BufferTensor &t = tensors_[0][b.id];
     switch (b.kind) {
     case plan::BufferKind::Trainable:
       if (skip_trainables) break;
@@ -167,10 +201,26 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
                                "; only f32 parameters can be initialised with '" + b.init + "'");
         auto spec = parse_init_spec(b.init);
         if (!spec) return Status::error("parameter '" + b.name + "': " + spec.message());
-        init_tensor(*spec, b.name, seed, t.tensor.f32(), b.shape);
+        if (b.slice.empty()) {
+          init_tensor(*spec, b.name, seed, t.tensor.f32(), b.shape);
+        } else {
+          // Draw the whole tensor as the single-device plan does, keep this rank's slice.
+          if (b.full_shape.size() != b.slice.size())
+            return Status::error("parameter '" + b.name + "' is a slice with init '" + b.init +
+                                 "' but the plan gives no full_shape to draw it from");
+          int64_t n = 1;
+          for (int64_t d : b.full_shape) n *= d;
+          full.assign(static_cast<size_t>(n), 0.f);
+          init_tensor(*spec, b.name, seed, full.data(), b.full_shape);
+          copy_slice(full.data(), b.full_shape, b.slice, t.tensor.f32());
+        }
       }
       break;
     case plan::BufferKind::Activation:
+      break;
+    case plan::BufferKind::Input:
+    case plan::BufferKind::Output:
+      for (int k = 0; k < slots_; ++k) std::memset(tensors_[k][b.id].tensor.data, 0, static_cast<size_t>(b.nbytes()));
       break;
     default:
       std::memset(t.tensor.data, 0, static_cast<size_t>(b.nbytes()));
@@ -197,10 +247,13 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
   std::vector<float> scratch;
   for (const plan::Buffer *b : from_checkpoint) {
     const TensorView *v = store->find(b->name);
-    float *dst = tensors_[b->id].tensor.f32();
+    float *dst = tensors_[0][b->id].tensor.f32();
     if (b->dtype != plan::ElemType::F32)
       return Status::error("parameter '" + b->name + "' is " + plan::elem_type_name(b->dtype) +
                            "; only f32 parameters can be read from a checkpoint");
+    if (!b->full_shape.empty() && v->shape != b->full_shape)
+      return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
+                           " but the plan was compiled for " + shape_str(b->full_shape));
     if (b->slice.empty()) {
       if (v->shape != b->shape)
         return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
@@ -262,7 +315,7 @@ Status Executor::set_kind(plan::BufferKind kind, const char *what,
   }
   for (auto &[name, b] : wanted) {
     const std::vector<float> &v = values.at(name);
-    std::memcpy(tensors_[b->id].tensor.data, v.data(), v.size() * sizeof(float));
+    std::memcpy(tensors_[0][b->id].tensor.data, v.data(), v.size() * sizeof(float));
   }
   return Status::ok();
 }
@@ -276,7 +329,8 @@ Status Executor::set_optimizer_state(const std::map<std::string, std::vector<flo
   return set_kind(plan::BufferKind::OptState, "optimizer state tensors", values, nullptr);
 }
 
-Status Executor::feed(const std::string &input_name, const int32_t *data, int64_t count) {
+Status Executor::feed(const std::string &input_name, const int32_t *data, int64_t count, int slot) {
+  if (Status s = check_slot(slot); !s) return Status::error("feed '" + input_name + "': " + s.message());
   auto it = by_name_.find(input_name);
   if (it == by_name_.end() || rank_.buffers[it->second].kind != plan::BufferKind::Input)
     return Status::error("the plan has no input '" + input_name + "'");
@@ -284,10 +338,11 @@ Status Executor::feed(const std::string &input_name, const int32_t *data, int64_
   if (count != b.numel())
     return Status::error("input '" + input_name + "' takes " + std::to_string(b.numel()) + " values (" +
                          shape_str(b.shape) + "), got " + std::to_string(count));
+  const Tensor &t = tensors_[slot][b.id].tensor;
   if (b.dtype == plan::ElemType::I32) {
-    std::memcpy(tensors_[b.id].tensor.data, data, static_cast<size_t>(count) * sizeof(int32_t));
+    std::memcpy(t.data, data, static_cast<size_t>(count) * sizeof(int32_t));
   } else {
-    float *dst = tensors_[b.id].tensor.f32();
+    float *dst = t.f32();
     for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<float>(data[i]);
   }
   return Status::ok();
@@ -295,16 +350,19 @@ Status Executor::feed(const std::string &input_name, const int32_t *data, int64_
 
 bool Executor::has_program(const std::string &program) const { return programs_.count(program) != 0; }
 
-Status Executor::run(const std::string &program, StepState *step) { return run(program, step, InstrHook()); }
+Status Executor::run(const std::string &program, StepState *step, int slot) {
+  return run(program, step, InstrHook(), slot);
+}
 
-Status Executor::run(const std::string &program, StepState *step, const InstrHook &after) {
+Status Executor::run(const std::string &program, StepState *step, const InstrHook &after, int slot) {
   auto it = programs_.find(program);
   if (it == programs_.end()) {
     std::string have;
     for (auto &kv : programs_) have += (have.empty() ? "" : ", ") + kv.first;
     return Status::error("the plan has no program '" + program + "' (it has: " + (have.empty() ? "none" : have) + ")");
   }
-  CompiledProgram &cp = it->second;
+  if (Status s = check_slot(slot); !s) return Status::error("program '" + program + "': " + s.message());
+  CompiledProgram &cp = it->second[slot];
   const size_t n = cp.calls.size();
   for (size_t i = 0; i < n; ++i) {
     KernelCall &c = cp.calls[i];
@@ -331,21 +389,23 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
   return Status::ok();
 }
 
-double Executor::loss() const {
-  if (loss_id_ < 0) return std::numeric_limits<double>::quiet_NaN();
-  return tensors_[loss_id_].tensor.f32()[0];
+double Executor::loss(int slot) const {
+  if (loss_id_ < 0 || slot < 0 || slot >= slots_) return std::numeric_limits<double>::quiet_NaN();
+  return tensors_[slot][loss_id_].tensor.f32()[0];
 }
 
-std::vector<BufferTensor> Executor::buffers(plan::BufferKind kind) const {
+std::vector<BufferTensor> Executor::buffers(plan::BufferKind kind, int slot) const {
   std::vector<BufferTensor> out;
-  for (const BufferTensor &t : tensors_)
+  if (slot < 0 || slot >= slots_) return out;
+  for (const BufferTensor &t : tensors_[slot])
     if (t.buffer->kind == kind) out.push_back(t);
   return out;
 }
 
-const BufferTensor *Executor::find(const std::string &name) const {
+const BufferTensor *Executor::find(const std::string &name, int slot) const {
+  if (slot < 0 || slot >= slots_) return nullptr;
   auto it = by_name_.find(name);
-  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+  return it == by_name_.end() ? nullptr : &tensors_[slot][it->second];
 }
 
 } // namespace parallora::rt

@@ -10,6 +10,15 @@
 // per micro-batch feed() the inputs and run("micro_step"), then run("optimizer_step").
 // Nothing is allocated while running.
 //
+// Slots (pipelines): a rank with RankPlan::slots = S gets S copies of its arena and of its
+// Input and Output buffers (one per micro-batch in flight); Param, Trainable, Grad and OptState
+// buffers exist once and are shared by every slot. feed/run/loss/buffer/find take a slot index
+// (default 0): run("forward", step, slot) works on slot `slot`'s activations and inputs.
+//
+// Communicator: create() takes an optional rt::Communicator (runtime/comm/comm.h), set into
+// every KernelCall::comm for the collective kernels (all_reduce, send, recv, vocab_group /
+// norm_group); nullptr for single-rank plans without collectives.
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 
@@ -44,7 +53,8 @@ public:
   /// The registry's functions are copied: it need not outlive the executor.
   static StatusOr<std::unique_ptr<Executor>> create(const plan::Plan &plan, int rank,
                                                     const KernelRegistry &registry,
-                                                    const std::string &backend = "cpu");
+                                                    const std::string &backend = "cpu",
+                                                    Communicator *comm = nullptr);
   ~Executor();
   Executor(const Executor &) = delete;
   Executor &operator=(const Executor &) = delete;
@@ -53,7 +63,10 @@ public:
   /// `slice` when set) from `weights_path` (a .safetensors file, a directory with
   /// model.safetensors or model.safetensors.index.json, or an index .json; "" = none),
   /// converting F16/BF16/F64 to f32 and checking the shape; any other init is a
-  /// models/weight_init.h spec drawn from `seed`. Grad, OptState, Input and Output are zeroed.
+  /// models/weight_init.h spec drawn from `seed`; a sliced buffer (tensor parallel) draws the spec
+  /// for its `full_shape` and keeps its slice, so it holds exactly the numbers the single-device
+  /// plan would have there. A sliced checkpoint tensor must have `full_shape` when that is set.
+  /// Grad, OptState, Input and Output (every slot) are zeroed.
   /// `skip_trainables`: leave the Trainables alone (the caller sets them with set_trainables,
   /// e.g. from --init-adapter or a checkpoint).
   Status init_parameters(const std::string &weights_path, uint64_t seed, bool skip_trainables = false);
@@ -66,36 +79,42 @@ public:
   /// Same for the OptState buffers ("<param>.exp_avg" / "<param>.exp_avg_sq").
   Status set_optimizer_state(const std::map<std::string, std::vector<float>> &values);
 
-  /// Copies `count` token ids into the Input buffer `input_name`; count must equal its numel.
-  Status feed(const std::string &input_name, const int32_t *data, int64_t count);
+  /// Copies `count` token ids into slot `slot`'s Input buffer `input_name`; count must equal
+  /// its numel.
+  Status feed(const std::string &input_name, const int32_t *data, int64_t count, int slot = 0);
 
-  /// Runs the named program's instructions in order. A kernel error comes back as
-  /// "instruction #i op (loc): <kernel message>".
-  Status run(const std::string &program, StepState *step);
+  /// Runs the named program's instructions in order on slot `slot`. A kernel error comes back
+  /// as "instruction #i op (loc): <kernel message>".
+  Status run(const std::string &program, StepState *step, int slot = 0);
   /// Same, calling `after(i, call)` once instruction #i has run (e.g. to copy an activation
   /// before the arena reuses its bytes).
   using InstrHook = std::function<void(size_t index, const KernelCall &call)>;
-  Status run(const std::string &program, StepState *step, const InstrHook &after);
+  Status run(const std::string &program, StepState *step, const InstrHook &after, int slot = 0);
   bool has_program(const std::string &program) const;
+  /// Number of slots (RankPlan::slots).
+  int slots() const { return slots_; }
+  Communicator *communicator() const { return comm_; }
 
   /// Per-op timing (off by default): when on, run() times every kernel call.
   void enable_profile(bool on) { profile_on_ = on; }
   const std::map<std::string, OpProfile> &profile() const { return profile_; }
   void reset_profile() { profile_.clear(); }
 
-  /// The Output buffer "loss" (NaN when the plan has none).
-  double loss() const;
+  /// Slot `slot`'s Output buffer "loss" (NaN when the plan has none).
+  double loss(int slot = 0) const;
 
-  /// Buffers of one kind, in buffer order (Trainable, OptState, Grad, ...).
-  std::vector<BufferTensor> buffers(plan::BufferKind kind) const;
+  /// Buffers of one kind, in buffer order (Trainable, OptState, Grad, ...), of slot `slot`.
+  std::vector<BufferTensor> buffers(plan::BufferKind kind, int slot = 0) const;
   /// Any buffer by name (activations by their plan name); nullptr when absent.
-  const BufferTensor *find(const std::string &name) const;
+  const BufferTensor *find(const std::string &name, int slot = 0) const;
   /// Buffer by id.
-  const BufferTensor &buffer(int32_t id) const { return tensors_[id]; }
+  const BufferTensor &buffer(int32_t id, int slot = 0) const { return tensors_[slot][id]; }
 
   const plan::RankPlan &rank_plan() const { return rank_; }
+  /// Bytes of one arena (one slot); the rank holds slots() of them.
   int64_t arena_bytes() const { return arena_bytes_; }
-  /// Bytes of all persistent (non-Activation) buffers, including alignment padding.
+  /// Bytes of all persistent (non-Activation) buffers, every slot's Input/Output copies
+  /// included, with alignment padding.
   int64_t persistent_bytes() const { return persistent_bytes_; }
 
 private:
@@ -111,16 +130,20 @@ private:
     void operator()(void *p) const;
   };
 
+  Status check_slot(int slot) const;
+
   plan::RankPlan rank_;  // owned copy: KernelCall::instr points into it
   std::map<std::string, KernelFn> kernels_;
-  std::map<std::string, CompiledProgram> programs_;
-  std::vector<BufferTensor> tensors_;
+  std::map<std::string, std::vector<CompiledProgram>> programs_;  // one per slot
+  std::vector<std::vector<BufferTensor>> tensors_;                  // [slot][buffer id]
   std::map<std::string, int32_t> by_name_;
-  std::unique_ptr<void, AlignedFree> arena_;
+  std::vector<std::unique_ptr<void, AlignedFree>> arenas_;         // one per slot
   std::unique_ptr<void, AlignedFree> persistent_;
   int64_t arena_bytes_ = 0;
   int64_t persistent_bytes_ = 0;
   int32_t loss_id_ = -1;
+  int slots_ = 1;
+  Communicator *comm_ = nullptr;
   bool profile_on_ = false;
   std::map<std::string, OpProfile> profile_;
 };

@@ -14,11 +14,19 @@
 // zeroed when zero_grads = 1. With zero_grads = 0 the grads keep their clipped values, as
 // clip_grad_norm_ leaves them.
 //
+// Sharded gradients (tensor / data parallel plans): attr norm_group names the group whose
+// ranks together hold the gradients, norm_divisors[i] how many of them hold an identical copy of
+// g_i. The local sum is then sum over chunks (in order) of chunk_sumsq / d_i, rounded to f32 and
+// all-reduced (sum) over the group as one element (a group of one rank keeps the fp64 sum, so
+// it equals the unsharded kernel; so do absent attrs).
+//
 //===----------------------------------------------------------------------===//
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "runtime/comm/comm.h"
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels_impl.h"
 
@@ -60,17 +68,46 @@ Status adamw_step(KernelCall &c) {
                max_norm = c.attr_f("max_grad_norm", 0.0), lr = st.lr;
   const bool zero_grads = c.attr_i("zero_grads", 0) != 0;
 
+  // Sharded norm: the group and the replication divisors.
+  std::string norm_group;
+  GroupInfo gi;
+  if (c.has_attr("norm_group")) {
+    if (!ck.expect(std::holds_alternative<std::string>(c.instr->attrs.at("norm_group")),
+                   "attr norm_group must be a string (a group of mesh axes)"))
+      return ck.status();
+    norm_group = c.attr_s("norm_group", "");
+    StatusOr<GroupInfo> r = resolve_group(c.comm, norm_group);
+    if (!r) return ck.error("attr norm_group: " + r.message());
+    gi = *r;
+  }
+  std::vector<int64_t> divisors;
+  if (c.has_attr("norm_divisors")) {
+    divisors = c.attr_ints("norm_divisors");
+    if (!ck.expect(int64_t(divisors.size()) == n,
+                   "attr norm_divisors has " + std::to_string(divisors.size()) +
+                       " entries, expected n = " + std::to_string(n)))
+      return ck.status();
+    for (int64_t i = 0; i < n; ++i)
+      if (!ck.expect(divisors[size_t(i)] >= 1 && divisors[size_t(i)] <= gi.size,
+                     "norm_divisors[" + std::to_string(i) + "] = " +
+                         std::to_string(divisors[size_t(i)]) + " is outside [1, " +
+                         std::to_string(gi.size) + "] (the ranks of norm_group '" +
+                         norm_group + "')"))
+        return ck.status();
+  }
+
   // 1. Global gradient norm (fp64, fixed chunking).
   struct Chunk {
     const float *g;
     int64_t len;
+    int64_t grad;  // index i of g_i
   };
   std::vector<Chunk> chunks;
   for (int64_t i = 0; i < n; ++i) {
     const Tensor &g = c.in[size_t(n + i)];
     const int64_t len = g.numel();
     for (int64_t off = 0; off < len; off += kNormChunk)
-      chunks.push_back({g.f32() + off, std::min(kNormChunk, len - off)});
+      chunks.push_back({g.f32() + off, std::min(kNormChunk, len - off), i});
   }
   std::vector<double> partial(chunks.size(), 0.0);
   const int64_t nchunks = int64_t(chunks.size());
@@ -82,7 +119,16 @@ Status adamw_step(KernelCall &c) {
     partial[size_t(k)] = s;
   }
   double sumsq = 0.0;
-  for (double s : partial) sumsq += s;
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t d = divisors.empty() ? 1 : divisors[size_t(chunks[size_t(k)].grad)];
+    sumsq += d == 1 ? partial[size_t(k)] : partial[size_t(k)] / double(d);
+  }
+  if (gi.size > 1) {
+    float local = float(sumsq);
+    if (Status s = c.comm->all_reduce(norm_group, &local, 1, ReduceOp::Sum); !s)
+      return ck.error(s.message());
+    sumsq = double(local);
+  }
   const double norm = std::sqrt(sumsq);
   st.grad_norm = norm;
   st.grad_norm_finite = std::isfinite(norm);

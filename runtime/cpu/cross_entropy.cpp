@@ -4,10 +4,21 @@
 // serially in row order (deterministic). With shift = 1 (HF's causal-LM loss), logits row
 // (b, t) predicts labels (b, t+1) for t = 0..T-2; row (b, T-1) predicts nothing.
 //
+// With attr vocab_group (Megatron's vocabulary-parallel cross entropy) the logits are shard c
+// of the vocabulary (columns [c*V', (c+1)*V')). The row statistics are combined over the group
+// with exactly these messages, over all N = B*T rows so every rank sends the same counts:
+//   fwd: all_reduce(max) of N row maxima, then all_reduce(sum) of 2N floats (N sums of
+//        exp(x - max), N target logits: 0 where the target is in another shard)
+//   bwd: all_reduce(max) of N, then all_reduce(sum) of N sums of exp
+// Uncounted rows (ignored, or the last position with shift) send 0s. A group of one rank runs
+// the unsharded code.
+//
 //===----------------------------------------------------------------------===//
 #include <cmath>
+#include <string>
 #include <vector>
 
+#include "runtime/comm/comm.h"
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels_impl.h"
 
@@ -24,8 +35,9 @@ struct CeSetup {
   int64_t count = 0;
 };
 
+// `vocab` = the whole vocabulary's size (labels are checked against it); 0 = logits dim 2.
 bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor &labels,
-              CeSetup *cs) {
+              CeSetup *cs, int64_t vocab = 0) {
   if (!ck.f32(logits, "logits") || !ck.rank(logits, "logits", 3) || !ck.i32(labels, "labels") ||
       !ck.num_attr("shift"))
     return false;
@@ -38,7 +50,7 @@ bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor
       !ck.expect(cs->shift == 0 || cs->shift == 1,
                  "attr shift must be 0 or 1, got " + std::to_string(cs->shift)))
     return false;
-  const int64_t B = cs->B, T = cs->T, V = cs->V, sh = cs->shift;
+  const int64_t B = cs->B, T = cs->T, V = vocab > 0 ? vocab : cs->V, sh = cs->shift;
   const int32_t *lab = labels.i32();
   cs->target.assign(size_t(B * T), -1);
   cs->count = 0;
@@ -67,6 +79,117 @@ inline void row_stats(const float *x, int64_t V, float *m_out, double *sum_out) 
   *sum_out = sum;
 }
 
+// The vocab_group attr resolved: g ranks, this one holds columns [lo, lo + V').
+struct VocabShard {
+  bool sharded = false;  // a group of more than one rank
+  std::string group;
+  int64_t lo = 0, vocab = 0;
+};
+
+bool vocab_shard(const KernelCall &c, Check &ck, const Tensor &logits, VocabShard *vs) {
+  if (!c.has_attr("vocab_group")) return true;
+  if (!ck.expect(std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")),
+                 "attr vocab_group must be a string (a group of mesh axes)"))
+    return false;
+  vs->group = c.attr_s("vocab_group", "");
+  StatusOr<GroupInfo> gi = resolve_group(c.comm, vs->group);
+  if (!ck.expect(gi.is_ok(), "attr vocab_group: " + gi.message())) return false;
+  if (gi->size > 1 && logits.rank() == 3) {
+    vs->sharded = true;
+    vs->lo = int64_t(gi->index) * logits.dim(2);
+    vs->vocab = int64_t(gi->size) * logits.dim(2);
+  }
+  return true;
+}
+
+// Per-row maxima of the shard (0 for uncounted rows), all-reduced (max) over the group.
+Status global_row_max(KernelCall &c, const CeSetup &cs, const VocabShard &vs,
+                      std::vector<float> *mx) {
+  const int64_t rows = cs.B * cs.T, V = cs.V;
+  const float *lp = c.in[0].f32();
+  mx->assign(size_t(rows), 0.0f);
+  float *m = mx->data();
+#pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (cs.target[size_t(r)] < 0) continue;
+    const float *x = lp + r * V;
+    float mr = x[0];
+    for (int64_t j = 1; j < V; ++j) mr = x[j] > mr ? x[j] : mr;
+    m[r] = mr;
+  }
+  return c.comm->all_reduce(vs.group, m, rows, ReduceOp::Max);
+}
+
+// Sum of exp(x - max) over the shard's columns of one row (double).
+inline double shard_sum_exp(const float *x, int64_t V, float m) {
+  double sum = 0.0;
+  for (int64_t j = 0; j < V; ++j) sum += double(std::exp(x[j] - m));
+  return sum;
+}
+
+Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs) {
+  const int64_t rows = cs.B * cs.T, V = cs.V;
+  const float *lp = c.in[0].f32();
+  std::vector<float> mx;
+  if (Status s = global_row_max(c, cs, vs, &mx); !s) return ck.error(s.message());
+  // [0, rows): sums of exp; [rows, 2 rows): target logits.
+  std::vector<float> red(size_t(2 * rows), 0.0f);
+#pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t l = cs.target[size_t(r)];
+    if (l < 0) continue;
+    const float *x = lp + r * V;
+    red[size_t(r)] = float(shard_sum_exp(x, V, mx[size_t(r)]));
+    const int64_t t = int64_t(l) - vs.lo;
+    if (t >= 0 && t < V) red[size_t(rows + r)] = x[t];
+  }
+  if (Status s = c.comm->all_reduce(vs.group, red.data(), 2 * rows, ReduceOp::Sum); !s)
+    return ck.error(s.message());
+  double total = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (cs.target[size_t(r)] < 0) continue;
+    total += double(mx[size_t(r)]) + std::log(double(red[size_t(r)])) -
+             double(red[size_t(rows + r)]);
+  }
+  c.out[0].f32()[0] = cs.count > 0 ? float(total / double(cs.count)) : 0.0f;
+  return Status::ok();
+}
+
+Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs) {
+  const int64_t rows = cs.B * cs.T, V = cs.V;
+  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
+  const float *lp = c.in[0].f32();
+  float *dp = c.out[0].f32();
+  std::vector<float> mx;
+  if (Status s = global_row_max(c, cs, vs, &mx); !s) return ck.error(s.message());
+  std::vector<float> sums(size_t(rows), 0.0f);
+#pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (cs.target[size_t(r)] < 0) continue;
+    sums[size_t(r)] = float(shard_sum_exp(lp + r * V, V, mx[size_t(r)]));
+  }
+  if (Status s = c.comm->all_reduce(vs.group, sums.data(), rows, ReduceOp::Sum); !s)
+    return ck.error(s.message());
+#pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t l = cs.target[size_t(r)];
+    float *d = dp + r * V;
+    if (l < 0) {
+      for (int64_t j = 0; j < V; ++j) d[j] = 0.0f;
+      continue;
+    }
+    const float *x = lp + r * V;
+    const float m = mx[size_t(r)];
+    const double inv = 1.0 / double(sums[size_t(r)]);
+    const int64_t t = int64_t(l) - vs.lo;  // the target's column in this shard, if here
+    for (int64_t j = 0; j < V; ++j) {
+      const double p = double(std::exp(x[j] - m)) * inv;
+      d[j] = float(coef * (j == t ? p - 1.0 : p));
+    }
+  }
+  return Status::ok();
+}
+
 } // namespace
 
 // logits (B,T,V), labels (B,T) i32 -> loss () = mean over counted rows of lse - logit[label].
@@ -75,10 +198,13 @@ Status cross_entropy_fwd(KernelCall &c) {
   if (!ck.operands(2, 2, 1)) return ck.status();
   const Tensor &logits = c.in[0], &labels = c.in[1], &loss = c.out[0];
   CeSetup cs;
-  if (!ce_setup(c, ck, logits, labels, &cs) || !ck.f32(loss, "loss") ||
+  VocabShard vs;
+  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
+      !ck.f32(loss, "loss") ||
       !ck.expect(loss.numel() == 1, "loss has shape " + detail::shape_str(loss.shape) +
                                         ", expected a scalar"))
     return ck.status();
+  if (vs.sharded) return sharded_fwd(c, ck, cs, vs);
   const int64_t rows = cs.B * cs.T, V = cs.V;
   const float *lp = logits.f32();
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
@@ -105,9 +231,11 @@ Status cross_entropy_bwd(KernelCall &c) {
   if (!ck.operands(2, 2, 1)) return ck.status();
   const Tensor &logits = c.in[0], &labels = c.in[1], &dl = c.out[0];
   CeSetup cs;
-  if (!ce_setup(c, ck, logits, labels, &cs) || !ck.f32(dl, "dlogits") ||
-      !ck.same_shape(dl, "dlogits", logits, "logits"))
+  VocabShard vs;
+  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
+      !ck.f32(dl, "dlogits") || !ck.same_shape(dl, "dlogits", logits, "logits"))
     return ck.status();
+  if (vs.sharded) return sharded_bwd(c, ck, cs, vs);
   const int64_t rows = cs.B * cs.T, V = cs.V;
   const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
   const float *lp = logits.f32();

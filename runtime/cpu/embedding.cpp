@@ -1,6 +1,7 @@
 //===- embedding.cpp - embedding_fwd --------------------------------------===//
 #include <cstring>
 
+#include "runtime/comm/comm.h"
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels_impl.h"
 
@@ -10,6 +11,9 @@ using detail::Check;
 
 // ids (B,T) i32, table (V,D) -> y (B,T,D). An id outside [0, V) is an error naming the id and
 // its position; it is detected before anything is written.
+// With attr vocab_group (tensor-parallel vocabulary): table holds rows [c*V, (c+1)*V) of the
+// whole table (c = this rank's index in the group, g its size); ids of other shards give zero
+// rows (y is a partial sum the plan all-reduces) and ids outside [0, V*g) are errors.
 Status embedding_fwd(KernelCall &c) {
   Check ck(c, "embedding_fwd");
   if (!ck.operands(2, 2, 1)) return ck.status();
@@ -20,19 +24,34 @@ Status embedding_fwd(KernelCall &c) {
   const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
   if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
 
+  int64_t lo = 0, vocab = V;  // this table's first row and the whole vocabulary's size
+  if (c.has_attr("vocab_group")) {
+    if (!std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")))
+      return ck.error("attr vocab_group must be a string (a group of mesh axes)");
+    StatusOr<GroupInfo> gi = resolve_group(c.comm, c.attr_s("vocab_group", ""));
+    if (!gi) return ck.error("attr vocab_group: " + gi.message());
+    lo = int64_t(gi->index) * V;
+    vocab = V * gi->size;
+  }
+
   const int32_t *id = ids.i32();
   const int64_t n = B * T;
   for (int64_t i = 0; i < n; ++i) {
-    if (id[i] < 0 || id[i] >= V)
+    if (id[i] < 0 || id[i] >= vocab)
       return ck.error("token id " + std::to_string(id[i]) + " at position (b=" +
                       std::to_string(i / T) + ", t=" + std::to_string(i % T) +
-                      ") is outside the vocabulary [0, " + std::to_string(V) + ")");
+                      ") is outside the vocabulary [0, " + std::to_string(vocab) + ")");
   }
   const float *tab = table.f32();
   float *out = y.f32();
 #pragma omp parallel for schedule(static) if (n * D >= detail::kParallelWork)
-  for (int64_t i = 0; i < n; ++i)
-    std::memcpy(out + i * D, tab + int64_t(id[i]) * D, size_t(D) * sizeof(float));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t row = int64_t(id[i]) - lo;
+    if (row >= 0 && row < V)
+      std::memcpy(out + i * D, tab + row * D, size_t(D) * sizeof(float));
+    else
+      std::memset(out + i * D, 0, size_t(D) * sizeof(float));
+  }
   return Status::ok();
 }
 

@@ -41,6 +41,7 @@ void to_pb(const Buffer &b, pb::Buffer *out) {
     r->set_start(start);
     r->set_size(size);
   }
+  for (int64_t d : b.full_shape) out->add_full_shape(d);
 }
 
 void to_pb(const Instr &in, pb::Instr *out) {
@@ -90,9 +91,27 @@ void to_pb(const Plan &p, pb::Plan *out) {
   out->set_vocab_size(p.vocab_size);
   out->set_ignore_index(p.ignore_index);
   out->set_world_size(p.world_size);
+  auto *mesh = out->mutable_mesh();
+  mesh->set_dp(p.mesh.dp);
+  mesh->set_tp(p.mesh.tp);
+  mesh->set_pp(p.mesh.pp);
+  out->set_strategy(p.strategy);
+  out->set_pipeline_schedule(p.pipeline_schedule);
   for (const RankPlan &r : p.ranks) {
     auto *rp = out->add_ranks();
     rp->set_rank(r.rank);
+    rp->set_dp_rank(r.dp_rank);
+    rp->set_tp_rank(r.tp_rank);
+    rp->set_pp_stage(r.pp_stage);
+    rp->set_slots(r.slots);
+    for (auto &[kind, bytes] : r.bytes_sent) {  // std::map: sorted by kind
+      auto *kb = rp->add_bytes_sent();
+      kb->set_kind(kind);
+      kb->set_bytes(bytes);
+    }
+    rp->set_forward_flops(r.forward_flops);
+    rp->set_backward_flops(r.backward_flops);
+    rp->set_bubble_fraction(r.bubble_fraction);
     for (const Buffer &b : r.buffers) to_pb(b, rp->add_buffers());
     for (const Program &prog : r.programs) {
       auto *pp = rp->add_programs();
@@ -147,12 +166,25 @@ Status from_pb(const pb::Plan &m, Plan &p) {
   p.vocab_size = m.vocab_size();
   p.ignore_index = m.ignore_index();
   p.world_size = m.world_size();
+  p.mesh.dp = m.mesh().dp();
+  p.mesh.tp = m.mesh().tp();
+  p.mesh.pp = m.mesh().pp();
+  p.strategy = m.strategy();
+  p.pipeline_schedule = m.pipeline_schedule();
   p.ranks.clear();
   p.ranks.reserve(m.ranks_size());
   for (int ri = 0; ri < m.ranks_size(); ++ri) {
     const auto &mr = m.ranks(ri);
     RankPlan r;
     r.rank = mr.rank();
+    r.dp_rank = mr.dp_rank();
+    r.tp_rank = mr.tp_rank();
+    r.pp_stage = mr.pp_stage();
+    r.slots = mr.slots();
+    for (const auto &kb : mr.bytes_sent()) r.bytes_sent[kb.kind()] = kb.bytes();
+    r.forward_flops = mr.forward_flops();
+    r.backward_flops = mr.backward_flops();
+    r.bubble_fraction = mr.bubble_fraction();
     r.buffers.reserve(mr.buffers_size());
     for (int bi = 0; bi < mr.buffers_size(); ++bi) {
       const auto &mb = mr.buffers(bi);
@@ -172,6 +204,7 @@ Status from_pb(const pb::Plan &m, Plan &p) {
       b.init = mb.init();
       b.param = mb.param();
       for (const auto &s : mb.slice()) b.slice.emplace_back(s.start(), s.size());
+      b.full_shape.assign(mb.full_shape().begin(), mb.full_shape().end());
       r.buffers.push_back(std::move(b));
     }
     for (const auto &mp : mr.programs()) {
@@ -269,6 +302,24 @@ std::string buffer_ref(const RankPlan &rank, int32_t id) {
   return "@" + b.name;
 }
 
+// "", "dp", "tp", "pp", "dp,tp", ... : distinct axes in dp,tp,pp order.
+bool valid_group(const std::string &group) {
+  if (group.empty()) return true;
+  static const char *axes[] = {"dp", "tp", "pp"};
+  int next = 0;
+  size_t at = 0;
+  while (true) {
+    size_t comma = group.find(',', at);
+    std::string axis = group.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    int k = next;
+    while (k < 3 && axis != axes[k]) ++k;
+    if (k == 3) return false;
+    next = k + 1;
+    if (comma == std::string::npos) return true;
+    at = comma + 1;
+  }
+}
+
 } // namespace
 
 // ------------------------------------------------------------------ public API
@@ -319,12 +370,43 @@ Status validate_plan(const Plan &plan) {
     return Status::error("global_batch, seq_len and micro_batches must be >= 1 (got " +
                          std::to_string(plan.global_batch) + ", " + std::to_string(plan.seq_len) + ", " +
                          std::to_string(plan.micro_batches) + ")");
+  const Mesh &mesh = plan.mesh;
+  if (mesh.dp < 1 || mesh.tp < 1 || mesh.pp < 1)
+    return Status::error("mesh is dp " + std::to_string(mesh.dp) + " x tp " + std::to_string(mesh.tp) + " x pp " +
+                         std::to_string(mesh.pp) + " (every axis must be >= 1)");
+  if (mesh.size() != plan.world_size)
+    return Status::error("world_size is " + std::to_string(plan.world_size) + " but the mesh dp " +
+                         std::to_string(mesh.dp) + " x tp " + std::to_string(mesh.tp) + " x pp " + std::to_string(mesh.pp) +
+                         " has " + std::to_string(mesh.size()) + " ranks");
+  const bool pipelined = mesh.pp > 1;
+  if (pipelined && plan.pipeline_schedule != "gpipe" && plan.pipeline_schedule != "1f1b")
+    return Status::error("pipeline_schedule is '" + plan.pipeline_schedule + "' but a plan with " +
+                         std::to_string(mesh.pp) + " pipeline stages needs 'gpipe' or '1f1b'");
   for (size_t r = 0; r < plan.ranks.size(); ++r) {
     const RankPlan &rank = plan.ranks[r];
     std::string where = "rank " + std::to_string(r) + ": ";
     if (rank.rank != static_cast<int32_t>(r))
       return Status::error("ranks[" + std::to_string(r) + "].rank is " + std::to_string(rank.rank) + " (expected " +
                            std::to_string(r) + ")");
+    MeshCoord c = coord_of(mesh, static_cast<int32_t>(r));
+    if (rank.dp_rank != c.dp || rank.tp_rank != c.tp || rank.pp_stage != c.pp)
+      return Status::error(where + "coordinates (dp " + std::to_string(rank.dp_rank) + ", tp " +
+                           std::to_string(rank.tp_rank) + ", pp " + std::to_string(rank.pp_stage) +
+                           ") differ from the mesh's (dp " + std::to_string(c.dp) + ", tp " + std::to_string(c.tp) +
+                           ", pp " + std::to_string(c.pp) + ")");
+    if (rank.slots < 1) return Status::error(where + "slots is " + std::to_string(rank.slots) + " (must be >= 1)");
+    {
+      std::set<std::string> have;
+      for (const Program &prog : rank.programs) have.insert(prog.name);
+      std::vector<std::string> need = pipelined ? std::vector<std::string>{"forward", "backward", "optimizer_step"}
+                                                : std::vector<std::string>{"micro_step"};
+      for (const std::string &name : need)
+        if (!have.count(name))
+          return Status::error(where + "has no program '" + name + "' (" +
+                               (pipelined ? "a pipelined plan needs forward, backward and optimizer_step"
+                                          : "a plan without pipeline stages needs micro_step") +
+                               ")");
+    }
     if (rank.arena_bytes < 0) return Status::error(where + "negative arena_bytes " + std::to_string(rank.arena_bytes));
     const int32_t n = static_cast<int32_t>(rank.buffers.size());
     std::map<std::string, BufferKind> named;  // persistent buffers by name
@@ -353,6 +435,18 @@ Status validate_plan(const Plan &plan) {
             return Status::error(bw + ": slice dim " + std::to_string(d) + " [" + std::to_string(b.slice[d].first) + ", " +
                                  std::to_string(b.slice[d].second) + "] does not match shape " + shape_str(b.shape));
       }
+      if (!b.full_shape.empty()) {
+        if (b.full_shape.size() != b.shape.size())
+          return Status::error(bw + " has full_shape " + shape_str(b.full_shape) + " of another rank than its shape " +
+                               shape_str(b.shape));
+        for (size_t d = 0; d < b.full_shape.size(); ++d) {
+          int64_t start = b.slice.empty() ? 0 : b.slice[d].first;
+          if (start + b.shape[d] > b.full_shape[d])
+            return Status::error(bw + ": slice dim " + std::to_string(d) + " [" + std::to_string(start) + ", " +
+                                 std::to_string(start + b.shape[d]) + ") does not fit in full_shape " +
+                                 shape_str(b.full_shape));
+        }
+      }
     }
     for (const Buffer &b : rank.buffers) {
       if (b.kind != BufferKind::Grad && b.kind != BufferKind::OptState) continue;
@@ -378,6 +472,24 @@ Status validate_plan(const Plan &plan) {
           if (in.outputs[j] < 0 || in.outputs[j] >= n)
             return Status::error(iw + ": output " + std::to_string(j) + " refers to buffer " +
                                  std::to_string(in.outputs[j]) + " but the rank has " + std::to_string(n) + " buffers");
+        if (in.op == "send" || in.op == "recv") {
+          auto it = in.attrs.find("peer");
+          const int64_t *peer = it == in.attrs.end() ? nullptr : std::get_if<int64_t>(&it->second);
+          if (!peer) return Status::error(iw + " has no integer 'peer' attribute");
+          if (*peer < 0 || *peer >= plan.world_size || *peer == static_cast<int64_t>(r))
+            return Status::error(iw + ": peer " + std::to_string(*peer) + " is " +
+                                 (*peer == static_cast<int64_t>(r) ? std::string("the rank itself")
+                                                                   : "outside the world of " + std::to_string(plan.world_size) +
+                                                                         " ranks"));
+        }
+        if (in.op == "all_reduce") {
+          auto it = in.attrs.find("group");
+          const std::string *group = it == in.attrs.end() ? nullptr : std::get_if<std::string>(&it->second);
+          if (!group) return Status::error(iw + " has no string 'group' attribute");
+          if (!valid_group(*group))
+            return Status::error(iw + ": group '" + *group +
+                                 "' is not a list of mesh axes dp, tp, pp (comma-separated, in that order)");
+        }
       }
     }
   }
@@ -555,16 +667,50 @@ std::string describe_plan(const Plan &plan, bool verbose) {
      << num(h.weight_decay) << ", max_grad_norm " << (h.max_grad_norm > 0 ? num(h.max_grad_norm) : std::string("off"))
      << "\n";
 
-  int64_t per_micro = plan.global_batch / std::max<int64_t>(1, plan.micro_batches * plan.world_size);
+  const int64_t dp = std::max<int64_t>(1, plan.mesh.dp);
+  int64_t per_micro = plan.global_batch / std::max<int64_t>(1, plan.micro_batches * dp);
   os << "data: global batch " << plan.global_batch << " x seq_len " << plan.seq_len << " = "
      << plan.global_batch * plan.seq_len << " tokens per step, " << plan.micro_batches << " micro-batch"
      << (plan.micro_batches == 1 ? "" : "es") << " of " << per_micro << " sequences"
-     << (plan.world_size > 1 ? " per rank" : "") << ", vocab " << plan.vocab_size << ", ignore_index "
+     << (dp > 1 ? " per data-parallel rank" : "") << ", vocab " << plan.vocab_size << ", ignore_index "
      << plan.ignore_index << "\n";
-  os << "ranks: " << plan.world_size << "\n";
+  os << "ranks: " << plan.world_size << " (mesh dp " << plan.mesh.dp << " x tp " << plan.mesh.tp << " x pp "
+     << plan.mesh.pp << "), strategy " << plan.strategy << ", pipeline schedule " << plan.pipeline_schedule << "\n";
+
+  // One row per rank: coordinates, slots, predicted memory, FLOPs, bytes sent, bubble.
+  {
+    std::set<std::string> kinds = {"all_reduce", "send"};
+    for (const RankPlan &r : plan.ranks)
+      for (auto &kv : r.bytes_sent) kinds.insert(kv.first);
+    char line[512];
+    std::string head;
+    std::snprintf(line, sizeof line, "  %4s %4s %4s %4s %5s %12s %14s", "rank", "dp", "tp", "pp", "slots", "peak MiB",
+                  "GFLOP/step");
+    head = line;
+    for (const std::string &k : kinds) {
+      std::snprintf(line, sizeof line, " %16s", (k + " B/step").c_str());
+      head += line;
+    }
+    head += "  bubble";
+    os << "rank table:\n" << head << "\n";
+    for (const RankPlan &r : plan.ranks) {
+      std::snprintf(line, sizeof line, "  %4d %4d %4d %4d %5d %12.1f %14.3f", r.rank, r.dp_rank, r.tp_rank, r.pp_stage,
+                    r.slots, r.peak_bytes / (1024.0 * 1024.0), r.flops_per_step / 1e9);
+      std::string row = line;
+      for (const std::string &k : kinds) {
+        auto it = r.bytes_sent.find(k);
+        std::snprintf(line, sizeof line, " %16lld", static_cast<long long>(it == r.bytes_sent.end() ? 0 : it->second));
+        row += line;
+      }
+      std::snprintf(line, sizeof line, "  %5.1f%%", 100.0 * r.bubble_fraction);
+      row += line;
+      os << row << "\n";
+    }
+  }
 
   for (const RankPlan &r : plan.ranks) {
-    os << "rank " << r.rank << ":\n";
+    os << "rank " << r.rank << ": dp " << r.dp_rank << ", tp " << r.tp_rank << ", pp " << r.pp_stage << ", slots "
+       << r.slots << "\n";
     std::map<int, std::pair<int64_t, int64_t>> by_kind;  // kind -> (count, bytes)
     for (const Buffer &b : r.buffers) {
       auto &e = by_kind[static_cast<int>(b.kind)];
@@ -587,7 +733,26 @@ std::string describe_plan(const Plan &plan, bool verbose) {
        << ", grads " << human_bytes(static_cast<double>(r.grad_bytes)) << ", optimizer "
        << human_bytes(static_cast<double>(r.optimizer_bytes)) << ")\n";
     std::snprintf(buf, sizeof buf, "%.3f GFLOP", r.flops_per_step / 1e9);
-    os << "  FLOPs per step: " << buf << "\n";
+    os << "  FLOPs per step: " << buf;
+    if (r.forward_flops > 0 || r.backward_flops > 0) {
+      std::snprintf(buf, sizeof buf, " (per micro-batch: forward %.3f, backward %.3f GFLOP)", r.forward_flops / 1e9,
+                    r.backward_flops / 1e9);
+      os << buf;
+    }
+    os << "\n";
+    if (!r.bytes_sent.empty()) {
+      os << "  predicted bytes sent per step:";
+      bool f = true;
+      for (auto &[k, v] : r.bytes_sent) {
+        os << (f ? " " : ", ") << k << " " << v << " B";
+        f = false;
+      }
+      os << "\n";
+    }
+    if (plan.mesh.pp > 1) {
+      std::snprintf(buf, sizeof buf, "%.1f%%", 100.0 * r.bubble_fraction);
+      os << "  predicted pipeline bubble: " << buf << "\n";
+    }
     for (const Program &p : r.programs) {
       std::map<std::string, int64_t> ops;
       for (const Instr &in : p.instrs) ops[in.op] += 1;
@@ -611,6 +776,13 @@ std::string describe_plan(const Plan &plan, bool verbose) {
         if (b.kind == BufferKind::Activation) os << " at " << b.offset << "  " << b.name;
         if (!b.init.empty()) os << " init " << b.init;
         if (!b.param.empty()) os << " of " << b.param;
+        if (!b.slice.empty()) {
+          os << " slice [";
+          for (size_t d = 0; d < b.slice.size(); ++d)
+            os << (d ? ", " : "") << b.slice[d].first << ":" << b.slice[d].first + b.slice[d].second;
+          os << "]";
+        }
+        if (!b.full_shape.empty()) os << " of " << shape_str(b.full_shape);
         os << "\n";
       }
       for (const Program &p : r.programs) {

@@ -1,7 +1,8 @@
 // Tests for runtime/core/executor: kernel availability at load, buffer storage (arena
 // aliasing, absent operands), feeding, running (error prefixes, profiling), parameter init
 // from checkpoints (dtype conversion, shape errors, slices) and init specs, restoring
-// trainables / optimizer state, and a small forward + loss through the real CPU kernels.
+// trainables / optimizer state, arena slots (pipelines), the communicator in every call, sliced
+// (tensor-parallel) init, and a small forward + loss through the real CPU kernels.
 #include "runtime/core/executor.h"
 
 #include <cmath>
@@ -16,6 +17,7 @@
 
 #include "frontend/safetensors.h"
 #include "models/weight_init.h"
+#include "runtime/comm/comm.h"
 #include "runtime/cpu/kernels.h"
 
 using namespace parallora;
@@ -34,6 +36,7 @@ struct PlanBuilder {
     p.vocab_size = 4;
     p.ranks.resize(1);
     p.ranks[0].rank = 0;
+    p.ranks[0].programs.push_back({"micro_step", {}});  // every single-stage plan has one
   }
   plan::RankPlan &r() { return p.ranks[0]; }
   int32_t buffer(const std::string &name, BufferKind kind, std::vector<int64_t> shape, ElemType dtype = ElemType::F32,
@@ -370,6 +373,176 @@ TEST_F(ExecutorTest, ForwardAndLossWithCpuKernels) {
   ASSERT_FALSE(s.is_ok());
   EXPECT_EQ(s.message().rfind("instruction #0 embedding_fwd (model.embed_tokens): ", 0), 0u) << s.message();
   EXPECT_NE(s.message().find("9"), std::string::npos) << s.message();
+}
+
+// Two slots: separate arenas and Input/Output copies, shared parameters and gradients.
+TEST_F(ExecutorTest, SlotsKeepSeparateActivationsAndInputs) {
+  PlanBuilder b;
+  b.r().slots = 2;
+  int32_t ids = b.buffer("input_ids", BufferKind::Input, {3}, ElemType::I32);
+  int32_t w = b.buffer("w", BufferKind::Trainable, {3}, ElemType::F32, "zeros");
+  int32_t g = b.buffer("w.grad", BufferKind::Grad, {3}, ElemType::F32, "", -1, "w");
+  int32_t act = b.buffer("%act", BufferKind::Activation, {3}, ElemType::F32, "", 0);
+  int32_t loss = b.buffer("loss", BufferKind::Output, {});
+  KernelRegistry reg;
+  reg.add("tofloat", [](KernelCall &k) {  // act = ids + w
+    for (int64_t i = 0; i < k.in[0].numel(); ++i) k.out[0].f32()[i] = static_cast<float>(k.in[0].i32()[i]) + k.in[1].f32()[i];
+    return Status::ok();
+  });
+  reg.add("sum", [](KernelCall &k) {  // loss = sum(act); grad += act
+    float s = 0;
+    for (int64_t i = 0; i < k.in[0].numel(); ++i) {
+      s += k.in[0].f32()[i];
+      k.out[1].f32()[i] += k.in[0].f32()[i];
+    }
+    k.out[0].f32()[0] = s;
+    return Status::ok();
+  });
+  b.instr("forward", "tofloat", {ids, w}, {act});
+  b.instr("backward", "sum", {act}, {loss, g});
+  b.r().programs.erase(b.r().programs.begin());  // forward/backward instead of micro_step...
+  b.p.mesh = {1, 1, 2};                            // ...which needs a pipelined plan: stage 0 of 2
+  b.p.world_size = 2;
+  b.p.pipeline_schedule = "gpipe";
+  b.instr("optimizer_step", "sum", {act}, {loss, g});
+  plan::RankPlan stage1 = b.r();
+  stage1.rank = 1;
+  stage1.pp_stage = 1;
+  stage1.slots = 1;
+  b.p.ranks.push_back(stage1);
+  auto ex_or = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+  ASSERT_EQ(ex.slots(), 2);
+  ASSERT_TRUE(ex.init_parameters("", 1).is_ok());
+
+  // Storage: activations and Input/Output per slot, Trainable/Grad shared.
+  EXPECT_NE(ex.buffer(act, 0).tensor.data, ex.buffer(act, 1).tensor.data);
+  EXPECT_NE(ex.buffer(ids, 0).tensor.data, ex.buffer(ids, 1).tensor.data);
+  EXPECT_NE(ex.buffer(loss, 0).tensor.data, ex.buffer(loss, 1).tensor.data);
+  EXPECT_EQ(ex.buffer(w, 0).tensor.data, ex.buffer(w, 1).tensor.data);
+  EXPECT_EQ(ex.buffer(g, 0).tensor.data, ex.buffer(g, 1).tensor.data);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(ex.buffer(act, 1).tensor.data) % 64, 0u);
+  EXPECT_EQ(ex.find("input_ids", 1)->tensor.data, ex.buffer(ids, 1).tensor.data);
+  EXPECT_EQ(ex.buffers(BufferKind::Input, 1)[0].tensor.data, ex.buffer(ids, 1).tensor.data);
+  // input_ids x2, w, w.grad, loss x2: six 64-byte blocks.
+  EXPECT_EQ(ex.persistent_bytes(), 6 * 64);
+
+  // GPipe order: both forwards, then both backwards; each slot keeps its own micro-batch.
+  std::vector<int32_t> a = {1, 2, 3}, c = {10, 20, 30};
+  ASSERT_TRUE(ex.feed("input_ids", a.data(), 3, 0).is_ok());
+  ASSERT_TRUE(ex.run("forward", nullptr, 0).is_ok());
+  ASSERT_TRUE(ex.feed("input_ids", c.data(), 3, 1).is_ok());
+  ASSERT_TRUE(ex.run("forward", nullptr, 1).is_ok());
+  EXPECT_EQ(ex.buffer(ids, 0).tensor.i32()[2], 3);
+  EXPECT_EQ(ex.buffer(act, 0).tensor.f32()[2], 3.0f);  // not overwritten by slot 1's forward
+  EXPECT_EQ(ex.buffer(act, 1).tensor.f32()[2], 30.0f);
+  ASSERT_TRUE(ex.run("backward", nullptr, 0).is_ok());
+  EXPECT_DOUBLE_EQ(ex.loss(0), 6.0);
+  EXPECT_DOUBLE_EQ(ex.loss(1), 0.0);
+  ASSERT_TRUE(ex.run("backward", nullptr, 1).is_ok());
+  EXPECT_DOUBLE_EQ(ex.loss(1), 60.0);
+  EXPECT_DOUBLE_EQ(ex.loss(0), 6.0);
+  EXPECT_EQ(ex.buffer(g).tensor.f32()[0], 11.0f);  // gradients accumulate across slots
+  EXPECT_EQ(ex.buffer(g, 1).tensor.f32()[2], 33.0f);
+
+  // Out-of-range slots.
+  Status s = ex.run("forward", nullptr, 2);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "program 'forward': slot 2 is out of range (the rank has 2 slots)");
+  s = ex.feed("input_ids", a.data(), 3, -1);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "feed 'input_ids': slot -1 is out of range (the rank has 2 slots)");
+  EXPECT_TRUE(std::isnan(ex.loss(5)));
+  EXPECT_EQ(ex.find("input_ids", 2), nullptr);
+}
+
+TEST_F(ExecutorTest, CommunicatorReachesEveryCall) {
+  PlanBuilder b;
+  b.r().slots = 2;
+  int32_t x = b.buffer("x", BufferKind::Input, {1}, ElemType::F32);
+  std::vector<Communicator *> seen;
+  KernelRegistry reg;
+  reg.add("probe", [&](KernelCall &k) {
+    seen.push_back(k.comm);
+    return Status::ok();
+  });
+  b.instr("micro_step", "probe", {x}, {});
+  b.instr("eval_step", "probe", {x}, {});
+  auto comm = make_local_communicator();
+  auto ex = Executor::create(b.p, 0, reg, "cpu", comm.get());
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  EXPECT_EQ((*ex)->communicator(), comm.get());
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr, 1).is_ok());
+  ASSERT_TRUE((*ex)->run("eval_step", nullptr).is_ok());
+  EXPECT_EQ(seen, (std::vector<Communicator *>{comm.get(), comm.get(), comm.get()}));
+  auto ex2 = Executor::create(b.p, 0, reg);  // default: no communicator
+  ASSERT_TRUE(ex2.is_ok());
+  seen.clear();
+  ASSERT_TRUE((*ex2)->run("micro_step", nullptr).is_ok());
+  EXPECT_EQ(seen, (std::vector<Communicator *>{nullptr}));
+}
+
+// A tensor-parallel shard drawn from an init spec equals that slice of the single-device init.
+TEST_F(ExecutorTest, SlicedInitEqualsSliceOfFullInit) {
+  const std::vector<int64_t> full = {4, 6};
+  for (const std::string spec : {"kaiming_uniform(a=sqrt(5))", "normal(0.0,0.02)"}) {
+    std::vector<float> whole(24);
+    init_tensor(*parse_init_spec(spec), "lora_A", 11, whole.data(), full);
+    // Column shards [0:3) and [3:6) of all rows, and a row shard [2:4) of all columns.
+    std::vector<std::vector<std::pair<int64_t, int64_t>>> slices = {
+        {{0, 4}, {0, 3}}, {{0, 4}, {3, 3}}, {{2, 2}, {0, 6}}};
+    for (const auto &slice : slices) {
+      PlanBuilder b;
+      int32_t id = b.buffer("lora_A", BufferKind::Trainable, {slice[0].second, slice[1].second}, ElemType::F32, spec);
+      b.r().buffers[id].slice = slice;
+      b.r().buffers[id].full_shape = full;
+      KernelRegistry reg;
+      auto ex = Executor::create(b.p, 0, reg);
+      ASSERT_TRUE(ex.is_ok()) << ex.message();
+      ASSERT_TRUE((*ex)->init_parameters("", 11).is_ok());
+      const float *got = (*ex)->buffer(id).tensor.f32();
+      for (int64_t r = 0; r < slice[0].second; ++r)
+        for (int64_t c = 0; c < slice[1].second; ++c)
+          EXPECT_EQ(got[r * slice[1].second + c], whole[(slice[0].first + r) * 6 + slice[1].first + c])
+              << spec << " slice row " << slice[0].first << " col " << slice[1].first << " at " << r << "," << c;
+    }
+  }
+  // A slice without full_shape cannot be drawn.
+  PlanBuilder b;
+  int32_t id = b.buffer("lora_A", BufferKind::Trainable, {2, 6}, ElemType::F32, "normal(0.0,0.02)");
+  b.r().buffers[id].slice = {{0, 2}, {0, 6}};
+  KernelRegistry reg;
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  Status s = (*ex)->init_parameters("", 11);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "parameter 'lora_A' is a slice with init 'normal(0.0,0.02)' but the plan gives no full_shape to draw it from");
+}
+
+TEST_F(ExecutorTest, SlicedCheckpointChecksFullShape) {
+  std::vector<float> big(16);
+  for (int i = 0; i < 16; ++i) big[i] = static_cast<float>(i);
+  ASSERT_TRUE(write_safetensors(path("m.safetensors"), {{"big", DType::F32, {4, 4}, big.data()}}).is_ok());
+  PlanBuilder b;
+  int32_t id = b.buffer("big", BufferKind::Param, {4, 2}, ElemType::F32, "checkpoint");
+  b.r().buffers[id].slice = {{0, 4}, {2, 2}};
+  b.r().buffers[id].full_shape = {4, 4};
+  KernelRegistry reg;
+  {
+    auto ex = Executor::create(b.p, 0, reg);
+    ASSERT_TRUE(ex.is_ok()) << ex.message();
+    ASSERT_TRUE((*ex)->init_parameters(path("m.safetensors"), 0).is_ok());
+    const float *got = (*ex)->buffer(id).tensor.f32();
+    EXPECT_EQ(std::vector<float>(got, got + 8), (std::vector<float>{2, 3, 6, 7, 10, 11, 14, 15}));
+  }
+  b.r().buffers[id].full_shape = {4, 5};
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  Status s = (*ex)->init_parameters(path("m.safetensors"), 0);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), path("m.safetensors") + ": tensor 'big' has shape 4x4 but the plan was compiled for 4x5");
 }
 
 } // namespace

@@ -63,6 +63,7 @@ Plan make_plan() {
   r.buffers.push_back(buf(1, "model.embed_tokens.weight", BufferKind::Param, {32, 8}));
   r.buffers[1].init = "checkpoint";
   r.buffers[1].slice = {{0, 32}, {0, 8}};
+  r.buffers[1].full_shape = {64, 8};
   r.buffers.push_back(buf(2, "lora_A.weight", BufferKind::Trainable, {4, 8}));
   r.buffers[2].init = "kaiming_uniform(a=2.23606797749979)";
   r.buffers.push_back(buf(3, "lora_A.weight.grad", BufferKind::Grad, {4, 8}));
@@ -78,6 +79,7 @@ Plan make_plan() {
   r.optimizer_bytes = 256;
   r.peak_bytes = 3 * 1024 * 1024;
   r.flops_per_step = 2.5e9;
+  r.bytes_sent = {{"all_reduce", 96}};
 
   Program micro;
   micro.name = "micro_step";
@@ -140,6 +142,11 @@ void expect_equal(const Plan &a, const Plan &b) {
   EXPECT_EQ(a.vocab_size, b.vocab_size);
   EXPECT_EQ(a.ignore_index, b.ignore_index);
   EXPECT_EQ(a.world_size, b.world_size);
+  EXPECT_EQ(a.mesh.dp, b.mesh.dp);
+  EXPECT_EQ(a.mesh.tp, b.mesh.tp);
+  EXPECT_EQ(a.mesh.pp, b.mesh.pp);
+  EXPECT_EQ(a.strategy, b.strategy);
+  EXPECT_EQ(a.pipeline_schedule, b.pipeline_schedule);
   ASSERT_EQ(a.ranks.size(), b.ranks.size());
   for (size_t r = 0; r < a.ranks.size(); ++r) {
     const RankPlan &x = a.ranks[r], &y = b.ranks[r];
@@ -150,6 +157,14 @@ void expect_equal(const Plan &a, const Plan &b) {
     EXPECT_EQ(x.optimizer_bytes, y.optimizer_bytes);
     EXPECT_EQ(x.peak_bytes, y.peak_bytes);
     EXPECT_EQ(x.flops_per_step, y.flops_per_step);
+    EXPECT_EQ(x.dp_rank, y.dp_rank);
+    EXPECT_EQ(x.tp_rank, y.tp_rank);
+    EXPECT_EQ(x.pp_stage, y.pp_stage);
+    EXPECT_EQ(x.slots, y.slots);
+    EXPECT_EQ(x.bytes_sent, y.bytes_sent);
+    EXPECT_EQ(x.forward_flops, y.forward_flops);
+    EXPECT_EQ(x.backward_flops, y.backward_flops);
+    EXPECT_EQ(x.bubble_fraction, y.bubble_fraction);
     ASSERT_EQ(x.buffers.size(), y.buffers.size());
     for (size_t i = 0; i < x.buffers.size(); ++i) {
       const Buffer &u = x.buffers[i], &v = y.buffers[i];
@@ -162,6 +177,7 @@ void expect_equal(const Plan &a, const Plan &b) {
       EXPECT_EQ(u.init, v.init);
       EXPECT_EQ(u.param, v.param);
       EXPECT_EQ(u.slice, v.slice);
+      EXPECT_EQ(u.full_shape, v.full_shape);
     }
     ASSERT_EQ(x.programs.size(), y.programs.size());
     for (size_t p = 0; p < x.programs.size(); ++p) {
@@ -179,6 +195,51 @@ void expect_equal(const Plan &a, const Plan &b) {
       }
     }
   }
+}
+
+/// A 2 x 1 x 2 mesh (dp 2, pp 2), 1f1b: four ranks, each with forward/backward/optimizer_step,
+/// send/recv between the stages and an all_reduce over dp.
+Plan make_pipeline_plan() {
+  Plan p = make_plan();
+  p.mesh = {2, 1, 2};
+  p.world_size = 4;
+  p.strategy = "hybrid";
+  p.pipeline_schedule = "1f1b";
+  RankPlan base = p.ranks[0];
+  p.ranks.clear();
+  for (int32_t r = 0; r < 4; ++r) {
+    RankPlan rp = base;
+    MeshCoord c = coord_of(p.mesh, r);
+    rp.rank = r;
+    rp.dp_rank = c.dp;
+    rp.tp_rank = c.tp;
+    rp.pp_stage = c.pp;
+    rp.slots = c.pp == 0 ? 2 : 1;
+    rp.bytes_sent = {{"all_reduce", 64}, {"send", 48 + r}};
+    rp.forward_flops = 1e6 + r;
+    rp.backward_flops = 2e6 + r;
+    rp.bubble_fraction = 0.25;
+    Program fwd = rp.programs[0];
+    fwd.name = "forward";
+    Instr snd;
+    snd.op = c.pp == 0 ? "send" : "recv";
+    if (c.pp == 0) snd.inputs = {6};
+    else snd.outputs = {6};
+    snd.attrs["peer"] = int64_t{rank_of(p.mesh, c.dp, c.tp, 1 - c.pp)};
+    snd.attrs["tag"] = int64_t{1};
+    fwd.instrs.push_back(snd);
+    Program bwd;
+    bwd.name = "backward";
+    Instr ar;
+    ar.op = "all_reduce";
+    ar.inputs = {3};
+    ar.outputs = {3};
+    ar.attrs["group"] = std::string("dp");
+    bwd.instrs.push_back(ar);
+    rp.programs = {fwd, bwd, rp.programs[1]};
+    p.ranks.push_back(rp);
+  }
+  return p;
 }
 
 class PlanIoTest : public testing::Test {
@@ -215,6 +276,35 @@ TEST_F(PlanIoTest, RoundTripsEveryField) {
   EXPECT_EQ(plan_fingerprint(p).size(), 16u);
   // No temporary files left behind.
   EXPECT_NE(system(("ls '" + dir_ + "' | grep -q tmp").c_str()), 0);
+}
+
+TEST_F(PlanIoTest, RoundTripsPipelinePlan) {
+  Plan p = make_pipeline_plan();
+  ASSERT_TRUE(validate_plan(p).is_ok()) << validate_plan(p).message();
+  ASSERT_TRUE(write_plan(path("p.lp"), p).is_ok());
+  auto back = read_plan(path("p.lp"));
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  expect_equal(p, *back);
+  EXPECT_EQ(back->ranks[3].bytes_sent.at("send"), 51);
+  EXPECT_EQ(back->ranks[2].pp_stage, 1);
+  EXPECT_EQ(back->ranks[1].dp_rank, 1);
+  EXPECT_EQ(back->ranks[0].slots, 2);
+  EXPECT_EQ(back->ranks[0].buffers[1].full_shape, (std::vector<int64_t>{64, 8}));
+  EXPECT_EQ(plan_fingerprint(p), plan_fingerprint(*back));
+  Plan q = p;
+  q.ranks[2].bytes_sent["send"] = 7;
+  EXPECT_NE(plan_fingerprint(p), plan_fingerprint(q));
+}
+
+TEST_F(PlanIoTest, MeshCoordinates) {
+  Mesh m{2, 3, 2};
+  for (int32_t r = 0; r < m.size(); ++r) {
+    MeshCoord c = coord_of(m, r);
+    EXPECT_EQ(rank_of(m, c.dp, c.tp, c.pp), r);
+  }
+  EXPECT_EQ(coord_of(m, 4).tp, 1);
+  EXPECT_EQ(coord_of(m, 4).dp, 1);
+  EXPECT_EQ(coord_of(m, 7).pp, 1);
 }
 
 TEST_F(PlanIoTest, FileLayout) {
@@ -273,6 +363,16 @@ TEST_F(PlanIoTest, WrongVersion) {
   EXPECT_EQ(r.message(), path("v.lp") + " was written by plan format version " + std::to_string(kPlanFormatVersion + 1) +
                              "; this lora-run reads version " + std::to_string(kPlanFormatVersion) +
                              ": recompile with lora-compile");
+}
+
+TEST_F(PlanIoTest, Version1IsRejected) {
+  std::string bytes = encode_plan(make_plan());
+  bytes[8] = 1;
+  auto r = decode_plan(bytes, "old.lp");
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.message(), "old.lp was written by plan format version 1; this lora-run reads version " +
+                             std::to_string(kPlanFormatVersion) + ": recompile with lora-compile");
+  EXPECT_EQ(kPlanFormatVersion, 2u);
 }
 
 TEST_F(PlanIoTest, Truncated) {
@@ -375,6 +475,94 @@ TEST_F(PlanIoTest, StructuralErrors) {
     p.micro_batches = 0;
     expect_invalid(p, "micro_batches must be >= 1");
   }
+  {
+    Plan p = make_plan();
+    p.mesh.dp = 2;
+    expect_invalid(p, "world_size is 1 but the mesh dp 2 x tp 1 x pp 1 has 2 ranks");
+  }
+  {
+    Plan p = make_plan();
+    p.mesh.tp = 0;
+    expect_invalid(p, "every axis must be >= 1");
+  }
+  {
+    Plan p = make_plan();
+    p.ranks[0].slots = 0;
+    expect_invalid(p, "rank 0: slots is 0 (must be >= 1)");
+  }
+  {
+    Plan p = make_plan();
+    p.ranks[0].programs[0].name = "forward";
+    expect_invalid(p, "rank 0: has no program 'micro_step'");
+  }
+  {
+    Plan p = make_plan();
+    p.ranks[0].buffers[1].full_shape = {64};
+    expect_invalid(p, "buffer #1 ('model.embed_tokens.weight') has full_shape 64 of another rank than its shape 32x8");
+  }
+  {
+    Plan p = make_plan();
+    p.ranks[0].buffers[1].slice = {{40, 32}, {0, 8}};
+    expect_invalid(p, "slice dim 0 [40, 72) does not fit in full_shape 64x8");
+  }
+  {
+    Plan p = make_plan();
+    p.ranks[0].buffers[2].full_shape = {4, 4};  // unsliced: shape must fit too
+    expect_invalid(p, "does not fit in full_shape 4x4");
+  }
+  // Multi-rank plans.
+  {
+    Plan p = make_pipeline_plan();
+    std::swap(p.ranks[1].dp_rank, p.ranks[1].tp_rank);
+    expect_invalid(p, "rank 1: coordinates (dp 0, tp 1, pp 0) differ from the mesh's (dp 1, tp 0, pp 0)");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.pipeline_schedule = "zigzag";
+    expect_invalid(p, "pipeline_schedule is 'zigzag' but a plan with 2 pipeline stages needs 'gpipe' or '1f1b'");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[3].programs.pop_back();
+    expect_invalid(p, "rank 3: has no program 'optimizer_step' (a pipelined plan needs forward, backward and optimizer_step)");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[0].programs[0].instrs.back().attrs["peer"] = int64_t{4};
+    expect_invalid(p, "rank 0: program 'forward' instruction #2 (send): peer 4 is outside the world of 4 ranks");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[2].programs[0].instrs.back().attrs["peer"] = int64_t{2};
+    expect_invalid(p, "rank 2: program 'forward' instruction #2 (recv): peer 2 is the rank itself");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[2].programs[0].instrs.back().attrs.erase("peer");
+    expect_invalid(p, "instruction #2 (recv) has no integer 'peer' attribute");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[1].programs[1].instrs[0].attrs["group"] = std::string("tp,dp");
+    expect_invalid(p, "rank 1: program 'backward' instruction #0 (all_reduce): group 'tp,dp' is not a list of mesh axes");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[1].programs[1].instrs[0].attrs["group"] = std::string("dp,xp");
+    expect_invalid(p, "group 'dp,xp' is not a list of mesh axes");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[1].programs[1].instrs[0].attrs.erase("group");
+    expect_invalid(p, "instruction #0 (all_reduce) has no string 'group' attribute");
+  }
+  {
+    Plan p = make_pipeline_plan();
+    p.ranks[1].programs[1].instrs[0].attrs["group"] = std::string("dp,tp,pp");
+    EXPECT_TRUE(validate_plan(p).is_ok()) << validate_plan(p).message();
+    p.ranks[1].programs[1].instrs[0].attrs["group"] = std::string("");
+    EXPECT_TRUE(validate_plan(p).is_ok()) << validate_plan(p).message();
+  }
   // write_plan refuses an invalid plan and leaves no file.
   Plan p = make_plan();
   p.ranks[0].buffers[3].id = 9;
@@ -387,7 +575,8 @@ TEST_F(PlanIoTest, StructuralErrors) {
 TEST_F(PlanIoTest, Describe) {
   Plan p = make_plan();
   std::string d = describe_plan(p, false);
-  EXPECT_NE(d.find("plan: lora-compile 0.1.0 (test), format version 1, fingerprint " + plan_fingerprint(p)), std::string::npos) << d;
+  EXPECT_NE(d.find("plan: lora-compile 0.1.0 (test), format version 2, fingerprint " + plan_fingerprint(p)), std::string::npos) << d;
+  EXPECT_NE(d.find("ranks: 1 (mesh dp 1 x tp 1 x pp 1), strategy single, pipeline schedule none"), std::string::npos) << d;
   EXPECT_NE(d.find("model: llama, 2 layers, hidden 8, heads 2 (kv 1), intermediate 16, vocab 32"), std::string::npos) << d;
   EXPECT_NE(d.find("LoRA: r=4, alpha=8"), std::string::npos) << d;
   EXPECT_NE(d.find("targets q_proj,v_proj"), std::string::npos) << d;
@@ -398,7 +587,9 @@ TEST_F(PlanIoTest, Describe) {
   EXPECT_NE(d.find("FLOPs per step: 2.500 GFLOP"), std::string::npos) << d;
   EXPECT_NE(d.find("program micro_step: 2 instructions (embedding_fwd 1, linear_fwd 1)"), std::string::npos) << d;
   EXPECT_EQ(d.find("#1"), std::string::npos) << d;
+  EXPECT_NE(d.find("predicted bytes sent per step: all_reduce 96 B"), std::string::npos) << d;
   std::string v = describe_plan(p, true);
+  EXPECT_NE(v.find("@model.embed_tokens.weight  param f32 32x8 init checkpoint slice [0:32, 0:8] of 64x8"), std::string::npos) << v;
   EXPECT_NE(v.find("#1  %6 = linear_fwd(%5, @lora_A.weight, _) {accumulate = 1, perm = [0, 2, 1, 3], rope_type = "
                    "\"llama3\", scaling = 2.5}  model.layers.1.self_attn.q_proj"),
             std::string::npos)
@@ -406,6 +597,23 @@ TEST_F(PlanIoTest, Describe) {
   EXPECT_NE(v.find("#0  adamw_step(@lora_A.weight, @lora_A.weight.grad, @lora_A.weight.exp_avg, @lora_A.weight.exp_avg) {n = 1}"),
             std::string::npos)
       << v;
+}
+
+TEST_F(PlanIoTest, DescribePipelinePlan) {
+  Plan p = make_pipeline_plan();
+  std::string d = describe_plan(p, false);
+  EXPECT_NE(d.find("ranks: 4 (mesh dp 2 x tp 1 x pp 2), strategy hybrid, pipeline schedule 1f1b"), std::string::npos) << d;
+  EXPECT_NE(d.find("2 micro-batches of 1 sequences per data-parallel rank"), std::string::npos) << d;
+  EXPECT_NE(d.find("rank table:"), std::string::npos) << d;
+  // rank 3: dp 1, tp 0, pp 1, 1 slot, 3.0 MiB, 2.5 GFLOP, all_reduce 64, send 51, bubble 25%
+  EXPECT_NE(d.find("     3    1    0    1     1          3.0          2.500               64               51   25.0%"),
+            std::string::npos)
+      << d;
+  EXPECT_NE(d.find("rank 2: dp 0, tp 0, pp 1, slots 1"), std::string::npos) << d;
+  EXPECT_NE(d.find("rank 0: dp 0, tp 0, pp 0, slots 2"), std::string::npos) << d;
+  EXPECT_NE(d.find("predicted bytes sent per step: all_reduce 64 B, send 49 B"), std::string::npos) << d;
+  EXPECT_NE(d.find("predicted pipeline bubble: 25.0%"), std::string::npos) << d;
+  EXPECT_NE(d.find("program forward: 3 instructions (embedding_fwd 1, linear_fwd 1, send 1)"), std::string::npos) << d;
 }
 
 } // namespace

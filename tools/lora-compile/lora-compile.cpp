@@ -3,7 +3,8 @@
 //   lora-compile --onnx model.onnx | --hf-config config.json [--weights dir]
 //                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...]
 //                [--micro-batches M --lr ... --warmup ... --schedule ... --weight-decay ...]
-//                [-o plan.lp] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
+//                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --schedule gpipe|1f1b]
+//                [-o plan.lp] [--viz dir/] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
 //
 // Failures print a diagnostic naming the file/node/flag and exit non-zero.
 //
@@ -27,7 +28,9 @@
 #include "passes/lower/lower_to_plan.h"
 #include "passes/train/Passes.h"
 #include "runtime/plan/plan_io.h"
+#include "passes/parallel/Passes.h"
 #include "tools/lora-compile/graph_dot.h"
+#include "tools/lora-compile/viz.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/AsmState.h"
@@ -58,9 +61,91 @@ struct Args {
   double lr = 1e-4, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, max_grad_norm = 1.0;
   double min_lr_ratio = 0.0;
   int64_t warmup = 0, total_steps = 0;
-  std::string schedule = "constant";
+  std::string schedule;                  // --schedule: a pipeline schedule, or (alias) an LR schedule
+  std::string lr_schedule = "constant";
+  std::string pipe_schedule = "1f1b";
   bool train_ir = false;
+  // Parallelism.
+  std::string strategy, model_size, viz;
+  int64_t dp = 0, tp = 0, pp = 0, nodes = 0, gpus_per_node = 0;
+  double bucket_mb = 25;
 };
+
+/// The mesh a strategy asks for. Returns false after printing the error.
+bool resolve_mesh(Args &a, std::string &strategy) {
+  static const std::map<std::string, std::string> spelling = {
+      {"single", "single"},     {"data", "data"},         {"tensor", "tensor"},
+      {"pipeline", "pipeline"}, {"hybrid", "hybrid"},     {"data_parallel", "data"},
+      {"tensor_parallel", "tensor"}, {"pipeline_parallel", "pipeline"}, {"hybrid_parallel", "hybrid"}};
+  int64_t world = (a.nodes > 0 || a.gpus_per_node > 0) ? std::max<int64_t>(a.nodes, 1) * std::max<int64_t>(a.gpus_per_node, 1) : 0;
+  if (a.strategy.empty()) {  // inferred from the degrees given
+    int axes = (a.dp > 1) + (a.tp > 1) + (a.pp > 1);
+    strategy = axes > 1 ? "hybrid" : a.dp > 1 ? "data" : a.tp > 1 ? "tensor" : a.pp > 1 ? "pipeline" : "single";
+    if (world > 1 && axes == 0) {
+      std::cerr << "error: --nodes/--gpus-per-node give " << world << " ranks; also give --strategy (or --dp/--tp/--pp)\n";
+      return false;
+    }
+  } else {
+    auto it = spelling.find(a.strategy);
+    if (it == spelling.end()) {
+      std::cerr << "error: --strategy " << a.strategy << ": choose single, data, tensor, pipeline or hybrid "
+                << "(or data_parallel, tensor_parallel, pipeline_parallel, hybrid_parallel)\n";
+      return false;
+    }
+    strategy = it->second;
+  }
+  auto only = [&](const char *axis, int64_t &deg, const char *flag) {
+    for (auto [name, v] : {std::pair<const char *, int64_t>{"dp", a.dp}, {"tp", a.tp}, {"pp", a.pp}})
+      if (std::string(name) != axis && v > 1) {
+        std::cerr << "error: --strategy " << a.strategy << " uses only " << axis << "; --" << name << " " << v
+                  << " needs --strategy hybrid\n";
+        return false;
+      }
+    if (deg <= 0) deg = world;
+    if (deg <= 0) {
+      std::cerr << "error: --strategy " << a.strategy << " needs " << flag << " N (or --nodes/--gpus-per-node)\n";
+      return false;
+    }
+    if (world > 0 && deg != world) {
+      std::cerr << "error: " << flag << " " << deg << " does not match --nodes x --gpus-per-node = " << world << "\n";
+      return false;
+    }
+    return true;
+  };
+  if (strategy == "single") {
+    if (a.dp > 1 || a.tp > 1 || a.pp > 1 || world > 1) {
+      std::cerr << "error: --strategy single runs on one rank; drop --dp/--tp/--pp/--nodes or pick another strategy\n";
+      return false;
+    }
+  } else if (strategy == "data") {
+    if (!only("dp", a.dp, "--dp")) return false;
+  } else if (strategy == "tensor") {
+    if (!only("tp", a.tp, "--tp")) return false;
+  } else if (strategy == "pipeline") {
+    if (!only("pp", a.pp, "--pp (or --stages)")) return false;
+  } else {  // hybrid: tensor parallel within a node, pipeline across nodes, unless given
+    if (world > 0 && a.dp <= 0 && a.tp <= 0 && a.pp <= 0) {
+      a.tp = std::max<int64_t>(a.gpus_per_node, 1);
+      a.pp = std::max<int64_t>(a.nodes, 1);
+    }
+    int64_t given = std::max<int64_t>(a.dp, 1) * std::max<int64_t>(a.tp, 1) * std::max<int64_t>(a.pp, 1);
+    if (world > 0 && given != world) {
+      if (world % given != 0) {
+        std::cerr << "error: dp x tp x pp = " << given << " does not divide --nodes x --gpus-per-node = " << world << "\n";
+        return false;
+      }
+      if (a.dp <= 0) a.dp = world / given;  // the rest is data parallel
+      else {
+        std::cerr << "error: dp x tp x pp = " << given << " but --nodes x --gpus-per-node = " << world << "\n";
+        return false;
+      }
+    }
+  }
+  a.dp = std::max<int64_t>(a.dp, 1);
+  a.tp = std::max<int64_t>(a.tp, 1);
+  a.pp = std::max<int64_t>(a.pp, 1);
+  return true;
+}
 
 std::string mib(int64_t bytes) {
   char buf[32];
@@ -164,6 +249,44 @@ void print_summary(ModuleOp module, const OnnxImportReport *rep, const Args &arg
   (void)args;
 }
 
+std::string kib_str(int64_t bytes) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f KiB", double(bytes) / 1024.0);
+  return buf;
+}
+
+/// The compiler's per-rank predictions: memory, FLOPs, bytes sent by collective, bubble.
+void print_plan_report(const plan::Plan &p, int64_t global_batch) {
+  const plan::RankPlan &r = p.ranks[0];
+  size_t instrs = 0;
+  for (auto &prog : r.programs) instrs += prog.instrs.size();
+  llvm::outs() << "  plan: " << p.strategy << " on " << p.world_size << " rank(s) (dp " << p.mesh.dp << " x tp "
+               << p.mesh.tp << " x pp " << p.mesh.pp << ")";
+  if (p.mesh.pp > 1) llvm::outs() << ", " << p.pipeline_schedule << " schedule";
+  llvm::outs() << "; rank 0 has " << instrs << " instructions in " << r.programs.size() << " programs, "
+               << r.buffers.size() << " buffers\n";
+  if (p.world_size == 1) {
+    llvm::outs() << "  memory (predicted peak " << mib(r.peak_bytes) << "): parameters " << mib(r.param_bytes)
+                 << ", gradients " << mib(r.grad_bytes) << ", AdamW moments " << mib(r.optimizer_bytes)
+                 << ", activation arena " << mib(r.arena_bytes) << "\n";
+  } else {
+    llvm::outs() << "  rank  dp tp pp  slots  peak memory  params+grads+AdamW  arena x slots  GFLOP/step  all_reduce/step  send/step  bubble\n";
+    for (const plan::RankPlan &q : p.ranks) {
+      auto sent = [&](const char *k) { auto it = q.bytes_sent.find(k); return it == q.bytes_sent.end() ? int64_t(0) : it->second; };
+      llvm::outs() << llvm::format("  %4d  %2d %2d %2d  %5d  %11s  %18s  %13s  %10.3f  %15s  %9s  %5.1f%%\n", q.rank, q.dp_rank,
+                                   q.tp_rank, q.pp_stage, q.slots, mib(q.peak_bytes).c_str(),
+                                   mib(q.param_bytes + q.grad_bytes + q.optimizer_bytes).c_str(),
+                                   mib(q.arena_bytes * q.slots).c_str(), q.flops_per_step / 1e9,
+                                   kib_str(sent("all_reduce")).c_str(), kib_str(sent("send")).c_str(),
+                                   100.0 * q.bubble_fraction);
+    }
+  }
+  double total = 0;
+  for (const plan::RankPlan &q : p.ranks) total += q.flops_per_step;
+  llvm::outs() << "  compute: " << llvm::format("%.3f", total / 1e9) << " GFLOP per optimizer step over all ranks ("
+               << llvm::format("%.0f", total / double(global_batch * p.seq_len)) << " FLOP per token)\n";
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -191,7 +314,20 @@ int main(int argc, char **argv) {
   app.add_option("--micro-batches", a.micro_batches, "gradient accumulation: micro-batches per optimizer step (must divide --batch)")->check(CLI::PositiveNumber);
   app.add_option("--lr", a.lr, "peak learning rate")->check(CLI::PositiveNumber);
   app.add_option("--warmup", a.warmup, "linear warmup steps")->check(CLI::NonNegativeNumber);
-  app.add_option("--schedule", a.schedule, "LR after warmup: constant, cosine or linear")->check(CLI::IsMember({"constant", "cosine", "linear"}));
+  app.add_option("--lr-schedule", a.lr_schedule, "LR after warmup: constant, cosine or linear")->check(CLI::IsMember({"constant", "cosine", "linear"}));
+  app.add_option("--schedule", a.schedule, "pipeline schedule: gpipe or 1f1b (default 1f1b); constant/cosine/linear are accepted as --lr-schedule")
+      ->check(CLI::IsMember({"gpipe", "1f1b", "constant", "cosine", "linear"}));
+  // Parallelism.
+  app.add_option("--strategy", a.strategy, "single, data, tensor, pipeline or hybrid (also data_parallel, tensor_parallel, "
+                                           "pipeline_parallel, hybrid_parallel); default: from --dp/--tp/--pp");
+  app.add_option("--dp", a.dp, "data-parallel degree (the global --batch is split over dp ranks)")->check(CLI::PositiveNumber);
+  app.add_option("--tp", a.tp, "tensor-parallel degree (Megatron: heads, MLP and vocabulary split)")->check(CLI::PositiveNumber);
+  app.add_option("--pp,--stages", a.pp, "pipeline stages (contiguous layers, balanced by FLOPs)")->check(CLI::PositiveNumber);
+  app.add_option("--nodes", a.nodes, "nodes of the run (with --gpus-per-node: the world size)")->check(CLI::PositiveNumber);
+  app.add_option("--gpus-per-node", a.gpus_per_node, "ranks per node (hybrid: tensor parallel within a node, pipeline across nodes)")->check(CLI::PositiveNumber);
+  app.add_option("--model-size", a.model_size, "built-in model config instead of --hf-config: 1B (Llama-3.2-1B), 1.1B (TinyLlama), tiny");
+  app.add_option("--bucket-mb", a.bucket_mb, "data-parallel gradient bucket size in MiB")->check(CLI::PositiveNumber);
+  app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
   app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(CLI::Range(0.0, 1.0));
   app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(CLI::NonNegativeNumber);
   app.add_option("--weight-decay", a.weight_decay, "AdamW decoupled weight decay")->check(CLI::NonNegativeNumber);
@@ -203,9 +339,38 @@ int main(int argc, char **argv) {
              "  lora-compile --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-batches 2 \\\n"
              "      --lora-rank 8 --lora-alpha 16 --lora-targets all-linear --lr 1e-3 --warmup 10 --schedule cosine -o plan.lp\n"
              "  lora-compile --onnx model.onnx --weights hf_dir/ --batch 4 --seq-len 128 -o plan.lp\n"
+             "  lora-compile --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-batches 4 \\\n"
+             "      --strategy hybrid --dp 2 --tp 2 --pp 2 --schedule 1f1b -o plan.lp --viz plan_viz/   # 8 ranks\n"
+             "  lora-compile --strategy data_parallel --model-size 1B --nodes 2 --gpus-per-node 4 --batch 16 --seq-len 2048 -o plan.lp\n"
              "  lora-compile --hf-config config.json --dump-ir model.mlir --dump-graph model.dot");
   CLI11_PARSE(app, argc, argv);
-  bool build_train = !a.output.empty() || a.train_ir;
+  if (!a.schedule.empty()) {
+    if (a.schedule == "gpipe" || a.schedule == "1f1b") a.pipe_schedule = a.schedule;
+    else a.lr_schedule = a.schedule;
+  }
+  std::string strategy;
+  if (!resolve_mesh(a, strategy)) return 2;
+  const bool parallel = a.dp * a.tp * a.pp > 1;
+  if (!a.model_size.empty()) {
+    static const std::map<std::string, std::string> sizes = {
+        {"1B", "llama-3.2-1b.json"}, {"1b", "llama-3.2-1b.json"}, {"1.1B", "tinyllama-1.1b.json"},
+        {"1.1b", "tinyllama-1.1b.json"}, {"tiny", "tiny-llama.json"}};
+    auto it = sizes.find(a.model_size);
+    if (it == sizes.end()) {
+      std::cerr << "error: --model-size " << a.model_size << ": choose 1B, 1.1B or tiny\n";
+      return 2;
+    }
+    if (!a.hf_config.empty() || !a.onnx.empty()) {
+      std::cerr << "error: give either --model-size or --hf-config/--onnx\n";
+      return 2;
+    }
+    a.hf_config = std::string(PARALLORA_MODELS_DIR) + "/" + it->second;
+  }
+  if (!a.viz.empty() && a.output.empty()) {
+    std::cerr << "error: --viz draws the plan; give -o plan.lp too\n";
+    return 2;
+  }
+  bool build_train = !a.output.empty() || a.train_ir || parallel;
   if (a.onnx.empty() && a.hf_config.empty()) {
     std::cerr << "error: give the model with --onnx model.onnx or --hf-config config.json (see --help)\n";
     return 2;
@@ -213,11 +378,12 @@ int main(int argc, char **argv) {
   // --batch is the global batch; the graph is built for one micro-batch of batch / micro-batches.
   int64_t micro_batch = a.batch;
   if (a.batch > 0) {
-    if (a.batch % a.micro_batches != 0) {
-      std::cerr << "error: --micro-batches " << a.micro_batches << " does not divide --batch " << a.batch << "\n";
+    if (a.batch % (a.micro_batches * a.dp) != 0) {
+      std::cerr << "error: --batch " << a.batch << " must be a multiple of --micro-batches " << a.micro_batches
+                << " x --dp " << a.dp << " (every data-parallel rank runs the same number of equal micro-batches)\n";
       return 2;
     }
-    micro_batch = a.batch / a.micro_batches;
+    micro_batch = a.batch / a.micro_batches;  // partition divides it by dp
   }
   if (build_train && a.onnx.empty() && (a.batch <= 0 || a.seq_len <= 0)) {
     std::cerr << "error: a training plan has fixed shapes: give --batch and --seq-len\n";
@@ -310,7 +476,7 @@ int main(int argc, char **argv) {
       llvm::errs() << "error: the model's input_ids shape is not fixed; give --batch and --seq-len\n";
       return 2;
     }
-    global_batch = ids.getDimSize(0) * a.micro_batches;
+    global_batch = ids.getDimSize(0) * a.micro_batches;  // before partitioning: the whole micro-batch
     TrainPipelineOptions to;
     to.autodiff.microBatches = a.micro_batches;
     to.adamw.lr = a.lr;
@@ -319,12 +485,22 @@ int main(int argc, char **argv) {
     to.adamw.eps = a.adam_eps;
     to.adamw.weightDecay = a.weight_decay;
     to.adamw.maxGradNorm = a.max_grad_norm;
-    to.adamw.schedule = a.schedule;
+    to.adamw.schedule = a.lr_schedule;
     to.adamw.warmupSteps = a.warmup;
     to.adamw.minLrRatio = a.min_lr_ratio;
     to.adamw.totalSteps = a.total_steps;
     PassManager tpm(&ctx);
-    buildTrainPipeline(tpm, to);
+    if (parallel) {
+      ParallelPipelineOptions po;
+      po.partition.dp = a.dp;
+      po.partition.tp = a.tp;
+      po.partition.pp = a.pp;
+      po.sync.bucketMb = a.bucket_mb;
+      po.pipeline.schedule = a.pipe_schedule;
+      buildParallelTrainPipeline(tpm, to, po);
+    } else {
+      buildTrainPipeline(tpm, to);
+    }
     if (!a.dump_after_all.empty()) {
       ctx.disableMultithreading();
       tpm.enableIRPrinting([](Pass *, Operation *) { return false; }, [](Pass *, Operation *) { return true; },
@@ -339,7 +515,7 @@ int main(int argc, char **argv) {
     });
     llvm::outs() << "  training step: global batch " << global_batch << " x " << ids.getDimSize(1) << " tokens in "
                  << a.micro_batches << " micro-batch(es) of " << ids.getDimSize(0) << "; " << bwd << " gradient ops, "
-                 << grads << " adapter gradients; AdamW lr " << llvm::format("%g", a.lr) << " (" << a.schedule << ", warmup "
+                 << grads << " adapter gradients; AdamW lr " << llvm::format("%g", a.lr) << " (" << a.lr_schedule << ", warmup "
                  << a.warmup << "), weight decay " << llvm::format("%g", a.weight_decay) << ", clip "
                  << llvm::format("%g", a.max_grad_norm) << "\n";
   }
@@ -366,6 +542,7 @@ int main(int argc, char **argv) {
       lo.base_weights = abs.str().str();
     }
     lo.producer = "lora-compile 0.1.0";
+    lo.strategy = strategy;
     module->walk([&](pl::LoraLinearOp l) {
       lo.lora.rank = l.getRank();
       lo.lora.alpha = l.getAlpha().convertToDouble();
@@ -381,16 +558,13 @@ int main(int argc, char **argv) {
     if (failed(p)) return 1;
     Status st = plan::write_plan(a.output, *p);
     if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
-    const plan::RankPlan &r = p->ranks[0];
-    size_t instrs = 0;
-    for (auto &prog : r.programs) instrs += prog.instrs.size();
-    llvm::outs() << "  plan: " << instrs << " instructions in " << r.programs.size() << " programs, "
-                 << r.buffers.size() << " buffers\n";
-    llvm::outs() << "  memory (predicted peak " << mib(r.peak_bytes) << "): parameters " << mib(r.param_bytes)
-                 << ", gradients " << mib(r.grad_bytes) << ", AdamW moments " << mib(r.optimizer_bytes)
-                 << ", activation arena " << mib(r.arena_bytes) << "\n";
-    llvm::outs() << "  compute: " << llvm::format("%.3f", r.flops_per_step / 1e9) << " GFLOP per optimizer step ("
-                 << llvm::format("%.0f", r.flops_per_step / double(global_batch * p->seq_len)) << " FLOP per token)\n";
+    print_plan_report(*p, global_batch);
+    if (!a.viz.empty()) {
+      Status vs = write_plan_viz(*p, a.viz, std::cout);
+      if (!vs) { llvm::errs() << "error: --viz " << a.viz << ": " << vs.message() << "\n"; return 1; }
+      std::cout.flush();
+      llvm::outs() << "  pictures written to " << a.viz << "/index.html\n";
+    }
     llvm::outs() << "  plan written to " << a.output << " (inspect: lora-run --describe " << a.output << ")\n";
   }
   struct rusage ru;

@@ -1,6 +1,7 @@
 //===- lora-opt.cpp - run Parallora passes on .mlir files ------------------===//
 #include "ir/Dialect.h"
 #include "passes/lora/Passes.h"
+#include "passes/parallel/Passes.h"
 #include "passes/train/Passes.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -17,6 +18,7 @@ int main(int argc, char **argv) {
   mlir::registerSymbolDCEPass();
   parallora::registerLoraPasses();
   parallora::registerTrainPasses();
+  parallora::registerParallelPasses();
   return mlir::asMainReturnCode(
       mlir::MlirOptMain(argc, argv, "Parallora pass driver\n", registry));
 }

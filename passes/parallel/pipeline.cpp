@@ -1,0 +1,23 @@
+//===- pipeline.cpp - the training phase with parallelization, as a list of passes ---===//
+#include "passes/parallel/Passes.h"
+
+namespace parallora {
+
+void buildParallelTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOptions &train,
+                                const ParallelPipelineOptions &parallel) {
+  // 1. The loss (HF's shifted next-token cross-entropy); @train_step and @eval_step.
+  pm.addPass(createAppendLoss(train.loss));
+  // 2. Shard over dp x tp and insert the forward collectives (before autodiff, which
+  //    differentiates through them: an all-reduce's gradient is the identity, a
+  //    copy_to_group's is an all-reduce).
+  pm.addPass(createPartition(parallel.partition));
+  // 3. Gradients of the adapters, 4. AdamW.
+  pm.addPass(createAutodiff(train.autodiff));
+  pm.addPass(createAdamW(train.adamw));
+  // 5. Gradient buckets summed over dp (and tp for replicated adapters); global-norm groups.
+  pm.addPass(createSyncGrads(parallel.sync));
+  // 6. Pipeline stages with send/recv at the cuts.
+  pm.addPass(createPipelineSplit(parallel.pipeline));
+}
+
+} // namespace parallora

@@ -1,0 +1,153 @@
+//===- collective_kernels.cpp - all_reduce, send, recv kernels --------------===//
+//
+// Contract: runtime/cpu/kernels.h, "PARALLEL PLANS". They reduce / move data through
+// KernelCall::comm; errors read "<kernel> (<loc>): <message>" like the CPU kernels'.
+//
+//===----------------------------------------------------------------------===//
+#include <cstring>
+#include <vector>
+
+#include "runtime/comm/comm.h"
+
+namespace parallora::rt {
+
+namespace {
+
+Status fail(const KernelCall &c, const char *kernel, const std::string &msg) {
+  std::string where = kernel;
+  if (c.instr && !c.instr->loc.empty()) where += " (" + c.instr->loc + ")";
+  return Status::error(where + ": " + msg);
+}
+
+bool is_4byte(const Tensor &t) {
+  return t.dtype == plan::ElemType::F32 || t.dtype == plan::ElemType::I32;
+}
+
+bool is_int_attr(const KernelCall &c, const std::string &name) {
+  if (!c.instr) return false;
+  auto it = c.instr->attrs.find(name);
+  if (it == c.instr->attrs.end()) return false;
+  if (std::holds_alternative<int64_t>(it->second)) return true;
+  if (auto *d = std::get_if<double>(&it->second)) return *d == double(int64_t(*d));
+  return false;
+}
+
+// y_i = scale * sum over the group of x_i, all x_i reduced as one message.
+Status all_reduce_kernel(KernelCall &c) {
+  const char *K = "all_reduce";
+  if (c.in.size() != c.out.size())
+    return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) +
+                          " inputs and " + std::to_string(c.out.size()) + " outputs");
+  if (!c.instr || !c.instr->attrs.count("group") ||
+      !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
+    return fail(c, K, "missing string attr 'group'");
+  const std::string group = c.attr_s("group", "");
+  const double scale = c.attr_f("scale", 1.0);
+  int64_t total = 0;
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    const Tensor &x = c.in[i], &y = c.out[i];
+    const std::string si = std::to_string(i);
+    if (!x.present() || x.dtype != plan::ElemType::F32)
+      return fail(c, K, "x_" + si + " must be a present f32 tensor");
+    if (!y.present() || y.dtype != plan::ElemType::F32)
+      return fail(c, K, "y_" + si + " must be a present f32 tensor");
+    if (x.numel() != y.numel())
+      return fail(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si +
+                            " has " + std::to_string(x.numel()));
+    total += x.numel();
+  }
+  int g = 1;
+  if (c.comm) {
+    StatusOr<int> gs = c.comm->group_size(group);
+    if (!gs) return fail(c, K, gs.message());
+    g = *gs;
+  } else if (!group.empty()) {
+    return fail(c, K, "group '" + group + "' needs a communicator (KernelCall::comm is null)");
+  }
+  const float sf = float(scale);
+  const bool scaled = scale != 1.0;
+  auto finish = [&](const float *sum, float *y, int64_t n) {
+    if (scaled)
+      for (int64_t j = 0; j < n; ++j) y[j] = sf * sum[j];
+    else if (sum != y)
+      std::memcpy(y, sum, size_t(n) * sizeof(float));
+  };
+  if (c.in.size() == 1) {
+    // One tensor: reduce in y directly.
+    float *y = c.out[0].f32();
+    const int64_t n = c.in[0].numel();
+    if (y != c.in[0].f32()) std::memmove(y, c.in[0].f32(), size_t(n) * sizeof(float));
+    if (c.comm && g > 1)
+      if (Status s = c.comm->all_reduce(group, y, n, ReduceOp::Sum); !s)
+        return fail(c, K, s.message());
+    finish(y, y, n);
+    return Status::ok();
+  }
+  // A bucket: pack, one reduction, unpack.
+  thread_local std::vector<float> staging;
+  staging.resize(size_t(total));
+  int64_t off = 0;
+  for (const Tensor &x : c.in) {
+    std::memcpy(staging.data() + off, x.f32(), size_t(x.numel()) * sizeof(float));
+    off += x.numel();
+  }
+  if (c.comm && g > 1 && total > 0)
+    if (Status s = c.comm->all_reduce(group, staging.data(), total, ReduceOp::Sum); !s)
+      return fail(c, K, s.message());
+  off = 0;
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    const int64_t n = c.out[i].numel();
+    finish(staging.data() + off, c.out[i].f32(), n);
+    off += n;
+  }
+  return Status::ok();
+}
+
+Status p2p_attrs(const KernelCall &c, const char *K, int *peer, int *tag) {
+  if (!is_int_attr(c, "peer")) return fail(c, K, "missing integer attr 'peer'");
+  if (!is_int_attr(c, "tag")) return fail(c, K, "missing integer attr 'tag'");
+  const int64_t p = c.attr_i("peer", -1), t = c.attr_i("tag", -1);
+  if (p < 0 || p > INT32_MAX) return fail(c, K, "attr peer " + std::to_string(p) + " is not a rank");
+  if (t < 0 || t > INT32_MAX)
+    return fail(c, K, "attr tag " + std::to_string(t) + " is outside [0, 2^31)");
+  if (!c.comm) return fail(c, K, "needs a communicator (KernelCall::comm is null)");
+  *peer = int(p);
+  *tag = int(t);
+  return Status::ok();
+}
+
+Status send_kernel(KernelCall &c) {
+  const char *K = "send";
+  if (c.in.size() != 1 || !c.out.empty())
+    return fail(c, K, "expected 1 input and no outputs, got " + std::to_string(c.in.size()) +
+                          " and " + std::to_string(c.out.size()));
+  const Tensor &x = c.in[0];
+  if (!x.present() || !is_4byte(x)) return fail(c, K, "x must be a present f32 or i32 tensor");
+  int peer = -1, tag = -1;
+  if (Status s = p2p_attrs(c, K, &peer, &tag); !s) return s;
+  if (Status s = c.comm->send(peer, tag, x.data, x.numel() * 4); !s) return fail(c, K, s.message());
+  return Status::ok();
+}
+
+Status recv_kernel(KernelCall &c) {
+  const char *K = "recv";
+  if (!c.in.empty() || c.out.size() != 1)
+    return fail(c, K, "expected no inputs and 1 output, got " + std::to_string(c.in.size()) +
+                          " and " + std::to_string(c.out.size()));
+  const Tensor &y = c.out[0];
+  if (!y.present() || !is_4byte(y)) return fail(c, K, "y must be a present f32 or i32 tensor");
+  int peer = -1, tag = -1;
+  if (Status s = p2p_attrs(c, K, &peer, &tag); !s) return s;
+  if (Status s = c.comm->recv(peer, tag, y.data, y.numel() * 4); !s) return fail(c, K, s.message());
+  return Status::ok();
+}
+
+} // namespace
+
+void register_collective_kernels(KernelRegistry &registry) {
+  registry.add("all_reduce", all_reduce_kernel);
+  registry.add("send", send_kernel);
+  registry.add("recv", recv_kernel);
+}
+
+} // namespace parallora::rt

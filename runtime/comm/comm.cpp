@@ -1,0 +1,184 @@
+//===- comm.cpp - Communicator base helpers and the one-rank communicator --===//
+#include "runtime/comm/comm.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "runtime/comm/comm_impl.h"
+
+namespace parallora::rt {
+
+namespace comm_detail {
+
+StatusOr<unsigned> parse_group(const std::string &group) {
+  unsigned axes = 0;
+  size_t pos = 0;
+  std::string trimmed;
+  for (char ch : group)
+    if (ch != ' ' && ch != '\t') trimmed += ch;
+  if (trimmed.empty()) return axes;
+  while (pos <= trimmed.size()) {
+    size_t end = trimmed.find(',', pos);
+    if (end == std::string::npos) end = trimmed.size();
+    const std::string axis = trimmed.substr(pos, end - pos);
+    unsigned bit = 0;
+    if (axis == "dp")
+      bit = kDp;
+    else if (axis == "tp")
+      bit = kTp;
+    else if (axis == "pp")
+      bit = kPp;
+    else
+      return Status::error("group '" + group + "': unknown mesh axis '" + axis +
+                           "' (expected a comma list of dp, tp, pp)");
+    if (axes & bit)
+      return Status::error("group '" + group + "': mesh axis '" + axis + "' named twice");
+    axes |= bit;
+    pos = end + 1;
+  }
+  return axes;
+}
+
+std::string group_name(unsigned axes) {
+  std::string s;
+  auto add = [&](const char *a) {
+    if (!s.empty()) s += ',';
+    s += a;
+  };
+  if (axes & kDp) add("dp");
+  if (axes & kTp) add("tp");
+  if (axes & kPp) add("pp");
+  return s;
+}
+
+int group_size(const plan::Mesh &mesh, unsigned axes) {
+  int g = 1;
+  if (axes & kDp) g *= mesh.dp;
+  if (axes & kTp) g *= mesh.tp;
+  if (axes & kPp) g *= mesh.pp;
+  return g;
+}
+
+std::vector<int> group_members(const plan::Mesh &mesh, int rank, unsigned axes) {
+  const plan::MeshCoord me = plan::coord_of(mesh, rank);
+  std::vector<int> out;
+  for (int r = 0; r < mesh.size(); ++r) {
+    const plan::MeshCoord c = plan::coord_of(mesh, r);
+    if (!(axes & kDp) && c.dp != me.dp) continue;
+    if (!(axes & kTp) && c.tp != me.tp) continue;
+    if (!(axes & kPp) && c.pp != me.pp) continue;
+    out.push_back(r);
+  }
+  return out;  // ascending by construction
+}
+
+std::string rank_list(const std::vector<int> &ranks) {
+  std::string s;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (i == 16) {
+      s += ",...";
+      break;
+    }
+    if (i) s += ',';
+    s += std::to_string(ranks[i]);
+  }
+  return s;
+}
+
+std::string seconds_str(double s) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%g", s);
+  return buf;
+}
+
+} // namespace comm_detail
+
+using namespace comm_detail;
+
+int Communicator::coord(const std::string &axis) const {
+  const plan::MeshCoord c = coord();
+  if (axis == "dp") return c.dp;
+  if (axis == "tp") return c.tp;
+  if (axis == "pp") return c.pp;
+  return -1;
+}
+
+StatusOr<int> Communicator::group_size(const std::string &group) const {
+  StatusOr<unsigned> axes = parse_group(group);
+  if (!axes) return axes.status();
+  return comm_detail::group_size(mesh_, *axes);
+}
+
+StatusOr<std::vector<int>> Communicator::group_ranks(const std::string &group) const {
+  StatusOr<unsigned> axes = parse_group(group);
+  if (!axes) return axes.status();
+  return group_members(mesh_, rank(), *axes);
+}
+
+StatusOr<int> Communicator::group_rank(const std::string &group) const {
+  StatusOr<std::vector<int>> members = group_ranks(group);
+  if (!members) return members.status();
+  const auto it = std::find(members->begin(), members->end(), rank());
+  return int(it - members->begin());
+}
+
+void Communicator::count_all_reduce(int64_t bytes, int group_ranks) {
+  const int64_t b = all_reduce_bytes_sent(bytes, group_ranks);
+  if (b > 0) bytes_sent_["all_reduce"] += b;
+}
+
+StatusOr<GroupInfo> resolve_group(const Communicator *comm, const std::string &group) {
+  StatusOr<unsigned> axes = parse_group(group);
+  if (!axes) return axes.status();
+  GroupInfo gi;
+  if (*axes == 0) return gi;
+  if (!comm)
+    return Status::error("group '" + group +
+                         "' needs a communicator (KernelCall::comm is null)");
+  StatusOr<int> size = comm->group_size(group);
+  if (!size) return size.status();
+  StatusOr<int> index = comm->group_rank(group);
+  if (!index) return index.status();
+  gi.size = *size;
+  gi.index = *index;
+  return gi;
+}
+
+namespace {
+
+/// World of one rank: every group has one rank, so every all-reduce is the identity.
+class LocalCommunicator final : public Communicator {
+public:
+  LocalCommunicator() : Communicator(plan::Mesh{}) {}
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+
+  Status all_reduce(const std::string &group, float *, int64_t count, ReduceOp) override {
+    StatusOr<int> g = group_size(group);
+    if (!g) return Status::error("rank 0: all_reduce: " + g.message());
+    if (count < 0)
+      return Status::error("rank 0: all_reduce over group '" + group + "': negative count " +
+                           std::to_string(count));
+    count_all_reduce(count * 4, *g);
+    return Status::ok();
+  }
+  Status send(int peer, int tag, const void *, int64_t bytes) override {
+    return Status::error("rank 0: send to rank " + std::to_string(peer) + " (tag " +
+                         std::to_string(tag) + ") of " + std::to_string(bytes) +
+                         " bytes: this is a single-rank run (no MPI world), there are no peers");
+  }
+  Status recv(int peer, int tag, void *, int64_t bytes) override {
+    return Status::error("rank 0: recv from rank " + std::to_string(peer) + " (tag " +
+                         std::to_string(tag) + ") of " + std::to_string(bytes) +
+                         " bytes: this is a single-rank run (no MPI world), there are no peers");
+  }
+  Status flush() override { return Status::ok(); }
+};
+
+} // namespace
+
+std::unique_ptr<Communicator> make_local_communicator() {
+  return std::make_unique<LocalCommunicator>();
+}
+
+} // namespace parallora::rt
