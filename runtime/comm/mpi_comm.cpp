@@ -258,11 +258,10 @@ Status MpiCommunicator::all_reduce(const std::string &group, float *data, int64_
   StatusOr<unsigned> axes = parse_group(group);
   if (!axes) return Status::error(prefix() + "all_reduce: " + axes.message());
   Group &g = groups_[*axes];
-  const char *opname = op == ReduceOp::Sum ? "sum" : "max";
   const int64_t bytes = count * 4;
   auto what = [&] {
-    return "all_reduce (" + std::string(opname) + ") over group '" + group + "' (ranks " +
-           rank_list(g.members) + ") of " + std::to_string(bytes) + " bytes";
+    return "all_reduce over group '" + group + "' (ranks " + rank_list(g.members) + ") of " +
+           std::to_string(bytes) + " bytes";
   };
   if (count < 0) return Status::error(prefix() + what() + ": negative count");
   if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");

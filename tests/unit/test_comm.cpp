@@ -479,6 +479,49 @@ TEST(Comm, RecvTimeoutNoHangNoStray) {
   EXPECT_EQ(sync, 4.0f);
 }
 
+TEST(Comm, AllReduceTimeout) {
+  REQUIRE_WORLD_4();
+  const int me = world_rank();
+  auto comm = make_comm({4, 1, 1});
+  ASSERT_TRUE(comm);
+  // Rank 0 reduces over 'dp' alone and gives up after 0.5 s; the group is then unusable on
+  // rank 0. The others join late (after rank 0's signal), which completes the abandoned
+  // reduction, so nothing is left pending.
+  std::vector<float> data(1024, float(me + 1));
+  if (me == 0) {
+    comm->timeout_seconds = 0.5;
+    const auto t0 = std::chrono::steady_clock::now();
+    Status s = comm->all_reduce("dp", data.data(), 1024, ReduceOp::Sum);
+    const double secs =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_FALSE(s.is_ok());
+    EXPECT_LT(secs, 10.0);
+    EXPECT_NE(s.message().find("rank 0: all_reduce over group 'dp' (ranks 0,1,2,3) of 4096 bytes "
+                               "did not complete within 0.5 s (a peer died or is stuck)"),
+              std::string::npos)
+        << s.message();
+    Status again = comm->all_reduce("dp", data.data(), 1, ReduceOp::Sum);
+    EXPECT_FALSE(again.is_ok());
+    EXPECT_NE(again.message().find("timed out"), std::string::npos) << again.message();
+    comm->timeout_seconds = 30;
+    const int go = 1;
+    for (int r = 1; r < 4; ++r) EXPECT_OK(comm->send(r, 50, &go, 4));
+    for (int r = 1; r < 4; ++r) {
+      int done = 0;
+      EXPECT_OK(comm->recv(r, 51, &done, 4));  // polling drives the abandoned reduction
+    }
+    EXPECT_EQ(data[0], 10.0f);  // 1 + 2 + 3 + 4, written late into rank 0's buffer
+  } else {
+    int go = 0;
+    EXPECT_OK(comm->recv(0, 50, &go, 4));
+    EXPECT_OK(comm->all_reduce("dp", data.data(), 1024, ReduceOp::Sum));
+    EXPECT_EQ(data[1023], 10.0f);
+    const int done = 1;
+    EXPECT_OK(comm->send(0, 51, &done, 4));
+  }
+  EXPECT_OK(comm->flush());
+}
+
 TEST(Comm, FlushTimeoutNamesTheSend) {
   REQUIRE_WORLD_4();
   const int me = world_rank();

@@ -38,6 +38,7 @@
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Pass/PassRegistry.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/raw_ostream.h"
@@ -392,6 +393,7 @@ int main(int argc, char **argv) {
 
   MLIRContext ctx;
   ctx.loadDialect<pl::PlDialect, func::FuncDialect>();
+  ctx.printOpOnDiagnostic(false);  // errors name the op and its module path; a dump of the IR would bury them
   SourceMgrDiagnosticHandler diag(*new llvm::SourceMgr(), &ctx, llvm::errs());
   auto t0 = std::chrono::steady_clock::now();
 
@@ -556,6 +558,8 @@ int main(int argc, char **argv) {
     lo.lora.use_rslora = a.use_rslora;
     auto p = lower_to_plan(*module, lo);
     if (failed(p)) return 1;
+    llvm::StringRef parent = llvm::sys::path::parent_path(a.output);
+    if (!parent.empty()) llvm::sys::fs::create_directories(parent);
     Status st = plan::write_plan(a.output, *p);
     if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
     print_plan_report(*p, global_batch);
