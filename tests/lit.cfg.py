@@ -18,3 +18,8 @@ tool_dirs = [
 config.environment["PATH"] = os.pathsep.join(tool_dirs + [config.environment.get("PATH", os.environ.get("PATH", ""))])
 config.substitutions.append(("%fixtures", os.path.join(config.parallora_src_root, "tests", "fixtures")))
 config.substitutions.append(("%src", config.parallora_src_root))
+config.substitutions.append(("%obj", config.parallora_obj_root))
+# Multi-rank tests: mpirun as root in containers, more ranks than cores.
+for k, v in {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+             "OMPI_MCA_rmaps_base_oversubscribe": "1"}.items():
+    config.environment[k] = v

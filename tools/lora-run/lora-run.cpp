@@ -984,6 +984,8 @@ int train(const Args &a, World &w) {
                      {"bytes_sent_per_step", measured},
                      {"bytes_sent_predicted", pred},
                      {"arena_bytes", static_cast<int64_t>(row[5])},
+                     {"predicted_peak_bytes", pr.peak_bytes},
+                     {"predicted_bubble_fraction", pr.bubble_fraction},
                      {"persistent_bytes", static_cast<int64_t>(row[8])},
                      {"peak_rss_mib", row[6]}});
     if (multi) {

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Train the same model under several parallel strategies and compare them (stdlib only).
+
+Every strategy is compiled with lora-compile (same model, seed, data, global batch and LoRA
+config), run with `mpirun -np <ranks> lora-run` on CPU ranks, and compared with the
+single-device run:
+  * equivalence: the loss of every step (relative error) and the final PEFT adapter (max abs
+    difference over the largest adapter value) must stay within fp32 tolerances;
+  * communication: every rank's measured bytes sent per step must equal the compiler's
+    prediction;
+and the study's metrics are printed side by side: throughput (tokens/s, median over steps),
+goodput (tokens/s of applied updates over the whole run), wall time, train and validation
+loss, per-rank predicted peak memory and measured peak RSS, bytes sent per step, bubble.
+
+  compare_strategies.py --build build --config models/configs/tiny-llama-4l.json \\
+      --data tokens.bin --steps 20 --out out/strategies [--strategies single,dp2,tp2,pp2-1f1b]
+
+Exit status 1 when any strategy is not equivalent or a byte count differs.
+"""
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+# name -> (lora-compile flags, micro-batches); ranks = dp * tp * pp.
+STRATEGIES = {
+    "single": ([], 2),
+    "dp2": (["--strategy", "data", "--dp", "2"], 2),
+    "dp4": (["--strategy", "data", "--dp", "4"], 2),
+    "tp2": (["--strategy", "tensor", "--tp", "2"], 2),
+    "tp4": (["--strategy", "tensor", "--tp", "4"], 2),
+    "pp2-gpipe-m2": (["--strategy", "pipeline", "--pp", "2", "--schedule", "gpipe"], 2),
+    "pp2-1f1b-m4": (["--strategy", "pipeline", "--pp", "2", "--schedule", "1f1b"], 4),
+    "pp4-gpipe-m4": (["--strategy", "pipeline", "--pp", "4", "--schedule", "gpipe"], 4),
+    "pp4-1f1b-m8": (["--strategy", "pipeline", "--pp", "4", "--schedule", "1f1b"], 8),
+    "dp2xpp2": (["--strategy", "hybrid", "--dp", "2", "--pp", "2", "--schedule", "1f1b"], 2),
+    "dp2xtp2": (["--strategy", "hybrid", "--dp", "2", "--tp", "2"], 2),
+    "tp2xpp2": (["--strategy", "hybrid", "--tp", "2", "--pp", "2", "--schedule", "gpipe"], 4),
+    "dp2xtp2xpp2": (["--strategy", "hybrid", "--dp", "2", "--tp", "2", "--pp", "2", "--schedule", "1f1b"], 2),
+}
+
+
+def ranks_of(flags):
+    n = 1
+    for k in ("--dp", "--tp", "--pp"):
+        if k in flags:
+            n *= int(flags[flags.index(k) + 1])
+    return n
+
+
+def read_safetensors(path):
+    """{name: list of floats} of an F32 safetensors file."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] != "F32":
+            raise SystemExit(f"{path}: tensor {name} is {meta['dtype']}, expected F32")
+        a, b = meta["data_offsets"]
+        out[name] = struct.unpack(f"<{(b - a) // 4}f", data[a:b])
+    return out
+
+
+def metrics(path):
+    train, val = {}, {}
+    for line in open(path):
+        r = json.loads(line)
+        if "loss" in r:
+            train[r["step"]] = r
+        if "val_loss" in r:
+            val[r["step"]] = r["val_loss"]
+    return train, val
+
+
+def run(cmd, log, env):
+    with open(log, "w") as f:
+        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+    if p.returncode != 0:
+        sys.stderr.write(open(log).read()[-4000:])
+        raise SystemExit(f"compare_strategies: command failed ({p.returncode}): {' '.join(cmd)}\n  log: {log}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default="build")
+    ap.add_argument("--config", required=True, help="HF config.json of the model (random init)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--val-data")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=8, help="global batch (sequences per optimizer step)")
+    ap.add_argument("--seq-len", type=int, default=32)
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--lr", default="2e-3")
+    ap.add_argument("--loss-rtol", type=float, default=1e-4)
+    ap.add_argument("--adapter-rtol", type=float, default=1e-4)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per rank")
+    ap.add_argument("--comm-timeout", type=float, default=120)
+    a = ap.parse_args()
+    names = [s for s in a.strategies.split(",") if s]
+    for s in names:
+        if s not in STRATEGIES:
+            ap.error(f"unknown strategy {s}; known: {', '.join(STRATEGIES)}")
+    if "single" not in names:
+        names.insert(0, "single")
+    compile_bin = os.path.join(a.build, "tools/lora-compile/lora-compile")
+    run_bin = os.path.join(a.build, "tools/lora-run/lora-run")
+    os.makedirs(a.out, exist_ok=True)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS=str(a.threads))
+    common = ["--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len),
+              "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", "all-linear",
+              "--lr", a.lr, "--warmup", "3", "--lr-schedule", "cosine", "--weight-decay", "0.01",
+              "--max-grad-norm", "1.0"]
+    results = {}
+    for name in names:
+        flags, micro = STRATEGIES[name]
+        d = os.path.join(a.out, name)
+        os.makedirs(d, exist_ok=True)
+        plan = os.path.join(d, "plan.lp")
+        run([compile_bin] + common + flags + ["--micro-batches", str(micro), "-o", plan], os.path.join(d, "compile.log"), env)
+        np = ranks_of(flags)
+        train = [run_bin, plan, "--data", a.data, "--steps", str(a.steps), "--seed", "7", "--threads", str(a.threads),
+                 "--comm-timeout", str(a.comm_timeout), "--log-every", str(a.steps), "--out", os.path.join(d, "run")]
+        if a.val_data:
+            train += ["--val-data", a.val_data, "--val-every", str(a.steps)]
+        cmd = (["mpirun", "-np", str(np), "--oversubscribe", "--bind-to", "none"] + train) if np > 1 else train
+        print(f"== {name}: {np} rank(s): {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        run(cmd, os.path.join(d, "run.log"), env)
+        steps, val = metrics(os.path.join(d, "run", "metrics.jsonl"))
+        summary = json.load(open(os.path.join(d, "run", "summary.json")))
+        adapter = read_safetensors(os.path.join(d, "run", "adapter", "adapter_model.safetensors"))
+        results[name] = dict(ranks=np, micro=micro, steps=steps, val=val, summary=summary, adapter=adapter,
+                             seconds=time.time() - t0)
+
+    ref = results["single"]
+    ref_max = max(max(abs(x) for x in v) for v in ref["adapter"].values())
+    ok_all = True
+    rows = []
+    for name in names:
+        r = results[name]
+        s = r["summary"]
+        # Equivalence with the single-device run.
+        loss_err = max(abs(r["steps"][k]["loss"] - ref["steps"][k]["loss"]) / abs(ref["steps"][k]["loss"])
+                       for k in ref["steps"])
+        if sorted(r["adapter"]) != sorted(ref["adapter"]):
+            raise SystemExit(f"{name}: adapter tensors differ from the single-device run")
+        ad_err = max(max(abs(x - y) for x, y in zip(r["adapter"][k], ref["adapter"][k])) for k in ref["adapter"]) / ref_max
+        # Bytes: measured == predicted on every rank.
+        bytes_ok, sent = True, 0
+        for rk in s.get("ranks", []):
+            m, p = rk["bytes_sent_per_step"], rk["bytes_sent_predicted"]
+            for k in set(m) | set(p):
+                if abs(float(m.get(k, 0)) - float(p.get(k, 0))) > 0.5:
+                    bytes_ok = False
+            sent = max(sent, sum(float(v) for v in m.values()))
+        ok = loss_err <= a.loss_rtol and ad_err <= a.adapter_rtol and bytes_ok
+        ok_all &= ok
+        tokens = a.batch * a.seq_len
+        applied = sum(1 for v in r["steps"].values() if not v.get("skipped", False))
+        peak_pred = max(rk.get("predicted_peak_bytes", 0) for rk in s["ranks"]) / 2**20
+        bubble = 100 * max(rk.get("predicted_bubble_fraction", 0) for rk in s["ranks"])
+        rss = max([rk.get("peak_rss_mib", 0) for rk in s.get("ranks", [])] + [s.get("peak_rss_mib", 0)])
+        mesh = s.get("mesh", {"dp": 1, "tp": 1, "pp": 1})
+        rows.append([name, f"{mesh['dp']}x{mesh['tp']}x{mesh['pp']}", str(r["ranks"]), str(r["micro"]),
+                     f"{s['tokens_per_s_median']:.0f}", f"{applied * tokens / s['wall_time_s']:.0f}",
+                     f"{s['wall_time_s']:.2f}", f"{r['steps'][max(r['steps'])]['loss']:.4f}",
+                     f"{r['val'][max(r['val'])]:.4f}" if r["val"] else "-", f"{peak_pred:.2f}", f"{rss:.0f}",
+                     f"{sent / 1024:.1f}", f"{bubble:.1f}%", f"{loss_err:.1e}", f"{ad_err:.1e}",
+                     "ok" if ok else ("BYTES" if not bytes_ok else "DIFF")])
+    head = ["strategy", "dp x tp x pp", "ranks", "M", "tok/s", "goodput", "wall s", "loss", "val loss",
+            "pred MiB/rank", "RSS MiB", "KiB sent/step", "bubble", "loss rel err", "adapter err", "check"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    print()
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print()
+    print(f"equivalence with the single-device run: loss rtol {a.loss_rtol:g}, adapter max|diff|/max|w| "
+          f"{a.adapter_rtol:g}; bytes sent measured == predicted on every rank")
+    if not ok_all:
+        print("compare_strategies: FAILED")
+        return 1
+    print(f"compare_strategies: all {len(rows)} strategies equivalent over {a.steps} steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
