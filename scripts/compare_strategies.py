@@ -151,6 +151,8 @@ def main():
         # Equivalence with the single-device run.
         loss_err = max(abs(r["steps"][k]["loss"] - ref["steps"][k]["loss"]) / abs(ref["steps"][k]["loss"])
                        for k in ref["steps"])
+        for k in ref["val"]:  # validation covers the same sequences under every strategy
+            loss_err = max(loss_err, abs(r["val"][k] - ref["val"][k]) / abs(ref["val"][k]))
         if sorted(r["adapter"]) != sorted(ref["adapter"]):
             raise SystemExit(f"{name}: adapter tensors differ from the single-device run")
         ad_err = max(max(abs(x - y) for x, y in zip(r["adapter"][k], ref["adapter"][k])) for k in ref["adapter"]) / ref_max

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job on a small built-in model: installs dependencies, builds, then compiles the
 # tiny LLaMA (ONNX export and HF config) with LoRA, prints the summaries and draws the graph, then
-# trains the tiny LLaMA with LoRA on real text (single device; the parallel strategies come with issue 4).
+# trains the tiny LLaMA with LoRA on real text on one device, then under every parallel strategy on
+# CPU ranks (mpirun) and prints the comparison table of the study's metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
@@ -49,3 +50,16 @@ if not val[-1]["val_loss"] < val[0]["val_loss"] - 0.1:
     sys.exit("demo: the validation loss did not fall")
 PY
 echo "PEFT adapter: $OUT/train/adapter (load with peft.PeftModel.from_pretrained)"
+
+# ---------------------------------------------------------------------------------------------
+echo
+echo "== 6. every parallel strategy on CPU ranks (mpirun): the same 30 steps, compared with one device"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+$BIN --hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 64 --micro-batches 4 \
+     --lora-rank 16 --lora-alpha 32 --lora-targets all-linear --strategy hybrid --dp 2 --tp 2 --pp 2 --schedule 1f1b \
+     -o "$OUT/hybrid/plan.lp" --viz "$OUT/hybrid/viz"
+mpirun -np 8 build/tools/lora-run/lora-run "$OUT/hybrid/plan.lp" --data "$OUT/gpl.bin" --steps 10 --log-every 5 \
+     --threads 1 --out "$OUT/hybrid/train"
+python3 scripts/compare_strategies.py --build build --config models/configs/tiny-llama-4l.json \
+     --data "$OUT/gpl.bin" --val-data "$OUT/gpl_val.bin" --batch 8 --seq-len 64 --steps 30 --out "$OUT/strategies"
+echo "plan pictures: $OUT/hybrid/viz/index.html"

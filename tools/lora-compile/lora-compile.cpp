@@ -250,9 +250,14 @@ void print_summary(ModuleOp module, const OnnxImportReport *rep, const Args &arg
   (void)args;
 }
 
-std::string kib_str(int64_t bytes) {
+/// Bytes in the largest binary unit that keeps the number >= 1 (B, KiB, MiB, GiB).
+std::string human_bytes(int64_t bytes) {
+  const char *unit[] = {"B", "KiB", "MiB", "GiB"};
+  double v = double(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 3) v /= 1024.0, ++u;
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.1f KiB", double(bytes) / 1024.0);
+  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", v, unit[u]);
   return buf;
 }
 
@@ -275,10 +280,10 @@ void print_plan_report(const plan::Plan &p, int64_t global_batch) {
     for (const plan::RankPlan &q : p.ranks) {
       auto sent = [&](const char *k) { auto it = q.bytes_sent.find(k); return it == q.bytes_sent.end() ? int64_t(0) : it->second; };
       llvm::outs() << llvm::format("  %4d  %2d %2d %2d  %5d  %11s  %18s  %13s  %10.3f  %15s  %9s  %5.1f%%\n", q.rank, q.dp_rank,
-                                   q.tp_rank, q.pp_stage, q.slots, mib(q.peak_bytes).c_str(),
-                                   mib(q.param_bytes + q.grad_bytes + q.optimizer_bytes).c_str(),
-                                   mib(q.arena_bytes * q.slots).c_str(), q.flops_per_step / 1e9,
-                                   kib_str(sent("all_reduce")).c_str(), kib_str(sent("send")).c_str(),
+                                   q.tp_rank, q.pp_stage, q.slots, human_bytes(q.peak_bytes).c_str(),
+                                   human_bytes(q.param_bytes + q.grad_bytes + q.optimizer_bytes).c_str(),
+                                   human_bytes(q.arena_bytes * q.slots).c_str(), q.flops_per_step / 1e9,
+                                   human_bytes(sent("all_reduce")).c_str(), human_bytes(sent("send")).c_str(),
                                    100.0 * q.bubble_fraction);
     }
   }

@@ -580,11 +580,13 @@ int train(const Args &a, World &w) {
   int64_t val_batch = 0, val_batches = 0;
   if (val_file) {
     if (!ex.has_program("eval_step")) return fail(a.plan + ": --val-data given but the plan has no eval_step program");
-    val_batch = ids_numel / plan.seq_len;
-    int64_t available = (val_file->num_tokens() / plan.seq_len) / val_batch;
+    // A validation batch is a global batch, split over dp ranks and micro-batches exactly like a
+    // training batch, so every strategy evaluates the same sequences.
+    val_batch = ids_numel / plan.seq_len;  // sequences per eval_step on this rank
+    int64_t available = (val_file->num_tokens() / plan.seq_len) / plan.global_batch;
     if (available < 1)
       return fail("--val-data " + a.val_data + ": " + std::to_string(val_file->num_tokens()) +
-                  " tokens, fewer than one evaluation batch of " + std::to_string(val_batch) + " x " +
+                  " tokens, fewer than one evaluation batch of " + std::to_string(plan.global_batch) + " x " +
                   std::to_string(plan.seq_len));
     val_batches = a.val_batches > 0 ? std::min(a.val_batches, available) : available;
     if (a.val_batches > available)
@@ -720,22 +722,28 @@ int train(const Args &a, World &w) {
   };
 
   ProgressBar progress(a.steps, std::max<int64_t>(1, a.log_every));
-  // Mean eval_step loss over the first val_batches batches of the validation file (unshuffled).
-  // Every rank runs every batch (stages exchange activations inside eval_step); one rank per
-  // loss value (dp 0, tp 0, last stage) contributes it.
+  // Mean eval_step loss over the first val_batches global batches of the validation file
+  // (unshuffled). Each dp rank evaluates its block of every batch in micro-batches, like
+  // training; every stage runs eval_step (stages exchange activations inside it) and the last
+  // stage's tp-0 ranks contribute the losses.
   auto validate = [&]() -> StatusOr<double> {
     SequenceLoader vl(&*val_file, plan.seq_len, 0, /*shuffle=*/false);
-    std::vector<int32_t> block(static_cast<size_t>(val_batch * plan.seq_len));
+    std::vector<int32_t> global(static_cast<size_t>(plan.global_batch * plan.seq_len));
+    const int64_t per_rank = plan.global_batch / mesh.dp;
     double sum = 0;
     for (int64_t b = 0; b < val_batches; ++b) {
-      if (Status s = vl.next(val_batch, block.data()); !s) return Status::error(val_file->path + ": " + s.message());
-      if (Status s = feed(block.data(), 0); !s) return s;
-      if (Status s = ex.run("eval_step", nullptr, 0); !s) return Status::error("eval_step: " + s.message());
-      if (loss_rank && rp.dp_rank == 0) sum += ex.loss(0);
+      if (Status s = vl.next(plan.global_batch, global.data()); !s)
+        return Status::error(val_file->path + ": " + s.message());
+      for (int64_t m = 0; m < plan.micro_batches; ++m) {
+        const int32_t *mine = global.data() + (rp.dp_rank * per_rank + m * val_batch) * plan.seq_len;
+        if (Status s = feed(mine, 0); !s) return s;
+        if (Status s = ex.run("eval_step", nullptr, 0); !s) return Status::error("eval_step: " + s.message());
+        if (loss_rank) sum += ex.loss(0);
+      }
     }
     if (multi)
       if (Status s = comm->flush(); !s) return s;
-    return world_sum(sum) / static_cast<double>(val_batches);
+    return world_sum(sum) / static_cast<double>(val_batches * plan.micro_batches * mesh.dp);
   };
   auto run_validation = [&](int64_t step) -> Status {
     if (!val_file) return Status::ok();
