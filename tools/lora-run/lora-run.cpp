@@ -447,7 +447,11 @@ int train(const Args &a, World &w) {
   // After startup a failing rank must take the others down (they would wait on it otherwise).
   auto fail = [&](const std::string &message) -> int {
     if (!multi) return ::fail(message);
-    std::cerr << "rank " << R << ": error: " << message << std::endl;
+    // One write, so mpirun forwards the line whole (not interleaved with other ranks' output).
+    std::fflush(stdout);
+    const std::string line = "rank " + std::to_string(R) + ": error: " + message + "\n";
+    std::fwrite(line.data(), 1, line.size(), stderr);
+    std::fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, 1);
     return 1;
   };
