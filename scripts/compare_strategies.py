@@ -103,6 +103,10 @@ def main():
     ap.add_argument("--adapter-rtol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per rank")
     ap.add_argument("--comm-timeout", type=float, default=120)
+    ap.add_argument("--val-every", type=int, default=0,
+                    help="validate every K steps (default: steps/6) for the statistical-efficiency columns")
+    ap.add_argument("--target-val-loss", type=float,
+                    help="validation loss to reach (default: halfway from the single-device run's first to its last validation loss)")
     a = ap.parse_args()
     names = [s for s in a.strategies.split(",") if s]
     for s in names:
@@ -130,7 +134,7 @@ def main():
         train = [run_bin, plan, "--data", a.data, "--steps", str(a.steps), "--seed", "7", "--threads", str(a.threads),
                  "--comm-timeout", str(a.comm_timeout), "--log-every", str(a.steps), "--out", os.path.join(d, "run")]
         if a.val_data:
-            train += ["--val-data", a.val_data, "--val-every", str(a.steps)]
+            train += ["--val-data", a.val_data, "--val-every", str(a.val_every or max(1, a.steps // 6))]
         cmd = (["mpirun", "-np", str(np), "--oversubscribe", "--bind-to", "none"] + train) if np > 1 else train
         print(f"== {name}: {np} rank(s): {' '.join(cmd)}", flush=True)
         t0 = time.time()
@@ -142,6 +146,20 @@ def main():
                              seconds=time.time() - t0)
 
     ref = results["single"]
+    target = a.target_val_loss
+    if target is None and ref["val"]:
+        first, last = ref["val"][min(ref["val"])], ref["val"][max(ref["val"])]
+        target = first + 0.5 * (last - first)
+
+    def to_target(r):
+        """(steps, training seconds) until the validation loss first reaches the target."""
+        if target is None:
+            return None
+        for step in sorted(r["val"]):
+            if r["val"][step] <= target:
+                secs = sum(v.get("step_time_s", 0) for k, v in r["steps"].items() if k <= step)
+                return step, secs
+        return None
     ref_max = max(max(abs(x) for x in v) for v in ref["adapter"].values())
     ok_all = True
     rows = []
@@ -172,13 +190,15 @@ def main():
         bubble = 100 * max(rk.get("predicted_bubble_fraction", 0) for rk in s["ranks"])
         rss = max([rk.get("peak_rss_mib", 0) for rk in s.get("ranks", [])] + [s.get("peak_rss_mib", 0)])
         mesh = s.get("mesh", {"dp": 1, "tp": 1, "pp": 1})
+        reach = to_target(r)
         rows.append([name, f"{mesh['dp']}x{mesh['tp']}x{mesh['pp']}", str(r["ranks"]), str(r["micro"]),
                      f"{s['tokens_per_s_median']:.0f}", f"{applied * tokens / s['wall_time_s']:.0f}",
                      f"{s['wall_time_s']:.2f}", f"{r['steps'][max(r['steps'])]['loss']:.4f}",
-                     f"{r['val'][max(r['val'])]:.4f}" if r["val"] else "-", f"{peak_pred:.2f}", f"{rss:.0f}",
+                     f"{r['val'][max(r['val'])]:.4f}" if r["val"] else "-",
+                     f"{reach[0]} / {reach[1]:.2f}" if reach else "-", f"{peak_pred:.2f}", f"{rss:.0f}",
                      f"{sent / 1024:.1f}", f"{bubble:.1f}%", f"{loss_err:.1e}", f"{ad_err:.1e}",
                      "ok" if ok else ("BYTES" if not bytes_ok else "DIFF")])
-    head = ["strategy", "dp x tp x pp", "ranks", "M", "tok/s", "goodput", "wall s", "loss", "val loss",
+    head = ["strategy", "dp x tp x pp", "ranks", "M", "tok/s", "goodput", "wall s", "loss", "val loss", "to target: steps / s",
             "pred MiB/rank", "RSS MiB", "KiB sent/step", "bubble", "loss rel err", "adapter err", "check"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print()
@@ -186,6 +206,8 @@ def main():
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     print()
+    if target is not None:
+        print(f"target validation loss {target:.4f}: optimizer steps and training seconds until a validation reached it")
     print(f"equivalence with the single-device run: loss rtol {a.loss_rtol:g}, adapter max|diff|/max|w| "
           f"{a.adapter_rtol:g}; bytes sent measured == predicted on every rank")
     if not ok_all:
