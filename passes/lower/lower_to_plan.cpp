@@ -58,16 +58,6 @@ double attr_f64(Attribute a) {
   return 0;
 }
 
-int64_t numel(ArrayRef<int64_t> shape) {
-  return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
-}
-
-/// Rows of an (.., K) operand: the product of all but the last dim.
-int64_t rows(Value v) {
-  auto t = v.getType().cast<RankedTensorType>();
-  return numel(t.getShape()) / t.getShape().back();
-}
-
 class Lowering {
 public:
   Lowering(ModuleOp module, const LowerOptions &o) : module_(module), opts_(o) {}
