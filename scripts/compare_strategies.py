@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--seq-len", type=int, default=32)
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
     ap.add_argument("--lr", default="2e-3")
+    ap.add_argument("--lora-targets", default="all-linear")
     ap.add_argument("--loss-rtol", type=float, default=1e-4)
     ap.add_argument("--adapter-rtol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per rank")
@@ -120,7 +121,7 @@ def main():
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS=str(a.threads))
     common = ["--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len),
-              "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", "all-linear",
+              "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", a.lora_targets,
               "--lr", a.lr, "--warmup", "3", "--lr-schedule", "cosine", "--weight-decay", "0.01",
               "--max-grad-norm", "1.0"]
     results = {}
