@@ -33,12 +33,6 @@ std::string join_names(const std::vector<std::string> &names, size_t max_shown =
   return s;
 }
 
-void *aligned_zeroed(int64_t bytes) {
-  size_t n = static_cast<size_t>(round_up(std::max<int64_t>(bytes, 1), kAlign));
-  void *p = std::aligned_alloc(kAlign, n);
-  if (p) std::memset(p, 0, n);
-  return p;
-}
 
 // Copies the slice `slice` ([start, size] per dim) of a row-major tensor of shape `full`.
 void copy_slice(const float *src, const std::vector<int64_t> &full,
@@ -70,13 +64,26 @@ void copy_slice(const float *src, const std::vector<int64_t> &full,
 
 } // namespace
 
-void Executor::AlignedFree::operator()(void *p) const { std::free(p); }
+void Executor::AlignedFree::operator()(void *p) const {
+  if (!p) return;
+  if (free)
+    free(p);
+  else
+    std::free(p);
+}
+
+std::unique_ptr<void, Executor::AlignedFree> Executor::allocate(int64_t bytes) const {
+  size_t n = static_cast<size_t>(round_up(std::max<int64_t>(bytes, 1), kAlign));
+  void *p = hooks_.alloc ? hooks_.alloc(n) : std::aligned_alloc(kAlign, n);
+  if (p) std::memset(p, 0, n);
+  return std::unique_ptr<void, AlignedFree>(p, AlignedFree{hooks_.alloc ? hooks_.free : nullptr});
+}
 
 Executor::~Executor() = default;
 
 StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int rank,
                                                      const KernelRegistry &registry, const std::string &backend,
-                                                     Communicator *comm) {
+                                                     Communicator *comm, const MemoryHooks *memory) {
   if (Status s = plan::validate_plan(plan); !s) return Status::error("invalid plan: " + s.message());
   if (rank < 0 || rank >= static_cast<int>(plan.ranks.size()))
     return Status::error("rank " + std::to_string(rank) + " is not in the plan (world size " +
@@ -84,6 +91,7 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
   std::unique_ptr<Executor> ex(new Executor());
   ex->rank_ = plan.ranks[rank];
   ex->comm_ = comm;
+  if (memory) ex->hooks_ = *memory;
   const plan::RankPlan &rp = ex->rank_;
   const int S = std::max(1, rp.slots);
   ex->slots_ = S;
@@ -115,7 +123,7 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
     return b.kind == plan::BufferKind::Input || b.kind == plan::BufferKind::Output;
   };
   ex->arena_bytes_ = rp.arena_bytes;
-  for (int k = 0; k < S; ++k) ex->arenas_.emplace_back(aligned_zeroed(rp.arena_bytes));
+  for (int k = 0; k < S; ++k) ex->arenas_.push_back(ex->allocate(rp.arena_bytes));
   int64_t persistent = 0;
   std::vector<std::vector<int64_t>> offsets(S, std::vector<int64_t>(rp.buffers.size(), -1));
   for (const plan::Buffer &b : rp.buffers) {
@@ -130,7 +138,7 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
     }
   }
   ex->persistent_bytes_ = persistent;
-  ex->persistent_.reset(aligned_zeroed(persistent));
+  ex->persistent_ = ex->allocate(persistent);
   bool arenas_ok = true;
   for (auto &a : ex->arenas_) arenas_ok = arenas_ok && a;
   if (!arenas_ok || !ex->persistent_)
@@ -371,6 +379,7 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     if (profile_on_) {
       auto t0 = std::chrono::steady_clock::now();
       s = (*cp.fns[i])(c);
+      if (s) s = sync();  // time the kernel, not only its launch
       double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       OpProfile &p = profile_[c.instr->op];
       p.seconds += dt;
@@ -380,12 +389,19 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
       s = (*cp.fns[i])(c);
     }
     if (!s) {
+      (void)sync();  // leave no queued work behind (its own error is secondary)
       const plan::Instr &in = *c.instr;
       return Status::error("instruction #" + std::to_string(i) + " " + in.op +
                            (in.loc.empty() ? "" : " (" + in.loc + ")") + ": " + s.message());
     }
-    if (after) after(i, c);
+    if (after) {
+      if (Status ss = sync(); !ss)
+        return Status::error("program '" + program + "' after instruction #" + std::to_string(i) + ": " +
+                             ss.message());
+      after(i, c);
+    }
   }
+  if (Status ss = sync(); !ss) return Status::error("program '" + program + "': " + ss.message());
   return Status::ok();
 }
 

@@ -19,6 +19,15 @@
 // every KernelCall::comm for the collective kernels (all_reduce, send, recv, vocab_group /
 // norm_group); nullptr for single-rank plans without collectives.
 //
+// Memory hooks (other backends, e.g. runtime/cuda): create() takes optional MemoryHooks. The
+// arenas and the persistent block then come from hooks.alloc (it must return memory the host can
+// read and write, e.g. CUDA managed memory: feed, init_parameters, loss and the adapter export
+// touch it from the host; the executor zeroes it) and go back through hooks.free. hooks.sync,
+// when set, waits for the backend's queued work: run() calls it before returning (also when it
+// returns an error), before every InstrHook call (the hook reads buffers on the host) and, with
+// profiling on, after every kernel (so the per-op times include the kernel, not just its
+// launch). Default: 64-byte-aligned host memory (std::aligned_alloc) and no sync.
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 
@@ -41,6 +50,13 @@ struct BufferTensor {
   Tensor tensor;
 };
 
+/// Where the executor's storage comes from and how it waits for the backend (see above).
+struct MemoryHooks {
+  std::function<void *(size_t)> alloc;  // host-accessible bytes, nullptr on failure
+  std::function<void(void *)> free;
+  std::function<Status()> sync;         // may be empty: kernels finish before returning
+};
+
 struct OpProfile {
   double seconds = 0;  // total wall time in this op's kernel
   int64_t calls = 0;
@@ -50,11 +66,13 @@ struct OpProfile {
 class Executor {
 public:
   /// `backend` names the registry in errors ("plan needs kernels not in the cpu backend: ...").
-  /// The registry's functions are copied: it need not outlive the executor.
+  /// The registry's functions are copied: it need not outlive the executor. `memory`: storage
+  /// and sync hooks (copied; nullptr = host memory, no sync).
   static StatusOr<std::unique_ptr<Executor>> create(const plan::Plan &plan, int rank,
                                                     const KernelRegistry &registry,
                                                     const std::string &backend = "cpu",
-                                                    Communicator *comm = nullptr);
+                                                    Communicator *comm = nullptr,
+                                                    const MemoryHooks *memory = nullptr);
   ~Executor();
   Executor(const Executor &) = delete;
   Executor &operator=(const Executor &) = delete;
@@ -126,9 +144,14 @@ private:
     std::vector<KernelCall> calls;
     std::vector<const KernelFn *> fns;
   };
+  /// Frees a block through the hooks' free (std::free when none).
   struct AlignedFree {
+    std::function<void(void *)> free;
     void operator()(void *p) const;
   };
+  /// A zeroed block of round_up(max(bytes, 1), 64) bytes from the hooks (or aligned_alloc).
+  std::unique_ptr<void, AlignedFree> allocate(int64_t bytes) const;
+  Status sync() const { return hooks_.sync ? hooks_.sync() : Status::ok(); }
 
   Status check_slot(int slot) const;
 
@@ -144,6 +167,7 @@ private:
   int32_t loss_id_ = -1;
   int slots_ = 1;
   Communicator *comm_ = nullptr;
+  MemoryHooks hooks_;
   bool profile_on_ = false;
   std::map<std::string, OpProfile> profile_;
 };

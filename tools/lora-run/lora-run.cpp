@@ -45,6 +45,9 @@
 #include "runtime/core/executor.h"
 #include "runtime/core/schedule.h"
 #include "runtime/cpu/kernels.h"
+#ifdef PARALLORA_HAVE_CUDA
+#include "runtime/cuda/backend.h"
+#endif
 #include "runtime/io/checkpoint.h"
 #include "runtime/io/fs_util.h"
 #include "runtime/io/metrics.h"
@@ -69,6 +72,7 @@ struct Args {
   std::string out, weights, init_adapter, resume;
   int64_t save_every = 0, keep_last = 0;
   int threads = -1;
+  std::string backend = "cpu";
   int64_t log_every = 10;
   bool profile = false;
   std::string dump_first_step;
@@ -482,8 +486,26 @@ int train(const Args &a, World &w) {
   }
   cpu::set_num_threads(threads);
   KernelRegistry registry;
-  cpu::register_kernels(registry);
-  register_collective_kernels(registry);
+  MemoryHooks cuda_memory;
+  const MemoryHooks *memory_hooks = nullptr;
+  std::string device_line;
+  if (a.backend == "cuda") {
+#ifdef PARALLORA_HAVE_CUDA
+    // Every rank uses device (local rank % device count), chosen on first use by the backend
+    // (OMPI_COMM_WORLD_LOCAL_RANK); the collectives are host-staged MPI (NCCL is the next step).
+    std::string why;
+    if (!cuda::available(&why)) return fail("--backend cuda: no usable CUDA GPU (" + why + ")");
+    device_line = cuda::device_description();
+    cuda::register_kernels(registry);  // the contract kernels and the host-staged collectives
+    cuda_memory = cuda::memory();
+    memory_hooks = &cuda_memory;
+#else
+    return fail("--backend cuda: this lora-run was built without CUDA");
+#endif
+  } else {
+    cpu::register_kernels(registry);
+    register_collective_kernels(registry);
+  }
   std::unique_ptr<Communicator> comm;
   if (multi) {
     auto c = make_mpi_communicator(mesh);
@@ -493,7 +515,7 @@ int train(const Args &a, World &w) {
     comm = make_local_communicator();
   }
   comm->timeout_seconds = a.comm_timeout;
-  auto ex_or = Executor::create(plan, R, registry, "cpu", comm.get());
+  auto ex_or = Executor::create(plan, R, registry, a.backend, comm.get(), memory_hooks);
   if (!ex_or) return fail(a.plan + ": " + ex_or.message());
   Executor &ex = **ex_or;
   ex.enable_profile(a.profile);
@@ -706,8 +728,11 @@ int train(const Args &a, World &w) {
                 << (pipelined ? ", pipeline schedule " + plan.pipeline_schedule : std::string()) << "\n";
     std::cout << "  memory" << (multi ? " (rank 0)" : "") << ": arena " << fmt("%.1f", ex.arena_bytes() / 1048576.0)
               << " MiB" << (ex.slots() > 1 ? " x " + std::to_string(ex.slots()) + " slots" : std::string())
-              << ", persistent " << fmt("%.1f", ex.persistent_bytes() / 1048576.0) << " MiB; threads "
-              << (threads > 0 ? std::to_string(threads) : std::string("all")) << "\n";
+              << ", persistent " << fmt("%.1f", ex.persistent_bytes() / 1048576.0) << " MiB; "
+              << (a.backend == "cuda" ? std::string("backend cuda")
+                                      : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")))
+              << "\n";
+    if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
     if (start_step > 0) std::cout << "  resumed from " << (ckpt ? ckpt->path : rckpt->path) << " at step " << start_step << "\n";
     if (start_step >= a.steps)
       std::cout << "  the checkpoint is at step " << start_step << " >= --steps " << a.steps
@@ -973,6 +998,7 @@ int train(const Args &a, World &w) {
                   {"persistent_mib", ex.persistent_bytes() / 1048576.0},
                   {"adapter", a.out + "/adapter"},
                   {"threads", threads},
+                  {"backend", a.backend},
                   {"world_size", plan.world_size},
                   {"mesh", {{"dp", mesh.dp}, {"tp", mesh.tp}, {"pp", mesh.pp}}},
                   {"strategy", plan.strategy},
@@ -1051,7 +1077,8 @@ int train(const Args &a, World &w) {
 } // namespace
 
 int main(int argc, char **argv) {
-  CLI::App app{"lora-run: train LoRA adapters by executing a plan compiled by lora-compile (CPU backend).\n"
+  CLI::App app{"lora-run: train LoRA adapters by executing a plan compiled by lora-compile (CPU backend;\n"
+               "--backend cuda runs the same kernels on a GPU when lora-run was built with CUDA).\n"
                "Each optimizer step runs the plan's micro_step on every micro-batch (forward, loss, backward,\n"
                "gradient accumulation), then optimizer_step (global-norm clipping + AdamW)."};
   app.footer(
@@ -1099,7 +1126,11 @@ int main(int argc, char **argv) {
   init_opt->excludes(resume_opt);
   app.add_option("--save-every", a.save_every, "write a checkpoint every K steps (0: only at the end)")->check(at_least(0));
   app.add_option("--keep-last", a.keep_last, "keep only the newest K checkpoints (0: keep all)")->check(at_least(0));
-  app.add_option("--threads", a.threads, "CPU threads (default: OMP_NUM_THREADS, else all cores)")->check(at_least(0));
+  app.add_option("--threads", a.threads, "CPU threads of the cpu backend (default: OMP_NUM_THREADS, else all cores)")->check(at_least(0));
+  app.add_option("--backend", a.backend,
+                 "kernels: cpu (fp32 reference, default) or cuda (one GPU per process: device = local rank % device "
+                 "count; multi-rank collectives are host-staged through MPI)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--log-every", a.log_every, "progress line every K steps when stderr is not a terminal")->check(at_least(1));
   app.add_flag("--profile", a.profile, "time every kernel and print a per-op table at the end (also in summary.json)");
   app.add_option("--comm-timeout", a.comm_timeout, "multi-rank: seconds a collective or receive waits for its peers before failing (default 300)")

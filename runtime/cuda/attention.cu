@@ -1,0 +1,430 @@
+//===- attention.cu - attention_fwd, attention_bwd (causal GQA, fp32) ------===//
+//
+// Operands, attrs and checks as runtime/cpu/attention.cpp: q (B,Hq,T,Dh), k/v (B,Hkv,S,Dh),
+// query head h reads kv head h / (Hq/Hkv); causal masks s > t (needs T == S).
+//
+// FORWARD: a tiled flash-style kernel. One block per (batch, query head, tile of 32 query
+// rows), 8 warps of 4 rows each. The block holds its Q tile, and one K tile and one V tile of
+// 32 keys at a time, in shared memory (K rows padded to Dh+1 floats: lane j reads key j's row
+// without bank conflicts). Per row and key tile: lane j scores key j (a dot over Dh), the warp
+// takes the tile max and runs the online softmax (running max m, running sum l, the output
+// accumulator rescaled by exp(m_old - m_new)); lane j also owns output dims j, j+32, ..
+// (registers, DPL = ceil(Dh/32) <= 8, so Dh <= 256). Causal blocks stop at the key tile that
+// holds their last row. o = acc / l. Probabilities are never stored.
+//
+// BACKWARD: correctness first, no atomics, two kernels like the CPU twin:
+//   pass 1, one warp per query row: recomputes the row's max m and 1/sum(exp) from q and k, then
+//     D = sum_s p_s dp_s (dp_s = do . v_s) and dq = scale * sum_s p_s (dp_s - D) k_s (lanes over
+//     keys for the scores, over dims for dq); keeps (m, 1/l, D) per row in scratch.
+//   pass 2, one warp per kv row (b, hk, s): dk_s = scale * sum ds_ts q_t and dv_s = sum p_ts do_t
+//     over the group's query heads and the rows t that see key s, recomputing p_ts from (m, 1/l).
+// What would make it fast (FlashAttention-2 backward): one block per (b, kv head, key tile)
+// with K/V tiles in shared memory and dK/dV accumulated in registers while it streams the query
+// tiles of all heads of the group; D = rowsum(do * o) from the forward output (saves a pass);
+// dq accumulated with atomics (or a separate dq kernel per query tile); a tensor-core (TF32 or
+// bf16) mma for the tile products once the tolerance budget allows it.
+//
+//===----------------------------------------------------------------------===//
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+
+#include "runtime/cuda/common.cuh"
+#include "runtime/cuda/device_util.cuh"
+#include "runtime/cuda/kernels_impl.h"
+
+namespace parallora::rt::cuda::impl {
+
+using util::Check;
+
+namespace {
+
+constexpr int kBr = 32;          // query rows per forward block
+constexpr int kBc = 32;          // keys per tile (= lanes)
+constexpr int kFwdWarps = 8;     // forward block: 8 warps x 4 rows
+constexpr int kRowsPerWarp = kBr / kFwdWarps;
+constexpr int kMaxDh = 256;      // forward register accumulators: Dh/32 <= 8 per lane
+constexpr int kBwdWarps = 4;     // backward blocks: 4 warps, one row each
+constexpr unsigned kFull = 0xffffffffu;
+
+struct Dims {
+  int64_t B, Hq, Hkv, T, S, Dh, group;
+  float scale;
+  bool causal;
+};
+
+// As runtime/cpu/attention.cpp's check_qkv (same messages).
+bool check_qkv(const KernelCall &c, Check &ck, const Tensor &q, const Tensor &k, const Tensor &v, Dims *d) {
+  if (!ck.f32(q, "q") || !ck.f32(k, "k") || !ck.f32(v, "v") || !ck.rank(q, "q", 4) || !ck.rank(k, "k", 4) ||
+      !ck.num_attr("scale") || !ck.num_attr("causal"))
+    return false;
+  d->B = q.dim(0);
+  d->Hq = q.dim(1);
+  d->T = q.dim(2);
+  d->Dh = q.dim(3);
+  d->Hkv = k.dim(1);
+  d->S = k.dim(2);
+  if (!ck.positive(d->Dh, "head dim Dh") || !ck.positive(d->Hkv, "k dim 1 (Hkv)") ||
+      !ck.shape(k, "k", {d->B, d->Hkv, d->S, d->Dh}) || !ck.same_shape(v, "v", k, "k") ||
+      !ck.expect(d->Hq % d->Hkv == 0, "query heads Hq = " + std::to_string(d->Hq) +
+                                          " is not a multiple of kv heads Hkv = " + std::to_string(d->Hkv)))
+    return false;
+  d->group = d->Hq / d->Hkv;
+  d->scale = float(c.attr_f("scale", 0.0));
+  d->causal = c.attr_i("causal", 0) != 0;
+  if (d->causal && !ck.expect(d->T == d->S, "causal attention needs T == S, got T = " + std::to_string(d->T) +
+                                                ", S = " + std::to_string(d->S)))
+    return false;
+  return true;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, off));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
+  return v;
+}
+__device__ __forceinline__ float dot(const float *a, const float *b, int n) {
+  float acc = 0.0f;
+  for (int i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+__global__ void zero_kernel(float *p, int64_t n) {
+  PARALLORA_GRID_LOOP(i, n) { p[i] = 0.0f; }
+}
+
+// ---------------------------------------------------------------- forward
+
+// grid (B*Hq, ceil(T/kBr)), block kFwdWarps*32, dynamic smem (kBr*Dh + kBc*(Dh+1) + kBc*Dh) floats.
+template <int DPL>
+__global__ void __launch_bounds__(kFwdWarps * 32)
+    attention_fwd_kernel(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+                         float *__restrict__ o, int Hq, int Hkv, int group, int T, int S, int Dh, float scale,
+                         bool causal) {
+  extern __shared__ float smem[];
+  float *Qs = smem;                      // kBr x Dh
+  float *Ks = Qs + kBr * Dh;             // kBc x (Dh+1)
+  float *Vs = Ks + kBc * (Dh + 1);       // kBc x Dh
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t bh = blockIdx.x;
+  const int h = int(bh % Hq), b = int(bh / Hq);
+  const int64_t kvh = int64_t(b) * Hkv + h / group;
+  const int t0 = blockIdx.y * kBr;
+  const float *qb = q + (bh * T + t0) * Dh;
+  const float *kb = k + kvh * int64_t(S) * Dh, *vb = v + kvh * int64_t(S) * Dh;
+
+  const int qrows = min(kBr, T - t0);
+  for (int i = threadIdx.x; i < kBr * Dh; i += blockDim.x) Qs[i] = i / Dh < qrows ? qb[i] : 0.0f;
+
+  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][DPL];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) acc[r][i] = 0.0f;
+  }
+  const int s_end = causal ? min(S, t0 + kBr) : S;
+  for (int s0 = 0; s0 < s_end; s0 += kBc) {
+    __syncthreads();  // the previous tile is no longer read (and Qs is written, first time)
+    const int kn = min(kBc, S - s0);
+    for (int i = threadIdx.x; i < kBc * Dh; i += blockDim.x) {
+      const int j = i / Dh, d = i % Dh;
+      const bool in = j < kn;
+      Ks[j * (Dh + 1) + d] = in ? kb[int64_t(s0 + j) * Dh + d] : 0.0f;
+      Vs[i] = in ? vb[int64_t(s0) * Dh + i] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int row = warp * kRowsPerWarp + r, t = t0 + row;
+      if (t >= T) continue;  // warp-uniform
+      const int s = s0 + lane;
+      const bool valid = s < S && (!causal || s <= t);
+      const float sc = valid ? dot(Qs + row * Dh, Ks + lane * (Dh + 1), Dh) * scale : -INFINITY;
+      const float m_new = fmaxf(m[r], warp_max(sc));
+      if (m_new == -INFINITY) continue;  // no visible key yet (warp-uniform)
+      const float p = valid ? expf(sc - m_new) : 0.0f;
+      const float corr = expf(m[r] - m_new);  // 0 when m[r] = -inf
+      l[r] = l[r] * corr + warp_sum(p);
+      m[r] = m_new;
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) acc[r][i] *= corr;
+      for (int j = 0; j < kBc; ++j) {
+        const float pj = __shfl_sync(kFull, p, j);
+        const float *vr = Vs + j * Dh;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) {
+          const int d = lane + 32 * i;
+          if (d < Dh) acc[r][i] += pj * vr[d];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int row = warp * kRowsPerWarp + r, t = t0 + row;
+    if (t >= T) continue;
+    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+    float *orow = o + (bh * T + t) * Dh;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+      const int d = lane + 32 * i;
+      if (d < Dh) orow[d] = acc[r][i] * inv;
+    }
+  }
+}
+
+template <int DPL>
+Status launch_fwd(const Dims &d, const float *q, const float *k, const float *v, float *o, size_t smem) {
+  auto kernel = attention_fwd_kernel<DPL>;
+  if (smem > 48 * 1024)
+    if (Status s = cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
+                               "attention_fwd: cudaFuncSetAttribute");
+        !s)
+      return s;
+  dim3 grid(unsigned(d.B * d.Hq), unsigned((d.T + kBr - 1) / kBr));
+  kernel<<<grid, kFwdWarps * 32, smem, stream()>>>(q, k, v, o, int(d.Hq), int(d.Hkv), int(d.group), int(d.T),
+                                                    int(d.S), int(d.Dh), d.scale, d.causal);
+  return check_launch("attention_fwd");
+}
+
+// ---------------------------------------------------------------- backward
+
+// Pass 1: one warp per query row. smem per warp: q row, do row (Dh each), 32 ds values.
+__global__ void __launch_bounds__(kBwdWarps * 32)
+    attention_bwd_rows_kernel(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+                              const float *__restrict__ dO, float *__restrict__ dq, float *__restrict__ row_m,
+                              float *__restrict__ row_inv, float *__restrict__ row_D, int64_t rows, int Hq, int Hkv,
+                              int group, int T, int S, int Dh, float scale, bool causal) {
+  extern __shared__ float smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float *qs = smem + warp * (2 * Dh + 32), *dos = qs + Dh, *dsw = dos + Dh;
+  const int64_t row = int64_t(blockIdx.x) * kBwdWarps + warp;
+  if (row >= rows) return;  // whole warp; no block-level barrier below
+  const int t = int(row % T);
+  const int64_t bh = row / T;
+  const int h = int(bh % Hq), b = int(bh / Hq);
+  const int64_t kvh = int64_t(b) * Hkv + h / group;
+  const float *kb = k + kvh * int64_t(S) * Dh, *vb = v + kvh * int64_t(S) * Dh;
+  for (int i = lane; i < Dh; i += 32) {
+    qs[i] = q[row * Dh + i];
+    dos[i] = dO[row * Dh + i];
+  }
+  __syncwarp();
+  const int n = causal ? t + 1 : S;
+  float m = -INFINITY;
+  for (int s = lane; s < n; s += 32) m = fmaxf(m, dot(qs, kb + int64_t(s) * Dh, Dh) * scale);
+  m = warp_max(m);
+  float l = 0.0f, ed = 0.0f;
+  for (int s = lane; s < n; s += 32) {
+    const float e = expf(dot(qs, kb + int64_t(s) * Dh, Dh) * scale - m);
+    l += e;
+    ed += e * dot(dos, vb + int64_t(s) * Dh, Dh);
+  }
+  l = warp_sum(l);
+  ed = warp_sum(ed);
+  const float inv = 1.0f / l;
+  const float D = ed * inv;
+  float *dqr = dq + row * Dh;
+  for (int i = lane; i < Dh; i += 32) dqr[i] = 0.0f;
+  for (int s0 = 0; s0 < n; s0 += 32) {
+    const int s = s0 + lane;
+    float ds = 0.0f;
+    if (s < n) {
+      const float *kr = kb + int64_t(s) * Dh;
+      const float p = expf(dot(qs, kr, Dh) * scale - m) * inv;
+      ds = p * (dot(dos, vb + int64_t(s) * Dh, Dh) - D);
+    }
+    dsw[lane] = ds;
+    __syncwarp();
+    const int cnt = min(32, n - s0);
+    for (int i = lane; i < Dh; i += 32) {
+      float a = 0.0f;
+      for (int j = 0; j < cnt; ++j) a += dsw[j] * kb[int64_t(s0 + j) * Dh + i];
+      dqr[i] += a;
+    }
+    __syncwarp();
+  }
+  for (int i = lane; i < Dh; i += 32) dqr[i] *= scale;
+  if (lane == 0) {
+    row_m[row] = m;
+    row_inv[row] = inv;
+    row_D[row] = D;
+  }
+}
+
+// Pass 2: one warp per kv row (b, hk, s). smem per warp: k row, v row (Dh each), 32 p, 32 ds.
+__global__ void __launch_bounds__(kBwdWarps * 32)
+    attention_bwd_kv_kernel(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
+                            const float *__restrict__ dO, const float *__restrict__ row_m,
+                            const float *__restrict__ row_inv, const float *__restrict__ row_D, float *__restrict__ dk,
+                            float *__restrict__ dv, int64_t kv_rows, int Hq, int Hkv, int group, int T, int S, int Dh,
+                            float scale, bool causal) {
+  extern __shared__ float smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float *ks = smem + warp * (2 * Dh + 64), *vs = ks + Dh, *pw = vs + Dh, *dsw = pw + 32;
+  const int64_t kr = int64_t(blockIdx.x) * kBwdWarps + warp;
+  if (kr >= kv_rows) return;
+  const int s = int(kr % S);
+  const int64_t bhk = kr / S;
+  const int hk = int(bhk % Hkv), b = int(bhk / Hkv);
+  for (int i = lane; i < Dh; i += 32) {
+    ks[i] = k[kr * Dh + i];
+    vs[i] = v[kr * Dh + i];
+  }
+  __syncwarp();
+  float *dkr = dk + kr * Dh, *dvr = dv + kr * Dh;
+  for (int i = lane; i < Dh; i += 32) dkr[i] = dvr[i] = 0.0f;
+  for (int g = 0; g < group; ++g) {
+    const int h = hk * group + g;
+    const int64_t rowbase = (int64_t(b) * Hq + h) * T;
+    for (int tb = causal ? s : 0; tb < T; tb += 32) {
+      const int t = tb + lane;
+      float p = 0.0f, ds = 0.0f;
+      if (t < T) {
+        const int64_t row = rowbase + t;
+        p = expf(dot(q + row * Dh, ks, Dh) * scale - row_m[row]) * row_inv[row];
+        ds = p * (dot(dO + row * Dh, vs, Dh) - row_D[row]);
+      }
+      pw[lane] = p;
+      dsw[lane] = ds;
+      __syncwarp();
+      const int cnt = min(32, T - tb);
+      for (int i = lane; i < Dh; i += 32) {
+        float ak = 0.0f, av = 0.0f;
+        for (int j = 0; j < cnt; ++j) {
+          const int64_t row = rowbase + tb + j;
+          ak += dsw[j] * q[row * Dh + i];
+          av += pw[j] * dO[row * Dh + i];
+        }
+        dkr[i] += ak;
+        dvr[i] += av;
+      }
+      __syncwarp();
+    }
+  }
+  for (int i = lane; i < Dh; i += 32) dkr[i] *= scale;
+}
+
+/// Stream-ordered grow-only device scratch for the per-row (m, 1/l, D).
+StatusOr<float *> row_scratch(size_t floats) {
+  static thread_local void *ptr = nullptr;
+  static thread_local size_t have = 0;
+  const size_t bytes = std::max<size_t>(floats * sizeof(float), 256);
+  if (bytes > have) {
+    if (ptr) cudaFreeAsync(ptr, stream());
+    ptr = nullptr;
+    have = 0;
+    if (Status s = cuda_status(cudaMallocAsync(&ptr, bytes, stream()), "cudaMallocAsync (attention scratch)"); !s)
+      return s;
+    have = bytes;
+  }
+  return static_cast<float *>(ptr);
+}
+
+bool fits_launch(Check &ck, const Dims &d) {
+  return ck.expect(d.B * d.Hq <= INT32_MAX && d.T <= INT32_MAX && d.S <= INT32_MAX && d.Dh <= INT32_MAX &&
+                       d.Hkv <= INT32_MAX,
+                   "attention dimensions exceed the CUDA kernels' 32-bit index range");
+}
+
+} // namespace
+
+// q (B,Hq,T,Dh), k (B,Hkv,S,Dh), v (B,Hkv,S,Dh) -> o (B,Hq,T,Dh); attrs scale, causal.
+Status attention_fwd(KernelCall &c) {
+  Check ck(c, "attention_fwd");
+  if (!ck.operands(3, 3, 1)) return ck.status();
+  const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2], &o = c.out[0];
+  Dims d;
+  if (!check_qkv(c, ck, q, k, v, &d) || !ck.f32(o, "o") || !ck.same_shape(o, "o", q, "q") || !fits_launch(ck, d))
+    return ck.status();
+  const int64_t rows = d.B * d.Hq * d.T;
+  if (rows == 0) return Status::ok();
+  if (d.S == 0) {  // no keys: an empty sum
+    zero_kernel<<<blocks_for(rows * d.Dh), 256, 0, stream()>>>(o.f32(), rows * d.Dh);
+    return check_launch("attention_fwd");
+  }
+  if (!ck.expect(d.Dh <= kMaxDh, "head dim Dh = " + std::to_string(d.Dh) + " is above the CUDA kernel's limit " +
+                                     std::to_string(kMaxDh)))
+    return ck.status();
+  if (!ck.expect(d.T / kBr < 65535, "T = " + std::to_string(d.T) + " is too long for the CUDA kernel's grid"))
+    return ck.status();
+  const size_t smem = size_t(kBr * d.Dh + kBc * (d.Dh + 1) + kBc * d.Dh) * sizeof(float);
+  const float *qp = q.f32(), *kp = k.f32(), *vp = v.f32();
+  float *op = o.f32();
+  Status s;
+  if (d.Dh <= 32)
+    s = launch_fwd<1>(d, qp, kp, vp, op, smem);
+  else if (d.Dh <= 64)
+    s = launch_fwd<2>(d, qp, kp, vp, op, smem);
+  else if (d.Dh <= 128)
+    s = launch_fwd<4>(d, qp, kp, vp, op, smem);
+  else
+    s = launch_fwd<8>(d, qp, kp, vp, op, smem);
+  return s ? s : ck.error(s.message());
+}
+
+// do (B,Hq,T,Dh), q, k, v -> dq (B,Hq,T,Dh), dk, dv (B,Hkv,S,Dh); attrs scale, causal.
+Status attention_bwd(KernelCall &c) {
+  Check ck(c, "attention_bwd");
+  if (!ck.operands(4, 4, 3)) return ck.status();
+  const Tensor &dO = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3];
+  const Tensor &dq = c.out[0], &dk = c.out[1], &dv = c.out[2];
+  Dims d;
+  if (!check_qkv(c, ck, q, k, v, &d) || !ck.f32(dO, "do") || !ck.same_shape(dO, "do", q, "q") ||
+      !ck.f32(dq, "dq") || !ck.f32(dk, "dk") || !ck.f32(dv, "dv") || !ck.same_shape(dq, "dq", q, "q") ||
+      !ck.same_shape(dk, "dk", k, "k") || !ck.same_shape(dv, "dv", v, "v") || !fits_launch(ck, d))
+    return ck.status();
+  const int64_t rows = d.B * d.Hq * d.T, kv_rows = d.B * d.Hkv * d.S;
+  if (d.S == 0) {
+    if (rows * d.Dh > 0) {
+      zero_kernel<<<blocks_for(rows * d.Dh), 256, 0, stream()>>>(dq.f32(), rows * d.Dh);
+      return check_launch("attention_bwd");
+    }
+    return Status::ok();
+  }
+  if (rows == 0) {  // no queries: dk = dv = 0
+    zero_kernel<<<blocks_for(kv_rows * d.Dh), 256, 0, stream()>>>(dk.f32(), kv_rows * d.Dh);
+    zero_kernel<<<blocks_for(kv_rows * d.Dh), 256, 0, stream()>>>(dv.f32(), kv_rows * d.Dh);
+    return check_launch("attention_bwd");
+  }
+  auto scratch = row_scratch(size_t(3 * rows));
+  if (!scratch) return ck.error(scratch.message());
+  float *row_m = *scratch, *row_inv = row_m + rows, *row_D = row_inv + rows;
+  const size_t smem1 = size_t(kBwdWarps * (2 * d.Dh + 32)) * sizeof(float);
+  const size_t smem2 = size_t(kBwdWarps * (2 * d.Dh + 64)) * sizeof(float);
+  if (smem2 > 48 * 1024) {
+    if (Status s = cuda_status(cudaFuncSetAttribute(attention_bwd_rows_kernel,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)),
+                               "cudaFuncSetAttribute");
+        !s)
+      return ck.error(s.message());
+    if (Status s = cuda_status(cudaFuncSetAttribute(attention_bwd_kv_kernel,
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)),
+                               "cudaFuncSetAttribute");
+        !s)
+      return ck.error(s.message());
+  }
+  const int64_t blocks1 = (rows + kBwdWarps - 1) / kBwdWarps, blocks2 = (kv_rows + kBwdWarps - 1) / kBwdWarps;
+  if (!ck.expect(blocks1 <= INT32_MAX && blocks2 <= INT32_MAX, "attention too large for the CUDA kernels' grid"))
+    return ck.status();
+  attention_bwd_rows_kernel<<<unsigned(blocks1), kBwdWarps * 32, smem1, stream()>>>(
+      q.f32(), k.f32(), v.f32(), dO.f32(), dq.f32(), row_m, row_inv, row_D, rows, int(d.Hq), int(d.Hkv),
+      int(d.group), int(d.T), int(d.S), int(d.Dh), d.scale, d.causal);
+  if (Status s = check_launch("attention_bwd (rows)"); !s) return ck.error(s.message());
+  if (kv_rows == 0) return Status::ok();
+  attention_bwd_kv_kernel<<<unsigned(blocks2), kBwdWarps * 32, smem2, stream()>>>(
+      q.f32(), k.f32(), v.f32(), dO.f32(), row_m, row_inv, row_D, dk.f32(), dv.f32(), kv_rows, int(d.Hq),
+      int(d.Hkv), int(d.group), int(d.T), int(d.S), int(d.Dh), d.scale, d.causal);
+  if (Status s = check_launch("attention_bwd (kv)"); !s) return ck.error(s.message());
+  return Status::ok();
+}
+
+} // namespace parallora::rt::cuda::impl

@@ -1,0 +1,41 @@
+//===- backend.h - the CUDA backend, as the host code sees it --------------===//
+//
+// Plain C++ (no CUDA headers): lora-run and the tests include this. Built only when the CUDA
+// toolkit is found (PARALLORA_HAVE_CUDA); it compiles everywhere and runs where a GPU exists.
+//
+// Memory: the executor's buffers come from memory() = CUDA managed memory (cudaMallocManaged),
+// so host code (parameter init, feed, loss, adapter export) reads and writes the same pointers
+// the kernels use; kernels run asynchronously on the backend's stream and memory().sync waits
+// for them (the executor calls it at the end of every program). Collectives (all_reduce, send,
+// recv, and the vocabulary-parallel / clipping reductions) synchronize the stream and then go
+// through the rank's Communicator on host-visible memory: the host-staged MPI path, which also
+// lets several ranks share one GPU (NCCL refuses that).
+//
+// Kernels: every name of runtime/cpu/kernels.h with the same operands, attributes and
+// semantics, fp32 (the CPU kernels are their twins; tests/unit/test_cuda_kernels.cpp compares
+// each pair on seeded inputs). GEMMs use cuBLASLt.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include <string>
+
+#include "runtime/core/executor.h"
+#include "runtime/kernel.h"
+
+namespace parallora::rt::cuda {
+
+/// True when a CUDA device can be used; else `why` (if given) says why. Never throws or
+/// aborts: without a driver cudaGetDeviceCount fails (error 35), which counts as "no GPU".
+bool available(std::string *why = nullptr);
+
+/// A one-line description of device 0 ("NVIDIA H100 80GB HBM3, 132 SMs, 79.1 GiB, CUDA 13.0").
+std::string device_description();
+
+/// Registers every kernel of the contract for this backend.
+void register_kernels(KernelRegistry &registry);
+
+/// Allocation and synchronization hooks for Executor::create.
+MemoryHooks memory();
+
+} // namespace parallora::rt::cuda

@@ -1,0 +1,595 @@
+//===- loss_optim.cu - cross_entropy_fwd / _bwd, adamw_step -----------------===//
+//
+// CUDA twins of runtime/cpu/cross_entropy.cpp and runtime/cpu/adamw.cpp: same operands,
+// attributes, checks, error messages and collectives (runtime/cpu/kernels.h is the contract).
+//
+// cross_entropy: a setup kernel resolves each logits row's target (the label, or -1 when the row
+// does not count) and finds the first bad label; the host waits for it (a bad label is an error
+// naming its value and position, and the count of counted rows is needed on the host anyway).
+// Row statistics use one block per row: the max in float (exact in any order), the sum of
+// exp(x - max) in double, grouped by block_reduce's fixed tree, so results are reproducible.
+// The loss is the mean of per-row double losses, summed by one block in a fixed order.
+// vocab_group (Megatron's vocabulary-parallel softmax) sends exactly the CPU kernel's messages:
+//   fwd: all_reduce(max, N row maxima), all_reduce(sum, 2N: N sums of exp, N target logits)
+//   bwd: all_reduce(max, N), all_reduce(sum, N)          (N = B*T rows, uncounted rows send 0)
+// each on managed scratch after waiting for the stream.
+//
+// adamw_step: the gradients are cut into the CPU kernel's 32768-element chunks; one block per
+// chunk sums g^2 in double, the host adds the chunk sums in order (with the norm_divisors) after
+// waiting, exactly as the CPU does, all-reduces the f32 sum over norm_group when that has more
+// than one rank, and writes StepState. The update is one kernel over the same chunks, op by op
+// in fp32 with explicit-rounding intrinsics (no FMA contraction except torch's lerp fma), so it
+// matches the CPU kernel bit for bit given the same norm.
+//
+//===----------------------------------------------------------------------===//
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "runtime/comm/comm.h"
+#include "runtime/cuda/common.cuh"
+#include "runtime/cuda/device_util.cuh"
+#include "runtime/cuda/kernels_impl.h"
+
+namespace parallora::rt::cuda::impl {
+
+using util::Check;
+using util::kEltThreads;
+using util::kRowThreads;
+
+namespace {
+
+//===--------------------------------------------------------------------===//
+// cross entropy: kernels
+//===--------------------------------------------------------------------===//
+
+// target[r] for row r = b*T + t: labels[b, t + shift], or -1 (t + shift >= T, or ignore_index).
+// words[0] = the first row with a label outside [0, vocab) (atomicMin), words[1] = the number of
+// counted rows (integer atomics: exact in any order).
+__global__ void ce_targets_kernel(const int32_t *labels, int64_t rows, int64_t T, int64_t shift,
+                                  int64_t ignore, int64_t vocab, int32_t *target,
+                                  unsigned long long *words) {
+  PARALLORA_GRID_LOOP(r, rows) {
+    const int64_t t = r % T;
+    int32_t tg = -1;
+    if (t + shift < T) {
+      const int64_t l = labels[r + shift];
+      if (l != ignore) {
+        if (l < 0 || l >= vocab)
+          atomicMin(&words[0], (unsigned long long)r);
+        else
+          tg = int32_t(l);
+      }
+    }
+    target[r] = tg;
+    if (tg >= 0) atomicAdd(&words[1], 1ull);
+  }
+}
+
+// Block-wide max of row x (float compare, the CPU's `x[j] > m ? x[j] : m`).
+__device__ float row_max(const float *x, int64_t V) {
+  float m = x[0];
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = x[j] > m ? x[j] : m;
+  return util::block_reduce(m, util::MaxOp(), m);
+}
+
+// Block-wide sum of exp(x - m) in double (thread-strided partial sums, then the fixed tree).
+__device__ double row_sum_exp(const float *x, int64_t V, float m) {
+  double s = 0.0;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += double(expf(x[j] - m));
+  return util::block_reduce(s, util::SumOp(), 0.0);
+}
+
+// One block per row: row_loss[r] = max + log(sum exp(x - max)) - x[target] (double), 0 for
+// rows that do not count.
+__global__ void ce_row_loss_kernel(const float *logits, const int32_t *target, int64_t V,
+                                   double *row_loss) {
+  const int64_t r = blockIdx.x;
+  const int32_t l = target[r];
+  if (l < 0) {
+    if (threadIdx.x == 0) row_loss[r] = 0.0;
+    return;
+  }
+  const float *x = logits + r * V;
+  const float m = row_max(x, V);
+  const double sum = row_sum_exp(x, V, m);
+  if (threadIdx.x == 0) row_loss[r] = double(m) + log(sum) - double(x[l]);
+}
+
+// One block: loss = sum of row_loss / count (0 when nothing counts), summed in a fixed order.
+__global__ void ce_mean_kernel(const double *row_loss, int64_t rows, int64_t count, float *loss) {
+  double s = 0.0;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += row_loss[r];
+  s = util::block_reduce(s, util::SumOp(), 0.0);
+  if (threadIdx.x == 0) loss[0] = count > 0 ? float(s / double(count)) : 0.0f;
+}
+
+// Sharded: one block per row, the shard's row max (0 for rows that do not count).
+__global__ void ce_shard_max_kernel(const float *logits, const int32_t *target, int64_t V,
+                                    float *mx) {
+  const int64_t r = blockIdx.x;
+  if (target[r] < 0) {
+    if (threadIdx.x == 0) mx[r] = 0.0f;
+    return;
+  }
+  const float m = row_max(logits + r * V, V);
+  if (threadIdx.x == 0) mx[r] = m;
+}
+
+// Sharded: one block per row, red[r] = float(sum over the shard of exp(x - mx[r])) and, when
+// `tgt` is set, tgt[r] = the target logit if the target column lo + j is in this shard, else 0.
+__global__ void ce_shard_sums_kernel(const float *logits, const int32_t *target, int64_t V,
+                                     int64_t lo, const float *mx, float *sums, float *tgt) {
+  const int64_t r = blockIdx.x;
+  const int32_t l = target[r];
+  const float *x = logits + r * V;
+  if (l < 0) {
+    if (threadIdx.x == 0) {
+      sums[r] = 0.0f;
+      if (tgt) tgt[r] = 0.0f;
+    }
+    return;
+  }
+  const double s = row_sum_exp(x, V, mx[r]);
+  if (threadIdx.x == 0) {
+    sums[r] = float(s);
+    if (tgt) {
+      const int64_t t = int64_t(l) - lo;
+      tgt[r] = (t >= 0 && t < V) ? x[t] : 0.0f;
+    }
+  }
+}
+
+// Sharded: per-row loss from the reduced statistics, mx + log(sum) - target logit (double).
+__global__ void ce_shard_row_loss_kernel(const int32_t *target, const float *mx,
+                                         const float *sums, const float *tgt, int64_t rows,
+                                         double *row_loss) {
+  PARALLORA_GRID_LOOP(r, rows) {
+    row_loss[r] = target[r] < 0 ? 0.0
+                                : double(mx[r]) + log(double(sums[r])) - double(tgt[r]);
+  }
+}
+
+// One block per row: d[j] = float(coef * (p_j - [j == target column])), p_j in double,
+// p_j = double(exp(x_j - max)) / sum; zeros for rows that do not count. Unsharded (gmax null)
+// the block computes max and sum itself; sharded it uses the group's (gmax, gsum) and the
+// target column is label - lo (outside [0, V) when another shard holds it).
+__global__ void ce_grad_kernel(const float *logits, const int32_t *target, int64_t V, int64_t lo,
+                               const float *gmax, const float *gsum, double coef, float *dl) {
+  const int64_t r = blockIdx.x;
+  const int32_t l = target[r];
+  float *d = dl + r * V;
+  if (l < 0) {
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
+    return;
+  }
+  const float *x = logits + r * V;
+  float m;
+  double inv;
+  if (gmax) {
+    m = gmax[r];
+    inv = 1.0 / double(gsum[r]);
+  } else {
+    m = row_max(x, V);
+    inv = 1.0 / row_sum_exp(x, V, m);
+  }
+  const int64_t t = int64_t(l) - lo;
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const double p = double(expf(x[j] - m)) * inv;
+    d[j] = float(coef * (j == t ? p - 1.0 : p));
+  }
+}
+
+//===--------------------------------------------------------------------===//
+// cross entropy: host side
+//===--------------------------------------------------------------------===//
+
+// Scratch of the cross-entropy kernels (per thread; see ManagedScratch).
+thread_local util::ManagedScratch g_ce_words, g_ce_target, g_ce_rowloss, g_ce_max, g_ce_red;
+
+struct CeSetup {
+  int64_t B = 0, T = 0, V = 0, shift = 0, ignore = -100;
+  int32_t *target = nullptr;  // managed, B*T: the label of each logits row, or -1
+  int64_t count = 0;
+};
+
+// Checks like runtime/cpu/cross_entropy.cpp's ce_setup, then resolves the targets on the device
+// and waits for them. `vocab` = the whole vocabulary's size (labels are checked against it);
+// 0 = logits dim 2. On failure returns false with the error (also a CUDA error) in ck.
+bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor &labels,
+              CeSetup *cs, int64_t vocab = 0) {
+  if (!ck.f32(logits, "logits") || !ck.rank(logits, "logits", 3) || !ck.i32(labels, "labels") ||
+      !ck.num_attr("shift"))
+    return false;
+  cs->B = logits.dim(0);
+  cs->T = logits.dim(1);
+  cs->V = logits.dim(2);
+  cs->shift = c.attr_i("shift", 0);
+  cs->ignore = c.attr_i("ignore_index", -100);
+  if (!ck.positive(cs->V, "logits dim 2 (V)") || !ck.shape(labels, "labels", {cs->B, cs->T}) ||
+      !ck.expect(cs->shift == 0 || cs->shift == 1,
+                 "attr shift must be 0 or 1, got " + std::to_string(cs->shift)))
+    return false;
+  const int64_t rows = cs->B * cs->T, V = vocab > 0 ? vocab : cs->V;
+  if (!ck.expect(rows <= 0x7fffffff, "logits have too many rows for one grid: " +
+                                         std::to_string(rows)))
+    return false;
+  StatusOr<unsigned long long *> words = g_ce_words.get<unsigned long long>(2);
+  if (!words) return ck.expect(false, words.message());
+  StatusOr<int32_t *> target = g_ce_target.get<int32_t>(size_t(rows));
+  if (!target) return ck.expect(false, target.message());
+  cs->target = *target;
+  cs->count = 0;
+  if (rows == 0) return true;
+  if (Status s = cuda_status(cudaMemsetAsync(*words, 0xff, sizeof(unsigned long long), stream()),
+                             "cudaMemsetAsync");
+      !s)
+    return ck.expect(false, s.message());
+  if (Status s = cuda_status(cudaMemsetAsync(*words + 1, 0, sizeof(unsigned long long), stream()),
+                             "cudaMemsetAsync");
+      !s)
+    return ck.expect(false, s.message());
+  ce_targets_kernel<<<blocks_for(rows, kEltThreads), kEltThreads, 0, stream()>>>(
+      labels.i32(), rows, cs->T, cs->shift, cs->ignore, V, cs->target, *words);
+  if (Status s = check_launch("ce_targets_kernel"); !s) return ck.expect(false, s.message());
+  if (Status s = sync_stream(); !s) return ck.expect(false, s.message());
+  const unsigned long long bad = (*words)[0];
+  if (bad != util::kNoError) {
+    const int64_t r = int64_t(bad), b = r / cs->T, t = r % cs->T + cs->shift;
+    const int64_t l = labels.i32()[b * cs->T + t];
+    return ck.expect(false, "label " + std::to_string(l) + " at position (b=" +
+                                std::to_string(b) + ", t=" + std::to_string(t) +
+                                ") is outside the vocabulary [0, " + std::to_string(V) +
+                                ") and is not ignore_index " + std::to_string(cs->ignore));
+  }
+  cs->count = int64_t((*words)[1]);
+  return true;
+}
+
+// The vocab_group attr resolved: g ranks, this one holds columns [lo, lo + V').
+struct VocabShard {
+  bool sharded = false;  // a group of more than one rank
+  std::string group;
+  int64_t lo = 0, vocab = 0;
+};
+
+bool vocab_shard(const KernelCall &c, Check &ck, const Tensor &logits, VocabShard *vs) {
+  if (!c.has_attr("vocab_group")) return true;
+  if (!ck.expect(std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")),
+                 "attr vocab_group must be a string (a group of mesh axes)"))
+    return false;
+  vs->group = c.attr_s("vocab_group", "");
+  StatusOr<GroupInfo> gi = resolve_group(c.comm, vs->group);
+  if (!ck.expect(gi.is_ok(), "attr vocab_group: " + gi.message())) return false;
+  if (gi->size > 1 && logits.rank() == 3) {
+    vs->sharded = true;
+    vs->lo = int64_t(gi->index) * logits.dim(2);
+    vs->vocab = int64_t(gi->size) * logits.dim(2);
+  }
+  return true;
+}
+
+// Sharded: the group's row maxima in *mx (managed, N floats): kernel, wait, all_reduce(max, N).
+Status global_row_max(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs,
+                      float **mx) {
+  const int64_t rows = cs.B * cs.T;
+  StatusOr<float *> buf = g_ce_max.get<float>(size_t(rows));
+  if (!buf) return ck.error(buf.message());
+  *mx = *buf;
+  if (rows > 0) {
+    ce_shard_max_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(c.in[0].f32(), cs.target,
+                                                                      cs.V, *mx);
+    if (Status s = check_launch("ce_shard_max_kernel"); !s) return ck.error(s.message());
+  }
+  if (Status s = sync_stream(); !s) return ck.error(s.message());
+  if (Status s = c.comm->all_reduce(vs.group, *mx, rows, ReduceOp::Max); !s)
+    return ck.error(s.message());
+  return Status::ok();
+}
+
+Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs) {
+  const int64_t rows = cs.B * cs.T;
+  float *mx = nullptr;
+  if (Status s = global_row_max(c, ck, cs, vs, &mx); !s) return s;
+  // red: [0, rows) sums of exp; [rows, 2 rows) target logits.
+  StatusOr<float *> red = g_ce_red.get<float>(size_t(2 * rows));
+  if (!red) return ck.error(red.message());
+  if (rows > 0) {
+    ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
+        c.in[0].f32(), cs.target, cs.V, vs.lo, mx, *red, *red + rows);
+    if (Status s = check_launch("ce_shard_sums_kernel"); !s) return ck.error(s.message());
+  }
+  if (Status s = sync_stream(); !s) return ck.error(s.message());
+  if (Status s = c.comm->all_reduce(vs.group, *red, 2 * rows, ReduceOp::Sum); !s)
+    return ck.error(s.message());
+  StatusOr<double *> row_loss = g_ce_rowloss.get<double>(size_t(rows));
+  if (!row_loss) return ck.error(row_loss.message());
+  if (rows > 0) {
+    ce_shard_row_loss_kernel<<<blocks_for(rows, kEltThreads), kEltThreads, 0, stream()>>>(
+        cs.target, mx, *red, *red + rows, rows, *row_loss);
+    if (Status s = check_launch("ce_shard_row_loss_kernel"); !s) return ck.error(s.message());
+  }
+  ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(*row_loss, rows, cs.count, c.out[0].f32());
+  if (Status s = check_launch("ce_mean_kernel"); !s) return ck.error(s.message());
+  return Status::ok();
+}
+
+Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs) {
+  const int64_t rows = cs.B * cs.T;
+  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
+  float *mx = nullptr;
+  if (Status s = global_row_max(c, ck, cs, vs, &mx); !s) return s;
+  StatusOr<float *> sums = g_ce_red.get<float>(size_t(rows));
+  if (!sums) return ck.error(sums.message());
+  if (rows > 0) {
+    ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
+        c.in[0].f32(), cs.target, cs.V, vs.lo, mx, *sums, nullptr);
+    if (Status s = check_launch("ce_shard_sums_kernel"); !s) return ck.error(s.message());
+  }
+  if (Status s = sync_stream(); !s) return ck.error(s.message());
+  if (Status s = c.comm->all_reduce(vs.group, *sums, rows, ReduceOp::Sum); !s)
+    return ck.error(s.message());
+  if (rows > 0) {
+    ce_grad_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
+        c.in[0].f32(), cs.target, cs.V, vs.lo, mx, *sums, coef, c.out[0].f32());
+    if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
+  }
+  return Status::ok();
+}
+
+//===--------------------------------------------------------------------===//
+// adamw: kernels
+//===--------------------------------------------------------------------===//
+
+// The CPU kernel's norm chunk (runtime/cpu/adamw.cpp): the host adds the chunk sums in order.
+constexpr int64_t kNormChunk = 32768;
+
+struct AdamChunk {
+  float *p, *g, *m, *v;  // chunk starts
+  int64_t len;
+  int64_t grad;  // index i of g_i
+};
+
+// One block per chunk: partial[k] = sum of g^2 in double (thread-strided, fixed tree).
+__global__ void adamw_sumsq_kernel(const AdamChunk *chunks, double *partial) {
+  const AdamChunk ch = chunks[blockIdx.x];
+  double s = 0.0;
+  for (int64_t j = threadIdx.x; j < ch.len; j += blockDim.x) {
+    const double g = double(ch.g[j]);
+    s += g * g;
+  }
+  s = util::block_reduce(s, util::SumOp(), 0.0);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+__global__ void adamw_zero_grads_kernel(const AdamChunk *chunks) {
+  const AdamChunk ch = chunks[blockIdx.x];
+  for (int64_t j = threadIdx.x; j < ch.len; j += blockDim.x) ch.g[j] = 0.0f;
+}
+
+// The f32 scalars of one step, rounded on the host as torch rounds its Python scalars.
+struct AdamScalars {
+  bool clip, decay, zero_grads;
+  float clip_f, decay_f, w1_f, b2_f, c2_f, bc2_sqrt_f, eps_f, neg_step_f;
+};
+
+// One block per chunk, element-wise, torch's single-tensor AdamW op by op (every operation an
+// explicitly rounded fp32 op, as the CPU kernel computes with -ffp-contract=off):
+//   g *= clip;  p *= 1 - lr wd;  m = fma(1-b1, g - m, m) (lerp);  v = v b2 + ((1-b2) g) g;
+//   p = p + (-step_size m) / (sqrt(v) / sqrt(bc2) + eps)
+__global__ void adamw_update_kernel(const AdamChunk *chunks, AdamScalars s) {
+  const AdamChunk ch = chunks[blockIdx.x];
+  for (int64_t j = threadIdx.x; j < ch.len; j += blockDim.x) {
+    float g = ch.g[j];
+    if (s.clip) g = __fmul_rn(g, s.clip_f);
+    float p = ch.p[j];
+    if (s.decay) p = __fmul_rn(p, s.decay_f);
+    const float m0 = ch.m[j];
+    const float m = __fmaf_rn(s.w1_f, __fsub_rn(g, m0), m0);
+    float v = __fmul_rn(ch.v[j], s.b2_f);
+    v = __fadd_rn(v, __fmul_rn(__fmul_rn(s.c2_f, g), g));
+    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bc2_sqrt_f), s.eps_f);
+    p = __fadd_rn(p, __fdiv_rn(__fmul_rn(s.neg_step_f, m), denom));
+    ch.p[j] = p;
+    ch.m[j] = m;
+    ch.v[j] = v;
+    ch.g[j] = s.zero_grads ? 0.0f : g;
+  }
+}
+
+thread_local util::ManagedScratch g_adam_chunks, g_adam_partial;
+
+} // namespace
+
+//===--------------------------------------------------------------------===//
+// Entry points
+//===--------------------------------------------------------------------===//
+
+// logits (B,T,V), labels (B,T) i32 -> loss () = mean over counted rows of lse - logit[label].
+Status cross_entropy_fwd(KernelCall &c) {
+  Check ck(c, "cross_entropy_fwd");
+  if (!ck.operands(2, 2, 1)) return ck.status();
+  const Tensor &logits = c.in[0], &labels = c.in[1], &loss = c.out[0];
+  CeSetup cs;
+  VocabShard vs;
+  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
+      !ck.f32(loss, "loss") ||
+      !ck.expect(loss.numel() == 1, "loss has shape " + util::shape_str(loss.shape) +
+                                        ", expected a scalar"))
+    return ck.status();
+  if (vs.sharded) return sharded_fwd(c, ck, cs, vs);
+  const int64_t rows = cs.B * cs.T;
+  StatusOr<double *> row_loss = g_ce_rowloss.get<double>(size_t(rows));
+  if (!row_loss) return ck.error(row_loss.message());
+  if (rows > 0) {
+    ce_row_loss_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(logits.f32(), cs.target,
+                                                                     cs.V, *row_loss);
+    if (Status s = check_launch("ce_row_loss_kernel"); !s) return ck.error(s.message());
+  }
+  ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(*row_loss, rows, cs.count, loss.f32());
+  if (Status s = check_launch("ce_mean_kernel"); !s) return ck.error(s.message());
+  return Status::ok();
+}
+
+// logits, labels -> dlogits (B,T,V) = grad_scale * (softmax - onehot) / count at counted rows,
+// 0 elsewhere.
+Status cross_entropy_bwd(KernelCall &c) {
+  Check ck(c, "cross_entropy_bwd");
+  if (!ck.operands(2, 2, 1)) return ck.status();
+  const Tensor &logits = c.in[0], &labels = c.in[1], &dl = c.out[0];
+  CeSetup cs;
+  VocabShard vs;
+  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
+      !ck.f32(dl, "dlogits") || !ck.same_shape(dl, "dlogits", logits, "logits"))
+    return ck.status();
+  if (vs.sharded) return sharded_bwd(c, ck, cs, vs);
+  const int64_t rows = cs.B * cs.T;
+  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
+  if (rows == 0) return Status::ok();
+  ce_grad_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
+      logits.f32(), cs.target, cs.V, 0, nullptr, nullptr, coef, dl.f32());
+  if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
+  return Status::ok();
+}
+
+Status adamw_step(KernelCall &c) {
+  Check ck(c, "adamw_step");
+  if (!ck.num_attr("n") || !ck.num_attr("beta1") || !ck.num_attr("beta2") ||
+      !ck.num_attr("eps"))
+    return ck.status();
+  const int64_t n = c.attr_i("n", -1);
+  if (!ck.expect(n >= 0, "attr n must be a non-negative integer") ||
+      !ck.operands(size_t(4 * n), size_t(4 * n), 0))
+    return ck.status();
+  if (!ck.expect(c.step != nullptr, "no StepState supplied (the runtime must pass one)"))
+    return ck.status();
+  StepState &st = *c.step;
+  if (!ck.expect(st.step >= 1, "StepState.step must be >= 1, got " + std::to_string(st.step)))
+    return ck.status();
+  for (int64_t i = 0; i < n; ++i) {
+    const Tensor &p = c.in[size_t(i)], &g = c.in[size_t(n + i)], &m = c.in[size_t(2 * n + i)],
+                 &v = c.in[size_t(3 * n + i)];
+    const std::string si = std::to_string(i);
+    const std::string pn = "p_" + si, gn = "g_" + si, mn = "m_" + si, vn = "v_" + si;
+    if (!ck.f32(p, pn.c_str()) || !ck.f32(g, gn.c_str()) || !ck.f32(m, mn.c_str()) ||
+        !ck.f32(v, vn.c_str()) || !ck.same_shape(g, gn.c_str(), p, pn.c_str()) ||
+        !ck.same_shape(m, mn.c_str(), p, pn.c_str()) ||
+        !ck.same_shape(v, vn.c_str(), p, pn.c_str()))
+      return ck.status();
+  }
+  const double beta1 = c.attr_f("beta1", 0.9), beta2 = c.attr_f("beta2", 0.999),
+               eps = c.attr_f("eps", 1e-8), wd = c.attr_f("weight_decay", 0.0),
+               max_norm = c.attr_f("max_grad_norm", 0.0), lr = st.lr;
+  const bool zero_grads = c.attr_i("zero_grads", 0) != 0;
+
+  // Sharded norm: the group and the replication divisors.
+  std::string norm_group;
+  GroupInfo gi;
+  if (c.has_attr("norm_group")) {
+    if (!ck.expect(std::holds_alternative<std::string>(c.instr->attrs.at("norm_group")),
+                   "attr norm_group must be a string (a group of mesh axes)"))
+      return ck.status();
+    norm_group = c.attr_s("norm_group", "");
+    StatusOr<GroupInfo> r = resolve_group(c.comm, norm_group);
+    if (!r) return ck.error("attr norm_group: " + r.message());
+    gi = *r;
+  }
+  std::vector<int64_t> divisors;
+  if (c.has_attr("norm_divisors")) {
+    divisors = c.attr_ints("norm_divisors");
+    if (!ck.expect(int64_t(divisors.size()) == n,
+                   "attr norm_divisors has " + std::to_string(divisors.size()) +
+                       " entries, expected n = " + std::to_string(n)))
+      return ck.status();
+    for (int64_t i = 0; i < n; ++i)
+      if (!ck.expect(divisors[size_t(i)] >= 1 && divisors[size_t(i)] <= gi.size,
+                     "norm_divisors[" + std::to_string(i) + "] = " +
+                         std::to_string(divisors[size_t(i)]) + " is outside [1, " +
+                         std::to_string(gi.size) + "] (the ranks of norm_group '" +
+                         norm_group + "')"))
+        return ck.status();
+  }
+
+  // The chunk table (managed). Wait first: a previous adamw_step's update kernel may still be
+  // reading the table (this kernel waits for the norm below anyway).
+  std::vector<AdamChunk> host_chunks;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t len = c.in[size_t(n + i)].numel();
+    float *pp = c.in[size_t(i)].f32(), *gp = c.in[size_t(n + i)].f32(),
+          *mp = c.in[size_t(2 * n + i)].f32(), *vp = c.in[size_t(3 * n + i)].f32();
+    for (int64_t off = 0; off < len; off += kNormChunk)
+      host_chunks.push_back(
+          {pp + off, gp + off, mp + off, vp + off, std::min(kNormChunk, len - off), i});
+  }
+  const int64_t nchunks = int64_t(host_chunks.size());
+  if (!ck.expect(nchunks <= 0x7fffffff, "too many gradient chunks for one grid"))
+    return ck.status();
+  if (Status s = sync_stream(); !s) return ck.error(s.message());
+  StatusOr<AdamChunk *> chunks = g_adam_chunks.get<AdamChunk>(size_t(nchunks));
+  if (!chunks) return ck.error(chunks.message());
+  StatusOr<double *> partial = g_adam_partial.get<double>(size_t(nchunks));
+  if (!partial) return ck.error(partial.message());
+  for (int64_t k = 0; k < nchunks; ++k) (*chunks)[k] = host_chunks[size_t(k)];
+
+  // 1. Global gradient norm: chunk sums on the device, added in chunk order on the host.
+  if (nchunks > 0) {
+    adamw_sumsq_kernel<<<unsigned(nchunks), kRowThreads, 0, stream()>>>(*chunks, *partial);
+    if (Status s = check_launch("adamw_sumsq_kernel"); !s) return ck.error(s.message());
+    if (Status s = sync_stream(); !s) return ck.error(s.message());
+  }
+  double sumsq = 0.0;
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t d = divisors.empty() ? 1 : divisors[size_t(host_chunks[size_t(k)].grad)];
+    sumsq += d == 1 ? (*partial)[k] : (*partial)[k] / double(d);
+  }
+  if (gi.size > 1) {
+    float local = float(sumsq);  // host memory: the collective is host-staged
+    if (Status s = c.comm->all_reduce(norm_group, &local, 1, ReduceOp::Sum); !s)
+      return ck.error(s.message());
+    sumsq = double(local);
+  }
+  const double norm = std::sqrt(sumsq);
+  st.grad_norm = norm;
+  st.grad_norm_finite = std::isfinite(norm);
+
+  if (!st.grad_norm_finite) {
+    if (zero_grads && nchunks > 0) {
+      adamw_zero_grads_kernel<<<unsigned(nchunks), kRowThreads, 0, stream()>>>(*chunks);
+      if (Status s = check_launch("adamw_zero_grads_kernel"); !s) return ck.error(s.message());
+    }
+    return Status::ok();
+  }
+
+  // 2. Clipping factor (torch's clip_grad_norm_).
+  AdamScalars sc{};
+  sc.clip = false;
+  sc.clip_f = 1.0f;
+  if (max_norm > 0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1.0) {
+      sc.clip = true;
+      sc.clip_f = float(coef);
+    }
+  }
+
+  // 3. AdamW scalars, rounded as runtime/cpu/adamw.cpp rounds them; then the update.
+  const int64_t t = st.step;
+  const double bc1 = 1.0 - std::pow(beta1, double(t));
+  const double bc2 = 1.0 - std::pow(beta2, double(t));
+  sc.decay_f = float(1.0 - lr * wd);
+  sc.decay = wd != 0.0;
+  sc.zero_grads = zero_grads;
+  sc.w1_f = float(1.0 - beta1);
+  sc.b2_f = float(beta2);
+  sc.c2_f = float(1.0 - beta2);
+  sc.bc2_sqrt_f = float(std::sqrt(bc2));
+  sc.eps_f = float(eps);
+  sc.neg_step_f = float(-(lr / bc1));
+  if (nchunks == 0) return Status::ok();
+  adamw_update_kernel<<<unsigned(nchunks), kRowThreads, 0, stream()>>>(*chunks, sc);
+  if (Status s = check_launch("adamw_update_kernel"); !s) return ck.error(s.message());
+  return Status::ok();
+}
+
+} // namespace parallora::rt::cuda::impl

@@ -1,0 +1,544 @@
+//===- pointwise.cu - embedding, rms_norm, rope, swiglu, add, transpose, copy, accumulate ===//
+//
+// CUDA twins of runtime/cpu/{embedding,norm,rope,swiglu,elementwise}.cpp: same operands,
+// attributes, checks and error messages (runtime/cpu/kernels.h is the contract), fp32.
+// Every kernel runs on stream(), asynchronously, except embedding_fwd, which waits for its id
+// check so a bad id is reported (with its value and position) before anything is written.
+//
+// Rounding: products and sums that the CPU evaluates as separate fp32 operations (it is built
+// with -ffp-contract=off) use __fmul_rn / __fadd_rn here, so nvcc cannot fuse them into an FMA
+// and the results match the CPU element for element, up to the device's expf (2 ulp).
+// RoPE's cos / sin table is computed on the host with the CPU kernel's exact code and cached.
+//
+//===----------------------------------------------------------------------===//
+#include <cmath>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "runtime/comm/comm.h"
+#include "runtime/cuda/common.cuh"
+#include "runtime/cuda/device_util.cuh"
+#include "runtime/cuda/kernels_impl.h"
+
+namespace parallora::rt::cuda::impl {
+
+using util::Check;
+using util::kEltThreads;
+using util::kRowThreads;
+using util::shape_str;
+
+namespace {
+
+//===--------------------------------------------------------------------===//
+// embedding_fwd
+//===--------------------------------------------------------------------===//
+
+// Records the smallest position whose id is outside [0, vocab).
+__global__ void embedding_check_kernel(const int32_t *ids, int64_t n, int64_t vocab,
+                                       unsigned long long *first_bad) {
+  PARALLORA_GRID_LOOP(i, n) {
+    const int64_t id = ids[i];
+    if (id < 0 || id >= vocab) atomicMin(first_bad, (unsigned long long)i);
+  }
+}
+
+// y[i, :] = table[ids[i] - lo, :], or zeros when the id is in another shard.
+__global__ void embedding_gather_kernel(const int32_t *ids, const float *table, float *y,
+                                        int64_t n, int64_t D, int64_t lo, int64_t V) {
+  PARALLORA_GRID_LOOP(k, n * D) {
+    const int64_t i = k / D, j = k - i * D;
+    const int64_t row = int64_t(ids[i]) - lo;
+    y[k] = (row >= 0 && row < V) ? table[row * D + j] : 0.0f;
+  }
+}
+
+thread_local util::ManagedScratch g_embed_err;
+
+//===--------------------------------------------------------------------===//
+// rms_norm
+//===--------------------------------------------------------------------===//
+
+// One block per row. Sum of squares in double: thread j sums columns j, j + 256, .. in order,
+// then block_reduce's fixed tree. y = w * (x * r) with r rounded to float (the CPU's order).
+__global__ void rms_norm_fwd_kernel(const float *x, const float *w, float *y, int64_t D,
+                                    double eps) {
+  const float *xr = x + int64_t(blockIdx.x) * D;
+  float *yr = y + int64_t(blockIdx.x) * D;
+  double ss = 0.0;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) ss += double(xr[j]) * double(xr[j]);
+  ss = util::block_reduce(ss, util::SumOp(), 0.0);
+  const float r = float(1.0 / sqrt(ss / double(D) + eps));
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = __fmul_rn(w[j], __fmul_rn(xr[j], r));
+}
+
+// dx_j = r (dy_j w_j) - r^3 / D * x_j * sum_i (dy_i w_i x_i), all in double like the CPU.
+__global__ void rms_norm_bwd_kernel(const float *dy, const float *x, const float *w, float *dx,
+                                    int64_t D, double eps) {
+  const int64_t off = int64_t(blockIdx.x) * D;
+  const float *xr = x + off, *dyr = dy + off;
+  float *dxr = dx + off;
+  double ss = 0.0, dot = 0.0;
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const double xv = double(xr[j]);
+    ss += xv * xv;
+    dot += double(dyr[j]) * double(w[j]) * xv;
+  }
+  ss = util::block_reduce(ss, util::SumOp(), 0.0);
+  dot = util::block_reduce(dot, util::SumOp(), 0.0);
+  const double r = 1.0 / sqrt(ss / double(D) + eps);
+  const double coef = r * r * r * dot / double(D);
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+    dxr[j] = float(__dadd_rn(__dmul_rn(r, double(dyr[j]) * double(w[j])),
+                             -__dmul_rn(coef, double(xr[j]))));
+}
+
+// Shared checks and launch of rms_norm_fwd / _bwd are in the entry points below.
+
+//===--------------------------------------------------------------------===//
+// rope
+//===--------------------------------------------------------------------===//
+
+// The cos / sin table (T, Dh/2) of one parameter set, in managed memory. Built on the host by
+// the CPU kernel's code (runtime/cpu/rope.cpp, build_table) so the angles round identically;
+// cached per thread, never overwritten (a queued kernel may still read an entry).
+struct RopeKey {
+  int64_t T, Dh;
+  double theta;
+  bool llama3;
+  double factor, low, high, old_ctx;
+  bool operator<(const RopeKey &o) const {
+    return std::tie(T, Dh, theta, llama3, factor, low, high, old_ctx) <
+           std::tie(o.T, o.Dh, o.theta, o.llama3, o.factor, o.low, o.high, o.old_ctx);
+  }
+};
+struct RopeTable {
+  float *cos = nullptr, *sin = nullptr;  // managed, T * half each
+};
+thread_local std::map<RopeKey, RopeTable> g_rope_tables;
+constexpr size_t kMaxRopeTables = 32;
+
+// Validates the rope attrs (CPU order and messages) and returns the cached table.
+bool rope_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable *out) {
+  if (!ck.num_attr("theta")) return false;
+  const double theta = c.attr_f("theta", 0.0);
+  if (!ck.expect(std::isfinite(theta) && theta > 0,
+                 "attr theta must be positive, got " + std::to_string(theta)))
+    return false;
+  const std::string type = c.attr_s("rope_type", "default");
+  const bool llama3 = type == "llama3";
+  if (!ck.expect(llama3 || type == "default" || type.empty(),
+                 "unsupported rope_type '" + type + "' (expected \"default\" or \"llama3\")"))
+    return false;
+  RopeKey key{T, Dh, theta, llama3, 0, 0, 0, 0};
+  if (llama3) {
+    if (!ck.num_attr("factor") || !ck.num_attr("low_freq_factor") ||
+        !ck.num_attr("high_freq_factor") || !ck.num_attr("original_max_position_embeddings"))
+      return false;
+    key.factor = c.attr_f("factor", 0);
+    key.low = c.attr_f("low_freq_factor", 0);
+    key.high = c.attr_f("high_freq_factor", 0);
+    key.old_ctx = double(c.attr_i("original_max_position_embeddings", 0));
+    if (!ck.expect(key.factor > 0 && key.low > 0 && key.high > 0 && key.high != key.low &&
+                       key.old_ctx > 0,
+                   "invalid llama3 rope scaling: factor=" + std::to_string(key.factor) +
+                       " low_freq_factor=" + std::to_string(key.low) +
+                       " high_freq_factor=" + std::to_string(key.high) +
+                       " original_max_position_embeddings=" + std::to_string(key.old_ctx)))
+      return false;
+  }
+  auto it = g_rope_tables.find(key);
+  if (it != g_rope_tables.end()) {
+    *out = it->second;
+    return true;
+  }
+  if (g_rope_tables.size() >= kMaxRopeTables) {  // unusual (many distinct T): start over
+    if (Status s = sync_stream(); !s) return ck.expect(false, s.message());
+    for (auto &kv : g_rope_tables) {
+      cudaFree(kv.second.cos);
+      cudaFree(kv.second.sin);
+    }
+    g_rope_tables.clear();
+  }
+
+  // inv_freq and the llama3 scaling: runtime/cpu/rope.cpp, verbatim (host fp32 arithmetic).
+  const int64_t half = Dh / 2;
+  std::vector<float> inv(static_cast<size_t>(half));
+  const float theta_f = float(theta), dh_f = float(Dh);
+  for (int64_t i = 0; i < half; ++i) inv[i] = 1.0f / std::pow(theta_f, float(2 * i) / dh_f);
+  if (llama3) {
+    const double factor = key.factor, low = key.low, high = key.high, old_ctx = key.old_ctx;
+    const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
+    const float two_pi_f = float(2.0 * 3.14159265358979323846), factor_f = float(factor),
+                low_f = float(low), range_f = float(high - low), old_ctx_f = float(old_ctx),
+                low_wavelen_f = float(low_wavelen), high_wavelen_f = float(high_wavelen);
+    for (int64_t i = 0; i < half; ++i) {
+      const float f = inv[i];
+      const float wavelen = (1.0f / f) * two_pi_f;
+      const float f_llama = wavelen > low_wavelen_f ? f / factor_f : f;
+      const float smooth = ((1.0f / wavelen) * old_ctx_f - low_f) / range_f;
+      const float smoothed = (1.0f - smooth) * f_llama / factor_f + smooth * f_llama;
+      const bool medium = !(wavelen < high_wavelen_f) && !(wavelen > low_wavelen_f);
+      inv[i] = medium ? smoothed : f_llama;
+    }
+  }
+  RopeTable tab;
+  const size_t count = size_t(T * half) > 0 ? size_t(T * half) : 1;
+  if (Status s = cuda_status(cudaMallocManaged(&tab.cos, count * sizeof(float)),
+                             "cudaMallocManaged (rope table)");
+      !s)
+    return ck.expect(false, s.message());
+  if (Status s = cuda_status(cudaMallocManaged(&tab.sin, count * sizeof(float)),
+                             "cudaMallocManaged (rope table)");
+      !s) {
+    cudaFree(tab.cos);
+    return ck.expect(false, s.message());
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = float(t) * inv[i];
+      tab.cos[t * half + i] = std::cos(angle);
+      tab.sin[t * half + i] = std::sin(angle);
+    }
+  g_rope_tables[key] = tab;
+  *out = tab;
+  return true;
+}
+
+// One thread per (row, i < half): the pair (x[i], x[i + half]) of row = ((b*H + h)*T + t).
+//   fwd: y1 = x1 c - x2 s, y2 = x2 c + x1 s;  bwd: dx1 = dy1 c + dy2 s, dx2 = dy2 c - dy1 s.
+__global__ void rope_kernel(const float *x, float *y, const float *cs, const float *sn,
+                            int64_t rows, int64_t T, int64_t half, bool backward) {
+  PARALLORA_GRID_LOOP(k, rows * half) {
+    const int64_t row = k / half, i = k - row * half, t = row % T;
+    const float *xr = x + row * 2 * half;
+    float *yr = y + row * 2 * half;
+    const float x1 = xr[i], x2 = xr[i + half], co = cs[t * half + i], si = sn[t * half + i];
+    if (!backward) {
+      yr[i] = __fadd_rn(__fmul_rn(x1, co), __fmul_rn(-x2, si));
+      yr[i + half] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, si));
+    } else {
+      yr[i] = __fadd_rn(__fmul_rn(x1, co), __fmul_rn(x2, si));
+      yr[i + half] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(-x1, si));
+    }
+  }
+}
+
+Status rope(KernelCall &c, const char *name, bool backward) {
+  Check ck(c, name);
+  if (!ck.operands(1, 1, 1)) return ck.status();
+  const Tensor &x = c.in[0], &y = c.out[0];
+  const char *xn = backward ? "dy" : "x", *yn = backward ? "dx" : "y";
+  if (!ck.f32(x, xn) || !ck.f32(y, yn) || !ck.rank(x, xn, 4) || !ck.same_shape(y, yn, x, xn))
+    return ck.status();
+  const int64_t B = x.dim(0), H = x.dim(1), T = x.dim(2), Dh = x.dim(3);
+  if (!ck.positive(Dh, "head dim Dh") ||
+      !ck.expect(Dh % 2 == 0, "head dim Dh = " + std::to_string(Dh) + " must be even"))
+    return ck.status();
+  RopeTable tab;
+  if (!rope_table(c, ck, T, Dh, &tab)) return ck.status();
+  const int64_t half = Dh / 2, rows = B * H * T;
+  if (rows * half == 0) return Status::ok();
+  rope_kernel<<<blocks_for(rows * half, kEltThreads), kEltThreads, 0, stream()>>>(
+      x.f32(), y.f32(), tab.cos, tab.sin, rows, T, half, backward);
+  return check_launch(name);
+}
+
+//===--------------------------------------------------------------------===//
+// swiglu, add, accumulate
+//===--------------------------------------------------------------------===//
+
+// y = silu(g) * u, silu(g) = g / (1 + exp(-g)) (torch's formula).
+__global__ void swiglu_fwd_kernel(const float *g, const float *u, float *y, int64_t n) {
+  PARALLORA_GRID_LOOP(i, n) {
+    const float x = g[i];
+    y[i] = __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), u[i]);
+  }
+}
+
+// dup = dy * silu(g); dgate = dy * up * (sig * (1 + g (1 - sig))), left to right like the CPU.
+__global__ void swiglu_bwd_kernel(const float *dy, const float *g, const float *u, float *dg,
+                                  float *du, int64_t n) {
+  PARALLORA_GRID_LOOP(i, n) {
+    const float x = g[i], sig = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
+    const float d = dy[i];
+    du[i] = __fmul_rn(d, __fmul_rn(x, sig));
+    const float inner = __fmul_rn(sig, __fadd_rn(1.0f, __fmul_rn(x, __fsub_rn(1.0f, sig))));
+    dg[i] = __fmul_rn(__fmul_rn(d, u[i]), inner);
+  }
+}
+
+__global__ void add_kernel(const float *a, const float *b, float *y, int64_t n) {
+  PARALLORA_GRID_LOOP(i, n) y[i] = __fadd_rn(a[i], b[i]);
+}
+
+__global__ void accumulate_kernel(const float *x, float *acc, int64_t n) {
+  PARALLORA_GRID_LOOP(i, n) acc[i] = __fadd_rn(acc[i], x[i]);
+}
+
+//===--------------------------------------------------------------------===//
+// transpose
+//===--------------------------------------------------------------------===//
+
+// y's dims after dropping size-1 dims and merging neighbours that are contiguous in x.
+constexpr int kMaxTransposeRank = 12;
+struct TransposeDims {
+  int rank = 0;
+  int64_t size[kMaxTransposeRank];     // y's (merged) dims
+  int64_t xstride[kMaxTransposeRank];  // stride in x of each
+};
+
+// One thread per y element (coalesced writes); the x offset from y's index, innermost first.
+__global__ void transpose_kernel(const uint32_t *x, uint32_t *y, int64_t n, TransposeDims d) {
+  PARALLORA_GRID_LOOP(k, n) {
+    int64_t rem = k, off = 0;
+    for (int i = d.rank - 1; i >= 0; --i) {
+      const int64_t idx = rem % d.size[i];
+      rem /= d.size[i];
+      off += idx * d.xstride[i];
+    }
+    y[k] = x[off];
+  }
+}
+
+} // namespace
+
+//===--------------------------------------------------------------------===//
+// Entry points
+//===--------------------------------------------------------------------===//
+
+// ids (B,T) i32, table (V,D) -> y (B,T,D); vocab_group: table is shard c of the vocabulary,
+// other shards' ids give zero rows. A bad id is found on the device, then reported here.
+Status embedding_fwd(KernelCall &c) {
+  Check ck(c, "embedding_fwd");
+  if (!ck.operands(2, 2, 1)) return ck.status();
+  const Tensor &ids = c.in[0], &table = c.in[1], &y = c.out[0];
+  if (!ck.i32(ids, "ids") || !ck.rank(ids, "ids", 2) || !ck.f32(table, "table") ||
+      !ck.rank(table, "table", 2) || !ck.f32(y, "y"))
+    return ck.status();
+  const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
+  if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
+
+  int64_t lo = 0, vocab = V;  // this table's first row and the whole vocabulary's size
+  if (c.has_attr("vocab_group")) {
+    if (!std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")))
+      return ck.error("attr vocab_group must be a string (a group of mesh axes)");
+    StatusOr<GroupInfo> gi = resolve_group(c.comm, c.attr_s("vocab_group", ""));
+    if (!gi) return ck.error("attr vocab_group: " + gi.message());
+    lo = int64_t(gi->index) * V;
+    vocab = V * gi->size;
+  }
+  const int64_t n = B * T;
+  if (n == 0) return Status::ok();
+
+  StatusOr<unsigned long long *> err = g_embed_err.get<unsigned long long>(1);
+  if (!err) return ck.error(err.message());
+  if (Status s = cuda_status(cudaMemsetAsync(*err, 0xff, sizeof(unsigned long long), stream()),
+                             "cudaMemsetAsync");
+      !s)
+    return ck.error(s.message());
+  embedding_check_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(
+      ids.i32(), n, vocab, *err);
+  if (Status s = check_launch("embedding_check_kernel"); !s) return ck.error(s.message());
+  if (Status s = sync_stream(); !s) return ck.error(s.message());
+  const unsigned long long bad = **err;
+  if (bad != util::kNoError) {
+    const int64_t i = int64_t(bad);
+    return ck.error("token id " + std::to_string(ids.i32()[i]) + " at position (b=" +
+                    std::to_string(i / T) + ", t=" + std::to_string(i % T) +
+                    ") is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+  }
+  embedding_gather_kernel<<<blocks_for(n * D, kEltThreads), kEltThreads, 0, stream()>>>(
+      ids.i32(), table.f32(), y.f32(), n, D, lo, V);
+  return check_launch("embedding_gather_kernel");
+}
+
+Status rms_norm_fwd(KernelCall &c) {
+  Check ck(c, "rms_norm_fwd");
+  if (!ck.operands(2, 2, 1) || !ck.num_attr("eps")) return ck.status();
+  const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
+  if (!ck.f32(x, "x") || !ck.f32(w, "w") || !ck.f32(y, "y") || !ck.rank(w, "w", 1))
+    return ck.status();
+  const int64_t D = w.dim(0);
+  int64_t M = 0;
+  if (!ck.rows_of(x, "x", D, &M) || !ck.same_shape(y, "y", x, "x")) return ck.status();
+  if (!ck.expect(M <= 0x7fffffff, "x has too many rows for one grid: " + std::to_string(M)))
+    return ck.status();
+  if (M == 0) return Status::ok();
+  rms_norm_fwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(x.f32(), w.f32(), y.f32(), D,
+                                                                  c.attr_f("eps", 0.0));
+  return check_launch("rms_norm_fwd");
+}
+
+Status rms_norm_bwd(KernelCall &c) {
+  Check ck(c, "rms_norm_bwd");
+  if (!ck.operands(3, 3, 1) || !ck.num_attr("eps")) return ck.status();
+  const Tensor &dy = c.in[0], &x = c.in[1], &w = c.in[2], &dx = c.out[0];
+  if (!ck.f32(dy, "dy") || !ck.f32(x, "x") || !ck.f32(w, "w") || !ck.f32(dx, "dx") ||
+      !ck.rank(w, "w", 1))
+    return ck.status();
+  const int64_t D = w.dim(0);
+  int64_t M = 0;
+  if (!ck.rows_of(x, "x", D, &M) || !ck.same_shape(dy, "dy", x, "x") ||
+      !ck.same_shape(dx, "dx", x, "x"))
+    return ck.status();
+  if (!ck.expect(M <= 0x7fffffff, "x has too many rows for one grid: " + std::to_string(M)))
+    return ck.status();
+  if (M == 0) return Status::ok();
+  rms_norm_bwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(
+      dy.f32(), x.f32(), w.f32(), dx.f32(), D, c.attr_f("eps", 0.0));
+  return check_launch("rms_norm_bwd");
+}
+
+Status rope_fwd(KernelCall &c) { return rope(c, "rope_fwd", false); }
+Status rope_bwd(KernelCall &c) { return rope(c, "rope_bwd", true); }
+
+Status swiglu_fwd(KernelCall &c) {
+  Check ck(c, "swiglu_fwd");
+  if (!ck.operands(2, 2, 1)) return ck.status();
+  const Tensor &g = c.in[0], &u = c.in[1], &y = c.out[0];
+  if (!ck.f32(g, "gate") || !ck.f32(u, "up") || !ck.f32(y, "y") ||
+      !ck.same_shape(u, "up", g, "gate") || !ck.same_shape(y, "y", g, "gate"))
+    return ck.status();
+  const int64_t n = g.numel();
+  if (n == 0) return Status::ok();
+  swiglu_fwd_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(g.f32(), u.f32(),
+                                                                              y.f32(), n);
+  return check_launch("swiglu_fwd");
+}
+
+Status swiglu_bwd(KernelCall &c) {
+  Check ck(c, "swiglu_bwd");
+  if (!ck.operands(3, 3, 2)) return ck.status();
+  const Tensor &dy = c.in[0], &g = c.in[1], &u = c.in[2], &dg = c.out[0], &du = c.out[1];
+  if (!ck.f32(dy, "dy") || !ck.f32(g, "gate") || !ck.f32(u, "up") || !ck.f32(dg, "dgate") ||
+      !ck.f32(du, "dup") || !ck.same_shape(u, "up", g, "gate") ||
+      !ck.same_shape(dy, "dy", g, "gate") || !ck.same_shape(dg, "dgate", g, "gate") ||
+      !ck.same_shape(du, "dup", g, "gate"))
+    return ck.status();
+  const int64_t n = g.numel();
+  if (n == 0) return Status::ok();
+  swiglu_bwd_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(
+      dy.f32(), g.f32(), u.f32(), dg.f32(), du.f32(), n);
+  return check_launch("swiglu_bwd");
+}
+
+// a (..), b (..) -> y = a + b; all three of one shape (no broadcasting).
+Status add(KernelCall &c) {
+  Check ck(c, "add");
+  if (!ck.operands(2, 2, 1)) return ck.status();
+  const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
+  if (!ck.f32(a, "a") || !ck.f32(b, "b") || !ck.f32(y, "y") || !ck.same_shape(b, "b", a, "a") ||
+      !ck.same_shape(y, "y", a, "a"))
+    return ck.status();
+  const int64_t n = a.numel();
+  if (n == 0) return Status::ok();
+  add_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(a.f32(), b.f32(), y.f32(),
+                                                                       n);
+  return check_launch("add");
+}
+
+// x -> y with y.dim(i) = x.dim(perm[i]); any 4-byte element type (f32, i32).
+Status transpose(KernelCall &c) {
+  Check ck(c, "transpose");
+  if (!ck.operands(1, 1, 1)) return ck.status();
+  const Tensor &x = c.in[0], &y = c.out[0];
+  if (!ck.expect(x.present(), "operand x is absent") ||
+      !ck.expect(y.present(), "operand y is absent") ||
+      !ck.expect(x.dtype == y.dtype, "x and y have different element types"))
+    return ck.status();
+  const std::vector<int64_t> perm = c.attr_ints("perm");
+  const int R = x.rank();
+  std::vector<bool> seen(size_t(R), false);
+  bool ok = int(perm.size()) == R;
+  for (size_t i = 0; ok && i < perm.size(); ++i) {
+    ok = perm[i] >= 0 && perm[i] < R && !seen[size_t(perm[i])];
+    if (ok) seen[size_t(perm[i])] = true;
+  }
+  if (!ck.expect(ok, "attr perm " + shape_str(perm) + " is not a permutation of the " +
+                         std::to_string(R) + " dims of x " + shape_str(x.shape)))
+    return ck.status();
+  std::vector<int64_t> yshape(static_cast<size_t>(R));
+  for (int i = 0; i < R; ++i) yshape[i] = x.shape[size_t(perm[i])];
+  if (!ck.shape(y, "y", yshape)) return ck.status();
+
+  const int64_t n = x.numel();
+  if (n == 0) return Status::ok();
+  std::vector<int64_t> xstride(static_cast<size_t>(R));
+  int64_t st = 1;
+  for (int i = R - 1; i >= 0; --i) {
+    xstride[i] = st;
+    st *= x.shape[size_t(i)];
+  }
+  // y's dims with their x strides; size-1 dims dropped, and dim i merged into the previous
+  // one when the previous one steps over exactly dim i's extent in x.
+  std::vector<int64_t> sz, xs;
+  for (int i = 0; i < R; ++i) {
+    const int64_t s = yshape[size_t(i)], str = xstride[size_t(perm[i])];
+    if (s == 1) continue;
+    if (!sz.empty() && xs.back() == str * s) {
+      sz.back() *= s;
+      xs.back() = str;
+    } else {
+      sz.push_back(s);
+      xs.push_back(str);
+    }
+  }
+  if (sz.empty()) {  // a single element (also rank 0)
+    sz.push_back(1);
+    xs.push_back(1);
+  }
+  if (!ck.expect(int(sz.size()) <= kMaxTransposeRank,
+                 "perm " + shape_str(perm) + " moves more than " +
+                     std::to_string(kMaxTransposeRank) + " separate dims (unsupported on CUDA)"))
+    return ck.status();
+  TransposeDims d;
+  d.rank = int(sz.size());
+  for (int i = 0; i < d.rank; ++i) {
+    d.size[i] = sz[size_t(i)];
+    d.xstride[i] = xs[size_t(i)];
+  }
+  const uint32_t *xp = static_cast<const uint32_t *>(x.data);
+  uint32_t *yp = static_cast<uint32_t *>(y.data);
+  if (d.rank == 1 && d.xstride[0] == 1)  // the identity permutation (after merging)
+    return cuda_status(cudaMemcpyAsync(yp, xp, size_t(n) * 4, cudaMemcpyDefault, stream()),
+                       "transpose: cudaMemcpyAsync");
+  transpose_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(xp, yp, n, d);
+  return check_launch("transpose");
+}
+
+// x -> y with the same number of elements (a reshape that needs its own bytes).
+Status copy(KernelCall &c) {
+  Check ck(c, "copy");
+  if (!ck.operands(1, 1, 1)) return ck.status();
+  const Tensor &x = c.in[0], &y = c.out[0];
+  if (!ck.expect(x.present(), "operand x is absent") ||
+      !ck.expect(y.present(), "operand y is absent") ||
+      !ck.expect(x.dtype == y.dtype, "x and y have different element types") ||
+      !ck.expect(x.numel() == y.numel(), "x " + shape_str(x.shape) + " has " +
+                                             std::to_string(x.numel()) + " elements but y " +
+                                             shape_str(y.shape) + " has " +
+                                             std::to_string(y.numel())))
+    return ck.status();
+  const int64_t n = x.numel();
+  if (x.data == y.data || n == 0) return Status::ok();
+  return cuda_status(cudaMemcpyAsync(y.data, x.data, size_t(n) * 4, cudaMemcpyDefault, stream()),
+                     "copy: cudaMemcpyAsync");
+}
+
+// x (..) -> acc (..) += x, same shape.
+Status accumulate(KernelCall &c) {
+  Check ck(c, "accumulate");
+  if (!ck.operands(1, 1, 1)) return ck.status();
+  const Tensor &x = c.in[0], &acc = c.out[0];
+  if (!ck.f32(x, "x") || !ck.f32(acc, "acc") || !ck.same_shape(acc, "acc", x, "x"))
+    return ck.status();
+  const int64_t n = x.numel();
+  if (n == 0) return Status::ok();
+  accumulate_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(x.f32(),
+                                                                              acc.f32(), n);
+  return check_launch("accumulate");
+}
+
+} // namespace parallora::rt::cuda::impl

@@ -1,0 +1,632 @@
+// Tests for runtime/cuda: every kernel of the contract (runtime/cpu/kernels.h) on the GPU
+// against its CPU twin, on seeded random inputs of small realistic shapes (B=2, T=16, D=64,
+// 4 query / 2 kv heads, V=256, r=4, plus odd sizes that cross the kernels' tile edges).
+//
+// Each case runs the CPU kernel on host buffers and the CUDA kernel on managed buffers
+// (cuda::memory().alloc) holding the same bytes, waits (memory().sync) and compares every
+// output (and, for in-place kernels, every input). Printed per case: max abs error, and max
+// rel error = max abs error / max |CPU value|.
+//
+// Tolerance (fp32 on both sides, different summation orders: cuBLASLt vs OpenBLAS tiles, warp
+// trees vs sequential loops, FMA contraction on the GPU): |cuda - cpu| <= max(rtol * max|cpu|,
+// atol) with rtol = 1e-4 (a few hundred ulps of the largest value: sums of 64..256 products
+// round to ~1e-6 relative, so 1e-4 catches any formula error while leaving room for order
+// effects) and atol = 1e-5 (for normalized outputs, |y| <= ~1: softmax-like probabilities,
+// rms-normalized rows, gradients of a mean loss). Pure data movement (embedding, copy,
+// transpose) must match exactly.
+//
+// Without a usable GPU (no driver: cudaGetDeviceCount fails with error 35) every GPU test is
+// skipped with "no usable CUDA GPU: <why>"; the binary starts without a driver (no CUDA call
+// before main) and the registry and executor-hook tests still run.
+#include "runtime/cuda/backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "runtime/comm/comm.h"
+#include "runtime/core/executor.h"
+#include "runtime/cpu/kernels.h"
+
+using namespace parallora;
+using namespace parallora::rt;
+
+namespace {
+
+using Attrs = std::map<std::string, plan::AttrValue>;
+
+// ------------------------------------------------------------------ buffers
+
+/// A host tensor that owns its data (absent = an absent optional operand).
+struct Arg {
+  std::vector<int64_t> shape;
+  bool is_i32 = false;
+  bool absent = false;
+  std::vector<float> f;
+  std::vector<int32_t> i;
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  size_t bytes() const { return size_t(numel()) * 4; }
+  void *data() { return is_i32 ? static_cast<void *>(i.data()) : static_cast<void *>(f.data()); }
+};
+
+struct Rng {
+  std::mt19937_64 gen;
+  explicit Rng(uint64_t seed) : gen(seed) {}
+  float uniform(float lo, float hi) {
+    const double u = double(gen() >> 11) * (1.0 / 9007199254740992.0);
+    return float(lo + (hi - lo) * u);
+  }
+  int32_t below(int32_t n) { return int32_t(gen() % uint64_t(n)); }
+  Arg f32(std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
+    Arg a;
+    a.shape = std::move(shape);
+    a.f.resize(size_t(a.numel()));
+    for (float &v : a.f) v = uniform(lo, hi);
+    return a;
+  }
+  Arg ids(std::vector<int64_t> shape, int32_t n) {
+    Arg a;
+    a.shape = std::move(shape);
+    a.is_i32 = true;
+    a.i.resize(size_t(a.numel()));
+    for (int32_t &v : a.i) v = below(n);
+    return a;
+  }
+};
+
+Arg zeros(std::vector<int64_t> shape) {
+  Arg a;
+  a.shape = std::move(shape);
+  a.f.assign(size_t(a.numel()), 0.0f);
+  return a;
+}
+Arg absent() {
+  Arg a;
+  a.absent = true;
+  return a;
+}
+
+Tensor tensor_of(const Arg &a, void *data) {
+  Tensor t;
+  if (a.absent) return t;
+  t.shape = a.shape;
+  t.dtype = a.is_i32 ? plan::ElemType::I32 : plan::ElemType::F32;
+  t.data = data;
+  return t;
+}
+
+// ------------------------------------------------------------------ backends
+
+const KernelRegistry &cpu_registry() {
+  static const KernelRegistry reg = [] {
+    KernelRegistry r;
+    cpu::register_kernels(r);
+    register_collective_kernels(r);
+    return r;
+  }();
+  return reg;
+}
+const KernelRegistry &cuda_registry() {
+  static const KernelRegistry reg = [] {
+    KernelRegistry r;
+    cuda::register_kernels(r);  // no CUDA call: safe without a driver
+    return r;
+  }();
+  return reg;
+}
+
+struct Opts {
+  double rtol = 1e-4;
+  double atol = 1e-5;
+  bool exact = false;           // data movement: bit-identical
+  bool compare_inputs = false;  // in-place kernels (adamw_step)
+  bool comm = false;            // a local (one-rank) communicator in the call
+  const StepState *step = nullptr;
+};
+
+struct Result {
+  Status status;
+  std::vector<Arg> in, out;
+  StepState step;
+};
+
+constexpr const char *kLoc = "model.layers.0.test";
+
+/// Runs `op` on one backend: host copies for the CPU, managed copies for CUDA.
+Result run_on(bool device, const std::string &op, const std::vector<Arg> &in, const std::vector<Arg> &out,
+              const Attrs &attrs, const Opts &o) {
+  Result r;
+  r.in = in;
+  r.out = out;
+  if (o.step) r.step = *o.step;
+  plan::Instr instr;
+  instr.op = op;
+  instr.attrs = attrs;
+  instr.loc = kLoc;
+  std::unique_ptr<Communicator> comm = o.comm ? make_local_communicator() : nullptr;
+  KernelCall call;
+  call.instr = &instr;
+  call.step = o.step ? &r.step : nullptr;
+  call.comm = comm.get();
+  const MemoryHooks hooks = cuda::memory();
+  std::vector<void *> dev;
+  auto place = [&](Arg &a) -> Tensor {
+    if (a.absent) return Tensor();
+    if (!device) return tensor_of(a, a.data());
+    void *p = hooks.alloc(std::max<size_t>(a.bytes(), 4));
+    if (!p) return Tensor();
+    std::memcpy(p, a.data(), a.bytes());
+    dev.push_back(p);
+    return tensor_of(a, p);
+  };
+  for (Arg &a : r.in) call.in.push_back(place(a));
+  for (Arg &a : r.out) call.out.push_back(place(a));
+  const KernelRegistry &reg = device ? cuda_registry() : cpu_registry();
+  const KernelFn *fn = reg.find(op);
+  if (!fn) {
+    r.status = Status::error("no kernel " + op);
+  } else {
+    r.status = (*fn)(call);
+  }
+  if (device) {
+    if (Status s = hooks.sync(); !s && r.status) r.status = s;
+    auto back = [&](std::vector<Arg> &args, const std::vector<Tensor> &ts) {
+      for (size_t i = 0; i < args.size(); ++i)
+        if (!args[i].absent && ts[i].data) std::memcpy(args[i].data(), ts[i].data, args[i].bytes());
+    };
+    back(r.in, call.in);
+    back(r.out, call.out);
+    for (void *p : dev) hooks.free(p);
+  }
+  return r;
+}
+
+void compare_args(const std::string &name, const char *which, const std::vector<Arg> &ref,
+                  const std::vector<Arg> &got, const Opts &o) {
+  for (size_t k = 0; k < ref.size(); ++k) {
+    if (ref[k].absent) continue;
+    const std::string label = name + " " + which + "[" + std::to_string(k) + "]";
+    if (ref[k].is_i32) {
+      EXPECT_EQ(ref[k].i, got[k].i) << label;
+      continue;
+    }
+    double max_abs = 0, max_ref = 0;
+    bool nan_mismatch = false;
+    for (size_t j = 0; j < ref[k].f.size(); ++j) {
+      const double a = ref[k].f[j], b = got[k].f[j];
+      if (std::isnan(a) || std::isnan(b)) {
+        nan_mismatch = nan_mismatch || std::isnan(a) != std::isnan(b);
+        continue;
+      }
+      max_abs = std::max(max_abs, std::fabs(a - b));
+      max_ref = std::max(max_ref, std::fabs(a));
+    }
+    const double tol = o.exact ? 0.0 : std::max(o.rtol * max_ref, o.atol);
+    std::printf("[CUDA] %-44s max abs %.3e  max rel %.3e  (max |cpu| %.3e, tol %.1e)\n", label.c_str(), max_abs,
+                max_ref > 0 ? max_abs / max_ref : 0.0, max_ref, tol);
+    EXPECT_FALSE(nan_mismatch) << label << ": NaN in one backend only";
+    EXPECT_LE(max_abs, tol) << label;
+  }
+}
+
+/// Runs `op` on both backends and compares (see the file comment).
+void check_op(const std::string &name, const std::string &op, const std::vector<Arg> &in,
+              const std::vector<Arg> &out, const Attrs &attrs, const Opts &o = Opts()) {
+  SCOPED_TRACE(name);
+  Result ref = run_on(false, op, in, out, attrs, o);
+  ASSERT_TRUE(ref.status.is_ok()) << "cpu: " << ref.status.message();
+  Result got = run_on(true, op, in, out, attrs, o);
+  ASSERT_TRUE(got.status.is_ok()) << "cuda: " << got.status.message();
+  compare_args(name, "out", ref.out, got.out, o);
+  if (o.compare_inputs) compare_args(name, "in", ref.in, got.in, o);
+  if (o.step) {
+    EXPECT_EQ(ref.step.grad_norm_finite, got.step.grad_norm_finite) << name;
+    if (std::isfinite(ref.step.grad_norm))
+      EXPECT_NEAR(got.step.grad_norm, ref.step.grad_norm, 1e-5 * std::fabs(ref.step.grad_norm)) << name;
+    std::printf("[CUDA] %-44s grad_norm cpu %.8g cuda %.8g\n", (name + " step").c_str(), ref.step.grad_norm,
+                got.step.grad_norm);
+  }
+}
+
+/// Both backends reject the call; with `same_message`, in the same words.
+void check_error(const std::string &name, const std::string &op, const std::vector<Arg> &in,
+                 const std::vector<Arg> &out, const Attrs &attrs, bool same_message = true) {
+  SCOPED_TRACE(name);
+  Result ref = run_on(false, op, in, out, attrs, Opts());
+  Result got = run_on(true, op, in, out, attrs, Opts());
+  ASSERT_FALSE(ref.status.is_ok()) << "cpu accepted " << name;
+  ASSERT_FALSE(got.status.is_ok()) << "cuda accepted " << name;
+  std::printf("[CUDA] %-44s error: %s\n", name.c_str(), got.status.message().c_str());
+  if (same_message) EXPECT_EQ(got.status.message(), ref.status.message());
+}
+
+class CudaKernels : public testing::Test {
+protected:
+  void SetUp() override {
+    std::string why;
+    if (!cuda::available(&why)) GTEST_SKIP() << "no usable CUDA GPU: " << why;
+  }
+};
+
+constexpr int64_t B = 2, T = 16, D = 64, Hq = 4, Hkv = 2, Dh = D / Hq, V = 256, R = 4;
+
+// ------------------------------------------------------------------ no GPU needed
+
+const char *const kContract[] = {"embedding_fwd", "rms_norm_fwd", "rms_norm_bwd", "linear_fwd",
+                                 "linear_bwd_input", "lora_linear_fwd", "lora_linear_bwd", "rope_fwd",
+                                 "rope_bwd", "attention_fwd", "attention_bwd", "swiglu_fwd",
+                                 "swiglu_bwd", "add", "transpose", "copy",
+                                 "accumulate", "cross_entropy_fwd", "cross_entropy_bwd", "adamw_step",
+                                 "all_reduce", "send", "recv"};
+
+TEST(CudaBackend, RegistryHasEveryContractKernel) {
+  for (const char *name : kContract) EXPECT_NE(cuda_registry().find(name), nullptr) << name;
+  EXPECT_EQ(cuda_registry().names().size(), std::size(kContract));
+  EXPECT_EQ(cuda_registry().names(), cpu_registry().names());
+}
+
+TEST(CudaBackend, AvailableExplainsItself) {
+  std::string why;
+  const bool ok = cuda::available(&why);
+  std::printf("[CUDA] available: %s%s\n", ok ? "yes: " : "no: ", ok ? cuda::device_description().c_str() : why.c_str());
+  if (!ok) {
+    EXPECT_FALSE(why.empty());
+    EXPECT_EQ(cuda::memory().alloc(64), nullptr);  // no device: allocation fails, no crash
+  }
+  EXPECT_EQ(cuda::available(), ok);  // cached, stable
+}
+
+// A hand-built one-rank plan: y = x + x (Activation), out = copy(y) (Output).
+plan::Plan tiny_plan(int64_t n) {
+  plan::Plan p;
+  p.producer = "test";
+  p.global_batch = 1;
+  p.seq_len = n;
+  p.vocab_size = 4;
+  p.ranks.resize(1);
+  plan::RankPlan &r = p.ranks[0];
+  r.rank = 0;
+  auto buffer = [&](const std::string &name, plan::BufferKind kind, int64_t offset) {
+    plan::Buffer b;
+    b.id = int32_t(r.buffers.size());
+    b.name = name;
+    b.kind = kind;
+    b.dtype = plan::ElemType::F32;
+    b.shape = {n};
+    b.offset = offset;
+    if (kind == plan::BufferKind::Activation) r.arena_bytes = std::max(r.arena_bytes, offset + b.nbytes());
+    r.buffers.push_back(b);
+    return b.id;
+  };
+  const int32_t x = buffer("x", plan::BufferKind::Input, -1);
+  const int32_t y = buffer("%1", plan::BufferKind::Activation, 0);
+  const int32_t out = buffer("out", plan::BufferKind::Output, -1);
+  plan::Instr add, copy;
+  add.op = "add";
+  add.inputs = {x, x};
+  add.outputs = {y};
+  add.loc = "add";
+  copy.op = "copy";
+  copy.inputs = {y};
+  copy.outputs = {out};
+  copy.loc = "copy";
+  r.programs.push_back({"micro_step", {add, copy}});
+  return p;
+}
+
+// The executor allocates through MemoryHooks and syncs at the end of run(), before an
+// InstrHook, and when a kernel fails (host hooks standing in for the CUDA ones).
+TEST(CudaBackend, ExecutorUsesMemoryHooks) {
+  int allocs = 0, frees = 0, syncs = 0;
+  MemoryHooks hooks;
+  hooks.alloc = [&](size_t bytes) {
+    ++allocs;
+    EXPECT_EQ(bytes % 64, 0u);
+    return std::aligned_alloc(64, bytes);
+  };
+  hooks.free = [&](void *p) {
+    ++frees;
+    std::free(p);
+  };
+  hooks.sync = [&] {
+    ++syncs;
+    return Status::ok();
+  };
+  const plan::Plan p = tiny_plan(8);
+  {
+    auto ex = Executor::create(p, 0, cpu_registry(), "cpu", nullptr, &hooks);
+    ASSERT_TRUE(ex.is_ok()) << ex.message();
+    EXPECT_EQ(allocs, 2);  // one arena (one slot) + the persistent block
+    std::vector<int32_t> x = {1, 2, 3, 4, 5, 6, 7, 8};
+    ASSERT_TRUE((*ex)->feed("x", x.data(), 8).is_ok());
+    ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+    EXPECT_EQ(syncs, 1);
+    const float *out = (*ex)->find("out")->tensor.f32();
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(out[i], 2.0f * float(i + 1));
+    int hook_calls = 0;
+    ASSERT_TRUE((*ex)->run("micro_step", nullptr, [&](size_t, const KernelCall &) { ++hook_calls; }).is_ok());
+    EXPECT_EQ(hook_calls, 2);
+    EXPECT_EQ(syncs, 1 + 2 + 1);  // before each hook, and at the end
+    hooks.sync = [&] {
+      ++syncs;
+      return Status::error("device lost");
+    };
+  }
+  EXPECT_EQ(frees, 2);
+  // A failing sync becomes run()'s error.
+  {
+    auto ex = Executor::create(p, 0, cpu_registry(), "cpu", nullptr, &hooks);
+    ASSERT_TRUE(ex.is_ok());
+    Status s = (*ex)->run("micro_step", nullptr);
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_NE(s.message().find("device lost"), std::string::npos) << s.message();
+  }
+}
+
+// ------------------------------------------------------------------ GPU: the executor
+
+TEST_F(CudaKernels, ExecutorRunsATinyPlanOnManagedMemory) {
+  const MemoryHooks hooks = cuda::memory();
+  auto ex = Executor::create(tiny_plan(1000), 0, cuda_registry(), "cuda", nullptr, &hooks);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  std::vector<int32_t> x(1000);
+  for (int i = 0; i < 1000; ++i) x[i] = i - 500;
+  ASSERT_TRUE((*ex)->feed("x", x.data(), 1000).is_ok());
+  Status s = (*ex)->run("micro_step", nullptr);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  const float *out = (*ex)->find("out")->tensor.f32();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(out[i], 2.0f * float(i - 500)) << i;
+}
+
+// ------------------------------------------------------------------ GPU: kernels
+
+TEST_F(CudaKernels, Embedding) {
+  Rng rng(1);
+  Arg ids = rng.ids({B, T}, int32_t(V)), table = rng.f32({V, D});
+  Opts exact;
+  exact.exact = true;
+  check_op("embedding_fwd", "embedding_fwd", {ids, table}, {zeros({B, T, D})}, {}, exact);
+  // Vocabulary-parallel form on a one-rank group (shard = the whole table).
+  Opts vg = exact;
+  vg.comm = true;
+  check_op("embedding_fwd vocab_group", "embedding_fwd", {ids, table}, {zeros({B, T, D})},
+           {{"vocab_group", std::string("tp")}}, vg);
+  Arg bad = ids;
+  bad.i[5] = int32_t(V);
+  check_error("embedding_fwd id out of range", "embedding_fwd", {bad, table}, {zeros({B, T, D})}, {}, false);
+}
+
+TEST_F(CudaKernels, RmsNorm) {
+  Rng rng(2);
+  Arg x = rng.f32({B, T, D}, -2, 2), w = rng.f32({D}, 0.5f, 1.5f), dy = rng.f32({B, T, D});
+  const Attrs eps{{"eps", 1e-5}};
+  check_op("rms_norm_fwd", "rms_norm_fwd", {x, w}, {zeros({B, T, D})}, eps);
+  check_op("rms_norm_bwd", "rms_norm_bwd", {dy, x, w}, {zeros({B, T, D})}, eps);
+  // A wide row (more elements than threads per block).
+  Arg xw = rng.f32({3, 2500}), ww = rng.f32({2500}), dyw = rng.f32({3, 2500});
+  check_op("rms_norm_fwd D=2500", "rms_norm_fwd", {xw, ww}, {zeros({3, 2500})}, eps);
+  check_op("rms_norm_bwd D=2500", "rms_norm_bwd", {dyw, xw, ww}, {zeros({3, 2500})}, eps);
+}
+
+TEST_F(CudaKernels, Linear) {
+  Rng rng(3);
+  const int64_t N = 96;
+  Arg x = rng.f32({B, T, D}), W = rng.f32({N, D}, -0.2f, 0.2f), bias = rng.f32({N});
+  check_op("linear_fwd bias", "linear_fwd", {x, W, bias}, {zeros({B, T, N})}, {});
+  check_op("linear_fwd no bias", "linear_fwd", {x, W}, {zeros({B, T, N})}, {});
+  check_op("linear_fwd absent bias, flat y", "linear_fwd", {x, W, absent()}, {zeros({B * T, N})}, {});
+  // Odd sizes (no tile or alignment luck).
+  Arg xo = rng.f32({7, 33}), Wo = rng.f32({19, 33}), bo = rng.f32({19});
+  check_op("linear_fwd 7x33 -> 19", "linear_fwd", {xo, Wo, bo}, {zeros({7, 19})}, {});
+
+  Arg dy = rng.f32({B, T, N}), dx0 = rng.f32({B, T, D});
+  check_op("linear_bwd_input", "linear_bwd_input", {dy, W}, {dx0}, {});
+  check_op("linear_bwd_input accumulate", "linear_bwd_input", {dy, W}, {dx0}, {{"accumulate", int64_t(1)}});
+
+  check_error("linear_fwd bad W", "linear_fwd", {x, rng.f32({N, D + 1})}, {zeros({B, T, N})}, {});
+  check_error("linear_fwd bad y rows", "linear_fwd", {x, W}, {zeros({B, T + 1, N})}, {});
+  check_error("linear_fwd accumulate", "linear_fwd", {x, W}, {zeros({B, T, N})}, {{"accumulate", int64_t(1)}});
+}
+
+TEST_F(CudaKernels, LoraLinear) {
+  Rng rng(4);
+  const int64_t N = 96;
+  Arg x = rng.f32({B, T, D}), W = rng.f32({N, D}, -0.2f, 0.2f), A = rng.f32({R, D}, -0.3f, 0.3f),
+      Bm = rng.f32({N, R}, -0.3f, 0.3f), bias = rng.f32({N});
+  const Attrs s2{{"scaling", 2.0}};
+  check_op("lora_linear_fwd bias", "lora_linear_fwd", {x, W, A, Bm, bias}, {zeros({B, T, N})}, s2);
+  check_op("lora_linear_fwd no bias", "lora_linear_fwd", {x, W, A, Bm}, {zeros({B, T, N})}, s2);
+
+  Arg dy = rng.f32({B, T, N}), dA0 = rng.f32({R, D}), dB0 = rng.f32({N, R});
+  check_op("lora_linear_bwd", "lora_linear_bwd", {dy, x, W, A, Bm},
+           {rng.f32({B, T, D}), dA0, dB0}, s2);
+  check_op("lora_linear_bwd accumulate", "lora_linear_bwd", {dy, x, W, A, Bm},
+           {rng.f32({B, T, D}), dA0, dB0}, {{"scaling", 2.0}, {"accumulate", int64_t(1)}});
+  // Odd sizes, r = 1.
+  Arg xo = rng.f32({5, 37}), Wo = rng.f32({23, 37}), Ao = rng.f32({1, 37}), Bo = rng.f32({23, 1});
+  check_op("lora_linear_fwd odd", "lora_linear_fwd", {xo, Wo, Ao, Bo}, {zeros({5, 23})}, {{"scaling", 0.5}});
+  check_op("lora_linear_bwd odd", "lora_linear_bwd", {rng.f32({5, 23}), xo, Wo, Ao, Bo},
+           {zeros({5, 37}), zeros({1, 37}), zeros({23, 1})}, {{"scaling", 0.5}});
+
+  check_error("lora_linear_fwd missing scaling", "lora_linear_fwd", {x, W, A, Bm}, {zeros({B, T, N})}, {});
+  check_error("lora_linear_bwd bad B", "lora_linear_bwd", {dy, x, W, A, rng.f32({N, R + 1})},
+              {zeros({B, T, D}), zeros({R, D}), zeros({N, R})}, s2);
+}
+
+Attrs rope_attrs(bool llama3) {
+  Attrs a{{"theta", 10000.0}};
+  if (llama3) {
+    a["rope_type"] = std::string("llama3");
+    a["factor"] = 8.0;
+    a["low_freq_factor"] = 1.0;
+    a["high_freq_factor"] = 4.0;
+    a["original_max_position_embeddings"] = int64_t(1024);
+  }
+  return a;
+}
+
+TEST_F(CudaKernels, Rope) {
+  Rng rng(5);
+  for (bool llama3 : {false, true}) {
+    const std::string tag = llama3 ? " llama3" : " default";
+    Arg x = rng.f32({B, Hq, T, Dh}), dy = rng.f32({B, Hq, T, Dh});
+    check_op("rope_fwd" + tag, "rope_fwd", {x}, {zeros({B, Hq, T, Dh})}, rope_attrs(llama3));
+    check_op("rope_bwd" + tag, "rope_bwd", {dy}, {zeros({B, Hq, T, Dh})}, rope_attrs(llama3));
+    // Long positions (large angles): argument reduction must agree.
+    Arg xl = rng.f32({1, 2, 300, 64});
+    check_op("rope_fwd T=300 Dh=64" + tag, "rope_fwd", {xl}, {zeros({1, 2, 300, 64})}, rope_attrs(llama3));
+  }
+}
+
+struct AttnCase {
+  const char *name;
+  int64_t b, hq, hkv, t, s, dh;
+  bool causal;
+};
+
+TEST_F(CudaKernels, Attention) {
+  const AttnCase cases[] = {
+      {"causal GQA B2 H4/2 T16 Dh16", B, Hq, Hkv, T, T, Dh, true},
+      {"causal MHA T80 Dh64 (3 tiles)", 1, 2, 2, 80, 80, 64, true},
+      {"causal GQA 8/2 T33 Dh100", 1, 8, 2, 33, 33, 100, true},
+      {"non-causal T40 S72 Dh128", 2, 4, 1, 40, 72, 128, false},
+      {"non-causal T1 S5 Dh256", 1, 2, 1, 1, 5, 256, false},
+  };
+  Rng rng(6);
+  for (const AttnCase &c : cases) {
+    const float scale = 1.0f / std::sqrt(float(c.dh));
+    const Attrs at{{"scale", double(scale)}, {"causal", int64_t(c.causal ? 1 : 0)}};
+    Arg q = rng.f32({c.b, c.hq, c.t, c.dh}, -2, 2), k = rng.f32({c.b, c.hkv, c.s, c.dh}, -2, 2),
+        v = rng.f32({c.b, c.hkv, c.s, c.dh}), dO = rng.f32({c.b, c.hq, c.t, c.dh});
+    check_op(std::string("attention_fwd ") + c.name, "attention_fwd", {q, k, v}, {zeros(q.shape)}, at);
+    check_op(std::string("attention_bwd ") + c.name, "attention_bwd", {dO, q, k, v},
+             {zeros(q.shape), zeros(k.shape), zeros(v.shape)}, at);
+  }
+  Arg q = rng.f32({1, 3, 4, 8}), k = rng.f32({1, 2, 4, 8});
+  check_error("attention_fwd Hq % Hkv", "attention_fwd", {q, k, k}, {zeros(q.shape)},
+              {{"scale", 1.0}, {"causal", int64_t(1)}});
+  Arg q2 = rng.f32({1, 2, 4, 8}), k2 = rng.f32({1, 2, 6, 8});
+  check_error("attention_fwd causal T != S", "attention_fwd", {q2, k2, k2}, {zeros(q2.shape)},
+              {{"scale", 1.0}, {"causal", int64_t(1)}});
+  check_error("attention_bwd missing scale", "attention_bwd", {q2, q2, k2, k2},
+              {zeros(q2.shape), zeros(k2.shape), zeros(k2.shape)}, {{"causal", int64_t(0)}});
+}
+
+TEST_F(CudaKernels, SwigluAddAccumulateTransposeCopy) {
+  Rng rng(7);
+  Arg g = rng.f32({B, T, 128}, -4, 4), u = rng.f32({B, T, 128}), dy = rng.f32({B, T, 128});
+  check_op("swiglu_fwd", "swiglu_fwd", {g, u}, {zeros(g.shape)}, {});
+  check_op("swiglu_bwd", "swiglu_bwd", {dy, g, u}, {zeros(g.shape), zeros(g.shape)}, {});
+  check_op("add", "add", {g, u}, {zeros(g.shape)}, {});
+  check_op("accumulate", "accumulate", {g}, {rng.f32(g.shape)}, {});
+
+  Opts exact;
+  exact.exact = true;
+  Arg x = rng.f32({B, T, Hq, Dh});
+  check_op("transpose f32 (0,2,1,3)", "transpose", {x}, {zeros({B, Hq, T, Dh})},
+           {{"perm", std::vector<int64_t>{0, 2, 1, 3}}}, exact);
+  Arg xi = rng.ids({3, 5, 7}, 1000);
+  Arg yi = rng.ids({7, 3, 5}, 1);
+  check_op("transpose i32 (2,0,1)", "transpose", {xi}, {yi}, {{"perm", std::vector<int64_t>{2, 0, 1}}}, exact);
+  check_op("copy f32 reshape", "copy", {x}, {zeros({B * T, D})}, {}, exact);
+  check_op("copy i32", "copy", {xi}, {rng.ids({105}, 1)}, {}, exact);
+  check_error("add shape mismatch", "add", {g, rng.f32({B, T, 127})}, {zeros(g.shape)}, {}, false);
+}
+
+TEST_F(CudaKernels, CrossEntropy) {
+  Rng rng(8);
+  Arg logits = rng.f32({B, T, V}, -5, 5);
+  Arg labels = rng.ids({B, T}, int32_t(V));
+  labels.i[3] = -100;
+  labels.i[T + 7] = -100;
+  for (int64_t shift : {0, 1}) {
+    const std::string tag = " shift " + std::to_string(shift);
+    Attrs at{{"shift", shift}};
+    check_op("cross_entropy_fwd" + tag, "cross_entropy_fwd", {logits, labels}, {zeros({})}, at);
+    Attrs bw = at;
+    bw["grad_scale"] = 0.5;
+    check_op("cross_entropy_bwd" + tag, "cross_entropy_bwd", {logits, labels}, {zeros(logits.shape)}, bw);
+    // Vocabulary-parallel form on a one-rank group.
+    Opts vg;
+    vg.comm = true;
+    Attrs atv = at, bwv = bw;
+    atv["vocab_group"] = std::string("tp");
+    bwv["vocab_group"] = std::string("tp");
+    check_op("cross_entropy_fwd vocab_group" + tag, "cross_entropy_fwd", {logits, labels}, {zeros({})}, atv, vg);
+    check_op("cross_entropy_bwd vocab_group" + tag, "cross_entropy_bwd", {logits, labels}, {zeros(logits.shape)},
+             bwv, vg);
+  }
+  // A large vocabulary row (more than one block's worth of elements per thread).
+  Arg big = rng.f32({1, 3, 5000}, -5, 5), bl = rng.ids({1, 3}, 5000);
+  check_op("cross_entropy_fwd V=5000", "cross_entropy_fwd", {big, bl}, {zeros({})}, {{"shift", int64_t(0)}});
+  check_op("cross_entropy_bwd V=5000", "cross_entropy_bwd", {big, bl}, {zeros(big.shape)}, {{"shift", int64_t(0)}});
+  Arg bad = labels;
+  bad.i[9] = int32_t(V) + 3;
+  check_error("cross_entropy_fwd label out of range", "cross_entropy_fwd", {logits, bad}, {zeros({})},
+              {{"shift", int64_t(0)}}, false);
+}
+
+TEST_F(CudaKernels, AdamW) {
+  Rng rng(9);
+  // Two LoRA-like parameters; grads large enough that clipping (max_grad_norm 0.5) is active.
+  std::vector<Arg> P = {rng.f32({R, D}), rng.f32({96, R})};
+  std::vector<Arg> G = {rng.f32({R, D}, -0.5f, 0.5f), rng.f32({96, R}, -0.5f, 0.5f)};
+  std::vector<Arg> M = {rng.f32({R, D}, -0.01f, 0.01f), rng.f32({96, R}, -0.01f, 0.01f)};
+  std::vector<Arg> Vv = {rng.f32({R, D}, 0.0f, 1e-4f), rng.f32({96, R}, 0.0f, 1e-4f)};
+  std::vector<Arg> in = {P[0], P[1], G[0], G[1], M[0], M[1], Vv[0], Vv[1]};
+  StepState st;
+  st.step = 3;
+  st.lr = 1e-3;
+  Attrs at{{"n", int64_t(2)}, {"beta1", 0.9},          {"beta2", 0.999},
+           {"eps", 1e-8},     {"weight_decay", 0.01}, {"max_grad_norm", 0.5},
+           {"zero_grads", int64_t(1)}};
+  Opts o;
+  o.compare_inputs = true;
+  o.step = &st;
+  check_op("adamw_step clip, zero_grads", "adamw_step", in, {}, at, o);
+  at["zero_grads"] = int64_t(0);
+  check_op("adamw_step clip, keep grads", "adamw_step", in, {}, at, o);
+  at["max_grad_norm"] = 0.0;
+  check_op("adamw_step no clip", "adamw_step", in, {}, at, o);
+  // norm_group on a one-rank group, with divisors.
+  Attrs ng = at;
+  ng["max_grad_norm"] = 0.5;
+  ng["norm_group"] = std::string("dp");
+  ng["norm_divisors"] = std::vector<int64_t>{1, 1};
+  Opts oc = o;
+  oc.comm = true;
+  check_op("adamw_step norm_group", "adamw_step", in, {}, ng, oc);
+  // A non-finite gradient: no update on either backend.
+  std::vector<Arg> nan_in = in;
+  nan_in[3].f[7] = std::numeric_limits<float>::quiet_NaN();
+  check_op("adamw_step non-finite grad", "adamw_step", nan_in, {}, at, o);
+}
+
+TEST_F(CudaKernels, CollectivesOnALocalCommunicator) {
+  Rng rng(10);
+  Arg a = rng.f32({5, 7}), b = rng.f32({11});
+  Opts o;
+  o.comm = true;
+  o.exact = true;
+  check_op("all_reduce bucket", "all_reduce", {a, b}, {zeros(a.shape), zeros(b.shape)},
+           {{"group", std::string("dp")}}, o);
+  o.exact = false;
+  check_op("all_reduce scaled", "all_reduce", {a}, {zeros(a.shape)}, {{"group", std::string("tp")}, {"scale", 0.25}},
+           o);
+}
+
+} // namespace
