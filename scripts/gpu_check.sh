@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one script for a machine that has one (not a test; CI has no GPU).
+#
+#   scripts/gpu_check.sh [build] [kernels] [equivalence] [bench] [all]   (default: all)
+#
+#   build        configure + build (Release, CUDA) into build-gpu/ with all cores
+#   kernels      ctest -R "Cuda|Nccl": every CUDA kernel against its CPU twin on seeded inputs
+#   equivalence  the tiny LLaMA's 20-step loss curve on GPU vs the CPU backend (rtol 1e-4: both fp32);
+#                a tp2 and a pp2 plan on one GPU (host-staged MPI path) vs the single-rank GPU run
+#   bench        LoRA r=16 on all linear layers of Llama-3.2-1B (random weights, seq 2048): Parallora
+#                vs Hugging Face transformers + PEFT (torch SDPA, bf16) in the same run: tokens/s,
+#                peak memory, MFU (same FLOP count for both: lora-compile's FLOP per token)
+#
+# Results (logs, JSON, a summary) go to $OUT (the device tool's output folder) or out/gpu/.
+# Record them with the command, device and date in docs/benchmarks.md.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+RES="${OUT:-$ROOT/out/gpu}"
+mkdir -p "$RES"
+BUILD="$ROOT/build-gpu"
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(all)
+want() { for s in "${STAGES[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+PY="${PARALLORA_REF_PYTHON:-python3}"
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } | tee "$RES/device.txt"
+
+if want build; then
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPARALLORA_ENABLE_CUDA=ON \
+        -DCMAKE_CUDA_ARCHITECTURES=90a > "$RES/configure.log" 2>&1
+  cmake --build "$BUILD" -j "$(nproc)" > "$RES/build.log" 2>&1 || { tail -40 "$RES/build.log"; exit 1; }
+  echo "gpu_check: built $BUILD"
+fi
+COMPILE="$BUILD/tools/lora-compile/lora-compile"
+RUN="$BUILD/tools/lora-run/lora-run"
+
+if want kernels; then
+  (cd "$BUILD" && ctest -R "Cuda|Nccl" --output-on-failure -V) > "$RES/kernels.log" 2>&1 && k=ok || k=FAILED
+  grep -E "max abs|max rel|Passed|Failed|Skipped" "$RES/kernels.log" | tail -60
+  echo "gpu_check: kernels $k"
+fi
+
+if want equivalence; then
+  E="$RES/equiv"; mkdir -p "$E"
+  T=tests/fixtures/train/tiny/tokens.bin
+  common=(--hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 32 --lora-rank 4 --lora-alpha 8
+          --lora-targets all-linear --lr 2e-3 --warmup 3 --lr-schedule cosine --weight-decay 0.01)
+  "$COMPILE" "${common[@]}" --micro-batches 2 -o "$E/single.lp" > "$E/compile.log"
+  "$COMPILE" "${common[@]}" --micro-batches 2 --tp 2 -o "$E/tp2.lp" >> "$E/compile.log"
+  "$COMPILE" "${common[@]}" --micro-batches 4 --pp 2 --schedule 1f1b -o "$E/pp2.lp" >> "$E/compile.log"
+  run=(--data "$T" --steps 20 --seed 7 --log-every 20)
+  "$RUN" "$E/single.lp" "${run[@]}" --backend cpu --out "$E/cpu" > "$E/cpu.log" 2>&1
+  "$RUN" "$E/single.lp" "${run[@]}" --backend cuda --out "$E/gpu" > "$E/gpu.log" 2>&1
+  mpirun -np 2 "$RUN" "$E/tp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_tp2" > "$E/gpu_tp2.log" 2>&1
+  mpirun -np 2 "$RUN" "$E/pp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_pp2" > "$E/gpu_pp2.log" 2>&1
+  for r in gpu gpu_tp2 gpu_pp2; do
+    echo "== $r vs cpu"
+    python3 scripts/compare_losses.py "$E/$r/metrics.jsonl" --against "$E/cpu/metrics.jsonl" --rtol 1e-4 | tail -1
+  done 2>&1 | tee "$E/summary.txt"
+fi
+
+if want bench; then
+  B="$RES/bench"; mkdir -p "$B"
+  SEQ=2048 BATCH=4 MICRO=2 STEPS=10
+  # Random llama-3 tokens in llm.c's uint32 format, enough for the steps.
+  python3 - "$B/tokens.bin" $((SEQ * BATCH * (STEPS + 2))) <<'PY'
+import random, struct, sys
+n = int(sys.argv[2]); random.seed(0)
+with open(sys.argv[1], "wb") as f:
+    f.write(struct.pack("<256i", 20240801, 7, n, *([0] * 253)))
+    f.write(struct.pack(f"<{n}I", *(random.randrange(128256) for _ in range(n))))
+PY
+  "$COMPILE" --model-size 1B --batch $BATCH --seq-len $SEQ --micro-batches $MICRO --lora-rank 16 --lora-alpha 32 \
+      --lora-targets all-linear --lr 1e-4 -o "$B/plan.lp" | tee "$B/compile.log"
+  FPT=$(grep -o '([0-9]* FLOP per token)' "$B/compile.log" | tr -dc 0-9)
+  "$RUN" "$B/plan.lp" --data "$B/tokens.bin" --steps $STEPS --backend cuda --profile --log-every 1 \
+      --out "$B/ours" 2>&1 | tee "$B/ours.log"
+  "$PY" scripts/reference/bench_hf_gpu.py --config models/configs/llama-3.2-1b.json --seq $SEQ --batch $BATCH \
+      --rank 16 --steps $STEPS --flops-per-token "$FPT" --json 2>&1 | tee "$B/hf.log"
+  python3 - "$B" <<'PY'
+import json, sys
+b = sys.argv[1]
+ours = json.load(open(f"{b}/ours/summary.json"))
+hf = json.loads([l for l in open(f"{b}/hf.log") if l.startswith("{")][-1])
+t_o, t_h = ours["tokens_per_s_median"], hf["tokens_per_s"]
+m_o = ours.get("gpu_peak_mem_mib") or ours.get("peak_rss_mib")
+m_h = hf["peak_mem_reserved_mib"]
+print(f"tokens/s: ours {t_o:.0f}, hf+peft {t_h:.0f}, ratio {t_o / t_h:.2f}x (target >= 1.5x)")
+print(f"peak memory MiB: ours {m_o:.0f}, hf+peft {m_h:.0f} reserved, ratio {m_o / m_h:.2f}x (target <= 0.7x)")
+print(f"MFU: ours {ours.get('mfu')}, hf+peft {hf.get('mfu')}")
+PY
+fi
