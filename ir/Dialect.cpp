@@ -370,5 +370,14 @@ LogicalResult GradAllReduceOp::verify() {
   return verify_group(*this, getGroup());
 }
 
+LogicalResult ParamBroadcastOp::verify() {
+  if (getParams().empty()) return emitOpError("needs at least one parameter");
+  if (getOwners().size() != getParams().size())
+    return emitOpError("has ") << getOwners().size() << " owners for " << getParams().size() << " parameters";
+  for (int64_t o : getOwners())
+    if (o < 0) return emitOpError("owner ") << o << " is negative";
+  return verify_group(*this, getGroup());
+}
+
 #define GET_OP_CLASSES
 #include "ir/PlOps.cpp.inc"

@@ -553,6 +553,22 @@ def Pl_GradAllReduceOp : Pl_Op<"grad_all_reduce", [MemoryEffects<[MemRead, MemWr
   let hasVerifier = 1;
 }
 
+def Pl_ParamBroadcastOp : Pl_Op<"param_broadcast", [MemoryEffects<[MemRead, MemWrite]>]> {
+  let summary = "ZeRO-1: each trainable takes its owner's updated value";
+  let description = [{
+    With the optimizer state sharded over `group` (ZeRO-1), only the owner of a trainable
+    (`owners[i]`, its index in the group) runs AdamW on it; afterwards the owners send the
+    updated values to the other members. Runs in `@optimizer_step` after `pl.adamw_step`.
+
+    ```mlir
+    pl.param_broadcast {group = "dp", owners = array<i64: 0, 1>, params = ["model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.0.self_attn.q_proj.lora_B.weight"]}
+    ```
+  }];
+  let arguments = (ins StrArrayAttr:$params, StrAttr:$group, DenseI64ArrayAttr:$owners);
+  let assemblyFormat = "attr-dict";
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Escape hatch for the importer
 //===----------------------------------------------------------------------===//

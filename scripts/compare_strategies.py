@@ -40,12 +40,14 @@ STRATEGIES = {
     "dp2xtp2": (["--strategy", "hybrid", "--dp", "2", "--tp", "2"], 2),
     "tp2xpp2": (["--strategy", "hybrid", "--tp", "2", "--pp", "2", "--schedule", "gpipe"], 4),
     "dp2xtp2xpp2": (["--strategy", "hybrid", "--dp", "2", "--tp", "2", "--pp", "2", "--schedule", "1f1b"], 2),
+    "dp4-zero1": (["--strategy", "data", "--dp", "4", "--zero1"], 2),
+    "dp2xtp2xpp2-zero1": (["--strategy", "hybrid", "--dp", "2", "--tp", "2", "--pp", "2", "--schedule", "1f1b", "--zero1"], 2),
 }
 
 
 def ranks_of(flags):
     n = 1
-    for k in ("--dp", "--tp", "--pp"):
+    for k in ("--dp", "--tp", "--pp"):  # noqa: the degrees multiply to the world size
         if k in flags:
             n *= int(flags[flags.index(k) + 1])
     return n

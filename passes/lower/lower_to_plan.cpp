@@ -153,6 +153,7 @@ public:
         for (size_t d = 0; d < b.shape.size(); ++d)
           b.slice.push_back({static_cast<int64_t>(d) == dim ? c.tp * b.shape[d] : 0, b.shape[d]});
       }
+      if (failed(shard_optimizer(rp, mesh))) return failure();
       for (plan::Program &prog : rp.programs)
         for (Instr &in : prog.instrs) {
           auto st = in.attrs.find("stage");
@@ -435,6 +436,19 @@ private:
         if (auto g = step->getAttrOfType<StringAttr>(kNormGroupAttr)) in.attrs["norm_group"] = g.str();
         if (auto d = step->getAttrOfType<DenseI64ArrayAttr>(kNormDivisorsAttr))
           in.attrs["norm_divisors"] = std::vector<int64_t>(d.asArrayRef().begin(), d.asArrayRef().end());
+        if (auto z = step->getAttrOfType<DenseI64ArrayAttr>(kZeroOwnersAttr))
+          in.attrs["zero_owners"] = std::vector<int64_t>(z.asArrayRef().begin(), z.asArrayRef().end());
+      } else if (auto bc = dyn_cast<pl::ParamBroadcastOp>(op)) {
+        in.op = "broadcast";
+        for (Attribute a : bc.getParams()) {
+          std::string name = a.cast<StringAttr>().str();
+          if (!by_name_.count(name))
+            return bc.emitError("lower: param_broadcast names '") << name << "', which @train_step does not use", failure();
+          in.inputs.push_back(by_name_.lookup(name));
+        }
+        in.outputs = in.inputs;  // in place
+        in.attrs["group"] = bc.getGroup().str();
+        in.attrs["roots"] = std::vector<int64_t>(bc.getOwners().begin(), bc.getOwners().end());
       } else {
         return op.emitError("lower: ") << op.getName() << " has no runtime kernel (at " << in.loc << ")", failure();
       }
@@ -519,6 +533,94 @@ private:
     for (const char *k : {"factor", "low_freq_factor", "high_freq_factor"}) in.attrs[k] = attr_f64(scaling.get(k));
     in.attrs["original_max_position_embeddings"] =
         static_cast<int64_t>(attr_f64(scaling.get("original_max_position_embeddings")));
+  }
+
+  /// ZeRO-1 on this rank: its AdamW step keeps only the trainables it owns (attr zero_owners ==
+  /// its dp index), the moments of the others are dropped from the buffer table, and the
+  /// broadcast of the updated trainables is counted (the owner sends to dp - 1 replicas).
+  LogicalResult shard_optimizer(plan::RankPlan &rp, const Mesh3 &mesh) {
+    for (plan::Program &prog : rp.programs)
+      for (Instr &in : prog.instrs) {
+        if (in.op == "broadcast") {
+          const auto &roots = std::get<std::vector<int64_t>>(in.attrs.at("roots"));
+          int64_t owned = 0;
+          for (size_t i = 0; i < roots.size(); ++i)
+            if (roots[i] == rp.dp_rank) owned += rp.buffers[in.inputs[i]].nbytes();
+          if (owned > 0) rp.bytes_sent["broadcast"] += (mesh.dp - 1) * owned;
+        }
+        auto z = in.attrs.find("zero_owners");
+        if (in.op != "adamw_step" || z == in.attrs.end()) continue;
+        const auto owners = std::get<std::vector<int64_t>>(z->second);
+        const size_t n = owners.size();
+        if (in.inputs.size() != 4 * n) return module_.emitError("lower: adamw_step operands do not match zero_owners"), failure();
+        std::vector<int32_t> inputs[4], others_grads;
+        std::vector<int64_t> divisors, kept;
+        auto div = in.attrs.find("norm_divisors");
+        for (size_t i = 0; i < n; ++i) {
+          if (owners[i] != rp.dp_rank) {
+            others_grads.push_back(in.inputs[n + i]);  // their owner updates them; still zero them here
+            continue;
+          }
+          for (int k = 0; k < 4; ++k) inputs[k].push_back(in.inputs[k * n + i]);
+          if (div != in.attrs.end()) divisors.push_back(std::get<std::vector<int64_t>>(div->second)[i]);
+          kept.push_back(owners[i]);
+        }
+        in.inputs.clear();
+        for (auto &l : inputs) in.inputs.insert(in.inputs.end(), l.begin(), l.end());
+        in.attrs["n"] = int64_t(kept.size());
+        if (div != in.attrs.end()) div->second = divisors;
+        in.attrs["zero_owners"] = kept;
+        if (!others_grads.empty()) zero_after_ = {&prog, others_grads};
+      }
+    // The gradients this rank does not update are zeroed right after its AdamW step (the
+    // next step's all-reduce must not add them twice).
+    if (zero_after_.first) {
+      plan::Program &prog = *zero_after_.first;
+      for (size_t i = 0; i < prog.instrs.size(); ++i)
+        if (prog.instrs[i].op == "adamw_step") {
+          Instr z;
+          z.op = "fill_zero";
+          z.outputs = zero_after_.second;
+          z.loc = prog.instrs[i].loc;
+          prog.instrs.insert(prog.instrs.begin() + static_cast<std::ptrdiff_t>(i) + 1, std::move(z));
+          break;
+        }
+      zero_after_ = {};
+    }
+    // Drop the moments no instruction refers to any more; renumber the buffers.
+    std::vector<char> used(rp.buffers.size(), 0);
+    for (const plan::Program &prog : rp.programs)
+      for (const Instr &in : prog.instrs) {
+        for (int32_t id : in.inputs)
+          if (id >= 0) used[id] = 1;
+        for (int32_t id : in.outputs)
+          if (id >= 0) used[id] = 1;
+      }
+    std::vector<int32_t> remap(rp.buffers.size(), -1);
+    std::vector<Buffer> kept_buffers;
+    for (size_t i = 0; i < rp.buffers.size(); ++i) {
+      if (rp.buffers[i].kind == BufferKind::OptState && !used[i]) {
+        rp.optimizer_bytes -= rp.buffers[i].nbytes();
+        rp.peak_bytes -= rp.buffers[i].nbytes();
+        continue;
+      }
+      remap[i] = static_cast<int32_t>(kept_buffers.size());
+      kept_buffers.push_back(std::move(rp.buffers[i]));
+      kept_buffers.back().id = remap[i];
+    }
+    if (kept_buffers.size() == rp.buffers.size()) {
+      rp.buffers = std::move(kept_buffers);
+      return success();
+    }
+    rp.buffers = std::move(kept_buffers);
+    for (plan::Program &prog : rp.programs)
+      for (Instr &in : prog.instrs) {
+        for (int32_t &id : in.inputs)
+          if (id >= 0) id = remap[id];
+        for (int32_t &id : in.outputs)
+          if (id >= 0) id = remap[id];
+      }
+    return success();  // (the tp slices were set before: buffers keep them when renumbered)
   }
 
   /// Ranks in a collective group of the mesh ("dp,tp" -> dp * tp).
@@ -645,6 +747,7 @@ private:
   const LowerOptions &opts_;
   plan::RankPlan rank_;
   std::vector<bool> backward_;                  // per instruction of the last lowered function
+  std::pair<plan::Program *, std::vector<int32_t>> zero_after_;  // shard_optimizer's pending fill_zero
   std::map<int32_t, int64_t> shard_dims_;       // tp-sharded param buffer -> its sharded dim
   std::vector<std::map<int32_t, int64_t>> stage_shards_;
   llvm::StringMap<int32_t> by_name_;

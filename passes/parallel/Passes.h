@@ -30,6 +30,7 @@ inline constexpr llvm::StringLiteral kGradPartialAttr = "pl.grad_partial";
 inline constexpr llvm::StringLiteral kVocabGroupAttr = "pl.vocab_group";
 inline constexpr llvm::StringLiteral kNormGroupAttr = "pl.norm_group";
 inline constexpr llvm::StringLiteral kNormDivisorsAttr = "pl.norm_divisors";
+inline constexpr llvm::StringLiteral kZeroOwnersAttr = "pl.zero_owners";   // on adamw_step (ZeRO-1)
 inline constexpr llvm::StringLiteral kBackwardAttr = "pl.backward";
 inline constexpr llvm::StringLiteral kStageAttr = "pl.stage";
 

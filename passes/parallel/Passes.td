@@ -58,9 +58,16 @@ def SyncGrads : Pass<"sync-grads", "mlir::ModuleOp"> {
     `pl.norm_group` (the axes over which gradients are distributed: tp, pp) and
     `pl.norm_divisors` (how many ranks of that group hold each gradient) so gradient clipping
     uses the global norm.
+
+    With `zero1`, every trainable gets an owner among the dp ranks (balanced by bytes,
+    `pl.zero_owners` on the AdamW step); a rank keeps AdamW moments only for what it owns, the
+    clipping norm is summed over dp as well, and `pl.param_broadcast` sends each updated
+    trainable from its owner to the other replicas.
   }];
   let options = [
     Option<"bucketMb", "bucket-mb", "double", "25.0", "gradient bucket size in MiB">,
+    Option<"zero1", "zero1", "bool", "false",
+           "ZeRO-1: shard the AdamW moments over dp (each dp rank updates the trainables it owns, then pl.param_broadcast)">,
   ];
 }
 

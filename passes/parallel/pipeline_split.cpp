@@ -163,20 +163,22 @@ public:
         auto names = op.getAttrOfType<ArrayAttr>("params");
         if (!names) return op.emitError("pipeline-split: unexpected op in @optimizer_step");
         SmallVector<Attribute> keep;
-        SmallVector<int64_t> divisors;
-        auto div = op.getAttrOfType<DenseI64ArrayAttr>(kNormDivisorsAttr);
+        // Per-parameter integer lists filtered along with `params`.
+        SmallVector<StringRef> lists = {kNormDivisorsAttr, kZeroOwnersAttr, "owners"};
+        llvm::StringMap<SmallVector<int64_t>> kept;
         for (auto [i, a] : llvm::enumerate(names)) {
           auto it = param_stage.find(a.cast<StringAttr>().getValue());
           if (it == param_stage.end())
             return op.emitError("pipeline-split: '") << a << "' is not a parameter of @train_step";
           if (it->second != s) continue;
           keep.push_back(a);
-          if (div) divisors.push_back(div[i]);
+          for (StringRef l : lists)
+            if (auto v = op.getAttrOfType<DenseI64ArrayAttr>(l)) kept[l].push_back(v[i]);
         }
         if (keep.empty()) continue;  // a bucket or an optimizer with nothing on this stage
         Operation *c = at.clone(op);
         c->setAttr("params", at.getArrayAttr(keep));
-        if (div) c->setAttr(kNormDivisorsAttr, at.getDenseI64ArrayAttr(divisors));
+        for (auto &e : kept) c->setAttr(e.getKey(), at.getDenseI64ArrayAttr(e.getValue()));
       }
       at.create<func::ReturnOp>(f.getLoc());
     }

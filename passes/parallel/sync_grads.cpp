@@ -84,9 +84,34 @@ struct SyncGradsPass : impl::SyncGradsBase<SyncGradsPass> {
     }
     for (const std::string &g : group_order) flush(g);
 
-    // Global gradient norm: gradients live on different tp ranks (shards) and stages.
+    // ZeRO-1: each trainable's AdamW moments live on one dp rank (its owner), balanced by bytes
+    // in the optimizer's order; the owners broadcast the updated values after the step.
+    const bool sharded_optimizer = zero1 && mesh.dp > 1;
+    SmallVector<int64_t> owners;
+    if (sharded_optimizer) {
+      std::vector<int64_t> load(mesh.dp, 0);
+      for (Attribute a : step.getParams()) {
+        auto it = by_name.find(a.cast<StringAttr>().getValue());
+        if (it == by_name.end()) {
+          step.emitError("sync-grads: adamw_step names '") << a << "', which @train_step does not define";
+          return signalPassFailure();
+        }
+        int64_t best = std::min_element(load.begin(), load.end()) - load.begin();
+        load[best] += it->second.bytes;
+        owners.push_back(best);
+      }
+      step->setAttr(kZeroOwnersAttr, b.getDenseI64ArrayAttr(owners));
+      OpBuilder after(step->getContext());
+      after.setInsertionPointAfter(step);
+      after.create<pl::ParamBroadcastOp>(step.getLoc(), step.getParamsAttr(), after.getStringAttr("dp"),
+                                         after.getDenseI64ArrayAttr(owners));
+    }
+
+    // Global gradient norm: gradients live on different tp ranks (shards) and stages, and with
+    // ZeRO-1 each dp rank sums only the gradients it owns.
     std::string norm_group;
-    if (mesh.tp > 1) norm_group = "tp";
+    if (sharded_optimizer) norm_group = "dp";
+    if (mesh.tp > 1) norm_group += norm_group.empty() ? "tp" : ",tp";
     if (mesh.pp > 1) norm_group += norm_group.empty() ? "pp" : ",pp";
     if (norm_group.empty()) return;
     SmallVector<int64_t> divisors;

@@ -144,7 +144,63 @@ Status recv_kernel(KernelCall &c) {
 
 } // namespace
 
+// ZeRO-1: every tensor is owned by one member of the group (roots[i], its group index); the
+// owners' values are sent to the others, one message per owner (tensors packed in order).
+Status broadcast_kernel(KernelCall &c) {
+  const char *K = "broadcast";
+  if (c.in.size() != c.out.size())
+    return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
+                          std::to_string(c.out.size()) + " outputs");
+  if (!c.instr || !c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
+    return fail(c, K, "missing string attr 'group'");
+  const std::string group = c.attr_s("group", "");
+  const std::vector<int64_t> roots = c.attr_ints("roots");
+  if (roots.size() != c.in.size())
+    return fail(c, K, "attr 'roots' has " + std::to_string(roots.size()) + " entries for " +
+                          std::to_string(c.in.size()) + " tensors");
+  int g = 1;
+  if (c.comm) {
+    StatusOr<int> gs = c.comm->group_size(group);
+    if (!gs) return fail(c, K, gs.message());
+    g = *gs;
+  } else if (!group.empty()) {
+    return fail(c, K, "group '" + group + "' needs a communicator (KernelCall::comm is null)");
+  }
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    if (!c.in[i].present() || c.in[i].dtype != plan::ElemType::F32 || !c.out[i].present() ||
+        c.out[i].numel() != c.in[i].numel())
+      return fail(c, K, "tensor " + std::to_string(i) + " must be a present f32 tensor with as many outputs as inputs");
+    if (roots[i] < 0 || roots[i] >= g)
+      return fail(c, K, "root " + std::to_string(roots[i]) + " of tensor " + std::to_string(i) + " is not in [0, " +
+                            std::to_string(g) + ")");
+  }
+  std::vector<float> staging;
+  for (int r = 0; r < g; ++r) {
+    int64_t n = 0;
+    for (size_t i = 0; i < c.in.size(); ++i)
+      if (roots[i] == r) n += c.in[i].numel();
+    if (n == 0) continue;
+    staging.resize(size_t(n));
+    int64_t off = 0;
+    for (size_t i = 0; i < c.in.size(); ++i)
+      if (roots[i] == r) {
+        std::memcpy(staging.data() + off, c.in[i].f32(), size_t(c.in[i].numel()) * sizeof(float));
+        off += c.in[i].numel();
+      }
+    if (c.comm)
+      if (Status st = c.comm->broadcast(group, staging.data(), n, r); !st) return fail(c, K, st.message());
+    off = 0;
+    for (size_t i = 0; i < c.in.size(); ++i)
+      if (roots[i] == r) {
+        std::memcpy(c.out[i].f32(), staging.data() + off, size_t(c.in[i].numel()) * sizeof(float));
+        off += c.in[i].numel();
+      }
+  }
+  return Status::ok();
+}
+
 void register_collective_kernels(KernelRegistry &registry) {
+  registry.add("broadcast", broadcast_kernel);
   registry.add("all_reduce", all_reduce_kernel);
   registry.add("send", send_kernel);
   registry.add("recv", recv_kernel);

@@ -122,6 +122,17 @@ StatusOr<int> Communicator::group_rank(const std::string &group) const {
   return int(it - members->begin());
 }
 
+Status Communicator::broadcast(const std::string &group, float *, int64_t, int root) {
+  StatusOr<int> g = group_size(group);
+  if (!g) return Status::error("broadcast: " + g.message());
+  if (root < 0 || root >= *g)
+    return Status::error("broadcast over group '" + group + "': root " + std::to_string(root) + " is not in [0, " +
+                         std::to_string(*g) + ")");
+  if (*g == 1) return Status::ok();
+  return Status::error("broadcast over group '" + group + "' of " + std::to_string(*g) +
+                       " ranks is not supported by this communicator");
+}
+
 void Communicator::count_all_reduce(int64_t bytes, int group_ranks) {
   const int64_t b = all_reduce_bytes_sent(bytes, group_ranks);
   if (b > 0) bytes_sent_["all_reduce"] += b;

@@ -12,6 +12,8 @@
 // bytes of the textbook algorithm, like nccl-tests' "bus bytes":
 //   all_reduce of n bytes over a group of g ranks: 2 * (g - 1) / g * n  (ring), 0 when g == 1
 //   send of n bytes: n;  recv: 0
+//   broadcast of n bytes over g ranks: the root counts (g - 1) * n (what it sends with a flat
+//   tree), the others 0; kind "broadcast"
 // counted under the kind "all_reduce" or "send". Exact integer formula: 2 * (g - 1) * n / g
 // with n a multiple of 4 bytes (rounded down).
 //
@@ -53,6 +55,10 @@ public:
 
   /// In-place all-reduce of `count` floats over `group`.
   virtual Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) = 0;
+  /// Broadcast of `count` floats from the group member with group index `root` (its position in
+  /// group_ranks(group)) to the others. The default handles groups of one rank and refuses more;
+  /// the MPI communicator implements it.
+  virtual Status broadcast(const std::string &group, float *data, int64_t count, int root);
   /// Point-to-point between world ranks. send never blocks on the receiver (the data is copied
   /// to a staging buffer first); recv blocks until the message (peer, tag) arrives or times out.
   /// Messages with the same (peer, tag) arrive in the order sent.
@@ -72,6 +78,9 @@ protected:
   explicit Communicator(plan::Mesh mesh) : mesh_(mesh) {}
   void count_all_reduce(int64_t bytes, int group_ranks);
   void count_send(int64_t bytes) { bytes_sent_["send"] += bytes; }
+  void count_broadcast(int64_t bytes, int group_ranks, bool root) {
+    if (root && group_ranks > 1) bytes_sent_["broadcast"] += int64_t(group_ranks - 1) * bytes;
+  }
 
   plan::Mesh mesh_;
   std::map<std::string, int64_t> bytes_sent_;

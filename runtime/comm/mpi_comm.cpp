@@ -89,6 +89,7 @@ public:
   Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) override;
   Status send(int peer, int tag, const void *data, int64_t bytes) override;
   Status recv(int peer, int tag, void *data, int64_t bytes) override;
+  Status broadcast(const std::string &group, float *data, int64_t count, int root) override;
   Status flush() override;
 
 private:
@@ -293,6 +294,47 @@ Status MpiCommunicator::all_reduce(const std::string &group, float *data, int64_
     }
   }
   count_all_reduce(bytes, g.size);
+  return Status::ok();
+}
+
+Status MpiCommunicator::broadcast(const std::string &group, float *data, int64_t count, int root) {
+  StatusOr<unsigned> axes = parse_group(group);
+  if (!axes) return Status::error(prefix() + "broadcast: " + axes.message());
+  Group &g = groups_[*axes];
+  const int64_t bytes = count * 4;
+  auto what = [&] {
+    return "broadcast over group '" + group + "' (ranks " + rank_list(g.members) + ") of " + std::to_string(bytes) +
+           " bytes from group rank " + std::to_string(root);
+  };
+  if (count < 0) return Status::error(prefix() + what() + ": negative count");
+  if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");
+  if (root < 0 || root >= g.size) return Status::error(prefix() + what() + ": root is not in the group");
+  if (!g.broken.empty()) return Status::error(prefix() + what() + ": " + g.broken);
+  if (g.size > 1 && count > 0) {
+    std::vector<MPI_Request> reqs;
+    const int64_t chunk = kMaxChunkBytes / 4;
+    for (int64_t off = 0; off < count; off += chunk) {
+      reqs.emplace_back(MPI_REQUEST_NULL);
+      const int n = int(std::min(chunk, count - off));
+      const int rc = MPI_Ibcast(data + off, n, MPI_FLOAT, root, g.comm, &reqs.back());
+      if (rc != MPI_SUCCESS) {
+        g.broken = "an earlier broadcast over this group failed to start";
+        return mpi_fail(what() + ": MPI_Ibcast", rc);
+      }
+    }
+    int rc = MPI_SUCCESS;
+    if (!poll(reqs, nullptr, deadline_after(timeout_seconds), &rc)) {
+      g.broken = "an earlier broadcast over this group timed out";
+      return Status::error(prefix() + what() + " did not complete within " + seconds_str(timeout_seconds) +
+                           " s (a peer died or is stuck)");
+    }
+    if (rc != MPI_SUCCESS) {
+      g.broken = "an earlier broadcast over this group failed";
+      return mpi_fail(what(), rc);
+    }
+  }
+  const auto me = std::find(g.members.begin(), g.members.end(), rank());
+  count_broadcast(bytes, g.size, me - g.members.begin() == root);
   return Status::ok();
 }
 

@@ -121,4 +121,16 @@ Status accumulate(KernelCall &c) {
   return Status::ok();
 }
 
+// Zeroes every output (no inputs): ZeRO-1 clears the gradients a rank does not update.
+Status fill_zero(KernelCall &c) {
+  Check ck(c, "fill_zero");
+  if (!c.in.empty()) return Status::error("fill_zero: expected no inputs, got " + std::to_string(c.in.size()));
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    const std::string what = "y_" + std::to_string(i);
+    if (!ck.f32(c.out[i], what.c_str())) return ck.status();
+    std::memset(c.out[i].data, 0, size_t(c.out[i].numel()) * sizeof(float));
+  }
+  return Status::ok();
+}
+
 } // namespace parallora::rt::cpu::impl

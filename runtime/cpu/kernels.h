@@ -39,6 +39,7 @@
 //  transpose          x                                        y                   perm (ints): y.dim(i) = x.dim(perm[i])
 //  copy               x                                        y (same numel)      -
 //  accumulate         x (..)                                   acc (..): acc += x  -
+//  fill_zero          (none)                                   y_0..y_{n-1} = 0    -
 //  cross_entropy_fwd  logits (B,T,V), labels (B,T) i32         loss () f32         ignore_index (i64),
 //                       shift (i64 0/1): 1 = HF's causal-LM shift, logits[:, t] predicts labels[:, t+1]
 //                       (positions t = 0..T-2). loss = mean over non-ignored positions (0 when none)
@@ -61,6 +62,9 @@
 //  all_reduce         x_0..x_{n-1} (f32)                       y_0..y_{n-1}        group (str),
 //                       y_i = scale * sum over the group of x_i; one message for the whole     scale (f64,
 //                       list (a gradient bucket); y_i may be the same buffer as x_i (in place)  default 1)
+//  broadcast          p_0..p_{n-1} (f32)                       p_0..p_{n-1}        group, roots (ints:
+//                       ZeRO-1: p_i takes the value of group member roots[i] (its index in the  the owner of
+//                       group); one message per owner, tensors packed in order                  each p_i)
 //  send               x (any 4-byte type)                      (none)              peer (i64 world
 //  recv               (none)                                   y                   rank), tag (i64)
 //                       the bytes of x / y; a recv's (peer, tag) matches the peer's send

@@ -26,6 +26,7 @@ Status add(KernelCall &c);
 Status transpose(KernelCall &c);
 Status copy(KernelCall &c);
 Status accumulate(KernelCall &c);
+Status fill_zero(KernelCall &c);
 Status cross_entropy_fwd(KernelCall &c);
 Status cross_entropy_bwd(KernelCall &c);
 Status adamw_step(KernelCall &c);

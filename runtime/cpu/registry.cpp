@@ -28,6 +28,7 @@ void register_kernels(KernelRegistry &registry) {
   registry.add("transpose", impl::transpose);
   registry.add("copy", impl::copy);
   registry.add("accumulate", impl::accumulate);
+  registry.add("fill_zero", impl::fill_zero);
   registry.add("cross_entropy_fwd", impl::cross_entropy_fwd);
   registry.add("cross_entropy_bwd", impl::cross_entropy_bwd);
   registry.add("adamw_step", impl::adamw_step);

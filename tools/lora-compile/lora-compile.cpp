@@ -70,6 +70,7 @@ struct Args {
   std::string strategy, model_size, viz;
   int64_t dp = 0, tp = 0, pp = 0, nodes = 0, gpus_per_node = 0;
   double bucket_mb = 25;
+  bool zero1 = false;
 };
 
 /// The mesh a strategy asks for. Returns false after printing the error.
@@ -276,15 +277,20 @@ void print_plan_report(const plan::Plan &p, int64_t global_batch) {
                  << ", gradients " << mib(r.grad_bytes) << ", AdamW moments " << mib(r.optimizer_bytes)
                  << ", activation arena " << mib(r.arena_bytes) << "\n";
   } else {
-    llvm::outs() << "  rank  dp tp pp  slots  peak memory  params+grads+AdamW  arena x slots  GFLOP/step  all_reduce/step  send/step  bubble\n";
+    bool zero = false;
+    for (const plan::RankPlan &q : p.ranks) zero |= q.bytes_sent.count("broadcast") > 0;
+    llvm::outs() << "  rank  dp tp pp  slots  peak memory  params+grads+AdamW  arena x slots  GFLOP/step  all_reduce/step  send/step  bubble"
+                 << (zero ? "  broadcast/step (ZeRO-1)" : "") << "\n";
     for (const plan::RankPlan &q : p.ranks) {
       auto sent = [&](const char *k) { auto it = q.bytes_sent.find(k); return it == q.bytes_sent.end() ? int64_t(0) : it->second; };
-      llvm::outs() << llvm::format("  %4d  %2d %2d %2d  %5d  %11s  %18s  %13s  %10.3f  %15s  %9s  %5.1f%%\n", q.rank, q.dp_rank,
+      llvm::outs() << llvm::format("  %4d  %2d %2d %2d  %5d  %11s  %18s  %13s  %10.3f  %15s  %9s  %5.1f%%", q.rank, q.dp_rank,
                                    q.tp_rank, q.pp_stage, q.slots, human_bytes(q.peak_bytes).c_str(),
                                    human_bytes(q.param_bytes + q.grad_bytes + q.optimizer_bytes).c_str(),
                                    human_bytes(q.arena_bytes * q.slots).c_str(), q.flops_per_step / 1e9,
                                    human_bytes(sent("all_reduce")).c_str(), human_bytes(sent("send")).c_str(),
                                    100.0 * q.bubble_fraction);
+      if (zero) llvm::outs() << "  " << human_bytes(sent("broadcast"));
+      llvm::outs() << "\n";
     }
   }
   double total = 0;
@@ -333,6 +339,7 @@ int main(int argc, char **argv) {
   app.add_option("--gpus-per-node", a.gpus_per_node, "ranks per node (hybrid: tensor parallel within a node, pipeline across nodes)")->check(CLI::PositiveNumber);
   app.add_option("--model-size", a.model_size, "built-in model config instead of --hf-config: 1B (Llama-3.2-1B), 1.1B (TinyLlama), tiny");
   app.add_option("--bucket-mb", a.bucket_mb, "data-parallel gradient bucket size in MiB")->check(CLI::PositiveNumber);
+  app.add_flag("--zero1", a.zero1, "ZeRO-1: shard the AdamW moments over the data-parallel ranks");
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
   app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(CLI::Range(0.0, 1.0));
   app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(CLI::NonNegativeNumber);
@@ -371,6 +378,10 @@ int main(int argc, char **argv) {
       return 2;
     }
     a.hf_config = std::string(PARALLORA_MODELS_DIR) + "/" + it->second;
+  }
+  if (a.zero1 && a.dp < 2) {
+    std::cerr << "error: --zero1 shards the optimizer over data-parallel ranks; it needs --dp 2 or more\n";
+    return 2;
   }
   if (!a.viz.empty() && a.output.empty()) {
     std::cerr << "error: --viz draws the plan; give -o plan.lp too\n";
@@ -503,6 +514,7 @@ int main(int argc, char **argv) {
       po.partition.tp = a.tp;
       po.partition.pp = a.pp;
       po.sync.bucketMb = a.bucket_mb;
+      po.sync.zero1 = a.zero1;
       po.pipeline.schedule = a.pipe_schedule;
       buildParallelTrainPipeline(tpm, to, po);
     } else {
