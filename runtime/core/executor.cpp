@@ -64,6 +64,10 @@ void copy_slice(const float *src, const std::vector<int64_t> &full,
 
 } // namespace
 
+bool is_comm_op(const std::string &op) {
+  return op == "all_reduce" || op == "send" || op == "recv" || op == "broadcast";
+}
+
 void Executor::AlignedFree::operator()(void *p) const {
   if (!p) return;
   if (free)
@@ -178,6 +182,7 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
         for (int32_t id : in.inputs) c.in.push_back(id < 0 ? Tensor{} : ex->tensors_[k][id].tensor);
         for (int32_t id : in.outputs) c.out.push_back(id < 0 ? Tensor{} : ex->tensors_[k][id].tensor);
         cp.fns[i] = &ex->kernels_.at(in.op);
+        cp.comm.push_back(is_comm_op(in.op) ? 1 : 0);
       }
     }
   }
@@ -372,21 +377,48 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
   if (Status s = check_slot(slot); !s) return Status::error("program '" + program + "': " + s.message());
   CompiledProgram &cp = it->second[slot];
   const size_t n = cp.calls.size();
+  // Time split (see executor.h): comm = communication kernels; compute = the other kernels
+  // (synchronous backends) or the run's wall time minus comm and InstrHook time (asynchronous).
+  using clock = std::chrono::steady_clock;
+  const bool async = static_cast<bool>(hooks_.sync);
+  const clock::time_point t_run = clock::now();
+  double comm_s = 0, compute_s = 0, hook_s = 0;
+  int64_t comm_calls = 0;
+  auto account_fn = [&] {
+    double wall = std::chrono::duration<double>(clock::now() - t_run).count();
+    time_split_.run_s += wall;
+    time_split_.comm_s += comm_s;
+    time_split_.compute_s += async ? std::max(0.0, wall - comm_s - hook_s) : compute_s;
+    time_split_.comm_calls += comm_calls;
+    time_split_.runs += 1;
+  };
+  struct Account {  // accounts the run on every return path (no allocation)
+    decltype(account_fn) &fn;
+    ~Account() { fn(); }
+  } account{account_fn};
   for (size_t i = 0; i < n; ++i) {
     KernelCall &c = cp.calls[i];
     c.step = step;
+    const bool comm = cp.comm[i] != 0;
     Status s;
+    if (comm && async) s = sync();  // the wait for queued compute kernels is not communication
+    const clock::time_point t0 = clock::now();
+    if (s) s = (*cp.fns[i])(c);
+    // Profiling times the kernel, not only its launch; a collective on an asynchronous backend
+    // is timed until its work is done.
+    if (s && (profile_on_ || (comm && async))) s = sync();
+    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    if (comm) {
+      comm_s += dt;
+      ++comm_calls;
+    } else {
+      compute_s += dt;
+    }
     if (profile_on_) {
-      auto t0 = std::chrono::steady_clock::now();
-      s = (*cp.fns[i])(c);
-      if (s) s = sync();  // time the kernel, not only its launch
-      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       OpProfile &p = profile_[c.instr->op];
       p.seconds += dt;
       p.calls += 1;
       p.flops += c.instr->flops;
-    } else {
-      s = (*cp.fns[i])(c);
     }
     if (!s) {
       (void)sync();  // leave no queued work behind (its own error is secondary)
@@ -395,10 +427,12 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
                            (in.loc.empty() ? "" : " (" + in.loc + ")") + ": " + s.message());
     }
     if (after) {
-      if (Status ss = sync(); !ss)
+      if (Status ss = sync(); !ss)  // waits for compute kernels: counted as compute
         return Status::error("program '" + program + "' after instruction #" + std::to_string(i) + ": " +
                              ss.message());
+      const clock::time_point th = clock::now();
       after(i, c);
+      hook_s += std::chrono::duration<double>(clock::now() - th).count();
     }
   }
   if (Status ss = sync(); !ss) return Status::error("program '" + program + "': " + ss.message());

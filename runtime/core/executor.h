@@ -28,6 +28,24 @@
 // profiling on, after every kernel (so the per-op times include the kernel, not just its
 // launch). Default: 64-byte-aligned host memory (std::aligned_alloc) and no sync.
 //
+// Time split (always on; two steady_clock reads per kernel): run() accumulates, over the
+// executor's life (reset_time_split() clears it), the wall time spent inside programs, split into
+// communication = the kernels all_reduce, send, recv and broadcast (is_comm_op), and compute =
+// every other kernel. Kernels that reduce internally (instructions with attr vocab_group or
+// norm_group: the vocabulary-parallel embedding / cross entropy, the clipping norm in
+// adamw_step) count entirely as compute, their small all-reduces included.
+//   Synchronous backends (no hooks.sync, e.g. the CPU): compute_s = sum of the compute kernels'
+//   own wall times, comm_s = sum of the communication kernels' wall times; the loop's own
+//   overhead (and InstrHook calls) is in neither.
+//   Asynchronous backends (hooks.sync set, e.g. CUDA): a kernel call only launches work, so the
+//   executor syncs before every communication kernel (the wait for queued compute kernels is
+//   not communication) and after it, times the communication kernel between the two syncs, and
+//   counts compute_s = (wall time of the run, its final sync included) - comm_s - the time in
+//   InstrHook calls. The CUDA backend's host-staged collectives sync the stream themselves, so
+//   the extra syncs cost nothing there.
+// A recv that waits for a slow peer (a pipeline stage upstream) and an all_reduce that waits for
+// the slowest group member count that wait as communication.
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 
@@ -56,6 +74,19 @@ struct MemoryHooks {
   std::function<void(void *)> free;
   std::function<Status()> sync;         // may be empty: kernels finish before returning
 };
+
+/// Wall-time split of the programs run so far (see "Time split" above).
+struct TimeSplit {
+  double compute_s = 0;  // inside compute kernels (async backends: run wall - comm - hooks)
+  double comm_s = 0;     // inside all_reduce / send / recv / broadcast
+  double run_s = 0;      // wall time inside run() in total (>= compute_s + comm_s)
+  int64_t comm_calls = 0;
+  int64_t runs = 0;
+};
+
+/// True for the instructions whose time counts as communication: all_reduce, send, recv,
+/// broadcast.
+bool is_comm_op(const std::string &op);
 
 struct OpProfile {
   double seconds = 0;  // total wall time in this op's kernel
@@ -118,6 +149,10 @@ public:
   const std::map<std::string, OpProfile> &profile() const { return profile_; }
   void reset_profile() { profile_.clear(); }
 
+  /// Compute / communication wall time of every run() so far (see "Time split" above).
+  const TimeSplit &time_split() const { return time_split_; }
+  void reset_time_split() { time_split_ = TimeSplit(); }
+
   /// Slot `slot`'s Output buffer "loss" (NaN when the plan has none).
   double loss(int slot = 0) const;
 
@@ -143,6 +178,7 @@ private:
   struct CompiledProgram {
     std::vector<KernelCall> calls;
     std::vector<const KernelFn *> fns;
+    std::vector<char> comm;  // is_comm_op(calls[i].instr->op)
   };
   /// Frees a block through the hooks' free (std::free when none).
   struct AlignedFree {
@@ -170,6 +206,7 @@ private:
   MemoryHooks hooks_;
   bool profile_on_ = false;
   std::map<std::string, OpProfile> profile_;
+  TimeSplit time_split_;
 };
 
 } // namespace parallora::rt

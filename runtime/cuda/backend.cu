@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/comm/comm.h"
@@ -107,6 +108,20 @@ std::vector<float> &staging(size_t i) {
 }
 
 // all_reduce on host copies: x_i -> staging_i, reduce in place, staging_i -> y_i.
+// Zeroes every output on the stream (ZeRO-1: the gradients this rank does not update).
+Status fill_zero(KernelCall &c) {
+  if (!c.in.empty()) return Status::error("fill_zero: expected no inputs, got " + std::to_string(c.in.size()));
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    const Tensor &y = c.out[i];
+    if (!y.present() || y.dtype != plan::ElemType::F32)
+      return Status::error("fill_zero: y_" + std::to_string(i) + " must be a present f32 tensor");
+    if (Status s = cuda_status(cudaMemsetAsync(y.data, 0, size_t(y.numel()) * sizeof(float), stream()), "fill_zero");
+        !s)
+      return s;
+  }
+  return Status::ok();
+}
+
 Status staged_all_reduce(const KernelFn &host, KernelCall &c) {
   if (Status s = sync_stream(); !s) return s;
   bool stageable = c.in.size() == c.out.size();
@@ -188,22 +203,83 @@ cudaStream_t stream() {
   return st;
 }
 
+namespace {
+// Bytes handed out by memory().alloc and not yet freed (device_memory()).
+struct AllocTracker {
+  std::mutex mu;
+  std::unordered_map<void *, size_t> sizes;
+  int64_t current = 0;
+  int64_t peak = 0;
+};
+AllocTracker &alloc_tracker() {
+  static AllocTracker t;
+  return t;
+}
+} // namespace
+
 MemoryHooks memory() {
   MemoryHooks h;
   h.alloc = [](size_t bytes) -> void * {
     if (!device_state().ok) return nullptr;
     void *p = nullptr;
-    if (cudaMallocManaged(&p, bytes == 0 ? 1 : bytes, cudaMemAttachGlobal) != cudaSuccess) {
+    const size_t n = bytes == 0 ? 1 : bytes;
+    if (cudaMallocManaged(&p, n, cudaMemAttachGlobal) != cudaSuccess) {
       cudaGetLastError();
       return nullptr;
     }
+    AllocTracker &t = alloc_tracker();
+    std::lock_guard<std::mutex> lock(t.mu);
+    t.sizes[p] = n;
+    t.current += static_cast<int64_t>(n);
+    t.peak = std::max(t.peak, t.current);
     return p;
   };
   h.free = [](void *p) {
-    if (p) cudaFree(p);
+    if (!p) return;
+    {
+      AllocTracker &t = alloc_tracker();
+      std::lock_guard<std::mutex> lock(t.mu);
+      auto it = t.sizes.find(p);
+      if (it != t.sizes.end()) {
+        t.current -= static_cast<int64_t>(it->second);
+        t.sizes.erase(it);
+      }
+    }
+    cudaFree(p);
   };
   h.sync = [] { return sync_stream(); };
   return h;
+}
+
+DeviceMemory device_memory() {
+  DeviceMemory m;
+  {
+    AllocTracker &t = alloc_tracker();
+    std::lock_guard<std::mutex> lock(t.mu);
+    m.allocated_bytes = t.current;
+    m.peak_allocated_bytes = t.peak;
+  }
+  if (!device_state().ok) return m;
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+    cudaGetLastError();
+    return m;
+  }
+  m.ok = true;
+  m.total_bytes = static_cast<int64_t>(total_b);
+  m.used_bytes = static_cast<int64_t>(total_b - free_b);
+  return m;
+}
+
+std::string device_pci_bus_id() {
+  const DeviceState &s = device_state();
+  if (!s.ok) return "";
+  char buf[64] = {0};
+  if (cudaDeviceGetPCIBusId(buf, sizeof buf, s.device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return buf;
 }
 
 void register_kernels(KernelRegistry &registry) {
@@ -227,12 +303,15 @@ void register_kernels(KernelRegistry &registry) {
   registry.add("cross_entropy_fwd", impl::cross_entropy_fwd);
   registry.add("cross_entropy_bwd", impl::cross_entropy_bwd);
   registry.add("adamw_step", impl::adamw_step);
+  registry.add("fill_zero", fill_zero);
 
   // The collectives: the host kernels of runtime/comm, host-staged (see the file comment).
   KernelRegistry host;
   register_collective_kernels(host);
   if (const KernelFn *f = host.find("all_reduce"))
     registry.add("all_reduce", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c); });
+  if (const KernelFn *f = host.find("broadcast"))  // same operand layout as all_reduce
+    registry.add("broadcast", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c); });
   if (const KernelFn *f = host.find("send"))
     registry.add("send", [fn = *f](KernelCall &c) { return staged_send(fn, c); });
   if (const KernelFn *f = host.find("recv"))

@@ -18,6 +18,7 @@
 //===----------------------------------------------------------------------===//
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "runtime/core/executor.h"
@@ -37,5 +38,22 @@ void register_kernels(KernelRegistry &registry);
 
 /// Allocation and synchronization hooks for Executor::create.
 MemoryHooks memory();
+
+/// Device memory of this process's device. used/total: cudaMemGetInfo (total - free; the whole
+/// device, so other processes sharing the GPU count too). allocated/peak_allocated: the managed
+/// bytes this process's memory().alloc handed out and not yet freed, and their maximum.
+/// ok = false (with zeros for used/total) without a usable device or when cudaMemGetInfo fails.
+struct DeviceMemory {
+  bool ok = false;
+  int64_t used_bytes = 0;
+  int64_t total_bytes = 0;
+  int64_t allocated_bytes = 0;
+  int64_t peak_allocated_bytes = 0;
+};
+DeviceMemory device_memory();
+
+/// PCI bus id of this process's device ("0000:3b:00.0"; what NVML's
+/// nvmlDeviceGetHandleByPciBusId_v2 takes), "" without a usable device.
+std::string device_pci_bus_id();
 
 } // namespace parallora::rt::cuda

@@ -278,9 +278,23 @@ TEST(CpuKernels, RegistryHasEveryContractKernel) {
                          "attention_fwd",    "attention_bwd",     "swiglu_fwd",
                          "swiglu_bwd",       "add",               "transpose",
                          "copy",             "accumulate",        "cross_entropy_fwd",
-                         "cross_entropy_bwd", "adamw_step"};
+                         "cross_entropy_bwd", "adamw_step",       "fill_zero"};
   for (const char *n : names) EXPECT_NE(registry().find(n), nullptr) << n;
   EXPECT_EQ(registry().names().size(), sizeof(names) / sizeof(names[0]));
+}
+
+TEST(CpuKernels, FillZeroClearsEveryOutput) {
+  std::vector<float> a(5, 1.5f), b(3, -2.0f);
+  plan::Instr instr;
+  instr.op = "fill_zero";
+  KernelCall c;
+  c.instr = &instr;
+  c.out = {Tensor{a.data(), plan::ElemType::F32, {5}}, Tensor{b.data(), plan::ElemType::F32, {3}}};
+  ASSERT_TRUE(registry().find("fill_zero")->operator()(c));
+  for (float v : a) EXPECT_EQ(v, 0.0f);
+  for (float v : b) EXPECT_EQ(v, 0.0f);
+  c.in = {Tensor{a.data(), plan::ElemType::F32, {5}}};
+  EXPECT_FALSE(registry().find("fill_zero")->operator()(c));  // no inputs allowed
 }
 
 // ------------------------------------------------------------------- attribute accessors

@@ -5,11 +5,13 @@
 // (tensor-parallel) init, and a small forward + loss through the real CPU kernels.
 #include "runtime/core/executor.h"
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -546,3 +548,94 @@ TEST_F(ExecutorTest, SlicedCheckpointChecksFullShape) {
 }
 
 } // namespace
+
+// Time split: all_reduce (real collective kernel, local communicator, group "" of one rank) and
+// a sleeping broadcast count as communication, the other kernels (also one with attr vocab_group) as
+// compute; compute + comm <= the wall time of the runs.
+TEST_F(ExecutorTest, TimeSplitSeparatesCommunicationFromCompute) {
+  EXPECT_TRUE(is_comm_op("all_reduce"));
+  EXPECT_TRUE(is_comm_op("send"));
+  EXPECT_TRUE(is_comm_op("recv"));
+  EXPECT_TRUE(is_comm_op("broadcast"));
+  EXPECT_FALSE(is_comm_op("cross_entropy_fwd"));
+  EXPECT_FALSE(is_comm_op("adamw_step"));
+
+  PlanBuilder b;
+  int32_t x = b.buffer("x", BufferKind::Input, {1024});
+  int32_t y = b.buffer("%y", BufferKind::Activation, {1024}, ElemType::F32, "", 0);
+  KernelRegistry reg;
+  register_collective_kernels(reg);  // the real all_reduce
+  reg.add("scale", [](KernelCall &k) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    return scale_kernel(k);
+  });
+  reg.add("broadcast", [](KernelCall &) {  // a collective that waits for its peers: communication
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    return Status::ok();
+  });
+  b.instr("micro_step", "scale", {x}, {y});
+  b.instr("micro_step", "all_reduce", {y}, {y}).attrs["group"] = std::string("");
+  b.instr("micro_step", "scale", {y}, {y}).attrs["vocab_group"] = std::string("");  // reduces internally: compute
+  b.instr("micro_step", "broadcast", {}, {}).attrs["group"] = std::string("");
+  auto comm = make_local_communicator();
+  auto ex_or = Executor::create(b.p, 0, reg, "cpu", comm.get());
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+  EXPECT_EQ(ex.time_split().runs, 0);
+  auto t0 = std::chrono::steady_clock::now();
+  ASSERT_TRUE(ex.run("micro_step", nullptr).is_ok());
+  ASSERT_TRUE(ex.run("micro_step", nullptr).is_ok());
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const TimeSplit &t = ex.time_split();
+  EXPECT_EQ(t.runs, 2);
+  EXPECT_EQ(t.comm_calls, 4);  // all_reduce and broadcast, twice
+  EXPECT_GT(t.comm_s, 0.0);
+  EXPECT_GT(t.compute_s, 0.0);
+  EXPECT_GE(t.compute_s, 4 * 0.050);  // both scale kernels, twice (sleeps never end early)
+  EXPECT_GE(t.comm_s, 2 * 0.030);     // the broadcast twice (plus the all_reduces)
+  EXPECT_LT(t.comm_s, t.compute_s);   // 60 ms vs 200 ms: a scale counted as comm would add 50 ms
+  EXPECT_LE(t.compute_s + t.comm_s, t.run_s);
+  EXPECT_LE(t.run_s, wall);
+  ex.reset_time_split();
+  EXPECT_EQ(ex.time_split().comm_s, 0.0);
+  EXPECT_EQ(ex.time_split().runs, 0);
+}
+
+// Asynchronous backend (MemoryHooks::sync set, like CUDA): a compute kernel only queues work
+// that sync() completes. The wait before a collective counts as compute, the collective itself
+// (timed between syncs) as communication, and compute = run wall - comm.
+TEST_F(ExecutorTest, TimeSplitWithAsyncBackend) {
+  PlanBuilder b;
+  int32_t x = b.buffer("x", BufferKind::Input, {4});
+  double queued_ms = 0;  // "device" work launched and not finished
+  MemoryHooks hooks;
+  hooks.alloc = [](size_t n) { return std::aligned_alloc(64, n); };
+  hooks.free = [](void *p) { std::free(p); };
+  hooks.sync = [&] {
+    std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(queued_ms));
+    queued_ms = 0;
+    return Status::ok();
+  };
+  KernelRegistry reg;
+  reg.add("launch", [&](KernelCall &) {  // returns at once, queues 100 ms of work
+    queued_ms += 100;
+    return Status::ok();
+  });
+  reg.add("all_reduce", [&](KernelCall &) {
+    EXPECT_EQ(queued_ms, 0.0);  // the executor synced before the collective
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return Status::ok();
+  });
+  b.instr("micro_step", "launch", {x}, {});
+  b.instr("micro_step", "all_reduce", {x}, {}).attrs["group"] = std::string("");
+  b.instr("micro_step", "launch", {x}, {});
+  auto ex_or = Executor::create(b.p, 0, reg, "cuda-like", nullptr, &hooks);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+  ASSERT_TRUE(ex.run("micro_step", nullptr).is_ok());
+  const TimeSplit &t = ex.time_split();
+  EXPECT_GE(t.comm_s, 0.010);
+  EXPECT_LT(t.comm_s, 0.080);     // the first launch's 100 ms are not communication
+  EXPECT_GE(t.compute_s, 0.200);  // both launches' work, waited for before the collective and at the end
+  EXPECT_NEAR(t.compute_s + t.comm_s, t.run_s, 1e-9);
+}

@@ -47,9 +47,13 @@
 #include "runtime/cpu/kernels.h"
 #ifdef PARALLORA_HAVE_CUDA
 #include "runtime/cuda/backend.h"
+#if defined(PARALLORA_HAVE_NCCL)
+#include "runtime/cuda/nccl_comm.h"
+#endif
 #endif
 #include "runtime/io/checkpoint.h"
 #include "runtime/io/fs_util.h"
+#include "runtime/io/gpu_metrics.h"
 #include "runtime/io/metrics.h"
 #include "runtime/io/peft_adapter.h"
 #include "runtime/io/token_data.h"
@@ -73,10 +77,12 @@ struct Args {
   int64_t save_every = 0, keep_last = 0;
   int threads = -1;
   std::string backend = "cpu";
+  std::string collectives = "mpi";
   int64_t log_every = 10;
   bool profile = false;
   std::string dump_first_step;
   double comm_timeout = 300;
+  double peak_tflops = -1;  // < 0: by GPU name (cuda), 0 on the cpu backend
 };
 
 /// An integer flag value >= lo, with a readable message ("--steps: must be >= 1 (got 0)").
@@ -104,6 +110,13 @@ int fail(const std::string &message) {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// Median of `v` (0 when empty).
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
 double peak_rss_mib() {
@@ -507,7 +520,18 @@ int train(const Args &a, World &w) {
     register_collective_kernels(registry);
   }
   std::unique_ptr<Communicator> comm;
-  if (multi) {
+  if (a.collectives == "nccl" && a.backend != "cuda") return fail("--collectives nccl needs --backend cuda");
+  if (multi && a.collectives == "nccl") {
+#if defined(PARALLORA_HAVE_CUDA) && defined(PARALLORA_HAVE_NCCL)
+    // NCCL communicators per mesh group, bootstrapped through MPI; kernels on the device stream.
+    auto c = cuda::make_nccl_communicator(mesh, a.comm_timeout);
+    if (!c) return fail(c.message());
+    comm = std::move(*c);
+    cuda::register_nccl_collective_kernels(registry);  // replaces the host-staged collectives
+#else
+    return fail("--collectives nccl: this lora-run was built without NCCL");
+#endif
+  } else if (multi) {
     auto c = make_mpi_communicator(mesh);
     if (!c) return fail(c.message());
     comm = std::move(*c);
@@ -519,6 +543,25 @@ int train(const Args &a, World &w) {
   if (!ex_or) return fail(a.plan + ": " + ex_or.message());
   Executor &ex = **ex_or;
   ex.enable_profile(a.profile);
+
+  // GPU metrics (cuda backend): NVML utilization of this rank's device (sampled by a background
+  // thread during steps) and the device name for the default --peak-tflops.
+  std::unique_ptr<NvmlSampler> nvml;
+  std::string gpu_name, nvml_why;
+  if (a.backend == "cuda") {
+#ifdef PARALLORA_HAVE_CUDA
+    std::string bus = cuda::device_pci_bus_id();
+    nvml = bus.empty() ? NvmlSampler::open(0, &nvml_why) : NvmlSampler::open_by_pci_bus_id(bus, &nvml_why);
+    if (nvml) {
+      gpu_name = nvml->device_name();
+    } else {
+      gpu_name = device_line.substr(0, device_line.find(" (sm_"));
+      if (rank0) std::cerr << "lora-run: GPU utilization unavailable: " << nvml_why << "\n";
+    }
+#endif
+  }
+  // MFU's peak (TFLOP/s per device): --peak-tflops, else the GPU's dense bf16 data-sheet peak.
+  const double peak_tflops = a.peak_tflops >= 0 ? a.peak_tflops : dense_bf16_peak_tflops(gpu_name);
 
   if (!a.resume.empty()) {
     if (!multi) {
@@ -859,6 +902,11 @@ int train(const Args &a, World &w) {
   auto micro = [&](int64_t m) { return my_block + m * micro_batch * plan.seq_len; };
   std::vector<double> step_tps;
   std::map<std::string, int64_t> train_bytes;  // communicator bytes of the training steps only
+  // Time split of this rank's training steps (executor compute / comm + comm->flush, the rest
+  // idle/other), step times (MFU), GPU memory and utilization.
+  double total_compute = 0, total_comm = 0, total_step_time = 0;
+  std::vector<double> step_times;
+  double gpu_peak_used_mib = 0, gpu_alloc_peak_mib = 0;
   int64_t steps_run = 0;
   double last_loss = std::nan(""), last_lr = 0;
   for (int64_t s = start_step + 1; s <= a.steps; ++s) {
@@ -867,6 +915,9 @@ int train(const Args &a, World &w) {
       return fail("step " + std::to_string(s) + ": injected failure (PARALLORA_TEST_FAIL_RANK=" + std::to_string(fail_rank) +
                   ", PARALLORA_TEST_FAIL_STEP=" + std::to_string(fail_step) + ")");
     const std::map<std::string, int64_t> bytes_before = comm->bytes_sent();
+    const TimeSplit split_before = ex.time_split();
+    double flush_s = 0;  // comm->flush(): waiting for outstanding sends counts as communication
+    if (nvml) nvml->begin_window();
     if (Status st = loader.next(plan.global_batch, global.data()); !st) return fail("--data " + a.data + ": " + st.message());
     double loss_sum = 0;
     if (!pipelined) {
@@ -897,8 +948,11 @@ int train(const Args &a, World &w) {
         }
       }
     }
-    if (multi)
+    if (multi) {
+      auto tf = std::chrono::steady_clock::now();
       if (Status st = comm->flush(); !st) return fail("step " + std::to_string(s) + ": " + st.message());
+      flush_s = seconds_since(tf);
+    }
     StepState state;
     state.step = s;
     state.lr = lr_at_step(plan.hparams, s, a.steps);
@@ -911,6 +965,14 @@ int train(const Args &a, World &w) {
     ++steps_run;
     last_loss = world_sum(loss_sum) / static_cast<double>(plan.micro_batches * dp);
     double dt = seconds_since(t0);
+    const TimeSplit &split_after = ex.time_split();
+    const double compute_s = split_after.compute_s - split_before.compute_s;
+    const double comm_s = split_after.comm_s - split_before.comm_s + flush_s;
+    const double idle_s = dt - compute_s - comm_s;
+    total_compute += compute_s;
+    total_comm += comm_s;
+    total_step_time += dt;
+    step_times.push_back(dt);
     last_lr = state.lr;
     double tps = dt > 0 ? tokens_per_step / dt : 0;
     if (s > start_step + 1) step_tps.push_back(tps);
@@ -923,7 +985,24 @@ int train(const Args &a, World &w) {
                 {"step_time_s", dt},
                 {"peak_rss_mib", peak_rss_mib()},
                 {"arena_mib", ex.arena_bytes() * ex.slots() / 1048576.0},
-                {"skipped", !state.grad_norm_finite}};
+                {"skipped", !state.grad_norm_finite},
+                {"compute_s", compute_s},
+                {"comm_s", comm_s},
+                {"idle_s", idle_s}};
+#ifdef PARALLORA_HAVE_CUDA
+    if (a.backend == "cuda") {
+      cuda::DeviceMemory dm = cuda::device_memory();
+      if (dm.ok) {
+        gpu_peak_used_mib = std::max(gpu_peak_used_mib, dm.used_bytes / 1048576.0);
+        rec["gpu_mem_used_mib"] = dm.used_bytes / 1048576.0;
+      }
+      gpu_alloc_peak_mib = std::max(gpu_alloc_peak_mib, dm.peak_allocated_bytes / 1048576.0);
+    }
+#endif
+    if (nvml) {
+      GpuUtilStats u = nvml->end_window();
+      if (u.samples > 0) rec["gpu_util"] = u.mean;
+    }
     if (Status st = write_metrics(rec); !st) return fail(st.message());
     if (rank0) {
       progress.update(s, last_loss, tps, state.lr);
@@ -956,7 +1035,10 @@ int train(const Args &a, World &w) {
 
   // Per-rank communication report: measured (training steps only) vs predicted, gathered on
   // rank 0 as fixed-size numbers.
-  constexpr int kFields = 9;
+  // Row fields 0-8 as before (rank, bytes by all_reduce / send measured and predicted, arena,
+  // RSS, steps, persistent bytes); then the time split, MFU inputs, GPU numbers, broadcast bytes.
+  enum : int { kCompute = 9, kComm, kStepTime, kStepMedian, kFlops, kGpuPeak, kGpuAlloc, kUtilMean, kUtilSamples,
+               kUtilMax, kBcast, kBcastPred, kFields };
   auto per_step = [&](const std::string &kind) -> double {
     auto it = train_bytes.find(kind);
     return steps_run > 0 && it != train_bytes.end() ? static_cast<double>(it->second) / steps_run : 0.0;
@@ -973,18 +1055,25 @@ int train(const Args &a, World &w) {
                               static_cast<double>(ex.arena_bytes() * ex.slots()),
                               peak_rss_mib(),
                               static_cast<double>(steps_run),
-                              static_cast<double>(ex.persistent_bytes())};
+                              static_cast<double>(ex.persistent_bytes()),
+                              total_compute,
+                              total_comm,
+                              total_step_time,
+                              median(step_times),
+                              rp.flops_per_step,
+                              gpu_peak_used_mib,
+                              gpu_alloc_peak_mib,
+                              nvml ? nvml->total().mean : -1.0,
+                              nvml ? static_cast<double>(nvml->total().samples) : 0.0,
+                              nvml ? nvml->total().max : -1.0,
+                              per_step("broadcast"),
+                              predicted(rp, "broadcast")};
   std::vector<double> rows(static_cast<size_t>(kFields * plan.world_size));
   if (multi) MPI_Gather(mine_row, kFields, MPI_DOUBLE, rows.data(), kFields, MPI_DOUBLE, 0, MPI_COMM_WORLD);
   else std::copy(mine_row, mine_row + kFields, rows.begin());
   if (!rank0) return 0;
 
-  double median_tps = 0;
-  if (!step_tps.empty()) {
-    std::vector<double> v = step_tps;
-    std::sort(v.begin(), v.end());
-    median_tps = v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-  }
+  double median_tps = median(step_tps);
   double wall = seconds_since(t_start);
   json summary = {{"plan", a.plan},
                   {"plan_fingerprint", fingerprint},
@@ -1003,6 +1092,58 @@ int train(const Args &a, World &w) {
                   {"mesh", {{"dp", mesh.dp}, {"tp", mesh.tp}, {"pp", mesh.pp}}},
                   {"strategy", plan.strategy},
                   {"schedule", plan.pipeline_schedule}};
+  // Time split and MFU (docs/training.md "Metrics"). Per rank: compute / comm / idle totals over
+  // the training steps of this run. MFU: the plan's model FLOPs of one step summed over ranks /
+  // rank 0's median step time (first step excluded when there are several) / (peak x ranks).
+  auto fraction = [](double part, double whole) -> json { return whole > 0 ? json(part / whole) : json(nullptr); };
+  auto time_json = [&](const double *row) {
+    double idle = row[kStepTime] - row[kCompute] - row[kComm];
+    return json{{"compute_s", row[kCompute]},
+                {"comm_s", row[kComm]},
+                {"idle_s", idle},
+                {"step_time_s", row[kStepTime]},
+                {"compute_fraction", fraction(row[kCompute], row[kStepTime])},
+                {"comm_fraction", fraction(row[kComm], row[kStepTime])},
+                {"idle_fraction", fraction(idle, row[kStepTime])}};
+  };
+  int slowest = 0;  // the rank with the most compute time: the one the others wait for
+  double flops_per_step = 0;
+  for (int r = 0; r < plan.world_size; ++r) {
+    const double *row = rows.data() + static_cast<size_t>(r) * kFields;
+    if (row[kCompute] > rows[static_cast<size_t>(slowest) * kFields + kCompute]) slowest = r;
+    flops_per_step += row[kFlops];
+  }
+  const json time0 = time_json(rows.data());  // rank 0's split, at the top level
+  for (auto it = time0.begin(); it != time0.end(); ++it) summary[it.key()] = it.value();
+  summary["slowest_rank"] = slowest;
+  std::vector<double> mfu_times(step_times.begin() + (step_times.size() > 1 ? 1 : 0), step_times.end());
+  const double step_median = median(mfu_times);
+  const double achieved = step_median > 0 ? flops_per_step / step_median : 0.0;  // FLOP/s
+  summary["step_time_s_median"] = step_median;
+  summary["flops_per_step"] = flops_per_step;
+  summary["achieved_tflops"] = achieved / 1e12;
+  summary["peak_tflops"] = peak_tflops > 0 ? json(peak_tflops) : json(nullptr);
+  summary["mfu"] = peak_tflops > 0 ? json(achieved / (peak_tflops * 1e12 * plan.world_size)) : json(nullptr);
+  if (!gpu_name.empty()) summary["gpu_name"] = gpu_name;
+  double util_sum = 0, util_max = -1;
+  int64_t util_samples = 0;
+  double gpu_peak_all = 0, gpu_alloc_all = 0;
+  if (a.backend == "cuda") {
+    for (int r = 0; r < plan.world_size; ++r) {
+      const double *row = rows.data() + static_cast<size_t>(r) * kFields;
+      gpu_peak_all = std::max(gpu_peak_all, row[kGpuPeak]);
+      gpu_alloc_all = std::max(gpu_alloc_all, row[kGpuAlloc]);
+      if (row[kUtilMean] >= 0 && row[kUtilSamples] > 0) {
+        util_sum += row[kUtilMean] * row[kUtilSamples];
+        util_samples += static_cast<int64_t>(row[kUtilSamples]);
+        util_max = std::max(util_max, row[kUtilMax]);
+      }
+    }
+    summary["gpu_peak_mem_mib"] = gpu_peak_all;  // max over ranks of cudaMemGetInfo used
+    summary["gpu_alloc_peak_mib"] = gpu_alloc_all;
+    summary["gpu_util_mean"] = util_samples > 0 ? json(util_sum / util_samples) : json(nullptr);
+    summary["gpu_util_max"] = util_samples > 0 ? json(util_max) : json(nullptr);
+  }
   json ranks = json::array();
   std::ostringstream comm_report, mismatch;
   for (int r = 0; r < plan.world_size; ++r) {
@@ -1013,6 +1154,7 @@ int train(const Args &a, World &w) {
       return std::fabs(v - i) < 1e-9 ? json(static_cast<int64_t>(i)) : json(v);
     };
     json measured = {{"all_reduce", as_int(row[1])}, {"send", as_int(row[2])}};
+    if (row[kBcast] != 0 || pr.bytes_sent.count("broadcast")) measured["broadcast"] = as_int(row[kBcast]);  // ZeRO-1
     json pred = json::object();
     for (auto &[k, v] : pr.bytes_sent) pred[k] = v;
     if (!pred.contains("all_reduce")) pred["all_reduce"] = 0;
@@ -1025,16 +1167,34 @@ int train(const Args &a, World &w) {
                      {"predicted_peak_bytes", pr.peak_bytes},
                      {"predicted_bubble_fraction", pr.bubble_fraction},
                      {"persistent_bytes", static_cast<int64_t>(row[8])},
-                     {"peak_rss_mib", row[6]}});
+                     {"peak_rss_mib", row[6]},
+                     {"time", time_json(row)},
+                     {"step_time_s_median", row[kStepMedian]},
+                     {"flops_per_step", row[kFlops]}});
+    if (a.backend == "cuda") {
+      json &e = ranks.back();
+      e["gpu_peak_mem_mib"] = row[kGpuPeak];
+      e["gpu_alloc_peak_mib"] = row[kGpuAlloc];
+      e["gpu_util_mean"] = row[kUtilMean] >= 0 && row[kUtilSamples] > 0 ? json(row[kUtilMean]) : json(nullptr);
+    }
     if (multi) {
       comm_report << "  rank " << r << " (dp " << pr.dp_rank << ", tp " << pr.tp_rank << ", pp " << pr.pp_stage
                   << "): sent " << fmt("%.0f", row[1]) << " B/step by all_reduce, " << fmt("%.0f", row[2])
-                  << " by send; predicted " << fmt("%.0f", row[3]) << ", " << fmt("%.0f", row[4]) << "\n";
-      if (row[7] > 0 && (std::fabs(row[1] - row[3]) > 0.5 || std::fabs(row[2] - row[4]) > 0.5))
+                  << " by send; predicted " << fmt("%.0f", row[3]) << ", " << fmt("%.0f", row[4])
+                  << (row[kBcast] != 0 || row[kBcastPred] != 0
+                          ? "; broadcast " + fmt("%.0f", row[kBcast]) + " B/step, predicted " + fmt("%.0f", row[kBcastPred])
+                          : std::string())
+                  << "\n";
+      if (row[7] > 0 && (std::fabs(row[1] - row[3]) > 0.5 || std::fabs(row[2] - row[4]) > 0.5 ||
+                         std::fabs(row[kBcast] - row[kBcastPred]) > 0.5))
         mismatch << "lora-run: warning: MISMATCH on rank " << r << ": measured bytes sent per step ("
                     << fmt("%.0f", row[1]) << " all_reduce, " << fmt("%.0f", row[2])
                     << " send) differ from the plan's prediction (" << fmt("%.0f", row[3]) << ", "
-                    << fmt("%.0f", row[4]) << ")\n";
+                    << fmt("%.0f", row[4]) << ")"
+                 << (row[kBcast] != 0 || row[kBcastPred] != 0
+                         ? "; broadcast " + fmt("%.0f", row[kBcast]) + " vs " + fmt("%.0f", row[kBcastPred])
+                         : std::string())
+                 << "\n";
     }
   }
   summary["ranks"] = ranks;
@@ -1067,8 +1227,30 @@ int train(const Args &a, World &w) {
             << fmt("%.0f", median_tps) << " tokens/s (median, first step excluded), wall " << fmt("%.2f", wall)
             << " s, peak RSS " << fmt("%.0f", peak_rss_mib()) << " MiB" << (multi ? " (rank 0)" : "") << "\n"
             << "  adapter: " << a.out << "/adapter, metrics: " << metrics_path << ", summary: " << a.out
-            << "/summary.json\n"
-            << comm_report.str() << prof.str();
+            << "/summary.json\n";
+  {
+    const double *r0 = rows.data();
+    const double *rs = rows.data() + static_cast<size_t>(slowest) * kFields;
+    auto pct = [](double part, double whole) { return fmt("%.1f", whole > 0 ? 100.0 * part / whole : 0.0); };
+    std::cout << "time: compute " << pct(r0[kCompute], r0[kStepTime]) << "%, communication " << pct(r0[kComm], r0[kStepTime])
+              << "%, idle/other " << pct(r0[kStepTime] - r0[kCompute] - r0[kComm], r0[kStepTime]) << "% (rank 0); slowest rank " << slowest
+              << " (most compute): compute " << pct(rs[kCompute], rs[kStepTime]) << "%, communication " << pct(rs[kComm], rs[kStepTime])
+              << "%, idle/other " << pct(rs[kStepTime] - rs[kCompute] - rs[kComm], rs[kStepTime]) << "%\n";
+    if (peak_tflops > 0)
+      std::cout << "MFU: " << fmt("%.2f", 100.0 * achieved / (peak_tflops * 1e12 * plan.world_size)) << "% ("
+                << fmt("%.4g", achieved / 1e12) << " TFLOP/s achieved by " << plan.world_size << " rank"
+                << (plan.world_size == 1 ? "" : "s") << " / " << fmt("%g", peak_tflops) << " TFLOP/s peak per device)\n";
+    else
+      std::cout << "MFU: not reported (" << fmt("%.4g", achieved / 1e12)
+                << " TFLOP/s achieved; peak unknown: pass --peak-tflops)\n";
+    if (a.backend == "cuda")
+      std::cout << "gpu: peak memory used " << fmt("%.0f", gpu_peak_all) << " MiB (cudaMemGetInfo, max over ranks), "
+                << "allocator peak " << fmt("%.0f", gpu_alloc_all) << " MiB; utilization "
+                << (util_samples > 0 ? "mean " + fmt("%.1f", util_sum / util_samples) + "% (NVML)"
+                                     : std::string("unavailable (") + (nvml_why.empty() ? "no samples" : nvml_why) + ")")
+                << "\n";
+  }
+  std::cout << comm_report.str() << prof.str();
   std::cout.flush();
   std::cerr << mismatch.str();
   return 0;
@@ -1085,11 +1267,14 @@ int main(int argc, char **argv) {
       "Outputs in --out:\n"
       "  metrics.jsonl      one line per step: step, loss (mean over micro-batches), lr, grad_norm (before\n"
       "                     clipping), tokens (seen so far), tokens_per_s, step_time_s, peak_rss_mib, arena_mib,\n"
-      "                     skipped (non-finite gradient); with --val-data also {step, val_loss} lines\n"
+      "                     skipped (non-finite gradient), compute_s / comm_s / idle_s (rank 0's step time split),\n"
+      "                     with --backend cuda gpu_mem_used_mib and gpu_util (NVML); with --val-data also\n"
+      "                     {step, val_loss} lines\n"
       "                     (step 0 = before training)\n"
       "  adapter/           the final PEFT LoRA adapter (PeftModel.from_pretrained(base, 'out/adapter'))\n"
       "  checkpoint-N/      resumable checkpoints (every --save-every steps and at the end); latest names the newest\n"
-      "  summary.json       steps, final loss, median tokens/s (first step excluded), wall time, peak RSS\n"
+      "  summary.json       steps, final loss, median tokens/s (first step excluded), wall time, peak RSS,\n"
+      "                     time split (per rank), mfu (null without a known peak), GPU memory and utilization\n"
       "\n"
       "Examples:\n"
       "  lora-run --describe plan.lp --verbose\n"
@@ -1131,10 +1316,18 @@ int main(int argc, char **argv) {
                  "kernels: cpu (fp32 reference, default) or cuda (one GPU per process: device = local rank % device "
                  "count; multi-rank collectives are host-staged through MPI)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--collectives", a.collectives,
+                 "multi-rank collectives: mpi (default; host-staged with --backend cuda, several ranks may share a GPU) "
+                 "or nccl (--backend cuda, one GPU per rank)")
+      ->check(CLI::IsMember({"mpi", "nccl"}));
   app.add_option("--log-every", a.log_every, "progress line every K steps when stderr is not a terminal")->check(at_least(1));
   app.add_flag("--profile", a.profile, "time every kernel and print a per-op table at the end (also in summary.json)");
   app.add_option("--comm-timeout", a.comm_timeout, "multi-rank: seconds a collective or receive waits for its peers before failing (default 300)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--peak-tflops", a.peak_tflops,
+                 "MFU's peak per device in TFLOP/s (default: the GPU's dense bf16 data-sheet peak by name: H100 SXM/HBM3 "
+                 "and H200 989, H100 PCIe 756, A100 312; otherwise, and on the cpu backend, MFU is not reported)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--dump-first-step", a.dump_first_step, "write loss, logits and every grad.<param> after the first micro-step to this .safetensors file (parity tests)");
 
   try {

@@ -1,0 +1,851 @@
+//===- nccl_comm.cu - the NCCL communicator (contract: nccl_comm.h) --------===//
+#include "runtime/cuda/nccl_comm.h"
+
+#include <cuda_runtime.h>
+#include <mpi.h>
+#include <nccl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <list>
+#include <thread>
+#include <variant>
+
+#include "runtime/comm/comm_impl.h"
+#include "runtime/cuda/backend.h"
+#include "runtime/cuda/common.cuh"
+
+namespace parallora::rt::cuda {
+
+using namespace comm_detail;
+
+// ------------------------------------------------------------------ pure device check
+
+Status check_one_rank_per_gpu(const std::vector<RankDevice> &devices,
+                              const std::vector<CommGroup> &groups) {
+  const CommGroup *worst = nullptr;
+  int worst_a = -1, worst_b = -1;
+  for (const CommGroup &g : groups) {
+    for (int r : g.ranks)
+      if (r < 0 || r >= int(devices.size()))
+        return Status::error("group '" + g.name + "' (ranks " + rank_list(g.ranks) + ") names rank " +
+                             std::to_string(r) + ", outside this world of " +
+                             std::to_string(devices.size()) + " ranks");
+    if (g.ranks.size() < 2) continue;
+    if (worst && g.ranks.size() >= worst->ranks.size()) continue;  // keep the smallest
+    bool found = false;
+    for (size_t i = 0; i < g.ranks.size() && !found; ++i)
+      for (size_t j = i + 1; j < g.ranks.size() && !found; ++j) {
+        const RankDevice &a = devices[size_t(g.ranks[i])], &b = devices[size_t(g.ranks[j])];
+        if (g.ranks[i] != g.ranks[j] && a.host == b.host && a.device == b.device) {
+          worst = &g;
+          worst_a = std::min(g.ranks[i], g.ranks[j]);
+          worst_b = std::max(g.ranks[i], g.ranks[j]);
+          found = true;
+        }
+      }
+  }
+  if (!worst) return Status::ok();
+  const RankDevice &d = devices[size_t(worst_a)];
+  return Status::error("NCCL cannot put two ranks of one group on one GPU: ranks " + std::to_string(worst_a) +
+                       " and " + std::to_string(worst_b) + " of group '" + worst->name + "' (ranks " +
+                       rank_list(worst->ranks) + ") both use GPU " + d.device + " on host " + d.host +
+                       " (NCCL: \"Duplicate GPU detected\"); run one rank per GPU, or use the host-staged "
+                       "MPI collectives (--collectives mpi), which allow ranks to share a GPU");
+}
+
+std::string nccl_version_string() {
+  int v = 0;
+  if (ncclGetVersion(&v) != ncclSuccess) return "NCCL (unknown version)";
+  // NCCL_VERSION(X,Y,Z) = X*10000 + Y*100 + Z for 2.9 and later.
+  return "NCCL " + std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." +
+         std::to_string(v % 100);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void backoff(int64_t iter) {
+  if (iter < 200)
+    std::this_thread::yield();
+  else if (iter < 2000)
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  else if (iter < 10000)
+    std::this_thread::sleep_for(std::chrono::microseconds(100));
+  else
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+}
+
+Clock::time_point deadline_after(double seconds) {
+  if (!(seconds < 1e9)) seconds = 1e9;  // also NaN
+  if (seconds < 0) seconds = 0;
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+std::string nccl_err(ncclComm_t comm, ncclResult_t r) {
+  std::string s = std::string(ncclGetErrorString(r));
+  if (const char *last = ncclGetLastError(comm); last && *last) s += " (" + std::string(last) + ")";
+  return s;
+}
+
+std::string cuda_err(cudaError_t e) { return std::string(cudaGetErrorString(e)) + " (error " + std::to_string(int(e)) + ")"; }
+
+/// Polls a non-blocking communicator until its state leaves ncclInProgress or the deadline
+/// passes (returns ncclInProgress then).
+ncclResult_t settle(ncclComm_t comm, ncclResult_t r, Clock::time_point deadline) {
+  for (int64_t iter = 0; r == ncclInProgress; ++iter) {
+    if (Clock::now() >= deadline) return ncclInProgress;
+    backoff(iter);
+    ncclResult_t async = ncclSuccess;
+    if (ncclCommGetAsyncError(comm, &async) != ncclSuccess) return ncclInternalError;
+    r = async;
+  }
+  return r;
+}
+
+/// Device-accessible without a copy: device or managed memory.
+bool device_accessible(const void *p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+/// A grow-only device buffer, stream-ordered on stream() (cudaMallocAsync / cudaFreeAsync: no
+/// device-wide synchronization, which could wait on a send stuck behind its receiver).
+struct DeviceBuffer {
+  void *p = nullptr;
+  size_t bytes = 0;
+  Status reserve(size_t n) {
+    if (n <= bytes) return Status::ok();
+    if (p) cudaFreeAsync(p, stream());
+    p = nullptr;
+    bytes = 0;
+    if (cudaError_t e = cudaMallocAsync(&p, n, stream()); e != cudaSuccess) {
+      cudaGetLastError();
+      return Status::error("cudaMallocAsync of " + std::to_string(n) + " bytes: " + cuda_err(e));
+    }
+    bytes = n;
+    return Status::ok();
+  }
+  void release() {
+    if (p) cudaFreeAsync(p, stream());
+    p = nullptr;
+    bytes = 0;
+  }
+};
+
+/// One NCCL communicator, possibly shared by groups with identical members.
+struct NcclHandle {
+  ncclComm_t comm = nullptr;
+  std::string name;          // for messages: the first group that created it
+  std::vector<int> members;  // world ranks, ascending (NCCL rank = index)
+  std::string broken;        // why later operations fail at once
+};
+
+struct PendingSend {
+  cudaEvent_t done = nullptr;
+  int peer = -1, tag = -1;
+  int64_t bytes = 0;
+  NcclHandle *h = nullptr;
+};
+
+/// What each rank contributes to the setup exchange.
+struct SetupInfo {
+  char host[128];
+  char bus_id[32];
+  ncclUniqueId ids[10];  // [axes 1..7] groups this rank leads, [8] p2p up, [9] p2p down
+};
+
+class NcclCommunicator final : public Communicator {
+public:
+  NcclCommunicator(const plan::Mesh &mesh, std::unique_ptr<Communicator> mpi)
+      : Communicator(mesh), mpi_(std::move(mpi)), rank_(mpi_->rank()), size_(mpi_->world_size()) {}
+  ~NcclCommunicator() override;
+
+  Status init(bool single_rank_comms);
+
+  int rank() const override { return rank_; }
+  int world_size() const override { return size_; }
+  Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) override;
+  Status broadcast(const std::string &group, float *data, int64_t count, int root) override;
+  Status send(int peer, int tag, const void *data, int64_t bytes) override;
+  Status recv(int peer, int tag, void *data, int64_t bytes) override;
+  Status flush() override;
+
+private:
+  std::string prefix() const { return "rank " + std::to_string(rank_) + ": "; }
+  /// Creates (ncclCommInitRankConfig, non-blocking, polled) the communicator of `members`.
+  Status create(NcclHandle &h, const ncclUniqueId &id, Clock::time_point deadline);
+  /// Waits for `s` (cudaStreamQuery) while watching `h`'s async error. On timeout or error
+  /// aborts h (marks it broken with `broken_why`) and returns the error; `what` names the op.
+  Status wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what, const char *hang_hint);
+  void abort(NcclHandle &h, const std::string &why);
+  /// One group collective (all_reduce or broadcast) on `data`, staged when on the host.
+  Status collective(NcclHandle *h, const std::string &what, float *data, int64_t count,
+                    const std::function<ncclResult_t(void *, ncclComm_t)> &enqueue);
+  /// Device staging -> host after the wait (synchronous, the stream is idle by then).
+  Status copy_back(void *dst, const void *src, size_t bytes, const std::string &what);
+  void reap_sends();
+  std::string send_desc(const PendingSend &ps) const {
+    return "send to rank " + std::to_string(ps.peer) + " (tag " + std::to_string(ps.tag) + ") of " +
+           std::to_string(ps.bytes) + " bytes";
+  }
+  Status check_peer(const char *op, int peer, int tag, int64_t bytes, const void *data) const;
+  /// "up" carries messages from a lower to a higher world rank, "down" the others.
+  NcclHandle *send_comm(int peer) { return peer > rank_ ? up_ : down_; }
+  NcclHandle *recv_comm(int peer) { return peer < rank_ ? up_ : down_; }
+
+  std::unique_ptr<Communicator> mpi_;  // world-size check, handshake, bootstrap
+  int rank_, size_;
+  std::list<NcclHandle> handles_;      // stable addresses
+  NcclHandle *groups_[8] = {};         // by axis bits; null = one-rank group (identity)
+  NcclHandle *up_ = nullptr, *down_ = nullptr;
+  cudaStream_t send_stream_ = nullptr;
+  DeviceBuffer staging_;               // host-pointer staging for collectives / recv
+  std::list<PendingSend> pending_;
+  Status send_error_;
+};
+
+Status NcclCommunicator::create(NcclHandle &h, const ncclUniqueId &id, Clock::time_point deadline) {
+  const int nranks = int(h.members.size());
+  const int me = int(std::find(h.members.begin(), h.members.end(), rank_) - h.members.begin());
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  config.commName = h.name.c_str();
+  ncclResult_t r = ncclCommInitRankConfig(&h.comm, nranks, id, me, &config);
+  const std::string what = "creating the NCCL communicator of group '" + h.name + "' (ranks " +
+                           rank_list(h.members) + ")";
+  if (r != ncclSuccess && r != ncclInProgress) {
+    std::string msg = std::string(ncclGetErrorString(r));
+    if (h.comm) msg = nccl_err(h.comm, r);
+    if (h.comm) ncclCommAbort(h.comm);
+    h.comm = nullptr;
+    return Status::error(prefix() + what + " failed: " + msg);
+  }
+  r = settle(h.comm, r, deadline);
+  if (r == ncclInProgress) {
+    ncclCommAbort(h.comm);
+    h.comm = nullptr;
+    return Status::error(prefix() + what + " did not complete within " + seconds_str(timeout_seconds) +
+                         " s (a peer died or is stuck, or cannot reach this host)");
+  }
+  if (r != ncclSuccess) {
+    const std::string msg = nccl_err(h.comm, r);
+    ncclCommAbort(h.comm);
+    h.comm = nullptr;
+    return Status::error(prefix() + what + " failed: " + msg);
+  }
+  return Status::ok();
+}
+
+Status NcclCommunicator::init(bool single_rank_comms) {
+  const Clock::time_point deadline = deadline_after(timeout_seconds);
+  int dev = -1;
+  if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess)
+    return Status::error(prefix() + "cudaGetDevice: " + cuda_err(e));
+
+  // Which communicators exist (same list, same order, on every rank).
+  // A group whose members equal an earlier group's shares its communicator (alias): every
+  // member sees the same equality, so all ranks agree on what is created.
+  struct Plan {
+    std::string name;
+    std::vector<int> members;
+    int slot;        // index into SetupInfo::ids of the leader; groups_ index for slots < 8
+    int alias = -1;  // index of the earlier plan whose communicator this one uses
+  };
+  std::vector<Plan> plans;
+  for (unsigned axes = 1; axes < 8; ++axes) {
+    std::vector<int> m = group_members(mesh_, rank_, axes);
+    if (m.size() < 2 && !single_rank_comms) continue;
+    Plan p{group_name(axes), std::move(m), int(axes)};
+    for (size_t j = 0; j < plans.size() && p.alias < 0; ++j)
+      if (plans[j].members == p.members) p.alias = int(j);
+    plans.push_back(std::move(p));
+  }
+  if (single_rank_comms || size_ > 1) {
+    std::vector<int> every(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) every[size_t(r)] = r;
+    plans.push_back({"send/recv up", every, 8});
+    plans.push_back({"send/recv down", every, 9});
+  }
+
+  // The exchange: host, GPU, and the ids of the groups this rank leads.
+  SetupInfo mine;
+  std::memset(&mine, 0, sizeof mine);
+  gethostname(mine.host, sizeof mine.host - 1);
+  if (cudaDeviceGetPCIBusId(mine.bus_id, sizeof mine.bus_id, dev) != cudaSuccess) {
+    cudaGetLastError();
+    std::snprintf(mine.bus_id, sizeof mine.bus_id, "cuda:%d", dev);
+  }
+  for (const Plan &p : plans)
+    if (p.alias < 0 && p.members.front() == rank_)
+      if (ncclResult_t r = ncclGetUniqueId(&mine.ids[p.slot]); r != ncclSuccess)
+        return Status::error(prefix() + "ncclGetUniqueId for group '" + p.name + "': " + ncclGetErrorString(r));
+  std::vector<SetupInfo> all(static_cast<size_t>(size_));
+  {
+    MPI_Comm world = MPI_COMM_NULL;
+    MPI_Request req = MPI_REQUEST_NULL;
+    auto wait = [&](const char *what) -> Status {
+      for (int64_t iter = 0;; ++iter) {
+        int flag = 0;
+        if (int rc = MPI_Test(&req, &flag, MPI_STATUS_IGNORE); rc != MPI_SUCCESS)
+          return Status::error(prefix() + what + " failed (MPI error " + std::to_string(rc) + ")");
+        if (flag) return Status::ok();
+        if (Clock::now() >= deadline)
+          return Status::error(prefix() + what + " over all " + std::to_string(size_) +
+                               " ranks did not complete within " + seconds_str(timeout_seconds) +
+                               " s (a peer died or is stuck)");
+        backoff(iter);
+      }
+    };
+    if (MPI_Comm_idup(MPI_COMM_WORLD, &world, &req) != MPI_SUCCESS)
+      return Status::error(prefix() + "MPI_Comm_idup for the NCCL setup failed");
+    if (Status s = wait("duplicating MPI_COMM_WORLD for the NCCL setup"); !s) return s;
+    MPI_Comm_set_errhandler(world, MPI_ERRORS_RETURN);
+    Status s = Status::ok();
+    if (MPI_Iallgather(&mine, int(sizeof mine), MPI_BYTE, all.data(), int(sizeof mine), MPI_BYTE, world, &req) !=
+        MPI_SUCCESS)
+      s = Status::error(prefix() + "MPI_Iallgather of the NCCL setup failed");
+    else
+      s = wait("exchanging GPUs and NCCL ids (MPI_Iallgather)");
+    if (s) MPI_Comm_free(&world);  // after a timeout the request still uses it: leak it
+    if (!s) return s;
+  }
+
+  // One rank per GPU within every communicator.
+  {
+    std::vector<RankDevice> devices(static_cast<size_t>(size_));
+    for (int r = 0; r < size_; ++r) {
+      SetupInfo &in = all[size_t(r)];
+      in.host[sizeof in.host - 1] = 0;
+      in.bus_id[sizeof in.bus_id - 1] = 0;
+      devices[size_t(r)] = {in.host, in.bus_id};
+    }
+    // Every rank checks every rank's groups (not only its own), so that all ranks fail together.
+    std::vector<CommGroup> groups;
+    for (int r = 0; r < size_; ++r)
+      for (unsigned axes = 1; axes < 8; ++axes) {
+        std::vector<int> m = group_members(mesh_, r, axes);
+        if (m.front() == r && m.size() > 1) groups.push_back({group_name(axes), std::move(m)});
+      }
+    if (size_ > 1) {
+      std::vector<int> every(static_cast<size_t>(size_));
+      for (int r = 0; r < size_; ++r) every[size_t(r)] = r;
+      groups.push_back({"send/recv (the whole world)", every});
+    }
+    if (Status s = check_one_rank_per_gpu(devices, groups); !s) return Status::error(prefix() + s.message());
+  }
+
+  // Streams.
+  if (cudaError_t e = cudaStreamCreateWithFlags(&send_stream_, cudaStreamNonBlocking); e != cudaSuccess)
+    return Status::error(prefix() + "cudaStreamCreate (send stream): " + cuda_err(e));
+
+  // The communicators, in plan order; identical member lists share one.
+  std::vector<NcclHandle *> made(plans.size(), nullptr);
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const Plan &p = plans[i];
+    NcclHandle *h = p.alias >= 0 ? made[size_t(p.alias)] : nullptr;
+    if (!h) {
+      handles_.emplace_back();
+      h = &handles_.back();
+      h->name = p.name;
+      h->members = p.members;
+      if (Status s = create(*h, all[size_t(p.members.front())].ids[p.slot], deadline); !s) return s;
+    }
+    made[i] = h;
+    if (p.slot < 8)
+      groups_[p.slot] = h;
+    else if (p.slot == 8)
+      up_ = h;
+    else
+      down_ = h;
+  }
+  return Status::ok();
+}
+
+void NcclCommunicator::abort(NcclHandle &h, const std::string &why) {
+  if (h.comm) ncclCommAbort(h.comm);
+  h.comm = nullptr;
+  if (h.broken.empty()) h.broken = why;
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  // Bounded wait for outstanding sends, then finalize (bounded) or abort every communicator.
+  const Clock::time_point deadline = deadline_after(std::min(timeout_seconds, 10.0));
+  for (int64_t iter = 0; !pending_.empty() && Clock::now() < deadline; ++iter) {
+    reap_sends();
+    if (!pending_.empty()) backoff(iter);
+  }
+  for (NcclHandle &h : handles_) {
+    if (!h.comm) continue;
+    ncclResult_t r = settle(h.comm, ncclCommFinalize(h.comm), deadline);
+    if (r == ncclSuccess)
+      ncclCommDestroy(h.comm);
+    else
+      ncclCommAbort(h.comm);
+    h.comm = nullptr;
+  }
+  for (PendingSend &ps : pending_)
+    if (ps.done) cudaEventDestroy(ps.done);
+  staging_.release();
+  if (send_stream_) cudaStreamDestroy(send_stream_);
+}
+
+Status NcclCommunicator::wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what,
+                                     const char *hang_hint) {
+  const Clock::time_point deadline = deadline_after(timeout_seconds);
+  for (int64_t iter = 0;; ++iter) {
+    const cudaError_t e = cudaStreamQuery(s);
+    if (e == cudaSuccess) return Status::ok();
+    if (e != cudaErrorNotReady) {
+      cudaGetLastError();
+      if (h) abort(*h, "an earlier operation on it failed on the GPU");
+      return Status::error(prefix() + what + " failed on the GPU: " + cuda_err(e));
+    }
+    if (h && h->comm) {
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(h->comm, &async);
+      if (async != ncclSuccess && async != ncclInProgress) {
+        const std::string msg = nccl_err(h->comm, async);
+        abort(*h, "an earlier operation on it failed (" + msg + ")");
+        return Status::error(prefix() + what + " failed: " + msg);
+      }
+    }
+    if (Clock::now() >= deadline) {
+      if (h) abort(*h, "an earlier operation on it timed out (its NCCL communicator was aborted)");
+      return Status::error(prefix() + what + " did not complete within " + seconds_str(timeout_seconds) + " s (" +
+                           hang_hint + ")");
+    }
+    backoff(iter);
+  }
+}
+
+Status NcclCommunicator::collective(NcclHandle *h, const std::string &what, float *data, int64_t count,
+                                    const std::function<ncclResult_t(void *, ncclComm_t)> &enqueue) {
+  if (!h->broken.empty()) return Status::error(prefix() + what + ": " + h->broken);
+  const size_t bytes = size_t(count) * sizeof(float);
+  const bool direct = device_accessible(data);
+  void *buf = data;
+  if (!direct) {
+    if (Status s = staging_.reserve(bytes); !s) return Status::error(prefix() + what + ": " + s.message());
+    buf = staging_.p;
+    if (cudaError_t e = cudaMemcpyAsync(buf, data, bytes, cudaMemcpyHostToDevice, stream()); e != cudaSuccess)
+      return Status::error(prefix() + what + ": staging copy to the GPU: " + cuda_err(e));
+  }
+  ncclResult_t r = enqueue(buf, h->comm);
+  if (r == ncclInProgress) r = settle(h->comm, r, deadline_after(timeout_seconds));
+  if (r != ncclSuccess) {
+    const std::string msg = r == ncclInProgress ? "enqueueing did not complete" : nccl_err(h->comm, r);
+    abort(*h, "an earlier operation on it failed to start");
+    return Status::error(prefix() + what + ": " + msg);
+  }
+  // Wait (deadline) before copying back: a copy to pageable memory would block without one.
+  if (Status s = wait_stream(stream(), h, what, "a peer died or is stuck"); !s) return s;
+  if (!direct) return copy_back(data, buf, bytes, what);
+  return Status::ok();
+}
+
+Status NcclCommunicator::copy_back(void *dst, const void *src, size_t bytes, const std::string &what) {
+  cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream());
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream());
+  if (e != cudaSuccess) return Status::error(prefix() + what + ": staging copy from the GPU: " + cuda_err(e));
+  return Status::ok();
+}
+
+Status NcclCommunicator::all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) {
+  StatusOr<unsigned> axes = parse_group(group);
+  if (!axes) return Status::error(prefix() + "all_reduce: " + axes.message());
+  NcclHandle *h = groups_[*axes];
+  const std::vector<int> members = group_members(mesh_, rank_, *axes);
+  const int64_t bytes = count * 4;
+  auto what = [&] {
+    return "all_reduce over group '" + group + "' (ranks " + rank_list(members) + ") of " + std::to_string(bytes) +
+           " bytes";
+  };
+  if (count < 0) return Status::error(prefix() + what() + ": negative count");
+  if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");
+  if (h && count > 0) {
+    const ncclRedOp_t nop = op == ReduceOp::Sum ? ncclSum : ncclMax;
+    if (Status s = collective(h, what(), data, count,
+                              [&](void *buf, ncclComm_t c) {
+                                return ncclAllReduce(buf, buf, size_t(count), ncclFloat32, nop, c, stream());
+                              });
+        !s)
+      return s;
+  } else if (h && !h->broken.empty()) {
+    return Status::error(prefix() + what() + ": " + h->broken);
+  }
+  count_all_reduce(bytes, int(members.size()));
+  return Status::ok();
+}
+
+Status NcclCommunicator::broadcast(const std::string &group, float *data, int64_t count, int root) {
+  StatusOr<unsigned> axes = parse_group(group);
+  if (!axes) return Status::error(prefix() + "broadcast: " + axes.message());
+  NcclHandle *h = groups_[*axes];
+  const std::vector<int> members = group_members(mesh_, rank_, *axes);
+  const int g = int(members.size());
+  const int64_t bytes = count * 4;
+  auto what = [&] {
+    return "broadcast over group '" + group + "' (ranks " + rank_list(members) + ") of " + std::to_string(bytes) +
+           " bytes from group rank " + std::to_string(root);
+  };
+  if (count < 0) return Status::error(prefix() + what() + ": negative count");
+  if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");
+  if (root < 0 || root >= g) return Status::error(prefix() + what() + ": root is not in the group");
+  if (h && count > 0) {
+    if (Status s = collective(h, what(), data, count,
+                              [&](void *buf, ncclComm_t c) {
+                                return ncclBroadcast(buf, buf, size_t(count), ncclFloat32, root, c, stream());
+                              });
+        !s)
+      return s;
+  }
+  const int me = int(std::find(members.begin(), members.end(), rank_) - members.begin());
+  count_broadcast(bytes, g, me == root);
+  return Status::ok();
+}
+
+Status NcclCommunicator::check_peer(const char *op, int peer, int tag, int64_t bytes, const void *data) const {
+  const std::string what = std::string(op) + (op[0] == 's' ? " to rank " : " from rank ") + std::to_string(peer) +
+                           " (tag " + std::to_string(tag) + ") of " + std::to_string(bytes) + " bytes";
+  if (peer < 0 || peer >= size_)
+    return Status::error(prefix() + what + ": peer is not a rank of this world of " + std::to_string(size_) +
+                         " ranks");
+  if (peer == rank_)
+    return Status::error(prefix() + what + ": the NCCL communicator does not send to its own rank");
+  if (bytes < 0) return Status::error(prefix() + what + ": negative size");
+  if (bytes > 0 && !data) return Status::error(prefix() + what + ": no data");
+  return Status::ok();
+}
+
+void NcclCommunicator::reap_sends() {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    const cudaError_t e = cudaEventQuery(it->done);
+    if (e == cudaErrorNotReady) {
+      ++it;
+      continue;
+    }
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      if (send_error_.is_ok())
+        send_error_ = Status::error(prefix() + send_desc(*it) + " failed on the GPU: " + cuda_err(e));
+    }
+    cudaEventDestroy(it->done);
+    it = pending_.erase(it);
+  }
+  // An asynchronous NCCL error of a point-to-point communicator fails the sends too.
+  for (NcclHandle *h : {up_, down_}) {
+    if (!h || !h->comm || !send_error_.is_ok()) continue;
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(h->comm, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      const std::string msg = nccl_err(h->comm, async);
+      send_error_ = Status::error(prefix() + "a send on '" + h->name + "' failed: " + msg);
+      abort(*h, "an earlier operation on it failed (" + msg + ")");
+    }
+  }
+}
+
+Status NcclCommunicator::send(int peer, int tag, const void *data, int64_t bytes) {
+  reap_sends();
+  if (!send_error_.is_ok()) return send_error_;
+  if (Status s = check_peer("send", peer, tag, bytes, data); !s) return s;
+  NcclHandle *h = send_comm(peer);
+  PendingSend ps;
+  ps.peer = peer;
+  ps.tag = tag;
+  ps.bytes = bytes;
+  ps.h = h;
+  const std::string desc = send_desc(ps);
+  if (!h->broken.empty()) return Status::error(prefix() + desc + ": " + h->broken);
+  if (bytes > 0) {
+    // Staging copy on stream() (after the kernels that wrote `data`), then the send on the send
+    // stream after that copy; the buffer is freed on the send stream after the send.
+    void *buf = nullptr;
+    if (cudaError_t e = cudaMallocAsync(&buf, size_t(bytes), stream()); e != cudaSuccess) {
+      cudaGetLastError();
+      return Status::error(prefix() + desc + ": cudaMallocAsync of the staging copy: " + cuda_err(e));
+    }
+    cudaEvent_t copied = nullptr;
+    cudaError_t e = cudaMemcpyAsync(buf, data, size_t(bytes), cudaMemcpyDefault, stream());
+    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&copied, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(copied, stream());
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(send_stream_, copied, 0);
+    if (copied) cudaEventDestroy(copied);  // released once recorded work completes
+    if (e != cudaSuccess) {
+      cudaFreeAsync(buf, stream());
+      return Status::error(prefix() + desc + ": staging copy: " + cuda_err(e));
+    }
+    ncclResult_t r = ncclSend(buf, size_t(bytes), ncclUint8, peer, h->comm, send_stream_);
+    if (r == ncclInProgress) r = settle(h->comm, r, deadline_after(timeout_seconds));
+    cudaFreeAsync(buf, send_stream_);
+    if (r != ncclSuccess) {
+      const std::string msg = r == ncclInProgress ? "enqueueing did not complete" : nccl_err(h->comm, r);
+      abort(*h, "an earlier send failed to start");
+      return Status::error(prefix() + desc + ": ncclSend: " + msg);
+    }
+    if ((e = cudaEventCreateWithFlags(&ps.done, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventRecord(ps.done, send_stream_)) != cudaSuccess)
+      return Status::error(prefix() + desc + ": cudaEventRecord: " + cuda_err(e));
+    pending_.push_back(ps);
+  }
+  count_send(bytes);
+  return Status::ok();
+}
+
+Status NcclCommunicator::recv(int peer, int tag, void *data, int64_t bytes) {
+  if (Status s = check_peer("recv", peer, tag, bytes, data); !s) return s;
+  NcclHandle *h = recv_comm(peer);
+  const std::string what = "recv from rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + ") of " +
+                           std::to_string(bytes) + " bytes";
+  if (!h->broken.empty()) return Status::error(prefix() + what + ": " + h->broken);
+  if (bytes > 0) {
+    const bool direct = device_accessible(data);
+    void *buf = data;
+    if (!direct) {
+      if (Status s = staging_.reserve(size_t(bytes)); !s) return Status::error(prefix() + what + ": " + s.message());
+      buf = staging_.p;
+    }
+    ncclResult_t r = ncclRecv(buf, size_t(bytes), ncclUint8, peer, h->comm, stream());
+    if (r == ncclInProgress) r = settle(h->comm, r, deadline_after(timeout_seconds));
+    if (r != ncclSuccess) {
+      const std::string msg = r == ncclInProgress ? "enqueueing did not complete" : nccl_err(h->comm, r);
+      abort(*h, "an earlier recv failed to start");
+      return Status::error(prefix() + what + ": ncclRecv: " + msg);
+    }
+    if (Status s = wait_stream(stream(), h, what,
+                               "a peer died or is stuck, never sends this message, or sends a different "
+                               "size: NCCL matches messages between two ranks in issue order");
+        !s)
+      return s;
+    if (!direct)
+      if (Status s = copy_back(data, buf, size_t(bytes), what); !s) return s;
+  }
+  reap_sends();
+  return Status::ok();
+}
+
+Status NcclCommunicator::flush() {
+  const Clock::time_point deadline = deadline_after(timeout_seconds);
+  for (int64_t iter = 0;; ++iter) {
+    reap_sends();
+    if (!send_error_.is_ok()) {
+      Status s = send_error_;
+      send_error_ = Status::ok();
+      return s;
+    }
+    if (pending_.empty()) return Status::ok();
+    if (Clock::now() >= deadline) {
+      const PendingSend &ps = pending_.front();
+      const std::string msg = prefix() + "flush: " + send_desc(ps) + " did not complete within " +
+                              seconds_str(timeout_seconds) + " s (" + std::to_string(pending_.size()) +
+                              " send(s) outstanding; a peer died or never receives)";
+      // A stuck NCCL send cannot be cancelled: abort the point-to-point communicators.
+      for (NcclHandle *h : {up_, down_})
+        if (h) abort(*h, "an earlier send timed out (its NCCL communicator was aborted)");
+      for (PendingSend &p : pending_) cudaEventDestroy(p.done);
+      pending_.clear();
+      return Status::error(msg);
+    }
+    backoff(iter);
+  }
+}
+
+// ------------------------------------------------------------------ device-side kernels
+
+__global__ void scale_copy_kernel(const float *x, float *y, int64_t n, float s) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = s * x[i];
+}
+
+Status kfail(const KernelCall &c, const char *kernel, const std::string &msg) {
+  std::string where = kernel;
+  if (c.instr && !c.instr->loc.empty()) where += " (" + c.instr->loc + ")";
+  return Status::error(where + ": " + msg);
+}
+
+/// dst = s * src (s == 1: a copy; dst == src and s == 1: nothing), on stream().
+Status scale_copy(const float *src, float *dst, int64_t n, float s) {
+  if (n <= 0 || (src == dst && s == 1.0f)) return Status::ok();
+  if (s == 1.0f) return cuda_status(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyDefault, stream()), "copy");
+  scale_copy_kernel<<<blocks_for(n), 256, 0, stream()>>>(src, dst, n, s);
+  return check_launch("scale_copy_kernel");
+}
+
+/// Before a communicator that is not this one touches device data from the host.
+Status host_ready(const Communicator *comm) {
+  if (dynamic_cast<const NcclCommunicator *>(comm)) return Status::ok();
+  return sync_stream();
+}
+
+DeviceBuffer &bucket_buffer() {
+  thread_local DeviceBuffer b;
+  return b;
+}
+
+Status group_of(const KernelCall &c, const char *K, std::string *group, int *g) {
+  if (!c.instr || !c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
+    return kfail(c, K, "missing string attr 'group'");
+  *group = c.attr_s("group", "");
+  *g = 1;
+  if (c.comm) {
+    StatusOr<int> gs = c.comm->group_size(*group);
+    if (!gs) return kfail(c, K, gs.message());
+    *g = *gs;
+  } else if (!group->empty()) {
+    return kfail(c, K, "group '" + *group + "' needs a communicator (KernelCall::comm is null)");
+  }
+  return Status::ok();
+}
+
+// Same contract as the host all_reduce (runtime/comm/collective_kernels.cpp), on stream().
+Status device_all_reduce(KernelCall &c) {
+  const char *K = "all_reduce";
+  if (c.in.size() != c.out.size())
+    return kfail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
+                           std::to_string(c.out.size()) + " outputs");
+  std::string group;
+  int g = 1;
+  if (Status s = group_of(c, K, &group, &g); !s) return s;
+  int64_t total = 0;
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    const Tensor &x = c.in[i], &y = c.out[i];
+    const std::string si = std::to_string(i);
+    if (!x.present() || x.dtype != plan::ElemType::F32) return kfail(c, K, "x_" + si + " must be a present f32 tensor");
+    if (!y.present() || y.dtype != plan::ElemType::F32) return kfail(c, K, "y_" + si + " must be a present f32 tensor");
+    if (x.numel() != y.numel())
+      return kfail(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si + " has " +
+                             std::to_string(x.numel()));
+    total += x.numel();
+  }
+  const float sf = float(c.attr_f("scale", 1.0));
+  const bool reduce = c.comm && g > 1;
+  if (c.in.size() == 1 || !reduce) {
+    // Per tensor: y = x, reduce y in place, y *= scale.
+    for (size_t i = 0; i < c.in.size(); ++i) {
+      const int64_t n = c.in[i].numel();
+      float *y = c.out[i].f32();
+      if (Status s = scale_copy(c.in[i].f32(), y, n, 1.0f); !s) return kfail(c, K, s.message());
+      if (reduce) {
+        if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
+        if (Status s = c.comm->all_reduce(group, y, n, ReduceOp::Sum); !s) return kfail(c, K, s.message());
+      }
+      if (Status s = scale_copy(y, y, n, sf); !s) return kfail(c, K, s.message());
+    }
+    return Status::ok();
+  }
+  // A bucket: pack on the device, one reduction, unpack (with the scale).
+  DeviceBuffer &buf = bucket_buffer();
+  if (Status s = buf.reserve(size_t(std::max<int64_t>(total, 1)) * 4); !s) return kfail(c, K, s.message());
+  float *staging = static_cast<float *>(buf.p);
+  int64_t off = 0;
+  for (const Tensor &x : c.in) {
+    if (Status s = scale_copy(x.f32(), staging + off, x.numel(), 1.0f); !s) return kfail(c, K, s.message());
+    off += x.numel();
+  }
+  if (total > 0) {
+    if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
+    if (Status s = c.comm->all_reduce(group, staging, total, ReduceOp::Sum); !s) return kfail(c, K, s.message());
+  }
+  off = 0;
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    const int64_t n = c.out[i].numel();
+    if (Status s = scale_copy(staging + off, c.out[i].f32(), n, sf); !s) return kfail(c, K, s.message());
+    off += n;
+  }
+  return Status::ok();
+}
+
+// Same contract as the host broadcast (ZeRO-1: tensor i owned by group index roots[i]).
+Status device_broadcast(KernelCall &c) {
+  const char *K = "broadcast";
+  if (c.in.size() != c.out.size())
+    return kfail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
+                           std::to_string(c.out.size()) + " outputs");
+  std::string group;
+  int g = 1;
+  if (Status s = group_of(c, K, &group, &g); !s) return s;
+  const std::vector<int64_t> roots = c.attr_ints("roots");
+  if (roots.size() != c.in.size())
+    return kfail(c, K, "attr 'roots' has " + std::to_string(roots.size()) + " entries for " +
+                           std::to_string(c.in.size()) + " tensors");
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    if (!c.in[i].present() || c.in[i].dtype != plan::ElemType::F32 || !c.out[i].present() ||
+        c.out[i].numel() != c.in[i].numel())
+      return kfail(c, K, "tensor " + std::to_string(i) + " must be a present f32 tensor with as many outputs as inputs");
+    if (roots[i] < 0 || roots[i] >= g)
+      return kfail(c, K, "root " + std::to_string(roots[i]) + " of tensor " + std::to_string(i) + " is not in [0, " +
+                             std::to_string(g) + ")");
+  }
+  DeviceBuffer &buf = bucket_buffer();
+  for (int r = 0; r < g; ++r) {
+    int64_t n = 0;
+    for (size_t i = 0; i < c.in.size(); ++i)
+      if (roots[i] == r) n += c.in[i].numel();
+    if (n == 0) continue;
+    if (Status s = buf.reserve(size_t(n) * 4); !s) return kfail(c, K, s.message());
+    float *staging = static_cast<float *>(buf.p);
+    int64_t off = 0;
+    for (size_t i = 0; i < c.in.size(); ++i)
+      if (roots[i] == r) {
+        if (Status s = scale_copy(c.in[i].f32(), staging + off, c.in[i].numel(), 1.0f); !s)
+          return kfail(c, K, s.message());
+        off += c.in[i].numel();
+      }
+    if (c.comm) {
+      if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
+      if (Status s = c.comm->broadcast(group, staging, n, r); !s) return kfail(c, K, s.message());
+    }
+    off = 0;
+    for (size_t i = 0; i < c.in.size(); ++i)
+      if (roots[i] == r) {
+        if (Status s = scale_copy(staging + off, c.out[i].f32(), c.in[i].numel(), 1.0f); !s)
+          return kfail(c, K, s.message());
+        off += c.in[i].numel();
+      }
+  }
+  return Status::ok();
+}
+
+} // namespace
+
+void register_nccl_collective_kernels(KernelRegistry &registry) {
+  registry.add("all_reduce", device_all_reduce);
+  registry.add("broadcast", device_broadcast);
+  // send / recv only hand the tensor's pointer to comm->send / comm->recv: the NCCL communicator
+  // orders them on the GPU itself. With another communicator, wait for the stream first.
+  KernelRegistry host;
+  register_collective_kernels(host);
+  for (const char *name : {"send", "recv"})
+    if (const KernelFn *f = host.find(name))
+      registry.add(name, [fn = *f](KernelCall &c) -> Status {
+        if (Status s = host_ready(c.comm); !s) return s;
+        return fn(c);
+      });
+}
+
+StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(const plan::Mesh &mesh, double timeout_seconds,
+                                                              bool single_rank_comms) {
+  StatusOr<std::unique_ptr<Communicator>> mpi = make_mpi_communicator(mesh, timeout_seconds);
+  if (!mpi) return mpi.status();
+  std::string why;
+  if (!available(&why))
+    return Status::error("rank " + std::to_string((*mpi)->rank()) +
+                         ": the NCCL collectives need a usable CUDA GPU per rank: no usable CUDA GPU: " + why +
+                         " (use the host-staged MPI collectives: --collectives mpi)");
+  auto comm = std::make_unique<NcclCommunicator>(mesh, std::move(*mpi));
+  comm->timeout_seconds = timeout_seconds;
+  if (Status s = comm->init(single_rank_comms); !s) return s;
+  return std::unique_ptr<Communicator>(std::move(comm));
+}
+
+} // namespace parallora::rt::cuda

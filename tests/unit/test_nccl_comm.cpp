@@ -1,0 +1,252 @@
+// The NCCL communicator (runtime/cuda/nccl_comm.h). Run on 1 MPI rank (own main: MPI_Init).
+//   OneRankPerGpu.*: the pure "two ranks of one group on one GPU" check: runs everywhere.
+//   NcclFactory.*:   factory errors that need no GPU (world size, no GPU).
+//   NcclComm.*:      real NCCL calls on one GPU (a world of 1 with NCCL communicators forced
+//                    for one-rank groups); GTEST_SKIP "no usable CUDA GPU: <why>" without one.
+#include <mpi.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "runtime/comm/comm.h"
+#include "runtime/cuda/backend.h"
+#include "runtime/cuda/nccl_comm.h"
+
+using namespace parallora;
+using namespace parallora::rt;
+using cuda::CommGroup;
+using cuda::RankDevice;
+
+namespace {
+
+bool contains(const std::string &s, const std::string &part) { return s.find(part) != std::string::npos; }
+
+#define SKIP_WITHOUT_GPU()                                                                       \
+  do {                                                                                           \
+    std::string why_;                                                                            \
+    if (!cuda::available(&why_)) GTEST_SKIP() << "no usable CUDA GPU: " << why_;                 \
+  } while (0)
+
+// ------------------------------------------------------------------ pure check (CPU)
+
+TEST(OneRankPerGpu, DistinctGpusAreOk) {
+  const std::vector<RankDevice> d = {{"h0", "0000:01:00.0"}, {"h0", "0000:02:00.0"}, {"h1", "0000:01:00.0"},
+                                     {"h1", "0000:02:00.0"}};
+  EXPECT_TRUE(cuda::check_one_rank_per_gpu(d, {{"tp", {0, 1}}, {"tp", {2, 3}}, {"dp", {0, 2}}, {"world", {0, 1, 2, 3}}})
+                  .is_ok());
+}
+
+TEST(OneRankPerGpu, SameBusIdOnDifferentHostsIsOk) {
+  const std::vector<RankDevice> d = {{"h0", "0000:01:00.0"}, {"h1", "0000:01:00.0"}};
+  EXPECT_TRUE(cuda::check_one_rank_per_gpu(d, {{"dp", {0, 1}}}).is_ok());
+}
+
+TEST(OneRankPerGpu, SharedGpuOutsideAnyGroupIsOk) {
+  // Ranks 0 and 1 share a GPU but are never in one communicator; one-rank groups are exempt.
+  const std::vector<RankDevice> d = {{"h", "A"}, {"h", "A"}, {"h", "B"}};
+  EXPECT_TRUE(cuda::check_one_rank_per_gpu(d, {{"tp", {0, 2}}, {"tp", {1}}, {"", {0}}}).is_ok());
+  EXPECT_TRUE(cuda::check_one_rank_per_gpu(d, {}).is_ok());
+}
+
+TEST(OneRankPerGpu, SharedGpuInAGroupIsAnErrorNamingEverything) {
+  const std::vector<RankDevice> d = {{"node7", "0000:3b:00.0"}, {"node7", "0000:3b:00.0"}};
+  const Status s = cuda::check_one_rank_per_gpu(d, {{"tp", {0, 1}}});
+  ASSERT_FALSE(s.is_ok());
+  const std::string &m = s.message();
+  EXPECT_TRUE(contains(m, "NCCL cannot put two ranks of one group on one GPU")) << m;
+  EXPECT_TRUE(contains(m, "ranks 0 and 1 of group 'tp'")) << m;
+  EXPECT_TRUE(contains(m, "0000:3b:00.0")) << m;
+  EXPECT_TRUE(contains(m, "node7")) << m;
+  EXPECT_TRUE(contains(m, "--collectives mpi")) << m;
+}
+
+TEST(OneRankPerGpu, ReportsTheSmallestViolatedGroup) {
+  // 4 ranks on 2 GPUs (ranks 1 and 3 share B): the world, "dp" {1,3} and "tp" {0,1}.
+  const std::vector<RankDevice> d = {{"h", "A"}, {"h", "B"}, {"h", "C"}, {"h", "B"}};
+  const Status s = cuda::check_one_rank_per_gpu(
+      d, {{"world", {0, 1, 2, 3}}, {"tp", {0, 1}}, {"tp", {2, 3}}, {"dp", {1, 3}}});
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "ranks 1 and 3 of group 'dp' (ranks 1,3)")) << s.message();
+}
+
+TEST(OneRankPerGpu, RankOutsideTheWorldIsAnError) {
+  const std::vector<RankDevice> d = {{"h", "A"}, {"h", "B"}};
+  const Status s = cuda::check_one_rank_per_gpu(d, {{"tp", {0, 2}}});
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "names rank 2, outside this world of 2 ranks")) << s.message();
+}
+
+// ------------------------------------------------------------------ factory (CPU)
+
+TEST(NcclFactory, WorldSizeMismatchIsTheMpiError) {
+  plan::Mesh mesh;
+  mesh.dp = 2;
+  mesh.tp = 1;
+  mesh.pp = 1;
+  auto c = cuda::make_nccl_communicator(mesh, 10);
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_TRUE(contains(c.message(), "this MPI world has 1")) << c.message();
+}
+
+TEST(NcclFactory, WithoutAGpuSaysWhyAndPointsToMpi) {
+  std::string why;
+  if (cuda::available(&why)) GTEST_SKIP() << "a GPU is available";
+  auto c = cuda::make_nccl_communicator(plan::Mesh{}, 10);
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_TRUE(contains(c.message(), "no usable CUDA GPU")) << c.message();
+  EXPECT_TRUE(contains(c.message(), "--collectives mpi")) << c.message();
+}
+
+TEST(NcclFactory, VersionString) { EXPECT_TRUE(contains(cuda::nccl_version_string(), "NCCL 2.")); }
+
+// ------------------------------------------------------------------ NCCL on one GPU
+
+/// Managed buffer from the backend's allocator (what the executor's tensors are).
+struct Managed {
+  float *p = nullptr;
+  int64_t n = 0;
+  explicit Managed(int64_t count) : n(count) {
+    p = static_cast<float *>(cuda::memory().alloc(size_t(count) * sizeof(float)));
+  }
+  ~Managed() { cuda::memory().free(p); }
+};
+
+std::unique_ptr<Communicator> one_rank_nccl() {
+  auto c = cuda::make_nccl_communicator(plan::Mesh{}, 60, /*single_rank_comms=*/true);
+  EXPECT_TRUE(c.is_ok()) << c.message();
+  return c.is_ok() ? std::move(*c) : nullptr;
+}
+
+TEST(NcclComm, AllReduceSumAndMaxOfOneRankIsIdentity) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  EXPECT_EQ(comm->rank(), 0);
+  EXPECT_EQ(comm->world_size(), 1);
+  const int64_t n = 1 << 20;
+  Managed buf(n);
+  ASSERT_TRUE(buf.p);
+  for (int64_t i = 0; i < n; ++i) buf.p[i] = float(i % 1000) - 500.0f;
+  for (const char *group : {"", "dp", "tp", "dp,tp,pp"}) {
+    Status s = comm->all_reduce(group, buf.p, n, ReduceOp::Sum);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    s = comm->all_reduce(group, buf.p, n, ReduceOp::Max);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+  }
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(buf.p[i], float(i % 1000) - 500.0f) << i;
+  // A world of one sends nothing: the formula gives 0 bytes.
+  EXPECT_EQ(comm->bytes_sent().count("all_reduce"), 0u);
+}
+
+TEST(NcclComm, AllReduceOnHostMemoryIsStaged) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  float local[3] = {1.5f, -2.0f, 3.25f};  // like the clipping norm: a host stack value
+  Status s = comm->all_reduce("dp", local, 3, ReduceOp::Sum);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_EQ(local[0], 1.5f);
+  EXPECT_EQ(local[1], -2.0f);
+  EXPECT_EQ(local[2], 3.25f);
+  std::vector<float> big(100000, 7.0f);
+  s = comm->all_reduce("tp", big.data(), int64_t(big.size()), ReduceOp::Max);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  for (float v : big) ASSERT_EQ(v, 7.0f);
+}
+
+TEST(NcclComm, BadArgumentsAreErrors) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  float x = 0;
+  EXPECT_FALSE(comm->all_reduce("xx", &x, 1, ReduceOp::Sum).is_ok());
+  EXPECT_FALSE(comm->all_reduce("dp", &x, -1, ReduceOp::Sum).is_ok());
+  EXPECT_FALSE(comm->all_reduce("dp", nullptr, 4, ReduceOp::Sum).is_ok());
+  const Status self = comm->send(0, 3, &x, 4);
+  ASSERT_FALSE(self.is_ok());
+  EXPECT_TRUE(contains(self.message(), "own rank")) << self.message();
+  EXPECT_FALSE(comm->recv(1, 3, &x, 4).is_ok());  // not a rank of a world of 1
+  EXPECT_TRUE(comm->flush().is_ok());
+  EXPECT_TRUE(comm->broadcast("dp", &x, 1, 0).is_ok());
+  EXPECT_FALSE(comm->broadcast("dp", &x, 1, 1).is_ok());
+}
+
+TEST(NcclComm, DefaultWorldOfOneNeedsNoNccl) {
+  SKIP_WITHOUT_GPU();
+  auto c = cuda::make_nccl_communicator(plan::Mesh{}, 60);
+  ASSERT_TRUE(c.is_ok()) << c.message();
+  float v[2] = {1, 2};
+  EXPECT_TRUE((*c)->all_reduce("dp,tp", v, 2, ReduceOp::Sum).is_ok());
+  EXPECT_EQ(v[0], 1.0f);
+  EXPECT_EQ(v[1], 2.0f);
+}
+
+/// Runs a registry kernel with managed buffers.
+Status run_kernel(const KernelRegistry &reg, const std::string &op, std::vector<Tensor> in, std::vector<Tensor> out,
+                  std::map<std::string, plan::AttrValue> attrs, Communicator *comm) {
+  plan::Instr instr;
+  instr.op = op;
+  instr.attrs = std::move(attrs);
+  instr.loc = "test." + op;
+  KernelCall call;
+  call.instr = &instr;
+  call.comm = comm;
+  call.in = std::move(in);
+  call.out = std::move(out);
+  const KernelFn *fn = reg.find(op);
+  if (!fn) return Status::error("no kernel " + op);
+  Status s = (*fn)(call);
+  if (!s) return s;
+  return cuda::memory().sync();
+}
+
+Tensor tensor(const Managed &m) {
+  Tensor t;
+  t.data = m.p;
+  t.shape = {m.n};
+  return t;
+}
+
+TEST(NcclComm, DeviceAllReduceKernelBucketAndScale) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  KernelRegistry reg;
+  cuda::register_kernels(reg);
+  cuda::register_nccl_collective_kernels(reg);
+  Managed a(1000), b(37), ya(1000), yb(37);
+  for (int i = 0; i < 1000; ++i) a.p[i] = float(i);
+  for (int i = 0; i < 37; ++i) b.p[i] = -float(i);
+  // Bucket of two, scaled.
+  Status s = run_kernel(reg, "all_reduce", {tensor(a), tensor(b)}, {tensor(ya), tensor(yb)},
+                        {{"group", std::string("dp")}, {"scale", 0.5}}, comm.get());
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(ya.p[i], 0.5f * float(i));
+  for (int i = 0; i < 37; ++i) ASSERT_EQ(yb.p[i], -0.5f * float(i));
+  // One tensor in place, no scale.
+  s = run_kernel(reg, "all_reduce", {tensor(a)}, {tensor(a)}, {{"group", std::string("dp,tp")}}, comm.get());
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(a.p[i], float(i));
+  // Broadcast (ZeRO-1 shape): root 0 of a one-rank group.
+  s = run_kernel(reg, "broadcast", {tensor(b)}, {tensor(yb)},
+                 {{"group", std::string("dp")}, {"roots", std::vector<int64_t>{0}}}, comm.get());
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  for (int i = 0; i < 37; ++i) ASSERT_EQ(yb.p[i], -float(i));
+  // Missing group attr: the contract's error.
+  s = run_kernel(reg, "all_reduce", {tensor(a)}, {tensor(a)}, {}, comm.get());
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "missing string attr 'group'")) << s.message();
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  const int rc = RUN_ALL_TESTS();
+  MPI_Finalize();
+  return rc;
+}
