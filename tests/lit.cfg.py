@@ -23,3 +23,7 @@ config.substitutions.append(("%obj", config.parallora_obj_root))
 for k, v in {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
              "OMPI_MCA_rmaps_base_oversubscribe": "1"}.items():
     config.environment[k] = v
+# A usable NVIDIA GPU (driver + device): tests of the no-GPU paths declare UNSUPPORTED: gpu.
+import shutil, subprocess
+if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
+    config.available_features.add("gpu")

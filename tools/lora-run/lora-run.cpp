@@ -45,12 +45,7 @@
 #include "runtime/core/executor.h"
 #include "runtime/core/schedule.h"
 #include "runtime/cpu/kernels.h"
-#ifdef PARALLORA_HAVE_CUDA
-#include "runtime/cuda/backend.h"
-#if defined(PARALLORA_HAVE_NCCL)
-#include "runtime/cuda/nccl_comm.h"
-#endif
-#endif
+#include "runtime/cuda/plugin.h"
 #include "runtime/io/checkpoint.h"
 #include "runtime/io/fs_util.h"
 #include "runtime/io/gpu_metrics.h"
@@ -502,19 +497,18 @@ int train(const Args &a, World &w) {
   MemoryHooks cuda_memory;
   const MemoryHooks *memory_hooks = nullptr;
   std::string device_line;
+  const cuda::BackendApi *gpu = nullptr;
   if (a.backend == "cuda") {
-#ifdef PARALLORA_HAVE_CUDA
-    // Every rank uses device (local rank % device count), chosen on first use by the backend
-    // (OMPI_COMM_WORLD_LOCAL_RANK); the collectives are host-staged MPI (NCCL is the next step).
+    // The CUDA backend module (runtime/cuda/plugin.h). Every rank uses device (local rank %
+    // device count), chosen on first use by the backend (OMPI_COMM_WORLD_LOCAL_RANK).
     std::string why;
-    if (!cuda::available(&why)) return fail("--backend cuda: no usable CUDA GPU (" + why + ")");
-    device_line = cuda::device_description();
-    cuda::register_kernels(registry);  // the contract kernels and the host-staged collectives
-    cuda_memory = cuda::memory();
+    gpu = cuda::load_cuda_backend(&why);
+    if (!gpu) return fail("--backend cuda: " + why);
+    if (!gpu->available(&why)) return fail("--backend cuda: no usable CUDA GPU (" + why + ")");
+    device_line = gpu->device_description();
+    gpu->register_kernels(registry);  // the contract kernels and the host-staged collectives
+    cuda_memory = gpu->memory();
     memory_hooks = &cuda_memory;
-#else
-    return fail("--backend cuda: this lora-run was built without CUDA");
-#endif
   } else {
     cpu::register_kernels(registry);
     register_collective_kernels(registry);
@@ -522,15 +516,12 @@ int train(const Args &a, World &w) {
   std::unique_ptr<Communicator> comm;
   if (a.collectives == "nccl" && a.backend != "cuda") return fail("--collectives nccl needs --backend cuda");
   if (multi && a.collectives == "nccl") {
-#if defined(PARALLORA_HAVE_CUDA) && defined(PARALLORA_HAVE_NCCL)
     // NCCL communicators per mesh group, bootstrapped through MPI; kernels on the device stream.
-    auto c = cuda::make_nccl_communicator(mesh, a.comm_timeout);
+    if (!gpu->has_nccl) return fail("--collectives nccl: the CUDA backend was built without NCCL");
+    auto c = gpu->make_nccl_communicator(mesh, a.comm_timeout);
     if (!c) return fail(c.message());
     comm = std::move(*c);
-    cuda::register_nccl_collective_kernels(registry);  // replaces the host-staged collectives
-#else
-    return fail("--collectives nccl: this lora-run was built without NCCL");
-#endif
+    gpu->register_nccl_collective_kernels(registry);  // replaces the host-staged collectives
   } else if (multi) {
     auto c = make_mpi_communicator(mesh);
     if (!c) return fail(c.message());
@@ -548,9 +539,8 @@ int train(const Args &a, World &w) {
   // thread during steps) and the device name for the default --peak-tflops.
   std::unique_ptr<NvmlSampler> nvml;
   std::string gpu_name, nvml_why;
-  if (a.backend == "cuda") {
-#ifdef PARALLORA_HAVE_CUDA
-    std::string bus = cuda::device_pci_bus_id();
+  if (gpu) {
+    std::string bus = gpu->device_pci_bus_id();
     nvml = bus.empty() ? NvmlSampler::open(0, &nvml_why) : NvmlSampler::open_by_pci_bus_id(bus, &nvml_why);
     if (nvml) {
       gpu_name = nvml->device_name();
@@ -558,7 +548,6 @@ int train(const Args &a, World &w) {
       gpu_name = device_line.substr(0, device_line.find(" (sm_"));
       if (rank0) std::cerr << "lora-run: GPU utilization unavailable: " << nvml_why << "\n";
     }
-#endif
   }
   // MFU's peak (TFLOP/s per device): --peak-tflops, else the GPU's dense bf16 data-sheet peak.
   const double peak_tflops = a.peak_tflops >= 0 ? a.peak_tflops : dense_bf16_peak_tflops(gpu_name);
@@ -989,16 +978,14 @@ int train(const Args &a, World &w) {
                 {"compute_s", compute_s},
                 {"comm_s", comm_s},
                 {"idle_s", idle_s}};
-#ifdef PARALLORA_HAVE_CUDA
-    if (a.backend == "cuda") {
-      cuda::DeviceMemory dm = cuda::device_memory();
+    if (gpu) {
+      cuda::DeviceMemoryInfo dm = gpu->device_memory();
       if (dm.ok) {
         gpu_peak_used_mib = std::max(gpu_peak_used_mib, dm.used_bytes / 1048576.0);
         rec["gpu_mem_used_mib"] = dm.used_bytes / 1048576.0;
       }
       gpu_alloc_peak_mib = std::max(gpu_alloc_peak_mib, dm.peak_allocated_bytes / 1048576.0);
     }
-#endif
     if (nvml) {
       GpuUtilStats u = nvml->end_window();
       if (u.samples > 0) rec["gpu_util"] = u.mean;
