@@ -1,5 +1,6 @@
 //===- executor.cpp - runs one rank of a plan on a kernel registry --------===//
 #include "runtime/core/executor.h"
+#include "runtime/core/tensor_slice.h"
 
 #include <algorithm>
 #include <chrono>
@@ -33,34 +34,6 @@ std::string join_names(const std::vector<std::string> &names, size_t max_shown =
   return s;
 }
 
-
-// Copies the slice `slice` ([start, size] per dim) of a row-major tensor of shape `full`.
-void copy_slice(const float *src, const std::vector<int64_t> &full,
-                const std::vector<std::pair<int64_t, int64_t>> &slice, float *dst) {
-  const size_t rank = full.size();
-  if (rank == 0) {
-    dst[0] = src[0];
-    return;
-  }
-  std::vector<int64_t> stride(rank, 1);
-  for (size_t d = rank - 1; d > 0; --d) stride[d - 1] = stride[d] * full[d];
-  std::vector<int64_t> idx(rank, 0);  // over the leading rank-1 dims
-  const int64_t row = slice[rank - 1].second;
-  for (int64_t d = 0; d + 1 < static_cast<int64_t>(rank); ++d)
-    if (slice[d].second == 0) return;
-  while (true) {
-    int64_t off = slice[rank - 1].first;
-    for (size_t d = 0; d + 1 < rank; ++d) off += (slice[d].first + idx[d]) * stride[d];
-    std::memcpy(dst, src + off, sizeof(float) * row);
-    dst += row;
-    int64_t d = static_cast<int64_t>(rank) - 2;
-    for (; d >= 0; --d) {
-      if (++idx[d] < slice[d].second) break;
-      idx[d] = 0;
-    }
-    if (d < 0) break;
-  }
-}
 
 } // namespace
 
@@ -225,7 +198,7 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
           for (int64_t d : b.full_shape) n *= d;
           full.assign(static_cast<size_t>(n), 0.f);
           init_tensor(*spec, b.name, seed, full.data(), b.full_shape);
-          copy_slice(full.data(), b.full_shape, b.slice, t.tensor.f32());
+          take_slice(full.data(), b.full_shape, b.slice, t.tensor.f32());
         }
       }
       break;
@@ -286,7 +259,7 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
       }
       scratch.resize(static_cast<size_t>(v->numel()));
       if (Status s = to_f32(*v, scratch.data()); !s) return Status::error(weights_path + ": " + s.message());
-      copy_slice(scratch.data(), v->shape, b->slice, dst);
+      take_slice(scratch.data(), v->shape, b->slice, dst);
     }
   }
   return Status::ok();

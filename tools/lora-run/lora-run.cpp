@@ -44,6 +44,7 @@
 #include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
 #include "runtime/core/schedule.h"
+#include "runtime/core/tensor_slice.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/cuda/plugin.h"
 #include "runtime/io/checkpoint.h"
@@ -197,61 +198,6 @@ bool launched_by_mpi_launcher() {
   return std::getenv("OMPI_COMM_WORLD_SIZE") || std::getenv("PMI_SIZE") || std::getenv("PMIX_RANK");
 }
 
-/// Pastes `src` (the slice `slice` of a row-major tensor of shape `full`) into `dst` (full).
-void paste_slice(const float *src, const std::vector<int64_t> &full,
-                 const std::vector<std::pair<int64_t, int64_t>> &slice, float *dst) {
-  const size_t rank = full.size();
-  if (rank == 0) {
-    dst[0] = src[0];
-    return;
-  }
-  std::vector<int64_t> stride(rank, 1);
-  for (size_t d = rank - 1; d > 0; --d) stride[d - 1] = stride[d] * full[d];
-  for (size_t d = 0; d < rank; ++d)
-    if (slice[d].second == 0) return;
-  std::vector<int64_t> idx(rank, 0);
-  const int64_t row = slice[rank - 1].second;
-  while (true) {
-    int64_t off = slice[rank - 1].first;
-    for (size_t d = 0; d + 1 < rank; ++d) off += (slice[d].first + idx[d]) * stride[d];
-    std::memcpy(dst + off, src, sizeof(float) * row);
-    src += row;
-    int64_t d = static_cast<int64_t>(rank) - 2;
-    for (; d >= 0; --d) {
-      if (++idx[d] < slice[d].second) break;
-      idx[d] = 0;
-    }
-    if (d < 0) break;
-  }
-}
-
-/// The inverse: copies the slice out of a full tensor.
-void take_slice(const float *full_data, const std::vector<int64_t> &full,
-                const std::vector<std::pair<int64_t, int64_t>> &slice, float *dst) {
-  const size_t rank = full.size();
-  if (rank == 0) {
-    dst[0] = full_data[0];
-    return;
-  }
-  std::vector<int64_t> stride(rank, 1);
-  for (size_t d = rank - 1; d > 0; --d) stride[d - 1] = stride[d] * full[d];
-  for (size_t d = 0; d < rank; ++d)
-    if (slice[d].second == 0) return;
-  std::vector<int64_t> idx(rank, 0);
-  const int64_t row = slice[rank - 1].second;
-  while (true) {
-    int64_t off = slice[rank - 1].first;
-    for (size_t d = 0; d + 1 < rank; ++d) off += (slice[d].first + idx[d]) * stride[d];
-    std::memcpy(dst, full_data + off, sizeof(float) * row);
-    dst += row;
-    int64_t d = static_cast<int64_t>(rank) - 2;
-    for (; d >= 0; --d) {
-      if (++idx[d] < slice[d].second) break;
-      idx[d] = 0;
-    }
-    if (d < 0) break;
-  }
-}
 
 /// One piece of a full trainable: the rank that sends it and its slice (empty = whole).
 struct Piece {
