@@ -379,6 +379,8 @@ int main(int argc, char **argv) {
     }
     a.hf_config = std::string(PARALLORA_MODELS_DIR) + "/" + it->second;
   }
+  if ((a.schedule == "gpipe" || a.schedule == "1f1b") && a.pp < 2)
+    std::cerr << "lora-compile: warning: --schedule " << a.schedule << " only applies to pipeline plans (--pp 2 or more)\n";
   if (a.zero1 && a.dp < 2) {
     std::cerr << "error: --zero1 shards the optimizer over data-parallel ranks; it needs --dp 2 or more\n";
     return 2;
