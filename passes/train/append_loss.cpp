@@ -46,6 +46,9 @@ public:
       return signalPassFailure();
     }
 
+    // The argument attributes of input_ids (an importer may have set some), kept for arg 0; the
+    // attribute array must then be resized for the new labels argument.
+    DictionaryAttr ids_attrs = forward.getArgAttrDict(0);
     Block &body = forward.getBody().front();
     Value labels = body.addArgument(ids, forward.getLoc());
     auto ret = cast<func::ReturnOp>(body.getTerminator());
@@ -56,6 +59,7 @@ public:
     ce->setAttr(pl::kLayerAttr, b.getI64IntegerAttr(-1));
     ret->setOperands(ce.getResult());
     forward.setFunctionType(b.getFunctionType({ids, ids}, {loss_type}));
+    forward.setAllArgAttrs(ArrayRef<DictionaryAttr>{ids_attrs ? ids_attrs : b.getDictionaryAttr({}), b.getDictionaryAttr({})});
     forward.setName(kTrainStep);
     // HF's argument names, for readable IR and plan buffer names.
     forward.setArgAttr(0, "pl.name", b.getStringAttr("input_ids"));
