@@ -40,61 +40,16 @@ constexpr int64_t kNormChunk = 32768;
 
 Status adamw_step(KernelCall &c) {
   Check ck(c, "adamw_step");
-  if (!ck.num_attr("n") || !ck.num_attr("beta1") || !ck.num_attr("beta2") ||
-      !ck.num_attr("eps"))
-    return ck.status();
-  const int64_t n = c.attr_i("n", -1);
-  if (!ck.expect(n >= 0, "attr n must be a non-negative integer") ||
-      !ck.operands(size_t(4 * n), size_t(4 * n), 0))
-    return ck.status();
-  if (!ck.expect(c.step != nullptr, "no StepState supplied (the runtime must pass one)"))
-    return ck.status();
+  AdamwArgs args;  // operands and attributes, checked the same way on every backend
+  if (!parse_adamw_args(c, ck, &args)) return ck.status();
   StepState &st = *c.step;
-  if (!ck.expect(st.step >= 1, "StepState.step must be >= 1, got " + std::to_string(st.step)))
-    return ck.status();
-  for (int64_t i = 0; i < n; ++i) {
-    const Tensor &p = c.in[size_t(i)], &g = c.in[size_t(n + i)], &m = c.in[size_t(2 * n + i)],
-                 &v = c.in[size_t(3 * n + i)];
-    const std::string si = std::to_string(i);
-    const std::string pn = "p_" + si, gn = "g_" + si, mn = "m_" + si, vn = "v_" + si;
-    if (!ck.f32(p, pn.c_str()) || !ck.f32(g, gn.c_str()) || !ck.f32(m, mn.c_str()) ||
-        !ck.f32(v, vn.c_str()) || !ck.same_shape(g, gn.c_str(), p, pn.c_str()) ||
-        !ck.same_shape(m, mn.c_str(), p, pn.c_str()) ||
-        !ck.same_shape(v, vn.c_str(), p, pn.c_str()))
-      return ck.status();
-  }
-  const double beta1 = c.attr_f("beta1", 0.9), beta2 = c.attr_f("beta2", 0.999),
-               eps = c.attr_f("eps", 1e-8), wd = c.attr_f("weight_decay", 0.0),
-               max_norm = c.attr_f("max_grad_norm", 0.0), lr = st.lr;
-  const bool zero_grads = c.attr_i("zero_grads", 0) != 0;
-
-  // Sharded norm: the group and the replication divisors.
-  std::string norm_group;
-  GroupInfo gi;
-  if (c.has_attr("norm_group")) {
-    if (!ck.expect(std::holds_alternative<std::string>(c.instr->attrs.at("norm_group")),
-                   "attr norm_group must be a string (a group of mesh axes)"))
-      return ck.status();
-    norm_group = c.attr_s("norm_group", "");
-    StatusOr<GroupInfo> r = resolve_group(c.comm, norm_group);
-    if (!r) return ck.error("attr norm_group: " + r.message());
-    gi = *r;
-  }
-  std::vector<int64_t> divisors;
-  if (c.has_attr("norm_divisors")) {
-    divisors = c.attr_ints("norm_divisors");
-    if (!ck.expect(int64_t(divisors.size()) == n,
-                   "attr norm_divisors has " + std::to_string(divisors.size()) +
-                       " entries, expected n = " + std::to_string(n)))
-      return ck.status();
-    for (int64_t i = 0; i < n; ++i)
-      if (!ck.expect(divisors[size_t(i)] >= 1 && divisors[size_t(i)] <= gi.size,
-                     "norm_divisors[" + std::to_string(i) + "] = " +
-                         std::to_string(divisors[size_t(i)]) + " is outside [1, " +
-                         std::to_string(gi.size) + "] (the ranks of norm_group '" +
-                         norm_group + "')"))
-        return ck.status();
-  }
+  const int64_t n = args.n;
+  const double beta1 = args.beta1, beta2 = args.beta2, eps = args.eps, wd = args.weight_decay,
+               max_norm = args.max_grad_norm, lr = st.lr;
+  const bool zero_grads = args.zero_grads;
+  const std::string &norm_group = args.norm_group;
+  const GroupInfo &gi = args.group;
+  const std::vector<int64_t> &divisors = args.divisors;
 
   // 1. Global gradient norm (fp64, fixed chunking).
   struct Chunk {

@@ -1,7 +1,6 @@
 //===- device_util.cuh - helpers of the pointwise / loss / optimizer kernels ---===//
 //
-// Host side: operand validation with the CPU kernels' wording (a header-only copy of
-// runtime/cpu/common.h's Check, so the CUDA library does not depend on the CPU one) and
+// Host side: operand validation (runtime/kernel_check.h, shared with the CPU kernels) and
 // grow-only CUDA managed scratch buffers (host-visible, for the host-staged collectives and
 // the data-dependent error words).
 // Device side: deterministic block reductions (fixed thread-to-element assignment, fixed
@@ -20,6 +19,7 @@
 
 #include "runtime/cuda/common.cuh"
 #include "runtime/kernel.h"
+#include "runtime/kernel_check.h"
 
 namespace parallora::rt::cuda::util {
 
@@ -27,109 +27,11 @@ namespace parallora::rt::cuda::util {
 // Operand validation (same messages as runtime/cpu/common.cpp)
 //===--------------------------------------------------------------------===//
 
-inline std::string shape_str(const std::vector<int64_t> &shape) {
-  std::ostringstream os;
-  os << '[';
-  for (size_t i = 0; i < shape.size(); ++i) os << (i ? ", " : "") << shape[i];
-  os << ']';
-  return os.str();
-}
-
-/// "<kernel> (<loc>): <msg>".
+using rt::shape_str;
+using Check = rt::KernelCheck;  // runtime/kernel_check.h: the CPU kernels' class, same messages
 inline Status fail(const KernelCall &call, const char *kernel, const std::string &msg) {
-  std::string loc = call.instr && !call.instr->loc.empty() ? call.instr->loc : "?";
-  return Status::error(std::string(kernel) + " (" + loc + "): " + msg);
+  return rt::kernel_error(call, kernel, msg);
 }
-
-/// Records the first contract violation of one call; every method returns false after it.
-class Check {
-public:
-  Check(const KernelCall &call, const char *kernel) : call_(call), kernel_(kernel) {}
-
-  bool operands(size_t nin_min, size_t nin_max, size_t nout, bool allow_accumulate = false) {
-    size_t nin = call_.in.size();
-    if (nin < nin_min || nin > nin_max) {
-      std::string want = nin_min == nin_max
-                             ? std::to_string(nin_min)
-                             : std::to_string(nin_min) + " to " + std::to_string(nin_max);
-      return set("expected " + want + " inputs, got " + std::to_string(nin));
-    }
-    if (call_.out.size() != nout)
-      return set("expected " + std::to_string(nout) + " outputs, got " +
-                 std::to_string(call_.out.size()));
-    if (!allow_accumulate && call_.attr_i("accumulate", 0) != 0)
-      return set("attr accumulate = " + std::to_string(call_.attr_i("accumulate", 0)) +
-                 " is not supported by this kernel");
-    return true;
-  }
-  bool f32(const Tensor &t, const char *what) { return typed(t, what, plan::ElemType::F32); }
-  bool i32(const Tensor &t, const char *what) { return typed(t, what, plan::ElemType::I32); }
-  bool rank(const Tensor &t, const char *what, int r) {
-    if (t.rank() == r) return true;
-    return set(std::string(what) + " must have rank " + std::to_string(r) + ", got shape " +
-               shape_str(t.shape));
-  }
-  bool shape(const Tensor &t, const char *what, const std::vector<int64_t> &expected) {
-    if (t.shape == expected) return true;
-    return set(std::string(what) + " has shape " + shape_str(t.shape) + ", expected " +
-               shape_str(expected));
-  }
-  bool rows_of(const Tensor &t, const char *what, int64_t d, int64_t *rows) {
-    if (t.rank() < 1)
-      return set(std::string(what) + " must have rank >= 1, got shape " + shape_str(t.shape));
-    if (d <= 0)
-      return set(std::string(what) + ": last dim must be positive, got shape " +
-                 shape_str(t.shape));
-    if (t.dim(-1) != d)
-      return set(std::string(what) + " has shape " + shape_str(t.shape) +
-                 ", expected last dim " + std::to_string(d));
-    *rows = t.numel() / d;
-    return true;
-  }
-  bool same_shape(const Tensor &t, const char *what, const Tensor &ref, const char *ref_what) {
-    if (t.shape == ref.shape) return true;
-    return set(std::string(what) + " has shape " + shape_str(t.shape) +
-               ", expected the shape of " + ref_what + " " + shape_str(ref.shape));
-  }
-  bool num_attr(const char *name) {
-    const plan::Instr *in = call_.instr;
-    if (in) {
-      auto it = in->attrs.find(name);
-      if (it != in->attrs.end()) {
-        if (std::holds_alternative<int64_t>(it->second) ||
-            std::holds_alternative<double>(it->second))
-          return true;
-        return set(std::string("attr ") + name + " must be a number");
-      }
-    }
-    return set(std::string("missing required attr ") + name);
-  }
-  bool positive(int64_t v, const char *what) {
-    if (v > 0) return true;
-    return set(std::string(what) + " must be positive, got " + std::to_string(v));
-  }
-  bool expect(bool cond, const std::string &msg) { return cond || set(msg); }
-
-  Status status() const { return status_; }
-  Status error(const std::string &msg) const { return fail(call_, kernel_, msg); }
-
-private:
-  static const char *dtype_name(plan::ElemType t) {
-    return t == plan::ElemType::F32 ? "f32" : t == plan::ElemType::I32 ? "i32" : "?";
-  }
-  bool typed(const Tensor &t, const char *what, plan::ElemType want) {
-    if (!t.present()) return expect(false, std::string("operand ") + what + " is absent");
-    return expect(t.dtype == want, std::string("operand ") + what + " must be " +
-                                       dtype_name(want) + ", got " + dtype_name(t.dtype));
-  }
-  bool set(const std::string &msg) {
-    if (status_.is_ok()) status_ = fail(call_, kernel_, msg);
-    return false;
-  }
-  const KernelCall &call_;
-  const char *kernel_;
-  Status status_;
-};
 
 //===--------------------------------------------------------------------===//
 // Managed scratch

@@ -1,0 +1,76 @@
+//===- kernel_check.h - operand validation shared by every backend's kernels ---===//
+//
+// Every kernel checks its operands and attributes against the contract (runtime/cpu/kernels.h)
+// with the same wording on every backend: "<kernel> (<module path>): <what is wrong>". The CPU
+// and CUDA kernels both use this class, so their errors are identical by construction.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/comm/comm.h"
+#include "runtime/kernel.h"
+
+namespace parallora::rt {
+
+/// "[2, 16, 64]".
+std::string shape_str(const std::vector<int64_t> &shape);
+
+/// "<kernel> (<loc>): <msg>".
+Status kernel_error(const KernelCall &call, const char *kernel, const std::string &msg);
+
+/// Records the first contract violation of one call; every method returns false after it.
+class KernelCheck {
+public:
+  KernelCheck(const KernelCall &call, const char *kernel) : call_(call), kernel_(kernel) {}
+
+  /// in.size() in [nin_min, nin_max], out.size() == nout. Unless `allow_accumulate`, an
+  /// `accumulate` attr other than 0 is rejected (the kernel cannot honour it).
+  bool operands(size_t nin_min, size_t nin_max, size_t nout, bool allow_accumulate = false);
+  /// Present and of the given element type.
+  bool f32(const Tensor &t, const char *what);
+  bool i32(const Tensor &t, const char *what);
+  bool rank(const Tensor &t, const char *what, int rank);
+  bool shape(const Tensor &t, const char *what, const std::vector<int64_t> &expected);
+  /// (.., d) with rank >= 1 and d > 0; *rows = numel / d (the flattened leading dims).
+  bool rows_of(const Tensor &t, const char *what, int64_t d, int64_t *rows);
+  /// Same as rows_of, and the row count must equal `rows`.
+  bool rows_eq(const Tensor &t, const char *what, int64_t d, int64_t rows);
+  /// Same shape as `ref` (named ref_what).
+  bool same_shape(const Tensor &t, const char *what, const Tensor &ref, const char *ref_what);
+  /// The attr is present and numeric (int64 or double).
+  bool num_attr(const char *name);
+  /// A dimension that must be > 0.
+  bool positive(int64_t v, const char *what);
+  /// Records an error unless cond.
+  bool expect(bool cond, const std::string &msg);
+
+  Status status() const { return status_; }
+  Status error(const std::string &msg) const { return kernel_error(call_, kernel_, msg); }
+
+private:
+  bool set(const std::string &msg);
+  const KernelCall &call_;
+  const char *kernel_;
+  Status status_;
+};
+
+/// Row-major C = alpha * op(A) op(B) + beta * C with op(A) (M,K), op(B) (K,N), via cblas_sgemm;
+/// handles empty dimensions (K == 0 scales C by beta, beta == 0 means overwrite).
+
+/// adamw_step's operands (p, g, m, v; n each) and attributes, checked against the contract;
+/// false (with ck holding the error) on a violation. Shared by the CPU and CUDA kernels.
+struct AdamwArgs {
+  int64_t n = 0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0, max_grad_norm = 0;
+  bool zero_grads = false;
+  std::string norm_group;        // "" = no reduction
+  GroupInfo group;               // norm_group's size and this rank's index
+  std::vector<int64_t> divisors; // norm_divisors (empty = all 1)
+};
+bool parse_adamw_args(KernelCall &c, KernelCheck &ck, AdamwArgs *out);
+
+} // namespace parallora::rt
