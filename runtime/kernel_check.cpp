@@ -1,7 +1,9 @@
 //===- kernel_check.cpp - operand validation shared by every backend's kernels ---===//
 #include "runtime/kernel_check.h"
 
+#include <cmath>
 #include <sstream>
+#include <variant>
 
 namespace parallora::rt {
 
@@ -185,6 +187,78 @@ bool parse_adamw_args(KernelCall &c, KernelCheck &ck, AdamwArgs *out) {
   out->group = gi;
   out->divisors = std::move(divisors);
   return true;
+}
+
+bool parse_vocab_shard(const KernelCall &c, KernelCheck &ck, int64_t shard_rows, VocabShard *out) {
+  *out = VocabShard();
+  out->vocab = shard_rows;
+  if (!c.has_attr("vocab_group")) return true;
+  if (!ck.expect(std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")),
+                 "attr vocab_group must be a string (a group of mesh axes)"))
+    return false;
+  out->group = c.attr_s("vocab_group", "");
+  StatusOr<GroupInfo> gi = resolve_group(c.comm, out->group);
+  if (!ck.expect(gi.is_ok(), "attr vocab_group: " + gi.message())) return false;
+  out->sharded = gi->size > 1;
+  out->lo = int64_t(gi->index) * shard_rows;
+  out->vocab = int64_t(gi->size) * shard_rows;
+  return true;
+}
+
+bool parse_rope_params(const KernelCall &c, KernelCheck &ck, RopeParams *out) {
+  *out = RopeParams();
+  if (!ck.num_attr("theta")) return false;
+  out->theta = c.attr_f("theta", 0.0);
+  if (!ck.expect(std::isfinite(out->theta) && out->theta > 0,
+                 "attr theta must be positive, got " + std::to_string(out->theta)))
+    return false;
+  const std::string type = c.attr_s("rope_type", "default");
+  out->llama3 = type == "llama3";
+  if (!ck.expect(out->llama3 || type == "default" || type.empty(),
+                 "unsupported rope_type '" + type + "' (expected \"default\" or \"llama3\")"))
+    return false;
+  if (!out->llama3) return true;
+  if (!ck.num_attr("factor") || !ck.num_attr("low_freq_factor") || !ck.num_attr("high_freq_factor") ||
+      !ck.num_attr("original_max_position_embeddings"))
+    return false;
+  out->factor = c.attr_f("factor", 0);
+  out->low = c.attr_f("low_freq_factor", 0);
+  out->high = c.attr_f("high_freq_factor", 0);
+  out->old_ctx = double(c.attr_i("original_max_position_embeddings", 0));
+  return ck.expect(out->factor > 0 && out->low > 0 && out->high > 0 && out->high != out->low && out->old_ctx > 0,
+                   "invalid llama3 rope scaling: factor=" + std::to_string(out->factor) +
+                       " low_freq_factor=" + std::to_string(out->low) +
+                       " high_freq_factor=" + std::to_string(out->high) +
+                       " original_max_position_embeddings=" + std::to_string(out->old_ctx));
+}
+
+void rope_cos_sin(const RopeParams &p, int64_t T, int64_t Dh, float *cos_out, float *sin_out) {
+  const int64_t half = Dh / 2;
+  std::vector<float> inv(static_cast<size_t>(half));
+  const float theta_f = float(p.theta), dh_f = float(Dh);
+  for (int64_t i = 0; i < half; ++i) inv[i] = 1.0f / std::pow(theta_f, float(2 * i) / dh_f);
+  if (p.llama3) {
+    // Python scalars (double) meet float32 tensors: torch casts the scalar to float.
+    const double low_wavelen = p.old_ctx / p.low, high_wavelen = p.old_ctx / p.high;
+    const float two_pi_f = float(2.0 * M_PI), factor_f = float(p.factor), low_f = float(p.low),
+                range_f = float(p.high - p.low), old_ctx_f = float(p.old_ctx),
+                low_wavelen_f = float(low_wavelen), high_wavelen_f = float(high_wavelen);
+    for (int64_t i = 0; i < half; ++i) {
+      const float f = inv[i];
+      const float wavelen = (1.0f / f) * two_pi_f;
+      const float f_llama = wavelen > low_wavelen_f ? f / factor_f : f;
+      const float smooth = ((1.0f / wavelen) * old_ctx_f - low_f) / range_f;
+      const float smoothed = (1.0f - smooth) * f_llama / factor_f + smooth * f_llama;
+      const bool medium = !(wavelen < high_wavelen_f) && !(wavelen > low_wavelen_f);
+      inv[i] = medium ? smoothed : f_llama;
+    }
+  }
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = float(t) * inv[i];
+      cos_out[t * half + i] = std::cos(angle);
+      sin_out[t * half + i] = std::sin(angle);
+    }
 }
 
 } // namespace parallora::rt

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -72,5 +73,26 @@ struct AdamwArgs {
   std::vector<int64_t> divisors; // norm_divisors (empty = all 1)
 };
 bool parse_adamw_args(KernelCall &c, KernelCheck &ck, AdamwArgs *out);
+
+/// The vocab_group attr of embedding_fwd / cross_entropy_*: this rank holds rows (or logit
+/// columns) [lo, lo + shard_rows) of a vocabulary of `vocab` = group size x shard_rows. Without
+/// the attr: lo 0, vocab shard_rows. `sharded` = a group of more than one rank.
+struct VocabShard {
+  bool sharded = false;
+  std::string group;
+  int64_t lo = 0, vocab = 0;
+};
+bool parse_vocab_shard(const KernelCall &c, KernelCheck &ck, int64_t shard_rows, VocabShard *out);
+
+/// rope_fwd / rope_bwd attributes: theta, rope_type and the llama3 scaling, checked.
+struct RopeParams {
+  double theta = 0;
+  bool llama3 = false;
+  double factor = 0, low = 0, high = 0, old_ctx = 0;  // llama3 only
+};
+bool parse_rope_params(const KernelCall &c, KernelCheck &ck, RopeParams *out);
+/// HF's rotary table for positions 0..T-1: inv_freq = theta^(-2i/Dh) (llama3-scaled) in fp32
+/// as torch computes it, then cos/sin (T, Dh/2) row-major. Every backend uses these numbers.
+void rope_cos_sin(const RopeParams &p, int64_t T, int64_t Dh, float *cos_out, float *sin_out);
 
 } // namespace parallora::rt

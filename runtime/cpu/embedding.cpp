@@ -24,15 +24,9 @@ Status embedding_fwd(KernelCall &c) {
   const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
   if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
 
-  int64_t lo = 0, vocab = V;  // this table's first row and the whole vocabulary's size
-  if (c.has_attr("vocab_group")) {
-    if (!std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")))
-      return ck.error("attr vocab_group must be a string (a group of mesh axes)");
-    StatusOr<GroupInfo> gi = resolve_group(c.comm, c.attr_s("vocab_group", ""));
-    if (!gi) return ck.error("attr vocab_group: " + gi.message());
-    lo = int64_t(gi->index) * V;
-    vocab = V * gi->size;
-  }
+  VocabShard vs;  // this table's first row and the whole vocabulary's size
+  if (!parse_vocab_shard(c, ck, V, &vs)) return ck.status();
+  const int64_t lo = vs.lo, vocab = vs.vocab;
 
   const int32_t *id = ids.i32();
   const int64_t n = B * T;

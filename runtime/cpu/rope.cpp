@@ -32,63 +32,14 @@ struct RopeTable {
   std::vector<float> cos, sin;  // (T, half)
 };
 
-// Builds the table or records an error in ck.
+// Builds the table (runtime/kernel_check: the numbers every backend uses) or records an error.
 bool build_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable *tab) {
-  if (!ck.num_attr("theta")) return false;
-  const double theta = c.attr_f("theta", 0.0);
-  if (!ck.expect(std::isfinite(theta) && theta > 0,
-                 "attr theta must be positive, got " + std::to_string(theta)))
-    return false;
-  const std::string type = c.attr_s("rope_type", "default");
-  const bool llama3 = type == "llama3";
-  if (!ck.expect(llama3 || type == "default" || type.empty(),
-                 "unsupported rope_type '" + type + "' (expected \"default\" or \"llama3\")"))
-    return false;
-
-  const int64_t half = Dh / 2;
-  std::vector<float> inv(static_cast<size_t>(half));
-  const float theta_f = float(theta), dh_f = float(Dh);
-  for (int64_t i = 0; i < half; ++i)
-    inv[i] = 1.0f / std::pow(theta_f, float(2 * i) / dh_f);
-
-  if (llama3) {
-    if (!ck.num_attr("factor") || !ck.num_attr("low_freq_factor") ||
-        !ck.num_attr("high_freq_factor") || !ck.num_attr("original_max_position_embeddings"))
-      return false;
-    const double factor = c.attr_f("factor", 0), low = c.attr_f("low_freq_factor", 0),
-                 high = c.attr_f("high_freq_factor", 0);
-    const double old_ctx = double(c.attr_i("original_max_position_embeddings", 0));
-    if (!ck.expect(factor > 0 && low > 0 && high > 0 && high != low && old_ctx > 0,
-                   "invalid llama3 rope scaling: factor=" + std::to_string(factor) +
-                       " low_freq_factor=" + std::to_string(low) +
-                       " high_freq_factor=" + std::to_string(high) +
-                       " original_max_position_embeddings=" + std::to_string(old_ctx)))
-      return false;
-    // Python scalars (double) meet float32 tensors: torch casts the scalar to float.
-    const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
-    const float two_pi_f = float(2.0 * M_PI), factor_f = float(factor), low_f = float(low),
-                range_f = float(high - low), old_ctx_f = float(old_ctx),
-                low_wavelen_f = float(low_wavelen), high_wavelen_f = float(high_wavelen);
-    for (int64_t i = 0; i < half; ++i) {
-      const float f = inv[i];
-      const float wavelen = (1.0f / f) * two_pi_f;
-      const float f_llama = wavelen > low_wavelen_f ? f / factor_f : f;
-      const float smooth = ((1.0f / wavelen) * old_ctx_f - low_f) / range_f;
-      const float smoothed = (1.0f - smooth) * f_llama / factor_f + smooth * f_llama;
-      const bool medium = !(wavelen < high_wavelen_f) && !(wavelen > low_wavelen_f);
-      inv[i] = medium ? smoothed : f_llama;
-    }
-  }
-
-  tab->half = half;
-  tab->cos.resize(size_t(T * half));
-  tab->sin.resize(size_t(T * half));
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = float(t) * inv[i];
-      tab->cos[t * half + i] = std::cos(angle);
-      tab->sin[t * half + i] = std::sin(angle);
-    }
+  RopeParams p;
+  if (!parse_rope_params(c, ck, &p)) return false;
+  tab->half = Dh / 2;
+  tab->cos.resize(size_t(T * tab->half));
+  tab->sin.resize(size_t(T * tab->half));
+  rope_cos_sin(p, T, Dh, tab->cos.data(), tab->sin.data());
   return true;
 }
 

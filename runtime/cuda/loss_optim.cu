@@ -247,27 +247,9 @@ bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor
   return true;
 }
 
-// The vocab_group attr resolved: g ranks, this one holds columns [lo, lo + V').
-struct VocabShard {
-  bool sharded = false;  // a group of more than one rank
-  std::string group;
-  int64_t lo = 0, vocab = 0;
-};
-
+// The vocab_group attr (runtime/kernel_check): this rank holds logit columns [lo, lo + V').
 bool vocab_shard(const KernelCall &c, Check &ck, const Tensor &logits, VocabShard *vs) {
-  if (!c.has_attr("vocab_group")) return true;
-  if (!ck.expect(std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")),
-                 "attr vocab_group must be a string (a group of mesh axes)"))
-    return false;
-  vs->group = c.attr_s("vocab_group", "");
-  StatusOr<GroupInfo> gi = resolve_group(c.comm, vs->group);
-  if (!ck.expect(gi.is_ok(), "attr vocab_group: " + gi.message())) return false;
-  if (gi->size > 1 && logits.rank() == 3) {
-    vs->sharded = true;
-    vs->lo = int64_t(gi->index) * logits.dim(2);
-    vs->vocab = int64_t(gi->size) * logits.dim(2);
-  }
-  return true;
+  return parse_vocab_shard(c, ck, logits.rank() == 3 ? logits.dim(2) : 0, vs);
 }
 
 // Sharded: the group's row maxima in *mx (managed, N floats): kernel, wait, all_reduce(max, N).

@@ -101,7 +101,7 @@ __global__ void rms_norm_bwd_kernel(const float *dy, const float *x, const float
 //===--------------------------------------------------------------------===//
 
 // The cos / sin table (T, Dh/2) of one parameter set, in managed memory. Built on the host by
-// the CPU kernel's code (runtime/cpu/rope.cpp, build_table) so the angles round identically;
+// rope_cos_sin (runtime/kernel_check.h, also used by the CPU kernel) so the angles round identically;
 // cached per thread, never overwritten (a queued kernel may still read an entry).
 struct RopeKey {
   int64_t T, Dh;
@@ -119,35 +119,11 @@ struct RopeTable {
 thread_local std::map<RopeKey, RopeTable> g_rope_tables;
 constexpr size_t kMaxRopeTables = 32;
 
-// Validates the rope attrs (CPU order and messages) and returns the cached table.
+// Validates the rope attrs (runtime/kernel_check, as the CPU kernel) and returns the cached table.
 bool rope_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable *out) {
-  if (!ck.num_attr("theta")) return false;
-  const double theta = c.attr_f("theta", 0.0);
-  if (!ck.expect(std::isfinite(theta) && theta > 0,
-                 "attr theta must be positive, got " + std::to_string(theta)))
-    return false;
-  const std::string type = c.attr_s("rope_type", "default");
-  const bool llama3 = type == "llama3";
-  if (!ck.expect(llama3 || type == "default" || type.empty(),
-                 "unsupported rope_type '" + type + "' (expected \"default\" or \"llama3\")"))
-    return false;
-  RopeKey key{T, Dh, theta, llama3, 0, 0, 0, 0};
-  if (llama3) {
-    if (!ck.num_attr("factor") || !ck.num_attr("low_freq_factor") ||
-        !ck.num_attr("high_freq_factor") || !ck.num_attr("original_max_position_embeddings"))
-      return false;
-    key.factor = c.attr_f("factor", 0);
-    key.low = c.attr_f("low_freq_factor", 0);
-    key.high = c.attr_f("high_freq_factor", 0);
-    key.old_ctx = double(c.attr_i("original_max_position_embeddings", 0));
-    if (!ck.expect(key.factor > 0 && key.low > 0 && key.high > 0 && key.high != key.low &&
-                       key.old_ctx > 0,
-                   "invalid llama3 rope scaling: factor=" + std::to_string(key.factor) +
-                       " low_freq_factor=" + std::to_string(key.low) +
-                       " high_freq_factor=" + std::to_string(key.high) +
-                       " original_max_position_embeddings=" + std::to_string(key.old_ctx)))
-      return false;
-  }
+  RopeParams p;
+  if (!parse_rope_params(c, ck, &p)) return false;
+  const RopeKey key{T, Dh, p.theta, p.llama3, p.factor, p.low, p.high, p.old_ctx};
   auto it = g_rope_tables.find(key);
   if (it != g_rope_tables.end()) {
     *out = it->second;
@@ -162,27 +138,7 @@ bool rope_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable
     g_rope_tables.clear();
   }
 
-  // inv_freq and the llama3 scaling: runtime/cpu/rope.cpp, verbatim (host fp32 arithmetic).
   const int64_t half = Dh / 2;
-  std::vector<float> inv(static_cast<size_t>(half));
-  const float theta_f = float(theta), dh_f = float(Dh);
-  for (int64_t i = 0; i < half; ++i) inv[i] = 1.0f / std::pow(theta_f, float(2 * i) / dh_f);
-  if (llama3) {
-    const double factor = key.factor, low = key.low, high = key.high, old_ctx = key.old_ctx;
-    const double low_wavelen = old_ctx / low, high_wavelen = old_ctx / high;
-    const float two_pi_f = float(2.0 * 3.14159265358979323846), factor_f = float(factor),
-                low_f = float(low), range_f = float(high - low), old_ctx_f = float(old_ctx),
-                low_wavelen_f = float(low_wavelen), high_wavelen_f = float(high_wavelen);
-    for (int64_t i = 0; i < half; ++i) {
-      const float f = inv[i];
-      const float wavelen = (1.0f / f) * two_pi_f;
-      const float f_llama = wavelen > low_wavelen_f ? f / factor_f : f;
-      const float smooth = ((1.0f / wavelen) * old_ctx_f - low_f) / range_f;
-      const float smoothed = (1.0f - smooth) * f_llama / factor_f + smooth * f_llama;
-      const bool medium = !(wavelen < high_wavelen_f) && !(wavelen > low_wavelen_f);
-      inv[i] = medium ? smoothed : f_llama;
-    }
-  }
   RopeTable tab;
   const size_t count = size_t(T * half) > 0 ? size_t(T * half) : 1;
   if (Status s = cuda_status(cudaMallocManaged(&tab.cos, count * sizeof(float)),
@@ -195,12 +151,7 @@ bool rope_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable
     cudaFree(tab.cos);
     return ck.expect(false, s.message());
   }
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = float(t) * inv[i];
-      tab.cos[t * half + i] = std::cos(angle);
-      tab.sin[t * half + i] = std::sin(angle);
-    }
+  rope_cos_sin(p, T, Dh, tab.cos, tab.sin);  // the CPU kernel's numbers, on the host
   g_rope_tables[key] = tab;
   *out = tab;
   return true;
@@ -320,15 +271,9 @@ Status embedding_fwd(KernelCall &c) {
   const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
   if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
 
-  int64_t lo = 0, vocab = V;  // this table's first row and the whole vocabulary's size
-  if (c.has_attr("vocab_group")) {
-    if (!std::holds_alternative<std::string>(c.instr->attrs.at("vocab_group")))
-      return ck.error("attr vocab_group must be a string (a group of mesh axes)");
-    StatusOr<GroupInfo> gi = resolve_group(c.comm, c.attr_s("vocab_group", ""));
-    if (!gi) return ck.error("attr vocab_group: " + gi.message());
-    lo = int64_t(gi->index) * V;
-    vocab = V * gi->size;
-  }
+  VocabShard vs;  // this table's first row and the whole vocabulary's size
+  if (!parse_vocab_shard(c, ck, V, &vs)) return ck.status();
+  const int64_t lo = vs.lo, vocab = vs.vocab;
   const int64_t n = B * T;
   if (n == 0) return Status::ok();
 
