@@ -47,7 +47,7 @@ STRATEGIES = {
 
 def ranks_of(flags):
     n = 1
-    for k in ("--dp", "--tp", "--pp"):  # noqa: the degrees multiply to the world size
+    for k in ("--dp", "--tp", "--pp"):  # the degrees multiply to the world size
         if k in flags:
             n *= int(flags[flags.index(k) + 1])
     return n

@@ -674,25 +674,19 @@ private:
         rank_.param_bytes + rank_.grad_bytes + rank_.optimizer_bytes + (io_bytes_ + rank_.arena_bytes) * rank_.slots;
     double opt = 0;
     for (const plan::Program &prog : rank_.programs) {
-      double f = 0;
-      for (const Instr &in : prog.instrs) f += in.flops;
-      if (prog.name == "micro_step") rank_.forward_flops += f;  // forward + backward of a micro-batch
+      double f = 0, through_loss = 0;  // all, and up to the loss (a micro_step's forward)
+      bool past_loss = false;
+      for (const Instr &in : prog.instrs) {
+        f += in.flops;
+        if (!past_loss) through_loss += in.flops;
+        past_loss |= in.op == "cross_entropy_fwd";
+      }
+      if (prog.name == "micro_step") rank_.forward_flops = through_loss, rank_.backward_flops = f - through_loss;
       if (prog.name == "forward") rank_.forward_flops = f;
       if (prog.name == "backward") rank_.backward_flops = f;
       if (prog.name == "optimizer_step") opt = f;
       int64_t times = prog.name == "optimizer_step" ? 1 : prog.name == "eval_step" ? 0 : p.micro_batches;
       for (const Instr &in : prog.instrs) bytes_sent(in, mesh, rank_.bytes_sent, times);
-    }
-    if (mesh.pp == 1) {  // split micro_step's FLOPs: the forward is the part before the loss
-      double fwd = 0;
-      for (const plan::Program &prog : rank_.programs)
-        if (prog.name == "micro_step")
-          for (const Instr &in : prog.instrs) {
-            fwd += in.flops;
-            if (in.op == "cross_entropy_fwd") break;
-          }
-      rank_.backward_flops = rank_.forward_flops - fwd;
-      rank_.forward_flops = fwd;
     }
     rank_.flops_per_step = (rank_.forward_flops + rank_.backward_flops) * p.micro_batches + opt;
   }
