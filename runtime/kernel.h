@@ -37,6 +37,8 @@ struct Tensor {
   int rank() const { return static_cast<int>(shape.size()); }
   float *f32() const { return static_cast<float *>(data); }
   int32_t *i32() const { return static_cast<int32_t *>(data); }
+  uint16_t *bf16() const { return static_cast<uint16_t *>(data); }  // runtime/bf16.h
+  int64_t nbytes() const { return numel() * plan::elem_size(dtype); }
 };
 
 /// Per-step values the runtime supplies to kernels that need them (the optimizer).

@@ -44,7 +44,14 @@ namespace parallora::plan {
 /// Bumped on every incompatible change; a plan of another version is rejected on load.
 constexpr uint32_t kPlanFormatVersion = 2;
 
-enum class ElemType { F32 = 0, I32 = 1 };
+/// Element types. BF16 is bfloat16 storage (the top 16 bits of an f32, round-to-nearest-even on
+/// store); kernels compute in f32 (runtime/core/bf16.h). A plan compiled with --precision bf16
+/// stores frozen weights and activations as BF16; adapters, gradients, AdamW moments and the
+/// loss stay F32 (Plan::precision).
+enum class ElemType { F32 = 0, I32 = 1, BF16 = 2 };
+
+/// Bytes per element.
+inline int64_t elem_size(ElemType t) { return t == ElemType::BF16 ? 2 : 4; }
 
 enum class BufferKind {
   Input = 0,      // fed by the runtime before each micro_step/eval_step: "input_ids", "labels"
@@ -80,7 +87,7 @@ struct Buffer {
     for (int64_t d : shape) n *= d;
     return n;
   }
-  int64_t nbytes() const { return numel() * 4; }  // f32 and i32 are both 4 bytes
+  int64_t nbytes() const { return numel() * elem_size(dtype); }
 };
 
 using AttrValue = std::variant<int64_t, double, std::string, std::vector<int64_t>>;
@@ -171,6 +178,9 @@ struct Plan {
   Mesh mesh;
   std::string strategy = "single";     // "single" | "data" | "tensor" | "pipeline" | "hybrid"
   std::string pipeline_schedule = "none";  // "gpipe" | "1f1b" when mesh.pp > 1
+  // Storage precision policy: "fp32" (every float buffer F32) or "bf16" (frozen weights and
+  // activations BF16; adapters, gradients, moments, loss F32). Kernels compute in f32 either way.
+  std::string precision = "fp32";
   std::vector<RankPlan> ranks;         // ranks[r].rank == r
 };
 

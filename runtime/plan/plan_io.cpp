@@ -97,6 +97,7 @@ void to_pb(const Plan &p, pb::Plan *out) {
   mesh->set_pp(p.mesh.pp);
   out->set_strategy(p.strategy);
   out->set_pipeline_schedule(p.pipeline_schedule);
+  out->set_precision(p.precision);
   for (const RankPlan &r : p.ranks) {
     auto *rp = out->add_ranks();
     rp->set_rank(r.rank);
@@ -171,6 +172,7 @@ Status from_pb(const pb::Plan &m, Plan &p) {
   p.mesh.pp = m.mesh().pp();
   p.strategy = m.strategy();
   p.pipeline_schedule = m.pipeline_schedule();
+  p.precision = m.precision().empty() ? "fp32" : m.precision();
   p.ranks.clear();
   p.ranks.reserve(m.ranks_size());
   for (int ri = 0; ri < m.ranks_size(); ++ri) {
@@ -194,7 +196,7 @@ Status from_pb(const pb::Plan &m, Plan &p) {
       if (mb.kind() < 0 || mb.kind() > static_cast<int>(BufferKind::Output))
         return Status::error("rank " + std::to_string(ri) + ": buffer #" + std::to_string(bi) + " ('" + mb.name() +
                              "') has unknown kind " + std::to_string(mb.kind()));
-      if (mb.dtype() < 0 || mb.dtype() > static_cast<int>(ElemType::I32))
+      if (mb.dtype() < 0 || mb.dtype() > static_cast<int>(ElemType::BF16))
         return Status::error("rank " + std::to_string(ri) + ": buffer #" + std::to_string(bi) + " ('" + mb.name() +
                              "') has unknown element type " + std::to_string(mb.dtype()));
       b.kind = static_cast<BufferKind>(mb.kind());
@@ -337,7 +339,14 @@ const char *buffer_kind_name(BufferKind kind) {
   return "?";
 }
 
-const char *elem_type_name(ElemType type) { return type == ElemType::F32 ? "f32" : "i32"; }
+const char *elem_type_name(ElemType type) {
+  switch (type) {
+  case ElemType::F32: return "f32";
+  case ElemType::I32: return "i32";
+  case ElemType::BF16: return "bf16";
+  }
+  return "?";
+}
 
 uint32_t crc32(const void *data, size_t size, uint32_t crc) {
   static const std::array<uint32_t, 256> table = [] {
@@ -378,6 +387,8 @@ Status validate_plan(const Plan &plan) {
     return Status::error("world_size is " + std::to_string(plan.world_size) + " but the mesh dp " +
                          std::to_string(mesh.dp) + " x tp " + std::to_string(mesh.tp) + " x pp " + std::to_string(mesh.pp) +
                          " has " + std::to_string(mesh.size()) + " ranks");
+  if (plan.precision != "fp32" && plan.precision != "bf16")
+    return Status::error("precision is '" + plan.precision + "' (expected 'fp32' or 'bf16')");
   const bool pipelined = mesh.pp > 1;
   if (pipelined && plan.pipeline_schedule != "gpipe" && plan.pipeline_schedule != "1f1b")
     return Status::error("pipeline_schedule is '" + plan.pipeline_schedule + "' but a plan with " +
@@ -416,6 +427,11 @@ Status validate_plan(const Plan &plan) {
       if (b.id != i) return Status::error(bw + " has id " + std::to_string(b.id) + " (ids must equal the index)");
       for (int64_t d : b.shape)
         if (d < 0) return Status::error(bw + " has negative dimension in shape " + shape_str(b.shape));
+      // Adapters, their gradients and moments and the loss are the fp32 master state in every
+      // precision; only frozen weights and activations may be stored in bf16.
+      if (b.dtype == ElemType::BF16 && b.kind != BufferKind::Param && b.kind != BufferKind::Activation)
+        return Status::error(bw + " is a bf16 " + std::string(buffer_kind_name(b.kind)) +
+                             " buffer; only frozen parameters and activations may be bf16");
       if (b.kind == BufferKind::Activation) {
         if (b.offset < 0) return Status::error(bw + " is an activation without an arena offset");
         if (b.offset + b.nbytes() > rank.arena_bytes)
@@ -675,7 +691,8 @@ std::string describe_plan(const Plan &plan, bool verbose) {
      << (dp > 1 ? " per data-parallel rank" : "") << ", vocab " << plan.vocab_size << ", ignore_index "
      << plan.ignore_index << "\n";
   os << "ranks: " << plan.world_size << " (mesh dp " << plan.mesh.dp << " x tp " << plan.mesh.tp << " x pp "
-     << plan.mesh.pp << "), strategy " << plan.strategy << ", pipeline schedule " << plan.pipeline_schedule << "\n";
+     << plan.mesh.pp << "), strategy " << plan.strategy << ", pipeline schedule " << plan.pipeline_schedule
+     << ", precision " << plan.precision << "\n";
 
   // One row per rank: coordinates, slots, predicted memory, FLOPs, bytes sent, bubble.
   {
