@@ -164,13 +164,16 @@ public:
   int rank() const override { return 0; }
   int world_size() const override { return 1; }
 
-  Status all_reduce(const std::string &group, float *, int64_t count, ReduceOp) override {
+  using Communicator::all_reduce;
+  Status all_reduce(const std::string &group, void *, int64_t count, plan::ElemType dtype, ReduceOp) override {
     StatusOr<int> g = group_size(group);
     if (!g) return Status::error("rank 0: all_reduce: " + g.message());
     if (count < 0)
       return Status::error("rank 0: all_reduce over group '" + group + "': negative count " +
                            std::to_string(count));
-    count_all_reduce(count * 4, *g);
+    if (dtype == plan::ElemType::I32)
+      return Status::error("rank 0: all_reduce over group '" + group + "': i32 data (f32 or bf16 only)");
+    count_all_reduce(count * plan::elem_size(dtype), *g);
     return Status::ok();
   }
   Status send(int peer, int tag, const void *, int64_t bytes) override {

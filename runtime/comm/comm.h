@@ -53,8 +53,15 @@ public:
   /// hold shard number group_rank(group).
   StatusOr<int> group_rank(const std::string &group) const;
 
-  /// In-place all-reduce of `count` floats over `group`.
-  virtual Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) = 0;
+  /// In-place all-reduce of `count` elements of type `dtype` (F32 or BF16) over `group`. BF16
+  /// sums are taken in f32 and rounded to bf16 after every pairwise combination (as NCCL's bf16
+  /// all-reduce does); the bytes counted are the bf16 bytes.
+  virtual Status all_reduce(const std::string &group, void *data, int64_t count, plan::ElemType dtype,
+                            ReduceOp op) = 0;
+  /// The f32 case.
+  Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) {
+    return all_reduce(group, data, count, plan::ElemType::F32, op);
+  }
   /// Broadcast of `count` floats from the group member with group index `root` (its position in
   /// group_ranks(group)) to the others. The default handles groups of one rank and refuses more;
   /// the MPI communicator implements it.

@@ -31,6 +31,7 @@
 
 #include "runtime/comm/comm.h"
 #include "runtime/comm/comm_impl.h"
+#include "runtime/bf16.h"
 
 namespace parallora::rt {
 
@@ -86,7 +87,9 @@ public:
 
   int rank() const override { return rank_; }
   int world_size() const override { return size_; }
-  Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) override;
+  using Communicator::all_reduce;
+  Status all_reduce(const std::string &group, void *data, int64_t count, plan::ElemType dtype,
+                    ReduceOp op) override;
   Status send(int peer, int tag, const void *data, int64_t bytes) override;
   Status recv(int peer, int tag, void *data, int64_t bytes) override;
   Status broadcast(const std::string &group, float *data, int64_t count, int root) override;
@@ -254,28 +257,51 @@ MpiCommunicator::~MpiCommunicator() {
   if (world_ != MPI_COMM_NULL) MPI_Comm_free(&world_);
 }
 
-Status MpiCommunicator::all_reduce(const std::string &group, float *data, int64_t count,
+// bf16 reductions: MPI has no bfloat16 type, so bf16 data travels as MPI_UINT16_T with user
+// operations that widen, combine in f32 and round back (runtime/bf16.h) at every combination.
+void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *) {
+  const uint16_t *a = static_cast<const uint16_t *>(in);
+  uint16_t *b = static_cast<uint16_t *>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = f32_to_bf16(bf16_to_f32(a[i]) + bf16_to_f32(b[i]));
+}
+void bf16_max(void *in, void *inout, int *len, MPI_Datatype *) {
+  const uint16_t *a = static_cast<const uint16_t *>(in);
+  uint16_t *b = static_cast<uint16_t *>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = f32_to_bf16(std::max(bf16_to_f32(a[i]), bf16_to_f32(b[i])));
+}
+MPI_Op bf16_op(ReduceOp op) {
+  static MPI_Op sum = MPI_OP_NULL, max = MPI_OP_NULL;  // created once, freed by MPI_Finalize
+  MPI_Op &o = op == ReduceOp::Sum ? sum : max;
+  if (o == MPI_OP_NULL) MPI_Op_create(op == ReduceOp::Sum ? bf16_sum : bf16_max, /*commute=*/1, &o);
+  return o;
+}
+
+Status MpiCommunicator::all_reduce(const std::string &group, void *data_, int64_t count, plan::ElemType dtype,
                                    ReduceOp op) {
   StatusOr<unsigned> axes = parse_group(group);
   if (!axes) return Status::error(prefix() + "all_reduce: " + axes.message());
   Group &g = groups_[*axes];
-  const int64_t bytes = count * 4;
+  const int64_t esize = plan::elem_size(dtype);
+  const int64_t bytes = count * esize;
+  char *data = static_cast<char *>(data_);
   auto what = [&] {
     return "all_reduce over group '" + group + "' (ranks " + rank_list(g.members) + ") of " +
            std::to_string(bytes) + " bytes";
   };
   if (count < 0) return Status::error(prefix() + what() + ": negative count");
   if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");
+  if (dtype == plan::ElemType::I32) return Status::error(prefix() + what() + ": i32 data (f32 or bf16 only)");
   if (!g.broken.empty()) return Status::error(prefix() + what() + ": " + g.broken);
   if (g.size > 1 && count > 0) {
+    const bool bf16 = dtype == plan::ElemType::BF16;
+    const MPI_Datatype type = bf16 ? MPI_UINT16_T : MPI_FLOAT;
+    const MPI_Op mop = bf16 ? bf16_op(op) : op == ReduceOp::Sum ? MPI_SUM : MPI_MAX;
     std::vector<MPI_Request> reqs;
-    const int64_t chunk = kMaxChunkBytes / 4;
+    const int64_t chunk = kMaxChunkBytes / esize;
     for (int64_t off = 0; off < count; off += chunk) {
       reqs.emplace_back(MPI_REQUEST_NULL);
       const int n = int(std::min(chunk, count - off));
-      const int rc = MPI_Iallreduce(MPI_IN_PLACE, data + off, n, MPI_FLOAT,
-                                    op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, g.comm,
-                                    &reqs.back());
+      const int rc = MPI_Iallreduce(MPI_IN_PLACE, data + off * esize, n, type, mop, g.comm, &reqs.back());
       if (rc != MPI_SUCCESS) {
         g.broken = "an earlier all_reduce over this group failed to start";
         return mpi_fail(what() + ": MPI_Iallreduce", rc);

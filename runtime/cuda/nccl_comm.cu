@@ -174,7 +174,9 @@ public:
 
   int rank() const override { return rank_; }
   int world_size() const override { return size_; }
-  Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) override;
+  using Communicator::all_reduce;
+  Status all_reduce(const std::string &group, void *data_, int64_t count, plan::ElemType dtype,
+                    ReduceOp op) override;
   Status broadcast(const std::string &group, float *data, int64_t count, int root) override;
   Status send(int peer, int tag, const void *data, int64_t bytes) override;
   Status recv(int peer, int tag, void *data, int64_t bytes) override;
@@ -460,7 +462,12 @@ Status NcclCommunicator::copy_back(void *dst, const void *src, size_t bytes, con
   return Status::ok();
 }
 
-Status NcclCommunicator::all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) {
+Status NcclCommunicator::all_reduce(const std::string &group, void *data_, int64_t count, plan::ElemType dtype,
+                                    ReduceOp op) {
+  float *data = static_cast<float *>(data_);
+  if (dtype != plan::ElemType::F32)  // TODO(bf16): ncclBfloat16
+    return Status::error(prefix() + "all_reduce over group '" + group + "': " + std::string(dtype == plan::ElemType::BF16 ? "bf16" : "i32") +
+                         " data is not supported by the NCCL communicator yet");
   StatusOr<unsigned> axes = parse_group(group);
   if (!axes) return Status::error(prefix() + "all_reduce: " + axes.message());
   NcclHandle *h = groups_[*axes];
