@@ -45,7 +45,12 @@ bool KernelCheck::operands(size_t nin_min, size_t nin_max, size_t nout, bool all
 }
 
 static const char *dtype_name(plan::ElemType t) {
-  return t == plan::ElemType::F32 ? "f32" : t == plan::ElemType::I32 ? "i32" : "?";
+  switch (t) {
+  case plan::ElemType::F32: return "f32";
+  case plan::ElemType::I32: return "i32";
+  case plan::ElemType::BF16: return "bf16";
+  }
+  return "?";
 }
 
 static bool typed(KernelCheck &ck, const Tensor &t, const char *what, plan::ElemType want) {
@@ -59,6 +64,12 @@ bool KernelCheck::f32(const Tensor &t, const char *what) {
 }
 bool KernelCheck::i32(const Tensor &t, const char *what) {
   return typed(*this, t, what, plan::ElemType::I32);
+}
+
+bool KernelCheck::flt(const Tensor &t, const char *what) {
+  if (!t.present()) return expect(false, std::string("operand ") + what + " is absent");
+  return expect(t.dtype == plan::ElemType::F32 || t.dtype == plan::ElemType::BF16,
+                std::string("operand ") + what + " must be f32 or bf16, got " + dtype_name(t.dtype));
 }
 
 bool KernelCheck::rank(const Tensor &t, const char *what, int r) {
@@ -119,6 +130,92 @@ bool KernelCheck::positive(int64_t v, const char *what) {
   return set(std::string(what) + " must be positive, got " + std::to_string(v));
 }
 
+
+// ---------------------------------------------------------------- parse_<kernel>_args
+
+static bool float_operand(KernelCheck &ck, const Tensor &t, const char *what, bool bf16_ok) {
+  return bf16_ok ? ck.flt(t, what) : ck.f32(t, what);
+}
+
+bool parse_add_args(const KernelCall &c, KernelCheck &ck, bool bf16_ok) {
+  if (!ck.operands(2, 2, 1)) return false;
+  const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
+  return float_operand(ck, a, "a", bf16_ok) && float_operand(ck, b, "b", bf16_ok) &&
+         float_operand(ck, y, "y", bf16_ok) && ck.same_shape(b, "b", a, "a") && ck.same_shape(y, "y", a, "a");
+}
+
+bool parse_accumulate_args(const KernelCall &c, KernelCheck &ck, bool bf16_ok) {
+  if (!ck.operands(1, 1, 1)) return false;
+  const Tensor &x = c.in[0], &acc = c.out[0];
+  return float_operand(ck, x, "x", bf16_ok) && float_operand(ck, acc, "acc", bf16_ok) &&
+         ck.same_shape(acc, "acc", x, "x");
+}
+
+bool parse_swiglu_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok) {
+  if (!backward) {
+    if (!ck.operands(2, 2, 1)) return false;
+    const Tensor &g = c.in[0], &u = c.in[1], &y = c.out[0];
+    return float_operand(ck, g, "gate", bf16_ok) && float_operand(ck, u, "up", bf16_ok) &&
+           float_operand(ck, y, "y", bf16_ok) && ck.same_shape(u, "up", g, "gate") &&
+           ck.same_shape(y, "y", g, "gate");
+  }
+  if (!ck.operands(3, 3, 2)) return false;
+  const Tensor &dy = c.in[0], &g = c.in[1], &u = c.in[2], &dg = c.out[0], &du = c.out[1];
+  return float_operand(ck, dy, "dy", bf16_ok) && float_operand(ck, g, "gate", bf16_ok) &&
+         float_operand(ck, u, "up", bf16_ok) && float_operand(ck, dg, "dgate", bf16_ok) &&
+         float_operand(ck, du, "dup", bf16_ok) && ck.same_shape(u, "up", g, "gate") &&
+         ck.same_shape(dy, "dy", g, "gate") && ck.same_shape(dg, "dgate", g, "gate") &&
+         ck.same_shape(du, "dup", g, "gate");
+}
+
+bool parse_rms_norm_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
+                         RmsNormArgs *out) {
+  *out = RmsNormArgs();
+  if (!ck.operands(backward ? 3 : 2, backward ? 3 : 2, 1) || !ck.num_attr("eps")) return false;
+  const Tensor &x = c.in[backward ? 1 : 0], &w = c.in[backward ? 2 : 1], &y = c.out[0];
+  if (backward && !float_operand(ck, c.in[0], "dy", bf16_ok)) return false;
+  if (!float_operand(ck, x, "x", bf16_ok) || !float_operand(ck, w, "w", bf16_ok) ||
+      !float_operand(ck, y, backward ? "dx" : "y", bf16_ok) || !ck.rank(w, "w", 1))
+    return false;
+  out->D = w.dim(0);
+  if (!ck.rows_of(x, "x", out->D, &out->M)) return false;
+  if (backward ? !ck.same_shape(c.in[0], "dy", x, "x") || !ck.same_shape(y, "dx", x, "x")
+               : !ck.same_shape(y, "y", x, "x"))
+    return false;
+  out->eps = c.attr_f("eps", 0.0);
+  return true;
+}
+
+bool parse_cross_entropy_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
+                              CrossEntropyArgs *out) {
+  *out = CrossEntropyArgs();
+  if (!ck.operands(2, 2, 1)) return false;
+  const Tensor &logits = c.in[0], &labels = c.in[1], &y = c.out[0];
+  // The vocab_group attr: this rank holds logit columns [lo, lo + V').
+  if (!parse_vocab_shard(c, ck, logits.rank() == 3 ? logits.dim(2) : 0, &out->vocab)) return false;
+  if (!float_operand(ck, logits, "logits", bf16_ok) || !ck.rank(logits, "logits", 3) ||
+      !ck.i32(labels, "labels") || !ck.num_attr("shift"))
+    return false;
+  out->B = logits.dim(0);
+  out->T = logits.dim(1);
+  out->V = logits.dim(2);
+  out->shift = c.attr_i("shift", 0);
+  out->ignore = c.attr_i("ignore_index", -100);
+  if (!ck.positive(out->V, "logits dim 2 (V)") || !ck.shape(labels, "labels", {out->B, out->T}) ||
+      !ck.expect(out->shift == 0 || out->shift == 1,
+                 "attr shift must be 0 or 1, got " + std::to_string(out->shift)))
+    return false;
+  if (backward)
+    return float_operand(ck, y, "dlogits", bf16_ok) && ck.same_shape(y, "dlogits", logits, "logits");
+  return float_operand(ck, y, "loss", bf16_ok) &&
+         ck.expect(y.numel() == 1, "loss has shape " + shape_str(y.shape) + ", expected a scalar");
+}
+
+std::string ce_label_error(int64_t label, int64_t b, int64_t t, const CrossEntropyArgs &a) {
+  return "label " + std::to_string(label) + " at position (b=" + std::to_string(b) + ", t=" +
+         std::to_string(t) + ") is outside the vocabulary [0, " + std::to_string(a.vocab.vocab) +
+         ") and is not ignore_index " + std::to_string(a.ignore);
+}
 
 bool parse_adamw_args(KernelCall &c, KernelCheck &ck, AdamwArgs *out) {
   if (!ck.num_attr("n") || !ck.num_attr("beta1") || !ck.num_attr("beta2") ||

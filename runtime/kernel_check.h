@@ -34,6 +34,9 @@ public:
   /// Present and of the given element type.
   bool f32(const Tensor &t, const char *what);
   bool i32(const Tensor &t, const char *what);
+  /// Present and a float type: f32 or bf16 (a --precision bf16 plan's frozen weights and
+  /// activations; kernels read bf16 widened to f32 and round once on store).
+  bool flt(const Tensor &t, const char *what);
   bool rank(const Tensor &t, const char *what, int rank);
   bool shape(const Tensor &t, const char *what, const std::vector<int64_t> &expected);
   /// (.., d) with rank >= 1 and d > 0; *rows = numel / d (the flattened leading dims).
@@ -59,8 +62,54 @@ private:
   Status status_;
 };
 
-/// Row-major C = alpha * op(A) op(B) + beta * C with op(A) (M,K), op(B) (K,N), via cblas_sgemm;
-/// handles empty dimensions (K == 0 scales C by beta, beta == 0 means overwrite).
+
+/// The vocab_group attr of embedding_fwd / cross_entropy_*: this rank holds rows (or logit
+/// columns) [lo, lo + shard_rows) of a vocabulary of `vocab` = group size x shard_rows. Without
+/// the attr: lo 0, vocab shard_rows. `sharded` = a group of more than one rank.
+struct VocabShard {
+  bool sharded = false;
+  std::string group;
+  int64_t lo = 0, vocab = 0;
+};
+bool parse_vocab_shard(const KernelCall &c, KernelCheck &ck, int64_t shard_rows, VocabShard *out);
+
+//===--------------------------------------------------------------------===//
+// parse_<kernel>_args: a kernel's operand count, types, shapes and attributes checked against
+// the contract, in one order and with one wording for every backend; false (with ck holding the
+// error) on a violation. `bf16_ok`: the float operands may be f32 or bf16 (the CUDA kernels,
+// which read bf16 natively), else f32 only (the CPU's f32 kernels: the CPU registry widens bf16
+// operands before calling them, so they only ever see f32 unless called directly).
+//===--------------------------------------------------------------------===//
+
+/// add: a (..), b (..) -> y (..), one shape (no broadcasting).
+bool parse_add_args(const KernelCall &c, KernelCheck &ck, bool bf16_ok);
+/// accumulate: x (..) -> acc (..) += x, one shape.
+bool parse_accumulate_args(const KernelCall &c, KernelCheck &ck, bool bf16_ok);
+/// swiglu_fwd: gate, up -> y; swiglu_bwd: dy, gate, up -> dgate, dup; all of gate's shape.
+bool parse_swiglu_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok);
+
+/// rms_norm_fwd: x (..,D), w (D) -> y;  rms_norm_bwd: dy, x, w -> dx;  attr eps.
+struct RmsNormArgs {
+  int64_t D = 0, M = 0;  // row length and row count
+  double eps = 0;
+};
+bool parse_rms_norm_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
+                         RmsNormArgs *out);
+
+/// cross_entropy_fwd: logits (B,T,V), labels (B,T) i32 -> loss (one element);
+/// cross_entropy_bwd: logits, labels -> dlogits (logits' shape); attrs shift (required),
+/// ignore_index, vocab_group. The labels' values are checked by the kernel (on its device),
+/// which reports a bad one with ce_label_error.
+struct CrossEntropyArgs {
+  int64_t B = 0, T = 0, V = 0;  // logits' dims (V: this shard's columns)
+  int64_t shift = 0, ignore = -100;
+  VocabShard vocab;             // vocab.vocab: the whole vocabulary, labels' range
+};
+bool parse_cross_entropy_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
+                              CrossEntropyArgs *out);
+/// "label <l> at position (b=.., t=..) is outside the vocabulary [0, V) and is not
+/// ignore_index <i>" (t: the labels' position, i.e. the logits row's t + shift).
+std::string ce_label_error(int64_t label, int64_t b, int64_t t, const CrossEntropyArgs &a);
 
 /// adamw_step's operands (p, g, m, v; n each) and attributes, checked against the contract;
 /// false (with ck holding the error) on a violation. Shared by the CPU and CUDA kernels.
@@ -74,15 +123,6 @@ struct AdamwArgs {
 };
 bool parse_adamw_args(KernelCall &c, KernelCheck &ck, AdamwArgs *out);
 
-/// The vocab_group attr of embedding_fwd / cross_entropy_*: this rank holds rows (or logit
-/// columns) [lo, lo + shard_rows) of a vocabulary of `vocab` = group size x shard_rows. Without
-/// the attr: lo 0, vocab shard_rows. `sharded` = a group of more than one rank.
-struct VocabShard {
-  bool sharded = false;
-  std::string group;
-  int64_t lo = 0, vocab = 0;
-};
-bool parse_vocab_shard(const KernelCall &c, KernelCheck &ck, int64_t shard_rows, VocabShard *out);
 
 /// rope_fwd / rope_bwd attributes: theta, rope_type and the llama3 scaling, checked.
 struct RopeParams {

@@ -105,6 +105,8 @@ def main():
     ap.add_argument("--loss-rtol", type=float, default=1e-4)
     ap.add_argument("--adapter-rtol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per rank")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="lora-compile --precision of every plan (bf16: compare against the single-device bf16 run)")
     ap.add_argument("--comm-timeout", type=float, default=120)
     ap.add_argument("--val-every", type=int, default=0,
                     help="validate every K steps (default: steps/6) for the statistical-efficiency columns")
@@ -125,7 +127,7 @@ def main():
     common = ["--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len),
               "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", a.lora_targets,
               "--lr", a.lr, "--warmup", "3", "--lr-schedule", "cosine", "--weight-decay", "0.01",
-              "--max-grad-norm", "1.0"]
+              "--max-grad-norm", "1.0", "--precision", a.precision]
     results = {}
     for name in names:
         flags, micro = STRATEGIES[name]

@@ -73,6 +73,10 @@ public:
     p.mesh = plan::Mesh{static_cast<int32_t>(mesh.dp), static_cast<int32_t>(mesh.tp), static_cast<int32_t>(mesh.pp)};
     p.world_size = p.mesh.size();
     p.strategy = opts_.strategy;
+    if (opts_.precision != "fp32" && opts_.precision != "bf16")
+      return module_.emitError("lower: unknown precision '") << opts_.precision << "' (expected fp32 or bf16)",
+             failure();
+    p.precision = opts_.precision;
     if (mesh.pp > 1) {
       auto pipe = module_->getAttrOfType<DictionaryAttr>(kPipelineAttr);
       if (!pipe) return module_.emitError("lower: pp > 1 but the module has no pl.pipeline (run pipeline-split)"), failure();
@@ -195,7 +199,10 @@ private:
     auto type = p.getType().cast<RankedTensorType>();
     std::vector<int64_t> shape(type.getShape().begin(), type.getShape().end());
     bool trainable = p.getTrainable();
-    int32_t id = named(trainable ? BufferKind::Trainable : BufferKind::Param, name, plan::ElemType::F32, shape);
+    // Frozen weights follow the precision policy; adapters are the fp32 master copies.
+    const plan::ElemType dtype =
+        !trainable && opts_.precision == "bf16" ? plan::ElemType::BF16 : plan::ElemType::F32;
+    int32_t id = named(trainable ? BufferKind::Trainable : BufferKind::Param, name, dtype, shape);
     Buffer &b = rank_.buffers[id];
     std::string init = p.getInit() ? p.getInit()->str() : "";
     // Frozen weights come from the base checkpoint when there is one; adapters from their init
@@ -462,7 +469,33 @@ private:
       prog.instrs.push_back(std::move(in));
       backward_.push_back(op.hasAttr(kBackwardAttr));
     }
+    storage_types(prog);
     return place(prog);
+  }
+
+  /// The precision policy (LowerOptions::precision), applied to this program's activations
+  /// before they are placed: with "bf16" every float activation is stored as bf16, except the
+  /// ones that hold an adapter gradient on its way into its accumulator (the input of an
+  /// accumulate / copy / add writing a Grad buffer: gradients are fp32 master state; the usual
+  /// case, lora_linear_bwd accumulating dA/dB straight into the Grad buffers, has none). Views
+  /// share their input's bytes, so a storage group takes one type: f32 if any member must be.
+  void storage_types(const plan::Program &prog) {
+    if (opts_.precision != "bf16") return;
+    const int32_t n = static_cast<int32_t>(rank_.buffers.size());
+    llvm::DenseSet<int32_t> keep_f32;  // storage groups
+    for (const Instr &in : prog.instrs) {
+      if (in.op != "accumulate" && in.op != "copy" && in.op != "add") continue;
+      bool writes_grad = llvm::any_of(in.outputs, [&](int32_t id) {
+        return id >= 0 && rank_.buffers[id].kind == BufferKind::Grad;
+      });
+      if (!writes_grad) continue;
+      for (int32_t id : in.inputs)
+        if (is_temp(id)) keep_f32.insert(root(id));
+    }
+    for (int32_t id = first_buffer_; id < n; ++id) {
+      Buffer &b = rank_.buffers[id];
+      if (is_temp(id) && b.dtype == plan::ElemType::F32 && !keep_f32.count(root(id))) b.dtype = plan::ElemType::BF16;
+    }
   }
 
   /// True when no op after `op` reads `v` or any value sharing its storage.

@@ -31,6 +31,9 @@ struct LowerOptions {
   std::string producer = "lora-compile";
   std::string strategy = "single";  // recorded in the plan: single | data | tensor | pipeline | hybrid
   bool inplace_add = true;      // residual adds write over an input that dies there
+  // Storage precision: "fp32", or "bf16" = frozen weights and activations stored as bf16
+  // (adapters, gradients, AdamW moments and the loss stay f32; kernels compute in f32).
+  std::string precision = "fp32";
 };
 
 /// Fails with a diagnostic naming the op (and its module path) that cannot be lowered.

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "runtime/bf16.h"
 #include "runtime/comm/comm.h"
 
 namespace parallora::rt {
@@ -19,8 +20,8 @@ Status fail(const KernelCall &c, const char *kernel, const std::string &msg) {
   return Status::error(where + ": " + msg);
 }
 
-bool is_4byte(const Tensor &t) {
-  return t.dtype == plan::ElemType::F32 || t.dtype == plan::ElemType::I32;
+bool is_movable(const Tensor &t) {  // send/recv move the bytes of any element type
+  return t.dtype == plan::ElemType::F32 || t.dtype == plan::ElemType::I32 || t.dtype == plan::ElemType::BF16;
 }
 
 bool is_int_attr(const KernelCall &c, const std::string &name) {
@@ -32,7 +33,9 @@ bool is_int_attr(const KernelCall &c, const std::string &name) {
   return false;
 }
 
-// y_i = scale * sum over the group of x_i, all x_i reduced as one message.
+// y_i = scale * sum over the group of x_i, all x_i reduced as one message. The tensors are all
+// f32 or all bf16 (tensor-parallel activations of a --precision bf16 plan); bf16 is reduced as
+// bf16 (Communicator::all_reduce) and scaled in f32 with one rounding.
 Status all_reduce_kernel(KernelCall &c) {
   const char *K = "all_reduce";
   if (c.in.size() != c.out.size())
@@ -43,14 +46,16 @@ Status all_reduce_kernel(KernelCall &c) {
     return fail(c, K, "missing string attr 'group'");
   const std::string group = c.attr_s("group", "");
   const double scale = c.attr_f("scale", 1.0);
+  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  const char *tname = dtype == plan::ElemType::BF16 ? "bf16" : "f32";
   int64_t total = 0;
   for (size_t i = 0; i < c.in.size(); ++i) {
     const Tensor &x = c.in[i], &y = c.out[i];
     const std::string si = std::to_string(i);
-    if (!x.present() || x.dtype != plan::ElemType::F32)
-      return fail(c, K, "x_" + si + " must be a present f32 tensor");
-    if (!y.present() || y.dtype != plan::ElemType::F32)
-      return fail(c, K, "y_" + si + " must be a present f32 tensor");
+    if (!x.present() || (x.dtype != plan::ElemType::F32 && x.dtype != plan::ElemType::BF16))
+      return fail(c, K, "x_" + si + " must be a present f32 or bf16 tensor");
+    if (x.dtype != dtype) return fail(c, K, "x_" + si + " is not " + tname + " like x_0 (one type per all_reduce)");
+    if (!y.present() || y.dtype != dtype) return fail(c, K, "y_" + si + " must be a present " + tname + " tensor");
     if (x.numel() != y.numel())
       return fail(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si +
                             " has " + std::to_string(x.numel()));
@@ -64,41 +69,47 @@ Status all_reduce_kernel(KernelCall &c) {
   } else if (!group.empty()) {
     return fail(c, K, "group '" + group + "' needs a communicator (KernelCall::comm is null)");
   }
+  const int64_t es = plan::elem_size(dtype);
   const float sf = float(scale);
   const bool scaled = scale != 1.0;
-  auto finish = [&](const float *sum, float *y, int64_t n) {
-    if (scaled)
-      for (int64_t j = 0; j < n; ++j) y[j] = sf * sum[j];
-    else if (sum != y)
-      std::memcpy(y, sum, size_t(n) * sizeof(float));
+  auto finish = [&](const void *sum, void *y, int64_t n) {
+    if (scaled && dtype == plan::ElemType::BF16) {
+      const uint16_t *a = static_cast<const uint16_t *>(sum);
+      uint16_t *b = static_cast<uint16_t *>(y);
+      for (int64_t j = 0; j < n; ++j) b[j] = f32_to_bf16(sf * bf16_to_f32(a[j]));
+    } else if (scaled) {
+      const float *a = static_cast<const float *>(sum);
+      float *b = static_cast<float *>(y);
+      for (int64_t j = 0; j < n; ++j) b[j] = sf * a[j];
+    } else if (sum != y) {
+      std::memcpy(y, sum, size_t(n * es));
+    }
   };
   if (c.in.size() == 1) {
     // One tensor: reduce in y directly.
-    float *y = c.out[0].f32();
+    void *y = c.out[0].data;
     const int64_t n = c.in[0].numel();
-    if (y != c.in[0].f32()) std::memmove(y, c.in[0].f32(), size_t(n) * sizeof(float));
+    if (y != c.in[0].data) std::memmove(y, c.in[0].data, size_t(n * es));
     if (c.comm && g > 1)
-      if (Status s = c.comm->all_reduce(group, y, n, ReduceOp::Sum); !s)
-        return fail(c, K, s.message());
+      if (Status s = c.comm->all_reduce(group, y, n, dtype, ReduceOp::Sum); !s) return fail(c, K, s.message());
     finish(y, y, n);
     return Status::ok();
   }
   // A bucket: pack, one reduction, unpack.
-  thread_local std::vector<float> staging;
-  staging.resize(size_t(total));
+  thread_local std::vector<char> staging;
+  staging.resize(size_t(total * es));
   int64_t off = 0;
   for (const Tensor &x : c.in) {
-    std::memcpy(staging.data() + off, x.f32(), size_t(x.numel()) * sizeof(float));
-    off += x.numel();
+    std::memcpy(staging.data() + off, x.data, size_t(x.nbytes()));
+    off += x.nbytes();
   }
   if (c.comm && g > 1 && total > 0)
-    if (Status s = c.comm->all_reduce(group, staging.data(), total, ReduceOp::Sum); !s)
+    if (Status s = c.comm->all_reduce(group, staging.data(), total, dtype, ReduceOp::Sum); !s)
       return fail(c, K, s.message());
   off = 0;
   for (size_t i = 0; i < c.out.size(); ++i) {
-    const int64_t n = c.out[i].numel();
-    finish(staging.data() + off, c.out[i].f32(), n);
-    off += n;
+    finish(staging.data() + off, c.out[i].data, c.out[i].numel());
+    off += c.out[i].nbytes();
   }
   return Status::ok();
 }
@@ -122,10 +133,10 @@ Status send_kernel(KernelCall &c) {
     return fail(c, K, "expected 1 input and no outputs, got " + std::to_string(c.in.size()) +
                           " and " + std::to_string(c.out.size()));
   const Tensor &x = c.in[0];
-  if (!x.present() || !is_4byte(x)) return fail(c, K, "x must be a present f32 or i32 tensor");
+  if (!x.present() || !is_movable(x)) return fail(c, K, "x must be a present f32, bf16 or i32 tensor");
   int peer = -1, tag = -1;
   if (Status s = p2p_attrs(c, K, &peer, &tag); !s) return s;
-  if (Status s = c.comm->send(peer, tag, x.data, x.numel() * 4); !s) return fail(c, K, s.message());
+  if (Status s = c.comm->send(peer, tag, x.data, x.nbytes()); !s) return fail(c, K, s.message());
   return Status::ok();
 }
 
@@ -135,10 +146,10 @@ Status recv_kernel(KernelCall &c) {
     return fail(c, K, "expected no inputs and 1 output, got " + std::to_string(c.in.size()) +
                           " and " + std::to_string(c.out.size()));
   const Tensor &y = c.out[0];
-  if (!y.present() || !is_4byte(y)) return fail(c, K, "y must be a present f32 or i32 tensor");
+  if (!y.present() || !is_movable(y)) return fail(c, K, "y must be a present f32, bf16 or i32 tensor");
   int peer = -1, tag = -1;
   if (Status s = p2p_attrs(c, K, &peer, &tag); !s) return s;
-  if (Status s = c.comm->recv(peer, tag, y.data, y.numel() * 4); !s) return fail(c, K, s.message());
+  if (Status s = c.comm->recv(peer, tag, y.data, y.nbytes()); !s) return fail(c, K, s.message());
   return Status::ok();
 }
 

@@ -1,5 +1,6 @@
 //===- executor.cpp - runs one rank of a plan on a kernel registry --------===//
 #include "runtime/core/executor.h"
+#include "runtime/bf16.h"
 #include "runtime/core/tensor_slice.h"
 
 #include <algorithm>
@@ -172,6 +173,17 @@ Status Executor::check_slot(int slot) const {
 Status Executor::init_parameters(const std::string &weights_path, uint64_t seed, bool skip_trainables) {
   std::vector<const plan::Buffer *> from_checkpoint;
   std::vector<float> full;
+  // f32 staging of a bf16 parameter: filled as if it were f32, then rounded into the tensor.
+  struct Narrow {
+    std::vector<float> f32;
+    float *data(int64_t n) {
+      f32.resize(static_cast<size_t>(n));
+      return f32.data();
+    }
+    void store(const Tensor &t) const {
+      if (t.dtype == plan::ElemType::BF16) f32_to_bf16(f32.data(), t.bf16(), t.numel());
+    }
+  } narrow;
   for (const plan::Buffer &b : rank_.buffers) {
     BufferTensor &t = tensors_[0][b.id];
     switch (b.kind) {
@@ -182,13 +194,15 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
       if (b.init.empty() || b.init == "checkpoint") {
         from_checkpoint.push_back(&b);
       } else {
-        if (b.dtype != plan::ElemType::F32)
-          return Status::error("parameter '" + b.name + "' is " + plan::elem_type_name(b.dtype) +
-                               "; only f32 parameters can be initialised with '" + b.init + "'");
+        if (b.dtype == plan::ElemType::I32)
+          return Status::error("parameter '" + b.name + "' is i32; only float parameters can be initialised with '" +
+                               b.init + "'");
         auto spec = parse_init_spec(b.init);
         if (!spec) return Status::error("parameter '" + b.name + "': " + spec.message());
+        // bf16 parameters: drawn in f32 (the same numbers as an fp32 plan), then rounded.
+        float *dst = b.dtype == plan::ElemType::F32 ? t.tensor.f32() : narrow.data(b.numel());
         if (b.slice.empty()) {
-          init_tensor(*spec, b.name, seed, t.tensor.f32(), b.shape);
+          init_tensor(*spec, b.name, seed, dst, b.shape);
         } else {
           // Draw the whole tensor as the single-device plan does, keep this rank's slice.
           if (b.full_shape.size() != b.slice.size())
@@ -198,8 +212,9 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
           for (int64_t d : b.full_shape) n *= d;
           full.assign(static_cast<size_t>(n), 0.f);
           init_tensor(*spec, b.name, seed, full.data(), b.full_shape);
-          take_slice(full.data(), b.full_shape, b.slice, t.tensor.f32());
+          take_slice(full.data(), b.full_shape, b.slice, dst);
         }
+        narrow.store(t.tensor);
       }
       break;
     case plan::BufferKind::Activation:
@@ -233,10 +248,10 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
   std::vector<float> scratch;
   for (const plan::Buffer *b : from_checkpoint) {
     const TensorView *v = store->find(b->name);
-    float *dst = tensors_[0][b->id].tensor.f32();
-    if (b->dtype != plan::ElemType::F32)
-      return Status::error("parameter '" + b->name + "' is " + plan::elem_type_name(b->dtype) +
-                           "; only f32 parameters can be read from a checkpoint");
+    const Tensor &t = tensors_[0][b->id].tensor;
+    if (b->dtype == plan::ElemType::I32)
+      return Status::error("parameter '" + b->name + "' is i32; only float parameters can be read from a checkpoint");
+    float *dst = b->dtype == plan::ElemType::F32 ? t.f32() : narrow.data(b->numel());
     if (!b->full_shape.empty() && v->shape != b->full_shape)
       return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
                            " but the plan was compiled for " + shape_str(b->full_shape));
@@ -261,6 +276,7 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
       if (Status s = to_f32(*v, scratch.data()); !s) return Status::error(weights_path + ": " + s.message());
       take_slice(scratch.data(), v->shape, b->slice, dst);
     }
+    narrow.store(t);  // a bf16 checkpoint tensor round-trips exactly
   }
   return Status::ok();
 }

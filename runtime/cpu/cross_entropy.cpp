@@ -28,29 +28,18 @@ using detail::Check;
 
 namespace {
 
-struct CeSetup {
-  int64_t B = 0, T = 0, V = 0, shift = 0, ignore = -100;
+struct CeSetup : CrossEntropyArgs {
   // target[row] for each logits row (b*T + t): the label, or -1 when the row does not count.
   std::vector<int32_t> target;
   int64_t count = 0;
 };
 
-// `vocab` = the whole vocabulary's size (labels are checked against it); 0 = logits dim 2.
-bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor &labels,
-              CeSetup *cs, int64_t vocab = 0) {
-  if (!ck.f32(logits, "logits") || !ck.rank(logits, "logits", 3) || !ck.i32(labels, "labels") ||
-      !ck.num_attr("shift"))
-    return false;
-  cs->B = logits.dim(0);
-  cs->T = logits.dim(1);
-  cs->V = logits.dim(2);
-  cs->shift = c.attr_i("shift", 0);
-  cs->ignore = c.attr_i("ignore_index", -100);
-  if (!ck.positive(cs->V, "logits dim 2 (V)") || !ck.shape(labels, "labels", {cs->B, cs->T}) ||
-      !ck.expect(cs->shift == 0 || cs->shift == 1,
-                 "attr shift must be 0 or 1, got " + std::to_string(cs->shift)))
-    return false;
-  const int64_t B = cs->B, T = cs->T, V = vocab > 0 ? vocab : cs->V, sh = cs->shift;
+// Operands and attrs (parse_cross_entropy_args, shared with the CUDA kernels), then each row's
+// target; a label outside the whole vocabulary (vocab.vocab) is an error (ce_label_error).
+bool ce_setup(const KernelCall &c, Check &ck, bool backward, CeSetup *cs) {
+  if (!parse_cross_entropy_args(c, ck, backward, /*bf16_ok=*/false, cs)) return false;
+  const Tensor &labels = c.in[1];
+  const int64_t B = cs->B, T = cs->T, V = cs->vocab.vocab, sh = cs->shift;
   const int32_t *lab = labels.i32();
   cs->target.assign(size_t(B * T), -1);
   cs->count = 0;
@@ -58,11 +47,7 @@ bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor
     for (int64_t t = 0; t + sh < T; ++t) {
       const int64_t l = lab[b * T + t + sh];
       if (l == cs->ignore) continue;
-      if (l < 0 || l >= V)
-        return ck.expect(false, "label " + std::to_string(l) + " at position (b=" +
-                                    std::to_string(b) + ", t=" + std::to_string(t + sh) +
-                                    ") is outside the vocabulary [0, " + std::to_string(V) +
-                                    ") and is not ignore_index " + std::to_string(cs->ignore));
+      if (l < 0 || l >= V) return ck.expect(false, ce_label_error(l, b, t + sh, *cs));
       cs->target[size_t(b * T + t)] = int32_t(l);
       ++cs->count;
     }
@@ -77,11 +62,6 @@ inline void row_stats(const float *x, int64_t V, float *m_out, double *sum_out) 
   for (int64_t j = 0; j < V; ++j) sum += double(std::exp(x[j] - m));
   *m_out = m;
   *sum_out = sum;
-}
-
-// The vocab_group attr (runtime/kernel_check): this rank holds logit columns [lo, lo + V').
-bool vocab_shard(const KernelCall &c, Check &ck, const Tensor &logits, VocabShard *vs) {
-  return parse_vocab_shard(c, ck, logits.rank() == 3 ? logits.dim(2) : 0, vs);
 }
 
 // Per-row maxima of the shard (0 for uncounted rows), all-reduced (max) over the group.
@@ -177,16 +157,10 @@ Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
 // logits (B,T,V), labels (B,T) i32 -> loss () = mean over counted rows of lse - logit[label].
 Status cross_entropy_fwd(KernelCall &c) {
   Check ck(c, "cross_entropy_fwd");
-  if (!ck.operands(2, 2, 1)) return ck.status();
-  const Tensor &logits = c.in[0], &labels = c.in[1], &loss = c.out[0];
   CeSetup cs;
-  VocabShard vs;
-  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
-      !ck.f32(loss, "loss") ||
-      !ck.expect(loss.numel() == 1, "loss has shape " + detail::shape_str(loss.shape) +
-                                        ", expected a scalar"))
-    return ck.status();
-  if (vs.sharded) return sharded_fwd(c, ck, cs, vs);
+  if (!ce_setup(c, ck, /*backward=*/false, &cs)) return ck.status();
+  const Tensor &logits = c.in[0], &loss = c.out[0];
+  if (cs.vocab.sharded) return sharded_fwd(c, ck, cs, cs.vocab);
   const int64_t rows = cs.B * cs.T, V = cs.V;
   const float *lp = logits.f32();
   std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
@@ -210,14 +184,10 @@ Status cross_entropy_fwd(KernelCall &c) {
 // 0 elsewhere.
 Status cross_entropy_bwd(KernelCall &c) {
   Check ck(c, "cross_entropy_bwd");
-  if (!ck.operands(2, 2, 1)) return ck.status();
-  const Tensor &logits = c.in[0], &labels = c.in[1], &dl = c.out[0];
   CeSetup cs;
-  VocabShard vs;
-  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
-      !ck.f32(dl, "dlogits") || !ck.same_shape(dl, "dlogits", logits, "logits"))
-    return ck.status();
-  if (vs.sharded) return sharded_bwd(c, ck, cs, vs);
+  if (!ce_setup(c, ck, /*backward=*/true, &cs)) return ck.status();
+  const Tensor &logits = c.in[0], &dl = c.out[0];
+  if (cs.vocab.sharded) return sharded_bwd(c, ck, cs, cs.vocab);
   const int64_t rows = cs.B * cs.T, V = cs.V;
   const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
   const float *lp = logits.f32();

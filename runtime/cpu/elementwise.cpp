@@ -13,11 +13,8 @@ using detail::shape_str;
 // a (..), b (..) -> y = a + b; all three of one shape (no broadcasting).
 Status add(KernelCall &c) {
   Check ck(c, "add");
-  if (!ck.operands(2, 2, 1)) return ck.status();
+  if (!parse_add_args(c, ck, /*bf16_ok=*/false)) return ck.status();
   const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
-  if (!ck.f32(a, "a") || !ck.f32(b, "b") || !ck.f32(y, "y") || !ck.same_shape(b, "b", a, "a") ||
-      !ck.same_shape(y, "y", a, "a"))
-    return ck.status();
   const int64_t n = a.numel();
   const float *ap = a.f32(), *bp = b.f32();
   float *yp = y.f32();
@@ -109,10 +106,8 @@ Status copy(KernelCall &c) {
 // x (..) -> acc (..) += x, same shape.
 Status accumulate(KernelCall &c) {
   Check ck(c, "accumulate");
-  if (!ck.operands(1, 1, 1)) return ck.status();
+  if (!parse_accumulate_args(c, ck, /*bf16_ok=*/false)) return ck.status();
   const Tensor &x = c.in[0], &acc = c.out[0];
-  if (!ck.f32(x, "x") || !ck.f32(acc, "acc") || !ck.same_shape(acc, "acc", x, "x"))
-    return ck.status();
   const int64_t n = x.numel();
   const float *xp = x.f32();
   float *ap = acc.f32();

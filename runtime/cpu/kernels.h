@@ -59,13 +59,13 @@
 //
 // PARALLEL PLANS (tensor / data / pipeline; KernelCall::comm, runtime/comm/comm.h). A `group`
 // names mesh axes ("tp", "dp,tp", ...); the reductions below are over that group.
-//  all_reduce         x_0..x_{n-1} (f32)                       y_0..y_{n-1}        group (str),
+//  all_reduce         x_0..x_{n-1} (all f32 or all bf16)       y_0..y_{n-1}        group (str),
 //                       y_i = scale * sum over the group of x_i; one message for the whole     scale (f64,
 //                       list (a gradient bucket); y_i may be the same buffer as x_i (in place)  default 1)
 //  broadcast          p_0..p_{n-1} (f32)                       p_0..p_{n-1}        group, roots (ints:
 //                       ZeRO-1: p_i takes the value of group member roots[i] (its index in the  the owner of
 //                       group); one message per owner, tensors packed in order                  each p_i)
-//  send               x (any 4-byte type)                      (none)              peer (i64 world
+//  send               x (f32, bf16 or i32)                     (none)              peer (i64 world
 //  recv               (none)                                   y                   rank), tag (i64)
 //                       the bytes of x / y; a recv's (peer, tag) matches the peer's send
 //  embedding_fwd      with vocab_group (str): table is rows [c*V', (c+1)*V') of the whole table,
@@ -87,6 +87,13 @@
 //                       group holding an identical copy of g_i (replicated gradients count once).
 //                       Default: no reduction, divisors 1.
 ////
+// PRECISION. Frozen weights and activations may be stored as bf16 (plan::ElemType::BF16, plans
+// compiled with --precision bf16); LoRA A/B, their gradients, AdamW moments and the loss are
+// always f32. Every kernel reads bf16 operands widened to f32, computes exactly as in f32 and
+// rounds each bf16 output element once, to nearest even (runtime/bf16.h); with `accumulate` the
+// stored bf16 value is widened, added to in f32 and rounded once. adamw_step and fill_zero take
+// f32 only. A bf16 all_reduce sums in f32 and rounds after every combination (as NCCL does).
+//
 // READINGS OF THE CONTRACT where it leaves room (the CPU kernels implement these; tests in
 // tests/unit/test_cpu_kernels.cpp):
 //  - Attrs. Required (absent or non-numeric = error): eps, scaling, theta, scale, causal, shift,
@@ -115,8 +122,13 @@
 
 namespace parallora::rt::cpu {
 
-/// Registers every CPU kernel listed above.
+/// Registers every CPU kernel listed above. Operands stored as bf16 (plans compiled with
+/// --precision bf16: frozen weights and activations) are widened to f32, the f32 kernel runs, and
+/// bf16 outputs are rounded to nearest-even once (registry.cpp); adamw_step and fill_zero take
+/// f32 only (the fp32 master state).
 void register_kernels(KernelRegistry &registry);
+/// The f32 kernels alone (bf16 operands are refused by the operand checks).
+void register_f32_kernels(KernelRegistry &registry);
 
 /// Threads used by the CPU kernels (OpenMP and OpenBLAS); 0 = all cores.
 void set_num_threads(int n);

@@ -21,14 +21,11 @@ static double inv_rms(const float *x, int64_t D, double eps) {
 
 Status rms_norm_fwd(KernelCall &c) {
   Check ck(c, "rms_norm_fwd");
-  if (!ck.operands(2, 2, 1) || !ck.num_attr("eps")) return ck.status();
+  RmsNormArgs args;
+  if (!parse_rms_norm_args(c, ck, /*backward=*/false, /*bf16_ok=*/false, &args)) return ck.status();
   const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
-  if (!ck.f32(x, "x") || !ck.f32(w, "w") || !ck.f32(y, "y") || !ck.rank(w, "w", 1))
-    return ck.status();
-  const int64_t D = w.dim(0);
-  int64_t M = 0;
-  if (!ck.rows_of(x, "x", D, &M) || !ck.same_shape(y, "y", x, "x")) return ck.status();
-  const double eps = c.attr_f("eps", 0.0);
+  const int64_t D = args.D, M = args.M;
+  const double eps = args.eps;
   const float *xp = x.f32(), *wp = w.f32();
   float *yp = y.f32();
 #pragma omp parallel for schedule(static) if (M * D >= detail::kParallelWork)
@@ -45,17 +42,11 @@ Status rms_norm_fwd(KernelCall &c) {
 // The weight is frozen: no dw.
 Status rms_norm_bwd(KernelCall &c) {
   Check ck(c, "rms_norm_bwd");
-  if (!ck.operands(3, 3, 1) || !ck.num_attr("eps")) return ck.status();
+  RmsNormArgs args;
+  if (!parse_rms_norm_args(c, ck, /*backward=*/true, /*bf16_ok=*/false, &args)) return ck.status();
   const Tensor &dy = c.in[0], &x = c.in[1], &w = c.in[2], &dx = c.out[0];
-  if (!ck.f32(dy, "dy") || !ck.f32(x, "x") || !ck.f32(w, "w") || !ck.f32(dx, "dx") ||
-      !ck.rank(w, "w", 1))
-    return ck.status();
-  const int64_t D = w.dim(0);
-  int64_t M = 0;
-  if (!ck.rows_of(x, "x", D, &M) || !ck.same_shape(dy, "dy", x, "x") ||
-      !ck.same_shape(dx, "dx", x, "x"))
-    return ck.status();
-  const double eps = c.attr_f("eps", 0.0);
+  const int64_t D = args.D, M = args.M;
+  const double eps = args.eps;
   const float *dyp = dy.f32(), *xp = x.f32(), *wp = w.f32();
   float *dxp = dx.f32();
 #pragma omp parallel for schedule(static) if (M * D >= detail::kParallelWork)

@@ -1,7 +1,12 @@
-//===- attention.cu - attention_fwd, attention_bwd (causal GQA, fp32) ------===//
+//===- attention.cu - attention_fwd, attention_bwd (causal GQA, f32 math) --===//
 //
 // Operands, attrs and checks as runtime/cpu/attention.cpp: q (B,Hq,T,Dh), k/v (B,Hkv,S,Dh),
 // query head h reads kv head h / (Hq/Hkv); causal masks s > t (needs T == S).
+//
+// Element types (runtime/cuda/bf16.cuh): q, k, v, o, do, dq, dk, dv all f32 or all bf16. bf16
+// operands are widened on load (into the f32 shared-memory tiles / registers) and o is rounded
+// once on store; the backward accumulates dq, dk, dv in f32 scratch and rounds them once at the
+// end. Other mixes run the f32 kernels on widened copies (run_widened).
 //
 // FORWARD: a tiled flash-style kernel. One block per (batch, query head, tile of 32 query
 // rows), 8 warps of 4 rows each. The block holds its Q tile, and one K tile and one V tile of
@@ -30,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "runtime/cuda/bf16.cuh"
 #include "runtime/cuda/common.cuh"
 #include "runtime/cuda/device_util.cuh"
 #include "runtime/cuda/kernels_impl.h"
@@ -56,7 +62,7 @@ struct Dims {
 
 // As runtime/cpu/attention.cpp's check_qkv (same messages).
 bool check_qkv(const KernelCall &c, Check &ck, const Tensor &q, const Tensor &k, const Tensor &v, Dims *d) {
-  if (!ck.f32(q, "q") || !ck.f32(k, "k") || !ck.f32(v, "v") || !ck.rank(q, "q", 4) || !ck.rank(k, "k", 4) ||
+  if (!ck.flt(q, "q") || !ck.flt(k, "k") || !ck.flt(v, "v") || !ck.rank(q, "q", 4) || !ck.rank(k, "k", 4) ||
       !ck.num_attr("scale") || !ck.num_attr("causal"))
     return false;
   d->B = q.dim(0);
@@ -89,23 +95,25 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, v, off);
   return v;
 }
-__device__ __forceinline__ float dot(const float *a, const float *b, int n) {
+template <typename TA, typename TB> __device__ __forceinline__ float dot(const TA *a, const TB *b, int n) {
   float acc = 0.0f;
-  for (int i = 0; i < n; ++i) acc += a[i] * b[i];
+  for (int i = 0; i < n; ++i) acc += ld(a, i) * ld(b, i);
   return acc;
 }
 
-__global__ void zero_kernel(float *p, int64_t n) {
-  PARALLORA_GRID_LOOP(i, n) { p[i] = 0.0f; }
+/// Zeroes a float tensor of either type (0.0 is all-zero bits in f32 and bf16).
+Status zero(const Tensor &t, const char *what) {
+  if (t.numel() <= 0) return Status::ok();
+  return cuda_status(cudaMemsetAsync(t.data, 0, size_t(t.nbytes()), stream()), what);
 }
 
 // ---------------------------------------------------------------- forward
 
 // grid (B*Hq, ceil(T/kBr)), block kFwdWarps*32, dynamic smem (kBr*Dh + kBc*(Dh+1) + kBc*Dh) floats.
-template <int DPL>
+template <int DPL, typename E>
 __global__ void __launch_bounds__(kFwdWarps * 32)
-    attention_fwd_kernel(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-                         float *__restrict__ o, int Hq, int Hkv, int group, int T, int S, int Dh, float scale,
+    attention_fwd_kernel(const E *__restrict__ q, const E *__restrict__ k, const E *__restrict__ v,
+                         E *__restrict__ o, int Hq, int Hkv, int group, int T, int S, int Dh, float scale,
                          bool causal) {
   extern __shared__ float smem[];
   float *Qs = smem;                      // kBr x Dh
@@ -116,11 +124,11 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
   const int h = int(bh % Hq), b = int(bh / Hq);
   const int64_t kvh = int64_t(b) * Hkv + h / group;
   const int t0 = blockIdx.y * kBr;
-  const float *qb = q + (bh * T + t0) * Dh;
-  const float *kb = k + kvh * int64_t(S) * Dh, *vb = v + kvh * int64_t(S) * Dh;
+  const E *qb = q + (bh * T + t0) * Dh;
+  const E *kb = k + kvh * int64_t(S) * Dh, *vb = v + kvh * int64_t(S) * Dh;
 
   const int qrows = min(kBr, T - t0);
-  for (int i = threadIdx.x; i < kBr * Dh; i += blockDim.x) Qs[i] = i / Dh < qrows ? qb[i] : 0.0f;
+  for (int i = threadIdx.x; i < kBr * Dh; i += blockDim.x) Qs[i] = i / Dh < qrows ? ld(qb, i) : 0.0f;
 
   float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][DPL];
 #pragma unroll
@@ -137,8 +145,8 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
     for (int i = threadIdx.x; i < kBc * Dh; i += blockDim.x) {
       const int j = i / Dh, d = i % Dh;
       const bool in = j < kn;
-      Ks[j * (Dh + 1) + d] = in ? kb[int64_t(s0 + j) * Dh + d] : 0.0f;
-      Vs[i] = in ? vb[int64_t(s0) * Dh + i] : 0.0f;
+      Ks[j * (Dh + 1) + d] = in ? ld(kb, int64_t(s0 + j) * Dh + d) : 0.0f;
+      Vs[i] = in ? ld(vb, int64_t(s0) * Dh + i) : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -172,18 +180,18 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
     const int row = warp * kRowsPerWarp + r, t = t0 + row;
     if (t >= T) continue;
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
-    float *orow = o + (bh * T + t) * Dh;
+    E *orow = o + (bh * T + t) * Dh;
 #pragma unroll
     for (int i = 0; i < DPL; ++i) {
       const int d = lane + 32 * i;
-      if (d < Dh) orow[d] = acc[r][i] * inv;
+      if (d < Dh) st(orow, d, acc[r][i] * inv);
     }
   }
 }
 
-template <int DPL>
-Status launch_fwd(const Dims &d, const float *q, const float *k, const float *v, float *o, size_t smem) {
-  auto kernel = attention_fwd_kernel<DPL>;
+template <int DPL, typename E>
+Status launch_fwd(const Dims &d, const E *q, const E *k, const E *v, E *o, size_t smem) {
+  auto kernel = attention_fwd_kernel<DPL, E>;
   if (smem > 48 * 1024)
     if (Status s = cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                                "attention_fwd: cudaFuncSetAttribute");
@@ -195,12 +203,21 @@ Status launch_fwd(const Dims &d, const float *q, const float *k, const float *v,
   return check_launch("attention_fwd");
 }
 
+template <typename E>
+Status launch_fwd_dh(const Dims &d, const E *q, const E *k, const E *v, E *o, size_t smem) {
+  if (d.Dh <= 32) return launch_fwd<1>(d, q, k, v, o, smem);
+  if (d.Dh <= 64) return launch_fwd<2>(d, q, k, v, o, smem);
+  if (d.Dh <= 128) return launch_fwd<4>(d, q, k, v, o, smem);
+  return launch_fwd<8>(d, q, k, v, o, smem);
+}
+
 // ---------------------------------------------------------------- backward
 
 // Pass 1: one warp per query row. smem per warp: q row, do row (Dh each), 32 ds values.
+template <typename E>
 __global__ void __launch_bounds__(kBwdWarps * 32)
-    attention_bwd_rows_kernel(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-                              const float *__restrict__ dO, float *__restrict__ dq, float *__restrict__ row_m,
+    attention_bwd_rows_kernel(const E *__restrict__ q, const E *__restrict__ k, const E *__restrict__ v,
+                              const E *__restrict__ dO, float *__restrict__ dq, float *__restrict__ row_m,
                               float *__restrict__ row_inv, float *__restrict__ row_D, int64_t rows, int Hq, int Hkv,
                               int group, int T, int S, int Dh, float scale, bool causal) {
   extern __shared__ float smem[];
@@ -212,10 +229,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
   const int64_t bh = row / T;
   const int h = int(bh % Hq), b = int(bh / Hq);
   const int64_t kvh = int64_t(b) * Hkv + h / group;
-  const float *kb = k + kvh * int64_t(S) * Dh, *vb = v + kvh * int64_t(S) * Dh;
+  const E *kb = k + kvh * int64_t(S) * Dh, *vb = v + kvh * int64_t(S) * Dh;
   for (int i = lane; i < Dh; i += 32) {
-    qs[i] = q[row * Dh + i];
-    dos[i] = dO[row * Dh + i];
+    qs[i] = ld(q, row * Dh + i);
+    dos[i] = ld(dO, row * Dh + i);
   }
   __syncwarp();
   const int n = causal ? t + 1 : S;
@@ -238,7 +255,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
     const int s = s0 + lane;
     float ds = 0.0f;
     if (s < n) {
-      const float *kr = kb + int64_t(s) * Dh;
+      const E *kr = kb + int64_t(s) * Dh;
       const float p = expf(dot(qs, kr, Dh) * scale - m) * inv;
       ds = p * (dot(dos, vb + int64_t(s) * Dh, Dh) - D);
     }
@@ -247,7 +264,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
     const int cnt = min(32, n - s0);
     for (int i = lane; i < Dh; i += 32) {
       float a = 0.0f;
-      for (int j = 0; j < cnt; ++j) a += dsw[j] * kb[int64_t(s0 + j) * Dh + i];
+      for (int j = 0; j < cnt; ++j) a += dsw[j] * ld(kb, int64_t(s0 + j) * Dh + i);
       dqr[i] += a;
     }
     __syncwarp();
@@ -261,9 +278,10 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
 }
 
 // Pass 2: one warp per kv row (b, hk, s). smem per warp: k row, v row (Dh each), 32 p, 32 ds.
+template <typename E>
 __global__ void __launch_bounds__(kBwdWarps * 32)
-    attention_bwd_kv_kernel(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
-                            const float *__restrict__ dO, const float *__restrict__ row_m,
+    attention_bwd_kv_kernel(const E *__restrict__ q, const E *__restrict__ k, const E *__restrict__ v,
+                            const E *__restrict__ dO, const float *__restrict__ row_m,
                             const float *__restrict__ row_inv, const float *__restrict__ row_D, float *__restrict__ dk,
                             float *__restrict__ dv, int64_t kv_rows, int Hq, int Hkv, int group, int T, int S, int Dh,
                             float scale, bool causal) {
@@ -276,8 +294,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
   const int64_t bhk = kr / S;
   const int hk = int(bhk % Hkv), b = int(bhk / Hkv);
   for (int i = lane; i < Dh; i += 32) {
-    ks[i] = k[kr * Dh + i];
-    vs[i] = v[kr * Dh + i];
+    ks[i] = ld(k, kr * Dh + i);
+    vs[i] = ld(v, kr * Dh + i);
   }
   __syncwarp();
   float *dkr = dk + kr * Dh, *dvr = dv + kr * Dh;
@@ -301,8 +319,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
         float ak = 0.0f, av = 0.0f;
         for (int j = 0; j < cnt; ++j) {
           const int64_t row = rowbase + tb + j;
-          ak += dsw[j] * q[row * Dh + i];
-          av += pw[j] * dO[row * Dh + i];
+          ak += dsw[j] * ld(q, row * Dh + i);
+          av += pw[j] * ld(dO, row * Dh + i);
         }
         dkr[i] += ak;
         dvr[i] += av;
@@ -343,13 +361,15 @@ Status attention_fwd(KernelCall &c) {
   if (!ck.operands(3, 3, 1)) return ck.status();
   const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2], &o = c.out[0];
   Dims d;
-  if (!check_qkv(c, ck, q, k, v, &d) || !ck.f32(o, "o") || !ck.same_shape(o, "o", q, "q") || !fits_launch(ck, d))
+  if (!check_qkv(c, ck, q, k, v, &d) || !ck.flt(o, "o") || !ck.same_shape(o, "o", q, "q") || !fits_launch(ck, d))
     return ck.status();
+  const FloatKind kind = float_kind({&q, &k, &v, &o});
+  if (kind == FloatKind::Mixed) return run_widened(c, attention_fwd);
   const int64_t rows = d.B * d.Hq * d.T;
   if (rows == 0) return Status::ok();
   if (d.S == 0) {  // no keys: an empty sum
-    zero_kernel<<<blocks_for(rows * d.Dh), 256, 0, stream()>>>(o.f32(), rows * d.Dh);
-    return check_launch("attention_fwd");
+    if (Status s = zero(o, "attention_fwd"); !s) return ck.error(s.message());
+    return Status::ok();
   }
   if (!ck.expect(d.Dh <= kMaxDh, "head dim Dh = " + std::to_string(d.Dh) + " is above the CUDA kernel's limit " +
                                      std::to_string(kMaxDh)))
@@ -357,56 +377,34 @@ Status attention_fwd(KernelCall &c) {
   if (!ck.expect(d.T / kBr < 65535, "T = " + std::to_string(d.T) + " is too long for the CUDA kernel's grid"))
     return ck.status();
   const size_t smem = size_t(kBr * d.Dh + kBc * (d.Dh + 1) + kBc * d.Dh) * sizeof(float);
-  const float *qp = q.f32(), *kp = k.f32(), *vp = v.f32();
-  float *op = o.f32();
-  Status s;
-  if (d.Dh <= 32)
-    s = launch_fwd<1>(d, qp, kp, vp, op, smem);
-  else if (d.Dh <= 64)
-    s = launch_fwd<2>(d, qp, kp, vp, op, smem);
-  else if (d.Dh <= 128)
-    s = launch_fwd<4>(d, qp, kp, vp, op, smem);
-  else
-    s = launch_fwd<8>(d, qp, kp, vp, op, smem);
+  Status s = kind == FloatKind::BF16 ? launch_fwd_dh(d, static_cast<const bf16_t *>(q.data),
+                                                      static_cast<const bf16_t *>(k.data),
+                                                      static_cast<const bf16_t *>(v.data),
+                                                      static_cast<bf16_t *>(o.data), smem)
+                                     : launch_fwd_dh(d, q.f32(), k.f32(), v.f32(), o.f32(), smem);
   return s ? s : ck.error(s.message());
 }
 
-// do (B,Hq,T,Dh), q, k, v -> dq (B,Hq,T,Dh), dk, dv (B,Hkv,S,Dh); attrs scale, causal.
-Status attention_bwd(KernelCall &c) {
-  Check ck(c, "attention_bwd");
-  if (!ck.operands(4, 4, 3)) return ck.status();
-  const Tensor &dO = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3];
-  const Tensor &dq = c.out[0], &dk = c.out[1], &dv = c.out[2];
-  Dims d;
-  if (!check_qkv(c, ck, q, k, v, &d) || !ck.f32(dO, "do") || !ck.same_shape(dO, "do", q, "q") ||
-      !ck.f32(dq, "dq") || !ck.f32(dk, "dk") || !ck.f32(dv, "dv") || !ck.same_shape(dq, "dq", q, "q") ||
-      !ck.same_shape(dk, "dk", k, "k") || !ck.same_shape(dv, "dv", v, "v") || !fits_launch(ck, d))
-    return ck.status();
+namespace {
+
+// The two backward passes for one element type E; dq, dk, dv are f32 (the outputs themselves,
+// or f32 scratch that the caller rounds into bf16 outputs).
+template <typename E>
+Status launch_bwd(Check &ck, const Dims &d, const E *q, const E *k, const E *v, const E *dO, float *dq, float *dk,
+                  float *dv) {
   const int64_t rows = d.B * d.Hq * d.T, kv_rows = d.B * d.Hkv * d.S;
-  if (d.S == 0) {
-    if (rows * d.Dh > 0) {
-      zero_kernel<<<blocks_for(rows * d.Dh), 256, 0, stream()>>>(dq.f32(), rows * d.Dh);
-      return check_launch("attention_bwd");
-    }
-    return Status::ok();
-  }
-  if (rows == 0) {  // no queries: dk = dv = 0
-    zero_kernel<<<blocks_for(kv_rows * d.Dh), 256, 0, stream()>>>(dk.f32(), kv_rows * d.Dh);
-    zero_kernel<<<blocks_for(kv_rows * d.Dh), 256, 0, stream()>>>(dv.f32(), kv_rows * d.Dh);
-    return check_launch("attention_bwd");
-  }
   auto scratch = row_scratch(size_t(3 * rows));
   if (!scratch) return ck.error(scratch.message());
   float *row_m = *scratch, *row_inv = row_m + rows, *row_D = row_inv + rows;
   const size_t smem1 = size_t(kBwdWarps * (2 * d.Dh + 32)) * sizeof(float);
   const size_t smem2 = size_t(kBwdWarps * (2 * d.Dh + 64)) * sizeof(float);
   if (smem2 > 48 * 1024) {
-    if (Status s = cuda_status(cudaFuncSetAttribute(attention_bwd_rows_kernel,
+    if (Status s = cuda_status(cudaFuncSetAttribute(attention_bwd_rows_kernel<E>,
                                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)),
                                "cudaFuncSetAttribute");
         !s)
       return ck.error(s.message());
-    if (Status s = cuda_status(cudaFuncSetAttribute(attention_bwd_kv_kernel,
+    if (Status s = cuda_status(cudaFuncSetAttribute(attention_bwd_kv_kernel<E>,
                                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem2)),
                                "cudaFuncSetAttribute");
         !s)
@@ -415,16 +413,60 @@ Status attention_bwd(KernelCall &c) {
   const int64_t blocks1 = (rows + kBwdWarps - 1) / kBwdWarps, blocks2 = (kv_rows + kBwdWarps - 1) / kBwdWarps;
   if (!ck.expect(blocks1 <= INT32_MAX && blocks2 <= INT32_MAX, "attention too large for the CUDA kernels' grid"))
     return ck.status();
-  attention_bwd_rows_kernel<<<unsigned(blocks1), kBwdWarps * 32, smem1, stream()>>>(
-      q.f32(), k.f32(), v.f32(), dO.f32(), dq.f32(), row_m, row_inv, row_D, rows, int(d.Hq), int(d.Hkv),
-      int(d.group), int(d.T), int(d.S), int(d.Dh), d.scale, d.causal);
+  attention_bwd_rows_kernel<E><<<unsigned(blocks1), kBwdWarps * 32, smem1, stream()>>>(
+      q, k, v, dO, dq, row_m, row_inv, row_D, rows, int(d.Hq), int(d.Hkv), int(d.group), int(d.T), int(d.S),
+      int(d.Dh), d.scale, d.causal);
   if (Status s = check_launch("attention_bwd (rows)"); !s) return ck.error(s.message());
   if (kv_rows == 0) return Status::ok();
-  attention_bwd_kv_kernel<<<unsigned(blocks2), kBwdWarps * 32, smem2, stream()>>>(
-      q.f32(), k.f32(), v.f32(), dO.f32(), row_m, row_inv, row_D, dk.f32(), dv.f32(), kv_rows, int(d.Hq),
-      int(d.Hkv), int(d.group), int(d.T), int(d.S), int(d.Dh), d.scale, d.causal);
+  attention_bwd_kv_kernel<E><<<unsigned(blocks2), kBwdWarps * 32, smem2, stream()>>>(
+      q, k, v, dO, row_m, row_inv, row_D, dk, dv, kv_rows, int(d.Hq), int(d.Hkv), int(d.group), int(d.T),
+      int(d.S), int(d.Dh), d.scale, d.causal);
   if (Status s = check_launch("attention_bwd (kv)"); !s) return ck.error(s.message());
   return Status::ok();
+}
+
+} // namespace
+
+// do (B,Hq,T,Dh), q, k, v -> dq (B,Hq,T,Dh), dk, dv (B,Hkv,S,Dh); attrs scale, causal.
+Status attention_bwd(KernelCall &c) {
+  Check ck(c, "attention_bwd");
+  if (!ck.operands(4, 4, 3)) return ck.status();
+  const Tensor &dO = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3];
+  const Tensor &dq = c.out[0], &dk = c.out[1], &dv = c.out[2];
+  Dims d;
+  if (!check_qkv(c, ck, q, k, v, &d) || !ck.flt(dO, "do") || !ck.same_shape(dO, "do", q, "q") ||
+      !ck.flt(dq, "dq") || !ck.flt(dk, "dk") || !ck.flt(dv, "dv") || !ck.same_shape(dq, "dq", q, "q") ||
+      !ck.same_shape(dk, "dk", k, "k") || !ck.same_shape(dv, "dv", v, "v") || !fits_launch(ck, d))
+    return ck.status();
+  const FloatKind kind = float_kind({&dO, &q, &k, &v, &dq, &dk, &dv});
+  if (kind == FloatKind::Mixed) return run_widened(c, attention_bwd);
+  const int64_t rows = d.B * d.Hq * d.T;
+  if (d.S == 0) {
+    if (Status s = zero(dq, "attention_bwd"); !s) return ck.error(s.message());
+    return Status::ok();
+  }
+  if (rows == 0) {  // no queries: dk = dv = 0
+    Status s = zero(dk, "attention_bwd");
+    if (s) s = zero(dv, "attention_bwd");
+    return s ? s : ck.error(s.message());
+  }
+  if (kind == FloatKind::F32)
+    return launch_bwd(ck, d, q.f32(), k.f32(), v.f32(), dO.f32(), dq.f32(), dk.f32(), dv.f32());
+  // bf16: dq, dk, dv are summed in f32 scratch and rounded once.
+  thread_local ScratchPool pool;
+  StatusOr<float *> dq32 = pool.get_as<float>(0, size_t(dq.numel()));
+  if (!dq32) return ck.error(dq32.message());
+  StatusOr<float *> dk32 = pool.get_as<float>(1, size_t(dk.numel()));
+  if (!dk32) return ck.error(dk32.message());
+  StatusOr<float *> dv32 = pool.get_as<float>(2, size_t(dv.numel()));
+  if (!dv32) return ck.error(dv32.message());
+  const auto *qb = static_cast<const bf16_t *>(q.data), *kb = static_cast<const bf16_t *>(k.data),
+             *vb = static_cast<const bf16_t *>(v.data), *dob = static_cast<const bf16_t *>(dO.data);
+  if (Status s = launch_bwd(ck, d, qb, kb, vb, dob, *dq32, *dk32, *dv32); !s) return s;
+  Status s = narrow(*dq32, dq.data, dq.numel());
+  if (s) s = narrow(*dk32, dk.data, dk.numel());
+  if (s) s = narrow(*dv32, dv.data, dv.numel());
+  return s ? s : ck.error(s.message());
 }
 
 } // namespace parallora::rt::cuda::impl

@@ -11,6 +11,14 @@
 // they (1) wait for the stream (their inputs are kernel outputs), (2) work on host staging
 // copies, never on the managed buffers themselves (MPI is not CUDA-aware here; a staged copy
 // keeps page migration out of MPI's progress engine), and (3) copy the results back.
+// all_reduce, send and recv move f32 or bf16 tensors (bytes = nbytes(); a bf16 all_reduce is
+// reduced as bf16 by the Communicator), broadcast f32 only (it carries trainables).
+//
+// Memory: memory().alloc hands out managed memory advised to live on the device
+// (cudaMemAdviseSetPreferredLocation) and prefetched there, so the arena and the persistent
+// buffers stay in device memory in steady state while host code can still touch them (a host
+// access migrates the touched pages; the next kernel that uses them brings them back).
+//
 // NEXT STEP: NCCL (ncclAllReduce / ncclSend / ncclRecv on stream(), one communicator per group
 // built from the plan's mesh) to keep gradients on the device; it needs one GPU per rank.
 //
@@ -101,8 +109,8 @@ const DeviceState &device_state() {
 }
 
 /// Host staging for the wrapped collectives (one per thread: tests may drive ranks from threads).
-std::vector<float> &staging(size_t i) {
-  thread_local std::vector<std::vector<float>> bufs;
+std::vector<char> &staging(size_t i) {
+  thread_local std::vector<std::vector<char>> bufs;
   if (bufs.size() <= i) bufs.resize(i + 1);
   return bufs[i];
 }
@@ -122,35 +130,41 @@ Status fill_zero(KernelCall &c) {
   return Status::ok();
 }
 
-Status staged_all_reduce(const KernelFn &host, KernelCall &c) {
+// all_reduce (f32 or bf16: one type for the whole list, as the host kernel requires) and
+// broadcast (f32 only) on host copies: x_i -> staging_i, the host kernel in place on the copies,
+// staging_i -> y_i. Anything else goes to the host kernel as is, which reports the error.
+Status staged_all_reduce(const KernelFn &host, KernelCall &c, bool allow_bf16) {
   if (Status s = sync_stream(); !s) return s;
   bool stageable = c.in.size() == c.out.size();
+  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  stageable = stageable && (dtype == plan::ElemType::F32 || (allow_bf16 && dtype == plan::ElemType::BF16));
   for (size_t i = 0; stageable && i < c.in.size(); ++i)
-    stageable = c.in[i].present() && c.out[i].present() && c.in[i].dtype == plan::ElemType::F32 &&
-                c.out[i].dtype == plan::ElemType::F32 && c.in[i].numel() == c.out[i].numel();
+    stageable = c.in[i].present() && c.out[i].present() && c.in[i].dtype == dtype && c.out[i].dtype == dtype &&
+                c.in[i].numel() == c.out[i].numel();
   if (!stageable) return host(c);  // the host kernel reports the operand error
   KernelCall h = c;
   for (size_t i = 0; i < c.in.size(); ++i) {
-    std::vector<float> &buf = staging(i);
-    buf.resize(size_t(c.in[i].numel()));
-    if (!buf.empty()) std::memcpy(buf.data(), c.in[i].data, buf.size() * sizeof(float));
+    std::vector<char> &buf = staging(i);
+    buf.resize(size_t(c.in[i].nbytes()));
+    if (!buf.empty()) std::memcpy(buf.data(), c.in[i].data, buf.size());
     h.in[i].data = buf.data();
     h.out[i].data = buf.data();  // in place (allowed by the contract)
   }
   if (Status s = host(h); !s) return s;
   for (size_t i = 0; i < c.out.size(); ++i) {
-    const std::vector<float> &buf = staging(i);
-    if (!buf.empty()) std::memcpy(c.out[i].data, buf.data(), buf.size() * sizeof(float));
+    const std::vector<char> &buf = staging(i);
+    if (!buf.empty()) std::memcpy(c.out[i].data, buf.data(), buf.size());
   }
   return Status::ok();
 }
 
+// send / recv: the bytes of any element type (nbytes()).
 Status staged_send(const KernelFn &host, KernelCall &c) {
   if (Status s = sync_stream(); !s) return s;
   if (c.in.size() != 1 || !c.in[0].present()) return host(c);
-  std::vector<float> &buf = staging(0);
-  buf.resize(size_t(c.in[0].numel()));
-  if (!buf.empty()) std::memcpy(buf.data(), c.in[0].data, buf.size() * 4);
+  std::vector<char> &buf = staging(0);
+  buf.resize(size_t(c.in[0].nbytes()));
+  if (!buf.empty()) std::memcpy(buf.data(), c.in[0].data, buf.size());
   KernelCall h = c;
   h.in[0].data = buf.data();
   return host(h);
@@ -159,12 +173,12 @@ Status staged_send(const KernelFn &host, KernelCall &c) {
 Status staged_recv(const KernelFn &host, KernelCall &c) {
   if (Status s = sync_stream(); !s) return s;  // y may still be read by a queued kernel
   if (c.out.size() != 1 || !c.out[0].present()) return host(c);
-  std::vector<float> &buf = staging(0);
-  buf.resize(size_t(c.out[0].numel()));
+  std::vector<char> &buf = staging(0);
+  buf.resize(size_t(c.out[0].nbytes()));
   KernelCall h = c;
   h.out[0].data = buf.data();
   if (Status s = host(h); !s) return s;
-  if (!buf.empty()) std::memcpy(c.out[0].data, buf.data(), buf.size() * 4);
+  if (!buf.empty()) std::memcpy(c.out[0].data, buf.data(), buf.size());
   return Status::ok();
 }
 
@@ -217,6 +231,36 @@ AllocTracker &alloc_tracker() {
 }
 } // namespace
 
+namespace {
+// Managed allocations of at least this size are advised to the device and prefetched there
+// (the arena and the persistent block; tiny allocations are not worth a prefetch).
+constexpr size_t kPrefetchMinBytes = size_t(1) << 20;
+
+// Best effort (a hint: failures are cleared and ignored). Needs concurrent managed access
+// (every Linux GPU of sm_80+ with a recent driver); without it, managed memory is migrated on
+// kernel launch anyway.
+void place_on_device(void *p, size_t bytes) {
+  static const bool concurrent = [] {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrConcurrentManagedAccess, device_state().device) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return v != 0;
+  }();
+  if (!concurrent || bytes < kPrefetchMinBytes) return;
+  cudaMemLocation loc{};
+  loc.type = cudaMemLocationTypeDevice;
+  loc.id = device_state().device;
+  bool ok = cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, loc) == cudaSuccess;
+  // Prefetch on the backend's stream and wait: the caller (the executor) may write the block
+  // from the host right after (parameter init), which must not race the migration.
+  ok = ok && cudaMemPrefetchAsync(p, bytes, loc, 0, stream()) == cudaSuccess;
+  ok = ok && cudaStreamSynchronize(stream()) == cudaSuccess;
+  if (!ok) cudaGetLastError();
+}
+} // namespace
+
 MemoryHooks memory() {
   MemoryHooks h;
   h.alloc = [](size_t bytes) -> void * {
@@ -227,6 +271,7 @@ MemoryHooks memory() {
       cudaGetLastError();
       return nullptr;
     }
+    place_on_device(p, n);
     AllocTracker &t = alloc_tracker();
     std::lock_guard<std::mutex> lock(t.mu);
     t.sizes[p] = n;
@@ -283,6 +328,11 @@ std::string device_pci_bus_id() {
 }
 
 void register_kernels(KernelRegistry &registry) {
+  // bf16 storage (runtime/cuda/bf16.cuh): every kernel below except adamw_step and fill_zero
+  // takes f32 or bf16 operands natively (mixes it does not instantiate go through run_widened
+  // inside the kernel). adamw_step and fill_zero work on the f32 master state only (trainables,
+  // gradients, optimizer moments), as on the CPU backend; a kernel without a native bf16 path
+  // would be registered as with_bf16_fallback(kernel).
   registry.add("embedding_fwd", impl::embedding_fwd);
   registry.add("rms_norm_fwd", impl::rms_norm_fwd);
   registry.add("rms_norm_bwd", impl::rms_norm_bwd);
@@ -309,9 +359,9 @@ void register_kernels(KernelRegistry &registry) {
   KernelRegistry host;
   register_collective_kernels(host);
   if (const KernelFn *f = host.find("all_reduce"))
-    registry.add("all_reduce", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c); });
-  if (const KernelFn *f = host.find("broadcast"))  // same operand layout as all_reduce
-    registry.add("broadcast", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c); });
+    registry.add("all_reduce", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c, true); });
+  if (const KernelFn *f = host.find("broadcast"))  // same operand layout as all_reduce, f32 only
+    registry.add("broadcast", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c, false); });
   if (const KernelFn *f = host.find("send"))
     registry.add("send", [fn = *f](KernelCall &c) { return staged_send(fn, c); });
   if (const KernelFn *f = host.find("recv"))

@@ -5,15 +5,17 @@
 //
 // Memory: the executor's buffers come from memory() = CUDA managed memory (cudaMallocManaged),
 // so host code (parameter init, feed, loss, adapter export) reads and writes the same pointers
-// the kernels use; kernels run asynchronously on the backend's stream and memory().sync waits
+// the kernels use; allocations of 1 MiB and more (the arena, the persistent block) are advised
+// to prefer the device and prefetched there, so they live in device memory in steady state; kernels run asynchronously on the backend's stream and memory().sync waits
 // for them (the executor calls it at the end of every program). Collectives (all_reduce, send,
 // recv, and the vocabulary-parallel / clipping reductions) synchronize the stream and then go
 // through the rank's Communicator on host-visible memory: the host-staged MPI path, which also
 // lets several ranks share one GPU (NCCL refuses that).
 //
 // Kernels: every name of runtime/cpu/kernels.h with the same operands, attributes and
-// semantics, fp32 (the CPU kernels are their twins; tests/unit/test_cuda_kernels.cpp compares
-// each pair on seeded inputs). GEMMs use cuBLASLt.
+// semantics, f32 math on f32 or bf16 storage (--precision bf16: runtime/cuda/bf16.cuh; the CPU
+// kernels are their twins; tests/unit/test_cuda_kernels.cpp compares each pair on seeded
+// inputs). GEMMs use cuBLASLt (bf16 x bf16 natively, f32 compute).
 //
 //===----------------------------------------------------------------------===//
 #pragma once

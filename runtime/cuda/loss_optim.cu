@@ -3,7 +3,9 @@
 // CUDA twins of runtime/cpu/cross_entropy.cpp and runtime/cpu/adamw.cpp: same operands,
 // attributes, checks, error messages and collectives (runtime/cpu/kernels.h is the contract).
 //
-// cross_entropy: a setup kernel resolves each logits row's target (the label, or -1 when the row
+// cross_entropy: logits and dlogits are f32 or bf16 (templated loads / stores: bf16 logits
+// are read widened in place, never copied; dlogits rounded once on store); the loss is f32 (or
+// bf16, rounded once from the f32 mean). A setup kernel resolves each logits row's target (the label, or -1 when the row
 // does not count) and finds the first bad label; the host waits for it (a bad label is an error
 // naming its value and position, and the count of counted rows is needed on the host anyway).
 // Row statistics use one block per row: the max in float (exact in any order), the sum of
@@ -28,6 +30,7 @@
 #include <vector>
 
 #include "runtime/comm/comm.h"
+#include "runtime/cuda/bf16.cuh"
 #include "runtime/cuda/common.cuh"
 #include "runtime/cuda/device_util.cuh"
 #include "runtime/cuda/kernels_impl.h"
@@ -68,22 +71,26 @@ __global__ void ce_targets_kernel(const int32_t *labels, int64_t rows, int64_t T
 }
 
 // Block-wide max of row x (float compare, the CPU's `x[j] > m ? x[j] : m`).
-__device__ float row_max(const float *x, int64_t V) {
-  float m = x[0];
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) m = x[j] > m ? x[j] : m;
+template <typename TL> __device__ float row_max(const TL *x, int64_t V) {
+  float m = ld(x, 0);
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
+    const float xj = ld(x, j);
+    m = xj > m ? xj : m;
+  }
   return util::block_reduce(m, util::MaxOp(), m);
 }
 
 // Block-wide sum of exp(x - m) in double (thread-strided partial sums, then the fixed tree).
-__device__ double row_sum_exp(const float *x, int64_t V, float m) {
+template <typename TL> __device__ double row_sum_exp(const TL *x, int64_t V, float m) {
   double s = 0.0;
-  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += double(expf(x[j] - m));
+  for (int64_t j = threadIdx.x; j < V; j += blockDim.x) s += double(expf(ld(x, j) - m));
   return util::block_reduce(s, util::SumOp(), 0.0);
 }
 
 // One block per row: row_loss[r] = max + log(sum exp(x - max)) - x[target] (double), 0 for
 // rows that do not count.
-__global__ void ce_row_loss_kernel(const float *logits, const int32_t *target, int64_t V,
+template <typename TL>
+__global__ void ce_row_loss_kernel(const TL *logits, const int32_t *target, int64_t V,
                                    double *row_loss) {
   const int64_t r = blockIdx.x;
   const int32_t l = target[r];
@@ -91,22 +98,33 @@ __global__ void ce_row_loss_kernel(const float *logits, const int32_t *target, i
     if (threadIdx.x == 0) row_loss[r] = 0.0;
     return;
   }
-  const float *x = logits + r * V;
+  const TL *x = logits + r * V;
   const float m = row_max(x, V);
   const double sum = row_sum_exp(x, V, m);
-  if (threadIdx.x == 0) row_loss[r] = double(m) + log(sum) - double(x[l]);
+  if (threadIdx.x == 0) row_loss[r] = double(m) + log(sum) - double(ld(x, l));
 }
 
 // One block: loss = sum of row_loss / count (0 when nothing counts), summed in a fixed order.
-__global__ void ce_mean_kernel(const double *row_loss, int64_t rows, int64_t count, float *loss) {
+template <typename TO>
+__global__ void ce_mean_kernel(const double *row_loss, int64_t rows, int64_t count, TO *loss) {
   double s = 0.0;
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += row_loss[r];
   s = util::block_reduce(s, util::SumOp(), 0.0);
-  if (threadIdx.x == 0) loss[0] = count > 0 ? float(s / double(count)) : 0.0f;
+  if (threadIdx.x == 0) st(loss, 0, count > 0 ? float(s / double(count)) : 0.0f);
+}
+
+// loss = the mean of row_loss, into an f32 or bf16 scalar.
+Status ce_mean(const double *row_loss, int64_t rows, int64_t count, const Tensor &loss) {
+  if (is_bf16(loss))
+    ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(row_loss, rows, count, static_cast<bf16_t *>(loss.data));
+  else
+    ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(row_loss, rows, count, loss.f32());
+  return check_launch("ce_mean_kernel");
 }
 
 // Sharded: one block per row, the shard's row max (0 for rows that do not count).
-__global__ void ce_shard_max_kernel(const float *logits, const int32_t *target, int64_t V,
+template <typename TL>
+__global__ void ce_shard_max_kernel(const TL *logits, const int32_t *target, int64_t V,
                                     float *mx) {
   const int64_t r = blockIdx.x;
   if (target[r] < 0) {
@@ -119,11 +137,12 @@ __global__ void ce_shard_max_kernel(const float *logits, const int32_t *target, 
 
 // Sharded: one block per row, red[r] = float(sum over the shard of exp(x - mx[r])) and, when
 // `tgt` is set, tgt[r] = the target logit if the target column lo + j is in this shard, else 0.
-__global__ void ce_shard_sums_kernel(const float *logits, const int32_t *target, int64_t V,
+template <typename TL>
+__global__ void ce_shard_sums_kernel(const TL *logits, const int32_t *target, int64_t V,
                                      int64_t lo, const float *mx, float *sums, float *tgt) {
   const int64_t r = blockIdx.x;
   const int32_t l = target[r];
-  const float *x = logits + r * V;
+  const TL *x = logits + r * V;
   if (l < 0) {
     if (threadIdx.x == 0) {
       sums[r] = 0.0f;
@@ -136,7 +155,7 @@ __global__ void ce_shard_sums_kernel(const float *logits, const int32_t *target,
     sums[r] = float(s);
     if (tgt) {
       const int64_t t = int64_t(l) - lo;
-      tgt[r] = (t >= 0 && t < V) ? x[t] : 0.0f;
+      tgt[r] = (t >= 0 && t < V) ? ld(x, t) : 0.0f;
     }
   }
 }
@@ -155,16 +174,17 @@ __global__ void ce_shard_row_loss_kernel(const int32_t *target, const float *mx,
 // p_j = double(exp(x_j - max)) / sum; zeros for rows that do not count. Unsharded (gmax null)
 // the block computes max and sum itself; sharded it uses the group's (gmax, gsum) and the
 // target column is label - lo (outside [0, V) when another shard holds it).
-__global__ void ce_grad_kernel(const float *logits, const int32_t *target, int64_t V, int64_t lo,
-                               const float *gmax, const float *gsum, double coef, float *dl) {
+template <typename TL, typename TD>
+__global__ void ce_grad_kernel(const TL *logits, const int32_t *target, int64_t V, int64_t lo,
+                               const float *gmax, const float *gsum, double coef, TD *dl) {
   const int64_t r = blockIdx.x;
   const int32_t l = target[r];
-  float *d = dl + r * V;
+  TD *d = dl + r * V;
   if (l < 0) {
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
+    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) st(d, j, 0.0f);
     return;
   }
-  const float *x = logits + r * V;
+  const TL *x = logits + r * V;
   float m;
   double inv;
   if (gmax) {
@@ -176,8 +196,8 @@ __global__ void ce_grad_kernel(const float *logits, const int32_t *target, int64
   }
   const int64_t t = int64_t(l) - lo;
   for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-    const double p = double(expf(x[j] - m)) * inv;
-    d[j] = float(coef * (j == t ? p - 1.0 : p));
+    const double p = double(expf(ld(x, j) - m)) * inv;
+    st(d, j, float(coef * (j == t ? p - 1.0 : p)));
   }
 }
 
@@ -185,33 +205,60 @@ __global__ void ce_grad_kernel(const float *logits, const int32_t *target, int64
 // cross entropy: host side
 //===--------------------------------------------------------------------===//
 
+// Launches of the templated kernels for the logits' (and dlogits') element types.
+void launch_row_loss(const Tensor &logits, const int32_t *target, int64_t rows, int64_t V, double *row_loss) {
+  if (is_bf16(logits))
+    ce_row_loss_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(static_cast<const bf16_t *>(logits.data),
+                                                                     target, V, row_loss);
+  else
+    ce_row_loss_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(logits.f32(), target, V, row_loss);
+}
+void launch_shard_max(const Tensor &logits, const int32_t *target, int64_t rows, int64_t V, float *mx) {
+  if (is_bf16(logits))
+    ce_shard_max_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(static_cast<const bf16_t *>(logits.data),
+                                                                      target, V, mx);
+  else
+    ce_shard_max_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(logits.f32(), target, V, mx);
+}
+void launch_shard_sums(const Tensor &logits, const int32_t *target, int64_t rows, int64_t V, int64_t lo,
+                       const float *mx, float *sums, float *tgt) {
+  if (is_bf16(logits))
+    ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
+        static_cast<const bf16_t *>(logits.data), target, V, lo, mx, sums, tgt);
+  else
+    ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, mx, sums, tgt);
+}
+void launch_grad(const Tensor &logits, const int32_t *target, int64_t rows, int64_t V, int64_t lo,
+                 const float *gmax, const float *gsum, double coef, const Tensor &dl) {
+  const unsigned grid = unsigned(rows);
+  const auto *lb = static_cast<const bf16_t *>(logits.data);
+  auto *db = static_cast<bf16_t *>(dl.data);
+  if (is_bf16(logits) && is_bf16(dl))
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, coef, db);
+  else if (is_bf16(logits))
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, coef, dl.f32());
+  else if (is_bf16(dl))
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, coef, db);
+  else
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, coef, dl.f32());
+}
+
 // Scratch of the cross-entropy kernels (per thread; see ManagedScratch).
 thread_local util::ManagedScratch g_ce_words, g_ce_target, g_ce_rowloss, g_ce_max, g_ce_red;
 
-struct CeSetup {
-  int64_t B = 0, T = 0, V = 0, shift = 0, ignore = -100;
+struct CeSetup : CrossEntropyArgs {
   int32_t *target = nullptr;  // managed, B*T: the label of each logits row, or -1
   int64_t count = 0;
 };
 
-// Checks like runtime/cpu/cross_entropy.cpp's ce_setup, then resolves the targets on the device
-// and waits for them. `vocab` = the whole vocabulary's size (labels are checked against it);
-// 0 = logits dim 2. On failure returns false with the error (also a CUDA error) in ck.
-bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor &labels,
-              CeSetup *cs, int64_t vocab = 0) {
-  if (!ck.f32(logits, "logits") || !ck.rank(logits, "logits", 3) || !ck.i32(labels, "labels") ||
-      !ck.num_attr("shift"))
-    return false;
-  cs->B = logits.dim(0);
-  cs->T = logits.dim(1);
-  cs->V = logits.dim(2);
-  cs->shift = c.attr_i("shift", 0);
-  cs->ignore = c.attr_i("ignore_index", -100);
-  if (!ck.positive(cs->V, "logits dim 2 (V)") || !ck.shape(labels, "labels", {cs->B, cs->T}) ||
-      !ck.expect(cs->shift == 0 || cs->shift == 1,
-                 "attr shift must be 0 or 1, got " + std::to_string(cs->shift)))
-    return false;
-  const int64_t rows = cs->B * cs->T, V = vocab > 0 ? vocab : cs->V;
+// Operands and attrs checked by parse_cross_entropy_args (runtime/kernel_check: the CPU kernel's
+// checks, order and messages), then the targets resolved on the device and waited for; a label
+// outside the whole vocabulary (vocab.vocab) is ce_label_error. On failure returns false with
+// the error (also a CUDA error) in ck.
+bool ce_setup(const KernelCall &c, Check &ck, bool backward, CeSetup *cs) {
+  if (!parse_cross_entropy_args(c, ck, backward, /*bf16_ok=*/true, cs)) return false;
+  const Tensor &labels = c.in[1];
+  const int64_t rows = cs->B * cs->T, V = cs->vocab.vocab;
   if (!ck.expect(rows <= 0x7fffffff, "logits have too many rows for one grid: " +
                                          std::to_string(rows)))
     return false;
@@ -237,19 +284,10 @@ bool ce_setup(const KernelCall &c, Check &ck, const Tensor &logits, const Tensor
   const unsigned long long bad = (*words)[0];
   if (bad != util::kNoError) {
     const int64_t r = int64_t(bad), b = r / cs->T, t = r % cs->T + cs->shift;
-    const int64_t l = labels.i32()[b * cs->T + t];
-    return ck.expect(false, "label " + std::to_string(l) + " at position (b=" +
-                                std::to_string(b) + ", t=" + std::to_string(t) +
-                                ") is outside the vocabulary [0, " + std::to_string(V) +
-                                ") and is not ignore_index " + std::to_string(cs->ignore));
+    return ck.expect(false, ce_label_error(labels.i32()[b * cs->T + t], b, t, *cs));
   }
   cs->count = int64_t((*words)[1]);
   return true;
-}
-
-// The vocab_group attr (runtime/kernel_check): this rank holds logit columns [lo, lo + V').
-bool vocab_shard(const KernelCall &c, Check &ck, const Tensor &logits, VocabShard *vs) {
-  return parse_vocab_shard(c, ck, logits.rank() == 3 ? logits.dim(2) : 0, vs);
 }
 
 // Sharded: the group's row maxima in *mx (managed, N floats): kernel, wait, all_reduce(max, N).
@@ -260,8 +298,7 @@ Status global_row_max(KernelCall &c, Check &ck, const CeSetup &cs, const VocabSh
   if (!buf) return ck.error(buf.message());
   *mx = *buf;
   if (rows > 0) {
-    ce_shard_max_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(c.in[0].f32(), cs.target,
-                                                                      cs.V, *mx);
+    launch_shard_max(c.in[0], cs.target, rows, cs.V, *mx);
     if (Status s = check_launch("ce_shard_max_kernel"); !s) return ck.error(s.message());
   }
   if (Status s = sync_stream(); !s) return ck.error(s.message());
@@ -278,8 +315,7 @@ Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
   StatusOr<float *> red = g_ce_red.get<float>(size_t(2 * rows));
   if (!red) return ck.error(red.message());
   if (rows > 0) {
-    ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
-        c.in[0].f32(), cs.target, cs.V, vs.lo, mx, *red, *red + rows);
+    launch_shard_sums(c.in[0], cs.target, rows, cs.V, vs.lo, mx, *red, *red + rows);
     if (Status s = check_launch("ce_shard_sums_kernel"); !s) return ck.error(s.message());
   }
   if (Status s = sync_stream(); !s) return ck.error(s.message());
@@ -292,8 +328,7 @@ Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
         cs.target, mx, *red, *red + rows, rows, *row_loss);
     if (Status s = check_launch("ce_shard_row_loss_kernel"); !s) return ck.error(s.message());
   }
-  ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(*row_loss, rows, cs.count, c.out[0].f32());
-  if (Status s = check_launch("ce_mean_kernel"); !s) return ck.error(s.message());
+  if (Status s = ce_mean(*row_loss, rows, cs.count, c.out[0]); !s) return ck.error(s.message());
   return Status::ok();
 }
 
@@ -305,16 +340,14 @@ Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
   StatusOr<float *> sums = g_ce_red.get<float>(size_t(rows));
   if (!sums) return ck.error(sums.message());
   if (rows > 0) {
-    ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
-        c.in[0].f32(), cs.target, cs.V, vs.lo, mx, *sums, nullptr);
+    launch_shard_sums(c.in[0], cs.target, rows, cs.V, vs.lo, mx, *sums, nullptr);
     if (Status s = check_launch("ce_shard_sums_kernel"); !s) return ck.error(s.message());
   }
   if (Status s = sync_stream(); !s) return ck.error(s.message());
   if (Status s = c.comm->all_reduce(vs.group, *sums, rows, ReduceOp::Sum); !s)
     return ck.error(s.message());
   if (rows > 0) {
-    ce_grad_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
-        c.in[0].f32(), cs.target, cs.V, vs.lo, mx, *sums, coef, c.out[0].f32());
+    launch_grad(c.in[0], cs.target, rows, cs.V, vs.lo, mx, *sums, coef, c.out[0]);
     if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
   }
   return Status::ok();
@@ -391,26 +424,18 @@ thread_local util::ManagedScratch g_adam_chunks, g_adam_partial;
 // logits (B,T,V), labels (B,T) i32 -> loss () = mean over counted rows of lse - logit[label].
 Status cross_entropy_fwd(KernelCall &c) {
   Check ck(c, "cross_entropy_fwd");
-  if (!ck.operands(2, 2, 1)) return ck.status();
-  const Tensor &logits = c.in[0], &labels = c.in[1], &loss = c.out[0];
   CeSetup cs;
-  VocabShard vs;
-  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
-      !ck.f32(loss, "loss") ||
-      !ck.expect(loss.numel() == 1, "loss has shape " + util::shape_str(loss.shape) +
-                                        ", expected a scalar"))
-    return ck.status();
-  if (vs.sharded) return sharded_fwd(c, ck, cs, vs);
+  if (!ce_setup(c, ck, /*backward=*/false, &cs)) return ck.status();
+  const Tensor &logits = c.in[0], &loss = c.out[0];
+  if (cs.vocab.sharded) return sharded_fwd(c, ck, cs, cs.vocab);
   const int64_t rows = cs.B * cs.T;
   StatusOr<double *> row_loss = g_ce_rowloss.get<double>(size_t(rows));
   if (!row_loss) return ck.error(row_loss.message());
   if (rows > 0) {
-    ce_row_loss_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(logits.f32(), cs.target,
-                                                                     cs.V, *row_loss);
+    launch_row_loss(logits, cs.target, rows, cs.V, *row_loss);
     if (Status s = check_launch("ce_row_loss_kernel"); !s) return ck.error(s.message());
   }
-  ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(*row_loss, rows, cs.count, loss.f32());
-  if (Status s = check_launch("ce_mean_kernel"); !s) return ck.error(s.message());
+  if (Status s = ce_mean(*row_loss, rows, cs.count, loss); !s) return ck.error(s.message());
   return Status::ok();
 }
 
@@ -418,19 +443,14 @@ Status cross_entropy_fwd(KernelCall &c) {
 // 0 elsewhere.
 Status cross_entropy_bwd(KernelCall &c) {
   Check ck(c, "cross_entropy_bwd");
-  if (!ck.operands(2, 2, 1)) return ck.status();
-  const Tensor &logits = c.in[0], &labels = c.in[1], &dl = c.out[0];
   CeSetup cs;
-  VocabShard vs;
-  if (!vocab_shard(c, ck, logits, &vs) || !ce_setup(c, ck, logits, labels, &cs, vs.vocab) ||
-      !ck.f32(dl, "dlogits") || !ck.same_shape(dl, "dlogits", logits, "logits"))
-    return ck.status();
-  if (vs.sharded) return sharded_bwd(c, ck, cs, vs);
+  if (!ce_setup(c, ck, /*backward=*/true, &cs)) return ck.status();
+  const Tensor &logits = c.in[0], &dl = c.out[0];
+  if (cs.vocab.sharded) return sharded_bwd(c, ck, cs, cs.vocab);
   const int64_t rows = cs.B * cs.T;
   const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
   if (rows == 0) return Status::ok();
-  ce_grad_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(
-      logits.f32(), cs.target, cs.V, 0, nullptr, nullptr, coef, dl.f32());
+  launch_grad(logits, cs.target, rows, cs.V, 0, nullptr, nullptr, coef, dl);
   if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
   return Status::ok();
 }

@@ -1,6 +1,7 @@
 //===- nccl_comm.cu - the NCCL communicator (contract: nccl_comm.h) --------===//
 #include "runtime/cuda/nccl_comm.h"
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mpi.h>
 #include <nccl.h>
@@ -191,7 +192,7 @@ private:
   Status wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what, const char *hang_hint);
   void abort(NcclHandle &h, const std::string &why);
   /// One group collective (all_reduce or broadcast) on `data`, staged when on the host.
-  Status collective(NcclHandle *h, const std::string &what, float *data, int64_t count,
+  Status collective(NcclHandle *h, const std::string &what, void *data, size_t bytes,
                     const std::function<ncclResult_t(void *, ncclComm_t)> &enqueue);
   /// Device staging -> host after the wait (synchronous, the stream is idle by then).
   Status copy_back(void *dst, const void *src, size_t bytes, const std::string &what);
@@ -430,10 +431,9 @@ Status NcclCommunicator::wait_stream(cudaStream_t s, NcclHandle *h, const std::s
   }
 }
 
-Status NcclCommunicator::collective(NcclHandle *h, const std::string &what, float *data, int64_t count,
+Status NcclCommunicator::collective(NcclHandle *h, const std::string &what, void *data, size_t bytes,
                                     const std::function<ncclResult_t(void *, ncclComm_t)> &enqueue) {
   if (!h->broken.empty()) return Status::error(prefix() + what + ": " + h->broken);
-  const size_t bytes = size_t(count) * sizeof(float);
   const bool direct = device_accessible(data);
   void *buf = data;
   if (!direct) {
@@ -464,15 +464,18 @@ Status NcclCommunicator::copy_back(void *dst, const void *src, size_t bytes, con
 
 Status NcclCommunicator::all_reduce(const std::string &group, void *data_, int64_t count, plan::ElemType dtype,
                                     ReduceOp op) {
-  float *data = static_cast<float *>(data_);
-  if (dtype != plan::ElemType::F32)  // TODO(bf16): ncclBfloat16
-    return Status::error(prefix() + "all_reduce over group '" + group + "': " + std::string(dtype == plan::ElemType::BF16 ? "bf16" : "i32") +
-                         " data is not supported by the NCCL communicator yet");
+  void *data = data_;
+  // bf16 is reduced by NCCL as bf16 (f32 arithmetic per combination, rounded to bf16), as the
+  // MPI communicator's user op does.
+  if (dtype != plan::ElemType::F32 && dtype != plan::ElemType::BF16)
+    return Status::error(prefix() + "all_reduce over group '" + group +
+                         "': i32 data is not supported (f32 or bf16 only)");
+  const ncclDataType_t ntype = dtype == plan::ElemType::BF16 ? ncclBfloat16 : ncclFloat32;
   StatusOr<unsigned> axes = parse_group(group);
   if (!axes) return Status::error(prefix() + "all_reduce: " + axes.message());
   NcclHandle *h = groups_[*axes];
   const std::vector<int> members = group_members(mesh_, rank_, *axes);
-  const int64_t bytes = count * 4;
+  const int64_t bytes = count * plan::elem_size(dtype);
   auto what = [&] {
     return "all_reduce over group '" + group + "' (ranks " + rank_list(members) + ") of " + std::to_string(bytes) +
            " bytes";
@@ -481,9 +484,9 @@ Status NcclCommunicator::all_reduce(const std::string &group, void *data_, int64
   if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");
   if (h && count > 0) {
     const ncclRedOp_t nop = op == ReduceOp::Sum ? ncclSum : ncclMax;
-    if (Status s = collective(h, what(), data, count,
+    if (Status s = collective(h, what(), data, size_t(bytes),
                               [&](void *buf, ncclComm_t c) {
-                                return ncclAllReduce(buf, buf, size_t(count), ncclFloat32, nop, c, stream());
+                                return ncclAllReduce(buf, buf, size_t(count), ntype, nop, c, stream());
                               });
         !s)
       return s;
@@ -509,7 +512,7 @@ Status NcclCommunicator::broadcast(const std::string &group, float *data, int64_
   if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");
   if (root < 0 || root >= g) return Status::error(prefix() + what() + ": root is not in the group");
   if (h && count > 0) {
-    if (Status s = collective(h, what(), data, count,
+    if (Status s = collective(h, what(), data, size_t(bytes),
                               [&](void *buf, ncclComm_t c) {
                                 return ncclBroadcast(buf, buf, size_t(count), ncclFloat32, root, c, stream());
                               });
@@ -674,17 +677,31 @@ __global__ void scale_copy_kernel(const float *x, float *y, int64_t n, float s) 
     y[i] = s * x[i];
 }
 
+// bf16: y = round(s * x) in f32, one rounding (the host all_reduce kernel's formula).
+__global__ void scale_copy_bf16_kernel(const __nv_bfloat16 *x, __nv_bfloat16 *y, int64_t n, float s) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16_rn(s * __bfloat162float(x[i]));
+}
+
 Status kfail(const KernelCall &c, const char *kernel, const std::string &msg) {
   std::string where = kernel;
   if (c.instr && !c.instr->loc.empty()) where += " (" + c.instr->loc + ")";
   return Status::error(where + ": " + msg);
 }
 
-/// dst = s * src (s == 1: a copy; dst == src and s == 1: nothing), on stream().
-Status scale_copy(const float *src, float *dst, int64_t n, float s) {
+/// dst = s * src, n elements of f32 or bf16 (s == 1: a copy; dst == src and s == 1: nothing),
+/// on stream().
+Status scale_copy(const void *src, void *dst, int64_t n, float s, plan::ElemType t = plan::ElemType::F32) {
   if (n <= 0 || (src == dst && s == 1.0f)) return Status::ok();
-  if (s == 1.0f) return cuda_status(cudaMemcpyAsync(dst, src, size_t(n) * 4, cudaMemcpyDefault, stream()), "copy");
-  scale_copy_kernel<<<blocks_for(n), 256, 0, stream()>>>(src, dst, n, s);
+  if (s == 1.0f)
+    return cuda_status(cudaMemcpyAsync(dst, src, size_t(n * plan::elem_size(t)), cudaMemcpyDefault, stream()),
+                       "copy");
+  if (t == plan::ElemType::BF16)
+    scale_copy_bf16_kernel<<<blocks_for(n), 256, 0, stream()>>>(static_cast<const __nv_bfloat16 *>(src),
+                                                                static_cast<__nv_bfloat16 *>(dst), n, s);
+  else
+    scale_copy_kernel<<<blocks_for(n), 256, 0, stream()>>>(static_cast<const float *>(src),
+                                                           static_cast<float *>(dst), n, s);
   return check_launch("scale_copy_kernel");
 }
 
@@ -723,12 +740,19 @@ Status device_all_reduce(KernelCall &c) {
   std::string group;
   int g = 1;
   if (Status s = group_of(c, K, &group, &g); !s) return s;
+  // One element type for the whole list: f32, or bf16 (reduced as bf16, scaled in f32 with one
+  // rounding), with the host kernel's messages.
+  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  const char *tname = dtype == plan::ElemType::BF16 ? "bf16" : "f32";
+  const int64_t es = plan::elem_size(dtype);
   int64_t total = 0;
   for (size_t i = 0; i < c.in.size(); ++i) {
     const Tensor &x = c.in[i], &y = c.out[i];
     const std::string si = std::to_string(i);
-    if (!x.present() || x.dtype != plan::ElemType::F32) return kfail(c, K, "x_" + si + " must be a present f32 tensor");
-    if (!y.present() || y.dtype != plan::ElemType::F32) return kfail(c, K, "y_" + si + " must be a present f32 tensor");
+    if (!x.present() || (x.dtype != plan::ElemType::F32 && x.dtype != plan::ElemType::BF16))
+      return kfail(c, K, "x_" + si + " must be a present f32 or bf16 tensor");
+    if (x.dtype != dtype) return kfail(c, K, "x_" + si + " is not " + tname + " like x_0 (one type per all_reduce)");
+    if (!y.present() || y.dtype != dtype) return kfail(c, K, "y_" + si + " must be a present " + tname + " tensor");
     if (x.numel() != y.numel())
       return kfail(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si + " has " +
                              std::to_string(x.numel()));
@@ -740,34 +764,35 @@ Status device_all_reduce(KernelCall &c) {
     // Per tensor: y = x, reduce y in place, y *= scale.
     for (size_t i = 0; i < c.in.size(); ++i) {
       const int64_t n = c.in[i].numel();
-      float *y = c.out[i].f32();
-      if (Status s = scale_copy(c.in[i].f32(), y, n, 1.0f); !s) return kfail(c, K, s.message());
+      void *y = c.out[i].data;
+      if (Status s = scale_copy(c.in[i].data, y, n, 1.0f, dtype); !s) return kfail(c, K, s.message());
       if (reduce) {
         if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
-        if (Status s = c.comm->all_reduce(group, y, n, ReduceOp::Sum); !s) return kfail(c, K, s.message());
+        if (Status s = c.comm->all_reduce(group, y, n, dtype, ReduceOp::Sum); !s) return kfail(c, K, s.message());
       }
-      if (Status s = scale_copy(y, y, n, sf); !s) return kfail(c, K, s.message());
+      if (Status s = scale_copy(y, y, n, sf, dtype); !s) return kfail(c, K, s.message());
     }
     return Status::ok();
   }
   // A bucket: pack on the device, one reduction, unpack (with the scale).
   DeviceBuffer &buf = bucket_buffer();
-  if (Status s = buf.reserve(size_t(std::max<int64_t>(total, 1)) * 4); !s) return kfail(c, K, s.message());
-  float *staging = static_cast<float *>(buf.p);
-  int64_t off = 0;
+  if (Status s = buf.reserve(size_t(std::max<int64_t>(total, 1) * es)); !s) return kfail(c, K, s.message());
+  char *staging = static_cast<char *>(buf.p);
+  int64_t off = 0;  // bytes
   for (const Tensor &x : c.in) {
-    if (Status s = scale_copy(x.f32(), staging + off, x.numel(), 1.0f); !s) return kfail(c, K, s.message());
-    off += x.numel();
+    if (Status s = scale_copy(x.data, staging + off, x.numel(), 1.0f, dtype); !s) return kfail(c, K, s.message());
+    off += x.nbytes();
   }
   if (total > 0) {
     if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
-    if (Status s = c.comm->all_reduce(group, staging, total, ReduceOp::Sum); !s) return kfail(c, K, s.message());
+    if (Status s = c.comm->all_reduce(group, staging, total, dtype, ReduceOp::Sum); !s)
+      return kfail(c, K, s.message());
   }
   off = 0;
   for (size_t i = 0; i < c.out.size(); ++i) {
     const int64_t n = c.out[i].numel();
-    if (Status s = scale_copy(staging + off, c.out[i].f32(), n, sf); !s) return kfail(c, K, s.message());
-    off += n;
+    if (Status s = scale_copy(staging + off, c.out[i].data, n, sf, dtype); !s) return kfail(c, K, s.message());
+    off += c.out[i].nbytes();
   }
   return Status::ok();
 }

@@ -26,6 +26,12 @@
 // e.g. "tp" and "dp,tp" when dp == 1, share one) plus two world communicators for send/recv
 // (below), each with ncclCommInitRankConfig(config.blocking = 0) polled until ready or timeout.
 //
+// TYPES: all_reduce takes f32 (ncclFloat32) or bf16 (ncclBfloat16: NCCL combines bf16 in f32
+// and rounds to bf16 per combination, like the MPI communicator's user op); i32 is an error.
+// broadcast is f32 (trainables); send / recv move bytes. The device-side "all_reduce" kernel
+// accepts a list of f32 or of bf16 tensors (one type per call, the host kernel's rule) and
+// applies `scale` in f32 with one rounding for bf16.
+//
 // DATA: pointers must be device-accessible for the zero-copy path (CUDA managed memory, as the
 // executor's buffers are, or device memory). A host pointer (pageable or pinned) is accepted
 // too: it is staged through a device buffer (the CUDA backend's clipping reduction passes a

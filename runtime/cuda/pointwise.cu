@@ -1,7 +1,10 @@
 //===- pointwise.cu - embedding, rms_norm, rope, swiglu, add, transpose, copy, accumulate ===//
 //
 // CUDA twins of runtime/cpu/{embedding,norm,rope,swiglu,elementwise}.cpp: same operands,
-// attributes, checks and error messages (runtime/cpu/kernels.h is the contract), fp32.
+// attributes, checks and error messages (runtime/cpu/kernels.h is the contract). Every kernel
+// is templated on its element types (f32 or bf16 storage, f32 math; runtime/cuda/bf16.cuh):
+// loads widen, stores round once. Mixes of f32 and bf16 operands that a kernel does not
+// instantiate go through run_widened (the f32 kernel on widened copies).
 // Every kernel runs on stream(), asynchronously, except embedding_fwd, which waits for its id
 // check so a bad id is reported (with its value and position) before anything is written.
 //
@@ -18,6 +21,7 @@
 #include <vector>
 
 #include "runtime/comm/comm.h"
+#include "runtime/cuda/bf16.cuh"
 #include "runtime/cuda/common.cuh"
 #include "runtime/cuda/device_util.cuh"
 #include "runtime/cuda/kernels_impl.h"
@@ -45,12 +49,13 @@ __global__ void embedding_check_kernel(const int32_t *ids, int64_t n, int64_t vo
 }
 
 // y[i, :] = table[ids[i] - lo, :], or zeros when the id is in another shard.
-__global__ void embedding_gather_kernel(const int32_t *ids, const float *table, float *y,
+template <typename TT, typename TY>
+__global__ void embedding_gather_kernel(const int32_t *ids, const TT *table, TY *y,
                                         int64_t n, int64_t D, int64_t lo, int64_t V) {
   PARALLORA_GRID_LOOP(k, n * D) {
     const int64_t i = k / D, j = k - i * D;
     const int64_t row = int64_t(ids[i]) - lo;
-    y[k] = (row >= 0 && row < V) ? table[row * D + j] : 0.0f;
+    st(y, k, (row >= 0 && row < V) ? ld(table, row * D + j) : 0.0f);
   }
 }
 
@@ -62,36 +67,41 @@ thread_local util::ManagedScratch g_embed_err;
 
 // One block per row. Sum of squares in double: thread j sums columns j, j + 256, .. in order,
 // then block_reduce's fixed tree. y = w * (x * r) with r rounded to float (the CPU's order).
-__global__ void rms_norm_fwd_kernel(const float *x, const float *w, float *y, int64_t D,
-                                    double eps) {
-  const float *xr = x + int64_t(blockIdx.x) * D;
-  float *yr = y + int64_t(blockIdx.x) * D;
+template <typename T>
+__global__ void rms_norm_fwd_kernel(const T *x, const T *w, T *y, int64_t D, double eps) {
+  const T *xr = x + int64_t(blockIdx.x) * D;
+  T *yr = y + int64_t(blockIdx.x) * D;
   double ss = 0.0;
-  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) ss += double(xr[j]) * double(xr[j]);
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+    const double xv = double(ld(xr, j));
+    ss += xv * xv;
+  }
   ss = util::block_reduce(ss, util::SumOp(), 0.0);
   const float r = float(1.0 / sqrt(ss / double(D) + eps));
-  for (int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = __fmul_rn(w[j], __fmul_rn(xr[j], r));
+  for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+    st(yr, j, __fmul_rn(ld(w, j), __fmul_rn(ld(xr, j), r)));
 }
 
 // dx_j = r (dy_j w_j) - r^3 / D * x_j * sum_i (dy_i w_i x_i), all in double like the CPU.
-__global__ void rms_norm_bwd_kernel(const float *dy, const float *x, const float *w, float *dx,
-                                    int64_t D, double eps) {
+template <typename T>
+__global__ void rms_norm_bwd_kernel(const T *dy, const T *x, const T *w, T *dx, int64_t D,
+                                    double eps) {
   const int64_t off = int64_t(blockIdx.x) * D;
-  const float *xr = x + off, *dyr = dy + off;
-  float *dxr = dx + off;
+  const T *xr = x + off, *dyr = dy + off;
+  T *dxr = dx + off;
   double ss = 0.0, dot = 0.0;
   for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
-    const double xv = double(xr[j]);
+    const double xv = double(ld(xr, j));
     ss += xv * xv;
-    dot += double(dyr[j]) * double(w[j]) * xv;
+    dot += double(ld(dyr, j)) * double(ld(w, j)) * xv;
   }
   ss = util::block_reduce(ss, util::SumOp(), 0.0);
   dot = util::block_reduce(dot, util::SumOp(), 0.0);
   const double r = 1.0 / sqrt(ss / double(D) + eps);
   const double coef = r * r * r * dot / double(D);
   for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-    dxr[j] = float(__dadd_rn(__dmul_rn(r, double(dyr[j]) * double(w[j])),
-                             -__dmul_rn(coef, double(xr[j]))));
+    st(dxr, j, float(__dadd_rn(__dmul_rn(r, double(ld(dyr, j)) * double(ld(w, j))),
+                               -__dmul_rn(coef, double(ld(xr, j))))));
 }
 
 // Shared checks and launch of rms_norm_fwd / _bwd are in the entry points below.
@@ -159,19 +169,20 @@ bool rope_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable
 
 // One thread per (row, i < half): the pair (x[i], x[i + half]) of row = ((b*H + h)*T + t).
 //   fwd: y1 = x1 c - x2 s, y2 = x2 c + x1 s;  bwd: dx1 = dy1 c + dy2 s, dx2 = dy2 c - dy1 s.
-__global__ void rope_kernel(const float *x, float *y, const float *cs, const float *sn,
-                            int64_t rows, int64_t T, int64_t half, bool backward) {
+template <typename T>
+__global__ void rope_kernel(const T *x, T *y, const float *cs, const float *sn, int64_t rows,
+                            int64_t T_, int64_t half, bool backward) {
   PARALLORA_GRID_LOOP(k, rows * half) {
-    const int64_t row = k / half, i = k - row * half, t = row % T;
-    const float *xr = x + row * 2 * half;
-    float *yr = y + row * 2 * half;
-    const float x1 = xr[i], x2 = xr[i + half], co = cs[t * half + i], si = sn[t * half + i];
+    const int64_t row = k / half, i = k - row * half, t = row % T_;
+    const T *xr = x + row * 2 * half;
+    T *yr = y + row * 2 * half;
+    const float x1 = ld(xr, i), x2 = ld(xr, i + half), co = cs[t * half + i], si = sn[t * half + i];
     if (!backward) {
-      yr[i] = __fadd_rn(__fmul_rn(x1, co), __fmul_rn(-x2, si));
-      yr[i + half] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, si));
+      st(yr, i, __fadd_rn(__fmul_rn(x1, co), __fmul_rn(-x2, si)));
+      st(yr, i + half, __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, si)));
     } else {
-      yr[i] = __fadd_rn(__fmul_rn(x1, co), __fmul_rn(x2, si));
-      yr[i + half] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(-x1, si));
+      st(yr, i, __fadd_rn(__fmul_rn(x1, co), __fmul_rn(x2, si)));
+      st(yr, i + half, __fadd_rn(__fmul_rn(x2, co), __fmul_rn(-x1, si)));
     }
   }
 }
@@ -181,7 +192,7 @@ Status rope(KernelCall &c, const char *name, bool backward) {
   if (!ck.operands(1, 1, 1)) return ck.status();
   const Tensor &x = c.in[0], &y = c.out[0];
   const char *xn = backward ? "dy" : "x", *yn = backward ? "dx" : "y";
-  if (!ck.f32(x, xn) || !ck.f32(y, yn) || !ck.rank(x, xn, 4) || !ck.same_shape(y, yn, x, xn))
+  if (!ck.flt(x, xn) || !ck.flt(y, yn) || !ck.rank(x, xn, 4) || !ck.same_shape(y, yn, x, xn))
     return ck.status();
   const int64_t B = x.dim(0), H = x.dim(1), T = x.dim(2), Dh = x.dim(3);
   if (!ck.positive(Dh, "head dim Dh") ||
@@ -191,8 +202,19 @@ Status rope(KernelCall &c, const char *name, bool backward) {
   if (!rope_table(c, ck, T, Dh, &tab)) return ck.status();
   const int64_t half = Dh / 2, rows = B * H * T;
   if (rows * half == 0) return Status::ok();
-  rope_kernel<<<blocks_for(rows * half, kEltThreads), kEltThreads, 0, stream()>>>(
-      x.f32(), y.f32(), tab.cos, tab.sin, rows, T, half, backward);
+  switch (float_kind({&x, &y})) {
+  case FloatKind::F32:
+    rope_kernel<<<blocks_for(rows * half, kEltThreads), kEltThreads, 0, stream()>>>(
+        x.f32(), y.f32(), tab.cos, tab.sin, rows, T, half, backward);
+    break;
+  case FloatKind::BF16:
+    rope_kernel<<<blocks_for(rows * half, kEltThreads), kEltThreads, 0, stream()>>>(
+        static_cast<const bf16_t *>(x.data), static_cast<bf16_t *>(y.data), tab.cos, tab.sin, rows, T,
+        half, backward);
+    break;
+  case FloatKind::Mixed:
+    return run_widened(c, backward ? rope_bwd : rope_fwd);
+  }
   return check_launch(name);
 }
 
@@ -201,32 +223,38 @@ Status rope(KernelCall &c, const char *name, bool backward) {
 //===--------------------------------------------------------------------===//
 
 // y = silu(g) * u, silu(g) = g / (1 + exp(-g)) (torch's formula).
-__global__ void swiglu_fwd_kernel(const float *g, const float *u, float *y, int64_t n) {
+template <typename T>
+__global__ void swiglu_fwd_kernel(const T *g, const T *u, T *y, int64_t n) {
   PARALLORA_GRID_LOOP(i, n) {
-    const float x = g[i];
-    y[i] = __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), u[i]);
+    const float x = ld(g, i);
+    st(y, i, __fmul_rn(__fdiv_rn(x, __fadd_rn(1.0f, expf(-x))), ld(u, i)));
   }
 }
 
 // dup = dy * silu(g); dgate = dy * up * (sig * (1 + g (1 - sig))), left to right like the CPU.
-__global__ void swiglu_bwd_kernel(const float *dy, const float *g, const float *u, float *dg,
-                                  float *du, int64_t n) {
+template <typename T>
+__global__ void swiglu_bwd_kernel(const T *dy, const T *g, const T *u, T *dg, T *du, int64_t n) {
   PARALLORA_GRID_LOOP(i, n) {
-    const float x = g[i], sig = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
-    const float d = dy[i];
-    du[i] = __fmul_rn(d, __fmul_rn(x, sig));
+    const float x = ld(g, i), sig = __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
+    const float d = ld(dy, i);
+    st(du, i, __fmul_rn(d, __fmul_rn(x, sig)));
     const float inner = __fmul_rn(sig, __fadd_rn(1.0f, __fmul_rn(x, __fsub_rn(1.0f, sig))));
-    dg[i] = __fmul_rn(__fmul_rn(d, u[i]), inner);
+    st(dg, i, __fmul_rn(__fmul_rn(d, ld(u, i)), inner));
   }
 }
 
-__global__ void add_kernel(const float *a, const float *b, float *y, int64_t n) {
-  PARALLORA_GRID_LOOP(i, n) y[i] = __fadd_rn(a[i], b[i]);
+template <typename TA, typename TB, typename TY>
+__global__ void add_kernel(const TA *a, const TB *b, TY *y, int64_t n) {
+  PARALLORA_GRID_LOOP(i, n) st(y, i, __fadd_rn(ld(a, i), ld(b, i)));
 }
 
-__global__ void accumulate_kernel(const float *x, float *acc, int64_t n) {
-  PARALLORA_GRID_LOOP(i, n) acc[i] = __fadd_rn(acc[i], x[i]);
+template <typename TX, typename TA>
+__global__ void accumulate_kernel(const TX *x, TA *acc, int64_t n) {
+  PARALLORA_GRID_LOOP(i, n) st(acc, i, __fadd_rn(ld(acc, i), ld(x, i)));
 }
+
+/// f32 or bf16 pointer of a float tensor (the kernels' template argument).
+template <typename T> T *as(const Tensor &t) { return static_cast<T *>(t.data); }
 
 //===--------------------------------------------------------------------===//
 // transpose
@@ -241,7 +269,8 @@ struct TransposeDims {
 };
 
 // One thread per y element (coalesced writes); the x offset from y's index, innermost first.
-__global__ void transpose_kernel(const uint32_t *x, uint32_t *y, int64_t n, TransposeDims d) {
+template <typename E>
+__global__ void transpose_kernel(const E *x, E *y, int64_t n, TransposeDims d) {
   PARALLORA_GRID_LOOP(k, n) {
     int64_t rem = k, off = 0;
     for (int i = d.rank - 1; i >= 0; --i) {
@@ -265,8 +294,8 @@ Status embedding_fwd(KernelCall &c) {
   Check ck(c, "embedding_fwd");
   if (!ck.operands(2, 2, 1)) return ck.status();
   const Tensor &ids = c.in[0], &table = c.in[1], &y = c.out[0];
-  if (!ck.i32(ids, "ids") || !ck.rank(ids, "ids", 2) || !ck.f32(table, "table") ||
-      !ck.rank(table, "table", 2) || !ck.f32(y, "y"))
+  if (!ck.i32(ids, "ids") || !ck.rank(ids, "ids", 2) || !ck.flt(table, "table") ||
+      !ck.rank(table, "table", 2) || !ck.flt(y, "y"))
     return ck.status();
   const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
   if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
@@ -294,45 +323,67 @@ Status embedding_fwd(KernelCall &c) {
                     std::to_string(i / T) + ", t=" + std::to_string(i % T) +
                     ") is outside the vocabulary [0, " + std::to_string(vocab) + ")");
   }
-  embedding_gather_kernel<<<blocks_for(n * D, kEltThreads), kEltThreads, 0, stream()>>>(
-      ids.i32(), table.f32(), y.f32(), n, D, lo, V);
+  const int grid = blocks_for(n * D, kEltThreads);
+  if (is_bf16(table) && is_bf16(y))
+    embedding_gather_kernel<<<grid, kEltThreads, 0, stream()>>>(ids.i32(), as<bf16_t>(table), as<bf16_t>(y),
+                                                               n, D, lo, V);
+  else if (is_bf16(table))
+    embedding_gather_kernel<<<grid, kEltThreads, 0, stream()>>>(ids.i32(), as<bf16_t>(table), y.f32(), n, D,
+                                                               lo, V);
+  else if (is_bf16(y))
+    embedding_gather_kernel<<<grid, kEltThreads, 0, stream()>>>(ids.i32(), table.f32(), as<bf16_t>(y), n, D,
+                                                               lo, V);
+  else
+    embedding_gather_kernel<<<grid, kEltThreads, 0, stream()>>>(ids.i32(), table.f32(), y.f32(), n, D, lo, V);
   return check_launch("embedding_gather_kernel");
 }
 
 Status rms_norm_fwd(KernelCall &c) {
   Check ck(c, "rms_norm_fwd");
-  if (!ck.operands(2, 2, 1) || !ck.num_attr("eps")) return ck.status();
+  RmsNormArgs args;  // runtime/kernel_check: the CPU kernel's checks and messages
+  if (!parse_rms_norm_args(c, ck, /*backward=*/false, /*bf16_ok=*/true, &args)) return ck.status();
   const Tensor &x = c.in[0], &w = c.in[1], &y = c.out[0];
-  if (!ck.f32(x, "x") || !ck.f32(w, "w") || !ck.f32(y, "y") || !ck.rank(w, "w", 1))
-    return ck.status();
-  const int64_t D = w.dim(0);
-  int64_t M = 0;
-  if (!ck.rows_of(x, "x", D, &M) || !ck.same_shape(y, "y", x, "x")) return ck.status();
+  const int64_t D = args.D, M = args.M;
   if (!ck.expect(M <= 0x7fffffff, "x has too many rows for one grid: " + std::to_string(M)))
     return ck.status();
   if (M == 0) return Status::ok();
-  rms_norm_fwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(x.f32(), w.f32(), y.f32(), D,
-                                                                  c.attr_f("eps", 0.0));
+  const double eps = args.eps;
+  switch (float_kind({&x, &w, &y})) {
+  case FloatKind::F32:
+    rms_norm_fwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(x.f32(), w.f32(), y.f32(), D, eps);
+    break;
+  case FloatKind::BF16:
+    rms_norm_fwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(as<bf16_t>(x), as<bf16_t>(w),
+                                                                    as<bf16_t>(y), D, eps);
+    break;
+  case FloatKind::Mixed:
+    return run_widened(c, rms_norm_fwd);
+  }
   return check_launch("rms_norm_fwd");
 }
 
 Status rms_norm_bwd(KernelCall &c) {
   Check ck(c, "rms_norm_bwd");
-  if (!ck.operands(3, 3, 1) || !ck.num_attr("eps")) return ck.status();
+  RmsNormArgs args;
+  if (!parse_rms_norm_args(c, ck, /*backward=*/true, /*bf16_ok=*/true, &args)) return ck.status();
   const Tensor &dy = c.in[0], &x = c.in[1], &w = c.in[2], &dx = c.out[0];
-  if (!ck.f32(dy, "dy") || !ck.f32(x, "x") || !ck.f32(w, "w") || !ck.f32(dx, "dx") ||
-      !ck.rank(w, "w", 1))
-    return ck.status();
-  const int64_t D = w.dim(0);
-  int64_t M = 0;
-  if (!ck.rows_of(x, "x", D, &M) || !ck.same_shape(dy, "dy", x, "x") ||
-      !ck.same_shape(dx, "dx", x, "x"))
-    return ck.status();
+  const int64_t D = args.D, M = args.M;
   if (!ck.expect(M <= 0x7fffffff, "x has too many rows for one grid: " + std::to_string(M)))
     return ck.status();
   if (M == 0) return Status::ok();
-  rms_norm_bwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(
-      dy.f32(), x.f32(), w.f32(), dx.f32(), D, c.attr_f("eps", 0.0));
+  const double eps = args.eps;
+  switch (float_kind({&dy, &x, &w, &dx})) {
+  case FloatKind::F32:
+    rms_norm_bwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(dy.f32(), x.f32(), w.f32(), dx.f32(), D,
+                                                                    eps);
+    break;
+  case FloatKind::BF16:
+    rms_norm_bwd_kernel<<<unsigned(M), kRowThreads, 0, stream()>>>(as<bf16_t>(dy), as<bf16_t>(x),
+                                                                    as<bf16_t>(w), as<bf16_t>(dx), D, eps);
+    break;
+  case FloatKind::Mixed:
+    return run_widened(c, rms_norm_bwd);
+  }
   return check_launch("rms_norm_bwd");
 }
 
@@ -341,58 +392,82 @@ Status rope_bwd(KernelCall &c) { return rope(c, "rope_bwd", true); }
 
 Status swiglu_fwd(KernelCall &c) {
   Check ck(c, "swiglu_fwd");
-  if (!ck.operands(2, 2, 1)) return ck.status();
+  if (!parse_swiglu_args(c, ck, /*backward=*/false, /*bf16_ok=*/true)) return ck.status();
   const Tensor &g = c.in[0], &u = c.in[1], &y = c.out[0];
-  if (!ck.f32(g, "gate") || !ck.f32(u, "up") || !ck.f32(y, "y") ||
-      !ck.same_shape(u, "up", g, "gate") || !ck.same_shape(y, "y", g, "gate"))
-    return ck.status();
   const int64_t n = g.numel();
   if (n == 0) return Status::ok();
-  swiglu_fwd_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(g.f32(), u.f32(),
-                                                                              y.f32(), n);
+  const int grid = blocks_for(n, kEltThreads);
+  switch (float_kind({&g, &u, &y})) {
+  case FloatKind::F32:
+    swiglu_fwd_kernel<<<grid, kEltThreads, 0, stream()>>>(g.f32(), u.f32(), y.f32(), n);
+    break;
+  case FloatKind::BF16:
+    swiglu_fwd_kernel<<<grid, kEltThreads, 0, stream()>>>(as<bf16_t>(g), as<bf16_t>(u), as<bf16_t>(y), n);
+    break;
+  case FloatKind::Mixed:
+    return run_widened(c, swiglu_fwd);
+  }
   return check_launch("swiglu_fwd");
 }
 
 Status swiglu_bwd(KernelCall &c) {
   Check ck(c, "swiglu_bwd");
-  if (!ck.operands(3, 3, 2)) return ck.status();
+  if (!parse_swiglu_args(c, ck, /*backward=*/true, /*bf16_ok=*/true)) return ck.status();
   const Tensor &dy = c.in[0], &g = c.in[1], &u = c.in[2], &dg = c.out[0], &du = c.out[1];
-  if (!ck.f32(dy, "dy") || !ck.f32(g, "gate") || !ck.f32(u, "up") || !ck.f32(dg, "dgate") ||
-      !ck.f32(du, "dup") || !ck.same_shape(u, "up", g, "gate") ||
-      !ck.same_shape(dy, "dy", g, "gate") || !ck.same_shape(dg, "dgate", g, "gate") ||
-      !ck.same_shape(du, "dup", g, "gate"))
-    return ck.status();
   const int64_t n = g.numel();
   if (n == 0) return Status::ok();
-  swiglu_bwd_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(
-      dy.f32(), g.f32(), u.f32(), dg.f32(), du.f32(), n);
+  const int grid = blocks_for(n, kEltThreads);
+  switch (float_kind({&dy, &g, &u, &dg, &du})) {
+  case FloatKind::F32:
+    swiglu_bwd_kernel<<<grid, kEltThreads, 0, stream()>>>(dy.f32(), g.f32(), u.f32(), dg.f32(), du.f32(), n);
+    break;
+  case FloatKind::BF16:
+    swiglu_bwd_kernel<<<grid, kEltThreads, 0, stream()>>>(as<bf16_t>(dy), as<bf16_t>(g), as<bf16_t>(u),
+                                                          as<bf16_t>(dg), as<bf16_t>(du), n);
+    break;
+  case FloatKind::Mixed:
+    return run_widened(c, swiglu_bwd);
+  }
   return check_launch("swiglu_bwd");
 }
 
 // a (..), b (..) -> y = a + b; all three of one shape (no broadcasting).
 Status add(KernelCall &c) {
   Check ck(c, "add");
-  if (!ck.operands(2, 2, 1)) return ck.status();
+  if (!parse_add_args(c, ck, /*bf16_ok=*/true)) return ck.status();
   const Tensor &a = c.in[0], &b = c.in[1], &y = c.out[0];
-  if (!ck.f32(a, "a") || !ck.f32(b, "b") || !ck.f32(y, "y") || !ck.same_shape(b, "b", a, "a") ||
-      !ck.same_shape(y, "y", a, "a"))
-    return ck.status();
   const int64_t n = a.numel();
   if (n == 0) return Status::ok();
-  add_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(a.f32(), b.f32(), y.f32(),
-                                                                       n);
+  // Every combination of f32 / bf16 (a residual add may meet an f32 operand).
+  const int grid = blocks_for(n, kEltThreads);
+  const int combo = (is_bf16(a) ? 4 : 0) | (is_bf16(b) ? 2 : 0) | (is_bf16(y) ? 1 : 0);
+#define PARALLORA_ADD(TA, TB, TY) \
+  add_kernel<<<grid, kEltThreads, 0, stream()>>>(as<const TA>(a), as<const TB>(b), as<TY>(y), n)
+  switch (combo) {
+  case 0: PARALLORA_ADD(float, float, float); break;
+  case 1: PARALLORA_ADD(float, float, bf16_t); break;
+  case 2: PARALLORA_ADD(float, bf16_t, float); break;
+  case 3: PARALLORA_ADD(float, bf16_t, bf16_t); break;
+  case 4: PARALLORA_ADD(bf16_t, float, float); break;
+  case 5: PARALLORA_ADD(bf16_t, float, bf16_t); break;
+  case 6: PARALLORA_ADD(bf16_t, bf16_t, float); break;
+  default: PARALLORA_ADD(bf16_t, bf16_t, bf16_t); break;
+  }
+#undef PARALLORA_ADD
   return check_launch("add");
 }
 
-// x -> y with y.dim(i) = x.dim(perm[i]); any 4-byte element type (f32, i32).
+// x -> y with y.dim(i) = x.dim(perm[i]); f32, i32 or bf16 (x and y alike; f32 <-> bf16 is a
+// conversion through run_widened, as every backend's widening wrapper does it).
 Status transpose(KernelCall &c) {
   Check ck(c, "transpose");
   if (!ck.operands(1, 1, 1)) return ck.status();
   const Tensor &x = c.in[0], &y = c.out[0];
   if (!ck.expect(x.present(), "operand x is absent") ||
-      !ck.expect(y.present(), "operand y is absent") ||
-      !ck.expect(x.dtype == y.dtype, "x and y have different element types"))
+      !ck.expect(y.present(), "operand y is absent"))
     return ck.status();
+  if (x.dtype != y.dtype && float_kind({&x, &y}) == FloatKind::Mixed) return run_widened(c, transpose);
+  if (!ck.expect(x.dtype == y.dtype, "x and y have different element types")) return ck.status();
   const std::vector<int64_t> perm = c.attr_ints("perm");
   const int R = x.rank();
   std::vector<bool> seen(size_t(R), false);
@@ -444,12 +519,15 @@ Status transpose(KernelCall &c) {
     d.size[i] = sz[size_t(i)];
     d.xstride[i] = xs[size_t(i)];
   }
-  const uint32_t *xp = static_cast<const uint32_t *>(x.data);
-  uint32_t *yp = static_cast<uint32_t *>(y.data);
   if (d.rank == 1 && d.xstride[0] == 1)  // the identity permutation (after merging)
-    return cuda_status(cudaMemcpyAsync(yp, xp, size_t(n) * 4, cudaMemcpyDefault, stream()),
+    return cuda_status(cudaMemcpyAsync(y.data, x.data, size_t(x.nbytes()), cudaMemcpyDefault, stream()),
                        "transpose: cudaMemcpyAsync");
-  transpose_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(xp, yp, n, d);
+  if (plan::elem_size(x.dtype) == 2)
+    transpose_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(
+        static_cast<const uint16_t *>(x.data), static_cast<uint16_t *>(y.data), n, d);
+  else
+    transpose_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(
+        static_cast<const uint32_t *>(x.data), static_cast<uint32_t *>(y.data), n, d);
   return check_launch("transpose");
 }
 
@@ -459,8 +537,10 @@ Status copy(KernelCall &c) {
   if (!ck.operands(1, 1, 1)) return ck.status();
   const Tensor &x = c.in[0], &y = c.out[0];
   if (!ck.expect(x.present(), "operand x is absent") ||
-      !ck.expect(y.present(), "operand y is absent") ||
-      !ck.expect(x.dtype == y.dtype, "x and y have different element types") ||
+      !ck.expect(y.present(), "operand y is absent"))
+    return ck.status();
+  if (x.dtype != y.dtype && float_kind({&x, &y}) == FloatKind::Mixed) return run_widened(c, copy);
+  if (!ck.expect(x.dtype == y.dtype, "x and y have different element types") ||
       !ck.expect(x.numel() == y.numel(), "x " + shape_str(x.shape) + " has " +
                                              std::to_string(x.numel()) + " elements but y " +
                                              shape_str(y.shape) + " has " +
@@ -468,21 +548,27 @@ Status copy(KernelCall &c) {
     return ck.status();
   const int64_t n = x.numel();
   if (x.data == y.data || n == 0) return Status::ok();
-  return cuda_status(cudaMemcpyAsync(y.data, x.data, size_t(n) * 4, cudaMemcpyDefault, stream()),
+  return cuda_status(cudaMemcpyAsync(y.data, x.data, size_t(x.nbytes()), cudaMemcpyDefault, stream()),
                      "copy: cudaMemcpyAsync");
 }
 
 // x (..) -> acc (..) += x, same shape.
 Status accumulate(KernelCall &c) {
   Check ck(c, "accumulate");
-  if (!ck.operands(1, 1, 1)) return ck.status();
+  if (!parse_accumulate_args(c, ck, /*bf16_ok=*/true)) return ck.status();
   const Tensor &x = c.in[0], &acc = c.out[0];
-  if (!ck.f32(x, "x") || !ck.f32(acc, "acc") || !ck.same_shape(acc, "acc", x, "x"))
-    return ck.status();
   const int64_t n = x.numel();
   if (n == 0) return Status::ok();
-  accumulate_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(x.f32(),
-                                                                              acc.f32(), n);
+  // Every combination (bf16 activation gradients may accumulate into f32 ones and back).
+  const int grid = blocks_for(n, kEltThreads);
+  if (is_bf16(x) && is_bf16(acc))
+    accumulate_kernel<<<grid, kEltThreads, 0, stream()>>>(as<const bf16_t>(x), as<bf16_t>(acc), n);
+  else if (is_bf16(x))
+    accumulate_kernel<<<grid, kEltThreads, 0, stream()>>>(as<const bf16_t>(x), acc.f32(), n);
+  else if (is_bf16(acc))
+    accumulate_kernel<<<grid, kEltThreads, 0, stream()>>>(x.f32(), as<bf16_t>(acc), n);
+  else
+    accumulate_kernel<<<grid, kEltThreads, 0, stream()>>>(x.f32(), acc.f32(), n);
   return check_launch("accumulate");
 }
 

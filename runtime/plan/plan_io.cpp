@@ -729,16 +729,20 @@ std::string describe_plan(const Plan &plan, bool verbose) {
     os << "rank " << r.rank << ": dp " << r.dp_rank << ", tp " << r.tp_rank << ", pp " << r.pp_stage << ", slots "
        << r.slots << "\n";
     std::map<int, std::pair<int64_t, int64_t>> by_kind;  // kind -> (count, bytes)
+    std::map<int, std::set<std::string>> types;          // kind -> element types
     for (const Buffer &b : r.buffers) {
       auto &e = by_kind[static_cast<int>(b.kind)];
       e.first += 1;
       e.second += b.nbytes();
+      types[static_cast<int>(b.kind)].insert(elem_type_name(b.dtype));
     }
     os << "  buffers:";
     bool first = true;
     for (auto &[k, e] : by_kind) {
-      os << (first ? " " : ", ") << buffer_kind_name(static_cast<BufferKind>(k)) << " " << e.first << " ("
-         << human_bytes(static_cast<double>(e.second))
+      std::string ts;
+      for (const std::string &t : types[k]) ts += (ts.empty() ? "" : "+") + t;
+      os << (first ? " " : ", ") << buffer_kind_name(static_cast<BufferKind>(k)) << " " << e.first << " " << ts
+         << " (" << human_bytes(static_cast<double>(e.second))
          << (static_cast<BufferKind>(k) == BufferKind::Activation ? " unshared" : "") << ")";
       first = false;
     }

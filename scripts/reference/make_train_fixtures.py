@@ -39,6 +39,12 @@ The run uses attn_implementation="eager"; it is repeated with "sdpa" and the los
 1e-6. Run it from the reference virtual environment:
 
     ~/.venvs/parallora-ref/bin/python scripts/reference/make_train_fixtures.py [--out tests/fixtures/train/tiny]
+
+--precision bf16 (after the fp32 run above) writes only reference_bf16.json: the same recipe with
+the base model in bfloat16 (HF's usual mixed-precision LoRA: torch_dtype=bfloat16; PEFT keeps the
+adapters in float32, autocast_adapter_dtype=True), starting from the committed adapter_init, on
+the committed tokens; attn_implementation "sdpa" (what bf16 training uses) and "eager" are both
+recorded. This is the bf16 reference for lora-compile --precision bf16 (tests/tools/lora_run_bf16.test).
 """
 import argparse
 import codecs
@@ -107,10 +113,10 @@ def hf_name(peft_name):
     return name.replace(".default.", ".")
 
 
-def build_model(base_dir, attn):
+def build_model(base_dir, attn, dtype=torch.float32):
     from transformers import LlamaForCausalLM
     from peft import LoraConfig, get_peft_model
-    base = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation=attn)
+    base = LlamaForCausalLM.from_pretrained(base_dir, dtype=dtype, attn_implementation=attn)
     cfg = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=TARGETS,
                      bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(0)  # lora_A: PEFT's kaiming-uniform init drawn from the global RNG
@@ -147,17 +153,35 @@ def seq_block(tokens, i):
     return tokens[i * T:(i + 1) * T]
 
 
-def run(base_dir, train_tokens, val_tokens, attn, out=None):
+def load_adapter(model, adapter_dir):
+    """Overwrites every LoRA weight with the saved PEFT adapter's (float32) values."""
+    from safetensors.torch import load_file
+    saved = load_file(os.path.join(adapter_dir, "adapter_model.safetensors"))
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" not in name:
+                continue
+            key = name.replace(".default.", ".")
+            p.copy_(saved[key].to(p.dtype))
+            n += 1
+    assert n == len(saved), f"adapter has {len(saved)} tensors, model {n}"
+
+
+def run(base_dir, train_tokens, val_tokens, attn, out=None, dtype=torch.float32, init_adapter=None):
     """One full training run; returns the record. Writes fixtures when out is given."""
     from transformers import get_cosine_schedule_with_warmup
     from safetensors.torch import save_file
 
-    model = build_model(base_dir, attn)
+    model = build_model(base_dir, attn, dtype)
+    if init_adapter is not None:
+        load_adapter(model, init_adapter)
     if out is not None:
         save_adapter(model, os.path.join(out, "adapter_init"))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in trainable]
     assert all("lora_" in n for n, _ in trainable), "only LoRA parameters may train"
+    assert all(p.dtype == torch.float32 for p in params), "adapters must be the fp32 master copies"
 
     val_ids = torch.tensor(np.stack([seq_block(val_tokens, i) for i in range(VAL_BATCH)]))
 
@@ -210,6 +234,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures", "train", "tiny"))
     ap.add_argument("--base", default=os.path.join(REPO, BASE_REL))
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
@@ -217,6 +242,8 @@ def main():
     torch.set_num_threads(1)  # fixed reduction order: bitwise-reproducible reference numbers
     torch.use_deterministic_algorithms(True)
     torch.set_default_dtype(torch.float32)
+    if args.precision == "bf16":
+        return main_bf16(args, out)
 
     data = corpus_text()
     write_llmc_tokens(os.path.join(out, "tokens.bin"), np.frombuffer(data[:N_TRAIN], dtype=np.uint8))
@@ -277,6 +304,41 @@ def main():
         raise SystemExit(f"losses did not fall: first3 {first:.6f} last3 {last:.6f}")
     total = sum(os.path.getsize(os.path.join(dp, fn)) for dp, _, fns in os.walk(out) for fn in fns)
     print(f"wrote fixtures to {out} ({total} bytes)")
+
+
+def main_bf16(args, out):
+    train_tokens = read_llmc_tokens(os.path.join(out, "tokens.bin"))
+    val_tokens = read_llmc_tokens(os.path.join(out, "val.bin"))
+    init = os.path.join(out, "adapter_init")
+    rec = run(args.base, train_tokens, val_tokens, "sdpa", dtype=torch.bfloat16, init_adapter=init)
+    rec_eager = run(args.base, train_tokens, val_tokens, "eager", dtype=torch.bfloat16, init_adapter=init)
+    with open(os.path.join(out, "reference.json")) as f:
+        fp32 = json.load(f)
+    rel = max(abs(a - b) / abs(b) for a, b in zip(rec["losses"], fp32["losses"]))
+    rel_eager = max(abs(a - b) / abs(b) for a, b in zip(rec["losses"], rec_eager["losses"]))
+    import peft
+    import transformers
+    reference = {
+        "description": "PyTorch+PEFT LoRA reference run in bfloat16 (base weights and activations bf16, adapters "
+                       "and optimizer fp32), written by scripts/reference/make_train_fixtures.py --precision bf16; "
+                       "same recipe, data and adapter_init as reference.json.",
+        "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+        "python": platform.python_version(), "base": BASE_REL, "dtype": "bfloat16",
+        "attn_implementation": "sdpa",
+        "max_rel_loss_diff_vs_fp32_reference": rel,
+        "max_rel_loss_diff_sdpa_vs_eager": rel_eager,
+        "losses": rec["losses"], "grad_norms": rec["grad_norms"], "lrs": rec["lrs"],
+        "val_loss_initial": rec["val_loss_initial"], "val_loss_final": rec["val_loss_final"],
+        "losses_eager": rec_eager["losses"],
+    }
+    with open(os.path.join(out, "reference_bf16.json"), "w") as f:
+        json.dump(reference, f, indent=2)
+        f.write("\n")
+    print(f"{'step':>4} {'bf16 sdpa':>10} {'bf16 eager':>10} {'fp32':>10}")
+    for s, (a, b, c) in enumerate(zip(rec["losses"], rec_eager["losses"], fp32["losses"]), 1):
+        print(f"{s:>4} {a:>10.6f} {b:>10.6f} {c:>10.6f}")
+    print(f"max relative loss difference: bf16 vs fp32 {rel:.3e}, bf16 sdpa vs eager {rel_eager:.3e}")
+    print(f"val loss: {rec['val_loss_initial']:.6f} -> {rec['val_loss_final']:.6f}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@
 
 #include <gtest/gtest.h>
 
+#include "runtime/bf16.h"
 #include "runtime/comm/comm.h"
 #include "runtime/cpu/kernels.h"
 
@@ -312,6 +313,54 @@ TEST(Comm, AllReduceEveryGroup) {
     EXPECT_FALSE(bad.is_ok());
     EXPECT_NE(bad.message().find("'mp'"), std::string::npos) << bad.message();
   }
+}
+
+// bf16 all-reduce (tensor-parallel activations of --precision bf16 plans): bf16 bytes on the
+// wire, every combination summed in f32 and rounded to bf16.
+TEST(Comm, AllReduceBf16) {
+  REQUIRE_WORLD_4();
+  const int me = world_rank();
+  auto comm = make_comm({2, 2, 1});
+  ASSERT_TRUE(comm);
+  auto val = [](int rank, int64_t k) { return round_to_bf16(1.0137f * value(rank, k) + 0.3711f * float(rank + 1)); };
+  const int64_t n = 1000;
+  for (const std::string g : {"tp", "dp,tp"}) {
+    SCOPED_TRACE("group '" + g + "'");
+    const std::vector<int> members = members_of({2, 2, 1}, me, g);
+    std::vector<uint16_t> x(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) x[size_t(k)] = f32_to_bf16(val(me, k));
+    comm->reset_bytes();
+    EXPECT_OK(comm->all_reduce(g, x.data(), n, plan::ElemType::BF16, ReduceOp::Sum));
+    EXPECT_EQ(bytes_of(*comm, "all_reduce"), all_reduce_bytes_sent(n * 2, int(members.size())));
+    int bad = 0, inexact = 0;
+    std::vector<float> got(static_cast<size_t>(n));
+    for (int64_t k = 0; k < n; ++k) {
+      got[size_t(k)] = bf16_to_f32(x[size_t(k)]);
+      double exact = 0, mag = 0;
+      for (int r : members) exact += val(r, k), mag += std::fabs(val(r, k));
+      if (members.size() == 2) {  // one combination: exactly round(a + b)
+        if (got[size_t(k)] != round_to_bf16(val(members[0], k) + val(members[1], k))) ++bad;
+      } else if (std::fabs(got[size_t(k)] - exact) > (members.size() - 1) * mag * std::ldexp(1.0, -8)) {
+        ++bad;  // at most one bf16 rounding (half an ulp, 2^-8 relative) per combination
+      }
+      inexact += double(got[size_t(k)]) != exact;
+    }
+    EXPECT_EQ(bad, 0);
+    EXPECT_GT(inexact, 0) << "the values must exercise rounding";
+    // Every member holds the same bits: the f32 max and sum over the group agree with them.
+    std::vector<float> mx = got, sum = got;
+    EXPECT_OK(comm->all_reduce(g, mx.data(), n, ReduceOp::Max));
+    EXPECT_OK(comm->all_reduce(g, sum.data(), n, ReduceOp::Sum));
+    int differ = 0;
+    for (int64_t k = 0; k < n; ++k)
+      differ += mx[size_t(k)] != got[size_t(k)] || sum[size_t(k)] != float(members.size()) * got[size_t(k)];
+    EXPECT_EQ(differ, 0);
+  }
+  // i32 data is refused.
+  int32_t ints[2] = {1, 2};
+  Status bad = comm->all_reduce("tp", ints, 2, plan::ElemType::I32, ReduceOp::Sum);
+  EXPECT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.message().find("i32"), std::string::npos) << bad.message();
 }
 
 TEST(Comm, BytesFormula) {

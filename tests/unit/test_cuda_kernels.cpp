@@ -15,6 +15,15 @@
 // rms-normalized rows, gradients of a mean loss). Pure data movement (embedding, copy,
 // transpose) must match exactly.
 //
+// bf16 (--precision bf16 plans): every kernel also runs with the operands a bf16 plan stores as
+// bf16 (frozen weights, activations) given as BF16 tensors holding bf16-rounded seeded values,
+// and the f32 ones (LoRA A/B, their gradients, the loss) as F32; the twin is the CPU registry's
+// kernel on the same tensors (it widens, computes in f32 and rounds once on store). A few mixed
+// f32/bf16 cases exercise the CUDA fallback (run_widened) and the mixed GEMM paths. Tolerance
+// per output by its dtype: bf16 outputs |cuda - cpu| <= max(2^-7 * max|cpu|, atol) (one bf16
+// ulp of the largest value: both sides round the same f32 result up to order noise, which can
+// flip a rounding by one ulp); f32 outputs as above.
+//
 // Without a usable GPU (no driver: cudaGetDeviceCount fails with error 35) every GPU test is
 // skipped with "no usable CUDA GPU: <why>"; the binary starts without a driver (no CUDA call
 // before main) and the registry and executor-hook tests still run.
@@ -34,6 +43,7 @@
 
 #include <gtest/gtest.h>
 
+#include "runtime/bf16.h"
 #include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
 #include "runtime/cpu/kernels.h"
@@ -51,17 +61,36 @@ using Attrs = std::map<std::string, plan::AttrValue>;
 struct Arg {
   std::vector<int64_t> shape;
   bool is_i32 = false;
+  bool is_bf16 = false;  // stored as bf16 in h; f holds the widened values
   bool absent = false;
   std::vector<float> f;
   std::vector<int32_t> i;
+  std::vector<uint16_t> h;
   int64_t numel() const {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
     return n;
   }
-  size_t bytes() const { return size_t(numel()) * 4; }
-  void *data() { return is_i32 ? static_cast<void *>(i.data()) : static_cast<void *>(f.data()); }
+  size_t bytes() const { return size_t(numel()) * (is_bf16 ? 2 : 4); }
+  void *data() {
+    if (is_i32) return i.data();
+    return is_bf16 ? static_cast<void *>(h.data()) : static_cast<void *>(f.data());
+  }
+  /// After the storage was written (bf16): f = the widened values.
+  void sync() {
+    if (is_bf16) bf16_to_f32(h.data(), f.data(), int64_t(h.size()));
+  }
 };
+
+/// The same tensor stored as bf16 (values rounded to nearest even).
+Arg bf(Arg a) {
+  if (a.absent || a.is_i32) return a;
+  a.is_bf16 = true;
+  a.h.resize(a.f.size());
+  f32_to_bf16(a.f.data(), a.h.data(), int64_t(a.f.size()));
+  a.sync();
+  return a;
+}
 
 struct Rng {
   std::mt19937_64 gen;
@@ -104,7 +133,7 @@ Tensor tensor_of(const Arg &a, void *data) {
   Tensor t;
   if (a.absent) return t;
   t.shape = a.shape;
-  t.dtype = a.is_i32 ? plan::ElemType::I32 : plan::ElemType::F32;
+  t.dtype = a.is_i32 ? plan::ElemType::I32 : a.is_bf16 ? plan::ElemType::BF16 : plan::ElemType::F32;
   t.data = data;
   return t;
 }
@@ -145,6 +174,9 @@ struct Result {
 };
 
 constexpr const char *kLoc = "model.layers.0.test";
+
+/// Relative tolerance of a bf16 output: one bf16 ulp of the largest |value| (2^-7).
+constexpr double kBf16Rtol = 1.0 / 128.0;
 
 /// Runs `op` on one backend: host copies for the CPU, managed copies for CUDA.
 Result run_on(bool device, const std::string &op, const std::vector<Arg> &in, const std::vector<Arg> &out,
@@ -192,6 +224,8 @@ Result run_on(bool device, const std::string &op, const std::vector<Arg> &in, co
     back(r.out, call.out);
     for (void *p : dev) hooks.free(p);
   }
+  for (Arg &a : r.in) a.sync();
+  for (Arg &a : r.out) a.sync();
   return r;
 }
 
@@ -215,9 +249,11 @@ void compare_args(const std::string &name, const char *which, const std::vector<
       max_abs = std::max(max_abs, std::fabs(a - b));
       max_ref = std::max(max_ref, std::fabs(a));
     }
-    const double tol = o.exact ? 0.0 : std::max(o.rtol * max_ref, o.atol);
-    std::printf("[CUDA] %-44s max abs %.3e  max rel %.3e  (max |cpu| %.3e, tol %.1e)\n", label.c_str(), max_abs,
-                max_ref > 0 ? max_abs / max_ref : 0.0, max_ref, tol);
+    const double rtol = ref[k].is_bf16 ? kBf16Rtol : o.rtol;
+    const double tol = o.exact ? 0.0 : std::max(rtol * max_ref, o.atol);
+    std::printf("[CUDA] %-44s %s max abs %.3e  max rel %.3e  (max |cpu| %.3e, tol %.1e)\n", label.c_str(),
+                ref[k].is_bf16 ? "bf16" : "f32 ", max_abs, max_ref > 0 ? max_abs / max_ref : 0.0, max_ref, tol);
+    EXPECT_EQ(ref[k].is_bf16, got[k].is_bf16) << label;
     EXPECT_FALSE(nan_mismatch) << label << ": NaN in one backend only";
     EXPECT_LE(max_abs, tol) << label;
   }
@@ -627,6 +663,218 @@ TEST_F(CudaKernels, CollectivesOnALocalCommunicator) {
   o.exact = false;
   check_op("all_reduce scaled", "all_reduce", {a}, {zeros(a.shape)}, {{"group", std::string("tp")}, {"scale", 0.25}},
            o);
+}
+
+// ------------------------------------------------------------------ GPU: bf16 storage
+//
+// The dtypes a --precision bf16 plan gives each operand (frozen weights and activations bf16;
+// LoRA A/B, their gradients and the loss f32), then a few mixes (CUDA: run_widened / the mixed
+// GEMM paths). The CPU twin is the CPU registry's kernel on the same tensors.
+
+TEST_F(CudaKernels, EmbeddingBf16) {
+  Rng rng(101);
+  Arg ids = rng.ids({B, T}, int32_t(V)), table = bf(rng.f32({V, D}));
+  Opts exact;
+  exact.exact = true;
+  check_op("embedding_fwd bf16", "embedding_fwd", {ids, table}, {bf(zeros({B, T, D}))}, {}, exact);
+  check_op("embedding_fwd bf16 table, f32 y", "embedding_fwd", {ids, table}, {zeros({B, T, D})}, {}, exact);
+  Opts vg = exact;
+  vg.comm = true;
+  check_op("embedding_fwd bf16 vocab_group", "embedding_fwd", {ids, table}, {bf(zeros({B, T, D}))},
+           {{"vocab_group", std::string("tp")}}, vg);
+}
+
+TEST_F(CudaKernels, RmsNormBf16) {
+  Rng rng(102);
+  Arg x = bf(rng.f32({B, T, D}, -2, 2)), w = bf(rng.f32({D}, 0.5f, 1.5f)), dy = bf(rng.f32({B, T, D}));
+  const Attrs eps{{"eps", 1e-5}};
+  check_op("rms_norm_fwd bf16", "rms_norm_fwd", {x, w}, {bf(zeros({B, T, D}))}, eps);
+  check_op("rms_norm_bwd bf16", "rms_norm_bwd", {dy, x, w}, {bf(zeros({B, T, D}))}, eps);
+  Arg xw = bf(rng.f32({3, 2500})), ww = bf(rng.f32({2500})), dyw = bf(rng.f32({3, 2500}));
+  check_op("rms_norm_fwd bf16 D=2500", "rms_norm_fwd", {xw, ww}, {bf(zeros({3, 2500}))}, eps);
+  check_op("rms_norm_bwd bf16 D=2500", "rms_norm_bwd", {dyw, xw, ww}, {bf(zeros({3, 2500}))}, eps);
+  // Mixed (an f32 weight): the fallback.
+  Arg wf = rng.f32({D}, 0.5f, 1.5f);
+  check_op("rms_norm_fwd bf16 x, f32 w", "rms_norm_fwd", {x, wf}, {bf(zeros({B, T, D}))}, eps);
+  check_op("rms_norm_bwd bf16, f32 w, f32 dx", "rms_norm_bwd", {dy, x, wf}, {zeros({B, T, D})}, eps);
+}
+
+TEST_F(CudaKernels, LinearBf16) {
+  Rng rng(103);
+  const int64_t N = 96;
+  Arg x = bf(rng.f32({B, T, D})), W = bf(rng.f32({N, D}, -0.2f, 0.2f)), bias = bf(rng.f32({N}));
+  check_op("linear_fwd bf16 bias", "linear_fwd", {x, W, bias}, {bf(zeros({B, T, N}))}, {});
+  check_op("linear_fwd bf16 no bias", "linear_fwd", {x, W}, {bf(zeros({B, T, N}))}, {});
+  Arg xo = bf(rng.f32({7, 33})), Wo = bf(rng.f32({19, 33})), bo = bf(rng.f32({19}));
+  check_op("linear_fwd bf16 7x33 -> 19", "linear_fwd", {xo, Wo, bo}, {bf(zeros({7, 19}))}, {});
+  Arg dy = bf(rng.f32({B, T, N})), dx0 = bf(rng.f32({B, T, D}));
+  check_op("linear_bwd_input bf16", "linear_bwd_input", {dy, W}, {dx0}, {});
+  check_op("linear_bwd_input bf16 accumulate", "linear_bwd_input", {dy, W}, {dx0}, {{"accumulate", int64_t(1)}});
+  // Mixes: an f32 bias into a bf16 y (summed in f32, rounded once); an f32 x with a bf16 W;
+  // a bf16 GEMM accumulated into an f32 dx.
+  check_op("linear_fwd bf16, f32 bias", "linear_fwd", {x, W, rng.f32({N})}, {bf(zeros({B, T, N}))}, {});
+  check_op("linear_fwd f32 x, bf16 W, f32 y", "linear_fwd", {rng.f32({B, T, D}), W}, {zeros({B, T, N})}, {});
+  check_op("linear_bwd_input bf16 -> f32 dx accumulate", "linear_bwd_input", {dy, W}, {rng.f32({B, T, D})},
+           {{"accumulate", int64_t(1)}});
+  check_op("linear_bwd_input f32 dy, bf16 W -> bf16 dx", "linear_bwd_input", {rng.f32({B, T, N}), W}, {dx0},
+           {{"accumulate", int64_t(1)}});
+}
+
+TEST_F(CudaKernels, LoraLinearBf16) {
+  Rng rng(104);
+  const int64_t N = 96;
+  Arg x = bf(rng.f32({B, T, D})), W = bf(rng.f32({N, D}, -0.2f, 0.2f)), A = rng.f32({R, D}, -0.3f, 0.3f),
+      Bm = rng.f32({N, R}, -0.3f, 0.3f), bias = bf(rng.f32({N}));
+  const Attrs s2{{"scaling", 2.0}};
+  check_op("lora_linear_fwd bf16 bias", "lora_linear_fwd", {x, W, A, Bm, bias}, {bf(zeros({B, T, N}))}, s2);
+  check_op("lora_linear_fwd bf16 no bias", "lora_linear_fwd", {x, W, A, Bm}, {bf(zeros({B, T, N}))}, s2);
+  Arg dy = bf(rng.f32({B, T, N})), dA0 = rng.f32({R, D}), dB0 = rng.f32({N, R});
+  check_op("lora_linear_bwd bf16", "lora_linear_bwd", {dy, x, W, A, Bm}, {bf(rng.f32({B, T, D})), dA0, dB0}, s2);
+  check_op("lora_linear_bwd bf16 accumulate", "lora_linear_bwd", {dy, x, W, A, Bm},
+           {bf(rng.f32({B, T, D})), dA0, dB0}, {{"scaling", 2.0}, {"accumulate", int64_t(1)}});
+  Arg xo = bf(rng.f32({5, 37})), Wo = bf(rng.f32({23, 37})), Ao = rng.f32({1, 37}), Bo = rng.f32({23, 1});
+  check_op("lora_linear_fwd bf16 odd", "lora_linear_fwd", {xo, Wo, Ao, Bo}, {bf(zeros({5, 23}))}, {{"scaling", 0.5}});
+  check_op("lora_linear_bwd bf16 odd", "lora_linear_bwd", {bf(rng.f32({5, 23})), xo, Wo, Ao, Bo},
+           {bf(zeros({5, 37})), zeros({1, 37}), zeros({23, 1})}, {{"scaling", 0.5}});
+  // Mixes: bf16 A/B (every GEMM native), an f32 y.
+  check_op("lora_linear_fwd bf16 A/B", "lora_linear_fwd", {x, W, bf(A), bf(Bm), bias}, {bf(zeros({B, T, N}))}, s2);
+  check_op("lora_linear_bwd bf16 A/B, bf16 dA/dB", "lora_linear_bwd", {dy, x, W, bf(A), bf(Bm)},
+           {bf(zeros({B, T, D})), bf(dA0), bf(dB0)}, {{"scaling", 2.0}, {"accumulate", int64_t(1)}});
+  check_op("lora_linear_fwd bf16 -> f32 y", "lora_linear_fwd", {x, W, A, Bm, bias}, {zeros({B, T, N})}, s2);
+}
+
+TEST_F(CudaKernels, RopeBf16) {
+  Rng rng(105);
+  for (bool llama3 : {false, true}) {
+    const std::string tag = llama3 ? " llama3" : " default";
+    Arg x = bf(rng.f32({B, Hq, T, Dh})), dy = bf(rng.f32({B, Hq, T, Dh}));
+    check_op("rope_fwd bf16" + tag, "rope_fwd", {x}, {bf(zeros({B, Hq, T, Dh}))}, rope_attrs(llama3));
+    check_op("rope_bwd bf16" + tag, "rope_bwd", {dy}, {bf(zeros({B, Hq, T, Dh}))}, rope_attrs(llama3));
+    Arg xl = bf(rng.f32({1, 2, 300, 64}));
+    check_op("rope_fwd bf16 T=300 Dh=64" + tag, "rope_fwd", {xl}, {bf(zeros({1, 2, 300, 64}))}, rope_attrs(llama3));
+  }
+  check_op("rope_fwd bf16 -> f32 y", "rope_fwd", {bf(rng.f32({B, Hq, T, Dh}))}, {zeros({B, Hq, T, Dh})},
+           rope_attrs(false));
+}
+
+TEST_F(CudaKernels, AttentionBf16) {
+  const AttnCase cases[] = {
+      {"causal GQA B2 H4/2 T16 Dh16", B, Hq, Hkv, T, T, Dh, true},
+      {"causal MHA T80 Dh64 (3 tiles)", 1, 2, 2, 80, 80, 64, true},
+      {"causal GQA 8/2 T33 Dh100", 1, 8, 2, 33, 33, 100, true},
+      {"non-causal T40 S72 Dh128", 2, 4, 1, 40, 72, 128, false},
+      {"non-causal T1 S5 Dh256", 1, 2, 1, 1, 5, 256, false},
+  };
+  Rng rng(106);
+  for (const AttnCase &c : cases) {
+    const float scale = 1.0f / std::sqrt(float(c.dh));
+    const Attrs at{{"scale", double(scale)}, {"causal", int64_t(c.causal ? 1 : 0)}};
+    Arg q = bf(rng.f32({c.b, c.hq, c.t, c.dh}, -2, 2)), k = bf(rng.f32({c.b, c.hkv, c.s, c.dh}, -2, 2)),
+        v = bf(rng.f32({c.b, c.hkv, c.s, c.dh})), dO = bf(rng.f32({c.b, c.hq, c.t, c.dh}));
+    check_op(std::string("attention_fwd bf16 ") + c.name, "attention_fwd", {q, k, v}, {bf(zeros(q.shape))}, at);
+    check_op(std::string("attention_bwd bf16 ") + c.name, "attention_bwd", {dO, q, k, v},
+             {bf(zeros(q.shape)), bf(zeros(k.shape)), bf(zeros(v.shape))}, at);
+  }
+  // A mix (f32 o / dq): the fallback.
+  Arg q = bf(rng.f32({1, 2, 8, 16})), k = bf(rng.f32({1, 2, 8, 16})), v = bf(rng.f32({1, 2, 8, 16}));
+  const Attrs at{{"scale", 0.25}, {"causal", int64_t(1)}};
+  check_op("attention_fwd bf16 -> f32 o", "attention_fwd", {q, k, v}, {zeros(q.shape)}, at);
+  check_op("attention_bwd bf16, f32 dq", "attention_bwd", {bf(rng.f32(q.shape)), q, k, v},
+           {zeros(q.shape), bf(zeros(k.shape)), bf(zeros(v.shape))}, at);
+}
+
+TEST_F(CudaKernels, SwigluAddAccumulateTransposeCopyBf16) {
+  Rng rng(107);
+  Arg g = bf(rng.f32({B, T, 128}, -4, 4)), u = bf(rng.f32({B, T, 128})), dy = bf(rng.f32({B, T, 128}));
+  check_op("swiglu_fwd bf16", "swiglu_fwd", {g, u}, {bf(zeros(g.shape))}, {});
+  check_op("swiglu_bwd bf16", "swiglu_bwd", {dy, g, u}, {bf(zeros(g.shape)), bf(zeros(g.shape))}, {});
+  check_op("swiglu_fwd bf16 gate, f32 up (fallback)", "swiglu_fwd", {g, rng.f32(g.shape)}, {bf(zeros(g.shape))}, {});
+  check_op("add bf16", "add", {g, u}, {bf(zeros(g.shape))}, {});
+  check_op("add bf16 + f32 -> bf16", "add", {g, rng.f32(g.shape)}, {bf(zeros(g.shape))}, {});
+  check_op("add bf16 + bf16 -> f32", "add", {g, u}, {zeros(g.shape)}, {});
+  check_op("accumulate bf16", "accumulate", {g}, {bf(rng.f32(g.shape))}, {});
+  check_op("accumulate bf16 into f32", "accumulate", {g}, {rng.f32(g.shape)}, {});
+  check_op("accumulate f32 into bf16", "accumulate", {rng.f32(g.shape)}, {bf(rng.f32(g.shape))}, {});
+
+  Opts exact;
+  exact.exact = true;
+  Arg x = bf(rng.f32({B, T, Hq, Dh}));
+  check_op("transpose bf16 (0,2,1,3)", "transpose", {x}, {bf(zeros({B, Hq, T, Dh}))},
+           {{"perm", std::vector<int64_t>{0, 2, 1, 3}}}, exact);
+  Arg x3 = bf(rng.f32({3, 5, 7}));
+  check_op("transpose bf16 (2,0,1)", "transpose", {x3}, {bf(zeros({7, 3, 5}))},
+           {{"perm", std::vector<int64_t>{2, 0, 1}}}, exact);
+  check_op("transpose bf16 -> f32 (2,0,1)", "transpose", {x3}, {zeros({7, 3, 5})},
+           {{"perm", std::vector<int64_t>{2, 0, 1}}}, exact);
+  check_op("copy bf16 reshape", "copy", {x}, {bf(zeros({B * T, D}))}, {}, exact);
+  check_op("copy bf16 -> f32", "copy", {x}, {zeros({B * T, D})}, {}, exact);
+  check_op("copy f32 -> bf16", "copy", {rng.f32({B * T, D})}, {bf(zeros({B, T, D}))}, {}, exact);
+}
+
+TEST_F(CudaKernels, CrossEntropyBf16) {
+  Rng rng(108);
+  Arg logits = bf(rng.f32({B, T, V}, -5, 5));
+  Arg labels = rng.ids({B, T}, int32_t(V));
+  labels.i[3] = -100;
+  labels.i[T + 7] = -100;
+  for (int64_t shift : {0, 1}) {
+    const std::string tag = " shift " + std::to_string(shift);
+    Attrs at{{"shift", shift}};
+    check_op("cross_entropy_fwd bf16" + tag, "cross_entropy_fwd", {logits, labels}, {zeros({})}, at);
+    Attrs bw = at;
+    bw["grad_scale"] = 0.5;
+    check_op("cross_entropy_bwd bf16" + tag, "cross_entropy_bwd", {logits, labels}, {bf(zeros(logits.shape))}, bw);
+    check_op("cross_entropy_bwd bf16 -> f32" + tag, "cross_entropy_bwd", {logits, labels}, {zeros(logits.shape)},
+             bw);
+    Opts vg;
+    vg.comm = true;
+    Attrs atv = at, bwv = bw;
+    atv["vocab_group"] = std::string("tp");
+    bwv["vocab_group"] = std::string("tp");
+    check_op("cross_entropy_fwd bf16 vocab_group" + tag, "cross_entropy_fwd", {logits, labels}, {zeros({})}, atv,
+             vg);
+    check_op("cross_entropy_bwd bf16 vocab_group" + tag, "cross_entropy_bwd", {logits, labels},
+             {bf(zeros(logits.shape))}, bwv, vg);
+  }
+  Arg big = bf(rng.f32({1, 3, 5000}, -5, 5)), bl = rng.ids({1, 3}, 5000);
+  check_op("cross_entropy_fwd bf16 V=5000", "cross_entropy_fwd", {big, bl}, {zeros({})}, {{"shift", int64_t(0)}});
+  check_op("cross_entropy_bwd bf16 V=5000", "cross_entropy_bwd", {big, bl}, {bf(zeros(big.shape))},
+           {{"shift", int64_t(0)}});
+  check_op("cross_entropy_fwd bf16 loss", "cross_entropy_fwd", {logits, labels}, {bf(zeros({}))},
+           {{"shift", int64_t(1)}});
+}
+
+// adamw_step and fill_zero work on the f32 master state only: bf16 is rejected, in the same words.
+TEST_F(CudaKernels, AdamWRejectsBf16) {
+  Rng rng(109);
+  Arg p = bf(rng.f32({R, D})), g = rng.f32({R, D}), m = zeros({R, D}), v = zeros({R, D});
+  StepState st;
+  st.step = 1;
+  st.lr = 1e-3;
+  const Attrs at{{"n", int64_t(1)}, {"beta1", 0.9}, {"beta2", 0.999}, {"eps", 1e-8}};
+  SCOPED_TRACE("adamw_step bf16 p");
+  Opts o;
+  o.step = &st;
+  Result ref = run_on(false, "adamw_step", {p, g, m, v}, {}, at, o);
+  Result got = run_on(true, "adamw_step", {p, g, m, v}, {}, at, o);
+  ASSERT_FALSE(ref.status.is_ok());
+  ASSERT_FALSE(got.status.is_ok());
+  std::printf("[CUDA] %-44s error: %s\n", "adamw_step bf16 p", got.status.message().c_str());
+  EXPECT_EQ(got.status.message(), ref.status.message());
+}
+
+TEST_F(CudaKernels, CollectivesBf16OnALocalCommunicator) {
+  Rng rng(110);
+  Arg a = bf(rng.f32({5, 7})), b = bf(rng.f32({11}));
+  Opts o;
+  o.comm = true;
+  o.exact = true;
+  check_op("all_reduce bf16 bucket", "all_reduce", {a, b}, {bf(zeros(a.shape)), bf(zeros(b.shape))},
+           {{"group", std::string("dp")}}, o);
+  check_op("all_reduce bf16 scaled", "all_reduce", {a}, {bf(zeros(a.shape))},
+           {{"group", std::string("tp")}, {"scale", 0.25}}, o);  // both: round(0.25 * x), exact
+  check_error("all_reduce bf16 and f32 in one bucket", "all_reduce", {a, rng.f32({11})},
+              {bf(zeros(a.shape)), zeros({11})}, {{"group", std::string("dp")}});
 }
 
 } // namespace

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "runtime/bf16.h"
 #include "runtime/comm/comm.h"
 #include "runtime/cuda/backend.h"
 #include "runtime/cuda/nccl_comm.h"
@@ -141,6 +142,34 @@ TEST(NcclComm, AllReduceSumAndMaxOfOneRankIsIdentity) {
   EXPECT_EQ(comm->bytes_sent().count("all_reduce"), 0u);
 }
 
+// bf16 (ncclBfloat16): identity on one rank, managed and host memory; i32 is refused.
+TEST(NcclComm, AllReduceBf16) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  const int64_t n = 100003;  // odd: not a multiple of any vector width
+  auto *p = static_cast<uint16_t *>(cuda::memory().alloc(size_t(n) * 2));
+  ASSERT_TRUE(p);
+  for (int64_t i = 0; i < n; ++i) p[i] = f32_to_bf16(float(i % 777) * 0.125f - 40.0f);
+  for (const char *group : {"dp", "tp", "dp,tp,pp"}) {
+    Status s = comm->all_reduce(group, p, n, plan::ElemType::BF16, ReduceOp::Sum);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    s = comm->all_reduce(group, p, n, plan::ElemType::BF16, ReduceOp::Max);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+  }
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(p[i], f32_to_bf16(float(i % 777) * 0.125f - 40.0f)) << i;
+  cuda::memory().free(p);
+  uint16_t host[3] = {f32_to_bf16(1.5f), f32_to_bf16(-2.0f), f32_to_bf16(3.25f)};
+  Status s = comm->all_reduce("dp", host, 3, plan::ElemType::BF16, ReduceOp::Sum);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_EQ(bf16_to_f32(host[0]), 1.5f);
+  EXPECT_EQ(bf16_to_f32(host[2]), 3.25f);
+  int32_t ints[2] = {1, 2};
+  s = comm->all_reduce("dp", ints, 2, plan::ElemType::I32, ReduceOp::Sum);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "i32")) << s.message();
+}
+
 TEST(NcclComm, AllReduceOnHostMemoryIsStaged) {
   SKIP_WITHOUT_GPU();
   auto comm = one_rank_nccl();
@@ -235,6 +264,33 @@ TEST(NcclComm, DeviceAllReduceKernelBucketAndScale) {
                  {{"group", std::string("dp")}, {"roots", std::vector<int64_t>{0}}}, comm.get());
   ASSERT_TRUE(s.is_ok()) << s.message();
   for (int i = 0; i < 37; ++i) ASSERT_EQ(yb.p[i], -float(i));
+  // bf16 bucket, scaled: y = round(scale * x) (one rounding), as the host kernel computes.
+  auto *xa = static_cast<uint16_t *>(cuda::memory().alloc(1000 * 2));
+  auto *xb = static_cast<uint16_t *>(cuda::memory().alloc(37 * 2));
+  auto *za = static_cast<uint16_t *>(cuda::memory().alloc(1000 * 2));
+  auto *zb = static_cast<uint16_t *>(cuda::memory().alloc(37 * 2));
+  ASSERT_TRUE(xa && xb && za && zb);
+  for (int i = 0; i < 1000; ++i) xa[i] = f32_to_bf16(float(i) * 0.37f);
+  for (int i = 0; i < 37; ++i) xb[i] = f32_to_bf16(-float(i) * 1.1f);
+  auto bt = [](void *p, int64_t n) {
+    Tensor t;
+    t.data = p;
+    t.dtype = plan::ElemType::BF16;
+    t.shape = {n};
+    return t;
+  };
+  s = run_kernel(reg, "all_reduce", {bt(xa, 1000), bt(xb, 37)}, {bt(za, 1000), bt(zb, 37)},
+                 {{"group", std::string("dp")}, {"scale", 0.3}}, comm.get());
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  for (int i = 0; i < 1000; ++i) ASSERT_EQ(za[i], f32_to_bf16(0.3f * bf16_to_f32(xa[i]))) << i;
+  for (int i = 0; i < 37; ++i) ASSERT_EQ(zb[i], f32_to_bf16(0.3f * bf16_to_f32(xb[i]))) << i;
+  // bf16 and f32 in one bucket: the host kernel's error.
+  s = run_kernel(reg, "all_reduce", {bt(xa, 1000), tensor(b)}, {bt(za, 1000), tensor(yb)},
+                 {{"group", std::string("dp")}}, comm.get());
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "x_1 is not bf16 like x_0")) << s.message();
+  for (void *p : {static_cast<void *>(xa), static_cast<void *>(xb), static_cast<void *>(za), static_cast<void *>(zb)})
+    cuda::memory().free(p);
   // Missing group attr: the contract's error.
   s = run_kernel(reg, "all_reduce", {tensor(a)}, {tensor(a)}, {}, comm.get());
   ASSERT_FALSE(s.is_ok());

@@ -582,7 +582,8 @@ TEST_F(PlanIoTest, Describe) {
   EXPECT_NE(d.find("targets q_proj,v_proj"), std::string::npos) << d;
   EXPECT_NE(d.find("schedule cosine (warmup 5 steps)"), std::string::npos) << d;
   EXPECT_NE(d.find("data: global batch 4 x seq_len 3 = 12 tokens per step, 2 micro-batches of 2 sequences"), std::string::npos) << d;
-  EXPECT_NE(d.find("param 1 (1.0 KiB)"), std::string::npos) << d;
+  EXPECT_NE(d.find("param 1 f32 (1.0 KiB)"), std::string::npos) << d;
+  EXPECT_NE(d.find("precision fp32"), std::string::npos) << d;
   EXPECT_NE(d.find("predicted peak memory: 3.0 MiB"), std::string::npos) << d;
   EXPECT_NE(d.find("FLOPs per step: 2.500 GFLOP"), std::string::npos) << d;
   EXPECT_NE(d.find("program micro_step: 2 instructions (embedding_fwd 1, linear_fwd 1)"), std::string::npos) << d;

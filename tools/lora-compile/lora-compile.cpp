@@ -71,6 +71,7 @@ struct Args {
   int64_t dp = 0, tp = 0, pp = 0, nodes = 0, gpus_per_node = 0;
   double bucket_mb = 25;
   bool zero1 = false;
+  std::string precision = "fp32";
 };
 
 /// The mesh a strategy asks for. Returns false after printing the error.
@@ -340,6 +341,9 @@ int main(int argc, char **argv) {
   app.add_option("--model-size", a.model_size, "built-in model config instead of --hf-config: 1B (Llama-3.2-1B), 1.1B (TinyLlama), tiny");
   app.add_option("--bucket-mb", a.bucket_mb, "data-parallel gradient bucket size in MiB")->check(CLI::PositiveNumber);
   app.add_flag("--zero1", a.zero1, "ZeRO-1: shard the AdamW moments over the data-parallel ranks");
+  app.add_option("--precision", a.precision, "storage precision: fp32, or bf16 = frozen weights and activations in bf16 "
+                                             "(adapters, gradients, AdamW moments stay fp32; math in fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
   app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(CLI::Range(0.0, 1.0));
   app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(CLI::NonNegativeNumber);
@@ -564,6 +568,7 @@ int main(int argc, char **argv) {
     }
     lo.producer = "lora-compile 0.1.0";
     lo.strategy = strategy;
+    lo.precision = a.precision;
     module->walk([&](pl::LoraLinearOp l) {
       lo.lora.rank = l.getRank();
       lo.lora.alpha = l.getAlpha().convertToDouble();

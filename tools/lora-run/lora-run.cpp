@@ -42,6 +42,7 @@
 
 #include "frontend/safetensors.h"
 #include "runtime/comm/comm.h"
+#include "runtime/bf16.h"
 #include "runtime/core/executor.h"
 #include "runtime/core/schedule.h"
 #include "runtime/core/tensor_slice.h"
@@ -828,7 +829,10 @@ int train(const Args &a, World &w) {
   std::vector<int64_t> dump_logits_shape;
   Executor::InstrHook capture = [&](size_t, const KernelCall &c) {
     if (c.instr->op != "cross_entropy_fwd" || c.in.empty() || !c.in[0].present()) return;
-    dump_logits.assign(c.in[0].f32(), c.in[0].f32() + c.in[0].numel());
+    const Tensor &l = c.in[0];
+    dump_logits.resize(static_cast<size_t>(l.numel()));
+    if (l.dtype == plan::ElemType::BF16) bf16_to_f32(l.bf16(), dump_logits.data(), l.numel());  // --precision bf16
+    else std::copy(l.f32(), l.f32() + l.numel(), dump_logits.begin());
     dump_logits_shape = c.in[0].shape;
   };
 
