@@ -47,6 +47,9 @@ struct StepState {
   double lr = 0;             // learning rate of this step (after the schedule)
   double grad_norm = 0;      // written by adamw_step: global L2 norm before clipping
   bool grad_norm_finite = true;  // written by adamw_step; a non-finite norm skips the update
+  // micro_step / backward: false on every micro-batch but the optimizer step's last one
+  // (all_reduce_start only starts the gradient sync after the last accumulation).
+  bool last_micro = true;
 };
 
 class Communicator;  // runtime/comm/comm.h

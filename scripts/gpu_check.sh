@@ -4,9 +4,12 @@
 #   scripts/gpu_check.sh [build] [kernels] [equivalence] [bench] [all]   (default: all)
 #
 #   build        configure + build (Release, CUDA) into build-gpu/ with all cores
-#   kernels      ctest -R "Cuda|Nccl": every CUDA kernel against its CPU twin on seeded inputs
+#   kernels      ctest -R "Cuda|Nccl": every CUDA kernel against its CPU twin on seeded inputs, f32 and
+#                bf16 storage (the *Bf16 cases; bf16 outputs within one bf16 ulp of the largest value)
 #   equivalence  the tiny LLaMA's 20-step loss curve on GPU vs the CPU backend (rtol 1e-4: both fp32);
-#                a tp2 and a pp2 plan on one GPU (host-staged MPI path) vs the single-rank GPU run
+#                a tp2 and a pp2 plan on one GPU (host-staged MPI path) vs the single-rank GPU run;
+#                --precision bf16: the tiny LLaMA on GPU vs CPU (rtol 2e-4, the bf16 noise band) and
+#                the HF parity fixture on GPU vs transformers + PEFT in bf16 (reference_bf16.json)
 #   bench        LoRA r=16 on all linear layers of Llama-3.2-1B (random weights, seq 2048): Parallora
 #                vs Hugging Face transformers + PEFT (torch SDPA, bf16) in the same run: tokens/s,
 #                peak memory, MFU (same FLOP count for both: lora-compile's FLOP per token)
@@ -54,10 +57,26 @@ if want equivalence; then
   "$RUN" "$E/single.lp" "${run[@]}" --backend cuda --out "$E/gpu" > "$E/gpu.log" 2>&1
   mpirun -np 2 "$RUN" "$E/tp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_tp2" > "$E/gpu_tp2.log" 2>&1
   mpirun -np 2 "$RUN" "$E/pp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_pp2" > "$E/gpu_pp2.log" 2>&1
-  for r in gpu gpu_tp2 gpu_pp2; do
-    echo "== $r vs cpu"
-    python3 scripts/compare_losses.py "$E/$r/metrics.jsonl" --against "$E/cpu/metrics.jsonl" --rtol 1e-4 | tail -1
-  done 2>&1 | tee "$E/summary.txt"
+  "$COMPILE" "${common[@]}" --micro-batches 2 --precision bf16 -o "$E/bf16.lp" >> "$E/compile.log"
+  "$RUN" "$E/bf16.lp" "${run[@]}" --backend cpu --out "$E/cpu_bf16" > "$E/cpu_bf16.log" 2>&1
+  "$RUN" "$E/bf16.lp" "${run[@]}" --backend cuda --out "$E/gpu_bf16" > "$E/gpu_bf16.log" 2>&1
+  H=tests/fixtures/onnx/tiny_llama.hf
+  "$COMPILE" --hf-config "$H/config.json" --weights "$H" --batch 4 --seq-len 16 --micro-batches 2 --lora-rank 4 \
+      --lora-alpha 8 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --lr 1e-3 --warmup 5 \
+      --lr-schedule cosine --total-steps 20 --weight-decay 0.01 --precision bf16 -o "$E/hf_bf16.lp" >> "$E/compile.log"
+  "$RUN" "$E/hf_bf16.lp" --data "$T" --no-shuffle --steps 20 --init-adapter tests/fixtures/train/tiny/adapter_init \
+      --backend cuda --out "$E/gpu_hf_bf16" > "$E/gpu_hf_bf16.log" 2>&1
+  {
+    for r in gpu gpu_tp2 gpu_pp2; do
+      echo "== $r vs cpu"
+      python3 scripts/compare_losses.py "$E/$r/metrics.jsonl" --against "$E/cpu/metrics.jsonl" --rtol 1e-4 | tail -1
+    done
+    echo "== gpu_bf16 vs cpu_bf16"
+    python3 scripts/compare_losses.py "$E/gpu_bf16/metrics.jsonl" --against "$E/cpu_bf16/metrics.jsonl" --rtol 2e-4 | tail -1
+    echo "== gpu_hf_bf16 vs transformers + PEFT bf16"
+    python3 scripts/compare_losses.py "$E/gpu_hf_bf16/metrics.jsonl" \
+        --reference tests/fixtures/train/tiny/reference_bf16.json --rtol 2e-4 | tail -1
+  } 2>&1 | tee "$E/summary.txt"
 fi
 
 if want bench; then

@@ -131,6 +131,7 @@ public:
       } else {
         rank_.programs = {std::move(micro), std::move(opt), std::move(evalp)};
       }
+      if (opts_.overlap_grad_sync) overlap_grad_sync();
       estimates(p, mesh);
       stages.push_back(std::move(rank_));
       stage_shards_.push_back(shard_dims_);
@@ -316,6 +317,7 @@ private:
         in.outputs = in.inputs;  // in place
         in.attrs["group"] = gar.getGroup().str();
         in.attrs["scale"] = gar.getScale().convertToDouble();
+        in.attrs["bucket"] = static_cast<int64_t>(buckets_++);
       } else if (auto e = dyn_cast<pl::EmbeddingOp>(op)) {
         in.op = "embedding_fwd";
         in.inputs = {operand(e.getIds()), operand(e.getTable())};
@@ -674,7 +676,9 @@ private:
     auto all_reduce = [&](int64_t bytes, const std::string &group) {
       by_kind["all_reduce"] += times * rt::all_reduce_bytes_sent(bytes, group_ranks(group, m));
     };
-    if (in.op == "all_reduce") {
+    if (in.op == "all_reduce_wait") return;  // counted at its all_reduce_start
+    if (in.op == "all_reduce_start") times = 1;  // starts on the step's last micro-batch only
+    if (in.op == "all_reduce" || in.op == "all_reduce_start") {
       int64_t n = 0;
       for (int32_t id : in.inputs) n += rank_.buffers[id].nbytes();
       all_reduce(n, group_of("group"));
@@ -761,7 +765,52 @@ private:
     return success();
   }
 
+  /// Overlap of the gradient sync with the backward: every gradient bucket's all_reduce in
+  /// optimizer_step becomes an all_reduce_start in the backward (micro_step, or the pipeline
+  /// stage's backward) right after the instruction that writes the bucket's last gradient, and
+  /// an all_reduce_wait where the all_reduce was. The runtime starts it only on the step's last
+  /// micro-batch (StepState::last_micro), so the rest of that backward runs while the bucket
+  /// travels; the wait completes it before the optimizer. Buckets are ordered last layer first,
+  /// so the starts come out in bucket order, the same on every rank of a group.
+  void overlap_grad_sync() {
+    plan::Program *bwd = nullptr, *opt = nullptr;
+    for (plan::Program &prog : rank_.programs) {
+      if (prog.name == "micro_step" || prog.name == "backward") bwd = &prog;
+      if (prog.name == "optimizer_step") opt = &prog;
+    }
+    if (!bwd || !opt) return;
+    std::vector<std::pair<size_t, Instr>> starts;  // (after backward instruction #, start)
+    for (Instr &in : opt->instrs) {
+      if (in.op != "all_reduce" || !in.attrs.count("bucket")) continue;
+      llvm::DenseSet<int32_t> grads(in.inputs.begin(), in.inputs.end());
+      int64_t last = -1;
+      for (size_t i = 0; i < bwd->instrs.size(); ++i)
+        for (int32_t id : bwd->instrs[i].outputs)
+          if (grads.count(id)) last = static_cast<int64_t>(i);
+      if (last < 0) continue;  // not produced by this backward: stays a blocking all_reduce
+      Instr st;
+      st.op = "all_reduce_start";
+      st.inputs = in.inputs;
+      st.attrs = in.attrs;
+      st.loc = in.loc;
+      starts.emplace_back(static_cast<size_t>(last), std::move(st));
+      in.op = "all_reduce_wait";
+    }
+    if (starts.empty()) return;
+    std::stable_sort(starts.begin(), starts.end(),
+                     [](const auto &a, const auto &b) { return a.first < b.first; });
+    std::vector<Instr> out;
+    out.reserve(bwd->instrs.size() + starts.size());
+    size_t k = 0;
+    for (size_t i = 0; i < bwd->instrs.size(); ++i) {
+      out.push_back(std::move(bwd->instrs[i]));
+      for (; k < starts.size() && starts[k].first == i; ++k) out.push_back(std::move(starts[k].second));
+    }
+    bwd->instrs = std::move(out);
+  }
+
   void reset() {
+    buckets_ = 0;
     rank_ = plan::RankPlan();
     by_name_.clear();
     group_.clear();
@@ -773,6 +822,7 @@ private:
   ModuleOp module_;
   const LowerOptions &opts_;
   plan::RankPlan rank_;
+  int64_t buckets_ = 0;                        // gradient buckets of this stage (attr bucket)
   std::vector<bool> backward_;                  // per instruction of the last lowered function
   std::pair<plan::Program *, std::vector<int32_t>> zero_after_;  // shard_optimizer's pending fill_zero
   std::map<int32_t, int64_t> shard_dims_;       // tp-sharded param buffer -> its sharded dim

@@ -34,6 +34,9 @@ struct LowerOptions {
   // Storage precision: "fp32", or "bf16" = frozen weights and activations stored as bf16
   // (adapters, gradients, AdamW moments and the loss stay f32; kernels compute in f32).
   std::string precision = "fp32";
+  // Gradient buckets start their all-reduce in the backward as soon as their last gradient is
+  // written (all_reduce_start / all_reduce_wait) instead of all at once before the optimizer.
+  bool overlap_grad_sync = true;
 };
 
 /// Fails with a diagnostic naming the op (and its module path) that cannot be lowered.

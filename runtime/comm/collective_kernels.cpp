@@ -114,6 +114,89 @@ Status all_reduce_kernel(KernelCall &c) {
   return Status::ok();
 }
 
+/// The bucket number of an all_reduce_start / all_reduce_wait (its Communicator handle).
+Status bucket_of(const KernelCall &c, const char *K, int *handle) {
+  if (!is_int_attr(c, "bucket")) return fail(c, K, "missing integer attr 'bucket'");
+  const int64_t b = c.attr_i("bucket", -1);
+  if (b < 0 || b > INT32_MAX) return fail(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
+  if (!c.comm) return fail(c, K, "needs a communicator (KernelCall::comm is null)");
+  *handle = int(b);
+  return Status::ok();
+}
+
+// Overlapped gradient bucket (the compiler's overlap of the data-parallel gradient sync with the
+// backward): all_reduce_start packs x_0..x_{n-1} into the communicator's staging for `bucket`
+// and starts the sum over `group`; it runs where the backward has produced the bucket's last
+// gradient, and only on the optimizer step's last micro-batch (StepState::last_micro; with no
+// StepState it starts). all_reduce_wait, at the bucket's place in optimizer_step, completes it
+// and writes scale * sum into y_i; when no start happened it does the whole all_reduce itself,
+// so the result is the same either way.
+Status all_reduce_start_kernel(KernelCall &c) {
+  const char *K = "all_reduce_start";
+  if (c.step && !c.step->last_micro) return Status::ok();
+  int handle = -1;
+  if (Status s = bucket_of(c, K, &handle); !s) return s;
+  if (!c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
+    return fail(c, K, "missing string attr 'group'");
+  if (!c.out.empty()) return fail(c, K, "expected no outputs (the sum is written by all_reduce_wait)");
+  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  int64_t total = 0, bytes = 0;
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    const Tensor &x = c.in[i];
+    if (!x.present() || x.dtype != dtype || (dtype != plan::ElemType::F32 && dtype != plan::ElemType::BF16))
+      return fail(c, K, "x_" + std::to_string(i) + " must be a present f32 or bf16 tensor of x_0's type");
+    total += x.numel();
+    bytes += x.nbytes();
+  }
+  std::vector<char> &staging = c.comm->staging(handle);
+  staging.resize(size_t(bytes));
+  int64_t off = 0;
+  for (const Tensor &x : c.in) {
+    std::memcpy(staging.data() + off, x.data, size_t(x.nbytes()));
+    off += x.nbytes();
+  }
+  if (Status s = c.comm->all_reduce_start(handle, c.attr_s("group", ""), staging.data(), total, dtype, ReduceOp::Sum);
+      !s)
+    return fail(c, K, s.message());
+  return Status::ok();
+}
+
+Status all_reduce_wait_kernel(KernelCall &c) {
+  const char *K = "all_reduce_wait";
+  int handle = -1;
+  if (Status s = bucket_of(c, K, &handle); !s) return s;
+  if (!c.comm->started(handle)) return all_reduce_kernel(c);  // never started: reduce here
+  if (c.in.size() != c.out.size())
+    return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
+                          std::to_string(c.out.size()) + " outputs");
+  if (Status s = c.comm->all_reduce_wait(handle); !s) return fail(c, K, s.message());
+  const std::vector<char> &staging = c.comm->staging(handle);
+  int64_t bytes = 0;
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    if (!c.out[i].present() || c.out[i].dtype != c.in[i].dtype || c.out[i].numel() != c.in[i].numel())
+      return fail(c, K, "y_" + std::to_string(i) + " must match x_" + std::to_string(i));
+    bytes += c.out[i].nbytes();
+  }
+  if (bytes != static_cast<int64_t>(staging.size()))
+    return fail(c, K, "the bucket has " + std::to_string(bytes) + " bytes but its start staged " +
+                          std::to_string(staging.size()));
+  const double scale = c.attr_f("scale", 1.0);
+  const float sf = float(scale);
+  int64_t off = 0;
+  for (const Tensor &y : c.out) {
+    const int64_t n = y.numel();
+    if (y.dtype == plan::ElemType::BF16) {
+      const uint16_t *a = reinterpret_cast<const uint16_t *>(staging.data() + off);
+      for (int64_t j = 0; j < n; ++j) y.bf16()[j] = scale != 1.0 ? f32_to_bf16(sf * bf16_to_f32(a[j])) : a[j];
+    } else {
+      const float *a = reinterpret_cast<const float *>(staging.data() + off);
+      for (int64_t j = 0; j < n; ++j) y.f32()[j] = scale != 1.0 ? sf * a[j] : a[j];
+    }
+    off += y.nbytes();
+  }
+  return Status::ok();
+}
+
 Status p2p_attrs(const KernelCall &c, const char *K, int *peer, int *tag) {
   if (!is_int_attr(c, "peer")) return fail(c, K, "missing integer attr 'peer'");
   if (!is_int_attr(c, "tag")) return fail(c, K, "missing integer attr 'tag'");
@@ -213,6 +296,8 @@ Status broadcast_kernel(KernelCall &c) {
 void register_collective_kernels(KernelRegistry &registry) {
   registry.add("broadcast", broadcast_kernel);
   registry.add("all_reduce", all_reduce_kernel);
+  registry.add("all_reduce_start", all_reduce_start_kernel);
+  registry.add("all_reduce_wait", all_reduce_wait_kernel);
   registry.add("send", send_kernel);
   registry.add("recv", recv_kernel);
 }

@@ -133,6 +133,23 @@ Status Communicator::broadcast(const std::string &group, float *, int64_t, int r
                        " ranks is not supported by this communicator");
 }
 
+Status Communicator::all_reduce_start(int handle, const std::string &group, void *data, int64_t count,
+                                      plan::ElemType dtype, ReduceOp op) {
+  if (started(handle))
+    return Status::error("rank " + std::to_string(rank()) + ": all_reduce_start of bucket " + std::to_string(handle) +
+                         " over group '" + group + "': the previous start of this bucket was never waited for");
+  if (Status s = all_reduce(group, data, count, dtype, op); !s) return s;
+  started_[handle] = group;
+  return Status::ok();
+}
+
+Status Communicator::all_reduce_wait(int handle) {
+  if (started_.erase(handle) == 0)
+    return Status::error("rank " + std::to_string(rank()) + ": all_reduce_wait of bucket " + std::to_string(handle) +
+                         ", which was not started");
+  return Status::ok();
+}
+
 void Communicator::count_all_reduce(int64_t bytes, int group_ranks) {
   const int64_t b = all_reduce_bytes_sent(bytes, group_ranks);
   if (b > 0) bytes_sent_["all_reduce"] += b;

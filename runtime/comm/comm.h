@@ -62,6 +62,24 @@ public:
   Status all_reduce(const std::string &group, float *data, int64_t count, ReduceOp op) {
     return all_reduce(group, data, count, plan::ElemType::F32, op);
   }
+  /// Non-blocking all-reduce (gradient buckets overlapped with the rest of the backward):
+  /// all_reduce_start begins the in-place reduction of `data` under `handle` (a small integer,
+  /// the plan's bucket number) and returns; `data` must stay untouched until
+  /// all_reduce_wait(handle) returns, which completes it (same deadline and errors as
+  /// all_reduce). Starts must be issued in the same order on every member (collective order).
+  /// progress() lets outstanding reductions advance (the executor calls it between kernels
+  /// while any is outstanding). The bytes are counted at the start. The default implementation
+  /// completes the reduction inside all_reduce_start (no overlap); the MPI communicator overlaps.
+  virtual Status all_reduce_start(int handle, const std::string &group, void *data, int64_t count,
+                                  plan::ElemType dtype, ReduceOp op);
+  virtual Status all_reduce_wait(int handle);
+  virtual void progress() {}
+  /// True while all_reduce_start(handle) has not been waited for.
+  bool started(int handle) const { return started_.count(handle) != 0; }
+  bool any_started() const { return !started_.empty(); }
+  /// Staging bytes owned by the communicator for bucket `handle` (kept across steps).
+  std::vector<char> &staging(int handle) { return staging_[handle]; }
+
   /// Broadcast of `count` floats from the group member with group index `root` (its position in
   /// group_ranks(group)) to the others. The default handles groups of one rank and refuses more;
   /// the MPI communicator implements it.
@@ -91,6 +109,8 @@ protected:
 
   plan::Mesh mesh_;
   std::map<std::string, int64_t> bytes_sent_;
+  std::map<int, std::string> started_;  // handle -> what (for errors), until waited for
+  std::map<int, std::vector<char>> staging_;
 };
 
 /// The formula above, shared with the compiler's prediction.

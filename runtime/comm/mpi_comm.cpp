@@ -25,6 +25,7 @@
 #include <chrono>
 #include <cstring>
 #include <list>
+#include <map>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -92,10 +93,25 @@ public:
                     ReduceOp op) override;
   Status send(int peer, int tag, const void *data, int64_t bytes) override;
   Status recv(int peer, int tag, void *data, int64_t bytes) override;
+  Status all_reduce_start(int handle, const std::string &group, void *data, int64_t count, plan::ElemType dtype,
+                          ReduceOp op) override;
+  Status all_reduce_wait(int handle) override;
+  void progress() override;
   Status broadcast(const std::string &group, float *data, int64_t count, int root) override;
   Status flush() override;
 
 private:
+  struct Group;
+  /// One all-reduce in flight: its requests (empty when nothing travels) and its description.
+  struct Pending {
+    std::vector<MPI_Request> reqs;
+    Group *group = nullptr;
+    std::string what;
+  };
+  Status reduce_begin(const std::string &group, void *data, int64_t count, plan::ElemType dtype, ReduceOp op,
+                      Pending &p);
+  Status reduce_end(Pending &p);
+
   struct Group {
     MPI_Comm comm = MPI_COMM_NULL;
     int size = 1;
@@ -124,6 +140,7 @@ private:
   Group groups_[8];                 // by axis bits (comm_impl.h); [0] = this rank alone
   int tag_ub_ = 32767;
   std::list<PendingSend> pending_;
+  std::map<int, Pending> async_;  // all_reduce_start handles not yet waited for
   Status send_error_;
 };
 
@@ -252,6 +269,9 @@ MpiCommunicator::~MpiCommunicator() {
       }
     ps.buf.release();
   }
+  // A started all-reduce never waited for (an error path): MPI may still write its staging
+  // bytes, so they are leaked rather than freed.
+  if (!async_.empty()) new std::map<int, std::vector<char>>(std::move(staging_));
   for (Group &g : groups_)
     if (g.comm != MPI_COMM_NULL) MPI_Comm_free(&g.comm);
   if (world_ != MPI_COMM_NULL) MPI_Comm_free(&world_);
@@ -276,50 +296,90 @@ MPI_Op bf16_op(ReduceOp op) {
   return o;
 }
 
-Status MpiCommunicator::all_reduce(const std::string &group, void *data_, int64_t count, plan::ElemType dtype,
+Status MpiCommunicator::all_reduce(const std::string &group, void *data, int64_t count, plan::ElemType dtype,
                                    ReduceOp op) {
+  Pending p;
+  if (Status s = reduce_begin(group, data, count, dtype, op, p); !s) return s;
+  return reduce_end(p);
+}
+
+Status MpiCommunicator::all_reduce_start(int handle, const std::string &group, void *data, int64_t count,
+                                         plan::ElemType dtype, ReduceOp op) {
+  if (started(handle))
+    return Status::error(prefix() + "all_reduce_start of bucket " + std::to_string(handle) + " over group '" + group +
+                         "': the previous start of this bucket was never waited for");
+  Pending p;
+  if (Status s = reduce_begin(group, data, count, dtype, op, p); !s) return s;
+  started_[handle] = p.what;
+  async_[handle] = std::move(p);
+  return Status::ok();
+}
+
+Status MpiCommunicator::all_reduce_wait(int handle) {
+  auto it = async_.find(handle);
+  if (it == async_.end())
+    return Status::error(prefix() + "all_reduce_wait of bucket " + std::to_string(handle) + ", which was not started");
+  Pending p = std::move(it->second);
+  async_.erase(it);
+  started_.erase(handle);
+  return reduce_end(p);
+}
+
+void MpiCommunicator::progress() {
+  for (auto &[handle, p] : async_) {
+    int flag = 0;
+    if (!p.reqs.empty()) MPI_Testall(int(p.reqs.size()), p.reqs.data(), &flag, MPI_STATUSES_IGNORE);
+  }
+}
+
+Status MpiCommunicator::reduce_begin(const std::string &group, void *data_, int64_t count, plan::ElemType dtype,
+                                     ReduceOp op, Pending &p) {
   StatusOr<unsigned> axes = parse_group(group);
   if (!axes) return Status::error(prefix() + "all_reduce: " + axes.message());
   Group &g = groups_[*axes];
   const int64_t esize = plan::elem_size(dtype);
   const int64_t bytes = count * esize;
   char *data = static_cast<char *>(data_);
-  auto what = [&] {
-    return "all_reduce over group '" + group + "' (ranks " + rank_list(g.members) + ") of " +
-           std::to_string(bytes) + " bytes";
-  };
-  if (count < 0) return Status::error(prefix() + what() + ": negative count");
-  if (count > 0 && !data) return Status::error(prefix() + what() + ": no data");
-  if (dtype == plan::ElemType::I32) return Status::error(prefix() + what() + ": i32 data (f32 or bf16 only)");
-  if (!g.broken.empty()) return Status::error(prefix() + what() + ": " + g.broken);
+  p.group = &g;
+  p.what = "all_reduce over group '" + group + "' (ranks " + rank_list(g.members) + ") of " + std::to_string(bytes) +
+           " bytes";
+  if (count < 0) return Status::error(prefix() + p.what + ": negative count");
+  if (count > 0 && !data) return Status::error(prefix() + p.what + ": no data");
+  if (dtype == plan::ElemType::I32) return Status::error(prefix() + p.what + ": i32 data (f32 or bf16 only)");
+  if (!g.broken.empty()) return Status::error(prefix() + p.what + ": " + g.broken);
   if (g.size > 1 && count > 0) {
     const bool bf16 = dtype == plan::ElemType::BF16;
     const MPI_Datatype type = bf16 ? MPI_UINT16_T : MPI_FLOAT;
     const MPI_Op mop = bf16 ? bf16_op(op) : op == ReduceOp::Sum ? MPI_SUM : MPI_MAX;
-    std::vector<MPI_Request> reqs;
     const int64_t chunk = kMaxChunkBytes / esize;
     for (int64_t off = 0; off < count; off += chunk) {
-      reqs.emplace_back(MPI_REQUEST_NULL);
+      p.reqs.emplace_back(MPI_REQUEST_NULL);
       const int n = int(std::min(chunk, count - off));
-      const int rc = MPI_Iallreduce(MPI_IN_PLACE, data + off * esize, n, type, mop, g.comm, &reqs.back());
+      const int rc = MPI_Iallreduce(MPI_IN_PLACE, data + off * esize, n, type, mop, g.comm, &p.reqs.back());
       if (rc != MPI_SUCCESS) {
         g.broken = "an earlier all_reduce over this group failed to start";
-        return mpi_fail(what() + ": MPI_Iallreduce", rc);
+        return mpi_fail(p.what + ": MPI_Iallreduce", rc);
       }
-    }
-    int rc = MPI_SUCCESS;
-    if (!poll(reqs, nullptr, deadline_after(timeout_seconds), &rc)) {
-      // A collective request cannot be cancelled or freed: the group is unusable from now on.
-      g.broken = "an earlier all_reduce over this group timed out";
-      return Status::error(prefix() + what() + " did not complete within " +
-                           seconds_str(timeout_seconds) + " s (a peer died or is stuck)");
-    }
-    if (rc != MPI_SUCCESS) {
-      g.broken = "an earlier all_reduce over this group failed";
-      return mpi_fail(what(), rc);
     }
   }
   count_all_reduce(bytes, g.size);
+  return Status::ok();
+}
+
+Status MpiCommunicator::reduce_end(Pending &p) {
+  if (p.reqs.empty()) return Status::ok();
+  Group &g = *p.group;
+  int rc = MPI_SUCCESS;
+  if (!poll(p.reqs, nullptr, deadline_after(timeout_seconds), &rc)) {
+    // A collective request cannot be cancelled or freed: the group is unusable from now on.
+    g.broken = "an earlier all_reduce over this group timed out";
+    return Status::error(prefix() + p.what + " did not complete within " + seconds_str(timeout_seconds) +
+                         " s (a peer died or is stuck)");
+  }
+  if (rc != MPI_SUCCESS) {
+    g.broken = "an earlier all_reduce over this group failed";
+    return mpi_fail(p.what, rc);
+  }
   return Status::ok();
 }
 

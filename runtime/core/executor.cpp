@@ -1,6 +1,7 @@
 //===- executor.cpp - runs one rank of a plan on a kernel registry --------===//
 #include "runtime/core/executor.h"
 #include "runtime/bf16.h"
+#include "runtime/comm/comm.h"
 #include "runtime/core/tensor_slice.h"
 
 #include <algorithm>
@@ -39,7 +40,8 @@ std::string join_names(const std::vector<std::string> &names, size_t max_shown =
 } // namespace
 
 bool is_comm_op(const std::string &op) {
-  return op == "all_reduce" || op == "send" || op == "recv" || op == "broadcast";
+  return op == "all_reduce" || op == "send" || op == "recv" || op == "broadcast" || op == "all_reduce_start" ||
+         op == "all_reduce_wait";
 }
 
 void Executor::AlignedFree::operator()(void *p) const {
@@ -391,6 +393,8 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     const bool comm = cp.comm[i] != 0;
     Status s;
     if (comm && async) s = sync();  // the wait for queued compute kernels is not communication
+    // Overlapped gradient buckets (all_reduce_start): let them advance between kernels.
+    if (!comm && comm_ && comm_->any_started()) comm_->progress();
     const clock::time_point t0 = clock::now();
     if (s) s = (*cp.fns[i])(c);
     // Profiling times the kernel, not only its launch; a collective on an asynchronous backend

@@ -362,6 +362,15 @@ void register_kernels(KernelRegistry &registry) {
     registry.add("all_reduce", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c, true); });
   if (const KernelFn *f = host.find("broadcast"))  // same operand layout as all_reduce, f32 only
     registry.add("broadcast", [fn = *f](KernelCall &c) { return staged_all_reduce(fn, c, false); });
+  // Overlapped gradient buckets: the host kernels pack from / unpack into managed memory once the
+  // stream is idle (the communicator's staging is host memory). With NCCL the start completes the
+  // reduction at once (Communicator's default); overlap on a second stream is future work.
+  for (const char *name : {"all_reduce_start", "all_reduce_wait"})
+    if (const KernelFn *f = host.find(name))
+      registry.add(name, [fn = *f](KernelCall &c) -> Status {
+        if (Status s = sync_stream(); !s) return s;
+        return fn(c);
+      });
   if (const KernelFn *f = host.find("send"))
     registry.add("send", [fn = *f](KernelCall &c) { return staged_send(fn, c); });
   if (const KernelFn *f = host.find("recv"))

@@ -363,6 +363,37 @@ TEST(Comm, AllReduceBf16) {
   EXPECT_NE(bad.message().find("i32"), std::string::npos) << bad.message();
 }
 
+// Non-blocking all-reduce (overlapped gradient buckets): two buckets in flight at once, progress
+// between them, then the waits give exactly the blocking result; misuse is an error.
+TEST(Comm, AllReduceStartWait) {
+  REQUIRE_WORLD_4();
+  const int me = world_rank();
+  auto comm = make_comm({4, 1, 1});
+  ASSERT_TRUE(comm);
+  const int64_t n = 3000;
+  std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n)), ref(static_cast<size_t>(n));
+  for (int64_t k = 0; k < n; ++k) a[size_t(k)] = b[size_t(k)] = ref[size_t(k)] = 0.1f * value(me, k) + 0.013f * float(me);
+  EXPECT_OK(comm->all_reduce("dp", ref.data(), n, ReduceOp::Sum));
+  comm->reset_bytes();
+  EXPECT_OK(comm->all_reduce_start(0, "dp", a.data(), n, plan::ElemType::F32, ReduceOp::Sum));
+  EXPECT_OK(comm->all_reduce_start(1, "dp", b.data(), n, plan::ElemType::F32, ReduceOp::Sum));
+  EXPECT_TRUE(comm->started(0) && comm->started(1) && comm->any_started());
+  Status twice = comm->all_reduce_start(0, "dp", a.data(), n, plan::ElemType::F32, ReduceOp::Sum);
+  EXPECT_FALSE(twice.is_ok());
+  EXPECT_NE(twice.message().find("never waited for"), std::string::npos) << twice.message();
+  comm->progress();
+  EXPECT_OK(comm->all_reduce_wait(1));
+  EXPECT_OK(comm->all_reduce_wait(0));
+  EXPECT_FALSE(comm->any_started());
+  EXPECT_EQ(bytes_of(*comm, "all_reduce"), 2 * all_reduce_bytes_sent(n * 4, 4));
+  int bad = 0;
+  for (int64_t k = 0; k < n; ++k) bad += a[size_t(k)] != ref[size_t(k)] || b[size_t(k)] != ref[size_t(k)];
+  EXPECT_EQ(bad, 0);
+  Status unknown = comm->all_reduce_wait(5);
+  EXPECT_FALSE(unknown.is_ok());
+  EXPECT_NE(unknown.message().find("bucket 5"), std::string::npos) << unknown.message();
+}
+
 TEST(Comm, BytesFormula) {
   EXPECT_EQ(all_reduce_bytes_sent(4096, 1), 0);
   EXPECT_EQ(all_reduce_bytes_sent(4096, 2), 4096);

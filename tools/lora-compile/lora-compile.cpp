@@ -72,6 +72,7 @@ struct Args {
   double bucket_mb = 25;
   bool zero1 = false;
   std::string precision = "fp32";
+  bool no_overlap = false;
 };
 
 /// The mesh a strategy asks for. Returns false after printing the error.
@@ -344,6 +345,9 @@ int main(int argc, char **argv) {
   app.add_option("--precision", a.precision, "storage precision: fp32, or bf16 = frozen weights and activations in bf16 "
                                              "(adapters, gradients, AdamW moments stay fp32; math in fp32)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_flag("--no-overlap-grad-sync", a.no_overlap,
+               "reduce all gradient buckets before the optimizer instead of starting each in the backward as soon as "
+               "its last gradient is written");
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
   app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(CLI::Range(0.0, 1.0));
   app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(CLI::NonNegativeNumber);
@@ -569,6 +573,7 @@ int main(int argc, char **argv) {
     lo.producer = "lora-compile 0.1.0";
     lo.strategy = strategy;
     lo.precision = a.precision;
+    lo.overlap_grad_sync = !a.no_overlap;
     module->walk([&](pl::LoraLinearOp l) {
       lo.lora.rank = l.getRank();
       lo.lora.alpha = l.getAlpha().convertToDouble();

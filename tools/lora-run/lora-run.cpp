@@ -581,6 +581,9 @@ int train(const Args &a, World &w) {
                   std::to_string(ex.slots()) + " slots");
     tasks = pipeline_tasks(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches));
   }
+  size_t last_backward = tasks.size();  // index of this rank's last backward task of a step
+  for (size_t ti = 0; ti < tasks.size(); ++ti)
+    if (tasks[ti].phase == Phase::Backward) last_backward = ti;
 
   int64_t val_batch = 0, val_batches = 0;
   if (val_file) {
@@ -863,7 +866,9 @@ int train(const Args &a, World &w) {
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
         if (Status st = feed(micro(m), 0); !st) return fail(st.message());
         bool dump = s == 1 && m == 0 && !a.dump_first_step.empty() && !multi;
-        Status st = dump ? ex.run("micro_step", nullptr, capture) : ex.run("micro_step", nullptr);
+        StepState micro_state;  // the last micro-batch starts the overlapped gradient buckets
+        micro_state.last_micro = m == plan.micro_batches - 1;
+        Status st = dump ? ex.run("micro_step", &micro_state, capture) : ex.run("micro_step", &micro_state);
         if (!st) return fail("step " + std::to_string(s) + ", micro_step " + std::to_string(m) + ": " + st.message());
         if (loss_rank) loss_sum += ex.loss();
         if (dump) {
@@ -873,7 +878,8 @@ int train(const Args &a, World &w) {
         }
       }
     } else {
-      for (const PipelineTask &t : tasks) {
+      for (size_t ti = 0; ti < tasks.size(); ++ti) {
+        const PipelineTask &t = tasks[ti];
         if (t.phase == Phase::Forward) {
           if (Status st = feed(micro(t.micro_batch), t.slot); !st) return fail(st.message());
           if (Status st = ex.run("forward", nullptr, t.slot); !st)
@@ -881,7 +887,9 @@ int train(const Args &a, World &w) {
                         st.message());
           if (loss_rank) loss_sum += ex.loss(t.slot);
         } else {
-          if (Status st = ex.run("backward", nullptr, t.slot); !st)
+          StepState micro_state;  // this rank's last backward starts the overlapped gradient buckets
+          micro_state.last_micro = ti == last_backward;
+          if (Status st = ex.run("backward", &micro_state, t.slot); !st)
             return fail("step " + std::to_string(s) + ", backward of micro-batch " + std::to_string(t.micro_batch) +
                         ": " + st.message());
         }
