@@ -368,6 +368,26 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
   if (Status s = check_slot(slot); !s) return Status::error("program '" + program + "': " + s.message());
   CompiledProgram &cp = it->second[slot];
   const size_t n = cp.calls.size();
+  // A backend that runs whole programs (MemoryHooks::run_program, e.g. CUDA graph replay).
+  if (hooks_.run_program && !in_run_program_ && !after && !profile_on_ &&
+      std::find(cp.comm.begin(), cp.comm.end(), 1) == cp.comm.end()) {
+    in_run_program_ = true;
+    bool eager_ran = false;
+    const auto t0 = std::chrono::steady_clock::now();
+    Status s = hooks_.run_program(program, slot, [&] {
+      eager_ran = true;
+      return run(program, step, after, slot);  // accounts its own time split
+    });
+    in_run_program_ = false;
+    if (!eager_ran) {  // replayed: the whole wall time is compute
+      const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      time_split_.run_s += wall;
+      time_split_.compute_s += wall;
+      time_split_.runs += 1;
+    }
+    if (!s) return Status::error("program '" + program + "': " + s.message());
+    return s;
+  }
   // Time split (see executor.h): comm = communication kernels; compute = the other kernels
   // (synchronous backends) or the run's wall time minus comm and InstrHook time (asynchronous).
   using clock = std::chrono::steady_clock;

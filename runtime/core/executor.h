@@ -73,6 +73,14 @@ struct MemoryHooks {
   std::function<void *(size_t)> alloc;  // host-accessible bytes, nullptr on failure
   std::function<void(void *)> free;
   std::function<Status()> sync;         // may be empty: kernels finish before returning
+  // May be empty. When set, run() hands every run of a program without communication kernels
+  // (is_comm_op) to it, unless profiling is on or an InstrHook is given: `eager` runs the
+  // instructions one by one as usual (and returns their status). A backend may capture the
+  // work `eager` enqueues once (e.g. a CUDA graph) and replay it on later calls for the same
+  // (program, slot) instead of calling `eager`; it must then guarantee that the program's kernels
+  // read every per-call value from device memory (buffers), never from host state baked in at
+  // capture. Such runs count entirely as compute in the time split.
+  std::function<Status(const std::string &program, int slot, const std::function<Status()> &eager)> run_program;
 };
 
 /// Wall-time split of the programs run so far (see "Time split" above).
@@ -206,6 +214,7 @@ private:
   Communicator *comm_ = nullptr;
   MemoryHooks hooks_;
   bool profile_on_ = false;
+  bool in_run_program_ = false;  // inside MemoryHooks::run_program: run eagerly
   std::map<std::string, OpProfile> profile_;
   TimeSplit time_split_;
 };

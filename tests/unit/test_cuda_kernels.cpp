@@ -307,7 +307,7 @@ const char *const kContract[] = {"embedding_fwd", "rms_norm_fwd", "rms_norm_bwd"
                                  "rope_bwd", "attention_fwd", "attention_bwd", "swiglu_fwd",
                                  "swiglu_bwd", "add", "transpose", "copy",
                                  "accumulate", "cross_entropy_fwd", "cross_entropy_bwd", "adamw_step",
-                                 "fill_zero", "all_reduce", "broadcast", "send", "recv"};
+                                 "fill_zero", "all_reduce", "broadcast", "send", "recv", "all_reduce_start", "all_reduce_wait"};
 
 TEST(CudaBackend, RegistryHasEveryContractKernel) {
   for (const char *name : kContract) EXPECT_NE(cuda_registry().find(name), nullptr) << name;

@@ -557,6 +557,8 @@ TEST_F(ExecutorTest, TimeSplitSeparatesCommunicationFromCompute) {
   EXPECT_TRUE(is_comm_op("send"));
   EXPECT_TRUE(is_comm_op("recv"));
   EXPECT_TRUE(is_comm_op("broadcast"));
+  EXPECT_TRUE(is_comm_op("all_reduce_start"));
+  EXPECT_TRUE(is_comm_op("all_reduce_wait"));
   EXPECT_FALSE(is_comm_op("cross_entropy_fwd"));
   EXPECT_FALSE(is_comm_op("adamw_step"));
 
@@ -638,4 +640,59 @@ TEST_F(ExecutorTest, TimeSplitWithAsyncBackend) {
   EXPECT_LT(t.comm_s, 0.080);     // the first launch's 100 ms are not communication
   EXPECT_GE(t.compute_s, 0.200);  // both launches' work, waited for before the collective and at the end
   EXPECT_NEAR(t.compute_s + t.comm_s, t.run_s, 1e-9);
+}
+
+// MemoryHooks::run_program (a backend that runs whole programs, e.g. CUDA graph replay): it gets
+// programs without collectives only, and not while profiling or with an InstrHook; a run it
+// replays without calling `eager` is accounted as compute; eager errors come back with the
+// program's name.
+TEST_F(ExecutorTest, RunProgramHook) {
+  PlanBuilder b;
+  int32_t x = b.buffer("x", BufferKind::Input, {4});
+  int kernel_calls = 0;
+  KernelRegistry reg;
+  register_collective_kernels(reg);
+  reg.add("work", [&](KernelCall &) {
+    ++kernel_calls;
+    return Status::ok();
+  });
+  reg.add("fail", [](KernelCall &) { return Status::error("boom"); });
+  b.instr("micro_step", "work", {x}, {});
+  b.instr("eval_step", "work", {x}, {});
+  b.instr("eval_step", "all_reduce", {x}, {x}).attrs["group"] = std::string("");
+  b.instr("optimizer_step", "fail", {}, {});
+  std::map<std::string, int> seen;
+  std::map<std::string, bool> captured;
+  MemoryHooks hooks;
+  hooks.alloc = [](size_t n) { return std::aligned_alloc(64, n); };
+  hooks.free = [](void *p) { std::free(p); };
+  hooks.run_program = [&](const std::string &program, int slot, const std::function<Status()> &eager) -> Status {
+    ++seen[program + "/" + std::to_string(slot)];
+    if (captured[program]) return Status::ok();  // "replay"
+    Status s = eager();
+    captured[program] = s.is_ok();
+    return s;
+  };
+  auto comm = make_local_communicator();
+  auto ex_or = Executor::create(b.p, 0, reg, "graph-like", comm.get(), &hooks);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ex.run("micro_step", nullptr).is_ok());
+  EXPECT_EQ(seen["micro_step/0"], 3);
+  EXPECT_EQ(kernel_calls, 1);  // eager once, replayed twice
+  EXPECT_EQ(ex.time_split().runs, 3);
+  ASSERT_TRUE(ex.run("eval_step", nullptr).is_ok());  // has a collective: never handed over
+  EXPECT_EQ(seen.count("eval_step/0"), 0u);
+  EXPECT_EQ(kernel_calls, 2);
+  ex.enable_profile(true);  // profiling times every kernel: runs eagerly
+  ASSERT_TRUE(ex.run("micro_step", nullptr).is_ok());
+  EXPECT_EQ(kernel_calls, 3);
+  ex.enable_profile(false);
+  ASSERT_TRUE(ex.run("micro_step", nullptr, [](size_t, const KernelCall &) {}).is_ok());  // InstrHook: eager
+  EXPECT_EQ(kernel_calls, 4);
+  EXPECT_EQ(seen["micro_step/0"], 3);
+  Status s = ex.run("optimizer_step", nullptr);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("program 'optimizer_step'"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("boom"), std::string::npos) << s.message();
 }

@@ -75,6 +75,7 @@ struct Args {
   int threads = -1;
   std::string backend = "cpu";
   std::string collectives = "mpi";
+  bool cuda_graphs = false;
   int64_t log_every = 10;
   bool profile = false;
   std::string dump_first_step;
@@ -455,6 +456,7 @@ int train(const Args &a, World &w) {
     device_line = gpu->device_description();
     gpu->register_kernels(registry);  // the contract kernels and the host-staged collectives
     cuda_memory = gpu->memory();
+    if (!a.cuda_graphs) cuda_memory.run_program = nullptr;  // opt-in (MemoryHooks::run_program)
     memory_hooks = &cuda_memory;
   } else {
     cpu::register_kernels(registry);
@@ -462,6 +464,7 @@ int train(const Args &a, World &w) {
   }
   std::unique_ptr<Communicator> comm;
   if (a.collectives == "nccl" && a.backend != "cuda") return fail("--collectives nccl needs --backend cuda");
+  if (a.cuda_graphs && a.backend != "cuda") return fail("--cuda-graphs needs --backend cuda");
   if (multi && a.collectives == "nccl") {
     // NCCL communicators per mesh group, bootstrapped through MPI; kernels on the device stream.
     if (!gpu->has_nccl) return fail("--collectives nccl: the CUDA backend was built without NCCL");
@@ -1265,6 +1268,9 @@ int main(int argc, char **argv) {
                  "multi-rank collectives: mpi (default; host-staged with --backend cuda, several ranks may share a GPU) "
                  "or nccl (--backend cuda, one GPU per rank)")
       ->check(CLI::IsMember({"mpi", "nccl"}));
+  app.add_flag("--cuda-graphs", a.cuda_graphs,
+               "--backend cuda: capture each program without collectives once as a CUDA graph and replay it "
+               "(experimental: not yet run on a GPU)");
   app.add_option("--log-every", a.log_every, "progress line every K steps when stderr is not a terminal")->check(at_least(1));
   app.add_flag("--profile", a.profile, "time every kernel and print a per-op table at the end (also in summary.json)");
   app.add_option("--comm-timeout", a.comm_timeout, "multi-rank: seconds a collective or receive waits for its peers before failing (default 300)")
