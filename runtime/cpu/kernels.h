@@ -62,6 +62,13 @@
 //  all_reduce         x_0..x_{n-1} (all f32 or all bf16)       y_0..y_{n-1}        group (str),
 //                       y_i = scale * sum over the group of x_i; one message for the whole     scale (f64,
 //                       list (a gradient bucket); y_i may be the same buffer as x_i (in place)  default 1)
+//  all_reduce_start   x_0..x_{n-1} (all f32 or all bf16)       (none)              group, scale, bucket
+//                       (i64): the overlapped gradient bucket. Packs x_i into the communicator's
+//                       staging for `bucket` and starts their sum (Communicator::all_reduce_start);
+//                       a no-op unless StepState::last_micro (absent StepState: starts).
+//  all_reduce_wait    x_0..x_{n-1}                             y_0..y_{n-1}        group, scale, bucket:
+//                       completes the bucket's start and writes y_i = scale * sum; without a
+//                       start it is exactly all_reduce. Bytes are counted at the start.
 //  broadcast          p_0..p_{n-1} (f32)                       p_0..p_{n-1}        group, roots (ints:
 //                       ZeRO-1: p_i takes the value of group member roots[i] (its index in the  the owner of
 //                       group); one message per owner, tensors packed in order                  each p_i)
