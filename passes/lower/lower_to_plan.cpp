@@ -468,6 +468,13 @@ private:
           last_use_in(op, cast<pl::AddOp>(op).getLhs(), buf)) {
         group_[in.outputs[0]] = root(in.inputs[0]);
       }
+      // The logits' gradient overwrites the logits when they die there (the usual case): the
+      // largest activation pair of an LLM step (B x T x vocab) is held once. The kernels read a
+      // row's values before writing its gradient (runtime/cpu/kernels.h: in place allowed).
+      if (in.op == "cross_entropy_bwd" && opts_.inplace_add && is_temp(in.inputs[0]) && is_temp(in.outputs[0]) &&
+          last_use_in(op, cast<pl::CrossEntropyGradOp>(op).getLogits(), buf)) {
+        group_[in.outputs[0]] = root(in.inputs[0]);
+      }
       prog.instrs.push_back(std::move(in));
       backward_.push_back(op.hasAttr(kBackwardAttr));
     }

@@ -30,7 +30,7 @@ struct LowerOptions {
   plan::LoraInfo lora;
   std::string producer = "lora-compile";
   std::string strategy = "single";  // recorded in the plan: single | data | tensor | pipeline | hybrid
-  bool inplace_add = true;      // residual adds write over an input that dies there
+  bool inplace_add = true;      // residual adds (and cross_entropy_bwd) write over an input that dies there
   // Storage precision: "fp32", or "bf16" = frozen weights and activations stored as bf16
   // (adapters, gradients, AdamW moments and the loss stay f32; kernels compute in f32).
   std::string precision = "fp32";

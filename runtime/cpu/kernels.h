@@ -45,7 +45,9 @@
 //                       (positions t = 0..T-2). loss = mean over non-ignored positions (0 when none)
 //  cross_entropy_bwd  logits (B,T,V), labels (B,T) i32         dlogits (B,T,V)     ignore_index, shift,
 //                       grad_scale (f64): dlogits = grad_scale * (softmax - onehot) / count at
-//                       non-ignored positions, 0 elsewhere (also at t = T-1 when shift)
+//                       non-ignored positions, 0 elsewhere (also at t = T-1 when shift);
+//                       dlogits may be the logits' own storage (in place: the compiler does
+//                       this when the logits die there)
 //  adamw_step         p_0..p_{n-1}, g_0..g_{n-1},              (none: in place)    n (i64), beta1, beta2,
 //                     m_0..m_{n-1}, v_0..v_{n-1}                                   eps, weight_decay,
 //                       max_grad_norm (f64; 0 = off), zero_grads (i64 0/1)
