@@ -20,6 +20,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/unit/host_buffers.h"
+
 using namespace parallora;
 using namespace parallora::rt;
 
@@ -27,62 +29,10 @@ namespace {
 
 using Attrs = std::map<std::string, plan::AttrValue>;
 
-/// A host tensor that owns its data.
-struct Buf {
-  std::vector<int64_t> shape;
-  std::vector<float> f;
-  std::vector<int32_t> i;
-  bool is_i32 = false;
-
-  int64_t numel() const {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    return n;
-  }
-  Tensor tensor() {
-    Tensor t;
-    t.shape = shape;
-    if (is_i32) {
-      t.dtype = plan::ElemType::I32;
-      t.data = i.data();
-    } else {
-      t.dtype = plan::ElemType::F32;
-      t.data = f.data();
-    }
-    return t;
-  }
-};
-
-Buf zeros(std::vector<int64_t> shape, float fill = 0.0f) {
-  Buf b;
-  b.shape = std::move(shape);
-  b.f.assign(size_t(b.numel()), fill);
-  return b;
-}
-
-Buf ints(std::vector<int64_t> shape, std::vector<int32_t> values) {
-  Buf b;
-  b.shape = std::move(shape);
-  b.is_i32 = true;
-  b.i = std::move(values);
-  EXPECT_EQ(int64_t(b.i.size()), b.numel());
-  return b;
-}
-
-struct Rng {
-  std::mt19937_64 gen;
-  explicit Rng(uint64_t seed) : gen(seed) {}
-  float uniform(float lo, float hi) {
-    // Fixed construction (no std::uniform_real_distribution) so values are portable.
-    const double u = double(gen() >> 11) * (1.0 / 9007199254740992.0);
-    return float(lo + (hi - lo) * u);
-  }
-  Buf buf(std::vector<int64_t> shape, float lo = -1.0f, float hi = 1.0f) {
-    Buf b = zeros(std::move(shape));
-    for (float &v : b.f) v = uniform(lo, hi);
-    return b;
-  }
-};
+using test_util::Buf;
+using test_util::ints;
+using test_util::Rng;
+using test_util::zeros;
 
 const KernelRegistry &registry() {
   static const KernelRegistry reg = [] {
