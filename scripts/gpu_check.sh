@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one script for a machine that has one (not a test; CI has no GPU).
 #
-#   scripts/gpu_check.sh [build] [kernels] [equivalence] [bench] [all]   (default: all)
+#   scripts/gpu_check.sh [build] [kernels] [graphs] [equivalence] [bench] [all]   (default: all)
 #
 #   build        configure + build (Release, CUDA) into build-gpu/ with all cores
 #   kernels      ctest -R "Cuda|Nccl": every CUDA kernel against its CPU twin on seeded inputs, f32 and
-#                bf16 storage (the *Bf16 cases; bf16 outputs within one bf16 ulp of the largest value)
+#                bf16 storage (the *Bf16 cases; bf16 outputs within one bf16 ulp of the largest value);
+#                CUDA graph replay vs eager (CudaKernels.Graph*: bit-identical, fallbacks) and the NCCL
+#                overlapped buckets (NcclComm.*: start/wait vs blocking all_reduce, bit-identical)
+#   graphs       lora-run on the tiny LLaMA with and without --cuda-graphs (fp32, bf16, and a dp2 plan with
+#                overlapped gradient buckets on one GPU through the host-staged MPI collectives): the
+#                losses must match EXACTLY; [cuda-graphs] capture / fallback lines and the tokens/s of
+#                both runs go to graphs/summary.txt
 #   equivalence  the tiny LLaMA's 20-step loss curve on GPU vs the CPU backend (rtol 1e-4: both fp32);
 #                a tp2 and a pp2 plan on one GPU (host-staged MPI path) vs the single-rank GPU run;
 #                --precision bf16: the tiny LLaMA on GPU vs CPU (rtol 2e-4, the bf16 noise band) and
@@ -42,6 +48,40 @@ if want kernels; then
   (cd "$BUILD" && ctest -R "Cuda|Nccl" --output-on-failure -V) > "$RES/kernels.log" 2>&1 && k=ok || k=FAILED
   grep -E "max abs|max rel|Passed|Failed|Skipped" "$RES/kernels.log" | tail -60
   echo "gpu_check: kernels $k"
+fi
+
+if want graphs; then
+  G="$RES/graphs"; mkdir -p "$G"
+  T=tests/fixtures/train/tiny/tokens.bin
+  common=(--hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 32 --lora-rank 4 --lora-alpha 8
+          --lora-targets all-linear --lr 2e-3 --warmup 3 --lr-schedule cosine --weight-decay 0.01)
+  "$COMPILE" "${common[@]}" --micro-batches 2 -o "$G/single.lp" > "$G/compile.log"
+  "$COMPILE" "${common[@]}" --micro-batches 2 --precision bf16 -o "$G/bf16.lp" >> "$G/compile.log"
+  "$COMPILE" "${common[@]}" --micro-batches 2 --dp 2 -o "$G/dp2.lp" >> "$G/compile.log"
+  run=(--data "$T" --steps 20 --seed 7 --log-every 1 --backend cuda)
+  status=ok
+  for plan in single bf16; do
+    "$RUN" "$G/$plan.lp" "${run[@]}" --out "$G/${plan}_eager" > "$G/${plan}_eager.log" 2>&1 || status=FAILED
+    PARALLORA_CUDA_GRAPHS_VERBOSE=1 "$RUN" "$G/$plan.lp" "${run[@]}" --cuda-graphs --out "$G/${plan}_graphs" \
+        > "$G/${plan}_graphs.log" 2>&1 || status=FAILED
+  done
+  mpirun -np 2 "$RUN" "$G/dp2.lp" "${run[@]}" --out "$G/dp2_eager" > "$G/dp2_eager.log" 2>&1 || status=FAILED
+  mpirun -np 2 -x PARALLORA_CUDA_GRAPHS_VERBOSE=1 "$RUN" "$G/dp2.lp" "${run[@]}" --cuda-graphs --out "$G/dp2_graphs" \
+      > "$G/dp2_graphs.log" 2>&1 || status=FAILED
+  {
+    for plan in single bf16 dp2; do
+      echo "== $plan: --cuda-graphs vs eager (exact)"
+      python3 scripts/compare_losses.py "$G/${plan}_graphs/metrics.jsonl" --against "$G/${plan}_eager/metrics.jsonl" \
+          --exact | tail -1 || status=FAILED
+      grep -h "\[cuda-graphs\]" "$G/${plan}_graphs.log" | sort | uniq -c || true
+      for m in eager graphs; do
+        python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print('  $m tokens/s median', s.get('tokens_per_s_median'))" \
+            "$G/${plan}_$m/summary.json" 2>/dev/null || true
+      done
+    done
+    echo "gpu_check: graphs $status (expect: micro_step captured for single/bf16, optimizer_step and dp2's"
+    echo "  micro_step (all_reduce_start) running eagerly, losses identical)"
+  } 2>&1 | tee "$G/summary.txt"
 fi
 
 if want equivalence; then

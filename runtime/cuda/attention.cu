@@ -192,11 +192,16 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
 template <int DPL, typename E>
 Status launch_fwd(const Dims &d, const E *q, const E *k, const E *v, E *o, size_t smem) {
   auto kernel = attention_fwd_kernel<DPL, E>;
-  if (smem > 48 * 1024)
+  // Raised once per size (not on every launch: keeps the call out of CUDA graph captures, whose
+  // warm-up run did it).
+  static size_t smem_set = 48 * 1024;
+  if (smem > smem_set) {
     if (Status s = cuda_status(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)),
                                "attention_fwd: cudaFuncSetAttribute");
         !s)
       return s;
+    smem_set = smem;
+  }
   dim3 grid(unsigned(d.B * d.Hq), unsigned((d.T + kBr - 1) / kBr));
   kernel<<<grid, kFwdWarps * 32, smem, stream()>>>(q, k, v, o, int(d.Hq), int(d.Hkv), int(d.group), int(d.T),
                                                     int(d.S), int(d.Dh), d.scale, d.causal);
@@ -337,7 +342,11 @@ StatusOr<float *> row_scratch(size_t floats) {
   static thread_local size_t have = 0;
   const size_t bytes = std::max<size_t>(floats * sizeof(float), 256);
   if (bytes > have) {
-    if (ptr) cudaFreeAsync(ptr, stream());
+    if (graph::capturing()) return graph::refuse_capture("the attention row scratch would grow");
+    if (ptr && graph::graphs_exist())
+      graph::retire(ptr, false);  // a captured graph may use it
+    else if (ptr)
+      cudaFreeAsync(ptr, stream());
     ptr = nullptr;
     have = 0;
     if (Status s = cuda_status(cudaMallocAsync(&ptr, bytes, stream()), "cudaMallocAsync (attention scratch)"); !s)
@@ -398,7 +407,8 @@ Status launch_bwd(Check &ck, const Dims &d, const E *q, const E *k, const E *v, 
   float *row_m = *scratch, *row_inv = row_m + rows, *row_D = row_inv + rows;
   const size_t smem1 = size_t(kBwdWarps * (2 * d.Dh + 32)) * sizeof(float);
   const size_t smem2 = size_t(kBwdWarps * (2 * d.Dh + 64)) * sizeof(float);
-  if (smem2 > 48 * 1024) {
+  static size_t smem_set = 48 * 1024;  // raised once per size (see launch_fwd)
+  if (smem2 > smem_set) {
     if (Status s = cuda_status(cudaFuncSetAttribute(attention_bwd_rows_kernel<E>,
                                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem1)),
                                "cudaFuncSetAttribute");
@@ -409,6 +419,7 @@ Status launch_bwd(Check &ck, const Dims &d, const E *q, const E *k, const E *v, 
                                "cudaFuncSetAttribute");
         !s)
       return ck.error(s.message());
+    smem_set = smem2;
   }
   const int64_t blocks1 = (rows + kBwdWarps - 1) / kBwdWarps, blocks2 = (kv_rows + kBwdWarps - 1) / kBwdWarps;
   if (!ck.expect(blocks1 <= INT32_MAX && blocks2 <= INT32_MAX, "attention too large for the CUDA kernels' grid"))

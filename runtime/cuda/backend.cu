@@ -18,9 +18,17 @@
 // (cudaMemAdviseSetPreferredLocation) and prefetched there, so the arena and the persistent
 // buffers stay in device memory in steady state while host code can still touch them (a host
 // access migrates the touched pages; the next kernel that uses them brings them back).
+// Allocations under 1 MiB count as host-written (inputs, test operands): they stay where the host
+// puts them and are advised cudaMemAdviseSetAccessedBy(device) (mapped for the device, read
+// without migrating them back and forth). See backend.h for the executor hook a real
+// asynchronous input copy needs.
 //
-// NEXT STEP: NCCL (ncclAllReduce / ncclSend / ncclRecv on stream(), one communicator per group
-// built from the plan's mesh) to keep gradients on the device; it needs one GPU per rank.
+// CUDA graphs: memory().run_program (graph.cu) with one graph cache per memory() call.
+// memory().sync does nothing while this thread captures a program (the executor's end-of-run
+// wait would break the capture; nothing captured has executed).
+//
+// NCCL (nccl_comm.h) replaces the collectives with device-side versions when lora-run uses
+// --collectives nccl.
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/cuda/backend.h"
@@ -31,12 +39,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
 
 #include "runtime/comm/comm.h"
 #include "runtime/cuda/common.cuh"
+#include "runtime/cuda/graph.cuh"
 #include "runtime/cuda/kernels_impl.h"
 
 namespace parallora::rt::cuda {
@@ -248,10 +258,15 @@ void place_on_device(void *p, size_t bytes) {
     }
     return v != 0;
   }();
-  if (!concurrent || bytes < kPrefetchMinBytes) return;
+  if (!concurrent) return;
   cudaMemLocation loc{};
   loc.type = cudaMemLocationTypeDevice;
   loc.id = device_state().device;
+  if (bytes < kPrefetchMinBytes) {
+    // Host-written (inputs, operands): map them for the device, leave them where they are.
+    if (cudaMemAdvise(p, bytes, cudaMemAdviseSetAccessedBy, loc) != cudaSuccess) cudaGetLastError();
+    return;
+  }
   bool ok = cudaMemAdvise(p, bytes, cudaMemAdviseSetPreferredLocation, loc) == cudaSuccess;
   // Prefetch on the backend's stream and wait: the caller (the executor) may write the block
   // from the host right after (parameter init), which must not race the migration.
@@ -263,7 +278,10 @@ void place_on_device(void *p, size_t bytes) {
 
 MemoryHooks memory() {
   MemoryHooks h;
-  h.alloc = [](size_t bytes) -> void * {
+  // This hooks instance's CUDA graphs (graph.cu): shared by the copies of the hooks (the
+  // executor's and its caller's), released with the last one.
+  std::shared_ptr<graph::Cache> graphs = graph::new_cache();
+  h.alloc = [graphs](size_t bytes) -> void * {
     if (!device_state().ok) return nullptr;
     void *p = nullptr;
     const size_t n = bytes == 0 ? 1 : bytes;
@@ -272,6 +290,7 @@ MemoryHooks memory() {
       return nullptr;
     }
     place_on_device(p, n);
+    graph::note_alloc(*graphs, p);
     AllocTracker &t = alloc_tracker();
     std::lock_guard<std::mutex> lock(t.mu);
     t.sizes[p] = n;
@@ -279,8 +298,9 @@ MemoryHooks memory() {
     t.peak = std::max(t.peak, t.current);
     return p;
   };
-  h.free = [](void *p) {
+  h.free = [graphs](void *p) {
     if (!p) return;
+    graph::note_free(*graphs, p);  // drops the graphs that point into the executor's blocks
     {
       AllocTracker &t = alloc_tracker();
       std::lock_guard<std::mutex> lock(t.mu);
@@ -292,7 +312,10 @@ MemoryHooks memory() {
     }
     cudaFree(p);
   };
-  h.sync = [] { return sync_stream(); };
+  h.sync = [] { return graph::capturing() ? Status::ok() : sync_stream(); };
+  h.run_program = [graphs](const std::string &program, int slot, const std::function<Status()> &eager) {
+    return graph::run_program(*graphs, program, slot, eager);
+  };
   return h;
 }
 
@@ -365,9 +388,12 @@ void register_kernels(KernelRegistry &registry) {
   // Overlapped gradient buckets: the host kernels pack from / unpack into managed memory once the
   // stream is idle (the communicator's staging is host memory). With NCCL the start completes the
   // reduction at once (Communicator's default); overlap on a second stream is future work.
+  // Not capturable into a CUDA graph (StepState::last_micro and the communicator's host state
+  // decide per call): refused at entry (graph.cu's audit).
   for (const char *name : {"all_reduce_start", "all_reduce_wait"})
     if (const KernelFn *f = host.find(name))
-      registry.add(name, [fn = *f](KernelCall &c) -> Status {
+      registry.add(name, [fn = *f, name](KernelCall &c) -> Status {
+        if (graph::capturing()) return graph::refuse_capture(std::string(name) + " (host-staged bucket)");
         if (Status s = sync_stream(); !s) return s;
         return fn(c);
       });

@@ -6,8 +6,10 @@
 // Memory: the executor's buffers come from memory() = CUDA managed memory (cudaMallocManaged),
 // so host code (parameter init, feed, loss, adapter export) reads and writes the same pointers
 // the kernels use; allocations of 1 MiB and more (the arena, the persistent block) are advised
-// to prefer the device and prefetched there, so they live in device memory in steady state; kernels run asynchronously on the backend's stream and memory().sync waits
-// for them (the executor calls it at the end of every program). Collectives (all_reduce, send,
+// to prefer the device and prefetched there, so they live in device memory in steady state;
+// smaller ones are host-written (inputs) and only mapped for the device (AccessedBy). Kernels run
+// asynchronously on the backend's stream and memory().sync waits for them (the executor calls it
+// at the end of every program); memory().run_program replays programs as CUDA graphs (graph.cu). Collectives (all_reduce, send,
 // recv, and the vocabulary-parallel / clipping reductions) synchronize the stream and then go
 // through the rank's Communicator on host-visible memory: the host-staged MPI path, which also
 // lets several ranks share one GPU (NCCL refuses that).
@@ -38,8 +40,50 @@ std::string device_description();
 /// Registers every kernel of the contract for this backend.
 void register_kernels(KernelRegistry &registry);
 
-/// Allocation and synchronization hooks for Executor::create.
+/// Allocation, synchronization and whole-program hooks for Executor::create. Call it once per
+/// Executor: the hooks carry that executor's CUDA graphs.
+///   alloc / free / sync: managed memory (file comment) and a wait for stream().
+///   run_program: CUDA graph capture and replay (runtime/cuda/graph.cu; lora-run keeps it only
+///     with --cuda-graphs): the first run of a (program, slot) is eager (warm-up), the second is
+///     captured into a graph and launched, later runs replay it. A program with a kernel that
+///     needs host work per call (adamw_step, overlapped gradient buckets, vocabulary-parallel
+///     cross entropy: the audit in graph.cu) is not capturable and keeps running eagerly; a
+///     capture problem never fails a run. Replays are bit-identical to eager runs.
+///
+/// Small allocations (< 1 MiB) are treated as host-written (inputs, tests' operands): they are
+/// advised cudaMemAdviseSetAccessedBy(device), so the device maps them and reads them without
+/// migrating the pages back and forth; large ones are advised to live on the device.
+///
+/// TODO (lead, executor): a true next-batch copy overlap needs an executor hook, which these
+/// hooks cannot provide: the executor keeps every Input buffer inside its one persistent block
+/// (>= 1 MiB, preferred on the device), and feed() writes it from the host with std::memcpy, so
+/// each step's first kernel faults the input pages back to the device. Proposed hook:
+///   MemoryHooks::feed_async: std::function<Status(void *dst, const void *src, size_t bytes)>
+///   Executor::feed calls it (when set) instead of memcpy, with src = the caller's host data
+///   (lora-run's next batch, kept alive until the next run() returns). The CUDA backend copies
+///   src into a pinned host ring buffer (one slot per executor slot) and issues
+///   cudaMemcpyAsync(dst, pinned, bytes, cudaMemcpyHostToDevice, copy_stream) on a second stream
+///   with an event; run() (or run_program, before capture/launch) makes stream() wait for the
+///   event (cudaStreamWaitEvent). Gains: the input arrives by one DMA copy instead of page faults
+///   inside the first kernel; and once run() of a micro_step no longer waits at its end (only
+///   where the host needs results: loss, optimizer_step), lora-run feeds batch k+1 while batch
+///   k's kernels run. That needs a second copy of every Input (double buffering per slot), since
+///   the Input buffer of the running micro-batch must not be overwritten, and a graph replay must
+///   then read the copy of its own run (e.g. alternate two graphs per slot, or copy into the one
+///   the graph reads on stream() after the previous run). Int-to-float conversion of f32 inputs
+///   would move to the device (a small kernel after the copy).
 MemoryHooks memory();
+
+/// What run_program did so far in this process (all hooks instances, all threads).
+struct GraphCounters {
+  int64_t warmups = 0;     // first runs of a (program, slot): eager
+  int64_t captures = 0;    // graphs captured and instantiated
+  int64_t replays = 0;     // graph launches (the capturing run's own launch included)
+  int64_t fallbacks = 0;   // captures abandoned: that (program, slot) runs eagerly from then on
+  int64_t eager_runs = 0;  // runs that called eager() for real (warm-ups and fallbacks included)
+  std::string last_fallback;  // "program 'optimizer_step' slot 0: instruction #0 adamw_step ..."
+};
+GraphCounters graph_counters();
 
 /// Device memory of this process's device. used/total: cudaMemGetInfo (total - free; the whole
 /// device, so other processes sharing the GPU count too). allocated/peak_allocated: the managed

@@ -33,7 +33,13 @@ StatusOr<void *> ScratchPool::get(size_t slot, size_t bytes) {
   Block &b = blocks_[slot];
   const size_t want = std::max<size_t>(bytes, 256);
   if (want > b.bytes) {
-    if (b.p) cudaFreeAsync(b.p, stream());  // after the queued work that uses it
+    // A CUDA graph must neither own nor free a block (graph.cuh): refuse the capture; once
+    // graphs exist, the old block may be baked into one: keep it.
+    if (graph::capturing()) return graph::refuse_capture("a scratch pool would grow");
+    if (b.p && graph::graphs_exist())
+      graph::retire(b.p, false);
+    else if (b.p)
+      cudaFreeAsync(b.p, stream());  // after the queued work that uses it
     b.p = nullptr;
     b.bytes = 0;
     if (Status s = cuda_status(cudaMallocAsync(&b.p, want, stream()), "cudaMallocAsync (bf16 scratch)"); !s) {

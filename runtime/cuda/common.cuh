@@ -6,6 +6,7 @@
 #include <string>
 
 #include "frontend/status.h"
+#include "runtime/cuda/graph.cuh"
 #include "runtime/kernel.h"
 
 namespace parallora::rt::cuda {
@@ -22,7 +23,12 @@ inline Status cuda_status(cudaError_t e, const char *what) {
 inline Status check_launch(const char *kernel) { return cuda_status(cudaGetLastError(), kernel); }
 
 /// Waits for the stream (before host code or a host-staged collective reads kernel output).
-inline Status sync_stream() { return cuda_status(cudaStreamSynchronize(stream()), "cudaStreamSynchronize"); }
+/// While a program is being captured into a CUDA graph (graph.cuh) a wait means the kernel needs
+/// host work per call: the capture is refused (the program runs eagerly) and the error returned.
+inline Status sync_stream() {
+  if (graph::capturing()) return graph::refuse_capture("the kernel waits for the stream (host work per call)");
+  return cuda_status(cudaStreamSynchronize(stream()), "cudaStreamSynchronize");
+}
 
 inline int blocks_for(int64_t n, int threads = 256) {
   int64_t b = (n + threads - 1) / threads;

@@ -38,7 +38,9 @@ inline Status fail(const KernelCall &call, const char *kernel, const std::string
 //===--------------------------------------------------------------------===//
 
 /// A grow-only cudaMallocManaged buffer. Growing waits for the stream first (a queued kernel
-/// may still use the old block). Never freed (lives as long as the process / thread).
+/// may still use the old block). Never freed (lives as long as the process / thread). CUDA
+/// graphs (graph.cuh): growing while capturing refuses the capture; once graphs exist the old
+/// block is retired, not freed.
 /// Declare instances `static thread_local` in the .cu that uses them: ranks run as processes,
 /// but a test driving several ranks from threads of one process must not share scratch.
 class ManagedScratch {
@@ -48,9 +50,13 @@ public:
     size_t bytes = count * sizeof(T);
     if (bytes == 0) bytes = sizeof(T);
     if (bytes > bytes_) {
+      if (graph::capturing()) return graph::refuse_capture("a managed scratch buffer would grow");
       if (ptr_) {
         if (Status s = sync_stream(); !s) return s;
-        cudaFree(ptr_);
+        if (graph::graphs_exist())
+          graph::retire(ptr_, true);  // a captured graph may use it
+        else
+          cudaFree(ptr_);
         ptr_ = nullptr;
         bytes_ = 0;
       }

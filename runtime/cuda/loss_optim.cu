@@ -6,8 +6,10 @@
 // cross_entropy: logits and dlogits are f32 or bf16 (templated loads / stores: bf16 logits
 // are read widened in place, never copied; dlogits rounded once on store); the loss is f32 (or
 // bf16, rounded once from the f32 mean). A setup kernel resolves each logits row's target (the label, or -1 when the row
-// does not count) and finds the first bad label; the host waits for it (a bad label is an error
-// naming its value and position, and the count of counted rows is needed on the host anyway).
+// does not count), counts the counted rows (a device word the mean and the gradient kernels
+// read: no host value per call, so CUDA graphs can replay them) and finds the first bad label;
+// the host waits for it (a bad label is an error naming its value and position). Inside a CUDA
+// graph that host check runs after each replay instead (graph.cu).
 // Row statistics use one block per row: the max in float (exact in any order), the sum of
 // exp(x - max) in double, grouped by block_reduce's fixed tree, so results are reproducible.
 // The loss is the mean of per-row double losses, summed by one block in a fixed order.
@@ -48,11 +50,11 @@ namespace {
 //===--------------------------------------------------------------------===//
 
 // target[r] for row r = b*T + t: labels[b, t + shift], or -1 (t + shift >= T, or ignore_index).
-// words[0] = the first row with a label outside [0, vocab) (atomicMin), words[1] = the number of
+// *bad = the first row with a label outside [0, vocab) (atomicMin), *count = the number of
 // counted rows (integer atomics: exact in any order).
 __global__ void ce_targets_kernel(const int32_t *labels, int64_t rows, int64_t T, int64_t shift,
                                   int64_t ignore, int64_t vocab, int32_t *target,
-                                  unsigned long long *words) {
+                                  unsigned long long *bad, unsigned long long *count) {
   PARALLORA_GRID_LOOP(r, rows) {
     const int64_t t = r % T;
     int32_t tg = -1;
@@ -60,13 +62,13 @@ __global__ void ce_targets_kernel(const int32_t *labels, int64_t rows, int64_t T
       const int64_t l = labels[r + shift];
       if (l != ignore) {
         if (l < 0 || l >= vocab)
-          atomicMin(&words[0], (unsigned long long)r);
+          atomicMin(bad, (unsigned long long)r);
         else
           tg = int32_t(l);
       }
     }
     target[r] = tg;
-    if (tg >= 0) atomicAdd(&words[1], 1ull);
+    if (tg >= 0) atomicAdd(count, 1ull);
   }
 }
 
@@ -105,16 +107,19 @@ __global__ void ce_row_loss_kernel(const TL *logits, const int32_t *target, int6
 }
 
 // One block: loss = sum of row_loss / count (0 when nothing counts), summed in a fixed order.
+// The count is read on the device (a CUDA graph replays this launch: graph.cu).
 template <typename TO>
-__global__ void ce_mean_kernel(const double *row_loss, int64_t rows, int64_t count, TO *loss) {
+__global__ void ce_mean_kernel(const double *row_loss, int64_t rows, const unsigned long long *count_p,
+                               TO *loss) {
   double s = 0.0;
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += row_loss[r];
   s = util::block_reduce(s, util::SumOp(), 0.0);
+  const int64_t count = rows > 0 ? int64_t(*count_p) : 0;
   if (threadIdx.x == 0) st(loss, 0, count > 0 ? float(s / double(count)) : 0.0f);
 }
 
 // loss = the mean of row_loss, into an f32 or bf16 scalar.
-Status ce_mean(const double *row_loss, int64_t rows, int64_t count, const Tensor &loss) {
+Status ce_mean(const double *row_loss, int64_t rows, const unsigned long long *count, const Tensor &loss) {
   if (is_bf16(loss))
     ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(row_loss, rows, count, static_cast<bf16_t *>(loss.data));
   else
@@ -174,9 +179,12 @@ __global__ void ce_shard_row_loss_kernel(const int32_t *target, const float *mx,
 // p_j = double(exp(x_j - max)) / sum; zeros for rows that do not count. Unsharded (gmax null)
 // the block computes max and sum itself; sharded it uses the group's (gmax, gsum) and the
 // target column is label - lo (outside [0, V) when another shard holds it).
+// coef = grad_scale / count (0 when nothing counts), the count read on the device (graph.cu):
+// the same IEEE double division the host did.
 template <typename TL, typename TD>
 __global__ void ce_grad_kernel(const TL *logits, const int32_t *target, int64_t V, int64_t lo,
-                               const float *gmax, const float *gsum, double coef, TD *dl) {
+                               const float *gmax, const float *gsum, const unsigned long long *count,
+                               double grad_scale, TD *dl) {
   const int64_t r = blockIdx.x;
   const int32_t l = target[r];
   TD *d = dl + r * V;
@@ -184,6 +192,8 @@ __global__ void ce_grad_kernel(const TL *logits, const int32_t *target, int64_t 
     for (int64_t j = threadIdx.x; j < V; j += blockDim.x) st(d, j, 0.0f);
     return;
   }
+  const int64_t n = int64_t(*count);
+  const double coef = n > 0 ? grad_scale / double(n) : 0.0;
   const TL *x = logits + r * V;
   float m;
   double inv;
@@ -229,26 +239,27 @@ void launch_shard_sums(const Tensor &logits, const int32_t *target, int64_t rows
     ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, mx, sums, tgt);
 }
 void launch_grad(const Tensor &logits, const int32_t *target, int64_t rows, int64_t V, int64_t lo,
-                 const float *gmax, const float *gsum, double coef, const Tensor &dl) {
+                 const float *gmax, const float *gsum, const unsigned long long *count, double grad_scale,
+                 const Tensor &dl) {
   const unsigned grid = unsigned(rows);
   const auto *lb = static_cast<const bf16_t *>(logits.data);
   auto *db = static_cast<bf16_t *>(dl.data);
   if (is_bf16(logits) && is_bf16(dl))
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, coef, db);
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, count, grad_scale, db);
   else if (is_bf16(logits))
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, coef, dl.f32());
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, count, grad_scale, dl.f32());
   else if (is_bf16(dl))
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, coef, db);
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, count, grad_scale, db);
   else
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, coef, dl.f32());
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, count, grad_scale, dl.f32());
 }
 
 // Scratch of the cross-entropy kernels (per thread; see ManagedScratch).
 thread_local util::ManagedScratch g_ce_words, g_ce_target, g_ce_rowloss, g_ce_max, g_ce_red;
 
 struct CeSetup : CrossEntropyArgs {
-  int32_t *target = nullptr;  // managed, B*T: the label of each logits row, or -1
-  int64_t count = 0;
+  int32_t *target = nullptr;           // managed, B*T: the label of each logits row, or -1
+  unsigned long long *count = nullptr;  // managed: the number of counted rows (device-side)
 };
 
 // Operands and attrs checked by parse_cross_entropy_args (runtime/kernel_check: the CPU kernel's
@@ -262,31 +273,53 @@ bool ce_setup(const KernelCall &c, Check &ck, bool backward, CeSetup *cs) {
   if (!ck.expect(rows <= 0x7fffffff, "logits have too many rows for one grid: " +
                                          std::to_string(rows)))
     return false;
+  // Sharded: host-staged all-reduces of the row statistics follow (graph.cu's audit).
+  if (cs->vocab.sharded && graph::capturing())
+    return ck.expect(false, graph::refuse_capture("vocabulary-parallel cross entropy (host-staged all-reduces)").message());
   StatusOr<unsigned long long *> words = g_ce_words.get<unsigned long long>(2);
   if (!words) return ck.expect(false, words.message());
   StatusOr<int32_t *> target = g_ce_target.get<int32_t>(size_t(rows));
   if (!target) return ck.expect(false, target.message());
   cs->target = *target;
-  cs->count = 0;
+  cs->count = *words + 1;
   if (rows == 0) return true;
-  if (Status s = cuda_status(cudaMemsetAsync(*words, 0xff, sizeof(unsigned long long), stream()),
+  // The bad-label word: words[0], or, captured into a CUDA graph, a word of the graph checked
+  // on the host after every replay (graph.cuh); the targets of a bad label are -1 meanwhile.
+  const bool deferred = graph::capturing();
+  StatusOr<unsigned long long *> bad_word = deferred ? graph::check_word() : StatusOr<unsigned long long *>(*words);
+  if (!bad_word) return ck.expect(false, bad_word.message());
+  if (Status s = cuda_status(cudaMemsetAsync(*bad_word, 0xff, sizeof(unsigned long long), stream()),
                              "cudaMemsetAsync");
       !s)
     return ck.expect(false, s.message());
-  if (Status s = cuda_status(cudaMemsetAsync(*words + 1, 0, sizeof(unsigned long long), stream()),
+  if (Status s = cuda_status(cudaMemsetAsync(cs->count, 0, sizeof(unsigned long long), stream()),
                              "cudaMemsetAsync");
       !s)
     return ck.expect(false, s.message());
   ce_targets_kernel<<<blocks_for(rows, kEltThreads), kEltThreads, 0, stream()>>>(
-      labels.i32(), rows, cs->T, cs->shift, cs->ignore, V, cs->target, *words);
+      labels.i32(), rows, cs->T, cs->shift, cs->ignore, V, cs->target, *bad_word, cs->count);
   if (Status s = check_launch("ce_targets_kernel"); !s) return ck.expect(false, s.message());
+  auto label_error = [](const int32_t *lab, unsigned long long bad, const CrossEntropyArgs &a) {
+    const int64_t r = int64_t(bad), b = r / a.T, t = r % a.T + a.shift;
+    return ce_label_error(lab[b * a.T + t], b, t, a);
+  };
+  if (deferred) {
+    const plan::Instr *instr = c.instr;
+    const int32_t *lab = labels.i32();
+    unsigned long long *word = *bad_word;
+    const CrossEntropyArgs args = *cs;
+    const char *kernel = backward ? "cross_entropy_bwd" : "cross_entropy_fwd";
+    graph::defer_check([instr, lab, word, args, kernel, label_error]() -> Status {
+      if (*word == util::kNoError) return Status::ok();
+      KernelCall call;
+      call.instr = instr;
+      return util::fail(call, kernel, label_error(lab, *word, args));
+    });
+    return true;
+  }
   if (Status s = sync_stream(); !s) return ck.expect(false, s.message());
   const unsigned long long bad = (*words)[0];
-  if (bad != util::kNoError) {
-    const int64_t r = int64_t(bad), b = r / cs->T, t = r % cs->T + cs->shift;
-    return ck.expect(false, ce_label_error(labels.i32()[b * cs->T + t], b, t, *cs));
-  }
-  cs->count = int64_t((*words)[1]);
+  if (bad != util::kNoError) return ck.expect(false, label_error(labels.i32(), bad, *cs));
   return true;
 }
 
@@ -334,7 +367,7 @@ Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
 
 Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs) {
   const int64_t rows = cs.B * cs.T;
-  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
+  const double grad_scale = c.attr_f("grad_scale", 1.0);
   float *mx = nullptr;
   if (Status s = global_row_max(c, ck, cs, vs, &mx); !s) return s;
   StatusOr<float *> sums = g_ce_red.get<float>(size_t(rows));
@@ -347,7 +380,7 @@ Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
   if (Status s = c.comm->all_reduce(vs.group, *sums, rows, ReduceOp::Sum); !s)
     return ck.error(s.message());
   if (rows > 0) {
-    launch_grad(c.in[0], cs.target, rows, cs.V, vs.lo, mx, *sums, coef, c.out[0]);
+    launch_grad(c.in[0], cs.target, rows, cs.V, vs.lo, mx, *sums, cs.count, grad_scale, c.out[0]);
     if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
   }
   return Status::ok();
@@ -448,15 +481,18 @@ Status cross_entropy_bwd(KernelCall &c) {
   const Tensor &logits = c.in[0], &dl = c.out[0];
   if (cs.vocab.sharded) return sharded_bwd(c, ck, cs, cs.vocab);
   const int64_t rows = cs.B * cs.T;
-  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
   if (rows == 0) return Status::ok();
-  launch_grad(logits, cs.target, rows, cs.V, 0, nullptr, nullptr, coef, dl);
+  launch_grad(logits, cs.target, rows, cs.V, 0, nullptr, nullptr, cs.count, c.attr_f("grad_scale", 1.0), dl);
   if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
   return Status::ok();
 }
 
 Status adamw_step(KernelCall &c) {
   Check ck(c, "adamw_step");
+  // lr / step from the host StepState, the norm summed on the host: never inside a CUDA graph
+  // (graph.cu's audit).
+  if (graph::capturing())
+    return ck.error(graph::refuse_capture("adamw_step reads lr / step from the host each step").message());
   AdamwArgs args;  // operands and attributes, checked the same way on every backend
   if (!parse_adamw_args(c, ck, &args)) return ck.status();
   StepState &st = *c.step;

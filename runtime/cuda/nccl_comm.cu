@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <list>
+#include <map>
 #include <thread>
 #include <variant>
 
@@ -182,6 +183,28 @@ public:
   Status send(int peer, int tag, const void *data, int64_t bytes) override;
   Status recv(int peer, int tag, void *data, int64_t bytes) override;
   Status flush() override;
+  /// Overlapped buckets (file comment of nccl_comm.h, OVERLAP): the reduction runs on the comm
+  /// stream after the work queued on stream() so far; all_reduce_wait waits for it (deadline)
+  /// and orders stream() after it.
+  Status all_reduce_start(int handle, const std::string &group, void *data, int64_t count, plan::ElemType dtype,
+                          ReduceOp op) override;
+  Status all_reduce_wait(int handle) override;
+  void progress() override;
+
+  /// The device staging of bucket `handle` (the device-side all_reduce_start packs into it and
+  /// reduces it in place): at least `bytes`, grow-only, stream-ordered on stream(). Only grown
+  /// while the bucket is not in flight (a start after its wait).
+  StatusOr<char *> bucket_staging(int handle, size_t bytes) {
+    DeviceBuffer &b = bucket_staging_[handle];
+    if (Status s = b.reserve(std::max<size_t>(bytes, 1)); !s) return s;
+    return static_cast<char *>(b.p);
+  }
+  /// Bytes the device-side start of `handle` packed (-1: none).
+  int64_t bucket_bytes(int handle) const {
+    auto it = bucket_bytes_.find(handle);
+    return it == bucket_bytes_.end() ? -1 : it->second;
+  }
+  void set_bucket_bytes(int handle, int64_t bytes) { bucket_bytes_[handle] = bytes; }
 
 private:
   std::string prefix() const { return "rank " + std::to_string(rank_) + ": "; }
@@ -190,6 +213,8 @@ private:
   /// Waits for `s` (cudaStreamQuery) while watching `h`'s async error. On timeout or error
   /// aborts h (marks it broken with `broken_why`) and returns the error; `what` names the op.
   Status wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what, const char *hang_hint);
+  /// Same for an event (cudaEventQuery): the comm stream's "done" event of a bucket.
+  Status wait_event(cudaEvent_t ev, NcclHandle *h, const std::string &what, const char *hang_hint);
   void abort(NcclHandle &h, const std::string &why);
   /// One group collective (all_reduce or broadcast) on `data`, staged when on the host.
   Status collective(NcclHandle *h, const std::string &what, void *data, size_t bytes,
@@ -215,6 +240,17 @@ private:
   DeviceBuffer staging_;               // host-pointer staging for collectives / recv
   std::list<PendingSend> pending_;
   Status send_error_;
+  // Overlapped buckets.
+  struct AsyncReduce {
+    cudaEvent_t done = nullptr;  // recorded on comm_stream_ after the reduction; null: completed
+    NcclHandle *h = nullptr;
+    std::string what;
+    Status error;                // an asynchronous NCCL error seen by progress()
+  };
+  cudaStream_t comm_stream_ = nullptr;  // high priority, non-blocking
+  std::map<int, AsyncReduce> async_;    // started, not yet waited for
+  std::map<int, DeviceBuffer> bucket_staging_;
+  std::map<int, int64_t> bucket_bytes_;
 };
 
 Status NcclCommunicator::create(NcclHandle &h, const ncclUniqueId &id, Clock::time_point deadline) {
@@ -350,6 +386,17 @@ Status NcclCommunicator::init(bool single_rank_comms) {
   // Streams.
   if (cudaError_t e = cudaStreamCreateWithFlags(&send_stream_, cudaStreamNonBlocking); e != cudaSuccess)
     return Status::error(prefix() + "cudaStreamCreate (send stream): " + cuda_err(e));
+  {
+    // The overlapped buckets' stream: highest priority, so a reduction's NCCL kernel starts while
+    // the backward's kernels keep the device busy.
+    int least = 0, greatest = 0;
+    if (cudaDeviceGetStreamPriorityRange(&least, &greatest) != cudaSuccess) {
+      cudaGetLastError();
+      greatest = 0;
+    }
+    if (cudaError_t e = cudaStreamCreateWithPriority(&comm_stream_, cudaStreamNonBlocking, greatest); e != cudaSuccess)
+      return Status::error(prefix() + "cudaStreamCreate (bucket stream): " + cuda_err(e));
+  }
 
   // The communicators, in plan order; identical member lists share one.
   std::vector<NcclHandle *> made(plans.size(), nullptr);
@@ -398,8 +445,13 @@ NcclCommunicator::~NcclCommunicator() {
   }
   for (PendingSend &ps : pending_)
     if (ps.done) cudaEventDestroy(ps.done);
+  for (auto &kv : async_)
+    if (kv.second.done) cudaEventDestroy(kv.second.done);
+  async_.clear();
   staging_.release();
+  for (auto &kv : bucket_staging_) kv.second.release();
   if (send_stream_) cudaStreamDestroy(send_stream_);
+  if (comm_stream_) cudaStreamDestroy(comm_stream_);
 }
 
 Status NcclCommunicator::wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what,
@@ -407,6 +459,34 @@ Status NcclCommunicator::wait_stream(cudaStream_t s, NcclHandle *h, const std::s
   const Clock::time_point deadline = deadline_after(timeout_seconds);
   for (int64_t iter = 0;; ++iter) {
     const cudaError_t e = cudaStreamQuery(s);
+    if (e == cudaSuccess) return Status::ok();
+    if (e != cudaErrorNotReady) {
+      cudaGetLastError();
+      if (h) abort(*h, "an earlier operation on it failed on the GPU");
+      return Status::error(prefix() + what + " failed on the GPU: " + cuda_err(e));
+    }
+    if (h && h->comm) {
+      ncclResult_t async = ncclSuccess;
+      ncclCommGetAsyncError(h->comm, &async);
+      if (async != ncclSuccess && async != ncclInProgress) {
+        const std::string msg = nccl_err(h->comm, async);
+        abort(*h, "an earlier operation on it failed (" + msg + ")");
+        return Status::error(prefix() + what + " failed: " + msg);
+      }
+    }
+    if (Clock::now() >= deadline) {
+      if (h) abort(*h, "an earlier operation on it timed out (its NCCL communicator was aborted)");
+      return Status::error(prefix() + what + " did not complete within " + seconds_str(timeout_seconds) + " s (" +
+                           hang_hint + ")");
+    }
+    backoff(iter);
+  }
+}
+
+Status NcclCommunicator::wait_event(cudaEvent_t ev, NcclHandle *h, const std::string &what, const char *hang_hint) {
+  const Clock::time_point deadline = deadline_after(timeout_seconds);
+  for (int64_t iter = 0;; ++iter) {
+    const cudaError_t e = cudaEventQuery(ev);
     if (e == cudaSuccess) return Status::ok();
     if (e != cudaErrorNotReady) {
       cudaGetLastError();
@@ -495,6 +575,110 @@ Status NcclCommunicator::all_reduce(const std::string &group, void *data_, int64
   }
   count_all_reduce(bytes, int(members.size()));
   return Status::ok();
+}
+
+// Overlapped bucket: the comm stream waits for everything queued on stream() so far (the
+// bucket's gradients, packed), reduces in place with NCCL and records `done`; nothing waits on
+// the host. Host data (not device-accessible) takes the blocking path and completes here.
+Status NcclCommunicator::all_reduce_start(int handle, const std::string &group, void *data, int64_t count,
+                                          plan::ElemType dtype, ReduceOp op) {
+  if (started(handle))
+    return Status::error(prefix() + "all_reduce_start of bucket " + std::to_string(handle) + " over group '" + group +
+                         "': the previous start of this bucket was never waited for");
+  StatusOr<unsigned> axes = parse_group(group);
+  if (!axes) return Status::error(prefix() + "all_reduce_start: " + axes.message());
+  NcclHandle *h = groups_[*axes];
+  const std::vector<int> members = group_members(mesh_, rank_, *axes);
+  const int64_t bytes = count * plan::elem_size(dtype);
+  const std::string what = "all_reduce_start of bucket " + std::to_string(handle) + " over group '" + group +
+                           "' (ranks " + rank_list(members) + ") of " + std::to_string(bytes) + " bytes";
+  if (dtype != plan::ElemType::F32 && dtype != plan::ElemType::BF16)
+    return Status::error(prefix() + what + ": i32 data is not supported (f32 or bf16 only)");
+  if (count < 0) return Status::error(prefix() + what + ": negative count");
+  if (count > 0 && !data) return Status::error(prefix() + what + ": no data");
+  AsyncReduce a;
+  a.h = h;
+  a.what = what;
+  if (h && count > 0) {
+    if (!h->broken.empty()) return Status::error(prefix() + what + ": " + h->broken);
+    if (!device_accessible(data)) {
+      if (Status s = all_reduce(group, data, count, dtype, op); !s) return s;  // counts its bytes
+      started_[handle] = what;
+      async_[handle] = std::move(a);
+      return Status::ok();
+    }
+    cudaEvent_t ready = nullptr;
+    cudaError_t e = cudaEventCreateWithFlags(&ready, cudaEventDisableTiming);
+    if (e == cudaSuccess) e = cudaEventRecord(ready, stream());
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(comm_stream_, ready, 0);
+    if (ready) cudaEventDestroy(ready);  // released once the recorded work completes
+    if (e != cudaSuccess) return Status::error(prefix() + what + ": ordering after the compute stream: " + cuda_err(e));
+    const ncclDataType_t ntype = dtype == plan::ElemType::BF16 ? ncclBfloat16 : ncclFloat32;
+    const ncclRedOp_t nop = op == ReduceOp::Sum ? ncclSum : ncclMax;
+    ncclResult_t r = ncclAllReduce(data, data, size_t(count), ntype, nop, h->comm, comm_stream_);
+    if (r == ncclInProgress) r = settle(h->comm, r, deadline_after(timeout_seconds));
+    if (r != ncclSuccess) {
+      const std::string msg = r == ncclInProgress ? "enqueueing did not complete" : nccl_err(h->comm, r);
+      abort(*h, "an earlier operation on it failed to start");
+      return Status::error(prefix() + what + ": ncclAllReduce: " + msg);
+    }
+    if ((e = cudaEventCreateWithFlags(&a.done, cudaEventDisableTiming)) != cudaSuccess ||
+        (e = cudaEventRecord(a.done, comm_stream_)) != cudaSuccess) {
+      if (a.done) cudaEventDestroy(a.done);
+      abort(*h, "an earlier operation on it could not be tracked");
+      return Status::error(prefix() + what + ": cudaEventRecord: " + cuda_err(e));
+    }
+  } else if (h && !h->broken.empty()) {
+    return Status::error(prefix() + what + ": " + h->broken);
+  }
+  count_all_reduce(bytes, int(members.size()));  // at the start, like every communicator
+  started_[handle] = what;
+  async_[handle] = std::move(a);
+  return Status::ok();
+}
+
+// Waits (deadline, watching the group's NCCL errors) for the bucket's reduction, then orders
+// stream() after it. The host waits for the comm stream's event only, never for stream(): the
+// backward's queued kernels keep running; the optimizer step that follows (its clipping norm)
+// waits for the stream anyway, so the host wait costs at most its launch latency. The host wait
+// is the watchdog: a reduction that never completes (a dead or stuck peer) becomes an error
+// naming the bucket and the group, and the communicator is aborted, never a hang in a later
+// stream synchronization.
+Status NcclCommunicator::all_reduce_wait(int handle) {
+  auto it = async_.find(handle);
+  if (it == async_.end())
+    return Status::error(prefix() + "all_reduce_wait of bucket " + std::to_string(handle) + ", which was not started");
+  AsyncReduce a = std::move(it->second);
+  async_.erase(it);
+  started_.erase(handle);
+  Status s = a.error;
+  if (s && a.done)
+    s = wait_event(a.done, a.h, a.what,
+                   "a peer died or is stuck, or the ranks started their buckets in different orders");
+  if (s && a.done)
+    if (cudaError_t e = cudaStreamWaitEvent(stream(), a.done, 0); e != cudaSuccess)
+      s = Status::error(prefix() + a.what + ": cudaStreamWaitEvent: " + cuda_err(e));
+  if (a.done) cudaEventDestroy(a.done);
+  return s;
+}
+
+void NcclCommunicator::progress() {
+  // Surface an asynchronous NCCL error of an in-flight bucket early (its wait returns it).
+  for (auto &kv : async_) {
+    AsyncReduce &a = kv.second;
+    if (!a.done || !a.error.is_ok() || !a.h || !a.h->comm) continue;
+    if (cudaEventQuery(a.done) != cudaErrorNotReady) {
+      cudaGetLastError();
+      continue;
+    }
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError(a.h->comm, &async);
+    if (async != ncclSuccess && async != ncclInProgress) {
+      const std::string msg = nccl_err(a.h->comm, async);
+      a.error = Status::error(prefix() + a.what + " failed: " + msg);
+      abort(*a.h, "an earlier operation on it failed (" + msg + ")");
+    }
+  }
 }
 
 Status NcclCommunicator::broadcast(const std::string &group, float *data, int64_t count, int root) {
@@ -848,11 +1032,125 @@ Status device_broadcast(KernelCall &c) {
   return Status::ok();
 }
 
+bool is_int_attr(const KernelCall &c, const std::string &name) {
+  if (!c.instr) return false;
+  auto it = c.instr->attrs.find(name);
+  if (it == c.instr->attrs.end()) return false;
+  if (std::holds_alternative<int64_t>(it->second)) return true;
+  if (auto *d = std::get_if<double>(&it->second)) return *d == double(int64_t(*d));
+  return false;
+}
+
+/// The bucket number of an all_reduce_start / all_reduce_wait (the host kernels' checks).
+Status bucket_of(const KernelCall &c, const char *K, int *handle) {
+  if (!is_int_attr(c, "bucket")) return kfail(c, K, "missing integer attr 'bucket'");
+  const int64_t b = c.attr_i("bucket", -1);
+  if (b < 0 || b > INT32_MAX) return kfail(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
+  if (!c.comm) return kfail(c, K, "needs a communicator (KernelCall::comm is null)");
+  *handle = int(b);
+  return Status::ok();
+}
+
+// Overlapped gradient bucket, device side (the host kernel's contract: collective_kernels.cpp):
+// on the optimizer step's last micro-batch (StepState::last_micro; no StepState: always) packs
+// x_0..x_{n-1} into the communicator's device staging of `bucket` on stream() and starts the
+// sum over `group` on the comm stream (NcclCommunicator::all_reduce_start: bytes counted here).
+// With another communicator: the host kernel after a stream wait (host-staged).
+Status device_all_reduce_start(const KernelFn &host, KernelCall &c) {
+  const char *K = "all_reduce_start";
+  if (graph::capturing()) return kfail(c, K, graph::refuse_capture("all_reduce_start (StepState::last_micro)").message());
+  if (c.step && !c.step->last_micro) return Status::ok();
+  auto *nc = dynamic_cast<NcclCommunicator *>(c.comm);
+  if (!nc) {
+    if (Status s = sync_stream(); !s) return s;
+    return host(c);
+  }
+  int handle = -1;
+  if (Status s = bucket_of(c, K, &handle); !s) return s;
+  if (!c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
+    return kfail(c, K, "missing string attr 'group'");
+  if (!c.out.empty()) return kfail(c, K, "expected no outputs (the sum is written by all_reduce_wait)");
+  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  int64_t total = 0, bytes = 0;
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    const Tensor &x = c.in[i];
+    if (!x.present() || x.dtype != dtype || (dtype != plan::ElemType::F32 && dtype != plan::ElemType::BF16))
+      return kfail(c, K, "x_" + std::to_string(i) + " must be a present f32 or bf16 tensor of x_0's type");
+    total += x.numel();
+    bytes += x.nbytes();
+  }
+  const std::string group = c.attr_s("group", "");
+  if (nc->started(handle))  // before packing: the staging may still be in flight
+    return kfail(c, K, "rank " + std::to_string(nc->rank()) + ": all_reduce_start of bucket " +
+                           std::to_string(handle) + " over group '" + group +
+                           "': the previous start of this bucket was never waited for");
+  StatusOr<char *> buf = nc->bucket_staging(handle, size_t(bytes));
+  if (!buf) return kfail(c, K, buf.message());
+  int64_t off = 0;
+  for (const Tensor &x : c.in) {
+    if (Status s = scale_copy(x.data, *buf + off, x.numel(), 1.0f, dtype); !s) return kfail(c, K, s.message());
+    off += x.nbytes();
+  }
+  if (Status s = nc->all_reduce_start(handle, group, *buf, total, dtype, ReduceOp::Sum); !s)
+    return kfail(c, K, s.message());
+  nc->set_bucket_bytes(handle, bytes);
+  return Status::ok();
+}
+
+// all_reduce_wait, device side: completes the bucket (NcclCommunicator::all_reduce_wait: a
+// deadline, stream() ordered after the reduction) and writes y_i = scale * sum on stream(); with
+// no start (not the last micro-batch's backward, or a plan without overlap) it is the device
+// all_reduce of x_i into y_i, exactly as the host kernel falls back.
+Status device_all_reduce_wait(const KernelFn &host, KernelCall &c) {
+  const char *K = "all_reduce_wait";
+  if (graph::capturing()) return kfail(c, K, graph::refuse_capture("all_reduce_wait (communicator state)").message());
+  int handle = -1;
+  if (Status s = bucket_of(c, K, &handle); !s) return s;
+  if (!c.comm->started(handle)) return device_all_reduce(c);  // never started: reduce here
+  auto *nc = dynamic_cast<NcclCommunicator *>(c.comm);
+  if (!nc) {
+    if (Status s = sync_stream(); !s) return s;
+    return host(c);
+  }
+  if (c.in.size() != c.out.size())
+    return kfail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
+                           std::to_string(c.out.size()) + " outputs");
+  int64_t bytes = 0;
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    if (!c.out[i].present() || c.out[i].dtype != c.in[i].dtype || c.out[i].numel() != c.in[i].numel())
+      return kfail(c, K, "y_" + std::to_string(i) + " must match x_" + std::to_string(i));
+    bytes += c.out[i].nbytes();
+  }
+  // Complete the reduction first (also on a size mismatch: the bucket must not stay in flight).
+  Status waited = nc->all_reduce_wait(handle);
+  if (bytes != nc->bucket_bytes(handle))
+    return kfail(c, K, "the bucket has " + std::to_string(bytes) + " bytes but its start staged " +
+                           std::to_string(nc->bucket_bytes(handle)));
+  if (!waited) return kfail(c, K, waited.message());
+  StatusOr<char *> buf = nc->bucket_staging(handle, size_t(bytes));  // no growth: the start's block
+  if (!buf) return kfail(c, K, buf.message());
+  const float sf = float(c.attr_f("scale", 1.0));
+  int64_t off = 0;
+  for (const Tensor &y : c.out) {
+    if (Status s = scale_copy(*buf + off, y.data, y.numel(), sf, y.dtype); !s) return kfail(c, K, s.message());
+    off += y.nbytes();
+  }
+  return Status::ok();
+}
+
 } // namespace
 
 void register_nccl_collective_kernels(KernelRegistry &registry) {
   registry.add("all_reduce", device_all_reduce);
   registry.add("broadcast", device_broadcast);
+  {
+    KernelRegistry host;
+    register_collective_kernels(host);
+    if (const KernelFn *f = host.find("all_reduce_start"))
+      registry.add("all_reduce_start", [fn = *f](KernelCall &c) { return device_all_reduce_start(fn, c); });
+    if (const KernelFn *f = host.find("all_reduce_wait"))
+      registry.add("all_reduce_wait", [fn = *f](KernelCall &c) { return device_all_reduce_wait(fn, c); });
+  }
   // send / recv only hand the tensor's pointer to comm->send / comm->recv: the NCCL communicator
   // orders them on the GPU itself. With another communicator, wait for the stream first.
   KernelRegistry host;

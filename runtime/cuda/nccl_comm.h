@@ -56,26 +56,35 @@
 //   sends to higher ranks never queue behind its recvs from higher ranks.
 //   Sending to oneself is an error (no plan does it; NCCL would need send and recv grouped).
 //
-// KERNELS: register_nccl_collective_kernels() replaces "all_reduce" and "broadcast" in a
-// registry with device-side versions (bucket packing, the scale attr and the copy x -> y done on
-// stream(), never on the host) and installs the plain "send" / "recv" kernels (they only call
-// comm->send / comm->recv). Call it AFTER cuda::register_kernels(), whose host-staged
-// collective wrappers it overrides, and only with this communicator in KernelCall::comm (with
-// another communicator the kernels synchronize the stream first and still work, host-staged by
-// that communicator).
+// KERNELS: register_nccl_collective_kernels() replaces "all_reduce", "broadcast",
+// "all_reduce_start" and "all_reduce_wait" in a registry with device-side versions (bucket
+// packing, the scale attr and the copy x -> y done on stream(), never on the host) and installs
+// the plain "send" / "recv" kernels (they only call comm->send / comm->recv). Call it AFTER
+// cuda::register_kernels(), whose host-staged collective wrappers it overrides, and only with
+// this communicator in KernelCall::comm (with another communicator the kernels synchronize the
+// stream first and still work, host-staged by that communicator).
 //
-// OVERLAP (next step, not done here): the gradient all_reduce buckets (grad_all_reduce) are
-// ordered last-layer-first, i.e. in the order backward produces them. To overlap them with the
-// rest of backward: give this class a second stream (comm_stream) and an all_reduce_async(group,
-// data, count, op) that records an event on stream(), makes comm_stream wait for it, enqueues
-// ncclAllReduce on comm_stream and records a "done" event per bucket without waiting; the
-// bucket's consumers (the optimizer step / clipping norm) make stream() wait for the done event
-// (cudaStreamWaitEvent), and flush() / the end of the step polls all done events against the
-// deadline like the sends. Because buckets are issued in the same order on every rank (the plan
-// orders them), the NCCL ordering requirement holds; the group's communicator must then not be
-// used concurrently from stream() (the vocab-parallel reductions use "tp", gradients "dp": keep
-// them on different communicators, which they already are unless tp == 1 or dp == 1 makes them
-// alias; then the aliasing must be turned off for the async group).
+// OVERLAP (the compiler's overlapped gradient buckets: all_reduce_start in the backward right
+// after a bucket's last gradient, on the last micro-batch only; all_reduce_wait in
+// optimizer_step). A second, high-priority stream (the comm stream) carries the reductions:
+//   all_reduce_start(handle, ...)  records an event on stream() (after the kernels that produced
+//       the data), makes the comm stream wait for it, enqueues ncclAllReduce in place on the comm
+//       stream and records a "done" event; returns at once (bytes counted here). The device
+//       kernel first packs x_i into a per-bucket device staging buffer on stream().
+//   all_reduce_wait(handle)  waits on the host for the done event only (deadline; the group's
+//       ncclCommGetAsyncError watched; on timeout the communicator is aborted and the error names
+//       the bucket, the group and its ranks), then makes stream() wait for the event; the device
+//       kernel unpacks scale * sum into y_i on stream(). stream() itself is never synchronized:
+//       the backward's queued kernels run while the buckets reduce.
+//   progress()  surfaces an asynchronous NCCL error of an in-flight bucket early.
+//   A wait without a start (not the last micro-batch) is the whole device all_reduce.
+// Buckets are started in the same order on every rank (the plan orders them), which NCCL needs.
+// NCCL serializes the operations of one communicator in issue order whatever the stream, so a
+// blocking collective over the same group issued while buckets are in flight (the clipping norm
+// in optimizer_step) runs after them. Two different communicators in flight at once (a
+// tensor-parallel all_reduce on stream() while "dp" buckets reduce on the comm stream) rely on
+// every rank issuing them in the same order (true for the plans); a deadlock there would surface
+// as the wait's timeout, not a hang.
 //
 //===----------------------------------------------------------------------===//
 #pragma once

@@ -6,7 +6,8 @@
 // loads widen, stores round once. Mixes of f32 and bf16 operands that a kernel does not
 // instantiate go through run_widened (the f32 kernel on widened copies).
 // Every kernel runs on stream(), asynchronously, except embedding_fwd, which waits for its id
-// check so a bad id is reported (with its value and position) before anything is written.
+// check so a bad id is reported (with its value and position) before anything is written
+// (inside a CUDA graph the check is deferred to after the replay: graph.cu).
 //
 // Rounding: products and sums that the CPU evaluates as separate fp32 operations (it is built
 // with -ffp-contract=off) use __fmul_rn / __fadd_rn here, so nvcc cannot fuse them into an FMA
@@ -139,11 +140,18 @@ bool rope_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable
     *out = it->second;
     return true;
   }
+  // A new table is built on the host into new managed memory: not while capturing a CUDA graph
+  // (graph.cuh; the warm-up run built it).
+  if (graph::capturing()) return ck.expect(false, graph::refuse_capture("a new RoPE table").message());
   if (g_rope_tables.size() >= kMaxRopeTables) {  // unusual (many distinct T): start over
     if (Status s = sync_stream(); !s) return ck.expect(false, s.message());
     for (auto &kv : g_rope_tables) {
-      cudaFree(kv.second.cos);
-      cudaFree(kv.second.sin);
+      for (float *t : {kv.second.cos, kv.second.sin}) {
+        if (graph::graphs_exist())
+          graph::retire(t, true);  // a captured graph may read it
+        else
+          cudaFree(t);
+      }
     }
     g_rope_tables.clear();
   }
@@ -306,7 +314,12 @@ Status embedding_fwd(KernelCall &c) {
   const int64_t n = B * T;
   if (n == 0) return Status::ok();
 
-  StatusOr<unsigned long long *> err = g_embed_err.get<unsigned long long>(1);
+  // The id check's error word. Captured into a CUDA graph (graph.cuh), the word belongs to the
+  // graph and the host check runs after every replay instead of here (the gather below writes
+  // zero rows for out-of-range ids, so nothing is read out of bounds meanwhile).
+  const bool deferred = graph::capturing();
+  StatusOr<unsigned long long *> err =
+      deferred ? graph::check_word() : g_embed_err.get<unsigned long long>(1);
   if (!err) return ck.error(err.message());
   if (Status s = cuda_status(cudaMemsetAsync(*err, 0xff, sizeof(unsigned long long), stream()),
                              "cudaMemsetAsync");
@@ -315,13 +328,26 @@ Status embedding_fwd(KernelCall &c) {
   embedding_check_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(
       ids.i32(), n, vocab, *err);
   if (Status s = check_launch("embedding_check_kernel"); !s) return ck.error(s.message());
-  if (Status s = sync_stream(); !s) return ck.error(s.message());
-  const unsigned long long bad = **err;
-  if (bad != util::kNoError) {
+  auto bad_id = [](const int32_t *id, unsigned long long bad, int64_t T_, int64_t vocab_) {
     const int64_t i = int64_t(bad);
-    return ck.error("token id " + std::to_string(ids.i32()[i]) + " at position (b=" +
-                    std::to_string(i / T) + ", t=" + std::to_string(i % T) +
-                    ") is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+    return "token id " + std::to_string(id[i]) + " at position (b=" + std::to_string(i / T_) +
+           ", t=" + std::to_string(i % T_) + ") is outside the vocabulary [0, " +
+           std::to_string(vocab_) + ")";
+  };
+  if (deferred) {
+    const plan::Instr *instr = c.instr;
+    const int32_t *idp = ids.i32();
+    unsigned long long *word = *err;
+    graph::defer_check([instr, idp, word, T, vocab, bad_id]() -> Status {
+      if (*word == util::kNoError) return Status::ok();
+      KernelCall call;
+      call.instr = instr;
+      return util::fail(call, "embedding_fwd", bad_id(idp, *word, T, vocab));
+    });
+  } else {
+    if (Status s = sync_stream(); !s) return ck.error(s.message());
+    const unsigned long long bad = **err;
+    if (bad != util::kNoError) return ck.error(bad_id(ids.i32(), bad, T, vocab));
   }
   const int grid = blocks_for(n * D, kEltThreads);
   if (is_bf16(table) && is_bf16(y))

@@ -428,6 +428,279 @@ TEST_F(CudaKernels, ExecutorRunsATinyPlanOnManagedMemory) {
   for (int i = 0; i < 1000; ++i) ASSERT_EQ(out[i], 2.0f * float(i - 500)) << i;
 }
 
+// ------------------------------------------------------------------ GPU: CUDA graphs
+
+// A one-rank training plan through the kernels the CUDA graph audit (runtime/cuda/graph.cu) had
+// to make capture-safe: embedding_fwd (id check deferred to after the replay), rms_norm, linear
+// (cuBLASLt, scratch), cross_entropy_fwd / _bwd (count of counted rows on the device, label
+// check deferred), accumulate into a gradient; optimizer_step = adamw_step, which is not
+// capturable (lr / step from the host) and must fall back to eager runs.
+constexpr int64_t kGB = 2, kGT = 8, kGV = 32;
+
+plan::Plan graph_plan() {
+  plan::Plan p;
+  p.producer = "test";
+  p.global_batch = kGB;
+  p.seq_len = kGT;
+  p.vocab_size = kGV;
+  p.ranks.resize(1);
+  plan::RankPlan &r = p.ranks[0];
+  r.rank = 0;
+  auto buffer = [&](const std::string &name, plan::BufferKind kind, plan::ElemType dtype,
+                    std::vector<int64_t> shape, const std::string &param = "") {
+    plan::Buffer b;
+    b.id = int32_t(r.buffers.size());
+    b.name = name;
+    b.kind = kind;
+    b.dtype = dtype;
+    b.shape = std::move(shape);
+    b.param = param;
+    if (kind == plan::BufferKind::Activation) {
+      b.offset = r.arena_bytes;
+      r.arena_bytes += (b.nbytes() + 255) / 256 * 256;
+    }
+    r.buffers.push_back(b);
+    return b.id;
+  };
+  using K = plan::BufferKind;
+  const plan::ElemType F = plan::ElemType::F32, I = plan::ElemType::I32;
+  const int32_t ids = buffer("input_ids", K::Input, I, {kGB, kGT});
+  const int32_t labels = buffer("labels", K::Input, I, {kGB, kGT});
+  const int32_t table = buffer("embed", K::Param, F, {kGV, kGV});
+  const int32_t nw = buffer("norm", K::Param, F, {kGV});
+  const int32_t W = buffer("head", K::Param, F, {kGV, kGV});
+  const int32_t tp = buffer("lora.p", K::Trainable, F, {kGB, kGT, kGV});
+  const int32_t g = buffer("lora.p.grad", K::Grad, F, {kGB, kGT, kGV}, "lora.p");
+  const int32_t m = buffer("lora.p.exp_avg", K::OptState, F, {kGB, kGT, kGV}, "lora.p");
+  const int32_t v = buffer("lora.p.exp_avg_sq", K::OptState, F, {kGB, kGT, kGV}, "lora.p");
+  const int32_t loss = buffer("loss", K::Output, F, {});
+  const int32_t e = buffer("%1", K::Activation, F, {kGB, kGT, kGV});
+  const int32_t n = buffer("%2", K::Activation, F, {kGB, kGT, kGV});
+  const int32_t h = buffer("%3", K::Activation, F, {kGB, kGT, kGV});
+  const int32_t dl = buffer("%4", K::Activation, F, {kGB, kGT, kGV});
+  auto instr = [](const char *op, std::vector<int32_t> in, std::vector<int32_t> out, Attrs attrs = {}) {
+    plan::Instr i;
+    i.op = op;
+    i.inputs = std::move(in);
+    i.outputs = std::move(out);
+    i.attrs = std::move(attrs);
+    i.loc = std::string("graph.") + op;
+    return i;
+  };
+  plan::Program micro{"micro_step", {}};
+  micro.instrs.push_back(instr("embedding_fwd", {ids, table}, {e}));
+  micro.instrs.push_back(instr("rms_norm_fwd", {e, nw}, {n}, {{"eps", 1e-5}}));
+  micro.instrs.push_back(instr("linear_fwd", {n, W}, {h}));
+  micro.instrs.push_back(instr("cross_entropy_fwd", {h, labels}, {loss}, {{"shift", int64_t(1)}}));
+  micro.instrs.push_back(
+      instr("cross_entropy_bwd", {h, labels}, {dl}, {{"shift", int64_t(1)}, {"grad_scale", 0.5}}));
+  micro.instrs.push_back(instr("accumulate", {dl}, {g}));
+  plan::Program opt{"optimizer_step", {}};
+  opt.instrs.push_back(instr("adamw_step", {tp, g, m, v}, {},
+                             {{"n", int64_t(1)}, {"beta1", 0.9}, {"beta2", 0.999}, {"eps", 1e-8},
+                              {"weight_decay", 0.01}, {"max_grad_norm", 1.0}, {"zero_grads", int64_t(1)}}));
+  r.programs.push_back(micro);
+  r.programs.push_back(opt);
+  return p;
+}
+
+/// Writes the same seeded values into the Params and the Trainable of an executor.
+void fill_params(Executor &ex) {
+  std::mt19937 gen(42);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (const char *name : {"embed", "norm", "head", "lora.p"}) {
+    const BufferTensor *b = ex.find(name);
+    ASSERT_NE(b, nullptr) << name;
+    for (int64_t i = 0; i < b->tensor.numel(); ++i) b->tensor.f32()[i] = u(gen);
+  }
+}
+
+/// The step's token ids and labels (changing every step; some labels ignored).
+void batch(int step, std::vector<int32_t> *ids, std::vector<int32_t> *labels) {
+  std::mt19937 gen(uint32_t(1000 + step));
+  ids->resize(size_t(kGB * kGT));
+  labels->resize(size_t(kGB * kGT));
+  for (size_t i = 0; i < ids->size(); ++i) {
+    (*ids)[i] = int32_t(gen() % kGV);
+    (*labels)[i] = (gen() % 5 == 0) ? -100 : int32_t(gen() % kGV);
+  }
+}
+
+bool same_bits(const Tensor &a, const Tensor &b) {
+  return a.nbytes() == b.nbytes() && std::memcmp(a.data, b.data, size_t(a.nbytes())) == 0;
+}
+
+// Graph replay (memory().run_program) against eager runs (run_program removed) of the same plan:
+// bit-identical losses, gradients and trainables for several steps with changing inputs;
+// micro_step is captured once and replayed, optimizer_step (adamw_step) falls back to eager.
+TEST_F(CudaKernels, GraphReplayIsBitIdenticalToEager) {
+  MemoryHooks eager_hooks = cuda::memory();
+  eager_hooks.run_program = nullptr;
+  const MemoryHooks graph_hooks = cuda::memory();
+  ASSERT_TRUE(static_cast<bool>(graph_hooks.run_program));
+  const plan::Plan p = graph_plan();
+  auto ea = Executor::create(p, 0, cuda_registry(), "cuda", nullptr, &eager_hooks);
+  ASSERT_TRUE(ea.is_ok()) << ea.message();
+  auto ga = Executor::create(p, 0, cuda_registry(), "cuda", nullptr, &graph_hooks);
+  ASSERT_TRUE(ga.is_ok()) << ga.message();
+  Executor &E = **ea, &G = **ga;
+  fill_params(E);
+  fill_params(G);
+  const cuda::GraphCounters before = cuda::graph_counters();
+  constexpr int kSteps = 6;
+  for (int step = 1; step <= kSteps; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    std::vector<int32_t> ids, labels;
+    batch(step, &ids, &labels);
+    for (Executor *ex : {&E, &G}) {
+      ASSERT_TRUE(ex->feed("input_ids", ids.data(), int64_t(ids.size())).is_ok());
+      ASSERT_TRUE(ex->feed("labels", labels.data(), int64_t(labels.size())).is_ok());
+      Status s = ex->run("micro_step", nullptr);
+      ASSERT_TRUE(s.is_ok()) << s.message();
+    }
+    const float le = float(E.loss()), lg = float(G.loss());
+    std::printf("[CUDA] graph step %d loss eager %.9g graph %.9g\n", step, le, lg);
+    EXPECT_EQ(std::memcmp(&le, &lg, sizeof le), 0) << "loss " << le << " vs " << lg;
+    EXPECT_TRUE(same_bits(E.find("lora.p.grad")->tensor, G.find("lora.p.grad")->tensor)) << "gradient";
+    StepState se, sg;
+    se.step = sg.step = step;
+    se.lr = sg.lr = 1e-2 / step;  // changes every step: adamw_step must never be replayed
+    ASSERT_TRUE(E.run("optimizer_step", &se).is_ok());
+    Status s = G.run("optimizer_step", &sg);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    EXPECT_EQ(se.grad_norm, sg.grad_norm);
+    for (const char *name : {"lora.p", "lora.p.exp_avg", "lora.p.exp_avg_sq", "lora.p.grad"})
+      EXPECT_TRUE(same_bits(E.find(name)->tensor, G.find(name)->tensor)) << name;
+  }
+  const cuda::GraphCounters after = cuda::graph_counters();
+  EXPECT_EQ(after.captures - before.captures, 1);   // micro_step
+  EXPECT_EQ(after.replays - before.replays, kSteps - 1);  // every micro_step after the warm-up
+  EXPECT_EQ(after.fallbacks - before.fallbacks, 1);  // optimizer_step
+  EXPECT_NE(after.last_fallback.find("adamw_step"), std::string::npos) << after.last_fallback;
+  EXPECT_NE(after.last_fallback.find("optimizer_step"), std::string::npos) << after.last_fallback;
+  std::printf("[CUDA] graph fallback: %s\n", after.last_fallback.c_str());
+}
+
+// The checks the graph defers (embedding's token ids, cross entropy's labels) still fail the run
+// that replays bad data, naming the value and its position, and the graph keeps working after.
+TEST_F(CudaKernels, GraphReplayReportsBadIdsAndLabels) {
+  const MemoryHooks hooks = cuda::memory();
+  auto ex_or = Executor::create(graph_plan(), 0, cuda_registry(), "cuda", nullptr, &hooks);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+  fill_params(ex);
+  const cuda::GraphCounters before = cuda::graph_counters();
+  std::vector<int32_t> ids, labels;
+  batch(1, &ids, &labels);
+  auto run = [&](const std::vector<int32_t> &i, const std::vector<int32_t> &l) {
+    EXPECT_TRUE(ex.feed("input_ids", i.data(), int64_t(i.size())).is_ok());
+    EXPECT_TRUE(ex.feed("labels", l.data(), int64_t(l.size())).is_ok());
+    return ex.run("micro_step", nullptr);
+  };
+  ASSERT_TRUE(run(ids, labels).is_ok());  // warm-up
+  ASSERT_TRUE(run(ids, labels).is_ok());  // capture + launch
+  const float good = float(ex.loss());
+  std::vector<int32_t> bad_ids = ids;
+  bad_ids[kGT + 3] = int32_t(kGV) + 7;
+  Status s = run(bad_ids, labels);
+  ASSERT_FALSE(s.is_ok());
+  std::printf("[CUDA] graph bad id: %s\n", s.message().c_str());
+  EXPECT_NE(s.message().find("token id " + std::to_string(kGV + 7) + " at position (b=1, t=3)"), std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("embedding_fwd"), std::string::npos) << s.message();
+  std::vector<int32_t> bad_labels = labels;
+  bad_labels[5] = -3;
+  s = run(ids, bad_labels);
+  ASSERT_FALSE(s.is_ok());
+  std::printf("[CUDA] graph bad label: %s\n", s.message().c_str());
+  EXPECT_NE(s.message().find("cross_entropy_fwd"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("-3"), std::string::npos) << s.message();
+  s = run(ids, labels);  // good data again: the same graph, the same loss
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  const float again = float(ex.loss());
+  EXPECT_EQ(std::memcmp(&good, &again, sizeof good), 0) << good << " vs " << again;
+  const cuda::GraphCounters after = cuda::graph_counters();
+  EXPECT_EQ(after.captures - before.captures, 1);
+  EXPECT_EQ(after.fallbacks - before.fallbacks, 0) << after.last_fallback;
+}
+
+// A program with a kernel that needs host work per call (one that waits for the stream: here the
+// host-staged all_reduce_start / all_reduce_wait pair of the overlapped gradient buckets, which
+// also reads StepState::last_micro) is not captured: it runs eagerly, every run, and stays
+// correct; a second executor on fresh hooks behaves the same.
+TEST_F(CudaKernels, GraphFallsBackForHostWorkKernels) {
+  plan::Plan p = tiny_plan(1000);
+  plan::RankPlan &r = p.ranks[0];
+  // micro_step: y = x + x; all_reduce_start(y) bucket 0 over "" (a local communicator);
+  // all_reduce_wait(y) -> out with scale 0.5: out = x.
+  const int32_t y = 1, out = 2;
+  plan::Instr start, wait;
+  start.op = "all_reduce_start";
+  start.inputs = {y};
+  start.attrs = {{"bucket", int64_t(0)}, {"group", std::string("")}};
+  start.loc = "bucket";
+  wait.op = "all_reduce_wait";
+  wait.inputs = {y};
+  wait.outputs = {out};
+  wait.attrs = {{"bucket", int64_t(0)}, {"group", std::string("")}, {"scale", 0.5}};
+  wait.loc = "bucket";
+  r.programs[0].instrs = {r.programs[0].instrs[0], start, wait};
+  auto comm = make_local_communicator();
+  const MemoryHooks hooks = cuda::memory();
+  auto ex_or = Executor::create(p, 0, cuda_registry(), "cuda", comm.get(), &hooks);
+  ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+  Executor &ex = **ex_or;
+  const cuda::GraphCounters before = cuda::graph_counters();
+  std::vector<int32_t> x(1000);
+  for (int step = 0; step < 5; ++step) {
+    for (int i = 0; i < 1000; ++i) x[size_t(i)] = i * (step + 1) - 500;
+    ASSERT_TRUE(ex.feed("x", x.data(), 1000).is_ok());
+    StepState st;
+    st.last_micro = step % 2 == 0;  // the start only happens on "last" micro-batches
+    Status s = ex.run("micro_step", &st);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    const float *o = ex.find("out")->tensor.f32();
+    for (int i = 0; i < 1000; ++i) ASSERT_EQ(o[i], float(x[size_t(i)])) << "step " << step << " i " << i;
+  }
+  const cuda::GraphCounters after = cuda::graph_counters();
+  EXPECT_EQ(after.captures - before.captures, 0);
+  EXPECT_EQ(after.fallbacks - before.fallbacks, 1);
+  EXPECT_NE(after.last_fallback.find("all_reduce_start"), std::string::npos) << after.last_fallback;
+  EXPECT_EQ(after.eager_runs - before.eager_runs, 5);  // warm-up, the failed capture's real run, 3 more
+}
+
+// The tiny plan itself (add + copy: both capturable) replays, and a second executor created on
+// the same hooks turns graphs off for them instead of replaying the first executor's pointers.
+TEST_F(CudaKernels, GraphCacheIsPerExecutor) {
+  const MemoryHooks hooks = cuda::memory();
+  const cuda::GraphCounters before = cuda::graph_counters();
+  std::vector<int32_t> x(1000);
+  auto check = [&](Executor &ex, int step) {
+    for (int i = 0; i < 1000; ++i) x[size_t(i)] = i * step - 300;
+    ASSERT_TRUE(ex.feed("x", x.data(), 1000).is_ok());
+    Status s = ex.run("micro_step", nullptr);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+    const float *o = ex.find("out")->tensor.f32();
+    for (int i = 0; i < 1000; ++i) ASSERT_EQ(o[i], 2.0f * float(x[size_t(i)])) << "step " << step << " i " << i;
+  };
+  {
+    auto a = Executor::create(tiny_plan(1000), 0, cuda_registry(), "cuda", nullptr, &hooks);
+    ASSERT_TRUE(a.is_ok()) << a.message();
+    for (int step = 1; step <= 4; ++step) check(**a, step);
+    const cuda::GraphCounters mid = cuda::graph_counters();
+    EXPECT_EQ(mid.captures - before.captures, 1);
+    EXPECT_EQ(mid.replays - before.replays, 3);
+    // A second executor on the same hooks (not how lora-run uses them): graphs off, still right.
+    auto b = Executor::create(tiny_plan(1000), 0, cuda_registry(), "cuda", nullptr, &hooks);
+    ASSERT_TRUE(b.is_ok()) << b.message();
+    for (int step = 5; step <= 7; ++step) {
+      check(**b, step);
+      check(**a, step + 10);
+    }
+    EXPECT_EQ(cuda::graph_counters().replays - mid.replays, 0);
+  }
+}
+
 // ------------------------------------------------------------------ GPU: kernels
 
 TEST_F(CudaKernels, Embedding) {

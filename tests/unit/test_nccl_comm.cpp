@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "runtime/bf16.h"
@@ -295,6 +296,179 @@ TEST(NcclComm, DeviceAllReduceKernelBucketAndScale) {
   s = run_kernel(reg, "all_reduce", {tensor(a)}, {tensor(a)}, {}, comm.get());
   ASSERT_FALSE(s.is_ok());
   EXPECT_TRUE(contains(s.message(), "missing string attr 'group'")) << s.message();
+}
+
+// ------------------------------------------------------------------ overlapped buckets
+
+/// Runs a registry kernel with a StepState (all_reduce_start reads last_micro) and no final wait.
+Status run_step_kernel(const KernelRegistry &reg, const std::string &op, std::vector<Tensor> in,
+                       std::vector<Tensor> out, std::map<std::string, plan::AttrValue> attrs, Communicator *comm,
+                       StepState *step) {
+  plan::Instr instr;
+  instr.op = op;
+  instr.attrs = std::move(attrs);
+  instr.loc = "test." + op;
+  KernelCall call;
+  call.instr = &instr;
+  call.comm = comm;
+  call.step = step;
+  call.in = std::move(in);
+  call.out = std::move(out);
+  const KernelFn *fn = reg.find(op);
+  if (!fn) return Status::error("no kernel " + op);
+  return (*fn)(call);
+}
+
+std::map<std::string, plan::AttrValue> bucket_attrs(int64_t bucket, double scale) {
+  return {{"bucket", bucket}, {"group", std::string("dp")}, {"scale", scale}};
+}
+
+// The communicator's non-blocking API on device data: start returns at once, wait completes it;
+// started() tracks it; a second start before the wait and a wait without a start are errors.
+TEST(NcclComm, AllReduceStartWaitApi) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  const int64_t n = 1 << 18;
+  Managed a(n), b(n);
+  ASSERT_TRUE(a.p && b.p);
+  for (int64_t i = 0; i < n; ++i) {
+    a.p[i] = float(i % 977) * 0.25f;
+    b.p[i] = -float(i % 13);
+  }
+  Status s = comm->all_reduce_start(3, "dp", a.p, n, plan::ElemType::F32, ReduceOp::Sum);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  s = comm->all_reduce_start(7, "dp,tp", b.p, n, plan::ElemType::F32, ReduceOp::Sum);  // two in flight
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_TRUE(comm->started(3));
+  EXPECT_TRUE(comm->started(7));
+  comm->progress();
+  s = comm->all_reduce_start(3, "dp", a.p, n, plan::ElemType::F32, ReduceOp::Sum);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "never waited for")) << s.message();
+  ASSERT_TRUE(comm->all_reduce_wait(7).is_ok());  // out of start order
+  ASSERT_TRUE(comm->all_reduce_wait(3).is_ok());
+  EXPECT_FALSE(comm->started(3));
+  ASSERT_TRUE(cuda::memory().sync().is_ok());
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(a.p[i], float(i % 977) * 0.25f) << i;
+    ASSERT_EQ(b.p[i], -float(i % 13)) << i;
+  }
+  s = comm->all_reduce_wait(3);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "which was not started")) << s.message();
+  // Host data takes the blocking path; the wait still pairs with it.
+  float host[2] = {1.5f, -4.0f};
+  ASSERT_TRUE(comm->all_reduce_start(1, "dp", host, 2, plan::ElemType::F32, ReduceOp::Sum).is_ok());
+  ASSERT_TRUE(comm->all_reduce_wait(1).is_ok());
+  EXPECT_EQ(host[0], 1.5f);
+  EXPECT_EQ(host[1], -4.0f);
+  // i32 is refused like all_reduce.
+  s = comm->all_reduce_start(2, "dp", a.p, 4, plan::ElemType::I32, ReduceOp::Sum);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "i32")) << s.message();
+  EXPECT_FALSE(comm->started(2));
+}
+
+// Device kernels: start (pack on the device, reduce on the comm stream) + wait (unpack with the
+// scale) give the bytes of the blocking device all_reduce, f32 and bf16, with two buckets in
+// flight; a wait without a start (not the last micro-batch) is the whole all_reduce.
+TEST(NcclComm, DeviceBucketKernelsMatchBlockingAllReduce) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  KernelRegistry reg;
+  cuda::register_kernels(reg);
+  cuda::register_nccl_collective_kernels(reg);
+  Managed a(1000), b(37), c(4096), ya(1000), yb(37), yc(4096), ra(1000), rb(37), rc(4096);
+  for (int i = 0; i < 1000; ++i) a.p[i] = float(i) * 0.37f - 11.0f;
+  for (int i = 0; i < 37; ++i) b.p[i] = -float(i) * 1.3f;
+  for (int i = 0; i < 4096; ++i) c.p[i] = float(i % 101) / 7.0f;
+  const double scale = 0.3;
+  // Reference: the blocking device all_reduce of each bucket.
+  ASSERT_TRUE(run_kernel(reg, "all_reduce", {tensor(a), tensor(b)}, {tensor(ra), tensor(rb)},
+                         {{"group", std::string("dp")}, {"scale", scale}}, comm.get())
+                  .is_ok());
+  ASSERT_TRUE(run_kernel(reg, "all_reduce", {tensor(c)}, {tensor(rc)}, {{"group", std::string("dp")}, {"scale", scale}},
+                         comm.get())
+                  .is_ok());
+  const std::map<std::string, int64_t> bytes_before = comm->bytes_sent();
+  StepState last;  // last_micro = true
+  // Two buckets in flight, waited in plan order.
+  Status s = run_step_kernel(reg, "all_reduce_start", {tensor(a), tensor(b)}, {}, bucket_attrs(0, scale), comm.get(),
+                             &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  s = run_step_kernel(reg, "all_reduce_start", {tensor(c)}, {}, bucket_attrs(1, scale), comm.get(), &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_TRUE(comm->started(0) && comm->started(1));
+  s = run_step_kernel(reg, "all_reduce_wait", {tensor(a), tensor(b)}, {tensor(ya), tensor(yb)}, bucket_attrs(0, scale),
+                      comm.get(), &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  s = run_step_kernel(reg, "all_reduce_wait", {tensor(c)}, {tensor(yc)}, bucket_attrs(1, scale), comm.get(), &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  ASSERT_TRUE(cuda::memory().sync().is_ok());
+  EXPECT_EQ(std::memcmp(ya.p, ra.p, 1000 * 4), 0);
+  EXPECT_EQ(std::memcmp(yb.p, rb.p, 37 * 4), 0);
+  EXPECT_EQ(std::memcmp(yc.p, rc.p, 4096 * 4), 0);
+  EXPECT_EQ(comm->bytes_sent(), bytes_before);  // a world of one counts 0 bytes either way
+  // Not the last micro-batch: the start does nothing, the wait does the whole all_reduce.
+  StepState not_last;
+  not_last.last_micro = false;
+  std::memset(ya.p, 0, 1000 * 4);
+  s = run_step_kernel(reg, "all_reduce_start", {tensor(a), tensor(b)}, {}, bucket_attrs(0, scale), comm.get(),
+                      &not_last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  EXPECT_FALSE(comm->started(0));
+  s = run_step_kernel(reg, "all_reduce_wait", {tensor(a), tensor(b)}, {tensor(ya), tensor(yb)}, bucket_attrs(0, scale),
+                      comm.get(), &not_last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  ASSERT_TRUE(cuda::memory().sync().is_ok());
+  EXPECT_EQ(std::memcmp(ya.p, ra.p, 1000 * 4), 0);
+  EXPECT_EQ(std::memcmp(yb.p, rb.p, 37 * 4), 0);
+  // In place (y = x, the compiler's gradient buckets), scale 1: unchanged on one rank.
+  s = run_step_kernel(reg, "all_reduce_start", {tensor(c)}, {}, bucket_attrs(2, 1.0), comm.get(), &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  s = run_step_kernel(reg, "all_reduce_wait", {tensor(c)}, {tensor(c)}, bucket_attrs(2, 1.0), comm.get(), &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  ASSERT_TRUE(cuda::memory().sync().is_ok());
+  for (int i = 0; i < 4096; ++i) ASSERT_EQ(c.p[i], float(i % 101) / 7.0f) << i;
+  // bf16 bucket: y = round(scale * x) once, as the blocking kernel.
+  auto *xb = static_cast<uint16_t *>(cuda::memory().alloc(333 * 2));
+  auto *zb = static_cast<uint16_t *>(cuda::memory().alloc(333 * 2));
+  auto *rz = static_cast<uint16_t *>(cuda::memory().alloc(333 * 2));
+  ASSERT_TRUE(xb && zb && rz);
+  for (int i = 0; i < 333; ++i) xb[i] = f32_to_bf16(float(i) * 0.77f - 100.0f);
+  auto bt = [](void *p, int64_t n) {
+    Tensor t;
+    t.data = p;
+    t.dtype = plan::ElemType::BF16;
+    t.shape = {n};
+    return t;
+  };
+  ASSERT_TRUE(run_kernel(reg, "all_reduce", {bt(xb, 333)}, {bt(rz, 333)}, {{"group", std::string("dp")}, {"scale", scale}},
+                         comm.get())
+                  .is_ok());
+  s = run_step_kernel(reg, "all_reduce_start", {bt(xb, 333)}, {}, bucket_attrs(4, scale), comm.get(), &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  s = run_step_kernel(reg, "all_reduce_wait", {bt(xb, 333)}, {bt(zb, 333)}, bucket_attrs(4, scale), comm.get(), &last);
+  ASSERT_TRUE(s.is_ok()) << s.message();
+  ASSERT_TRUE(cuda::memory().sync().is_ok());
+  EXPECT_EQ(std::memcmp(zb, rz, 333 * 2), 0);
+  for (int i = 0; i < 333; ++i) ASSERT_EQ(zb[i], f32_to_bf16(0.3f * bf16_to_f32(xb[i]))) << i;
+  for (void *p : {static_cast<void *>(xb), static_cast<void *>(zb), static_cast<void *>(rz)}) cuda::memory().free(p);
+  // Operand errors: the host kernels' messages.
+  s = run_step_kernel(reg, "all_reduce_start", {tensor(a)}, {tensor(ya)}, bucket_attrs(5, 1.0), comm.get(), &last);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "expected no outputs")) << s.message();
+  s = run_step_kernel(reg, "all_reduce_start", {tensor(a)}, {}, {{"group", std::string("dp")}}, comm.get(), &last);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "missing integer attr 'bucket'")) << s.message();
+  // A bucket whose wait lists other tensors than its start.
+  ASSERT_TRUE(run_step_kernel(reg, "all_reduce_start", {tensor(a)}, {}, bucket_attrs(6, 1.0), comm.get(), &last).is_ok());
+  s = run_step_kernel(reg, "all_reduce_wait", {tensor(b)}, {tensor(yb)}, bucket_attrs(6, 1.0), comm.get(), &last);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_TRUE(contains(s.message(), "but its start staged")) << s.message();
+  EXPECT_FALSE(comm->started(6));  // completed anyway: nothing left in flight
 }
 
 } // namespace
