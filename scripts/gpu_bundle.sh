@@ -83,25 +83,13 @@ for f in "$OMPI_LIBDIR"/libmca_common_*.so*; do
   [ -e "$STAGE/lib/$n" ] || cp -L "$f" "$STAGE/lib/$n"
 done
 
-# Plans (lora-compile runs here: it needs MLIR). Names match gpu_check.sh.
-C="$BUILD/tools/lora-compile/lora-compile"
-P="$STAGE/plans"
-common=(--hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 32 --lora-rank 4 --lora-alpha 8
-        --lora-targets all-linear --lr 2e-3 --warmup 3 --lr-schedule cosine --weight-decay 0.01)
-"$C" "${common[@]}" --micro-batches 2 -o "$P/single.lp" > /dev/null
-"$C" "${common[@]}" --micro-batches 2 --tp 2 -o "$P/tp2.lp" > /dev/null
-"$C" "${common[@]}" --micro-batches 4 --pp 2 --schedule 1f1b -o "$P/pp2.lp" > /dev/null
-"$C" "${common[@]}" --micro-batches 2 --precision bf16 -o "$P/bf16.lp" > /dev/null
-H=tests/fixtures/onnx/tiny_llama.hf
-"$C" --hf-config "$H/config.json" --weights "$H" --batch 4 --seq-len 16 --micro-batches 2 --lora-rank 4 \
-    --lora-alpha 8 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --lr 1e-3 --warmup 5 \
-    --lr-schedule cosine --total-steps 20 --weight-decay 0.01 --precision bf16 -o "$P/hf_bf16.lp" > /dev/null
-for prec in bf16 fp32; do
-  "$C" --model-size 1B --batch 4 --seq-len 2048 --micro-batches 2 --lora-rank 16 --lora-alpha 32 \
-      --lora-targets all-linear --lr 1e-4 --precision $prec -o "$P/bench_1b_$prec.lp" > "$P/bench_1b_$prec.compile.log"
-done
+# Plans (lora-compile runs here: it needs MLIR): gpu_check.sh's own `plans` stage, so the names
+# and flags are defined once.
+OUT="$DEST/plans-log" PARALLORA_NO_BUNDLE=1 PLANS_DIR="$STAGE/plans" COMPILE="$BUILD/tools/lora-compile/lora-compile" \
+    scripts/gpu_check.sh plans > /dev/null
 
 git rev-parse HEAD > "$STAGE/COMMIT" 2>/dev/null || true
+rm -rf "$DEST/plans-log"
 (cd "$DEST" && tar -cJf bundle.tar.xz bundle)
 echo "gpu_bundle: $DEST/bundle.tar.xz ($(du -h "$DEST/bundle.tar.xz" | cut -f1); unpacked $(du -sh "$STAGE" | cut -f1))"
 

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one script for a machine that has one (not a test; CI has no GPU).
 #
-#   scripts/gpu_check.sh [build] [kernels] [graphs] [equivalence] [bench] [all]   (default: all)
+#   scripts/gpu_check.sh [build] [plans] [kernels] [graphs] [equivalence] [bench] [all]   (default: all)
 #
-#   build        configure + build (Release, CUDA) into build-gpu/ with all cores
+# ON THE LENT GPU MACHINE the project cannot be built (it has CUDA, CMake and PyTorch, but not MLIR,
+# OpenBLAS, Open MPI or protobuf, and no network). Build the bundle HERE first:
+#     scripts/gpu_bundle.sh            # -> .gpu/bundle.tar.xz (binaries, libraries, Open MPI, plans)
+# then in the device tool: run(command="scripts/gpu_check.sh all", carry=[".gpu"]). With a bundle
+# present this script unpacks and uses it (scripts/gpu_env.sh) and skips `build` and `plans`.
+#
+#   build        configure + build (Release, CUDA) into build-gpu/ with all cores (no bundle only)
+#   plans        compile every plan the stages below run into $PLANS_DIR (no bundle only; the
+#                bundle carries them, compiled by gpu_bundle.sh through this stage)
 #   kernels      ctest -R "Cuda|Nccl": every CUDA kernel against its CPU twin on seeded inputs, f32 and
 #                bf16 storage (the *Bf16 cases; bf16 outputs within one bf16 ulp of the largest value);
 #                CUDA graph replay vs eager (CudaKernels.Graph*: bit-identical, fallbacks) and the NCCL
@@ -35,19 +43,68 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 PY="${PARALLORA_REF_PYTHON:-python3}"
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true; } | tee "$RES/device.txt"
 
-if want build; then
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPARALLORA_ENABLE_CUDA=ON \
-        -DCMAKE_CUDA_ARCHITECTURES=90a > "$RES/configure.log" 2>&1
-  cmake --build "$BUILD" -j "$(nproc)" > "$RES/build.log" 2>&1 || { tail -40 "$RES/build.log"; exit 1; }
-  echo "gpu_check: built $BUILD"
+BUNDLE=""
+if [ -z "${PARALLORA_NO_BUNDLE:-}" ] && [ -f "$ROOT/.gpu/bundle.tar.xz" ]; then
+  [ -d "$ROOT/.gpu/bundle" ] || tar -xJf "$ROOT/.gpu/bundle.tar.xz" -C "$ROOT/.gpu"
+  BUNDLE="$ROOT/.gpu/bundle"
+  # shellcheck source=gpu_env.sh
+  source "$ROOT/scripts/gpu_env.sh" "$BUNDLE"
+  echo "gpu_check: using the bundle built at commit $(cat "$BUNDLE/COMMIT" 2>/dev/null || echo '?')" | tee -a "$RES/device.txt"
+  COMPILE=""
+  RUN="$BUNDLE/bin/lora-run"
+  PLANS="$BUNDLE/plans"
+else
+  if want build; then
+    cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPARALLORA_ENABLE_CUDA=ON \
+          -DCMAKE_CUDA_ARCHITECTURES=90a > "$RES/configure.log" 2>&1
+    cmake --build "$BUILD" -j "$(nproc)" > "$RES/build.log" 2>&1 || { tail -40 "$RES/build.log"; exit 1; }
+    echo "gpu_check: built $BUILD"
+  fi
+  COMPILE="${COMPILE:-$BUILD/tools/lora-compile/lora-compile}"
+  RUN="$BUILD/tools/lora-run/lora-run"
+  PLANS="${PLANS_DIR:-$RES/plans}"
 fi
-COMPILE="$BUILD/tools/lora-compile/lora-compile"
-RUN="$BUILD/tools/lora-run/lora-run"
+
+# Every plan the stages run, in one place (gpu_bundle.sh runs this stage with its own build).
+if [ -z "$BUNDLE" ] && want plans; then
+  mkdir -p "$PLANS"
+  common=(--hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 32 --lora-rank 4 --lora-alpha 8
+          --lora-targets all-linear --lr 2e-3 --warmup 3 --lr-schedule cosine --weight-decay 0.01)
+  {
+    "$COMPILE" "${common[@]}" --micro-batches 2 -o "$PLANS/single.lp"
+    "$COMPILE" "${common[@]}" --micro-batches 2 --precision bf16 -o "$PLANS/bf16.lp"
+    "$COMPILE" "${common[@]}" --micro-batches 2 --dp 2 -o "$PLANS/dp2.lp"
+    "$COMPILE" "${common[@]}" --micro-batches 2 --tp 2 -o "$PLANS/tp2.lp"
+    "$COMPILE" "${common[@]}" --micro-batches 4 --pp 2 --schedule 1f1b -o "$PLANS/pp2.lp"
+    H=tests/fixtures/onnx/tiny_llama.hf
+    "$COMPILE" --hf-config "$H/config.json" --weights "$H" --batch 4 --seq-len 16 --micro-batches 2 --lora-rank 4 \
+        --lora-alpha 8 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --lr 1e-3 --warmup 5 \
+        --lr-schedule cosine --total-steps 20 --weight-decay 0.01 --precision bf16 -o "$PLANS/hf_bf16.lp"
+  } > "$PLANS/compile.log"
+  # The benchmark: Llama-3.2-1B, LoRA r=16 on all linear layers, batch 4 x 2048 in 2 micro-batches.
+  for prec in bf16 fp32; do
+    "$COMPILE" --model-size 1B --batch 4 --seq-len 2048 --micro-batches 2 --lora-rank 16 --lora-alpha 32 \
+        --lora-targets all-linear --lr 1e-4 --precision $prec -o "$PLANS/bench_1b_$prec.lp" > "$PLANS/bench_1b_$prec.compile.log"
+  done
+  echo "gpu_check: plans in $PLANS"
+fi
+for p in single bf16 dp2 tp2 pp2 hf_bf16 bench_1b_bf16; do
+  [ -f "$PLANS/$p.lp" ] || { echo "gpu_check: $PLANS/$p.lp missing (run the plans stage, or scripts/gpu_bundle.sh)" >&2; exit 1; }
+done
+[ "${STAGES[*]}" = plans ] && exit 0
+# From here on a failing step is recorded and the next one still runs: a GPU lease is short.
+set +e
+try() { "$@" || { rc=$?; echo "gpu_check: FAILED (exit $rc): $*" | tee -a "$RES/failures.txt" >&2; }; }
 
 if want kernels; then
-  (cd "$BUILD" && ctest -R "Cuda|Nccl" --output-on-failure -V) > "$RES/kernels.log" 2>&1 && k=ok || k=FAILED
+  if [ -n "$BUNDLE" ]; then
+    { test_cuda_kernels && test_nccl_comm; } > "$RES/kernels.log" 2>&1 && k=ok || k=FAILED
+  else
+    (cd "$BUILD" && ctest -R "Cuda|Nccl" --output-on-failure -V) > "$RES/kernels.log" 2>&1 && k=ok || k=FAILED
+  fi
   grep -E "max abs|max rel|Passed|Failed|Skipped" "$RES/kernels.log" | tail -60
   echo "gpu_check: kernels $k"
+  [ "$k" = ok ] || echo "gpu_check: FAILED: kernels (see kernels.log)" >> "$RES/failures.txt"
 fi
 
 if want graphs; then
@@ -55,9 +112,7 @@ if want graphs; then
   T=tests/fixtures/train/tiny/tokens.bin
   common=(--hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 32 --lora-rank 4 --lora-alpha 8
           --lora-targets all-linear --lr 2e-3 --warmup 3 --lr-schedule cosine --weight-decay 0.01)
-  "$COMPILE" "${common[@]}" --micro-batches 2 -o "$G/single.lp" > "$G/compile.log"
-  "$COMPILE" "${common[@]}" --micro-batches 2 --precision bf16 -o "$G/bf16.lp" >> "$G/compile.log"
-  "$COMPILE" "${common[@]}" --micro-batches 2 --dp 2 -o "$G/dp2.lp" >> "$G/compile.log"
+  for p in single bf16 dp2; do cp "$PLANS/$p.lp" "$G/"; done
   run=(--data "$T" --steps 20 --seed 7 --log-every 1 --backend cuda)
   status=ok
   for plan in single bf16; do
@@ -79,6 +134,7 @@ if want graphs; then
             "$G/${plan}_$m/summary.json" 2>/dev/null || true
       done
     done
+    [ "$status" = ok ] || echo "gpu_check: FAILED: graphs (see graphs/)" >> "$RES/failures.txt"
     echo "gpu_check: graphs $status (expect: micro_step captured for single/bf16, optimizer_step and dp2's"
     echo "  micro_step (all_reduce_start) running eagerly, losses identical)"
   } 2>&1 | tee "$G/summary.txt"
@@ -89,22 +145,15 @@ if want equivalence; then
   T=tests/fixtures/train/tiny/tokens.bin
   common=(--hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 32 --lora-rank 4 --lora-alpha 8
           --lora-targets all-linear --lr 2e-3 --warmup 3 --lr-schedule cosine --weight-decay 0.01)
-  "$COMPILE" "${common[@]}" --micro-batches 2 -o "$E/single.lp" > "$E/compile.log"
-  "$COMPILE" "${common[@]}" --micro-batches 2 --tp 2 -o "$E/tp2.lp" >> "$E/compile.log"
-  "$COMPILE" "${common[@]}" --micro-batches 4 --pp 2 --schedule 1f1b -o "$E/pp2.lp" >> "$E/compile.log"
+  for p in single tp2 pp2 bf16 hf_bf16; do cp "$PLANS/$p.lp" "$E/"; done
   run=(--data "$T" --steps 20 --seed 7 --log-every 20)
-  "$RUN" "$E/single.lp" "${run[@]}" --backend cpu --out "$E/cpu" > "$E/cpu.log" 2>&1
-  "$RUN" "$E/single.lp" "${run[@]}" --backend cuda --out "$E/gpu" > "$E/gpu.log" 2>&1
-  mpirun -np 2 "$RUN" "$E/tp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_tp2" > "$E/gpu_tp2.log" 2>&1
-  mpirun -np 2 "$RUN" "$E/pp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_pp2" > "$E/gpu_pp2.log" 2>&1
-  "$COMPILE" "${common[@]}" --micro-batches 2 --precision bf16 -o "$E/bf16.lp" >> "$E/compile.log"
-  "$RUN" "$E/bf16.lp" "${run[@]}" --backend cpu --out "$E/cpu_bf16" > "$E/cpu_bf16.log" 2>&1
-  "$RUN" "$E/bf16.lp" "${run[@]}" --backend cuda --out "$E/gpu_bf16" > "$E/gpu_bf16.log" 2>&1
-  H=tests/fixtures/onnx/tiny_llama.hf
-  "$COMPILE" --hf-config "$H/config.json" --weights "$H" --batch 4 --seq-len 16 --micro-batches 2 --lora-rank 4 \
-      --lora-alpha 8 --lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj --lr 1e-3 --warmup 5 \
-      --lr-schedule cosine --total-steps 20 --weight-decay 0.01 --precision bf16 -o "$E/hf_bf16.lp" >> "$E/compile.log"
-  "$RUN" "$E/hf_bf16.lp" --data "$T" --no-shuffle --steps 20 --init-adapter tests/fixtures/train/tiny/adapter_init \
+  try "$RUN" "$E/single.lp" "${run[@]}" --backend cpu --out "$E/cpu" > "$E/cpu.log" 2>&1
+  try "$RUN" "$E/single.lp" "${run[@]}" --backend cuda --out "$E/gpu" > "$E/gpu.log" 2>&1
+  try mpirun -np 2 "$RUN" "$E/tp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_tp2" > "$E/gpu_tp2.log" 2>&1
+  try mpirun -np 2 "$RUN" "$E/pp2.lp" "${run[@]}" --backend cuda --out "$E/gpu_pp2" > "$E/gpu_pp2.log" 2>&1
+  try "$RUN" "$E/bf16.lp" "${run[@]}" --backend cpu --out "$E/cpu_bf16" > "$E/cpu_bf16.log" 2>&1
+  try "$RUN" "$E/bf16.lp" "${run[@]}" --backend cuda --out "$E/gpu_bf16" > "$E/gpu_bf16.log" 2>&1
+  try "$RUN" "$E/hf_bf16.lp" --data "$T" --no-shuffle --steps 20 --init-adapter tests/fixtures/train/tiny/adapter_init \
       --backend cuda --out "$E/gpu_hf_bf16" > "$E/gpu_hf_bf16.log" 2>&1
   {
     for r in gpu gpu_tp2 gpu_pp2; do
@@ -130,12 +179,14 @@ with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<256i", 20240801, 7, n, *([0] * 253)))
     f.write(struct.pack(f"<{n}I", *(random.randrange(128256) for _ in range(n))))
 PY
-  "$COMPILE" --model-size 1B --batch $BATCH --seq-len $SEQ --micro-batches $MICRO --lora-rank 16 --lora-alpha 32 \
-      --lora-targets all-linear --lr 1e-4 -o "$B/plan.lp" | tee "$B/compile.log"
+  # The plan (bf16: frozen weights + activations bf16, as HF's bf16 model) was compiled with
+  # --batch $BATCH --seq-len $SEQ --micro-batches $MICRO (plans stage).
+  cp "$PLANS/bench_1b_bf16.lp" "$B/plan.lp"
+  cp "$PLANS/bench_1b_bf16.compile.log" "$B/compile.log"
   FPT=$(grep -o '([0-9]* FLOP per token)' "$B/compile.log" | tr -dc 0-9)
-  "$RUN" "$B/plan.lp" --data "$B/tokens.bin" --steps $STEPS --backend cuda --profile --log-every 1 \
+  try "$RUN" "$B/plan.lp" --data "$B/tokens.bin" --steps $STEPS --backend cuda --profile --log-every 1 \
       --out "$B/ours" 2>&1 | tee "$B/ours.log"
-  "$PY" scripts/reference/bench_hf_gpu.py --config models/configs/llama-3.2-1b.json --seq $SEQ --batch $BATCH \
+  try "$PY" scripts/reference/bench_hf_gpu.py --config models/configs/llama-3.2-1b.json --seq $SEQ --batch $BATCH \
       --rank 16 --steps $STEPS --flops-per-token "$FPT" --json 2>&1 | tee "$B/hf.log"
   python3 - "$B" <<'PY'
 import json, sys
@@ -150,3 +201,8 @@ print(f"peak memory MiB: ours {m_o:.0f}, hf+peft {m_h:.0f} reserved, ratio {m_o 
 print(f"MFU: ours {ours.get('mfu')}, hf+peft {hf.get('mfu')}")
 PY
 fi
+
+if [ -s "$RES/failures.txt" ]; then
+  echo "gpu_check: some steps failed:"; cat "$RES/failures.txt"; exit 1
+fi
+echo "gpu_check: done (results in $RES)"
