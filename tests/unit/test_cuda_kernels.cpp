@@ -627,7 +627,9 @@ TEST_F(CudaKernels, GraphReplayReportsBadIdsAndLabels) {
 // A program with a kernel that needs host work per call (one that waits for the stream: here the
 // host-staged all_reduce_start / all_reduce_wait pair of the overlapped gradient buckets, which
 // also reads StepState::last_micro) is not captured: it runs eagerly, every run, and stays
-// correct; a second executor on fresh hooks behaves the same.
+// correct. The executor keeps such a program away from run_program altogether (is_comm_op lists
+// all_reduce_start / all_reduce_wait); should one reach run_program anyway, the kernels refuse
+// the capture themselves (checked below by calling run_program directly).
 TEST_F(CudaKernels, GraphFallsBackForHostWorkKernels) {
   plan::Plan p = tiny_plan(1000);
   plan::RankPlan &r = p.ranks[0];
@@ -662,11 +664,48 @@ TEST_F(CudaKernels, GraphFallsBackForHostWorkKernels) {
     const float *o = ex.find("out")->tensor.f32();
     for (int i = 0; i < 1000; ++i) ASSERT_EQ(o[i], float(x[size_t(i)])) << "step " << step << " i " << i;
   }
+  const cuda::GraphCounters mid = cuda::graph_counters();
+  EXPECT_EQ(mid.captures - before.captures, 0);
+  EXPECT_EQ(mid.fallbacks - before.fallbacks, 0);   // never handed to run_program
+  EXPECT_EQ(mid.eager_runs - before.eager_runs, 0);
+
+  // The same kernels through run_program directly: the capture (2nd run) is refused by
+  // all_reduce_start at entry and every run executes eagerly.
+  const MemoryHooks direct = cuda::memory();
+  float *buf = static_cast<float *>(direct.alloc(16 * sizeof(float)));
+  ASSERT_NE(buf, nullptr);
+  for (int i = 0; i < 16; ++i) buf[i] = float(i);
+  int eager_calls = 0;
+  auto bucket = [&]() -> Status {
+    ++eager_calls;
+    Tensor t;
+    t.data = buf;
+    t.shape = {16};
+    KernelCall sc;
+    sc.instr = &start;
+    sc.comm = comm.get();
+    sc.in = {t};
+    if (Status s = (*cuda_registry().find("all_reduce_start"))(sc); !s) return s;
+    KernelCall wc;
+    wc.instr = &wait;
+    wc.comm = comm.get();
+    wc.in = {t};
+    wc.out = {t};
+    return (*cuda_registry().find("all_reduce_wait"))(wc);
+  };
+  for (int run = 0; run < 3; ++run) {
+    Status s = direct.run_program("bucket", 0, bucket);
+    ASSERT_TRUE(s.is_ok()) << s.message();
+  }
+  ASSERT_TRUE(direct.sync().is_ok());
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(buf[i], float(i) / 8.0f) << i;  // scale 0.5, three times
+  direct.free(buf);
   const cuda::GraphCounters after = cuda::graph_counters();
-  EXPECT_EQ(after.captures - before.captures, 0);
-  EXPECT_EQ(after.fallbacks - before.fallbacks, 1);
+  EXPECT_EQ(after.captures - mid.captures, 0);
+  EXPECT_EQ(after.fallbacks - mid.fallbacks, 1);
   EXPECT_NE(after.last_fallback.find("all_reduce_start"), std::string::npos) << after.last_fallback;
-  EXPECT_EQ(after.eager_runs - before.eager_runs, 5);  // warm-up, the failed capture's real run, 3 more
+  EXPECT_EQ(after.eager_runs - mid.eager_runs, 3);  // warm-up, the refused capture's real run, 1 more
+  EXPECT_EQ(eager_calls, 4);                        // + the call inside the abandoned capture
 }
 
 // The tiny plan itself (add + copy: both capturable) replays, and a second executor created on
