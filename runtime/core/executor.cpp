@@ -55,7 +55,7 @@ void Executor::AlignedFree::operator()(void *p) const {
 std::unique_ptr<void, Executor::AlignedFree> Executor::allocate(int64_t bytes) const {
   size_t n = static_cast<size_t>(round_up(std::max<int64_t>(bytes, 1), kAlign));
   void *p = hooks_.alloc ? hooks_.alloc(n) : std::aligned_alloc(kAlign, n);
-  if (p) std::memset(p, 0, n);
+  if (p && !(hooks_.alloc && hooks_.zeroed)) std::memset(p, 0, n);
   return std::unique_ptr<void, AlignedFree>(p, AlignedFree{hooks_.alloc ? hooks_.free : nullptr});
 }
 

@@ -73,6 +73,9 @@ struct MemoryHooks {
   std::function<void *(size_t)> alloc;  // host-accessible bytes, nullptr on failure
   std::function<void(void *)> free;
   std::function<Status()> sync;         // may be empty: kernels finish before returning
+  // alloc returns zeroed memory: the executor does not clear it from the host (which would pull
+  // device-resident managed memory back to the host).
+  bool zeroed = false;
   // May be empty. When set, run() hands every run of a program without communication kernels
   // (is_comm_op) to it, unless profiling is on or an InstrHook is given: `eager` runs the
   // instructions one by one as usual (and returns their status). A backend may capture the

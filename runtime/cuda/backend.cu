@@ -290,6 +290,12 @@ MemoryHooks memory() {
       return nullptr;
     }
     place_on_device(p, n);
+    // Zeroed where it lives (MemoryHooks::zeroed): a host memset would pull the block back.
+    if (cudaMemsetAsync(p, 0, n, stream()) != cudaSuccess || cudaStreamSynchronize(stream()) != cudaSuccess) {
+      cudaGetLastError();
+      cudaFree(p);
+      return nullptr;
+    }
     graph::note_alloc(*graphs, p);
     AllocTracker &t = alloc_tracker();
     std::lock_guard<std::mutex> lock(t.mu);
@@ -298,6 +304,7 @@ MemoryHooks memory() {
     t.peak = std::max(t.peak, t.current);
     return p;
   };
+  h.zeroed = true;
   h.free = [graphs](void *p) {
     if (!p) return;
     graph::note_free(*graphs, p);  // drops the graphs that point into the executor's blocks

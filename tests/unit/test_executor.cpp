@@ -696,3 +696,29 @@ TEST_F(ExecutorTest, RunProgramHook) {
   EXPECT_NE(s.message().find("program 'optimizer_step'"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("boom"), std::string::npos) << s.message();
 }
+
+// MemoryHooks::zeroed: hooks that hand out zeroed memory (CUDA: cleared on the device) are not
+// cleared again from the host; other hooks' memory is.
+TEST_F(ExecutorTest, ZeroedHooksAreNotClearedAgain) {
+  PlanBuilder b;
+  int32_t x = b.buffer("x", BufferKind::Input, {4});
+  int32_t y = b.buffer("%y", BufferKind::Activation, {4}, ElemType::F32, "", 0);
+  KernelRegistry reg;
+  reg.add("noop", [](KernelCall &) { return Status::ok(); });
+  b.instr("micro_step", "noop", {x}, {y});
+  for (bool zeroed : {false, true}) {
+    MemoryHooks hooks;
+    hooks.alloc = [](size_t n) {
+      void *p = std::aligned_alloc(64, n);
+      std::memset(p, 0xAB, n);  // "dirty" memory
+      return p;
+    };
+    hooks.free = [](void *p) { std::free(p); };
+    hooks.zeroed = zeroed;
+    auto ex_or = Executor::create(b.p, 0, reg, "hooks", nullptr, &hooks);
+    ASSERT_TRUE(ex_or.is_ok()) << ex_or.message();
+    uint8_t first;
+    std::memcpy(&first, (*ex_or)->buffer(y).tensor.data, 1);
+    EXPECT_EQ(first, zeroed ? 0xAB : 0x00) << "zeroed = " << zeroed;
+  }
+}
