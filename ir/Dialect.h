@@ -16,6 +16,8 @@
 namespace parallora::pl {
 /// Name of the discardable attribute carrying an op's decoder-layer index.
 inline constexpr llvm::StringLiteral kLayerAttr = "pl.layer";
+/// Unit attr on a forward op cloned into the backward by --recompute-layers.
+inline constexpr llvm::StringLiteral kRecomputeAttr = "pl.recompute";
 /// Name of the module attribute carrying the model config dictionary.
 inline constexpr llvm::StringLiteral kModelAttr = "pl.model";
 } // namespace parallora::pl

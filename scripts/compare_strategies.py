@@ -105,6 +105,8 @@ def main():
     ap.add_argument("--loss-rtol", type=float, default=1e-4)
     ap.add_argument("--adapter-rtol", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per rank")
+    ap.add_argument("--recompute", default="none", choices=["none", "layers"],
+                    help="lora-compile --recompute of every plan but the single-device reference")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="lora-compile --precision of every plan (bf16: compare against the single-device bf16 run)")
     ap.add_argument("--comm-timeout", type=float, default=120)
@@ -134,7 +136,8 @@ def main():
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
         plan = os.path.join(d, "plan.lp")
-        run([compile_bin] + common + flags + ["--micro-batches", str(micro), "-o", plan], os.path.join(d, "compile.log"), env)
+        extra = ["--recompute", a.recompute] if name != "single" else []
+        run([compile_bin] + common + flags + extra + ["--micro-batches", str(micro), "-o", plan], os.path.join(d, "compile.log"), env)
         np = ranks_of(flags)
         train = [run_bin, plan, "--data", a.data, "--steps", str(a.steps), "--seed", "7", "--threads", str(a.threads),
                  "--comm-timeout", str(a.comm_timeout), "--log-every", str(a.steps), "--out", os.path.join(d, "run")]

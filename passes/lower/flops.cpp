@@ -36,6 +36,7 @@ double attention_flops(Value q, Value k, bool causal) {
 } // namespace
 
 double op_flops(Operation *op) {
+  if (op->hasAttr(pl::kRecomputeAttr)) return 0;  // not model FLOPs (MFU as PaLM defines it)
   if (auto n = dyn_cast<pl::RMSNormOp>(op)) return 4.0 * numel(n.getResult());
   if (auto l = dyn_cast<pl::LinearOp>(op)) return linear_flops(l.getInput(), l.getWeight());
   if (auto l = dyn_cast<pl::LoraLinearOp>(op))

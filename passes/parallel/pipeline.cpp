@@ -13,6 +13,7 @@ void buildParallelTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOpti
   pm.addPass(createPartition(parallel.partition));
   // 3. Gradients of the adapters, 4. AdamW.
   pm.addPass(createAutodiff(train.autodiff));
+  if (train.recompute_layers) pm.addPass(createRecomputeLayers());  // the layer's collectives too
   pm.addPass(createAdamW(train.adamw));
   // 5. Gradient buckets summed over dp (and tp for replicated adapters); global-norm groups.
   pm.addPass(createSyncGrads(parallel.sync));

@@ -28,6 +28,7 @@ struct TrainPipelineOptions {
   AppendLossOptions loss;
   AutodiffOptions autodiff;
   AdamWOptions adamw;
+  bool recompute_layers = false;  // --recompute-layers after autodiff
 };
 
 /// The training phase: loss, gradients, optimizer.

@@ -1,7 +1,7 @@
 //===- Passes.td - training-step phase passes ---------------*- tablegen -*-===//
 //
 // Passes that turn a LoRA forward graph into one training step. buildTrainPipeline()
-// (pipeline.cpp) runs them in order: append-loss, autodiff, adamw.
+// (pipeline.cpp) runs them in order: append-loss, autodiff, [recompute-layers,] adamw.
 //
 //===----------------------------------------------------------------------===//
 #ifndef PARALLORA_TRAIN_PASSES
@@ -88,6 +88,33 @@ def Autodiff : Pass<"autodiff", "mlir::ModuleOp"> {
     Option<"microBatches", "micro-batches", "int64_t", /*default=*/"1",
            "micro-batches per optimizer step; the loss seed is 1 / micro-batches">,
   ];
+}
+
+def RecomputeLayers : Pass<"recompute-layers", "mlir::ModuleOp"> {
+  let summary = "Activation recomputation per decoder layer: the backward recomputes a layer's forward";
+  let description = [{
+    Runs after autodiff. For every decoder layer (ops with `pl.layer = L >= 0`), the forward
+    values the backward reads are recomputed by a clone of the layer's forward ops placed just
+    before the first backward op that reads one of them; the backward then reads the clones. Only
+    the layer's **checkpoints** are kept from the forward: values of layer L that a forward op
+    outside the layer reads (the residual stream handed to layer L+1). So the forward activations
+    of a layer die inside the forward, and at any time of the backward only one layer's
+    activations (plus the checkpoints) are alive: activation memory O(layers x hidden + one
+    layer) instead of O(layers x everything), for one more forward per layer (as HF's
+    `gradient_checkpointing_enable()` / Megatron's full recomputation; the collectives of a
+    tensor-parallel layer are recomputed too). Kernels are deterministic, so losses and
+    gradients are bit-identical to the plan without recomputation. Clones carry `pl.recompute`;
+    their FLOPs are not model FLOPs (MFU stays PaLM's definition).
+
+    ```mlir
+    %h = pl.rms_norm %x, %w {pl.layer = 0 : i64} ...          // forward (dies in the forward now)
+    ...
+    %loss = pl.cross_entropy ...
+    %h_r = pl.rms_norm %x, %w {pl.layer = 0 : i64, pl.recompute} ...  // before layer 0's backward
+    %dx = pl.rms_norm_grad %dh, %x, %w ...                     // reads the clone's inputs
+    ```
+  }];
+  let dependentDialects = ["parallora::pl::PlDialect"];
 }
 
 def AdamW : Pass<"adamw", "mlir::ModuleOp"> {

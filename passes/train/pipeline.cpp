@@ -9,6 +9,8 @@ void buildTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOptions &opt
   // 2. Reverse-mode gradients for the adapters only (after the loss exists, before the
   //    optimizer needs the list of accumulated gradients).
   pm.addPass(createAutodiff(options.autodiff));
+  // 2b. Optionally recompute each layer's forward in the backward instead of keeping it.
+  if (options.recompute_layers) pm.addPass(createRecomputeLayers());
   // 3. One fused clip + AdamW step over every accumulated gradient.
   pm.addPass(createAdamW(options.adamw));
 }

@@ -32,7 +32,7 @@ namespace {
 
 const std::string kModelDir = std::string(PARALLORA_SOURCE_DIR) + "/tests/fixtures/onnx/tiny_llama.hf";
 
-plan::Plan compile(int64_t batch, int64_t seq, int64_t micro_batches, bool inplace = true) {
+plan::Plan compile(int64_t batch, int64_t seq, int64_t micro_batches, bool inplace = true, bool recompute = false) {
   mlir::MLIRContext ctx;
   ctx.loadDialect<pl::PlDialect, mlir::func::FuncDialect>();
   auto config = load_llama_config(kModelDir + "/config.json");
@@ -47,6 +47,7 @@ plan::Plan compile(int64_t batch, int64_t seq, int64_t micro_batches, bool inpla
   TrainPipelineOptions to;
   to.autodiff.microBatches = micro_batches;
   to.adamw.lr = 1e-3;
+  to.recompute_layers = recompute;
   buildTrainPipeline(pm, to);
   EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
   // PEFT starts B at zero, which makes every A gradient zero: give B values so both matter.
@@ -195,6 +196,27 @@ TEST(TrainStep, InPlaceAddsAndMemoryPlanChangeNoNumber) {
   std::printf("arena %lld bytes (in-place) / %lld bytes (no in-place), sum of temporaries %lld bytes\n",
               (long long)a.ranks[0].arena_bytes, (long long)b.ranks[0].arena_bytes, (long long)sum);
   EXPECT_LT(a.ranks[0].arena_bytes * 3, sum);
+}
+
+// --recompute-layers: the backward recomputes each layer's forward from the layer's input; the
+// loss and every adapter gradient are bit-identical, and the arena shrinks.
+TEST(TrainStep, RecomputeLayersChangesNoNumber) {
+  plan::Plan a = compile(2, 16, 1, true, /*recompute=*/true), b = compile(2, 16, 1, true, false);
+  int64_t clones = 0;
+  for (const plan::Instr &in : a.ranks[0].programs[0].instrs) clones += in.flops == 0 && in.op == "lora_linear_fwd";
+  EXPECT_GT(a.ranks[0].programs[0].instrs.size(), b.ranks[0].programs[0].instrs.size());
+  // Per layer 6 of the 7 adapted projections are recomputed (with no model FLOPs): down_proj's
+  // output only feeds the residual add that makes the layer's checkpoint, so nothing needs it.
+  EXPECT_EQ(clones, 12);
+  EXPECT_EQ(a.ranks[0].flops_per_step, b.ranks[0].flops_per_step);  // model FLOPs exclude recomputation
+  EXPECT_LT(a.ranks[0].arena_bytes, b.ranks[0].arena_bytes);
+  Session ra = load(a), rb = load(b);
+  EXPECT_EQ(run_loss(ra, a, "micro_step", 0), run_loss(rb, b, "micro_step", 0));
+  auto ga = grads(ra), gb = grads(rb);
+  ASSERT_EQ(ga.size(), gb.size());
+  for (auto &kv : ga) EXPECT_EQ(kv.second, gb[kv.first]) << kv.first;
+  std::printf("arena %lld bytes with recomputation, %lld without\n", (long long)a.ranks[0].arena_bytes,
+              (long long)b.ranks[0].arena_bytes);
 }
 
 TEST(TrainStep, MicroBatchAccumulationEqualsOneBatch) {

@@ -73,6 +73,7 @@ struct Args {
   bool zero1 = false;
   std::string precision = "fp32";
   bool no_overlap = false;
+  std::string recompute = "none";
 };
 
 /// The mesh a strategy asks for. Returns false after printing the error.
@@ -345,6 +346,10 @@ int main(int argc, char **argv) {
   app.add_option("--precision", a.precision, "storage precision: fp32, or bf16 = frozen weights and activations in bf16 "
                                              "(adapters, gradients, AdamW moments stay fp32; math in fp32)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--recompute", a.recompute,
+                 "activation recomputation: none, or layers = keep only each decoder layer's output and recompute "
+                 "the layer's forward in the backward (less memory, about one more forward)")
+      ->check(CLI::IsMember({"none", "layers"}));
   app.add_flag("--no-overlap-grad-sync", a.no_overlap,
                "reduce all gradient buckets before the optimizer instead of starting each in the backward as soon as "
                "its last gradient is written");
@@ -517,6 +522,7 @@ int main(int argc, char **argv) {
     to.adamw.warmupSteps = a.warmup;
     to.adamw.minLrRatio = a.min_lr_ratio;
     to.adamw.totalSteps = a.total_steps;
+    to.recompute_layers = a.recompute == "layers";
     PassManager tpm(&ctx);
     if (parallel) {
       ParallelPipelineOptions po;
