@@ -958,7 +958,11 @@ Status device_all_reduce(KernelCall &c) {
     }
     return Status::ok();
   }
-  // A bucket: pack on the device, one reduction, unpack (with the scale).
+  // A bucket: pack on the device, one reduction, unpack (with the scale). The staging is device
+  // memory, which only the NCCL communicator can reduce.
+  if (!dynamic_cast<NcclCommunicator *>(c.comm))
+    return kfail(c, K, "a bucket of " + std::to_string(c.in.size()) +
+                           " tensors needs the NCCL communicator (lora-run --collectives nccl)");
   DeviceBuffer &buf = bucket_buffer();
   if (Status s = buf.reserve(size_t(std::max<int64_t>(total, 1) * es)); !s) return kfail(c, K, s.message());
   char *staging = static_cast<char *>(buf.p);
@@ -1002,6 +1006,8 @@ Status device_broadcast(KernelCall &c) {
       return kfail(c, K, "root " + std::to_string(roots[i]) + " of tensor " + std::to_string(i) + " is not in [0, " +
                              std::to_string(g) + ")");
   }
+  if (g > 1 && !dynamic_cast<NcclCommunicator *>(c.comm))  // device staging: NCCL only
+    return kfail(c, K, "needs the NCCL communicator (lora-run --collectives nccl)");
   DeviceBuffer &buf = bucket_buffer();
   for (int r = 0; r < g; ++r) {
     int64_t n = 0;

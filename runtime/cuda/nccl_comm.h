@@ -61,8 +61,9 @@
 // packing, the scale attr and the copy x -> y done on stream(), never on the host) and installs
 // the plain "send" / "recv" kernels (they only call comm->send / comm->recv). Call it AFTER
 // cuda::register_kernels(), whose host-staged collective wrappers it overrides, and only with
-// this communicator in KernelCall::comm (with another communicator the kernels synchronize the
-// stream first and still work, host-staged by that communicator).
+// this communicator in KernelCall::comm (with another communicator a single tensor is reduced
+// host-staged by that communicator; a multi-tensor bucket and broadcast, whose staging is device
+// memory, fail with a message naming --collectives nccl).
 //
 // OVERLAP (the compiler's overlapped gradient buckets: all_reduce_start in the backward right
 // after a bucket's last gradient, on the last micro-batch only; all_reduce_wait in
