@@ -16,6 +16,12 @@
 namespace parallora::pl {
 /// Name of the discardable attribute carrying an op's decoder-layer index.
 inline constexpr llvm::StringLiteral kLayerAttr = "pl.layer";
+/// An op's decoder layer (its kLayerAttr), -1 outside layers or for a null op.
+inline int64_t layer_of(mlir::Operation *op) {
+  if (!op) return -1;
+  if (auto l = op->getAttrOfType<mlir::IntegerAttr>(kLayerAttr)) return l.getInt();
+  return -1;
+}
 /// Unit attr on a forward op cloned into the backward by --recompute-layers.
 inline constexpr llvm::StringLiteral kRecomputeAttr = "pl.recompute";
 /// Name of the module attribute carrying the model config dictionary.

@@ -60,4 +60,13 @@ bool KernelCall::has_attr(const std::string &name) const {
   return find_attr(instr, name) != nullptr;
 }
 
+bool KernelCall::has_int_attr(const std::string &name) const {
+  if (!instr) return false;
+  auto it = instr->attrs.find(name);
+  if (it == instr->attrs.end()) return false;
+  if (std::holds_alternative<int64_t>(it->second)) return true;
+  if (auto *d = std::get_if<double>(&it->second)) return *d == double(int64_t(*d));
+  return false;
+}
+
 } // namespace parallora::rt

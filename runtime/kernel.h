@@ -68,6 +68,8 @@ struct KernelCall {
   std::string attr_s(const std::string &name, const std::string &dflt) const;
   std::vector<int64_t> attr_ints(const std::string &name) const;
   bool has_attr(const std::string &name) const;
+  /// True when attr `name` is an integer (or a double holding an integral value).
+  bool has_int_attr(const std::string &name) const;
 };
 
 using KernelFn = std::function<Status(KernelCall &)>;

@@ -59,11 +59,7 @@ Layout seed_layout(StringRef name) {
   return rep();
 }
 
-int64_t layer_of(Operation *op) {
-  if (!op) return -1;
-  if (auto l = op->getAttrOfType<IntegerAttr>(pl::kLayerAttr)) return l.getInt();
-  return -1;
-}
+using pl::layer_of;
 
 class Partitioner {
 public:

@@ -28,10 +28,7 @@ using namespace mlir;
 namespace parallora {
 namespace {
 
-int64_t layer_of(Operation *op) {
-  if (auto l = op->getAttrOfType<IntegerAttr>(pl::kLayerAttr)) return l.getInt();
-  return -1;
-}
+using pl::layer_of;
 
 /// Unit of every op of `f` (see the file comment); params follow their first user.
 llvm::DenseMap<Operation *, int64_t> assign_units(func::FuncOp f, int64_t layers) {

@@ -32,10 +32,7 @@ using namespace mlir;
 namespace parallora {
 namespace {
 
-int64_t layer_of(Operation *op) {
-  if (auto a = op->getAttrOfType<IntegerAttr>(pl::kLayerAttr)) return a.getInt();
-  return -1;
-}
+using pl::layer_of;
 
 struct RecomputeLayersPass : impl::RecomputeLayersBase<RecomputeLayersPass> {
   void runOnOperation() override {

@@ -24,14 +24,6 @@ bool is_movable(const Tensor &t) {  // send/recv move the bytes of any element t
   return t.dtype == plan::ElemType::F32 || t.dtype == plan::ElemType::I32 || t.dtype == plan::ElemType::BF16;
 }
 
-bool is_int_attr(const KernelCall &c, const std::string &name) {
-  if (!c.instr) return false;
-  auto it = c.instr->attrs.find(name);
-  if (it == c.instr->attrs.end()) return false;
-  if (std::holds_alternative<int64_t>(it->second)) return true;
-  if (auto *d = std::get_if<double>(&it->second)) return *d == double(int64_t(*d));
-  return false;
-}
 
 // y_i = scale * sum over the group of x_i, all x_i reduced as one message. The tensors are all
 // f32 or all bf16 (tensor-parallel activations of a --precision bf16 plan); bf16 is reduced as
@@ -116,7 +108,7 @@ Status all_reduce_kernel(KernelCall &c) {
 
 /// The bucket number of an all_reduce_start / all_reduce_wait (its Communicator handle).
 Status bucket_of(const KernelCall &c, const char *K, int *handle) {
-  if (!is_int_attr(c, "bucket")) return fail(c, K, "missing integer attr 'bucket'");
+  if (!c.has_int_attr("bucket")) return fail(c, K, "missing integer attr 'bucket'");
   const int64_t b = c.attr_i("bucket", -1);
   if (b < 0 || b > INT32_MAX) return fail(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
   if (!c.comm) return fail(c, K, "needs a communicator (KernelCall::comm is null)");
@@ -198,8 +190,8 @@ Status all_reduce_wait_kernel(KernelCall &c) {
 }
 
 Status p2p_attrs(const KernelCall &c, const char *K, int *peer, int *tag) {
-  if (!is_int_attr(c, "peer")) return fail(c, K, "missing integer attr 'peer'");
-  if (!is_int_attr(c, "tag")) return fail(c, K, "missing integer attr 'tag'");
+  if (!c.has_int_attr("peer")) return fail(c, K, "missing integer attr 'peer'");
+  if (!c.has_int_attr("tag")) return fail(c, K, "missing integer attr 'tag'");
   const int64_t p = c.attr_i("peer", -1), t = c.attr_i("tag", -1);
   if (p < 0 || p > INT32_MAX) return fail(c, K, "attr peer " + std::to_string(p) + " is not a rank");
   if (t < 0 || t > INT32_MAX)

@@ -212,6 +212,10 @@ private:
   Status create(NcclHandle &h, const ncclUniqueId &id, Clock::time_point deadline);
   /// Waits for `s` (cudaStreamQuery) while watching `h`'s async error. On timeout or error
   /// aborts h (marks it broken with `broken_why`) and returns the error; `what` names the op.
+  /// Polls `query` (cudaStreamQuery / cudaEventQuery) until done, watching `h`'s async error,
+  /// within timeout_seconds; on error or timeout aborts h and names `what`.
+  Status wait_until(const std::function<cudaError_t()> &query, NcclHandle *h, const std::string &what,
+                    const char *hang_hint);
   Status wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what, const char *hang_hint);
   /// Same for an event (cudaEventQuery): the comm stream's "done" event of a bucket.
   Status wait_event(cudaEvent_t ev, NcclHandle *h, const std::string &what, const char *hang_hint);
@@ -454,11 +458,11 @@ NcclCommunicator::~NcclCommunicator() {
   if (comm_stream_) cudaStreamDestroy(comm_stream_);
 }
 
-Status NcclCommunicator::wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what,
-                                     const char *hang_hint) {
+Status NcclCommunicator::wait_until(const std::function<cudaError_t()> &query, NcclHandle *h, const std::string &what,
+                                    const char *hang_hint) {
   const Clock::time_point deadline = deadline_after(timeout_seconds);
   for (int64_t iter = 0;; ++iter) {
-    const cudaError_t e = cudaStreamQuery(s);
+    const cudaError_t e = query();
     if (e == cudaSuccess) return Status::ok();
     if (e != cudaErrorNotReady) {
       cudaGetLastError();
@@ -483,32 +487,12 @@ Status NcclCommunicator::wait_stream(cudaStream_t s, NcclHandle *h, const std::s
   }
 }
 
+Status NcclCommunicator::wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what, const char *hang_hint) {
+  return wait_until([s] { return cudaStreamQuery(s); }, h, what, hang_hint);
+}
+
 Status NcclCommunicator::wait_event(cudaEvent_t ev, NcclHandle *h, const std::string &what, const char *hang_hint) {
-  const Clock::time_point deadline = deadline_after(timeout_seconds);
-  for (int64_t iter = 0;; ++iter) {
-    const cudaError_t e = cudaEventQuery(ev);
-    if (e == cudaSuccess) return Status::ok();
-    if (e != cudaErrorNotReady) {
-      cudaGetLastError();
-      if (h) abort(*h, "an earlier operation on it failed on the GPU");
-      return Status::error(prefix() + what + " failed on the GPU: " + cuda_err(e));
-    }
-    if (h && h->comm) {
-      ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(h->comm, &async);
-      if (async != ncclSuccess && async != ncclInProgress) {
-        const std::string msg = nccl_err(h->comm, async);
-        abort(*h, "an earlier operation on it failed (" + msg + ")");
-        return Status::error(prefix() + what + " failed: " + msg);
-      }
-    }
-    if (Clock::now() >= deadline) {
-      if (h) abort(*h, "an earlier operation on it timed out (its NCCL communicator was aborted)");
-      return Status::error(prefix() + what + " did not complete within " + seconds_str(timeout_seconds) + " s (" +
-                           hang_hint + ")");
-    }
-    backoff(iter);
-  }
+  return wait_until([ev] { return cudaEventQuery(ev); }, h, what, hang_hint);
 }
 
 Status NcclCommunicator::collective(NcclHandle *h, const std::string &what, void *data, size_t bytes,
@@ -1038,18 +1022,10 @@ Status device_broadcast(KernelCall &c) {
   return Status::ok();
 }
 
-bool is_int_attr(const KernelCall &c, const std::string &name) {
-  if (!c.instr) return false;
-  auto it = c.instr->attrs.find(name);
-  if (it == c.instr->attrs.end()) return false;
-  if (std::holds_alternative<int64_t>(it->second)) return true;
-  if (auto *d = std::get_if<double>(&it->second)) return *d == double(int64_t(*d));
-  return false;
-}
 
 /// The bucket number of an all_reduce_start / all_reduce_wait (the host kernels' checks).
 Status bucket_of(const KernelCall &c, const char *K, int *handle) {
-  if (!is_int_attr(c, "bucket")) return kfail(c, K, "missing integer attr 'bucket'");
+  if (!c.has_int_attr("bucket")) return kfail(c, K, "missing integer attr 'bucket'");
   const int64_t b = c.attr_i("bucket", -1);
   if (b < 0 || b > INT32_MAX) return kfail(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
   if (!c.comm) return kfail(c, K, "needs a communicator (KernelCall::comm is null)");
