@@ -97,13 +97,13 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
     return Status::error(msg);
   }
 
-  // Storage: one arena per slot, then one block for all persistent buffers: shared kinds once,
-  // Input/Output once per slot.
+  // Storage: ONE allocation (one device allocation on CUDA): the arenas of the S slots, then the
+  // persistent buffers (shared kinds once, Input/Output once per slot), each 64-byte aligned.
   auto per_slot = [](const plan::Buffer &b) {
     return b.kind == plan::BufferKind::Input || b.kind == plan::BufferKind::Output;
   };
   ex->arena_bytes_ = rp.arena_bytes;
-  for (int k = 0; k < S; ++k) ex->arenas_.push_back(ex->allocate(rp.arena_bytes));
+  const int64_t arena_stride = round_up(rp.arena_bytes, kAlign);
   int64_t persistent = 0;
   std::vector<std::vector<int64_t>> offsets(S, std::vector<int64_t>(rp.buffers.size(), -1));
   for (const plan::Buffer &b : rp.buffers) {
@@ -118,17 +118,16 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
     }
   }
   ex->persistent_bytes_ = persistent;
-  ex->persistent_ = ex->allocate(persistent);
-  bool arenas_ok = true;
-  for (auto &a : ex->arenas_) arenas_ok = arenas_ok && a;
-  if (!arenas_ok || !ex->persistent_)
+  ex->block_ = ex->allocate(S * arena_stride + persistent);
+  if (!ex->block_)
     return Status::error("out of memory allocating " + std::to_string(S) + " x " + std::to_string(rp.arena_bytes) +
                          " arena bytes + " + std::to_string(persistent) + " persistent bytes for rank " +
                          std::to_string(rank));
-  auto *store = static_cast<uint8_t *>(ex->persistent_.get());
+  auto *base = static_cast<uint8_t *>(ex->block_.get());
+  auto *store = base + S * arena_stride;
   ex->tensors_.assign(S, std::vector<BufferTensor>(rp.buffers.size()));
   for (int k = 0; k < S; ++k) {
-    auto *arena = static_cast<uint8_t *>(ex->arenas_[k].get());
+    auto *arena = base + k * arena_stride;
     for (const plan::Buffer &b : rp.buffers) {
       BufferTensor &t = ex->tensors_[k][b.id];
       t.buffer = &b;

@@ -1,9 +1,9 @@
 //===- executor.h - runs one rank of a plan on a kernel registry ----------===//
 //
 // Load time (Executor::create): validates the plan, checks that every instruction's kernel
-// exists in the registry (all missing kernels are reported in one error), allocates one
-// 64-byte-aligned arena of `arena_bytes` for the Activation buffers and one block for every
-// persistent buffer (each 64-byte aligned), and prebuilds one KernelCall per instruction with
+// exists in the registry (all missing kernels are reported in one error), makes ONE allocation
+// holding the 64-byte-aligned arena of `arena_bytes` for the Activation buffers (one per slot) and
+// every persistent buffer (each 64-byte aligned), and prebuilds one KernelCall per instruction with
 // every operand resolved to a pointer (an absent operand, id -1, is a Tensor with data nullptr).
 //
 // Run time: init_parameters() once (or set_trainables/set_optimizer_state to restore), then
@@ -20,7 +20,7 @@
 // norm_group); nullptr for single-rank plans without collectives.
 //
 // Memory hooks (other backends, e.g. runtime/cuda): create() takes optional MemoryHooks. The
-// arenas and the persistent block then come from hooks.alloc (it must return memory the host can
+// executor's one block then comes from hooks.alloc (it must return memory the host can
 // read and write, e.g. CUDA managed memory: feed, init_parameters, loss and the adapter export
 // touch it from the host; the executor zeroes it) and go back through hooks.free. hooks.sync,
 // when set, waits for the backend's queued work: run() calls it before returning (also when it
@@ -208,8 +208,7 @@ private:
   std::map<std::string, std::vector<CompiledProgram>> programs_;  // one per slot
   std::vector<std::vector<BufferTensor>> tensors_;                  // [slot][buffer id]
   std::map<std::string, int32_t> by_name_;
-  std::vector<std::unique_ptr<void, AlignedFree>> arenas_;         // one per slot
-  std::unique_ptr<void, AlignedFree> persistent_;
+  std::unique_ptr<void, AlignedFree> block_;  // all storage: the slots' arenas, then the persistent buffers
   int64_t arena_bytes_ = 0;
   int64_t persistent_bytes_ = 0;
   int32_t loss_id_ = -1;
