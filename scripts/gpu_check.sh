@@ -6,7 +6,7 @@
 # ON THE LENT GPU MACHINE the project cannot be built (it has CUDA, CMake and PyTorch, but not MLIR,
 # OpenBLAS, Open MPI or protobuf, and no network). Build the bundle HERE first:
 #     scripts/gpu_bundle.sh            # -> .gpu/bundle.tar.xz (binaries, libraries, Open MPI, plans)
-# then in the device tool: run(command="scripts/gpu_check.sh all", carry=[".gpu"]). With a bundle
+# then in the device tool: run(command="scripts/gpu_check.sh all", carry=[".gpu/bundle.tar.xz"]). With a bundle
 # present this script unpacks and uses it (scripts/gpu_env.sh) and skips `build` and `plans`.
 #
 #   build        configure + build (Release, CUDA) into build-gpu/ with all cores (no bundle only)
