@@ -1,19 +1,34 @@
 //===- attention.cpp - attention_fwd, attention_bwd (causal GQA) ----------===//
 //
-// Naive O(T*S) per (b, h) with fp32 dot products and double softmax sums, parallel over the
-// rows (b, h, t). Query head h reads kv head h / (Hq / Hkv).
+// Blocked over the query rows: per (b, h) and block of kBlock rows [t0, t1), the scores of
+// the block against keys [0, w) (w = t1 when causal, else S) are one sgemm, the softmax runs
+// per row, and the products with V / K are sgemms. Query head h reads kv head h / (Hq / Hkv).
+// Scratch is kBlock x S floats per thread (two such for the backward).
 //
-// Softmax of one row: sc_s = dot(q_t, k_s) * scale (s < t+1 when causal), m = max sc,
-// e_s = exp(sc_s - m), inv = 1 / sum e (double, rounded to float), p_s = e_s * inv.
+// Softmax of one row t: sc_s = scale * (q_t . k_s) from the sgemm, over s < n (n = t+1 when
+// causal, else S); m = max sc, e_s = exp(sc_s - m), inv = 1 / sum e (double, in 4 fixed
+// partial sums; rounded to float), p_s = e_s * inv; p_s = 0 for the masked s in [n, w).
 //
-// The backward recomputes the probabilities in two passes, neither with atomics:
-//   pass 1, per row (b, h, t): p, dp_s = dot(do_t, v_s), D_t = sum_s p_s dp_s,
-//           ds_s = p_s (dp_s - D_t), dq_t = scale * sum_s ds_s k_s; keeps (m, inv, D_t)
-//   pass 2, per kv row (b, hk, s): dk_s = scale * sum_{h in group, t} ds_ts q_t,
-//           dv_s = sum_{h in group, t} p_ts do_t, recomputing p_ts from the kept (m, inv)
-//           with the same float operations as pass 1 (same `dot`, same exp).
+// Forward, per unit (b, h, block): o = P V. Units are independent (each writes its own rows
+// of o), split over the threads in contiguous ranges of about equal cost (static).
+//
+// Backward, per unit (b, kv head hk), which owns dk and dv of hk: for each query head of the
+// group, then each row block in order: recompute P, dP = dO V^T (sgemm), D_t = sum_s p_s dp_s
+// (double, rounded to float), dS = P * (dP - D) (0 where masked), dq = scale dS K (sgemm),
+// dk += scale dS^T Q and dv += P^T dO (sgemms accumulating in that fixed order; no atomics).
+// The units run in parallel when there are at least as many as threads; otherwise one at a
+// time, with OpenMP over the rows of each block's softmax. The sgemms are single-threaded
+// (SerialBlas) in both kernels, so the operations and their order do not depend on the thread
+// count and neither does the result, bit for bit.
+//
+// Masked scores inside the diagonal block are multiplied by an exact 0 in the sgemms, so a
+// non-finite value of v (or dO) at a future position would reach the block's earlier rows, which
+// the row-by-row kernel never read; with such an input the loss is non-finite anyway (the rows at
+// and after it are), and the optimizer skips the step.
 //
 //===----------------------------------------------------------------------===//
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -25,7 +40,6 @@
 namespace parallora::rt::cpu::impl {
 
 using detail::Check;
-using detail::dot;
 
 namespace {
 
@@ -63,23 +77,70 @@ bool check_qkv(const KernelCall &c, Check &ck, const Tensor &q, const Tensor &k,
   return true;
 }
 
-// Scores and probabilities of one query row over n keys; returns m and inv.
-void softmax_row(const float *qr, const float *kb, int64_t n, int64_t Dh, float scale, float *p,
-                 float *m_out, float *inv_out) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t s = 0; s < n; ++s) {
-    p[s] = dot(qr, kb + s * Dh, Dh) * scale;
-    m = std::max(m, p[s]);
-  }
-  double sum = 0.0;
-  for (int64_t s = 0; s < n; ++s) {
-    p[s] = std::exp(p[s] - m);
-    sum += p[s];
-  }
-  const float inv = float(1.0 / sum);
+// Rows of one softmax block.
+constexpr int64_t kBlock = 64;
+
+// Sum of n floats in double, in 4 interleaved partial sums (vectorizable; the order is fixed
+// by n alone): ((s0 + s1) + (s2 + s3)) with s_j = sum over i = j mod 4.
+double sum_f64(const float *x, int64_t n) {
+  double a[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) a[j] += double(x[i + j]);
+  for (int j = 0; i < n; ++i, ++j) a[j] += double(x[i]);
+  return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+// Sum of x_i * y_i in double, with the same partial sums as sum_f64.
+double dot_f64(const float *x, const float *y, int64_t n) {
+  double a[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) a[j] += double(x[i + j]) * double(y[i + j]);
+  for (int j = 0; i < n; ++i, ++j) a[j] += double(x[i]) * double(y[i]);
+  return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+// Max of n >= 1 floats (exact in any order; NaNs are skipped as std::max does).
+float max_f32(const float *x, int64_t n) {
+  float a[8];
+  for (int j = 0; j < 8; ++j) a[j] = x[0];
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) a[j] = a[j] < x[i + j] ? x[i + j] : a[j];
+  for (; i < n; ++i) a[0] = a[0] < x[i] ? x[i] : a[0];
+  float m = a[0];
+  for (int j = 1; j < 8; ++j) m = m < a[j] ? a[j] : m;
+  return m;
+}
+
+// Softmax of one row in place over p[0, n) (scaled scores in, probabilities out), zeroing the
+// masked p[n, w).
+void softmax_row(float *p, int64_t n, int64_t w) {
+  const float m = max_f32(p, n);
+  for (int64_t s = 0; s < n; ++s) p[s] = std::exp(p[s] - m);
+  const float inv = float(1.0 / sum_f64(p, n));
   for (int64_t s = 0; s < n; ++s) p[s] *= inv;
-  *m_out = m;
-  *inv_out = inv;
+  for (int64_t s = n; s < w; ++s) p[s] = 0.0f;
+}
+
+// One row block of one query head: rows [t0, t0 + rows) see keys [0, w).
+struct RowBlock {
+  int64_t t0, rows, w;
+};
+RowBlock row_block(const Dims &d, int64_t tb) {
+  const int64_t t0 = tb * kBlock, rows = std::min(kBlock, d.T - t0);
+  return {t0, rows, d.causal ? t0 + rows : d.S};
+}
+int64_t row_keys(const Dims &d, int64_t t) { return d.causal ? t + 1 : d.S; }
+
+// P (rows x w, leading dim w) = softmax(scale * Q K^T) of one row block; `par` runs the rows
+// in parallel (called outside a parallel region).
+void probs(const Dims &d, const RowBlock &rb, const float *qb, const float *kb, float *P,
+           bool par) {
+  detail::sgemm(false, true, rb.rows, rb.w, d.Dh, d.scale, qb, d.Dh, kb, d.Dh, 0.0f, P, rb.w);
+#pragma omp parallel for schedule(static) if (par)
+  for (int64_t r = 0; r < rb.rows; ++r) softmax_row(P + r * rb.w, row_keys(d, rb.t0 + r), rb.w);
 }
 
 } // namespace
@@ -95,32 +156,36 @@ Status attention_fwd(KernelCall &c) {
   const int64_t rows = d.B * d.Hq * d.T, Dh = d.Dh, S = d.S, T = d.T;
   const float *qp = q.f32(), *kp = k.f32(), *vp = v.f32();
   float *op = o.f32();
-  if (S == 0) {  // no keys: an empty sum
+  if (S == 0 || T == 0) {  // no keys: an empty sum
 #pragma omp parallel for schedule(static) if (rows * Dh >= detail::kParallelWork)
     for (int64_t i = 0; i < rows * Dh; ++i) op[i] = 0.0f;
     return Status::ok();
   }
-#pragma omp parallel if (rows * S * Dh >= detail::kParallelWork)
+  // Units (b, h, row block), ordered; cost[u] = prefix sum of the key counts w.
+  const int64_t nb = (T + kBlock - 1) / kBlock, units = d.B * d.Hq * nb;
+  std::vector<int64_t> cost(static_cast<size_t>(units + 1), 0);
+  for (int64_t u = 0; u < units; ++u)
+    cost[size_t(u + 1)] = cost[size_t(u)] + row_block(d, u % nb).w;
+  const bool par = rows * S * Dh >= detail::kParallelWork && units > 1;
+  detail::SerialBlas serial(true);
+#pragma omp parallel if (par)
   {
-    std::vector<float> p(static_cast<size_t>(S)), acc(static_cast<size_t>(Dh));
-    // Chunk 1 balances the causal rows (row t costs t+1); each row is written by one thread
-    // with the same operations whatever the schedule, so the result does not depend on it.
-#pragma omp for schedule(static, 1)
-    for (int64_t row = 0; row < rows; ++row) {
-      const int64_t t = row % T, bh = row / T, h = bh % d.Hq, b = bh / d.Hq;
+    const int nth = omp_get_num_threads(), tid = omp_get_thread_num();
+    // This thread's units: those whose cost starts in its equal share of the total.
+    const int64_t total = cost[size_t(units)];
+    const auto lo = std::lower_bound(cost.begin(), cost.end() - 1, total * tid / nth),
+               hi = std::lower_bound(cost.begin(), cost.end() - 1, total * (tid + 1) / nth);
+    std::vector<float> P;
+    if (lo < hi) P.resize(static_cast<size_t>(kBlock * S));
+    for (int64_t u = lo - cost.begin(); u < hi - cost.begin(); ++u) {
+      const int64_t bh = u / nb, b = bh / d.Hq, h = bh % d.Hq;
+      const RowBlock rb = row_block(d, u % nb);
       const int64_t kvh = b * d.Hkv + h / d.group;
       const float *kb = kp + kvh * S * Dh, *vb = vp + kvh * S * Dh;
-      const int64_t n = d.causal ? t + 1 : S;
-      float m, inv;
-      softmax_row(qp + row * Dh, kb, n, Dh, d.scale, p.data(), &m, &inv);
-      for (int64_t j = 0; j < Dh; ++j) acc[j] = 0.0f;
-      for (int64_t s = 0; s < n; ++s) {
-        const float ps = p[s];
-        const float *vr = vb + s * Dh;
-        for (int64_t j = 0; j < Dh; ++j) acc[j] += ps * vr[j];
-      }
-      float *orow = op + row * Dh;
-      for (int64_t j = 0; j < Dh; ++j) orow[j] = acc[j];
+      const int64_t row0 = bh * T + rb.t0;
+      probs(d, rb, qp + row0 * Dh, kb, P.data(), false);
+      detail::sgemm(false, false, rb.rows, Dh, rb.w, 1.0f, P.data(), rb.w, vb, Dh, 0.0f,
+                    op + row0 * Dh, Dh);
     }
   }
   return Status::ok();
@@ -142,78 +207,62 @@ Status attention_bwd(KernelCall &c) {
   const float *qp = q.f32(), *kp = k.f32(), *vp = v.f32(), *dop = dO.f32();
   float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
   const float scale = d.scale;
-  if (S == 0) {
+  const int64_t kv_n = d.B * d.Hkv * S * Dh;
+  if (S == 0 || T == 0) {  // no keys (or no queries): empty sums
 #pragma omp parallel for schedule(static) if (rows * Dh >= detail::kParallelWork)
     for (int64_t i = 0; i < rows * Dh; ++i) dqp[i] = 0.0f;
+#pragma omp parallel for schedule(static) if (kv_n >= detail::kParallelWork)
+    for (int64_t i = 0; i < kv_n; ++i) dkp[i] = dvp[i] = 0.0f;
     return Status::ok();
   }
-  std::vector<float> row_m(static_cast<size_t>(rows)), row_inv(static_cast<size_t>(rows)),
-      row_D(static_cast<size_t>(rows));
+  const int64_t nb = (T + kBlock - 1) / kBlock, units = d.B * d.Hkv;
 
-  // Pass 1: per query row.
-#pragma omp parallel if (rows * S * Dh >= detail::kParallelWork)
-  {
-    std::vector<float> p(static_cast<size_t>(S)), dp(static_cast<size_t>(S)),
-        acc(static_cast<size_t>(Dh));
-#pragma omp for schedule(static, 1)
-    for (int64_t row = 0; row < rows; ++row) {
-      const int64_t t = row % T, bh = row / T, h = bh % d.Hq, b = bh / d.Hq;
-      const int64_t kvh = b * d.Hkv + h / d.group;
-      const float *kb = kp + kvh * S * Dh, *vb = vp + kvh * S * Dh, *dor = dop + row * Dh;
-      const int64_t n = d.causal ? t + 1 : S;
-      float m, inv;
-      softmax_row(qp + row * Dh, kb, n, Dh, scale, p.data(), &m, &inv);
-      double Dsum = 0.0;
-      for (int64_t s = 0; s < n; ++s) {
-        dp[s] = dot(dor, vb + s * Dh, Dh);
-        Dsum += double(p[s]) * double(dp[s]);
-      }
-      const float D = float(Dsum);
-      for (int64_t j = 0; j < Dh; ++j) acc[j] = 0.0f;
-      for (int64_t s = 0; s < n; ++s) {
-        const float ds = p[s] * (dp[s] - D);
-        const float *kr = kb + s * Dh;
-        for (int64_t j = 0; j < Dh; ++j) acc[j] += ds * kr[j];
-      }
-      float *dqr = dqp + row * Dh;
-      for (int64_t j = 0; j < Dh; ++j) dqr[j] = acc[j] * scale;
-      row_m[row] = m;
-      row_inv[row] = inv;
-      row_D[row] = D;
-    }
-  }
-
-  // Pass 2: per kv row (b, hk, s), summing over the group's query heads and the rows t that
-  // see key s.
-  const int64_t kv_rows = d.B * d.Hkv * S;
-#pragma omp parallel if (kv_rows * T * Dh >= detail::kParallelWork)
-  {
-    std::vector<float> ak(static_cast<size_t>(Dh)), av(static_cast<size_t>(Dh));
-#pragma omp for schedule(static, 1)
-    for (int64_t kr = 0; kr < kv_rows; ++kr) {
-      const int64_t s = kr % S, bhk = kr / S, hk = bhk % d.Hkv, b = bhk / d.Hkv;
-      const float *krow = kp + kr * Dh, *vrow = vp + kr * Dh;
-      for (int64_t j = 0; j < Dh; ++j) ak[j] = av[j] = 0.0f;
-      for (int64_t g = 0; g < d.group; ++g) {
-        const int64_t h = hk * d.group + g;
-        for (int64_t t = d.causal ? s : 0; t < T; ++t) {
-          const int64_t row = (b * d.Hq + h) * T + t;
-          const float *qr = qp + row * Dh, *dor = dop + row * Dh;
-          const float ps = std::exp(dot(qr, krow, Dh) * scale - row_m[row]) * row_inv[row];
-          const float dps = dot(dor, vrow, Dh);
-          const float ds = ps * (dps - row_D[row]);
-          for (int64_t j = 0; j < Dh; ++j) {
-            ak[j] += ds * qr[j];
-            av[j] += ps * dor[j];
-          }
+  // One unit (b, hk); `par`: parallel rows inside (the unit loop is then sequential).
+  auto unit = [&](int64_t bhk, float *P, float *dS, bool par) {
+    const int64_t b = bhk / d.Hkv, hk = bhk % d.Hkv;
+    const float *kb = kp + bhk * S * Dh, *vb = vp + bhk * S * Dh;
+    float *dkb = dkp + bhk * S * Dh, *dvb = dvp + bhk * S * Dh;
+    for (int64_t i = 0; i < S * Dh; ++i) dkb[i] = dvb[i] = 0.0f;
+    for (int64_t g = 0; g < d.group; ++g) {
+      const int64_t bh = b * d.Hq + hk * d.group + g;
+      for (int64_t tb = 0; tb < nb; ++tb) {
+        const RowBlock rb = row_block(d, tb);
+        const int64_t row0 = bh * T + rb.t0, w = rb.w;
+        const float *qb = qp + row0 * Dh, *dob = dop + row0 * Dh;
+        probs(d, rb, qb, kb, P, par);
+        detail::sgemm(false, true, rb.rows, w, Dh, 1.0f, dob, Dh, vb, Dh, 0.0f, dS, w);
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t r = 0; r < rb.rows; ++r) {
+          const float *pr = P + r * w;
+          float *dsr = dS + r * w;
+          const int64_t n = row_keys(d, rb.t0 + r);
+          const float D = float(dot_f64(pr, dsr, n));
+          for (int64_t s = 0; s < n; ++s) dsr[s] = pr[s] * (dsr[s] - D);
+          for (int64_t s = n; s < w; ++s) dsr[s] = 0.0f;
         }
-      }
-      float *dkr = dkp + kr * Dh, *dvr = dvp + kr * Dh;
-      for (int64_t j = 0; j < Dh; ++j) {
-        dkr[j] = ak[j] * scale;
-        dvr[j] = av[j];
+        detail::sgemm(false, false, rb.rows, Dh, w, scale, dS, w, kb, Dh, 0.0f, dqp + row0 * Dh,
+                      Dh);
+        detail::sgemm(true, false, w, Dh, rb.rows, scale, dS, w, qb, Dh, 1.0f, dkb, Dh);
+        detail::sgemm(true, false, w, Dh, rb.rows, 1.0f, P, w, dob, Dh, 1.0f, dvb, Dh);
       }
     }
+  };
+
+  // Single-threaded sgemms either way (so the result does not depend on the thread count):
+  // the units in parallel when there are enough of them, else one at a time with the rows of
+  // each block in parallel.
+  const bool big = rows * S * Dh >= detail::kParallelWork;
+  detail::SerialBlas serial(true);
+  if (big && units >= omp_get_max_threads()) {
+#pragma omp parallel
+    {
+      std::vector<float> P(static_cast<size_t>(kBlock * S)), dS(static_cast<size_t>(kBlock * S));
+#pragma omp for schedule(static)
+      for (int64_t u = 0; u < units; ++u) unit(u, P.data(), dS.data(), false);
+    }
+  } else {
+    std::vector<float> P(static_cast<size_t>(kBlock * S)), dS(static_cast<size_t>(kBlock * S));
+    for (int64_t u = 0; u < units; ++u) unit(u, P.data(), dS.data(), big);
   }
   return Status::ok();
 }

@@ -1,6 +1,11 @@
 //===- common.cpp - shared helpers of the CPU kernels ---------------------===//
 #include "runtime/cpu/common.h"
 
+// OpenBLAS's thread-count accessors, declared weak (before cblas.h declares them) so a build
+// against another CBLAS still links; SerialBlas is then a no-op.
+extern "C" void openblas_set_num_threads(int num_threads) __attribute__((weak));
+extern "C" int openblas_get_num_threads(void) __attribute__((weak));
+
 #include <cblas.h>
 
 #include <climits>
@@ -10,11 +15,16 @@
 
 namespace parallora::rt::cpu::detail {
 
-float dot(const float *a, const float *b, int64_t n) {
-  float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
-  return acc;
+SerialBlas::SerialBlas(bool active) {
+  if (!active || !openblas_get_num_threads || !openblas_set_num_threads) return;
+  const int n = openblas_get_num_threads();
+  if (n <= 1) return;
+  saved_ = n;
+  openblas_set_num_threads(1);
+}
+
+SerialBlas::~SerialBlas() {
+  if (saved_ > 0) openblas_set_num_threads(saved_);
 }
 
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

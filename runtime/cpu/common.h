@@ -27,8 +27,20 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
            const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
            int64_t ldc);
 
-/// Dot product of n floats (fp32 accumulation). Out of line on purpose: one compiled body,
-/// so every caller (e.g. attention forward and both backward phases) rounds identically.
-float dot(const float *a, const float *b, int64_t n);
+/// While alive (and `active`), OpenBLAS runs single-threaded; the destructor restores its
+/// previous thread count. For sgemm calls made from inside an OpenMP parallel region: the
+/// pthreads OpenBLAS would otherwise start its own threads from every caller and oversubscribe
+/// the cores. A no-op when the CBLAS is not OpenBLAS. Not reentrant across threads: create it
+/// outside the parallel region (the kernels run one at a time).
+class SerialBlas {
+public:
+  explicit SerialBlas(bool active);
+  ~SerialBlas();
+  SerialBlas(const SerialBlas &) = delete;
+  SerialBlas &operator=(const SerialBlas &) = delete;
+
+private:
+  int saved_ = 0;  // 0: nothing to restore
+};
 
 } // namespace parallora::rt::cpu::detail
