@@ -62,6 +62,24 @@ using json = nlohmann::json;
 
 namespace {
 
+/// The CPU kernels mix OpenMP loops (libgomp) with OpenBLAS's own thread pool; with libgomp's
+/// default ACTIVE wait policy its idle threads spin and steal the cores the GEMMs need (measured
+/// 2.2x slower steps on 2 cores, docs/benchmarks.md). libgomp reads OMP_WAIT_POLICY when it is
+/// loaded, before main, so when the user has not chosen one lora-run sets PASSIVE and re-executes
+/// itself once (same pid, before MPI_Init; mpirun's environment is kept). If the exec fails the
+/// run goes on with the default policy.
+std::string omp_wait_policy() {
+  const char *p = std::getenv("OMP_WAIT_POLICY");
+  return p ? p : "default";
+}
+
+void passive_omp_wait_policy(char **argv) {
+  if (std::getenv("OMP_WAIT_POLICY")) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  execv("/proc/self/exe", argv);
+}
+
+
 struct Args {
   std::string plan;
   bool describe = false, verbose = false;
@@ -715,7 +733,8 @@ int train(const Args &a, World &w) {
               << " MiB" << (ex.slots() > 1 ? " x " + std::to_string(ex.slots()) + " slots" : std::string())
               << ", persistent " << fmt("%.1f", ex.persistent_bytes() / 1048576.0) << " MiB; "
               << (a.backend == "cuda" ? std::string("backend cuda")
-                                      : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")))
+                                      : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")) +
+                                            ", OpenMP wait policy " + omp_wait_policy())
               << "\n";
     if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
     if (start_step > 0) std::cout << "  resumed from " << (ckpt ? ckpt->path : rckpt->path) << " at step " << start_step << "\n";
@@ -1035,6 +1054,7 @@ int train(const Args &a, World &w) {
                   {"persistent_mib", ex.persistent_bytes() / 1048576.0},
                   {"adapter", a.out + "/adapter"},
                   {"threads", threads},
+                  {"omp_wait_policy", omp_wait_policy()},
                   {"backend", a.backend},
                   {"world_size", plan.world_size},
                   {"mesh", {{"dp", mesh.dp}, {"tp", mesh.tp}, {"pp", mesh.pp}}},
@@ -1207,6 +1227,7 @@ int train(const Args &a, World &w) {
 } // namespace
 
 int main(int argc, char **argv) {
+  passive_omp_wait_policy(argv);
   CLI::App app{"lora-run: train LoRA adapters by executing a plan compiled by lora-compile (CPU backend;\n"
                "--backend cuda runs the same kernels on a GPU when lora-run was built with CUDA).\n"
                "Each optimizer step runs the plan's micro_step on every micro-batch (forward, loss, backward,\n"
