@@ -1280,7 +1280,8 @@ int main(int argc, char **argv) {
   init_opt->excludes(resume_opt);
   app.add_option("--save-every", a.save_every, "write a checkpoint every K steps (0: only at the end)")->check(at_least(0));
   app.add_option("--keep-last", a.keep_last, "keep only the newest K checkpoints (0: keep all)")->check(at_least(0));
-  app.add_option("--threads", a.threads, "CPU threads of the cpu backend (default: OMP_NUM_THREADS, else all cores)")->check(at_least(0));
+  app.add_option("--threads", a.threads, "CPU threads of the cpu backend (default: OMP_NUM_THREADS, else all cores); "
+                                         "OMP_WAIT_POLICY defaults to PASSIVE (see docs/training.md)")->check(at_least(0));
   app.add_option("--backend", a.backend,
                  "kernels: cpu (fp32 reference, default) or cuda (one GPU per process: device = local rank % device "
                  "count; multi-rank collectives are host-staged through MPI)")
