@@ -186,6 +186,60 @@ bool parse_rms_norm_args(const KernelCall &c, KernelCheck &ck, bool backward, bo
   return true;
 }
 
+bool parse_attention_qkv(const KernelCall &c, KernelCheck &ck, const Tensor &q, const Tensor &k, const Tensor &v,
+                         bool bf16_ok, AttentionArgs *out) {
+  *out = AttentionArgs();
+  if (!float_operand(ck, q, "q", bf16_ok) || !float_operand(ck, k, "k", bf16_ok) ||
+      !float_operand(ck, v, "v", bf16_ok) || !ck.rank(q, "q", 4) || !ck.rank(k, "k", 4) || !ck.num_attr("scale") ||
+      !ck.num_attr("causal"))
+    return false;
+  AttentionArgs &d = *out;
+  d.B = q.dim(0);
+  d.Hq = q.dim(1);
+  d.T = q.dim(2);
+  d.Dh = q.dim(3);
+  d.Hkv = k.dim(1);
+  d.S = k.dim(2);
+  if (!ck.positive(d.Dh, "head dim Dh") || !ck.positive(d.Hkv, "k dim 1 (Hkv)") ||
+      !ck.shape(k, "k", {d.B, d.Hkv, d.S, d.Dh}) || !ck.same_shape(v, "v", k, "k") ||
+      !ck.expect(d.Hq % d.Hkv == 0, "query heads Hq = " + std::to_string(d.Hq) +
+                                        " is not a multiple of kv heads Hkv = " + std::to_string(d.Hkv)))
+    return false;
+  d.group = d.Hq / d.Hkv;
+  d.scale = float(c.attr_f("scale", 0.0));
+  d.causal = c.attr_i("causal", 0) != 0;
+  return !d.causal || ck.expect(d.T == d.S, "causal attention needs T == S, got T = " + std::to_string(d.T) +
+                                                ", S = " + std::to_string(d.S));
+}
+
+bool parse_rope_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok, RopeArgs *out) {
+  *out = RopeArgs();
+  if (!ck.operands(1, 1, 1)) return false;
+  const Tensor &x = c.in[0], &y = c.out[0];
+  const char *xn = backward ? "dy" : "x", *yn = backward ? "dx" : "y";
+  if (!float_operand(ck, x, xn, bf16_ok) || !float_operand(ck, y, yn, bf16_ok) || !ck.rank(x, xn, 4) ||
+      !ck.same_shape(y, yn, x, xn))
+    return false;
+  *out = RopeArgs{x.dim(0), x.dim(1), x.dim(2), x.dim(3)};
+  return ck.positive(out->Dh, "head dim Dh") &&
+         ck.expect(out->Dh % 2 == 0, "head dim Dh = " + std::to_string(out->Dh) + " must be even");
+}
+
+bool parse_embedding_args(const KernelCall &c, KernelCheck &ck, bool bf16_ok, EmbeddingArgs *out) {
+  *out = EmbeddingArgs();
+  if (!ck.operands(2, 2, 1)) return false;
+  const Tensor &ids = c.in[0], &table = c.in[1], &y = c.out[0];
+  if (!ck.i32(ids, "ids") || !ck.rank(ids, "ids", 2) || !float_operand(ck, table, "table", bf16_ok) ||
+      !ck.rank(table, "table", 2) || !float_operand(ck, y, "y", bf16_ok))
+    return false;
+  out->B = ids.dim(0);
+  out->T = ids.dim(1);
+  out->V = table.dim(0);
+  out->D = table.dim(1);
+  if (!ck.positive(out->D, "table dim 1 (D)") || !ck.shape(y, "y", {out->B, out->T, out->D})) return false;
+  return parse_vocab_shard(c, ck, out->V, &out->vocab);
+}
+
 bool parse_cross_entropy_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
                               CrossEntropyArgs *out) {
   *out = CrossEntropyArgs();
@@ -356,6 +410,36 @@ void rope_cos_sin(const RopeParams &p, int64_t T, int64_t Dh, float *cos_out, fl
       cos_out[t * half + i] = std::cos(angle);
       sin_out[t * half + i] = std::sin(angle);
     }
+}
+
+Status finish_grad_norm(KernelCall &c, const AdamwArgs &args, double local_sumsq, double *norm) {
+  if (args.group.size > 1) {
+    float local = float(local_sumsq);  // host memory (the CUDA backend's collective is host-staged)
+    if (Status s = c.comm->all_reduce(args.norm_group, &local, 1, ReduceOp::Sum); !s) return s;
+    local_sumsq = double(local);
+  }
+  *norm = std::sqrt(local_sumsq);
+  c.step->grad_norm = *norm;
+  c.step->grad_norm_finite = std::isfinite(*norm);
+  return Status::ok();
+}
+
+bool parse_transpose_perm(const KernelCall &c, KernelCheck &ck, const Tensor &x, const Tensor &y,
+                          std::vector<int64_t> *perm) {
+  *perm = c.attr_ints("perm");
+  const int R = x.rank();
+  std::vector<bool> seen(size_t(R), false);
+  bool ok = int(perm->size()) == R;
+  for (size_t i = 0; ok && i < perm->size(); ++i) {
+    ok = (*perm)[i] >= 0 && (*perm)[i] < R && !seen[size_t((*perm)[i])];
+    if (ok) seen[size_t((*perm)[i])] = true;
+  }
+  if (!ck.expect(ok, "attr perm " + shape_str(*perm) + " is not a permutation of the " + std::to_string(R) +
+                         " dims of x " + shape_str(x.shape)))
+    return false;
+  std::vector<int64_t> yshape(static_cast<size_t>(R));
+  for (int i = 0; i < R; ++i) yshape[i] = x.shape[size_t((*perm)[i])];
+  return ck.shape(y, "y", yshape);
 }
 
 } // namespace parallora::rt

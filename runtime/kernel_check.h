@@ -96,6 +96,29 @@ struct RmsNormArgs {
 bool parse_rms_norm_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
                          RmsNormArgs *out);
 
+/// attention_fwd / attention_bwd: q (B,Hq,T,Dh), k and v (B,Hkv,S,Dh), Hq % Hkv == 0; attrs
+/// scale, causal (causal needs T == S). The kernels check their own do / outputs against q, k, v.
+struct AttentionArgs {
+  int64_t B = 0, Hq = 0, Hkv = 0, T = 0, S = 0, Dh = 0, group = 1;  // group = Hq / Hkv
+  float scale = 0;
+  bool causal = false;
+};
+bool parse_attention_qkv(const KernelCall &c, KernelCheck &ck, const Tensor &q, const Tensor &k, const Tensor &v,
+                         bool bf16_ok, AttentionArgs *out);
+
+/// rope_fwd: x -> y; rope_bwd: dy -> dx; (B,H,T,Dh), one shape, Dh even and > 0.
+struct RopeArgs {
+  int64_t B = 0, H = 0, T = 0, Dh = 0;
+};
+bool parse_rope_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok, RopeArgs *out);
+
+/// embedding_fwd: ids (B,T) i32, table (V,D) -> y (B,T,D); attr vocab_group (table is a shard).
+struct EmbeddingArgs {
+  int64_t B = 0, T = 0, V = 0, D = 0;  // V: this table's rows
+  VocabShard vocab;                    // the shard's first row and the whole vocabulary
+};
+bool parse_embedding_args(const KernelCall &c, KernelCheck &ck, bool bf16_ok, EmbeddingArgs *out);
+
 /// cross_entropy_fwd: logits (B,T,V), labels (B,T) i32 -> loss (one element);
 /// cross_entropy_bwd: logits, labels -> dlogits (logits' shape); attrs shift (required),
 /// ignore_index, vocab_group. The labels' values are checked by the kernel (on its device),
@@ -122,6 +145,14 @@ struct AdamwArgs {
   std::vector<int64_t> divisors; // norm_divisors (empty = all 1)
 };
 bool parse_adamw_args(KernelCall &c, KernelCheck &ck, AdamwArgs *out);
+/// The clipping norm from this rank's sum of squares (fp64, divisors applied): summed over
+/// args.norm_group as one f32 element when that has more than one rank, then sqrt; sets
+/// StepState::grad_norm and grad_norm_finite. Shared by the CPU and CUDA adamw_step.
+Status finish_grad_norm(KernelCall &c, const AdamwArgs &args, double local_sumsq, double *norm);
+
+/// transpose's attr perm: a permutation of x's dims, and y's shape x.dim(perm[i]).
+bool parse_transpose_perm(const KernelCall &c, KernelCheck &ck, const Tensor &x, const Tensor &y,
+                          std::vector<int64_t> *perm);
 
 
 /// rope_fwd / rope_bwd attributes: theta, rope_type and the llama3 scaling, checked.

@@ -14,11 +14,7 @@ namespace parallora::rt {
 
 namespace {
 
-Status fail(const KernelCall &c, const char *kernel, const std::string &msg) {
-  std::string where = kernel;
-  if (c.instr && !c.instr->loc.empty()) where += " (" + c.instr->loc + ")";
-  return Status::error(where + ": " + msg);
-}
+constexpr auto fail = collective_error;
 
 bool is_movable(const Tensor &t) {  // send/recv move the bytes of any element type
   return t.dtype == plan::ElemType::F32 || t.dtype == plan::ElemType::I32 || t.dtype == plan::ElemType::BF16;
@@ -33,10 +29,9 @@ Status all_reduce_kernel(KernelCall &c) {
   if (c.in.size() != c.out.size())
     return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) +
                           " inputs and " + std::to_string(c.out.size()) + " outputs");
-  if (!c.instr || !c.instr->attrs.count("group") ||
-      !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
-    return fail(c, K, "missing string attr 'group'");
-  const std::string group = c.attr_s("group", "");
+  std::string group;
+  int g = 1;
+  if (Status s = collective_group(c, K, &group, &g); !s) return s;
   const double scale = c.attr_f("scale", 1.0);
   const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
   const char *tname = dtype == plan::ElemType::BF16 ? "bf16" : "f32";
@@ -52,14 +47,6 @@ Status all_reduce_kernel(KernelCall &c) {
       return fail(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si +
                             " has " + std::to_string(x.numel()));
     total += x.numel();
-  }
-  int g = 1;
-  if (c.comm) {
-    StatusOr<int> gs = c.comm->group_size(group);
-    if (!gs) return fail(c, K, gs.message());
-    g = *gs;
-  } else if (!group.empty()) {
-    return fail(c, K, "group '" + group + "' needs a communicator (KernelCall::comm is null)");
   }
   const int64_t es = plan::elem_size(dtype);
   const float sf = float(scale);
@@ -107,14 +94,6 @@ Status all_reduce_kernel(KernelCall &c) {
 }
 
 /// The bucket number of an all_reduce_start / all_reduce_wait (its Communicator handle).
-Status bucket_of(const KernelCall &c, const char *K, int *handle) {
-  if (!c.has_int_attr("bucket")) return fail(c, K, "missing integer attr 'bucket'");
-  const int64_t b = c.attr_i("bucket", -1);
-  if (b < 0 || b > INT32_MAX) return fail(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
-  if (!c.comm) return fail(c, K, "needs a communicator (KernelCall::comm is null)");
-  *handle = int(b);
-  return Status::ok();
-}
 
 // Overlapped gradient bucket (the compiler's overlap of the data-parallel gradient sync with the
 // backward): all_reduce_start packs x_0..x_{n-1} into the communicator's staging for `bucket`
@@ -127,9 +106,10 @@ Status all_reduce_start_kernel(KernelCall &c) {
   const char *K = "all_reduce_start";
   if (c.step && !c.step->last_micro) return Status::ok();
   int handle = -1;
-  if (Status s = bucket_of(c, K, &handle); !s) return s;
-  if (!c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
-    return fail(c, K, "missing string attr 'group'");
+  if (Status s = collective_bucket(c, K, &handle); !s) return s;
+  std::string group;
+  int g = 1;
+  if (Status s = collective_group(c, K, &group, &g); !s) return s;
   if (!c.out.empty()) return fail(c, K, "expected no outputs (the sum is written by all_reduce_wait)");
   const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
   int64_t total = 0, bytes = 0;
@@ -147,7 +127,7 @@ Status all_reduce_start_kernel(KernelCall &c) {
     std::memcpy(staging.data() + off, x.data, size_t(x.nbytes()));
     off += x.nbytes();
   }
-  if (Status s = c.comm->all_reduce_start(handle, c.attr_s("group", ""), staging.data(), total, dtype, ReduceOp::Sum);
+  if (Status s = c.comm->all_reduce_start(handle, group, staging.data(), total, dtype, ReduceOp::Sum);
       !s)
     return fail(c, K, s.message());
   return Status::ok();
@@ -156,7 +136,7 @@ Status all_reduce_start_kernel(KernelCall &c) {
 Status all_reduce_wait_kernel(KernelCall &c) {
   const char *K = "all_reduce_wait";
   int handle = -1;
-  if (Status s = bucket_of(c, K, &handle); !s) return s;
+  if (Status s = collective_bucket(c, K, &handle); !s) return s;
   if (!c.comm->started(handle)) return all_reduce_kernel(c);  // never started: reduce here
   if (c.in.size() != c.out.size())
     return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
@@ -237,21 +217,13 @@ Status broadcast_kernel(KernelCall &c) {
   if (c.in.size() != c.out.size())
     return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
                           std::to_string(c.out.size()) + " outputs");
-  if (!c.instr || !c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
-    return fail(c, K, "missing string attr 'group'");
-  const std::string group = c.attr_s("group", "");
+  std::string group;
+  int g = 1;
+  if (Status s = collective_group(c, K, &group, &g); !s) return s;
   const std::vector<int64_t> roots = c.attr_ints("roots");
   if (roots.size() != c.in.size())
     return fail(c, K, "attr 'roots' has " + std::to_string(roots.size()) + " entries for " +
                           std::to_string(c.in.size()) + " tensors");
-  int g = 1;
-  if (c.comm) {
-    StatusOr<int> gs = c.comm->group_size(group);
-    if (!gs) return fail(c, K, gs.message());
-    g = *gs;
-  } else if (!group.empty()) {
-    return fail(c, K, "group '" + group + "' needs a communicator (KernelCall::comm is null)");
-  }
   for (size_t i = 0; i < c.in.size(); ++i) {
     if (!c.in[i].present() || c.in[i].dtype != plan::ElemType::F32 || !c.out[i].present() ||
         c.out[i].numel() != c.in[i].numel())
@@ -282,6 +254,36 @@ Status broadcast_kernel(KernelCall &c) {
         off += c.in[i].numel();
       }
   }
+  return Status::ok();
+}
+
+Status collective_error(const KernelCall &c, const char *kernel, const std::string &msg) {
+  std::string where = kernel;
+  if (c.instr && !c.instr->loc.empty()) where += " (" + c.instr->loc + ")";
+  return Status::error(where + ": " + msg);
+}
+
+Status collective_group(const KernelCall &c, const char *kernel, std::string *group, int *size) {
+  if (!c.instr || !c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
+    return collective_error(c, kernel, "missing string attr 'group'");
+  *group = c.attr_s("group", "");
+  *size = 1;
+  if (c.comm) {
+    StatusOr<int> gs = c.comm->group_size(*group);
+    if (!gs) return collective_error(c, kernel, gs.message());
+    *size = *gs;
+  } else if (!group->empty()) {
+    return collective_error(c, kernel, "group '" + *group + "' needs a communicator (KernelCall::comm is null)");
+  }
+  return Status::ok();
+}
+
+Status collective_bucket(const KernelCall &c, const char *K, int *handle) {
+  if (!c.has_int_attr("bucket")) return collective_error(c, K, "missing integer attr 'bucket'");
+  const int64_t b = c.attr_i("bucket", -1);
+  if (b < 0 || b > INT32_MAX) return collective_error(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
+  if (!c.comm) return collective_error(c, K, "needs a communicator (KernelCall::comm is null)");
+  *handle = int(b);
   return Status::ok();
 }
 

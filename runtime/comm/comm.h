@@ -142,4 +142,14 @@ StatusOr<std::unique_ptr<Communicator>> make_mpi_communicator(const plan::Mesh &
 /// runtime/cpu/kernels.h) into a registry. They use KernelCall::comm.
 void register_collective_kernels(KernelRegistry &registry);
 
+/// A collective kernel's error: "<kernel> (<loc>): <msg>" (no loc part without one). Shared by
+/// the host collective kernels and the NCCL ones (runtime/cuda/nccl_comm.cu).
+Status collective_error(const KernelCall &c, const char *kernel, const std::string &msg);
+/// The collective's string attr `group` and that group's size (1 for "" and for one rank); an
+/// absent attr, a bad group, or a group of several axes without a communicator is an error.
+Status collective_group(const KernelCall &c, const char *kernel, std::string *group, int *size);
+/// all_reduce_start / all_reduce_wait: the integer attr `bucket` (the Communicator handle), and a
+/// communicator must be given.
+Status collective_bucket(const KernelCall &c, const char *kernel, int *handle);
+
 } // namespace parallora::rt

@@ -47,8 +47,6 @@ Status adamw_step(KernelCall &c) {
   const double beta1 = args.beta1, beta2 = args.beta2, eps = args.eps, wd = args.weight_decay,
                max_norm = args.max_grad_norm, lr = st.lr;
   const bool zero_grads = args.zero_grads;
-  const std::string &norm_group = args.norm_group;
-  const GroupInfo &gi = args.group;
   const std::vector<int64_t> &divisors = args.divisors;
 
   // 1. Global gradient norm (fp64, fixed chunking).
@@ -78,15 +76,8 @@ Status adamw_step(KernelCall &c) {
     const int64_t d = divisors.empty() ? 1 : divisors[size_t(chunks[size_t(k)].grad)];
     sumsq += d == 1 ? partial[size_t(k)] : partial[size_t(k)] / double(d);
   }
-  if (gi.size > 1) {
-    float local = float(sumsq);
-    if (Status s = c.comm->all_reduce(norm_group, &local, 1, ReduceOp::Sum); !s)
-      return ck.error(s.message());
-    sumsq = double(local);
-  }
-  const double norm = std::sqrt(sumsq);
-  st.grad_norm = norm;
-  st.grad_norm_finite = std::isfinite(norm);
+  double norm = 0;  // summed over norm_group; sets st.grad_norm / grad_norm_finite
+  if (Status s = finish_grad_norm(c, args, sumsq, &norm); !s) return ck.error(s.message());
 
   if (!st.grad_norm_finite) {
     if (zero_grads)

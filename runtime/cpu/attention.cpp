@@ -43,39 +43,7 @@ using detail::Check;
 
 namespace {
 
-struct Dims {
-  int64_t B, Hq, Hkv, T, S, Dh, group;
-  float scale;
-  bool causal;
-};
-
-// Validates q/k/v (and optionally do and the outputs) and fills Dims.
-bool check_qkv(const KernelCall &c, Check &ck, const Tensor &q, const Tensor &k, const Tensor &v,
-               Dims *d) {
-  if (!ck.f32(q, "q") || !ck.f32(k, "k") || !ck.f32(v, "v") || !ck.rank(q, "q", 4) ||
-      !ck.rank(k, "k", 4) || !ck.num_attr("scale") || !ck.num_attr("causal"))
-    return false;
-  d->B = q.dim(0);
-  d->Hq = q.dim(1);
-  d->T = q.dim(2);
-  d->Dh = q.dim(3);
-  d->Hkv = k.dim(1);
-  d->S = k.dim(2);
-  if (!ck.positive(d->Dh, "head dim Dh") || !ck.positive(d->Hkv, "k dim 1 (Hkv)") ||
-      !ck.shape(k, "k", {d->B, d->Hkv, d->S, d->Dh}) || !ck.same_shape(v, "v", k, "k") ||
-      !ck.expect(d->Hq % d->Hkv == 0, "query heads Hq = " + std::to_string(d->Hq) +
-                                          " is not a multiple of kv heads Hkv = " +
-                                          std::to_string(d->Hkv)))
-    return false;
-  d->group = d->Hq / d->Hkv;
-  d->scale = float(c.attr_f("scale", 0.0));
-  d->causal = c.attr_i("causal", 0) != 0;
-  if (d->causal && !ck.expect(d->T == d->S, "causal attention needs T == S, got T = " +
-                                                std::to_string(d->T) +
-                                                ", S = " + std::to_string(d->S)))
-    return false;
-  return true;
-}
+using Dims = AttentionArgs;  // parse_attention_qkv (runtime/kernel_check.h)
 
 // Rows of one softmax block.
 constexpr int64_t kBlock = 64;
@@ -151,7 +119,7 @@ Status attention_fwd(KernelCall &c) {
   if (!ck.operands(3, 3, 1)) return ck.status();
   const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2], &o = c.out[0];
   Dims d;
-  if (!check_qkv(c, ck, q, k, v, &d) || !ck.f32(o, "o") || !ck.same_shape(o, "o", q, "q"))
+  if (!parse_attention_qkv(c, ck, q, k, v, /*bf16_ok=*/false, &d) || !ck.f32(o, "o") || !ck.same_shape(o, "o", q, "q"))
     return ck.status();
   const int64_t rows = d.B * d.Hq * d.T, Dh = d.Dh, S = d.S, T = d.T;
   const float *qp = q.f32(), *kp = k.f32(), *vp = v.f32();
@@ -198,7 +166,7 @@ Status attention_bwd(KernelCall &c) {
   const Tensor &dO = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3];
   const Tensor &dq = c.out[0], &dk = c.out[1], &dv = c.out[2];
   Dims d;
-  if (!check_qkv(c, ck, q, k, v, &d) || !ck.f32(dO, "do") || !ck.same_shape(dO, "do", q, "q") ||
+  if (!parse_attention_qkv(c, ck, q, k, v, /*bf16_ok=*/false, &d) || !ck.f32(dO, "do") || !ck.same_shape(dO, "do", q, "q") ||
       !ck.f32(dq, "dq") || !ck.f32(dk, "dk") || !ck.f32(dv, "dv") ||
       !ck.same_shape(dq, "dq", q, "q") || !ck.same_shape(dk, "dk", k, "k") ||
       !ck.same_shape(dv, "dv", v, "v"))

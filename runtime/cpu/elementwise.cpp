@@ -32,20 +32,10 @@ Status transpose(KernelCall &c) {
       !ck.expect(y.present(), "operand y is absent") ||
       !ck.expect(x.dtype == y.dtype, "x and y have different element types"))
     return ck.status();
-  const std::vector<int64_t> perm = c.attr_ints("perm");
+  std::vector<int64_t> perm;
+  if (!parse_transpose_perm(c, ck, x, y, &perm)) return ck.status();
   const int R = x.rank();
-  std::vector<bool> seen(size_t(R), false);
-  bool ok = int(perm.size()) == R;
-  for (size_t i = 0; ok && i < perm.size(); ++i) {
-    ok = perm[i] >= 0 && perm[i] < R && !seen[size_t(perm[i])];
-    if (ok) seen[size_t(perm[i])] = true;
-  }
-  if (!ck.expect(ok, "attr perm " + shape_str(perm) + " is not a permutation of the " +
-                         std::to_string(R) + " dims of x " + shape_str(x.shape)))
-    return ck.status();
-  std::vector<int64_t> yshape(static_cast<size_t>(R));
-  for (int i = 0; i < R; ++i) yshape[i] = x.shape[size_t(perm[i])];
-  if (!ck.shape(y, "y", yshape)) return ck.status();
+  const std::vector<int64_t> &yshape = y.shape;  // x.dim(perm[i]), checked
 
   const int64_t n = x.numel();
   if (n == 0) return Status::ok();

@@ -16,17 +16,11 @@ using detail::Check;
 // rows (y is a partial sum the plan all-reduces) and ids outside [0, V*g) are errors.
 Status embedding_fwd(KernelCall &c) {
   Check ck(c, "embedding_fwd");
-  if (!ck.operands(2, 2, 1)) return ck.status();
+  EmbeddingArgs ea;  // shapes, and this table's first row and the whole vocabulary's size
+  if (!parse_embedding_args(c, ck, /*bf16_ok=*/false, &ea)) return ck.status();
   const Tensor &ids = c.in[0], &table = c.in[1], &y = c.out[0];
-  if (!ck.i32(ids, "ids") || !ck.rank(ids, "ids", 2) || !ck.f32(table, "table") ||
-      !ck.rank(table, "table", 2) || !ck.f32(y, "y"))
-    return ck.status();
-  const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
-  if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
-
-  VocabShard vs;  // this table's first row and the whole vocabulary's size
-  if (!parse_vocab_shard(c, ck, V, &vs)) return ck.status();
-  const int64_t lo = vs.lo, vocab = vs.vocab;
+  const int64_t B = ea.B, T = ea.T, V = ea.V, D = ea.D;
+  const int64_t lo = ea.vocab.lo, vocab = ea.vocab.vocab;
 
   const int32_t *id = ids.i32();
   const int64_t n = B * T;

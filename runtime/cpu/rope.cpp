@@ -45,15 +45,10 @@ bool build_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTabl
 
 Status rope(KernelCall &c, const char *name, bool backward) {
   Check ck(c, name);
-  if (!ck.operands(1, 1, 1)) return ck.status();
+  RopeArgs ra;
+  if (!parse_rope_args(c, ck, backward, /*bf16_ok=*/false, &ra)) return ck.status();
   const Tensor &x = c.in[0], &y = c.out[0];
-  const char *xn = backward ? "dy" : "x", *yn = backward ? "dx" : "y";
-  if (!ck.f32(x, xn) || !ck.f32(y, yn) || !ck.rank(x, xn, 4) || !ck.same_shape(y, yn, x, xn))
-    return ck.status();
-  const int64_t B = x.dim(0), H = x.dim(1), T = x.dim(2), Dh = x.dim(3);
-  if (!ck.positive(Dh, "head dim Dh") ||
-      !ck.expect(Dh % 2 == 0, "head dim Dh = " + std::to_string(Dh) + " must be even"))
-    return ck.status();
+  const int64_t B = ra.B, H = ra.H, T = ra.T, Dh = ra.Dh;
   RopeTable tab;
   if (!build_table(c, ck, T, Dh, &tab)) return ck.status();
   const int64_t half = tab.half, rows = B * H * T;

@@ -48,6 +48,7 @@
 #include "runtime/cuda/common.cuh"
 #include "runtime/cuda/graph.cuh"
 #include "runtime/cuda/kernels_impl.h"
+#include "runtime/kernel_list.h"
 
 namespace parallora::rt::cuda {
 
@@ -363,26 +364,9 @@ void register_kernels(KernelRegistry &registry) {
   // inside the kernel). adamw_step and fill_zero work on the f32 master state only (trainables,
   // gradients, optimizer moments), as on the CPU backend; a kernel without a native bf16 path
   // would be registered as with_bf16_fallback(kernel).
-  registry.add("embedding_fwd", impl::embedding_fwd);
-  registry.add("rms_norm_fwd", impl::rms_norm_fwd);
-  registry.add("rms_norm_bwd", impl::rms_norm_bwd);
-  registry.add("linear_fwd", impl::linear_fwd);
-  registry.add("linear_bwd_input", impl::linear_bwd_input);
-  registry.add("lora_linear_fwd", impl::lora_linear_fwd);
-  registry.add("lora_linear_bwd", impl::lora_linear_bwd);
-  registry.add("rope_fwd", impl::rope_fwd);
-  registry.add("rope_bwd", impl::rope_bwd);
-  registry.add("attention_fwd", impl::attention_fwd);
-  registry.add("attention_bwd", impl::attention_bwd);
-  registry.add("swiglu_fwd", impl::swiglu_fwd);
-  registry.add("swiglu_bwd", impl::swiglu_bwd);
-  registry.add("add", impl::add);
-  registry.add("transpose", impl::transpose);
-  registry.add("copy", impl::copy);
-  registry.add("accumulate", impl::accumulate);
-  registry.add("cross_entropy_fwd", impl::cross_entropy_fwd);
-  registry.add("cross_entropy_bwd", impl::cross_entropy_bwd);
-  registry.add("adamw_step", impl::adamw_step);
+#define PARALLORA_ADD(name) registry.add(#name, impl::name);
+  PARALLORA_CONTRACT_KERNELS(PARALLORA_ADD)
+#undef PARALLORA_ADD
   registry.add("fill_zero", fill_zero);
 
   // The collectives: the host kernels of runtime/comm, host-staged (see the file comment).

@@ -500,8 +500,6 @@ Status adamw_step(KernelCall &c) {
   const double beta1 = args.beta1, beta2 = args.beta2, eps = args.eps, wd = args.weight_decay,
                max_norm = args.max_grad_norm, lr = st.lr;
   const bool zero_grads = args.zero_grads;
-  const std::string &norm_group = args.norm_group;
-  const GroupInfo &gi = args.group;
   const std::vector<int64_t> &divisors = args.divisors;
 
   // The chunk table (managed). Wait first: a previous adamw_step's update kernel may still be
@@ -536,15 +534,8 @@ Status adamw_step(KernelCall &c) {
     const int64_t d = divisors.empty() ? 1 : divisors[size_t(host_chunks[size_t(k)].grad)];
     sumsq += d == 1 ? (*partial)[k] : (*partial)[k] / double(d);
   }
-  if (gi.size > 1) {
-    float local = float(sumsq);  // host memory: the collective is host-staged
-    if (Status s = c.comm->all_reduce(norm_group, &local, 1, ReduceOp::Sum); !s)
-      return ck.error(s.message());
-    sumsq = double(local);
-  }
-  const double norm = std::sqrt(sumsq);
-  st.grad_norm = norm;
-  st.grad_norm_finite = std::isfinite(norm);
+  double norm = 0;  // summed over norm_group; sets st.grad_norm / grad_norm_finite
+  if (Status s = finish_grad_norm(c, args, sumsq, &norm); !s) return ck.error(s.message());
 
   if (!st.grad_norm_finite) {
     if (zero_grads && nchunks > 0) {

@@ -851,11 +851,6 @@ __global__ void scale_copy_bf16_kernel(const __nv_bfloat16 *x, __nv_bfloat16 *y,
     y[i] = __float2bfloat16_rn(s * __bfloat162float(x[i]));
 }
 
-Status kfail(const KernelCall &c, const char *kernel, const std::string &msg) {
-  std::string where = kernel;
-  if (c.instr && !c.instr->loc.empty()) where += " (" + c.instr->loc + ")";
-  return Status::error(where + ": " + msg);
-}
 
 /// dst = s * src, n elements of f32 or bf16 (s == 1: a copy; dst == src and s == 1: nothing),
 /// on stream().
@@ -884,20 +879,8 @@ DeviceBuffer &bucket_buffer() {
   return b;
 }
 
-Status group_of(const KernelCall &c, const char *K, std::string *group, int *g) {
-  if (!c.instr || !c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
-    return kfail(c, K, "missing string attr 'group'");
-  *group = c.attr_s("group", "");
-  *g = 1;
-  if (c.comm) {
-    StatusOr<int> gs = c.comm->group_size(*group);
-    if (!gs) return kfail(c, K, gs.message());
-    *g = *gs;
-  } else if (!group->empty()) {
-    return kfail(c, K, "group '" + *group + "' needs a communicator (KernelCall::comm is null)");
-  }
-  return Status::ok();
-}
+// The host collective kernels' error format and attribute checks (runtime/comm/comm.h).
+constexpr auto kfail = collective_error;
 
 // Same contract as the host all_reduce (runtime/comm/collective_kernels.cpp), on stream().
 Status device_all_reduce(KernelCall &c) {
@@ -907,7 +890,7 @@ Status device_all_reduce(KernelCall &c) {
                            std::to_string(c.out.size()) + " outputs");
   std::string group;
   int g = 1;
-  if (Status s = group_of(c, K, &group, &g); !s) return s;
+  if (Status s = collective_group(c, K, &group, &g); !s) return s;
   // One element type for the whole list: f32, or bf16 (reduced as bf16, scaled in f32 with one
   // rounding), with the host kernel's messages.
   const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
@@ -977,7 +960,7 @@ Status device_broadcast(KernelCall &c) {
                            std::to_string(c.out.size()) + " outputs");
   std::string group;
   int g = 1;
-  if (Status s = group_of(c, K, &group, &g); !s) return s;
+  if (Status s = collective_group(c, K, &group, &g); !s) return s;
   const std::vector<int64_t> roots = c.attr_ints("roots");
   if (roots.size() != c.in.size())
     return kfail(c, K, "attr 'roots' has " + std::to_string(roots.size()) + " entries for " +
@@ -1024,14 +1007,6 @@ Status device_broadcast(KernelCall &c) {
 
 
 /// The bucket number of an all_reduce_start / all_reduce_wait (the host kernels' checks).
-Status bucket_of(const KernelCall &c, const char *K, int *handle) {
-  if (!c.has_int_attr("bucket")) return kfail(c, K, "missing integer attr 'bucket'");
-  const int64_t b = c.attr_i("bucket", -1);
-  if (b < 0 || b > INT32_MAX) return kfail(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
-  if (!c.comm) return kfail(c, K, "needs a communicator (KernelCall::comm is null)");
-  *handle = int(b);
-  return Status::ok();
-}
 
 // Overlapped gradient bucket, device side (the host kernel's contract: collective_kernels.cpp):
 // on the optimizer step's last micro-batch (StepState::last_micro; no StepState: always) packs
@@ -1048,7 +1023,7 @@ Status device_all_reduce_start(const KernelFn &host, KernelCall &c) {
     return host(c);
   }
   int handle = -1;
-  if (Status s = bucket_of(c, K, &handle); !s) return s;
+  if (Status s = collective_bucket(c, K, &handle); !s) return s;
   if (!c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
     return kfail(c, K, "missing string attr 'group'");
   if (!c.out.empty()) return kfail(c, K, "expected no outputs (the sum is written by all_reduce_wait)");
@@ -1087,7 +1062,7 @@ Status device_all_reduce_wait(const KernelFn &host, KernelCall &c) {
   const char *K = "all_reduce_wait";
   if (graph::capturing()) return kfail(c, K, graph::refuse_capture("all_reduce_wait (communicator state)").message());
   int handle = -1;
-  if (Status s = bucket_of(c, K, &handle); !s) return s;
+  if (Status s = collective_bucket(c, K, &handle); !s) return s;
   if (!c.comm->started(handle)) return device_all_reduce(c);  // never started: reduce here
   auto *nc = dynamic_cast<NcclCommunicator *>(c.comm);
   if (!nc) {

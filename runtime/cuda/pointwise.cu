@@ -197,15 +197,10 @@ __global__ void rope_kernel(const T *x, T *y, const float *cs, const float *sn, 
 
 Status rope(KernelCall &c, const char *name, bool backward) {
   Check ck(c, name);
-  if (!ck.operands(1, 1, 1)) return ck.status();
+  RopeArgs ra;
+  if (!parse_rope_args(c, ck, backward, /*bf16_ok=*/true, &ra)) return ck.status();
   const Tensor &x = c.in[0], &y = c.out[0];
-  const char *xn = backward ? "dy" : "x", *yn = backward ? "dx" : "y";
-  if (!ck.flt(x, xn) || !ck.flt(y, yn) || !ck.rank(x, xn, 4) || !ck.same_shape(y, yn, x, xn))
-    return ck.status();
-  const int64_t B = x.dim(0), H = x.dim(1), T = x.dim(2), Dh = x.dim(3);
-  if (!ck.positive(Dh, "head dim Dh") ||
-      !ck.expect(Dh % 2 == 0, "head dim Dh = " + std::to_string(Dh) + " must be even"))
-    return ck.status();
+  const int64_t B = ra.B, H = ra.H, T = ra.T, Dh = ra.Dh;
   RopeTable tab;
   if (!rope_table(c, ck, T, Dh, &tab)) return ck.status();
   const int64_t half = Dh / 2, rows = B * H * T;
@@ -300,17 +295,11 @@ __global__ void transpose_kernel(const E *x, E *y, int64_t n, TransposeDims d) {
 // other shards' ids give zero rows. A bad id is found on the device, then reported here.
 Status embedding_fwd(KernelCall &c) {
   Check ck(c, "embedding_fwd");
-  if (!ck.operands(2, 2, 1)) return ck.status();
+  EmbeddingArgs ea;  // shapes, and this table's first row and the whole vocabulary's size
+  if (!parse_embedding_args(c, ck, /*bf16_ok=*/true, &ea)) return ck.status();
   const Tensor &ids = c.in[0], &table = c.in[1], &y = c.out[0];
-  if (!ck.i32(ids, "ids") || !ck.rank(ids, "ids", 2) || !ck.flt(table, "table") ||
-      !ck.rank(table, "table", 2) || !ck.flt(y, "y"))
-    return ck.status();
-  const int64_t B = ids.dim(0), T = ids.dim(1), V = table.dim(0), D = table.dim(1);
-  if (!ck.positive(D, "table dim 1 (D)") || !ck.shape(y, "y", {B, T, D})) return ck.status();
-
-  VocabShard vs;  // this table's first row and the whole vocabulary's size
-  if (!parse_vocab_shard(c, ck, V, &vs)) return ck.status();
-  const int64_t lo = vs.lo, vocab = vs.vocab;
+  const int64_t B = ea.B, T = ea.T, V = ea.V, D = ea.D;
+  const int64_t lo = ea.vocab.lo, vocab = ea.vocab.vocab;
   const int64_t n = B * T;
   if (n == 0) return Status::ok();
 
@@ -494,20 +483,10 @@ Status transpose(KernelCall &c) {
     return ck.status();
   if (x.dtype != y.dtype && float_kind({&x, &y}) == FloatKind::Mixed) return run_widened(c, transpose);
   if (!ck.expect(x.dtype == y.dtype, "x and y have different element types")) return ck.status();
-  const std::vector<int64_t> perm = c.attr_ints("perm");
+  std::vector<int64_t> perm;
+  if (!parse_transpose_perm(c, ck, x, y, &perm)) return ck.status();
   const int R = x.rank();
-  std::vector<bool> seen(size_t(R), false);
-  bool ok = int(perm.size()) == R;
-  for (size_t i = 0; ok && i < perm.size(); ++i) {
-    ok = perm[i] >= 0 && perm[i] < R && !seen[size_t(perm[i])];
-    if (ok) seen[size_t(perm[i])] = true;
-  }
-  if (!ck.expect(ok, "attr perm " + shape_str(perm) + " is not a permutation of the " +
-                         std::to_string(R) + " dims of x " + shape_str(x.shape)))
-    return ck.status();
-  std::vector<int64_t> yshape(static_cast<size_t>(R));
-  for (int i = 0; i < R; ++i) yshape[i] = x.shape[size_t(perm[i])];
-  if (!ck.shape(y, "y", yshape)) return ck.status();
+  const std::vector<int64_t> &yshape = y.shape;  // x.dim(perm[i]), checked
 
   const int64_t n = x.numel();
   if (n == 0) return Status::ok();
