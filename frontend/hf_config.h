@@ -11,7 +11,7 @@
 #include <optional>
 #include <string>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace parallora {
 

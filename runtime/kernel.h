@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
 
 namespace parallora::rt {
@@ -37,7 +37,7 @@ struct Tensor {
   int rank() const { return static_cast<int>(shape.size()); }
   float *f32() const { return static_cast<float *>(data); }
   int32_t *i32() const { return static_cast<int32_t *>(data); }
-  uint16_t *bf16() const { return static_cast<uint16_t *>(data); }  // runtime/bf16.h
+  uint16_t *bf16() const { return static_cast<uint16_t *>(data); }  // runtime/base/bf16.h
   int64_t nbytes() const { return numel() * plan::elem_size(dtype); }
 };
 

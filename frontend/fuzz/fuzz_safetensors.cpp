@@ -1,7 +1,7 @@
 // libFuzzer target for the safetensors parser. Any input must either parse into views that
 // lie inside the input, or fail with a Status; crashes, ASan reports and thrown exceptions
 // are bugs. SafetensorsFile::open() runs the same parser over a mapped file.
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 
 #include <cstdint>
 #include <cstdlib>

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "frontend/onnx/host_tensor.h"
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace onnx {
 class ModelProto;

@@ -23,8 +23,8 @@
 #include "passes/lower/memory_plan.h"
 #include "passes/parallel/Passes.h"
 #include "passes/train/Passes.h"
-#include "runtime/comm/comm.h"
-#include "runtime/core/schedule.h"
+#include "runtime/plan/collective_bytes.h"
+#include "runtime/plan/schedule.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
@@ -674,7 +674,7 @@ private:
     return g;
   }
 
-  /// Bytes one execution of `in` sends (runtime/comm/comm.h's convention, per call).
+  /// Bytes one execution of `in` sends (runtime/plan/collective_bytes.h's convention, per call).
   void bytes_sent(const Instr &in, const Mesh3 &m, std::map<std::string, int64_t> &by_kind, int64_t times) {
     auto group_of = [&](const char *key) {
       auto it = in.attrs.find(key);

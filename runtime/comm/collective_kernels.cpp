@@ -7,7 +7,7 @@
 #include <cstring>
 #include <vector>
 
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 #include "runtime/comm/comm.h"
 
 namespace parallora::rt {

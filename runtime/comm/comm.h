@@ -26,7 +26,8 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
+#include "runtime/plan/collective_bytes.h"
 #include "runtime/kernel.h"
 #include "runtime/plan/plan.h"
 
@@ -112,11 +113,6 @@ protected:
   std::map<int, std::string> started_;  // handle -> what (for errors), until waited for
   std::map<int, std::vector<char>> staging_;
 };
-
-/// The formula above, shared with the compiler's prediction.
-inline int64_t all_reduce_bytes_sent(int64_t bytes, int group_ranks) {
-  return group_ranks <= 1 ? 0 : 2 * (group_ranks - 1) * bytes / group_ranks;
-}
 
 /// A group as a kernel sees it: its size and this rank's index in it (group_rank).
 struct GroupInfo {

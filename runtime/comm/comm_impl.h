@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
 
 namespace parallora::rt::comm_detail {

@@ -32,7 +32,7 @@
 
 #include "runtime/comm/comm.h"
 #include "runtime/comm/comm_impl.h"
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 
 namespace parallora::rt {
 
@@ -278,7 +278,7 @@ MpiCommunicator::~MpiCommunicator() {
 }
 
 // bf16 reductions: MPI has no bfloat16 type, so bf16 data travels as MPI_UINT16_T with user
-// operations that widen, combine in f32 and round back (runtime/bf16.h) at every combination.
+// operations that widen, combine in f32 and round back (runtime/base/bf16.h) at every combination.
 void bf16_sum(void *in, void *inout, int *len, MPI_Datatype *) {
   const uint16_t *a = static_cast<const uint16_t *>(in);
   uint16_t *b = static_cast<uint16_t *>(inout);

@@ -1,6 +1,6 @@
 //===- executor.cpp - runs one rank of a plan on a kernel registry --------===//
 #include "runtime/core/executor.h"
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 #include "runtime/comm/comm.h"
 #include "runtime/core/tensor_slice.h"
 
@@ -11,8 +11,8 @@
 #include <cstring>
 #include <limits>
 
-#include "frontend/safetensors.h"
-#include "models/weight_init.h"
+#include "runtime/base/safetensors.h"
+#include "runtime/plan/weight_init.h"
 #include "runtime/plan/plan_io.h"
 
 namespace parallora::rt {

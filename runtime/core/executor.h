@@ -56,7 +56,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/kernel.h"
 #include "runtime/plan/plan.h"
 
@@ -124,7 +124,7 @@ public:
   /// model.safetensors or model.safetensors.index.json, or an index .json; "" = none),
   /// converting F16/BF16/F64 to f32 (and rounding to bf16 for a bf16 buffer: --precision bf16)
   /// and checking the shape; any other init is a
-  /// models/weight_init.h spec drawn from `seed`; a sliced buffer (tensor parallel) draws the spec
+  /// runtime/plan/weight_init.h spec drawn from `seed`; a sliced buffer (tensor parallel) draws the spec
   /// for its `full_shape` and keeps its slice, so it holds exactly the numbers the single-device
   /// plan would have there. A sliced checkpoint tensor must have `full_shape` when that is set.
   /// Grad, OptState, Input and Output (every slot) are zeroed.

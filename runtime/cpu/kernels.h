@@ -99,7 +99,7 @@
 // PRECISION. Frozen weights and activations may be stored as bf16 (plan::ElemType::BF16, plans
 // compiled with --precision bf16); LoRA A/B, their gradients, AdamW moments and the loss are
 // always f32. Every kernel reads bf16 operands widened to f32, computes exactly as in f32 and
-// rounds each bf16 output element once, to nearest even (runtime/bf16.h); with `accumulate` the
+// rounds each bf16 output element once, to nearest even (runtime/base/bf16.h); with `accumulate` the
 // stored bf16 value is widened, added to in f32 and rounded once. adamw_step and fill_zero take
 // f32 only. A bf16 all_reduce sums in f32 and rounds after every combination (as NCCL does).
 //

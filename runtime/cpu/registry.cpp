@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/cpu/kernels_impl.h"
@@ -36,7 +36,7 @@ bool reads_outputs(const KernelCall &c) {
 
 /// bf16 storage (--precision bf16) for an f32 kernel: the operands stored as bf16 are widened
 /// into f32 scratch (each storage once, so aliased operands stay aliased), the f32 kernel runs
-/// unchanged, and its bf16 outputs are rounded back once (runtime/bf16.h). This is the reference
+/// unchanged, and its bf16 outputs are rounded back once (runtime/base/bf16.h). This is the reference
 /// semantics of every backend: f32 math on the widened values, one rounding per stored element.
 /// The scratch is per thread and only grows: no allocation in steady state.
 KernelFn widen_bf16(KernelFn f) {

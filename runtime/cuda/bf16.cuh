@@ -1,7 +1,7 @@
 //===- bf16.cuh - bf16 storage in the CUDA kernels ---------------------------===//
 //
 // Plans compiled with --precision bf16 store frozen weights and activations as bf16
-// (plan::ElemType::BF16; runtime/bf16.h). Every kernel reads bf16 operands widened to f32,
+// (plan::ElemType::BF16; runtime/base/bf16.h). Every kernel reads bf16 operands widened to f32,
 // computes in f32 exactly as its f32 version, and rounds each output element once on store
 // (round to nearest even: __float2bfloat16_rn, the host's f32_to_bf16). A kernel with
 // accumulate = 1 into a bf16 output widens the old value, adds in f32 and rounds once.

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/cuda/graph.cuh"
 #include "runtime/kernel.h"
 

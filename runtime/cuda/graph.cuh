@@ -23,7 +23,7 @@
 #include <memory>
 #include <string>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace parallora::rt::cuda::graph {
 

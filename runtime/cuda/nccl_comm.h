@@ -94,7 +94,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/comm/comm.h"
 #include "runtime/kernel.h"
 #include "runtime/plan/plan.h"

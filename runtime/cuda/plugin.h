@@ -15,7 +15,7 @@
 #include <memory>
 #include <string>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
 #include "runtime/kernel.h"

@@ -12,8 +12,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "frontend/safetensors.h"
-#include "runtime/io/fs_util.h"
+#include "runtime/base/safetensors.h"
+#include "runtime/base/fs_util.h"
 
 namespace fs = std::filesystem;
 

@@ -28,7 +28,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/io/peft_adapter.h"
 #include "runtime/io/token_data.h"
 #include "runtime/plan/plan.h"

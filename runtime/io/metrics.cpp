@@ -9,7 +9,7 @@
 
 #include <unistd.h>
 
-#include "runtime/io/fs_util.h"
+#include "runtime/base/fs_util.h"
 
 namespace parallora::rt {
 

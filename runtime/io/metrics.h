@@ -24,7 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
 
 namespace parallora::rt {

@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "frontend/safetensors.h"
-#include "runtime/io/fs_util.h"
+#include "runtime/base/safetensors.h"
+#include "runtime/base/fs_util.h"
 
 namespace parallora::rt {
 

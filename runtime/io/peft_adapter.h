@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
 
 namespace parallora::rt {

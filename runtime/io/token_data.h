@@ -26,7 +26,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace parallora::rt {
 

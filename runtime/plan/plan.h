@@ -45,7 +45,7 @@ namespace parallora::plan {
 constexpr uint32_t kPlanFormatVersion = 2;
 
 /// Element types. BF16 is bfloat16 storage (the top 16 bits of an f32, round-to-nearest-even on
-/// store); kernels compute in f32 (runtime/core/bf16.h). A plan compiled with --precision bf16
+/// store); kernels compute in f32 (runtime/base/bf16.h). A plan compiled with --precision bf16
 /// stores frozen weights and activations as BF16; adapters, gradients, AdamW moments and the
 /// loss stay F32 (Plan::precision).
 enum class ElemType { F32 = 0, I32 = 1, BF16 = 2 };
@@ -71,7 +71,7 @@ struct Buffer {
   std::vector<int64_t> shape;      // row-major, static
   int64_t offset = -1;             // arena byte offset (Activation only)
   // Param / Trainable: "checkpoint" (read tensor `name` from the base weights) or an init spec
-  // understood by models/weight_init.h ("normal(0.0,0.02)", "zeros", "kaiming_uniform(a=...)").
+  // understood by runtime/plan/weight_init.h ("normal(0.0,0.02)", "zeros", "kaiming_uniform(a=...)").
   std::string init;
   // Grad / OptState: the trainable this belongs to.
   std::string param;

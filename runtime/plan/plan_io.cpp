@@ -16,7 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/io/fs_util.h"
+#include "runtime/base/fs_util.h"
 #include "runtime/plan/plan.pb.h"
 
 namespace parallora::plan {

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <string>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
 
 namespace parallora::plan {

@@ -1,10 +1,10 @@
-// bf16 storage (--precision bf16): runtime/bf16.h conversions and the CPU backend's bf16
+// bf16 storage (--precision bf16): runtime/base/bf16.h conversions and the CPU backend's bf16
 // semantics (runtime/cpu/kernels.h, PRECISION): every kernel given bf16 operands returns
 // exactly what the f32 kernel returns on the widened values, rounded once to bf16 per stored
 // element (accumulate: widened, added in f32, rounded once), with aliased operands staying
 // aliased; f32 operands (LoRA A/B and their gradient accumulators) are untouched by the
 // conversion.
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 
 #include <cmath>
 #include <cstring>

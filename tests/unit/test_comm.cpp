@@ -26,7 +26,7 @@
 
 #include "tests/unit/host_buffers.h"
 
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 #include "runtime/comm/comm.h"
 #include "runtime/cpu/kernels.h"
 

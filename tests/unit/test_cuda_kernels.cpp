@@ -43,7 +43,7 @@
 
 #include <gtest/gtest.h>
 
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 #include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
 #include "runtime/cpu/kernels.h"

@@ -17,8 +17,8 @@
 
 #include <gtest/gtest.h>
 
-#include "frontend/safetensors.h"
-#include "models/weight_init.h"
+#include "runtime/base/safetensors.h"
+#include "runtime/plan/weight_init.h"
 #include "runtime/comm/comm.h"
 #include "runtime/cpu/kernels.h"
 

@@ -13,7 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "frontend/hf_config.h"
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 #include "ir/Dialect.h"
 #include "models/llama_builder.h"
 #include "passes/lora/Passes.h"

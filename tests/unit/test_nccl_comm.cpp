@@ -12,7 +12,7 @@
 #include <map>
 #include <vector>
 
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 #include "runtime/comm/comm.h"
 #include "runtime/cuda/backend.h"
 #include "runtime/cuda/nccl_comm.h"

@@ -15,7 +15,7 @@
 
 #include "frontend/onnx/onnx_graph.h"
 #include "frontend/onnx/onnx_importer.h"
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 #include "models/llama_builder.h"
 #include "ir/Dialect.h"
 #include "mlir/IR/Diagnostics.h"

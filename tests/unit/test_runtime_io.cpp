@@ -9,7 +9,7 @@
 
 #include <unistd.h>
 
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 #include "runtime/io/checkpoint.h"
 #include "runtime/io/metrics.h"
 #include "runtime/io/peft_adapter.h"

@@ -1,6 +1,6 @@
 // Tests for frontend/safetensors: byte-exact writing, reading back, half-precision
 // conversion against known bit patterns, every validation error, and sharded checkpoints.
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 
 #include <cmath>
 #include <cstdio>

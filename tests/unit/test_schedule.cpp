@@ -1,5 +1,5 @@
 //===- test_schedule.cpp - pipeline schedules and their simulation ---------===//
-#include "runtime/core/schedule.h"
+#include "runtime/plan/schedule.h"
 
 #include <gtest/gtest.h>
 

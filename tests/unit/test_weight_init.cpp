@@ -1,6 +1,6 @@
 // Tests for models/weight_init: spec parsing, distribution statistics on 100k samples,
 // determinism, and independence from the order tensors are initialised in.
-#include "models/weight_init.h"
+#include "runtime/plan/weight_init.h"
 
 #include <algorithm>
 #include <cmath>

@@ -21,7 +21,7 @@
 
 #include "frontend/hf_config.h"
 #include "frontend/onnx/onnx_importer.h"
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 #include "ir/Dialect.h"
 #include "models/llama_builder.h"
 #include "passes/lora/Passes.h"

@@ -19,7 +19,7 @@
 #include <unistd.h>
 #include <vector>
 
-#include "runtime/core/schedule.h"
+#include "runtime/plan/schedule.h"
 
 namespace parallora {
 namespace {

@@ -7,7 +7,7 @@
 //                   one cluster per program; collectives (all_reduce/send/recv) highlighted
 //   rank<R>.svg     the same rendered with `dot -Tsvg` when Graphviz is on PATH (else a note on
 //                   `log` and only the .dot files)
-//   timeline.svg    the pipeline schedule (runtime/core/schedule.h) simulated from the ranks'
+//   timeline.svg    the pipeline schedule (runtime/plan/schedule.h) simulated from the ranks'
 //                   forward/backward FLOPs: one row per stage (pp > 1) or per rank (pp == 1),
 //                   forward and backward boxes labelled with the micro-batch, the bubble in the title
 //   mesh.svg        the dp x tp x pp device mesh with rank numbers
@@ -20,7 +20,7 @@
 #include <ostream>
 #include <string>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
 
 namespace parallora {

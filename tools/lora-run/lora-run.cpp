@@ -7,7 +7,7 @@
 // Multi-rank plans (world_size > 1, one MPI process per rank): every rank loads its RankPlan,
 // reads the same data in the same seeded order and takes its data-parallel share of each
 // global batch; pipelined plans (pp > 1) run forward/backward per the plan's schedule
-// (runtime/core/schedule.h). Rank 0 logs, writes metrics/summary and the full adapter (the
+// (runtime/plan/schedule.h). Rank 0 logs, writes metrics/summary and the full adapter (the
 // slices gathered from the other ranks). A rank that fails prints "rank R: error: ..." and
 // calls MPI_Abort, so no rank is left waiting.
 //
@@ -40,16 +40,16 @@
 #include <mpi.h>
 #include <nlohmann/json.hpp>
 
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 #include "runtime/comm/comm.h"
-#include "runtime/bf16.h"
+#include "runtime/base/bf16.h"
 #include "runtime/core/executor.h"
-#include "runtime/core/schedule.h"
+#include "runtime/plan/schedule.h"
 #include "runtime/core/tensor_slice.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/cuda/plugin.h"
 #include "runtime/io/checkpoint.h"
-#include "runtime/io/fs_util.h"
+#include "runtime/base/fs_util.h"
 #include "runtime/io/gpu_metrics.h"
 #include "runtime/io/metrics.h"
 #include "runtime/io/peft_adapter.h"

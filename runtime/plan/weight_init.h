@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace parallora {
 

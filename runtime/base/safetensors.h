@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace parallora {
 

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace parallora::rt {
 

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "frontend/status.h"
+#include "runtime/base/status.h"
 
 namespace parallora::rt::fsutil {
 

@@ -1,5 +1,5 @@
 //===- fs_util.cpp - durable file and directory updates --------------------===//
-#include "runtime/io/fs_util.h"
+#include "runtime/base/fs_util.h"
 
 #include <cerrno>
 #include <cstdio>

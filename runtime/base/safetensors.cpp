@@ -7,7 +7,7 @@
 // out, so callers never bounds-check again.
 //
 //===----------------------------------------------------------------------===//
-#include "frontend/safetensors.h"
+#include "runtime/base/safetensors.h"
 
 #include <algorithm>
 #include <cerrno>

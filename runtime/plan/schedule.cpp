@@ -1,5 +1,5 @@
 //===- schedule.cpp - pipeline schedules (GPipe, 1F1B) and their simulation ===//
-#include "runtime/core/schedule.h"
+#include "runtime/plan/schedule.h"
 
 #include <algorithm>
 

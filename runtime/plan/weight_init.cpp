@@ -1,5 +1,5 @@
 //===- weight_init.cpp - seeded weight initialisation with HF's ranges ----===//
-#include "models/weight_init.h"
+#include "runtime/plan/weight_init.h"
 
 #include <algorithm>
 #include <cctype>
