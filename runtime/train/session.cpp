@@ -1,0 +1,570 @@
+//===- session.cpp - a training session ------------------------------------===//
+#include "runtime/train/session.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sys/stat.h>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/base/bf16.h"
+#include "runtime/base/safetensors.h"
+#include "runtime/comm/comm.h"
+#include "runtime/core/executor.h"
+#include "runtime/cpu/kernels.h"
+#include "runtime/cuda/plugin.h"
+#include "runtime/io/gpu_metrics.h"
+#include "runtime/io/metrics.h"
+#include "runtime/io/token_data.h"
+#include "runtime/plan/plan_io.h"
+#include "runtime/plan/schedule.h"
+#include "runtime/train/adapter_export.h"
+#include "runtime/train/checkpoint_store.h"
+#include "runtime/train/metrics_log.h"
+#include "runtime/train/run_summary.h"
+
+namespace parallora::rt {
+namespace {
+using json = nlohmann::json;
+
+std::string fmt(const char *f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+bool is_dir(const std::string &p) {
+  struct stat st;
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/// --dump-first-step: loss, the micro-batch logits and every gradient after the first
+/// micro_step (before the optimizer).
+Status dump_first_step(const std::string &path, const Executor &ex, double loss, const std::vector<float> &logits,
+                       const std::vector<int64_t> &logits_shape) {
+  std::vector<TensorToWrite> tensors;
+  float loss_f = static_cast<float>(loss);
+  tensors.push_back({"loss", DType::F32, {1}, &loss_f});
+  if (!logits.empty()) tensors.push_back({"logits", DType::F32, logits_shape, logits.data()});
+  std::vector<std::string> names;  // keep the strings alive
+  auto grads = ex.buffers(plan::BufferKind::Grad);
+  names.reserve(grads.size());
+  for (const BufferTensor &g : grads) {
+    names.push_back("grad." + (g.buffer->param.empty() ? g.buffer->name : g.buffer->param));
+    tensors.push_back({names.back(), DType::F32, g.buffer->shape, g.tensor.data});
+  }
+  return write_safetensors(path, tensors, {{"format", "pt"}, {"producer", "lora-run --dump-first-step"}});
+}
+
+} // namespace
+
+std::string omp_wait_policy() {
+  const char *p = std::getenv("OMP_WAIT_POLICY");
+  return p ? p : "default";
+}
+
+Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
+  auto fail = [](const std::string &message) { return Status::error(message); };
+  auto t_start = std::chrono::steady_clock::now();
+  auto plan_or = plan::read_plan(a.plan);
+  if (!plan_or) return fail(plan_or.message());
+  const plan::Plan &plan = *plan_or;
+  const plan::Mesh &mesh = plan.mesh;
+  const std::string fingerprint = plan::plan_fingerprint(plan);
+
+  // MPI: when a launcher started us, or the plan needs several ranks.
+  w = init_world(plan.world_size > 1);
+  const bool multi = plan.world_size > 1;
+  if (w.size != plan.world_size) {
+    outcome->same_on_every_rank = true;  // every rank finds it: no abort, rank 0 reports
+    return Status::error(a.plan + " was compiled for " + std::to_string(plan.world_size) + " rank" +
+                         (plan.world_size == 1 ? "" : "s") + " (dp " + std::to_string(mesh.dp) + " x tp " +
+                         std::to_string(mesh.tp) + " x pp " + std::to_string(mesh.pp) + ") but " + std::to_string(w.size) +
+                         " were started; launch with: " +
+                         (plan.world_size > 1 ? "mpirun -np " + std::to_string(plan.world_size) + " " : std::string()) +
+                         "lora-run " + a.plan + " ...");
+  }
+  const int R = w.rank;
+  const plan::RankPlan &rp = plan.ranks[R];
+  const bool rank0 = R == 0;
+  auto warn = [&](const std::string &message) {
+    if (rank0) std::cerr << "lora-run: warning: " << message << "\n";
+  };
+
+  // Test hook (see --help): make one rank fail at one step.
+  int fail_rank = -1;
+  int64_t fail_step = -1;
+  if (const char *e = std::getenv("PARALLORA_TEST_FAIL_RANK")) fail_rank = std::atoi(e);
+  if (const char *e = std::getenv("PARALLORA_TEST_FAIL_STEP")) fail_step = std::atoll(e);
+
+  // Resume first: the checkpoint's seed fixes the data order.
+  std::optional<ResumePoint> resume;
+  uint64_t seed = a.seed;
+  int64_t start_step = 0;
+
+  // Threads, kernels, communicator, executor.
+  int threads = a.threads;
+  if (threads < 0) {
+    const char *env = std::getenv("OMP_NUM_THREADS");
+    threads = env ? std::max(0, std::atoi(env)) : 0;
+  }
+  cpu::set_num_threads(threads);
+  KernelRegistry registry;
+  MemoryHooks cuda_memory;
+  const MemoryHooks *memory_hooks = nullptr;
+  std::string device_line;
+  const cuda::BackendApi *gpu = nullptr;
+  if (a.backend == "cuda") {
+    // The CUDA backend module (runtime/cuda/plugin.h). Every rank uses device (local rank %
+    // device count), chosen on first use by the backend (OMPI_COMM_WORLD_LOCAL_RANK).
+    std::string why;
+    gpu = cuda::load_cuda_backend(&why);
+    if (!gpu) return fail("--backend cuda: " + why);
+    if (!gpu->available(&why)) return fail("--backend cuda: no usable CUDA GPU (" + why + ")");
+    device_line = gpu->device_description();
+    gpu->register_kernels(registry);  // the contract kernels and the host-staged collectives
+    cuda_memory = gpu->memory();
+    if (!a.cuda_graphs) cuda_memory.run_program = nullptr;  // opt-in (MemoryHooks::run_program)
+    memory_hooks = &cuda_memory;
+  } else {
+    cpu::register_kernels(registry);
+    register_collective_kernels(registry);
+  }
+  std::unique_ptr<Communicator> comm;
+  if (a.collectives == "nccl" && a.backend != "cuda") return fail("--collectives nccl needs --backend cuda");
+  if (a.cuda_graphs && a.backend != "cuda") return fail("--cuda-graphs needs --backend cuda");
+  if (multi && a.collectives == "nccl") {
+    // NCCL communicators per mesh group, bootstrapped through MPI; kernels on the device stream.
+    if (!gpu->has_nccl) return fail("--collectives nccl: the CUDA backend was built without NCCL");
+    auto c = gpu->make_nccl_communicator(mesh, a.comm_timeout);
+    if (!c) return fail(c.message());
+    comm = std::move(*c);
+    gpu->register_nccl_collective_kernels(registry);  // replaces the host-staged collectives
+  } else if (multi) {
+    auto c = make_mpi_communicator(mesh);
+    if (!c) return fail(c.message());
+    comm = std::move(*c);
+  } else {
+    comm = make_local_communicator();
+  }
+  comm->timeout_seconds = a.comm_timeout;
+  auto ex_or = Executor::create(plan, R, registry, a.backend, comm.get(), memory_hooks);
+  if (!ex_or) return fail(a.plan + ": " + ex_or.message());
+  Executor &ex = **ex_or;
+  ex.enable_profile(a.profile);
+
+  // GPU metrics (cuda backend): NVML utilization of this rank's device (sampled by a background
+  // thread during steps) and the device name for the default --peak-tflops.
+  std::unique_ptr<NvmlSampler> nvml;
+  std::string gpu_name, nvml_why;
+  if (gpu) {
+    std::string bus = gpu->device_pci_bus_id();
+    nvml = bus.empty() ? NvmlSampler::open(0, &nvml_why) : NvmlSampler::open_by_pci_bus_id(bus, &nvml_why);
+    if (nvml) {
+      gpu_name = nvml->device_name();
+    } else {
+      gpu_name = device_line.substr(0, device_line.find(" (sm_"));
+      if (rank0) std::cerr << "lora-run: GPU utilization unavailable: " << nvml_why << "\n";
+    }
+  }
+  // MFU's peak (TFLOP/s per device): --peak-tflops, else the GPU's dense bf16 data-sheet peak.
+  const double peak_tflops = a.peak_tflops >= 0 ? a.peak_tflops : dense_bf16_peak_tflops(gpu_name);
+
+  // Checkpoints go to --out; the adapters record the base model they were trained on.
+  const std::string weights = a.weights.empty() ? plan.base_weights : a.weights;
+  const std::string base_model = weights;
+  CheckpointStore store(a.out, plan, fingerprint, base_model, static_cast<int>(a.keep_last));
+  if (!a.resume.empty()) {
+    auto c = store.load(a.resume, ex, R);
+    if (!c) return fail("--resume " + a.resume + ": " + c.message());
+    resume = std::move(*c);
+    const TrainerState &st = resume->state;
+    const std::string &cpath = resume->path;
+    if (st.plan_fingerprint != fingerprint)
+      return fail("--resume " + cpath + ": the checkpoint was written for plan " + st.plan_fingerprint + ", but " +
+                  a.plan + " has fingerprint " + fingerprint +
+                  " (resume with the plan that wrote the checkpoint, or start a new run with --init-adapter " + cpath +
+                  ")");
+    if (seed != st.seed)
+      warn("using the checkpoint's seed " + std::to_string(st.seed) + " (not --seed " + std::to_string(seed) +
+           ") so the data order continues unchanged");
+    seed = st.seed;
+    start_step = st.step;
+  }
+
+  // Data: every rank reads the same file in the same seeded order.
+  auto train_file = TokenFile::open(a.data, a.data_format);
+  if (!train_file) return fail("--data " + a.data + ": " + train_file.message());
+  SequenceLoader loader(&*train_file, plan.seq_len, seed, a.shuffle);
+  if (plan.vocab_size > 0)
+    if (Status s = loader.check_vocab(plan.vocab_size); !s) return fail("--data: " + s.message());
+  std::optional<TokenFile> val_file;
+  if (!a.val_data.empty()) {
+    auto v = TokenFile::open(a.val_data, a.data_format);
+    if (!v) return fail("--val-data " + a.val_data + ": " + v.message());
+    val_file = std::move(*v);
+    SequenceLoader check(&*val_file, plan.seq_len, 0, false);
+    if (plan.vocab_size > 0)
+      if (Status s = check.check_vocab(plan.vocab_size); !s) return fail("--val-data: " + s.message());
+  }
+
+  // Batch geometry: global batch B; dp rank d takes sequences [d*B/dp, (d+1)*B/dp), split into
+  // micro_batches micro-batches of `micro_batch` sequences (the Input buffers' size).
+  const int64_t dp = mesh.dp;
+  const int64_t per_dp = plan.global_batch / dp;
+  const int64_t micro_batch = per_dp / plan.micro_batches;
+  const BufferTensor *ids_buf = ex.find("input_ids");
+  const BufferTensor *labels_buf = ex.find("labels");
+  const bool has_ids = ids_buf && ids_buf->buffer->kind == plan::BufferKind::Input;
+  const bool has_labels = labels_buf && labels_buf->buffer->kind == plan::BufferKind::Input;
+  if (!has_ids && !multi) return fail(a.plan + ": the plan has no input 'input_ids'");
+  int64_t ids_numel = has_ids ? ids_buf->buffer->numel() : has_labels ? labels_buf->buffer->numel() : micro_batch * plan.seq_len;
+  if (micro_batch < 1 || micro_batch * plan.micro_batches * dp != plan.global_batch ||
+      ids_numel != micro_batch * plan.seq_len)
+    return fail(a.plan + ": input 'input_ids' holds " + std::to_string(ids_numel) + " tokens but global batch " +
+                std::to_string(plan.global_batch) + (dp > 1 ? " / " + std::to_string(dp) + " data-parallel ranks" : "") +
+                " / " + std::to_string(plan.micro_batches) + " micro-batches x seq_len " + std::to_string(plan.seq_len) +
+                " needs " + std::to_string(micro_batch * plan.seq_len));
+  if (loader.num_sequences() < micro_batch)
+    return fail("--data " + a.data + ": " + std::to_string(train_file->num_tokens()) + " tokens make " +
+                std::to_string(loader.num_sequences()) + " sequences of " + std::to_string(plan.seq_len) +
+                ", fewer than one micro-batch of " + std::to_string(micro_batch));
+  auto feed = [&](const int32_t *block, int slot) -> Status {
+    if (has_ids)
+      if (Status s = ex.feed("input_ids", block, ids_numel, slot); !s) return s;
+    if (has_labels) return ex.feed("labels", block, ids_numel, slot);
+    return Status::ok();
+  };
+
+  // Pipeline schedule of this stage.
+  const bool pipelined = mesh.pp > 1;
+  const bool last_stage = rp.pp_stage == mesh.pp - 1;
+  const bool loss_rank = last_stage && rp.tp_rank == 0;  // contributes to the logged losses
+  std::vector<PipelineTask> tasks;
+  if (pipelined) {
+    if (Status s = check_schedule_name(plan.pipeline_schedule); !s) return fail(a.plan + ": " + s.message());
+    int need = pipeline_slots(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches));
+    if (need > ex.slots())
+      return fail(a.plan + ": the " + plan.pipeline_schedule + " schedule keeps " + std::to_string(need) +
+                  " micro-batches in flight on stage " + std::to_string(rp.pp_stage) + " but the rank has " +
+                  std::to_string(ex.slots()) + " slots");
+    tasks = pipeline_tasks(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches));
+  }
+  size_t last_backward = tasks.size();  // index of this rank's last backward task of a step
+  for (size_t ti = 0; ti < tasks.size(); ++ti)
+    if (tasks[ti].phase == Phase::Backward) last_backward = ti;
+
+  int64_t val_batch = 0, val_batches = 0;
+  if (val_file) {
+    if (!ex.has_program("eval_step")) return fail(a.plan + ": --val-data given but the plan has no eval_step program");
+    // A validation batch is a global batch, split over dp ranks and micro-batches exactly like a
+    // training batch, so every strategy evaluates the same sequences.
+    val_batch = ids_numel / plan.seq_len;  // sequences per eval_step on this rank
+    int64_t available = (val_file->num_tokens() / plan.seq_len) / plan.global_batch;
+    if (available < 1)
+      return fail("--val-data " + a.val_data + ": " + std::to_string(val_file->num_tokens()) +
+                  " tokens, fewer than one evaluation batch of " + std::to_string(plan.global_batch) + " x " +
+                  std::to_string(plan.seq_len));
+    val_batches = a.val_batches > 0 ? std::min(a.val_batches, available) : available;
+    if (a.val_batches > available)
+      warn("--val-batches " + std::to_string(a.val_batches) + " but " + a.val_data + " holds only " +
+           std::to_string(available) + " batches; using " + std::to_string(available));
+  }
+
+  // Parameters: base weights, then the adapters (init spec, --init-adapter or the checkpoint).
+  const bool adapters_given = !a.init_adapter.empty() || resume.has_value();
+  if (Status s = ex.init_parameters(weights, seed, /*skip_trainables=*/adapters_given); !s) {
+    std::string hint = (a.weights.empty() && !plan.base_weights.empty())
+                           ? " (the plan records base weights " + plan.base_weights + "; pass --weights to use another copy)"
+                           : "";
+    return fail(s.message() + hint);
+  }
+  if (!a.init_adapter.empty()) {
+    plan::LoraInfo info;
+    if (Status s = load_init_adapter(a.init_adapter, plan, ex, &info); !s)
+      return fail("--init-adapter " + a.init_adapter + ": " + s.message());
+    if (info.rank != plan.lora.rank || info.alpha != plan.lora.alpha)
+      warn("--init-adapter " + a.init_adapter + " was saved with r=" + std::to_string(info.rank) +
+           ", lora_alpha=" + fmt("%g", info.alpha) + " but the plan uses r=" + std::to_string(plan.lora.rank) +
+           ", lora_alpha=" + fmt("%g", plan.lora.alpha) + " (the plan's scaling applies)");
+  }
+  if (resume) {
+    if (Status s = ex.set_trainables(resume->trainables); !s) return fail("--resume " + resume->path + ": " + s.message());
+    if (Status s = ex.set_optimizer_state(resume->optimizer_state); !s)
+      return fail("--resume " + resume->path + ": " + s.message());
+    loader.restore(resume->state.data);
+  }
+
+  // Output directory and metrics (rank 0 writes them; every rank writes its checkpoint shard).
+  if (rank0) {
+    if (mkdir(a.out.c_str(), 0755) != 0 && errno != EEXIST) return fail("--out " + a.out + ": " + std::strerror(errno));
+    if (!is_dir(a.out)) return fail("--out " + a.out + " is not a directory");
+  }
+  if (Status s = control_barrier(*comm); !s) return fail(s.message());
+  auto metrics_or = MetricsLog::open(a.out, rank0, resume ? start_step : -1, plan.world_size);
+  if (!metrics_or) return fail(metrics_or.message());
+  MetricsLog metrics = std::move(*metrics_or);
+  const std::string &metrics_path = metrics.path();
+  auto write_metrics = [&](json rec) -> Status { return metrics.write(std::move(rec)); };
+
+  const int64_t tokens_per_step = plan.global_batch * plan.seq_len;
+  if (rank0) {
+    std::cout << "lora-run: " << a.plan << " (" << fingerprint << "), " << a.steps << " steps of " << plan.global_batch
+              << " x " << plan.seq_len << " tokens (" << plan.micro_batches << " micro-batch"
+              << (plan.micro_batches == 1 ? "" : "es") << (dp > 1 ? " per data-parallel rank" : "") << "), data "
+              << a.data << " (" << train_file->num_tokens() << " tokens, " << loader.num_sequences() << " sequences"
+              << (a.shuffle ? ", shuffled" : "") << ")\n";
+    if (multi)
+      std::cout << "  ranks: " << plan.world_size << " (dp " << mesh.dp << " x tp " << mesh.tp << " x pp " << mesh.pp
+                << "), strategy " << plan.strategy
+                << (pipelined ? ", pipeline schedule " + plan.pipeline_schedule : std::string()) << "\n";
+    std::cout << "  memory" << (multi ? " (rank 0)" : "") << ": arena " << fmt("%.1f", ex.arena_bytes() / 1048576.0)
+              << " MiB" << (ex.slots() > 1 ? " x " + std::to_string(ex.slots()) + " slots" : std::string())
+              << ", persistent " << fmt("%.1f", ex.persistent_bytes() / 1048576.0) << " MiB; "
+              << (a.backend == "cuda" ? std::string("backend cuda")
+                                      : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")) +
+                                            ", OpenMP wait policy " + omp_wait_policy())
+              << "\n";
+    if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
+    if (start_step > 0) std::cout << "  resumed from " << resume->path << " at step " << start_step << "\n";
+    if (start_step >= a.steps)
+      std::cout << "  the checkpoint is at step " << start_step << " >= --steps " << a.steps
+                << ": nothing to train (raise --steps to continue)\n";
+  }
+  if (!a.dump_first_step.empty() && start_step > 0) warn("--dump-first-step ignored: resuming after step 1");
+  if (!a.dump_first_step.empty() && multi) warn("--dump-first-step ignored: it applies to single-rank plans only");
+
+  // Sums `local` (this rank's contribution, or 0) over the world: control traffic, not counted
+  // in the communicator's bytes.
+  auto world_sum = [&](double local) -> StatusOr<double> {
+    if (Status s = control_sum(*comm, &local, 1); !s) return s;
+    return local;
+  };
+
+  ProgressBar progress(a.steps, std::max<int64_t>(1, a.log_every));
+  // Mean eval_step loss over the first val_batches global batches of the validation file
+  // (unshuffled). Each dp rank evaluates its block of every batch in micro-batches, like
+  // training; every stage runs eval_step (stages exchange activations inside it) and the last
+  // stage's tp-0 ranks contribute the losses.
+  auto validate = [&]() -> StatusOr<double> {
+    SequenceLoader vl(&*val_file, plan.seq_len, 0, /*shuffle=*/false);
+    std::vector<int32_t> global(static_cast<size_t>(plan.global_batch * plan.seq_len));
+    const int64_t per_rank = plan.global_batch / mesh.dp;
+    double sum = 0;
+    for (int64_t b = 0; b < val_batches; ++b) {
+      if (Status s = vl.next(plan.global_batch, global.data()); !s)
+        return Status::error(val_file->path + ": " + s.message());
+      for (int64_t m = 0; m < plan.micro_batches; ++m) {
+        const int32_t *mine = global.data() + (rp.dp_rank * per_rank + m * val_batch) * plan.seq_len;
+        if (Status s = feed(mine, 0); !s) return s;
+        if (Status s = ex.run("eval_step", nullptr, 0); !s) return Status::error("eval_step: " + s.message());
+        if (loss_rank) sum += ex.loss(0);
+      }
+    }
+    if (multi)
+      if (Status s = comm->flush(); !s) return s;
+    auto total = world_sum(sum);
+    if (!total) return total.status();
+    return *total / static_cast<double>(val_batches * plan.micro_batches * mesh.dp);
+  };
+  auto run_validation = [&](int64_t step) -> Status {
+    if (!val_file) return Status::ok();
+    auto vl = validate();
+    if (!vl) return vl.status();
+    if (Status s = write_metrics({{"step", step}, {"val_loss", *vl}}); !s) return s;
+    if (rank0) {
+      progress.finish();  // ends an in-place progress line first
+      std::cerr << "lora-run: step " << step << " val_loss " << fmt("%.6f", *vl) << "\n";
+    }
+    return Status::ok();
+  };
+  auto checkpoint = [&](int64_t step, double loss, double lr) -> Status {
+    TrainerState st;
+    st.step = step;
+    st.data = loader.position();
+    st.seed = seed;
+    st.plan_fingerprint = fingerprint;
+    st.extra = {{"loss", loss}, {"lr", lr}, {"tokens", step * tokens_per_step}};
+    return store.save(st, *comm, ex);
+  };
+
+  if (start_step == 0)
+    if (Status s = run_validation(0); !s) return fail("validation before training: " + s.message());
+
+  // The micro-batch logits for --dump-first-step: input 0 of micro_step's cross_entropy_fwd,
+  // copied right after that instruction (the arena reuses its bytes later).
+  std::vector<float> dump_logits;
+  std::vector<int64_t> dump_logits_shape;
+  Executor::InstrHook capture = [&](size_t, const KernelCall &c) {
+    if (c.instr->op != "cross_entropy_fwd" || c.in.empty() || !c.in[0].present()) return;
+    const Tensor &l = c.in[0];
+    dump_logits.resize(static_cast<size_t>(l.numel()));
+    if (l.dtype == plan::ElemType::BF16) bf16_to_f32(l.bf16(), dump_logits.data(), l.numel());  // --precision bf16
+    else std::copy(l.f32(), l.f32() + l.numel(), dump_logits.begin());
+    dump_logits_shape = c.in[0].shape;
+  };
+
+  std::vector<int32_t> global(static_cast<size_t>(plan.global_batch * plan.seq_len));
+  const int32_t *my_block = global.data() + rp.dp_rank * per_dp * plan.seq_len;
+  auto micro = [&](int64_t m) { return my_block + m * micro_batch * plan.seq_len; };
+  // Time split of this rank's training steps (executor compute / comm + comm->flush, the rest
+  // idle/other), step times (MFU), GPU memory and utilization.
+  RunStats stats;
+  for (int64_t s = start_step + 1; s <= a.steps; ++s) {
+    auto t0 = std::chrono::steady_clock::now();
+    if (R == fail_rank && s == fail_step)
+      return fail("step " + std::to_string(s) + ": injected failure (PARALLORA_TEST_FAIL_RANK=" + std::to_string(fail_rank) +
+                  ", PARALLORA_TEST_FAIL_STEP=" + std::to_string(fail_step) + ")");
+    const std::map<std::string, int64_t> bytes_before = comm->bytes_sent();
+    const TimeSplit split_before = ex.time_split();
+    double flush_s = 0;  // comm->flush(): waiting for outstanding sends counts as communication
+    if (nvml) nvml->begin_window();
+    if (Status st = loader.next(plan.global_batch, global.data()); !st) return fail("--data " + a.data + ": " + st.message());
+    double loss_sum = 0;
+    if (!pipelined) {
+      for (int64_t m = 0; m < plan.micro_batches; ++m) {
+        if (Status st = feed(micro(m), 0); !st) return fail(st.message());
+        bool dump = s == 1 && m == 0 && !a.dump_first_step.empty() && !multi;
+        StepState micro_state;  // the last micro-batch starts the overlapped gradient buckets
+        micro_state.last_micro = m == plan.micro_batches - 1;
+        Status st = dump ? ex.run("micro_step", &micro_state, capture) : ex.run("micro_step", &micro_state);
+        if (!st) return fail("step " + std::to_string(s) + ", micro_step " + std::to_string(m) + ": " + st.message());
+        if (loss_rank) loss_sum += ex.loss();
+        if (dump) {
+          if (Status d = dump_first_step(a.dump_first_step, ex, ex.loss(), dump_logits, dump_logits_shape); !d)
+            return fail("--dump-first-step: " + d.message());
+          std::cout << "  first micro-step dumped to " << a.dump_first_step << "\n";
+        }
+      }
+    } else {
+      for (size_t ti = 0; ti < tasks.size(); ++ti) {
+        const PipelineTask &t = tasks[ti];
+        if (t.phase == Phase::Forward) {
+          if (Status st = feed(micro(t.micro_batch), t.slot); !st) return fail(st.message());
+          if (Status st = ex.run("forward", nullptr, t.slot); !st)
+            return fail("step " + std::to_string(s) + ", forward of micro-batch " + std::to_string(t.micro_batch) + ": " +
+                        st.message());
+          if (loss_rank) loss_sum += ex.loss(t.slot);
+        } else {
+          StepState micro_state;  // this rank's last backward starts the overlapped gradient buckets
+          micro_state.last_micro = ti == last_backward;
+          if (Status st = ex.run("backward", &micro_state, t.slot); !st)
+            return fail("step " + std::to_string(s) + ", backward of micro-batch " + std::to_string(t.micro_batch) +
+                        ": " + st.message());
+        }
+      }
+    }
+    if (multi) {
+      auto tf = std::chrono::steady_clock::now();
+      if (Status st = comm->flush(); !st) return fail("step " + std::to_string(s) + ": " + st.message());
+      flush_s = seconds_since(tf);
+    }
+    StepState state;
+    state.step = s;
+    state.lr = lr_at_step(plan.hparams, s, a.steps);
+    if (Status st = ex.run("optimizer_step", &state); !st)
+      return fail("step " + std::to_string(s) + ", optimizer_step: " + st.message());
+    for (auto &[k, v] : comm->bytes_sent()) {
+      auto it = bytes_before.find(k);
+      stats.train_bytes[k] += v - (it == bytes_before.end() ? 0 : it->second);
+    }
+    ++stats.steps_run;
+    auto loss_total = world_sum(loss_sum);
+    if (!loss_total) return fail("step " + std::to_string(s) + ": " + loss_total.message());
+    stats.last_loss = *loss_total / static_cast<double>(plan.micro_batches * dp);
+    double dt = seconds_since(t0);
+    const TimeSplit &split_after = ex.time_split();
+    const double compute_s = split_after.compute_s - split_before.compute_s;
+    const double comm_s = split_after.comm_s - split_before.comm_s + flush_s;
+    const double idle_s = dt - compute_s - comm_s;
+    stats.total_compute += compute_s;
+    stats.total_comm += comm_s;
+    stats.total_step_time += dt;
+    stats.step_times.push_back(dt);
+    stats.last_lr = state.lr;
+    double tps = dt > 0 ? tokens_per_step / dt : 0;
+    if (s > start_step + 1) stats.step_tps.push_back(tps);
+    json rec = {{"step", s},
+                {"loss", stats.last_loss},
+                {"lr", state.lr},
+                {"grad_norm", state.grad_norm},
+                {"tokens", s * tokens_per_step},
+                {"tokens_per_s", tps},
+                {"step_time_s", dt},
+                {"peak_rss_mib", peak_rss_mib()},
+                {"arena_mib", ex.arena_bytes() * ex.slots() / 1048576.0},
+                {"skipped", !state.grad_norm_finite},
+                {"compute_s", compute_s},
+                {"comm_s", comm_s},
+                {"idle_s", idle_s}};
+    if (gpu) {
+      cuda::DeviceMemoryInfo dm = gpu->device_memory();
+      if (dm.ok) {
+        stats.gpu_peak_used_mib = std::max(stats.gpu_peak_used_mib, dm.used_bytes / 1048576.0);
+        rec["gpu_mem_used_mib"] = dm.used_bytes / 1048576.0;
+      }
+      stats.gpu_alloc_peak_mib = std::max(stats.gpu_alloc_peak_mib, dm.peak_allocated_bytes / 1048576.0);
+    }
+    if (nvml) {
+      GpuUtilStats u = nvml->end_window();
+      if (u.samples > 0) rec["gpu_util"] = u.mean;
+    }
+    if (Status st = write_metrics(rec); !st) return fail(st.message());
+    if (rank0) {
+      progress.update(s, stats.last_loss, tps, state.lr);
+      if (!state.grad_norm_finite) {
+        progress.finish();
+        std::cerr << "lora-run: warning: step " << s << ": gradient norm is not finite; update skipped\n";
+      }
+    }
+    if (val_file && ((a.val_every > 0 && s % a.val_every == 0) || s == a.steps))
+      if (Status st = run_validation(s); !st) return fail("validation at step " + std::to_string(s) + ": " + st.message());
+    if (a.save_every > 0 && s % a.save_every == 0 && s != a.steps) {
+      if (Status st = checkpoint(s, stats.last_loss, state.lr); !st)
+        return fail("checkpoint at step " + std::to_string(s) + ": " + st.message());
+    }
+  }
+  if (rank0) progress.finish();
+
+  // Final adapter (full tensors, assembled on rank 0), checkpoint and summary.
+  if (Status s = export_adapter(a.out + "/adapter", plan, *comm, ex, base_model); !s) return fail(s.message());
+  if (a.steps > start_step)
+    if (Status s = checkpoint(a.steps, stats.last_loss, stats.last_lr); !s) return fail("final checkpoint: " + s.message());
+  if (nvml) {
+    stats.has_util = true;
+    stats.util_total = nvml->total();
+  }
+  RunInfo info;
+  info.plan_path = a.plan;
+  info.fingerprint = fingerprint;
+  info.out_dir = a.out;
+  info.metrics_path = metrics_path;
+  info.backend = a.backend;
+  info.omp_wait_policy = omp_wait_policy();
+  info.gpu_name = gpu_name;
+  info.nvml_why = nvml_why;
+  info.base_weights = weights.empty() ? "random init, seed " + std::to_string(seed) : weights;
+  info.steps = a.steps;
+  info.start_step = start_step;
+  info.threads = threads;
+  info.profile = a.profile;
+  info.peak_tflops = peak_tflops;
+  info.t_start = t_start;
+  return write_run_summary(info, stats, plan, ex, *comm);
+}
+
+} // namespace parallora::rt
