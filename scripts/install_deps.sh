@@ -13,6 +13,7 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcli11-dev                               # config.json / safetensors headers, CLIs
   libopenmpi-dev openmpi-bin                                    # multi-rank CPU runs (mpirun)
   libopenblas-dev                                               # CPU GEMM
+  zlib1g-dev                                                    # CRC32 of checkpoint manifests
   libgtest-dev libgmock-dev                                     # unit tests
   clang-14 libclang-rt-14-dev                                   # libFuzzer targets
   graphviz                                                      # dot -> SVG for graph dumps

@@ -1,5 +1,6 @@
 //===- checkpoint.cpp - resumable training checkpoints ---------------------===//
 #include "runtime/io/checkpoint.h"
+#include "runtime/io/checkpoint_manifest.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -170,6 +171,10 @@ Status save_checkpoint(const std::string &out_dir_in, const TrainerState &state,
       {"plan_fingerprint", state.plan_fingerprint},
       {"extra", state.extra.is_null() ? nlohmann::json::object() : state.extra},
   };
+  // The manifest: checksums of the files just written and of the state itself.
+  st = add_file_checksums(tmp, {"adapter_model.safetensors", "adapter_config.json", kOptimizerFile}, &js);
+  if (!st) return fail(st);
+  seal_state(&js);
   std::string text;
   try {
     text = js.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
@@ -266,6 +271,8 @@ StatusOr<LoadedCheckpoint> load_checkpoint(const std::string &path_in) {
     ck.state.plan_fingerprint = js["plan_fingerprint"].get<std::string>();
   }
   ck.state.extra = js.contains("extra") ? js["extra"] : nlohmann::json::object();
+  st = verify_manifest(dir, state_path, js, {"adapter_model.safetensors", "adapter_config.json", kOptimizerFile});
+  if (!st) return st;
 
   auto adapters = read_peft_adapter(dir, &ck.lora);
   if (!adapters) return adapters.status();

@@ -2,6 +2,7 @@
 #include "runtime/train/checkpoint_store.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <set>
 #include <unistd.h>
@@ -10,6 +11,7 @@
 
 #include "runtime/base/fs_util.h"
 #include "runtime/base/safetensors.h"
+#include "runtime/io/checkpoint_manifest.h"
 #include "runtime/train/adapter_export.h"
 
 namespace parallora::rt {
@@ -64,8 +66,21 @@ StatusOr<ResumePoint> load_rank_checkpoint(const std::string &path_in, const Exe
   if (!fs::exists(file, ec))
     return Status::error(dir + " has no " + rank_file(rank) + " (it was written by a run of " +
                          std::to_string(world_size) + " rank" + (world_size == 1 ? "" : "s") + ")");
+  if (Status s = verify_manifest(dir, dir + "/trainer_state.json", js, {rank_file(rank)}); !s) return s;
   auto st = SafetensorsFile::open(file);
   if (!st) return st.status();
+  // The shard must be this rank's of this plan (a renamed or swapped file is refused).
+  const auto &meta = (*st)->metadata();
+  auto meta_of = [&](const char *key) {
+    auto it = meta.find(key);
+    return it == meta.end() ? std::string() : it->second;
+  };
+  if (meta_of("rank") != std::to_string(rank))
+    return Status::error(file + ": holds the shard of rank " + (meta_of("rank").empty() ? "?" : meta_of("rank")) +
+                         ", not of rank " + std::to_string(rank) + " (files renamed or swapped?)");
+  if (!meta_of("plan_fingerprint").empty() && meta_of("plan_fingerprint") != ck.state.plan_fingerprint)
+    return Status::error(file + ": written for plan " + meta_of("plan_fingerprint") + ", but the checkpoint's state names plan " +
+                         ck.state.plan_fingerprint);
   std::set<std::string> opt_names;
   for (const BufferTensor &t : ex.buffers(plan::BufferKind::OptState)) opt_names.insert(t.buffer->name);
   for (const TensorView &t : (*st)->tensors()) {
@@ -146,16 +161,25 @@ Status CheckpointStore::save(const TrainerState &st, Communicator &comm, const E
     mine.push_back({t.buffer->name, DType::F32, t.buffer->shape, t.tensor.data});
   for (const BufferTensor &t : ex.buffers(plan::BufferKind::OptState))
     mine.push_back({t.buffer->name, DType::F32, t.buffer->shape, t.tensor.data});
+  const plan::Mesh &mesh = plan_.mesh;
+  const std::string mesh_str = std::to_string(mesh.dp) + "x" + std::to_string(mesh.tp) + "x" + std::to_string(mesh.pp);
   if (Status s = write_safetensors(tmp + "/" + rank_file(R), mine,
-                                   {{"format", "pt"}, {"rank", std::to_string(R)}, {"plan_fingerprint", fingerprint_}});
+                                   {{"format", "pt"}, {"rank", std::to_string(R)}, {"mesh", mesh_str},
+                                    {"plan_fingerprint", fingerprint_}});
       !s)
     return s;
+  // Every shard's size and CRC32 go to rank 0 for the manifest (checkpoint_manifest.h).
+  auto sum = file_checksum(tmp + "/" + rank_file(R));
+  if (!sum) return sum.status();
+  const double row[2] = {static_cast<double>((*sum)["bytes"].get<int64_t>()),
+                         static_cast<double>(std::stoul((*sum)["crc32"].get<std::string>(), nullptr, 16))};
+  std::vector<double> rows(rank0 ? 2 * static_cast<size_t>(plan_.world_size) : 0);
+  if (Status s = control_gather(comm, row, 2, rank0 ? rows.data() : nullptr); !s) return s;
   std::vector<FullTensor> full;
   if (Status s = gather_full_trainables(plan_, comm, ex, &full); !s) return s;
   if (Status s = control_barrier(comm); !s) return s;
   if (!rank0) return Status::ok();
   if (Status s = write_peft_files(tmp, plan_.lora, base_model_, as_named(full)); !s) return s;
-  const plan::Mesh &mesh = plan_.mesh;
   json js = {{"format", "parallora-trainer-state"},
              {"version", 1},
              {"global_step", st.step},
@@ -165,6 +189,14 @@ Status CheckpointStore::save(const TrainerState &st, Communicator &comm, const E
              {"world_size", plan_.world_size},
              {"mesh", {{"dp", mesh.dp}, {"tp", mesh.tp}, {"pp", mesh.pp}}},
              {"extra", st.extra}};
+  json &files = js["files"];
+  for (int r = 0; r < plan_.world_size; ++r) {
+    char crc[16];
+    std::snprintf(crc, sizeof crc, "%08x", static_cast<unsigned>(rows[2 * r + 1]));
+    files[rank_file(r)] = {{"bytes", static_cast<int64_t>(rows[2 * r])}, {"crc32", crc}};
+  }
+  if (Status s = add_file_checksums(tmp, {"adapter_model.safetensors", "adapter_config.json"}, &js); !s) return s;
+  seal_state(&js);
   if (Status s = fsutil::write_file_atomic(tmp + "/trainer_state.json", js.dump(2) + "\n"); !s) return s;
   if (Status s = fsutil::fsync_dir(tmp); !s) return s;
   if (Status s = fsutil::replace_dir(tmp, final_dir); !s) return s;

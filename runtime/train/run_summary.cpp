@@ -85,7 +85,9 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
   if (Status s = control_gather(comm, mine_row, kFields, rank0 ? rows.data() : nullptr); !s) return s;
   if (!rank0) return Status::ok();
 
-  double median_tps = median(stats.step_tps);
+  // A run of one step has no step after the first: its own rate is reported.
+  const bool one_step = stats.step_tps.empty();
+  double median_tps = one_step ? stats.first_step_tps : median(stats.step_tps);
   double wall = seconds_since(info.t_start);
   json summary = {{"plan", info.plan_path},
                   {"plan_fingerprint", fingerprint},
@@ -238,7 +240,7 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
     if (!os) return Status::error("cannot write " + info.out_dir + "/summary.json");
   }
   std::cout << "lora-run: done: " << info.steps << " steps, final loss " << fmt("%.6f", stats.last_loss) << ", "
-            << fmt("%.0f", median_tps) << " tokens/s (median, first step excluded), wall " << fmt("%.2f", wall)
+            << fmt("%.0f", median_tps) << (one_step ? " tokens/s (one step), wall " : " tokens/s (median, first step excluded), wall ") << fmt("%.2f", wall)
             << " s, peak RSS " << fmt("%.0f", peak_rss_mib()) << " MiB" << (multi ? " (rank 0)" : "") << "\n"
             << "  adapter: " << info.out_dir << "/adapter, metrics: " << info.metrics_path << ", summary: " << info.out_dir
             << "/summary.json\n";

@@ -29,6 +29,7 @@ struct RunStats {
   double total_compute = 0, total_comm = 0, total_step_time = 0;
   std::vector<double> step_times;  // every step
   std::vector<double> step_tps;    // tokens/s of every step after the first of this run
+  double first_step_tps = 0;       // the first step's (reported when it is the only one)
   double gpu_peak_used_mib = 0, gpu_alloc_peak_mib = 0;
   bool has_util = false;           // NVML sampled (util_total valid)
   GpuUtilStats util_total;

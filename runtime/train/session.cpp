@@ -7,7 +7,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <csignal>
 #include <cstring>
+#include <signal.h>
+#include <unistd.h>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -31,6 +34,8 @@
 #include "runtime/train/adapter_export.h"
 #include "runtime/train/checkpoint_store.h"
 #include "runtime/train/metrics_log.h"
+#include "runtime/train/nonfinite.h"
+#include "runtime/train/output_dir.h"
 #include "runtime/train/run_summary.h"
 
 namespace parallora::rt {
@@ -45,11 +50,6 @@ std::string fmt(const char *f, double v) {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-bool is_dir(const std::string &p) {
-  struct stat st;
-  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 /// --dump-first-step: loss, the micro-batch logits and every gradient after the first
@@ -70,6 +70,47 @@ Status dump_first_step(const std::string &path, const Executor &ex, double loss,
   return write_safetensors(path, tensors, {{"format", "pt"}, {"producer", "lora-run --dump-first-step"}});
 }
 
+/// SIGINT / SIGTERM: the first asks the session to finish the current step, save a checkpoint
+/// and the adapter and stop; a second one exits at once (the default action, re-raised).
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop_signal != 0) {
+    std::signal(sig, SIG_DFL);
+    std::raise(sig);
+    return;
+  }
+  g_stop_signal = sig;
+  static const char msg[] =
+      "\nlora-run: stop requested: finishing this step, then saving a checkpoint and the adapter "
+      "(signal again to exit at once)\n";
+  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
+  (void)ignored;
+}
+
+/// Installs the handlers for the session's lifetime.
+class StopSignals {
+public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa = {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  static int pending() { return g_stop_signal; }
+
+private:
+  struct sigaction old_int_ = {}, old_term_ = {};
+};
+
+const char *signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a stop signal"; }
+
 } // namespace
 
 std::string omp_wait_policy() {
@@ -88,6 +129,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
 
   // MPI: when a launcher started us, or the plan needs several ranks.
   w = init_world(plan.world_size > 1);
+  StopSignals stop_signals;  // after MPI_Init, so the handlers are ours
   const bool multi = plan.world_size > 1;
   if (w.size != plan.world_size) {
     outcome->same_on_every_rank = true;  // every rank finds it: no abort, rank 0 reports
@@ -310,9 +352,20 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   }
 
   // Output directory and metrics (rank 0 writes them; every rank writes its checkpoint shard).
+  // Rank 0 claims it (created with its parents, locked, not another run's unless resuming or
+  // --overwrite, leftovers of killed saves removed: output_dir.h) before anything is written.
+  std::optional<OutputDir> out_dir;
   if (rank0) {
-    if (mkdir(a.out.c_str(), 0755) != 0 && errno != EEXIST) return fail("--out " + a.out + ": " + std::strerror(errno));
-    if (!is_dir(a.out)) return fail("--out " + a.out + " is not a directory");
+    std::vector<std::string> removed;
+    auto claimed = OutputDir::claim(a.out, resume.has_value(), a.overwrite, &removed);
+    if (!claimed) return fail(claimed.message());
+    out_dir.emplace(std::move(*claimed));
+    if (!removed.empty()) {
+      std::string list;
+      for (size_t i = 0; i < removed.size() && i < 6; ++i) list += (i ? ", " : "") + removed[i];
+      if (removed.size() > 6) list += ", ...";
+      std::cerr << "lora-run: " << a.out << ": removed " << list << (a.overwrite ? "" : " (left by an interrupted save)") << "\n";
+    }
   }
   if (Status s = control_barrier(*comm); !s) return fail(s.message());
   auto metrics_or = MetricsLog::open(a.out, rank0, resume ? start_step : -1, plan.world_size);
@@ -424,6 +477,16 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   // Time split of this rank's training steps (executor compute / comm + comm->flush, the rest
   // idle/other), step times (MFU), GPU memory and utilization.
   RunStats stats;
+  // --nonfinite skip passes over at most this many non-finite steps in a row (a persistent NaN is
+  // not transient).
+  constexpr int kMaxConsecutiveSkips = 3;
+  int consecutive_nonfinite = 0;
+  int64_t last_saved = resume ? start_step : 0;  // the newest checkpoint of this run (0: none)
+  // Whether the plan computes a loss at all (hand-made test plans may not): the same answer on
+  // every rank, read from the plan.
+  bool plan_has_loss = false;
+  for (const plan::RankPlan &r : plan.ranks)
+    for (const plan::Buffer &b : r.buffers) plan_has_loss |= b.kind == plan::BufferKind::Output && b.name == "loss";
   for (int64_t s = start_step + 1; s <= a.steps; ++s) {
     auto t0 = std::chrono::steady_clock::now();
     if (R == fail_rank && s == fail_step)
@@ -483,9 +546,17 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       stats.train_bytes[k] += v - (it == bytes_before.end() ? 0 : it->second);
     }
     ++stats.steps_run;
-    auto loss_total = world_sum(loss_sum);
-    if (!loss_total) return fail("step " + std::to_string(s) + ": " + loss_total.message());
-    stats.last_loss = *loss_total / static_cast<double>(plan.micro_batches * dp);
+    // One control all-reduce per step: the logged loss, whether a rank was asked to stop (all
+    // ranks then stop after this same step), whether a rank's weights hold NaN / Inf.
+    // Scanning the weights costs a pass over the adapters: every step on the cpu backend; on a GPU
+    // (host reads would migrate managed pages) only when the loss or the gradient norm says so.
+    const bool scan = a.backend == "cpu" || !std::isfinite(loss_sum) || !state.grad_norm_finite;
+    const NonFinite bad_weight = scan ? first_non_finite(ex, plan::BufferKind::Trainable) : NonFinite{};
+    double sums[3] = {loss_sum, StopSignals::pending() ? 1.0 : 0.0, bad_weight ? 1.0 : 0.0};
+    if (Status st = control_sum(*comm, sums, 3); !st) return fail("step " + std::to_string(s) + ": " + st.message());
+    stats.last_loss = sums[0] / static_cast<double>(plan.micro_batches * dp);
+    const bool stop_requested = sums[1] > 0;
+    const bool weights_finite = sums[2] == 0;
     double dt = seconds_since(t0);
     const TimeSplit &split_after = ex.time_split();
     const double compute_s = split_after.compute_s - split_before.compute_s;
@@ -498,6 +569,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     stats.last_lr = state.lr;
     double tps = dt > 0 ? tokens_per_step / dt : 0;
     if (s > start_step + 1) stats.step_tps.push_back(tps);
+    else stats.first_step_tps = tps;
     json rec = {{"step", s},
                 {"loss", stats.last_loss},
                 {"lr", state.lr},
@@ -526,16 +598,68 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     if (Status st = write_metrics(rec); !st) return fail(st.message());
     if (rank0) {
       progress.update(s, stats.last_loss, tps, state.lr);
-      if (!state.grad_norm_finite) {
-        progress.finish();
-        std::cerr << "lora-run: warning: step " << s << ": gradient norm is not finite; update skipped\n";
+    }
+    // Non-finite training (nonfinite.h): stop by default; "skip" only while every weight is finite.
+    const bool loss_finite = !plan_has_loss || std::isfinite(stats.last_loss);
+    if (!loss_finite || !state.grad_norm_finite || !weights_finite) {
+      if (rank0) progress.finish();
+      // This rank's first non-finite tensor, in the order the values flow back: loss, weights,
+      // gradients, AdamW moments.
+      std::string first;
+      if (plan_has_loss && loss_rank && !std::isfinite(loss_sum)) first = "the loss";
+      else if (bad_weight) first = "adapter weight " + bad_weight.str();
+      else if (NonFinite g = first_non_finite(ex, plan::BufferKind::Grad)) first = "gradient " + g.str();
+      else if (NonFinite m = first_non_finite(ex, plan::BufferKind::OptState)) first = "AdamW moment " + m.str();
+      const std::string what = "step " + std::to_string(s) + ": " +
+                               (!loss_finite ? "loss is " + fmt("%g", stats.last_loss)
+                                : !weights_finite             ? std::string("an adapter weight is not finite")
+                                                              : "gradient norm is " + fmt("%g", state.grad_norm));
+      if (multi && !first.empty()) {
+        const std::string line = "rank " + std::to_string(R) + ": " + what + "; first non-finite tensor here: " + first + "\n";
+        std::fwrite(line.data(), 1, line.size(), stderr);
       }
+      ++consecutive_nonfinite;
+      if (a.nonfinite == "skip" && weights_finite && consecutive_nonfinite <= kMaxConsecutiveSkips) {
+        if (rank0)
+          std::cerr << "lora-run: warning: " << what << "; update skipped (--nonfinite skip)"
+                    << (!multi && !first.empty() ? "; first non-finite tensor: " + first : std::string()) << "\n";
+      } else {
+        outcome->same_on_every_rank = true;  // every rank sees the same global loss / norm / flag
+        return fail(what + (!multi && !first.empty() ? "; first non-finite tensor: " + first : std::string()) +
+                    (consecutive_nonfinite > kMaxConsecutiveSkips
+                         ? "; " + std::to_string(consecutive_nonfinite) + " non-finite steps in a row are not transient"
+                         : std::string()) +
+                    "; training stopped and no adapter saved" +
+                    (last_saved > 0 ? " (" + a.out + "/checkpoint-" + std::to_string(last_saved) + " holds the last saved weights)"
+                                    : std::string()) +
+                    (a.nonfinite == "stop" && weights_finite ? "; --nonfinite skip passes over a transient non-finite step"
+                                                             : std::string()));
+      }
+    } else {
+      consecutive_nonfinite = 0;
     }
     if (val_file && ((a.val_every > 0 && s % a.val_every == 0) || s == a.steps))
       if (Status st = run_validation(s); !st) return fail("validation at step " + std::to_string(s) + ": " + st.message());
-    if (a.save_every > 0 && s % a.save_every == 0 && s != a.steps) {
+    const bool saved_now = a.save_every > 0 && s % a.save_every == 0 && s != a.steps;
+    if (saved_now) {
       if (Status st = checkpoint(s, stats.last_loss, state.lr); !st)
         return fail("checkpoint at step " + std::to_string(s) + ": " + st.message());
+      last_saved = s;
+    }
+    if (stop_requested && s != a.steps) {
+      // Every rank saw the same flag in the same all-reduce: all stop after step s.
+      if (rank0) progress.finish();
+      if (!saved_now)
+        if (Status st = checkpoint(s, stats.last_loss, state.lr); !st)
+          return fail("checkpoint at step " + std::to_string(s) + ": " + st.message());
+      if (Status st = export_adapter(a.out + "/adapter", plan, *comm, ex, base_model); !st) return fail(st.message());
+      const int sig = StopSignals::pending();
+      outcome->same_on_every_rank = true;
+      outcome->exit_code = 128 + (sig != 0 ? sig : SIGTERM);
+      return fail("stopped by " + std::string(signal_name(sig)) + " after step " + std::to_string(s) + " of " +
+                  std::to_string(a.steps) + ": saved " + a.out + "/checkpoint-" + std::to_string(s) + " and " + a.out +
+                  "/adapter; continue with: lora-run " + a.plan + " --data " + a.data + " --steps " +
+                  std::to_string(a.steps) + " --out " + a.out + " --resume " + a.out);
     }
   }
   if (rank0) progress.finish();

@@ -34,6 +34,7 @@ struct SessionOptions {
   uint64_t seed = 42;
   bool shuffle = true;
   std::string out, weights, init_adapter, resume;
+  bool overwrite = false;  // replace a finished run's outputs in `out` (else refused without resume)
   int64_t save_every = 0, keep_last = 0;
   int threads = -1;  // < 0: OMP_NUM_THREADS, else all cores
   std::string backend = "cpu";
@@ -44,6 +45,7 @@ struct SessionOptions {
   std::string dump_first_step;
   double comm_timeout = 300;
   double peak_tflops = -1;  // < 0: by GPU name (cuda), 0 on the cpu backend
+  std::string nonfinite = "stop";  // "stop" | "skip" (runtime/train/nonfinite.h)
 };
 
 /// How a session ended, beyond its Status.
@@ -51,6 +53,8 @@ struct SessionOutcome {
   /// The error arose identically on every rank (e.g. the world size does not match the plan):
   /// rank 0 reports it and no rank needs to end the others.
   bool same_on_every_rank = false;
+  /// The process exit code for a failure: 1, or 128 + signal when stopped by SIGINT / SIGTERM.
+  int exit_code = 1;
 };
 
 /// Runs the whole session. `world` receives this process's place (MPI is initialized inside

@@ -85,7 +85,7 @@ int train(const SessionOptions &o) {
   if (world.size <= 1 || outcome.same_on_every_rank) {
     if (world.rank == 0) std::cerr << "error: " << s.message() << "\n";
     finalize_world(world);
-    return 1;
+    return outcome.exit_code;
   }
   // One write, so mpirun forwards the line whole (not interleaved with other ranks' output).
   std::fflush(stdout);
@@ -145,7 +145,9 @@ int main(int argc, char **argv) {
   app.add_option("--steps", o.steps, "train until this optimizer step (with --resume: the total, not additional steps)")->check(at_least(1));
   app.add_option("--seed", o.seed, "seed of the adapter init and the data shuffle (default 42; --resume keeps the checkpoint's)");
   app.add_flag("--shuffle,!--no-shuffle", o.shuffle, "shuffle the training sequences each epoch (default) / read them in file order");
-  app.add_option("--out", o.out, "output directory (created): metrics, adapter, checkpoints, summary");
+  app.add_option("--out", o.out, "output directory (created with its parents; locked while the run lives): metrics, adapter, "
+                                 "checkpoints, summary. A directory holding another run is refused unless --resume or --overwrite");
+  app.add_flag("--overwrite", o.overwrite, "remove the outputs of an earlier run in --out (metrics, summary, adapter, checkpoints) and start fresh");
   app.add_option("--weights", o.weights, "base model weights (HF dir with model.safetensors[.index.json] or a .safetensors file); default: the path recorded in the plan");
   auto *init_opt = app.add_option("--init-adapter", o.init_adapter, "start from this PEFT adapter directory instead of the plan's adapter init");
   auto *resume_opt = app.add_option("--resume", o.resume, "continue from a checkpoint-N directory, or an out dir (uses its `latest`); bit-identical to an uninterrupted run");
@@ -173,6 +175,10 @@ int main(int argc, char **argv) {
                  "MFU's peak per device in TFLOP/s (default: the GPU's dense bf16 data-sheet peak by name: H100 SXM/HBM3 "
                  "and H200 989, H100 PCIe 756, A100 312; otherwise, and on the cpu backend, MFU is not reported)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--nonfinite", o.nonfinite,
+                 "a NaN/Inf loss, gradient or weight: stop (default: name the step and the first non-finite tensor, "
+                 "exit 1, never save a non-finite adapter) or skip (skip that update while every weight stays finite)")
+      ->check(CLI::IsMember({"stop", "skip"}));
   app.add_option("--dump-first-step", o.dump_first_step, "write loss, logits and every grad.<param> after the first micro-step to this .safetensors file (parity tests)");
 
   try {

@@ -1,0 +1,96 @@
+//===- output_dir.cpp - one run per output directory -----------------------===//
+#include "runtime/train/output_dir.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <filesystem>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "runtime/base/fs_util.h"
+#include "runtime/train/checkpoint_store.h"
+
+namespace parallora::rt {
+namespace fs = std::filesystem;
+
+bool is_run_output(const std::string &name) {
+  return name == "metrics.jsonl" || name == "summary.json" || name == "adapter" || name == "latest" ||
+         checkpoint_dir_step(name) >= 0;
+}
+
+bool is_save_leftover(const std::string &name) {
+  const size_t at = name.rfind(".tmp-");
+  if (at == std::string::npos || at == 0 || at + 5 == name.size()) return false;
+  for (size_t i = at + 5; i < name.size(); ++i)
+    if (name[i] < '0' || name[i] > '9') return false;
+  return true;
+}
+
+StatusOr<OutputDir> OutputDir::claim(const std::string &dir_in, bool resuming, bool overwrite,
+                                     std::vector<std::string> *removed) {
+  const std::string dir = fsutil::strip_trailing_slashes(dir_in);
+  if (Status s = fsutil::create_dirs(dir); !s) return Status::error("--out " + dir + ": " + s.message());
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return Status::error("--out " + dir + " is not a directory");
+  OutputDir out;
+  out.dir_ = dir;
+  const std::string lock = dir + "/.lock";
+  out.lock_fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (out.lock_fd_ < 0) return Status::error("--out " + dir + ": cannot create " + lock + ": " + std::strerror(errno));
+  if (::flock(out.lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {0};
+    ssize_t n = ::pread(out.lock_fd_, buf, sizeof buf - 1, 0);
+    std::string owner = n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("unknown");
+    while (!owner.empty() && (owner.back() == '\n' || owner.back() == ' ')) owner.pop_back();
+    return Status::error("--out " + dir + " is in use by another lora-run (pid " + owner +
+                         ", holding " + lock + "); wait for it to finish or choose another --out");
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(out.lock_fd_, 0) != 0 || ::pwrite(out.lock_fd_, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
+    return Status::error("--out " + dir + ": cannot write " + lock + ": " + std::strerror(errno));
+
+  std::vector<std::string> outputs, leftovers;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (is_save_leftover(name)) leftovers.push_back(name);
+    else if (is_run_output(name)) outputs.push_back(name);
+  }
+  if (ec) return Status::error("--out " + dir + ": cannot list: " + ec.message());
+  for (const std::string &name : leftovers) {
+    fsutil::remove_all_quiet(dir + "/" + name);
+    if (removed) removed->push_back(name);
+  }
+  if (!outputs.empty() && !resuming) {
+    if (!overwrite) {
+      std::string list;
+      for (size_t i = 0; i < outputs.size() && i < 4; ++i) list += (i ? ", " : "") + outputs[i];
+      if (outputs.size() > 4) list += ", ...";
+      return Status::error("--out " + dir + " already holds a run (" + list + "); continue it with --resume " + dir +
+                           ", replace it with --overwrite, or choose another --out");
+    }
+    for (const std::string &name : outputs) {
+      fsutil::remove_all_quiet(dir + "/" + name);
+      if (removed) removed->push_back(name);
+    }
+  }
+  return out;
+}
+
+OutputDir::OutputDir(OutputDir &&o) noexcept : dir_(std::move(o.dir_)), lock_fd_(o.lock_fd_) { o.lock_fd_ = -1; }
+
+OutputDir &OutputDir::operator=(OutputDir &&o) noexcept {
+  if (this != &o) {
+    if (lock_fd_ >= 0) ::close(lock_fd_);
+    dir_ = std::move(o.dir_);
+    lock_fd_ = o.lock_fd_;
+    o.lock_fd_ = -1;
+  }
+  return *this;
+}
+
+OutputDir::~OutputDir() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // closing the last descriptor drops the flock
+}
+
+} // namespace parallora::rt
