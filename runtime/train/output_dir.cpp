@@ -1,6 +1,7 @@
 //===- output_dir.cpp - one run per output directory -----------------------===//
 #include "runtime/train/output_dir.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -57,6 +58,8 @@ StatusOr<OutputDir> OutputDir::claim(const std::string &dir_in, bool resuming, b
     else if (is_run_output(name)) outputs.push_back(name);
   }
   if (ec) return Status::error("--out " + dir + ": cannot list: " + ec.message());
+  std::sort(outputs.begin(), outputs.end());
+  std::sort(leftovers.begin(), leftovers.end());
   for (const std::string &name : leftovers) {
     fsutil::remove_all_quiet(dir + "/" + name);
     if (removed) removed->push_back(name);
