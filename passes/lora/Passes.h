@@ -1,7 +1,7 @@
 //===- Passes.h - LoRA phase passes ----------------------------------------===//
 //
-// --inject-lora (inject_lora.cpp), --freeze-base (freeze_base.cpp) and the phase pipeline
-// (pipeline.cpp). Declarations are generated from Passes.td: InjectLoraOptions,
+// --inject-lora (inject_lora.cpp), --freeze-base (freeze_base.cpp) and the phase's pass
+// pipeline (lora_pass_pipeline.cpp). Declarations are generated from Passes.td: InjectLoraOptions,
 // createInjectLora(), createFreezeBase(), registerLoraPasses().
 //
 //===----------------------------------------------------------------------===//
@@ -24,7 +24,13 @@ namespace parallora {
 void freeze_base_params(mlir::ModuleOp module);
 
 /// The LoRA phase: inject adapters, then freeze the base weights.
-void buildLoraPipeline(mlir::OpPassManager &pm, const InjectLoraOptions &options);
+void buildLoraPassPipeline(mlir::OpPassManager &pm, const InjectLoraOptions &options);
+
+/// Old name, kept while tools/lora-compile and tests/unit still call it; remove once they
+/// call buildLoraPassPipeline.
+inline void buildLoraPipeline(mlir::OpPassManager &pm, const InjectLoraOptions &options) {
+  buildLoraPassPipeline(pm, options);
+}
 
 #define GEN_PASS_REGISTRATION
 #include "passes/lora/Passes.h.inc"

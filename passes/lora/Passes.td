@@ -1,7 +1,7 @@
 //===- Passes.td - LoRA phase passes ------------------------*- tablegen -*-===//
 //
 // Passes that attach LoRA adapters to a LLaMA forward graph and fix which parameters train.
-// buildLoraPipeline() (pipeline.cpp) runs them in order: inject-lora, freeze-base.
+// buildLoraPassPipeline() (lora_pass_pipeline.cpp) runs them in order: inject-lora, freeze-base.
 //
 //===----------------------------------------------------------------------===//
 #ifndef PARALLORA_LORA_PASSES

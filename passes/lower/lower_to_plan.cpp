@@ -119,6 +119,7 @@ public:
       std::vector<bool> backward = backward_;
       if (failed(lower_function(eval, evalp, true)) || failed(lower_function(optim, opt, false)))
         return failure();
+      add_norm_share(optim, p.hparams, opt);
       if (mesh.pp > 1) {  // one micro-batch's forward and backward, run separately by the schedule
         plan::Program fwd, bwd;
         fwd.name = "forward";
@@ -530,6 +531,27 @@ private:
 
   bool is_logits(Value v) {
     return llvm::any_of(v.getUsers(), [](Operation *u) { return isa<pl::CrossEntropyOp>(u); });
+  }
+
+  /// A pipeline stage that holds no trainables (pipeline-split leaves its @optimizer_step_s<k>
+  /// empty but marks it with the norm group the other stages sum the clipping norm over) still
+  /// takes part in that all-reduce: an adamw_step over no trainables contributes 0 and reads
+  /// the global norm like every other rank (the runtime's step also records it).
+  static void add_norm_share(func::FuncOp optim, const plan::Hyperparams &hp, plan::Program &opt) {
+    auto group = optim->getAttrOfType<StringAttr>(kNormGroupAttr);
+    if (!group || llvm::any_of(opt.instrs, [](const Instr &in) { return in.op == "adamw_step"; })) return;
+    Instr in;
+    in.op = "adamw_step";
+    in.loc = loc_path(optim.getLoc());
+    in.attrs["n"] = int64_t(0);
+    in.attrs["beta1"] = hp.beta1;
+    in.attrs["beta2"] = hp.beta2;
+    in.attrs["eps"] = hp.eps;
+    in.attrs["weight_decay"] = hp.weight_decay;
+    in.attrs["max_grad_norm"] = hp.max_grad_norm;
+    in.attrs["zero_grads"] = int64_t(1);
+    in.attrs["norm_group"] = group.str();
+    opt.instrs.push_back(std::move(in));
   }
 
   /// Live intervals of this program's storage groups -> arena offsets.

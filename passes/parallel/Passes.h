@@ -1,7 +1,8 @@
 //===- Passes.h - parallelization phase passes -----------------------------===//
 //
 // --partition (partition.cpp), --sync-grads (sync_grads.cpp), --pipeline-split
-// (pipeline_split.cpp) and the phase pipeline (pipeline.cpp).
+// (pipeline_split.cpp: pipeline parallelism) and the phase's pass pipeline
+// (parallel_train_pass_pipeline.cpp: the ordered list of passes).
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -53,16 +54,24 @@ inline std::string stage_function(llvm::StringRef base, int64_t stage) {
   return base.str() + "_s" + std::to_string(stage);
 }
 
-struct ParallelPipelineOptions {
+struct ParallelPassPipelineOptions {
   PartitionOptions partition;   // dp, tp, pp
   SyncGradsOptions sync;
-  PipelineSplitOptions pipeline;
+  PipelineSplitOptions pipeline;  // --pipeline-split (pipeline parallelism)
 };
 
 /// The training phase with parallelization: append-loss, partition, autodiff, adamw,
 /// sync-grads, pipeline-split.
-void buildParallelTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOptions &train,
-                                const ParallelPipelineOptions &parallel);
+void buildParallelTrainPassPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &train,
+                                    const ParallelPassPipelineOptions &parallel);
+
+/// Old names, kept while tools/lora-compile still uses them; remove once it uses
+/// ParallelPassPipelineOptions / buildParallelTrainPassPipeline.
+using ParallelPipelineOptions = ParallelPassPipelineOptions;
+inline void buildParallelTrainPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &train,
+                                       const ParallelPassPipelineOptions &parallel) {
+  buildParallelTrainPassPipeline(pm, train, parallel);
+}
 
 #define GEN_PASS_REGISTRATION
 #include "passes/parallel/Passes.h.inc"

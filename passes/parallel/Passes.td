@@ -5,7 +5,8 @@
 // collectives where a consumer needs another layout than its producer gives. `sync-grads`
 // and `pipeline-split` run after the training passes. lora-compile runs
 //   append-loss, partition, autodiff, adamw, sync-grads, pipeline-split
-// (passes/parallel/pipeline.cpp).
+// (the pass pipeline in passes/parallel/parallel_train_pass_pipeline.cpp; pipeline
+// parallelism is --pipeline-split).
 //
 //===----------------------------------------------------------------------===//
 #ifndef PARALLORA_PARALLEL_PASSES

@@ -149,6 +149,11 @@ public:
   }
 
   /// @optimizer_step per stage: each stage updates (and reduces) only its own trainables.
+  /// A stage that holds none (only the embedding, or only the head) keeps no adamw_step, but
+  /// the other stages sum the clipping norm over their norm group, which spans every stage:
+  /// its @optimizer_step_s<k> carries that group (pl.norm_group) so the lowering gives it an
+  /// adamw_step over no trainables that adds zero to the sum, and every rank of the group
+  /// takes part in the all-reduce (without it the others wait for it until --comm-timeout).
   LogicalResult split_optimizer(func::FuncOp f, const llvm::StringMap<int64_t> &param_stage) {
     b_.setInsertionPoint(f);
     for (int64_t s = 0; s < stages_; ++s) {
@@ -156,6 +161,8 @@ public:
       fs->setAttr(kStageAttr, b_.getI64IntegerAttr(s));
       Block *blk = fs.addEntryBlock();
       OpBuilder at = OpBuilder::atBlockEnd(blk);
+      StringAttr norm_group;  // of an adamw_step this stage dropped
+      bool has_step = false;
       for (Operation &op : f.getBody().front().without_terminator()) {
         auto names = op.getAttrOfType<ArrayAttr>("params");
         if (!names) return op.emitError("pipeline-split: unexpected op in @optimizer_step");
@@ -172,11 +179,17 @@ public:
           for (StringRef l : lists)
             if (auto v = op.getAttrOfType<DenseI64ArrayAttr>(l)) kept[l].push_back(v[i]);
         }
-        if (keep.empty()) continue;  // a bucket or an optimizer with nothing on this stage
+        if (keep.empty()) {  // a bucket or an optimizer with nothing on this stage
+          if (isa<pl::AdamWStepOp>(op))
+            if (auto g = op.getAttrOfType<StringAttr>(kNormGroupAttr)) norm_group = g;
+          continue;
+        }
+        has_step |= isa<pl::AdamWStepOp>(op);
         Operation *c = at.clone(op);
         c->setAttr("params", at.getArrayAttr(keep));
         for (auto &e : kept) c->setAttr(e.getKey(), at.getDenseI64ArrayAttr(e.getValue()));
       }
+      if (!has_step && norm_group) fs->setAttr(kNormGroupAttr, norm_group);
       at.create<func::ReturnOp>(f.getLoc());
     }
     f.erase();

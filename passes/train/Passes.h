@@ -1,7 +1,7 @@
 //===- Passes.h - training-step phase passes -------------------------------===//
 //
 // --append-loss (append_loss.cpp), --autodiff (autodiff.cpp, rules in grad_rules.cpp),
-// --adamw (adamw.cpp) and the phase pipeline (pipeline.cpp).
+// --adamw (adamw.cpp) and the phase's pass pipeline (train_pass_pipeline.cpp).
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -24,7 +24,7 @@ inline constexpr llvm::StringLiteral kOptimizerStep = "optimizer_step";
 /// Module attribute with the optimizer hyperparameters and LR schedule.
 inline constexpr llvm::StringLiteral kTrainAttr = "pl.train";
 
-struct TrainPipelineOptions {
+struct TrainPassPipelineOptions {
   AppendLossOptions loss;
   AutodiffOptions autodiff;
   AdamWOptions adamw;
@@ -32,7 +32,14 @@ struct TrainPipelineOptions {
 };
 
 /// The training phase: loss, gradients, optimizer.
-void buildTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOptions &options);
+void buildTrainPassPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &options);
+
+/// Old names, kept while tools/lora-compile and tests/unit still use them; remove once they
+/// use TrainPassPipelineOptions / buildTrainPassPipeline.
+using TrainPipelineOptions = TrainPassPipelineOptions;
+inline void buildTrainPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &options) {
+  buildTrainPassPipeline(pm, options);
+}
 
 #define GEN_PASS_REGISTRATION
 #include "passes/train/Passes.h.inc"

@@ -1,7 +1,7 @@
 //===- Passes.td - training-step phase passes ---------------*- tablegen -*-===//
 //
-// Passes that turn a LoRA forward graph into one training step. buildTrainPipeline()
-// (pipeline.cpp) runs them in order: append-loss, autodiff, [recompute-layers,] adamw.
+// Passes that turn a LoRA forward graph into one training step. buildTrainPassPipeline()
+// (train_pass_pipeline.cpp) runs them in order: append-loss, autodiff, [recompute-layers,] adamw.
 //
 //===----------------------------------------------------------------------===//
 #ifndef PARALLORA_TRAIN_PASSES

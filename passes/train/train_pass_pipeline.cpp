@@ -1,9 +1,14 @@
-//===- pipeline.cpp - the training phase as a list of passes ---------------===//
+//===- train_pass_pipeline.cpp - the training phase as a list of passes ----===//
+//
+// A *pass pipeline* (an ordered list of compiler passes); pipeline parallelism is
+// passes/parallel/pipeline_split.cpp.
+//
+//===----------------------------------------------------------------------===//
 #include "passes/train/Passes.h"
 
 namespace parallora {
 
-void buildTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOptions &options) {
+void buildTrainPassPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &options) {
   // 1. Add HF's shifted next-token loss; keep an un-differentiated copy for validation.
   pm.addPass(createAppendLoss(options.loss));
   // 2. Reverse-mode gradients for the adapters only (after the loss exists, before the

@@ -1,10 +1,15 @@
-//===- pipeline.cpp - the training phase with parallelization, as a list of passes ---===//
+//===- parallel_train_pass_pipeline.cpp - the training phase with parallelization --===//
+//
+// A *pass pipeline* (an ordered list of compiler passes). Pipeline parallelism, the
+// split into stages, is one of its passes: --pipeline-split (pipeline_split.cpp).
+//
+//===----------------------------------------------------------------------===//
 #include "passes/parallel/Passes.h"
 
 namespace parallora {
 
-void buildParallelTrainPipeline(mlir::OpPassManager &pm, const TrainPipelineOptions &train,
-                                const ParallelPipelineOptions &parallel) {
+void buildParallelTrainPassPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &train,
+                                    const ParallelPassPipelineOptions &parallel) {
   // 1. The loss (HF's shifted next-token cross-entropy); @train_step and @eval_step.
   pm.addPass(createAppendLoss(train.loss));
   // 2. Shard over dp x tp and insert the forward collectives (before autodiff, which
