@@ -133,6 +133,72 @@ Status Communicator::broadcast(const std::string &group, float *, int64_t, int r
                        " ranks is not supported by this communicator");
 }
 
+// Control plane defaults: every group of one rank is the identity; larger groups and peers are
+// refused (only the MPI communicator, and the NCCL one through it, has them).
+namespace {
+
+std::string rank_prefix(const Communicator &c) { return "rank " + std::to_string(c.rank()) + ": "; }
+
+/// The group's size, or an error naming `op` and the group; a group of several ranks is refused.
+Status one_rank_group(const Communicator &c, const char *op, const std::string &group, int *size) {
+  StatusOr<int> g = c.group_size(group);
+  if (!g) return Status::error(rank_prefix(c) + op + ": " + g.message());
+  *size = *g;
+  if (*g == 1) return Status::ok();
+  return Status::error(rank_prefix(c) + op + " over group '" + group + "' of " + std::to_string(*g) +
+                       " ranks is not supported by this communicator");
+}
+
+Status no_peers(const Communicator &c, const char *op, int peer, int tag, int64_t bytes) {
+  return Status::error(rank_prefix(c) + op + (op[0] == 's' ? " to rank " : " from rank ") + std::to_string(peer) +
+                       " (tag " + std::to_string(tag) + ") of " + std::to_string(bytes) +
+                       " bytes: this communicator has no peers (a single-rank run)");
+}
+
+} // namespace
+
+Status Communicator::barrier(const std::string &group) {
+  int g = 1;
+  return one_rank_group(*this, "barrier", group, &g);
+}
+
+Status Communicator::all_reduce_f64(const std::string &group, double *data, int64_t count, ReduceOp) {
+  int g = 1;
+  if (Status s = one_rank_group(*this, "all_reduce_f64", group, &g); !s) return s;
+  if (count < 0 || (count > 0 && !data))
+    return Status::error(rank_prefix(*this) + "all_reduce_f64 over group '" + group + "' of " +
+                         std::to_string(count) + " doubles: " + (count < 0 ? "negative count" : "no data"));
+  return Status::ok();
+}
+
+Status Communicator::gather_f64(const std::string &group, const double *mine, int64_t count, double *all) {
+  int g = 1;
+  if (Status s = one_rank_group(*this, "gather_f64", group, &g); !s) return s;
+  if (count < 0 || (count > 0 && (!mine || !all)))
+    return Status::error(rank_prefix(*this) + "gather_f64 over group '" + group + "' of " + std::to_string(count) +
+                         " doubles: " + (count < 0 ? "negative count" : "no data"));
+  if (count > 0 && all != mine) std::copy(mine, mine + count, all);
+  return Status::ok();
+}
+
+Status Communicator::broadcast_bytes(const std::string &group, void *data, int64_t bytes, int root) {
+  int g = 1;
+  if (Status s = one_rank_group(*this, "broadcast_bytes", group, &g); !s) return s;
+  if (root != 0 || bytes < 0 || (bytes > 0 && !data))
+    return Status::error(rank_prefix(*this) + "broadcast_bytes over group '" + group + "' of " +
+                         std::to_string(bytes) + " bytes from group rank " + std::to_string(root) + ": " +
+                         (root != 0 ? "root is not in the group" : bytes < 0 ? "negative size" : "no data"));
+  return Status::ok();
+}
+
+Status Communicator::send_control(int peer, int tag, const void *, int64_t bytes) {
+  return no_peers(*this, "send_control", peer, tag, bytes);
+}
+
+Status Communicator::recv_control(int peer, int tag, void *, int64_t bytes) {
+  return no_peers(*this, "recv_control", peer, tag, bytes);
+}
+
 Status Communicator::all_reduce_start(int handle, const std::string &group, void *data, int64_t count,
                                       plan::ElemType dtype, ReduceOp op) {
   if (started(handle))

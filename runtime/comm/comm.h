@@ -17,6 +17,23 @@
 // counted under the kind "all_reduce" or "send". Exact integer formula: 2 * (g - 1) * n / g
 // with n a multiple of 4 bytes (rounded down).
 //
+// CONTROL PLANE (barrier, all_reduce_f64, gather_f64, broadcast_bytes, send_control /
+// recv_control): the training session's own coordination (the loss sum printed each step, the
+// barriers around checkpoints, the pid broadcast, the summary rows gathered to rank 0, the
+// adapter slices sent to rank 0), never a plan's tensors. It is NOT counted in bytes_sent()
+// (those bytes are compared with the compiler's prediction). Like the rest, every call waits at
+// most `timeout_seconds`, then fails with an error naming the operation, the group (its world
+// ranks) and the peers that did not arrive, e.g.
+//   rank 0: barrier over group 'dp,tp,pp' (ranks 0,1,2,3) did not complete within 0.5 s:
+//   rank(s) 3 did not arrive (stopped, dead, or not calling barrier)
+// The MPI communicator runs it on private duplicates of its communicators (control messages
+// never match data-plane send / recv, whatever the tags): each collective also exchanges a
+// zero-byte arrival token with every other group member, which is how it knows who is missing
+// (2 (g - 1) tiny messages per rank and call: meant for a few calls per step, not for data).
+// After a control collective times out, later control collectives over that group fail at once.
+// The NCCL communicator forwards its control plane to the MPI communicator it was bootstrapped
+// with; the one-rank communicator has only groups of one rank (identity).
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 
@@ -93,6 +110,32 @@ public:
   /// Waits for every outstanding send (call before the buffers they came from are reused
   /// across optimizer steps, and at the end of training).
   virtual Status flush() = 0;
+
+  // ---- Control plane (file comment, CONTROL PLANE): not counted in bytes_sent(). Collectives
+  // must be called by every member of `group` in the same order. The defaults handle groups of
+  // one rank and refuse larger ones (and refuse send_control / recv_control: no peers).
+
+  /// Returns once every member of `group` has called barrier(group).
+  virtual Status barrier(const std::string &group);
+  /// In-place all-reduce of `count` doubles over `group`. The MPI communicator uses
+  /// MPI_Iallreduce(MPI_DOUBLE) on a duplicate of the group's communicator: over the whole
+  /// world ("dp,tp,pp") it gives the bits of MPI_Allreduce(MPI_DOUBLE, MPI_COMM_WORLD) wherever
+  /// the MPI library's blocking and non-blocking reductions add in the same order (Open MPI
+  /// 4.1: checked for 1-4, 6 and 8 ranks; not 5, and MPI does not promise it).
+  virtual Status all_reduce_f64(const std::string &group, double *data, int64_t count, ReduceOp op);
+  /// Gathers `count` doubles from every member to group index 0: there `all` receives
+  /// count * group_size doubles, member i's at [i * count, (i + 1) * count); `all` may be null
+  /// on the other members.
+  virtual Status gather_f64(const std::string &group, const double *mine, int64_t count, double *all);
+  /// `bytes` bytes from group index `root` to every member of `group`.
+  virtual Status broadcast_bytes(const std::string &group, void *data, int64_t bytes, int root);
+  /// Point-to-point between world ranks, apart from send / recv (their own matching: a control
+  /// message never pairs with a data one). send_control returns once the receiver has taken
+  /// the message (synchronous send), recv_control once it has arrived; each waits at most
+  /// timeout_seconds. Messages with the same (peer, tag) arrive in the order sent. A rank
+  /// cannot send to itself.
+  virtual Status send_control(int peer, int tag, const void *data, int64_t bytes);
+  virtual Status recv_control(int peer, int tag, void *data, int64_t bytes);
 
   /// Bytes sent so far, by kind ("all_reduce", "send"), counted as described above.
   const std::map<std::string, int64_t> &bytes_sent() const { return bytes_sent_; }

@@ -32,17 +32,20 @@
 
 #include "runtime/comm/comm.h"
 #include "runtime/comm/comm_impl.h"
+#include "runtime/comm/mpi_communicator.h"
 #include "runtime/base/bf16.h"
 
 namespace parallora::rt {
 
 using namespace comm_detail;
 
+namespace comm_detail {
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 constexpr int64_t kMaxChunkBytes = int64_t(1) << 30;  // per MPI message / collective call
+
+} // namespace
 
 std::string mpi_error_string(int rc) {
   char buf[MPI_MAX_ERROR_STRING];
@@ -50,99 +53,6 @@ std::string mpi_error_string(int rc) {
   if (MPI_Error_string(rc, buf, &len) != MPI_SUCCESS) return "MPI error " + std::to_string(rc);
   return std::string(buf, size_t(len));
 }
-
-/// Backoff between polls: yield first (low latency), then sleep longer and longer (an
-/// oversubscribed machine gets its cores back).
-void backoff(int64_t iter) {
-  if (iter < 200)
-    std::this_thread::yield();
-  else if (iter < 2000)
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
-  else if (iter < 10000)
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
-  else
-    std::this_thread::sleep_for(std::chrono::microseconds(500));
-}
-
-Clock::time_point deadline_after(double seconds) {
-  if (!(seconds < 1e9)) seconds = 1e9;  // also NaN
-  if (seconds < 0) seconds = 0;
-  return Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                            std::chrono::duration<double>(seconds));
-}
-
-struct PendingSend {
-  std::vector<MPI_Request> reqs;
-  std::unique_ptr<char[]> buf;
-  int peer = -1, tag = -1;
-  int64_t bytes = 0;
-};
-
-class MpiCommunicator final : public Communicator {
-public:
-  MpiCommunicator(const plan::Mesh &mesh, int rank, int size)
-      : Communicator(mesh), rank_(rank), size_(size) {}
-  ~MpiCommunicator() override;
-
-  Status init();
-
-  int rank() const override { return rank_; }
-  int world_size() const override { return size_; }
-  using Communicator::all_reduce;
-  Status all_reduce(const std::string &group, void *data, int64_t count, plan::ElemType dtype,
-                    ReduceOp op) override;
-  Status send(int peer, int tag, const void *data, int64_t bytes) override;
-  Status recv(int peer, int tag, void *data, int64_t bytes) override;
-  Status all_reduce_start(int handle, const std::string &group, void *data, int64_t count, plan::ElemType dtype,
-                          ReduceOp op) override;
-  Status all_reduce_wait(int handle) override;
-  void progress() override;
-  Status broadcast(const std::string &group, float *data, int64_t count, int root) override;
-  Status flush() override;
-
-private:
-  struct Group;
-  /// One all-reduce in flight: its requests (empty when nothing travels) and its description.
-  struct Pending {
-    std::vector<MPI_Request> reqs;
-    Group *group = nullptr;
-    std::string what;
-  };
-  Status reduce_begin(const std::string &group, void *data, int64_t count, plan::ElemType dtype, ReduceOp op,
-                      Pending &p);
-  Status reduce_end(Pending &p);
-
-  struct Group {
-    MPI_Comm comm = MPI_COMM_NULL;
-    int size = 1;
-    std::vector<int> members;
-    std::string broken;  // why later collectives fail at once (an earlier one timed out)
-  };
-
-  std::string prefix() const { return "rank " + std::to_string(rank_) + ": "; }
-  Status mpi_fail(const std::string &what, int rc) const {
-    return Status::error(prefix() + what + " failed: " + mpi_error_string(rc));
-  }
-  /// Polls until every request completes (true) or the deadline passes (false). *rc gets
-  /// MPI_Testall's return code when it is not MPI_SUCCESS (then returns true).
-  bool poll(std::vector<MPI_Request> &reqs, std::vector<MPI_Status> *statuses,
-            Clock::time_point deadline, int *rc);
-  /// Tests pending sends once, drops the completed ones; keeps the first send error.
-  void reap_sends();
-  Status check_peer_tag(const char *op, int peer, int tag, int64_t bytes, const void *data) const;
-  std::string send_desc(const PendingSend &ps) const {
-    return "send to rank " + std::to_string(ps.peer) + " (tag " + std::to_string(ps.tag) +
-           ") of " + std::to_string(ps.bytes) + " bytes";
-  }
-
-  int rank_, size_;
-  MPI_Comm world_ = MPI_COMM_NULL;  // private duplicate of MPI_COMM_WORLD (point-to-point)
-  Group groups_[8];                 // by axis bits (comm_impl.h); [0] = this rank alone
-  int tag_ub_ = 32767;
-  std::list<PendingSend> pending_;
-  std::map<int, Pending> async_;  // all_reduce_start handles not yet waited for
-  Status send_error_;
-};
 
 bool MpiCommunicator::poll(std::vector<MPI_Request> &reqs, std::vector<MPI_Status> *statuses,
                            Clock::time_point deadline, int *rc) {
@@ -243,7 +153,7 @@ Status MpiCommunicator::init() {
                            std::to_string(g.size) + " (this one " +
                            std::to_string(expect_rank) + ")");
   }
-  return Status::ok();
+  return init_control(deadline_after(timeout_seconds));
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -272,10 +182,13 @@ MpiCommunicator::~MpiCommunicator() {
   // A started all-reduce never waited for (an error path): MPI may still write its staging
   // bytes, so they are leaked rather than freed.
   if (!async_.empty()) new std::map<int, std::vector<char>>(std::move(staging_));
+  free_control();
   for (Group &g : groups_)
     if (g.comm != MPI_COMM_NULL) MPI_Comm_free(&g.comm);
   if (world_ != MPI_COMM_NULL) MPI_Comm_free(&world_);
 }
+
+namespace {
 
 // bf16 reductions: MPI has no bfloat16 type, so bf16 data travels as MPI_UINT16_T with user
 // operations that widen, combine in f32 and round back (runtime/base/bf16.h) at every combination.
@@ -295,6 +208,8 @@ MPI_Op bf16_op(ReduceOp op) {
   if (o == MPI_OP_NULL) MPI_Op_create(op == ReduceOp::Sum ? bf16_sum : bf16_max, /*commute=*/1, &o);
   return o;
 }
+
+} // namespace
 
 Status MpiCommunicator::all_reduce(const std::string &group, void *data, int64_t count, plan::ElemType dtype,
                                    ReduceOp op) {
@@ -470,7 +385,11 @@ Status MpiCommunicator::send(int peer, int tag, const void *data, int64_t bytes)
 
 Status MpiCommunicator::recv(int peer, int tag, void *data, int64_t bytes) {
   if (Status s = check_peer_tag("recv", peer, tag, bytes, data); !s) return s;
-  const std::string what = "recv from rank " + std::to_string(peer) + " (tag " +
+  return timed_recv(world_, "recv", peer, tag, data, bytes);
+}
+
+Status MpiCommunicator::timed_recv(MPI_Comm comm, const char *op, int peer, int tag, void *data, int64_t bytes) {
+  const std::string what = std::string(op) + " from rank " + std::to_string(peer) + " (tag " +
                            std::to_string(tag) + ") of " + std::to_string(bytes) + " bytes";
   char *dst = static_cast<char *>(data);
   std::vector<MPI_Request> reqs;
@@ -480,7 +399,7 @@ Status MpiCommunicator::recv(int peer, int tag, void *data, int64_t bytes) {
     const int n = int(std::min(kMaxChunkBytes, bytes - off));
     reqs.emplace_back(MPI_REQUEST_NULL);
     sizes.push_back(n);
-    const int rc = MPI_Irecv(dst ? dst + off : nullptr, n, MPI_BYTE, peer, tag, world_,
+    const int rc = MPI_Irecv(dst ? dst + off : nullptr, n, MPI_BYTE, peer, tag, comm,
                              &reqs.back());
     if (rc != MPI_SUCCESS) {
       reqs.pop_back();
@@ -565,7 +484,7 @@ Status MpiCommunicator::flush() {
   }
 }
 
-} // namespace
+} // namespace comm_detail
 
 StatusOr<std::unique_ptr<Communicator>> make_mpi_communicator(const plan::Mesh &mesh,
                                                              double timeout_seconds) {

@@ -191,6 +191,25 @@ public:
   Status all_reduce_wait(int handle) override;
   void progress() override;
 
+  // Control plane (comm.h): the MPI communicator's timed host-side code, on the MPI
+  // communicator this one was bootstrapped with (never NCCL, never counted in bytes_sent()).
+  Status barrier(const std::string &group) override { return control()->barrier(group); }
+  Status all_reduce_f64(const std::string &group, double *data, int64_t count, ReduceOp op) override {
+    return control()->all_reduce_f64(group, data, count, op);
+  }
+  Status gather_f64(const std::string &group, const double *mine, int64_t count, double *all) override {
+    return control()->gather_f64(group, mine, count, all);
+  }
+  Status broadcast_bytes(const std::string &group, void *data, int64_t bytes, int root) override {
+    return control()->broadcast_bytes(group, data, bytes, root);
+  }
+  Status send_control(int peer, int tag, const void *data, int64_t bytes) override {
+    return control()->send_control(peer, tag, data, bytes);
+  }
+  Status recv_control(int peer, int tag, void *data, int64_t bytes) override {
+    return control()->recv_control(peer, tag, data, bytes);
+  }
+
   /// The device staging of bucket `handle` (the device-side all_reduce_start packs into it and
   /// reduces it in place): at least `bytes`, grow-only, stream-ordered on stream(). Only grown
   /// while the bucket is not in flight (a start after its wait).
@@ -208,6 +227,11 @@ public:
 
 private:
   std::string prefix() const { return "rank " + std::to_string(rank_) + ": "; }
+  /// The MPI communicator, with this communicator's current timeout.
+  Communicator *control() {
+    mpi_->timeout_seconds = timeout_seconds;
+    return mpi_.get();
+  }
   /// Creates (ncclCommInitRankConfig, non-blocking, polled) the communicator of `members`.
   Status create(NcclHandle &h, const ncclUniqueId &id, Clock::time_point deadline);
   /// Waits for `s` (cudaStreamQuery) while watching `h`'s async error. On timeout or error

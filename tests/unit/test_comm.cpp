@@ -7,6 +7,9 @@
 //   - all_reduce sum / max on every group; bytes counters against the formula
 //   - the all_reduce kernel (a bucket, in place, scale), send / recv kernels (order per tag)
 //   - timeouts: a recv from a peer that never sends fails after 0.5 s, leaves no stray receive
+//   - the control plane (barrier, all_reduce_f64, gather_f64, broadcast_bytes, send_control /
+//     recv_control): plain MPI's results, bit for bit; nothing counted in bytes_sent; a rank
+//     that does not join makes the others fail after the timeout naming it, then joins late
 //   - vocabulary-parallel embedding and cross entropy (fwd + bwd) against the unsharded kernels
 //   - adamw_step with norm_group / norm_divisors against the unsharded update
 //   - the local communicator, and a world-size mismatch
@@ -17,6 +20,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <random>
 #include <string>
@@ -589,6 +593,292 @@ TEST(Comm, FlushTimeoutNamesTheSend) {
   }
   EXPECT_OK(comm->flush());
   EXPECT_EQ(bytes_of(*comm, "send"), me == 0 ? n * 4 : 0);
+}
+
+// ------------------------------------------------------------------ the control plane
+
+/// The group's communicator built with plain MPI (color: the group's lowest rank; key: world
+/// rank, as the Communicator orders members).
+MPI_Comm plain_group_comm(const plan::Mesh &m, const std::string &group) {
+  const std::vector<int> members = members_of(m, world_rank(), group);
+  MPI_Comm c = MPI_COMM_NULL;
+  MPI_Comm_split(MPI_COMM_WORLD, members.front(), world_rank(), &c);
+  return c;
+}
+
+/// Doubles whose sum depends on the order of the additions (magnitudes 2^-20 .. 2^40).
+std::vector<double> wild_doubles(std::mt19937_64 &gen, int64_t n) {
+  std::uniform_real_distribution<double> u(-0.3, 1.0);
+  std::uniform_int_distribution<int> e(-20, 40);
+  std::vector<double> v(static_cast<size_t>(n));
+  for (double &x : v) x = std::ldexp(u(gen), e(gen));
+  return v;
+}
+
+TEST(ControlPlane, SameResultsAsPlainMpiAndNoBytesCounted) {
+  REQUIRE_WORLD_4();
+  const int me = world_rank();
+  for (const plan::Mesh &m : kMeshes) {
+    SCOPED_TRACE("mesh " + mesh_str(m));
+    auto comm = make_comm(m);
+    ASSERT_TRUE(comm);
+    std::mt19937_64 gen(uint64_t(1000 + me));
+    for (const std::string &group : kGroups) {
+      SCOPED_TRACE("group '" + group + "'");
+      const std::vector<int> members = members_of(m, me, group);
+      const int g = int(members.size());
+      const int index = int(std::find(members.begin(), members.end(), me) - members.begin());
+      MPI_Comm plain = plain_group_comm(m, group);
+      EXPECT_OK(comm->barrier(group));
+      // all_reduce_f64: the bits of MPI_Allreduce(MPI_DOUBLE) over the same ranks.
+      for (int64_t n : {1, 2, 5}) {
+        for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Max}) {
+          std::vector<double> mine = wild_doubles(gen, n), got = mine, want(static_cast<size_t>(n));
+          MPI_Allreduce(mine.data(), want.data(), int(n), MPI_DOUBLE, op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, plain);
+          EXPECT_OK(comm->all_reduce_f64(group, got.data(), n, op));
+          EXPECT_EQ(std::memcmp(got.data(), want.data(), size_t(n) * 8), 0) << "n " << n;
+        }
+      }
+      // gather_f64 to group index 0: MPI_Gather's rows.
+      {
+        const int64_t n = 3;
+        std::vector<double> mine = wild_doubles(gen, n), got(size_t(n * g), -1.0), want(size_t(n * g), -1.0);
+        MPI_Gather(mine.data(), int(n), MPI_DOUBLE, want.data(), int(n), MPI_DOUBLE, 0, plain);
+        EXPECT_OK(comm->gather_f64(group, mine.data(), n, index == 0 ? got.data() : nullptr));
+        if (index == 0) EXPECT_EQ(got, want);
+      }
+      // broadcast_bytes from every group index.
+      for (int root = 0; root < g; ++root) {
+        char msg[13];
+        for (int i = 0; i < 13; ++i) msg[i] = char(index == root ? 'a' + (root * 5 + i) % 26 : '?');
+        EXPECT_OK(comm->broadcast_bytes(group, msg, 13, root));
+        for (int i = 0; i < 13; ++i) EXPECT_EQ(msg[i], char('a' + (root * 5 + i) % 26)) << "root " << root;
+      }
+      MPI_Comm_free(&plain);
+    }
+    EXPECT_TRUE(comm->bytes_sent().empty());
+  }
+}
+
+TEST(ControlPlane, LossSumBitsEqualMpiAllreduceOnTheWorld) {
+  REQUIRE_WORLD_4();
+  // The training loss: one double per rank, summed over the world ("dp,tp,pp"), many times.
+  auto comm = make_comm({2, 2, 1});
+  ASSERT_TRUE(comm);
+  std::mt19937_64 gen(uint64_t(77 + world_rank()));
+  int differ = 0;
+  for (int it = 0; it < 300; ++it) {
+    const double local = wild_doubles(gen, 1)[0];
+    double want = 0, got = local;
+    MPI_Allreduce(&local, &want, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT_OK(comm->all_reduce_f64("dp,tp,pp", &got, 1, ReduceOp::Sum));
+    differ += std::memcmp(&got, &want, 8) != 0;
+  }
+  EXPECT_EQ(differ, 0);
+  EXPECT_TRUE(comm->bytes_sent().empty());
+}
+
+TEST(ControlPlane, SendRecvControlApartFromData) {
+  REQUIRE_WORLD_4();
+  const int me = world_rank();
+  auto comm = make_comm({1, 4, 1});
+  ASSERT_TRUE(comm);
+  // A ring of synchronous sends: even ranks send first, odd ranks receive first.
+  const int next = (me + 1) % 4, prev = (me + 3) % 4;
+  const int64_t n = int64_t(1) << 20;  // 4 MiB: past any eager limit
+  std::vector<float> out(size_t(n), float(me) + 0.25f), in(size_t(n), -1.0f);
+  if (me % 2 == 0) {
+    EXPECT_OK(comm->send_control(next, 7, out.data(), n * 4));
+    EXPECT_OK(comm->recv_control(prev, 7, in.data(), n * 4));
+  } else {
+    EXPECT_OK(comm->recv_control(prev, 7, in.data(), n * 4));
+    EXPECT_OK(comm->send_control(next, 7, out.data(), n * 4));
+  }
+  EXPECT_EQ(in[0], float(prev) + 0.25f);
+  EXPECT_EQ(in[size_t(n - 1)], float(prev) + 0.25f);
+  // Same peer and tag on both planes: each message arrives on its own plane.
+  if (me == 0) {
+    const float data_msg = 1.0f, control_msg = 2.0f;
+    EXPECT_OK(comm->send(1, 5, &data_msg, 4));
+    EXPECT_OK(comm->send_control(1, 5, &control_msg, 4));
+  } else if (me == 1) {
+    float a = 0, b = 0;
+    EXPECT_OK(comm->recv_control(0, 5, &b, 4));
+    EXPECT_OK(comm->recv(0, 5, &a, 4));
+    EXPECT_EQ(a, 1.0f);
+    EXPECT_EQ(b, 2.0f);
+  }
+  EXPECT_OK(comm->flush());
+  EXPECT_EQ(bytes_of(*comm, "send"), me == 0 ? 4 : 0);  // the data message only
+  // Bad arguments are errors, not hangs.
+  float x = 0;
+  Status self = comm->send_control(me, 1, &x, 4);
+  EXPECT_NE(self.message().find("itself"), std::string::npos) << self.message();
+  EXPECT_FALSE(comm->recv_control(4, 1, &x, 4).is_ok());
+  EXPECT_FALSE(comm->barrier("dp,zz").is_ok());
+}
+
+/// Seconds `f` took.
+template <class F> double timed(F &&f) {
+  const auto t0 = std::chrono::steady_clock::now();
+  f();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Rank 3 does not join a control collective: ranks 0-2 fail after the timeout with an error
+// naming rank 3, and the group's control plane then fails at once. Rank 3 joins late (after a
+// data-plane signal sent once all of them gave up), which completes what the others abandoned:
+// nothing is left pending.
+void check_control_timeout(const char *op, const std::function<Status(Communicator &)> &call) {
+  const int me = world_rank();
+  auto comm = make_comm({4, 1, 1});
+  ASSERT_TRUE(comm);
+  float sync = 1;
+  EXPECT_OK(comm->all_reduce("dp", &sync, 1, ReduceOp::Sum));  // start together
+  if (me != 3) {
+    comm->timeout_seconds = 1.0;
+    Status s;
+    const double secs = timed([&] { s = call(*comm); });
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_GE(secs, 0.95);
+    EXPECT_LT(secs, 6.0);
+    for (std::string part : {std::string("rank ") + std::to_string(me) + ": ",
+                             std::string(op) + " over group 'dp,tp,pp' (ranks 0,1,2,3)",
+                             std::string("did not complete within 1 s: rank(s) 3 did not arrive")})
+      EXPECT_NE(s.message().find(part), std::string::npos) << part << " in: " << s.message();
+    Status again = call(*comm);
+    EXPECT_FALSE(again.is_ok());
+    EXPECT_NE(again.message().find("timed out (rank(s) 3 did not arrive)"), std::string::npos) << again.message();
+    comm->timeout_seconds = 30;
+    // Rank 3 may join only once ranks 0-2 have all given up (else a slow one sees it arrive).
+    const int go = 1;
+    if (me == 0) {
+      for (int r = 1; r < 3; ++r) {
+        int gave_up = 0;
+        EXPECT_OK(comm->recv(r, 59, &gave_up, 4));
+      }
+      EXPECT_OK(comm->send(3, 60, &go, 4));
+    } else {
+      EXPECT_OK(comm->send(0, 59, &go, 4));
+    }
+    int done = 0;
+    EXPECT_OK(comm->recv(3, 61, &done, 4));  // polling drives the abandoned collective
+  } else {
+    int go = 0;
+    EXPECT_OK(comm->recv(0, 60, &go, 4));
+    EXPECT_OK(call(*comm));  // late: the others' tokens and collective are waiting
+    const int done = 1;
+    for (int r = 0; r < 3; ++r) EXPECT_OK(comm->send(r, 61, &done, 4));
+  }
+  EXPECT_OK(comm->flush());
+  sync = 1;
+  EXPECT_OK(comm->all_reduce("dp", &sync, 1, ReduceOp::Sum));
+  EXPECT_EQ(sync, 4.0f);
+}
+
+TEST(ControlPlane, BarrierTimeoutNamesTheMissingRank) {
+  REQUIRE_WORLD_4();
+  check_control_timeout("barrier", [](Communicator &c) { return c.barrier("dp,tp,pp"); });
+}
+
+TEST(ControlPlane, AllReduceF64TimeoutNamesTheMissingRank) {
+  REQUIRE_WORLD_4();
+  check_control_timeout("all_reduce_f64", [](Communicator &c) {
+    double x = 1.5;
+    Status s = c.all_reduce_f64("dp,tp,pp", &x, 1, ReduceOp::Sum);
+    if (s.is_ok() && x != 6.0) return Status::error("late all_reduce_f64 gave " + std::to_string(x));
+    return s;
+  });
+}
+
+TEST(ControlPlane, GatherAndBroadcastTimeoutNameTheMissingRank) {
+  REQUIRE_WORLD_4();
+  check_control_timeout("gather_f64", [](Communicator &c) {
+    double mine = 1, all[4];
+    return c.gather_f64("dp,tp,pp", &mine, 1, all);
+  });
+  check_control_timeout("broadcast_bytes", [](Communicator &c) {
+    long long pid = world_rank() == 0 ? 4242 : 0;
+    Status s = c.broadcast_bytes("dp,tp,pp", &pid, sizeof pid, 0);
+    if (s.is_ok() && pid != 4242) return Status::error("late broadcast_bytes gave " + std::to_string(pid));
+    return s;
+  });
+}
+
+TEST(ControlPlane, RecvAndSendControlTimeoutNameThePeer) {
+  REQUIRE_WORLD_4();
+  const int me = world_rank();
+  auto comm = make_comm({4, 1, 1});
+  ASSERT_TRUE(comm);
+  if (me == 1) {
+    comm->timeout_seconds = 0.5;
+    float buf[4];
+    Status s;
+    const double secs = timed([&] { s = comm->recv_control(3, 77, buf, 16); });
+    ASSERT_FALSE(s.is_ok());
+    EXPECT_GE(secs, 0.45);
+    EXPECT_LT(secs, 6.0);
+    for (const char *part : {"rank 1:", "recv_control from rank 3", "tag 77", "16 bytes", "0.5 s"})
+      EXPECT_NE(s.message().find(part), std::string::npos) << part << " in: " << s.message();
+    comm->timeout_seconds = 30;
+  }
+  if (me == 0) {
+    comm->timeout_seconds = 0.5;
+    const float msg[2] = {1, 2};
+    Status s;
+    const double secs = timed([&] { s = comm->send_control(2, 88, msg, 8); });
+    ASSERT_FALSE(s.is_ok());  // synchronous: rank 2 never receives it in time
+    EXPECT_GE(secs, 0.45);
+    EXPECT_LT(secs, 6.0);
+    for (const char *part : {"rank 0:", "send_control to rank 2", "tag 88", "not received within 0.5 s",
+                             "rank 2 did not arrive"})
+      EXPECT_NE(s.message().find(part), std::string::npos) << part << " in: " << s.message();
+    comm->timeout_seconds = 30;
+  }
+  float sync = 1;
+  EXPECT_OK(comm->all_reduce("dp", &sync, 1, ReduceOp::Sum));
+  // Rank 3 now really sends with that tag: the cancelled receive did not swallow it.
+  if (me == 3) {
+    const float msg[4] = {42, 43, 44, 45};
+    EXPECT_OK(comm->send_control(1, 77, msg, 16));
+  } else if (me == 1) {
+    float buf[4] = {0, 0, 0, 0};
+    EXPECT_OK(comm->recv_control(3, 77, buf, 16));
+    EXPECT_EQ(buf[0], 42.0f);
+    EXPECT_EQ(buf[3], 45.0f);
+  } else if (me == 2) {
+    // The abandoned send may or may not have been cancelled (MPI need not cancel sends): take
+    // it if it is still there, so that nothing stays pending.
+    comm->timeout_seconds = 0.5;
+    float buf[2] = {0, 0};
+    if (comm->recv_control(0, 88, buf, 8).is_ok()) EXPECT_EQ(buf[1], 2.0f);
+    comm->timeout_seconds = 30;
+  }
+  sync = 1;
+  EXPECT_OK(comm->all_reduce("dp", &sync, 1, ReduceOp::Sum));
+  EXPECT_EQ(sync, 4.0f);
+  EXPECT_EQ(bytes_of(*comm, "send"), 0);
+}
+
+TEST(ControlPlane, LocalCommunicatorIsTheIdentity) {
+  auto comm = make_local_communicator();
+  for (const std::string &g : kGroups) {
+    EXPECT_OK(comm->barrier(g));
+    double x[2] = {1.5, -2};
+    EXPECT_OK(comm->all_reduce_f64(g, x, 2, ReduceOp::Sum));
+    EXPECT_EQ(x[0], 1.5);
+    double all[2] = {0, 0};
+    EXPECT_OK(comm->gather_f64(g, x, 2, all));
+    EXPECT_EQ(all[1], -2.0);
+    long long pid = 7;
+    EXPECT_OK(comm->broadcast_bytes(g, &pid, sizeof pid, 0));
+    EXPECT_FALSE(comm->broadcast_bytes(g, &pid, sizeof pid, 1).is_ok());
+  }
+  EXPECT_FALSE(comm->barrier("zz").is_ok());
+  float f = 0;
+  EXPECT_FALSE(comm->send_control(0, 0, &f, 4).is_ok());
+  EXPECT_FALSE(comm->recv_control(0, 0, &f, 4).is_ok());
+  EXPECT_TRUE(comm->bytes_sent().empty());
 }
 
 // ------------------------------------------------------------------ the local communicator
