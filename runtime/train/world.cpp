@@ -33,43 +33,30 @@ void abort_world(const World &w, int code) {
 }
 
 
-Status control_barrier(Communicator &comm) {
-  if (comm.world_size() == 1) return Status::ok();
-  MPI_Barrier(MPI_COMM_WORLD);
-  return Status::ok();
-}
+// Everything below goes through the communicator's timed control plane (comm.h): a stopped or
+// dead peer becomes an error naming it after --comm-timeout, never a hang.
+static const char *const kWorld = "dp,tp,pp";  // every mesh axis: the whole world
+
+Status control_barrier(Communicator &comm) { return comm.barrier(kWorld); }
 
 Status control_sum(Communicator &comm, double *data, int64_t count) {
-  if (comm.world_size() == 1) return Status::ok();
-  MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-  return Status::ok();
+  return comm.all_reduce_f64(kWorld, data, count, ReduceOp::Sum);
 }
 
 Status control_gather(Communicator &comm, const double *mine, int64_t count, double *all) {
-  if (comm.world_size() == 1) {
-    for (int64_t i = 0; i < count; ++i) all[i] = mine[i];
-    return Status::ok();
-  }
-  MPI_Gather(mine, static_cast<int>(count), MPI_DOUBLE, all, static_cast<int>(count), MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  return Status::ok();
+  return comm.gather_f64(kWorld, mine, count, all);
 }
 
 Status control_broadcast(Communicator &comm, void *data, int64_t bytes) {
-  if (comm.world_size() == 1) return Status::ok();
-  MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, 0, MPI_COMM_WORLD);
-  return Status::ok();
+  return comm.broadcast_bytes(kWorld, data, bytes, 0);
 }
 
 Status control_send(Communicator &comm, int peer, int tag, const float *data, int64_t count) {
-  (void)comm;
-  MPI_Send(data, static_cast<int>(count), MPI_FLOAT, peer, tag, MPI_COMM_WORLD);
-  return Status::ok();
+  return comm.send_control(peer, tag, data, count * static_cast<int64_t>(sizeof(float)));
 }
 
 Status control_recv(Communicator &comm, int peer, int tag, float *data, int64_t count) {
-  (void)comm;
-  MPI_Recv(data, static_cast<int>(count), MPI_FLOAT, peer, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-  return Status::ok();
+  return comm.recv_control(peer, tag, data, count * static_cast<int64_t>(sizeof(float)));
 }
 
 } // namespace parallora::rt
