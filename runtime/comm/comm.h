@@ -121,7 +121,7 @@ public:
   /// MPI_Iallreduce(MPI_DOUBLE) on a duplicate of the group's communicator: over the whole
   /// world ("dp,tp,pp") it gives the bits of MPI_Allreduce(MPI_DOUBLE, MPI_COMM_WORLD) wherever
   /// the MPI library's blocking and non-blocking reductions add in the same order (Open MPI
-  /// 4.1: checked for 1-4, 6 and 8 ranks; not 5, and MPI does not promise it).
+  /// 4.1.4: checked for 1-4 and 6-8 ranks; not 5, and MPI does not promise it).
   virtual Status all_reduce_f64(const std::string &group, double *data, int64_t count, ReduceOp op);
   /// Gathers `count` doubles from every member to group index 0: there `all` receives
   /// count * group_size doubles, member i's at [i * count, (i + 1) * count); `all` may be null

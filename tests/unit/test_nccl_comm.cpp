@@ -214,6 +214,30 @@ TEST(NcclComm, DefaultWorldOfOneNeedsNoNccl) {
   EXPECT_EQ(v[1], 2.0f);
 }
 
+// The control plane is the MPI communicator's (host memory, never NCCL, never counted).
+TEST(NcclComm, ControlPlaneIsTheMpiOneAndNotCounted) {
+  SKIP_WITHOUT_GPU();
+  auto comm = one_rank_nccl();
+  ASSERT_TRUE(comm);
+  for (const char *group : {"", "dp", "dp,tp,pp"}) {
+    EXPECT_TRUE(comm->barrier(group).is_ok());
+    double loss[2] = {0.1, 2.5};
+    EXPECT_TRUE(comm->all_reduce_f64(group, loss, 2, ReduceOp::Sum).is_ok());
+    EXPECT_EQ(loss[0], 0.1);
+    double all[2] = {0, 0};
+    EXPECT_TRUE(comm->gather_f64(group, loss, 2, all).is_ok());
+    EXPECT_EQ(all[1], 2.5);
+    long long pid = 99;
+    EXPECT_TRUE(comm->broadcast_bytes(group, &pid, sizeof pid, 0).is_ok());
+    EXPECT_EQ(pid, 99);
+  }
+  float x = 0;
+  Status self = comm->send_control(0, 1, &x, 4);
+  EXPECT_TRUE(contains(self.message(), "send_control to rank 0")) << self.message();
+  EXPECT_FALSE(comm->recv_control(1, 1, &x, 4).is_ok());  // not a rank of a world of 1
+  EXPECT_TRUE(comm->bytes_sent().empty());
+}
+
 /// Runs a registry kernel with managed buffers.
 Status run_kernel(const KernelRegistry &reg, const std::string &op, std::vector<Tensor> in, std::vector<Tensor> out,
                   std::map<std::string, plan::AttrValue> attrs, Communicator *comm) {
