@@ -1,4 +1,9 @@
 //===- plan_io.cpp - plan files: write, read + validate, describe, fingerprint ===//
+//
+// Over 800 lines on purpose: most of it is the reader's validation, one check and one message per
+// plan field, kept in one file so the format's rules read in one place next to its framing.
+//
+//===----------------------------------------------------------------------===//
 #include "runtime/plan/plan_io.h"
 
 #include <algorithm>
