@@ -26,28 +26,12 @@ bool is_movable(const Tensor &t) {  // send/recv move the bytes of any element t
 // bf16 (Communicator::all_reduce) and scaled in f32 with one rounding.
 Status all_reduce_kernel(KernelCall &c) {
   const char *K = "all_reduce";
-  if (c.in.size() != c.out.size())
-    return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) +
-                          " inputs and " + std::to_string(c.out.size()) + " outputs");
   std::string group;
   int g = 1;
-  if (Status s = collective_group(c, K, &group, &g); !s) return s;
-  const double scale = c.attr_f("scale", 1.0);
-  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
-  const char *tname = dtype == plan::ElemType::BF16 ? "bf16" : "f32";
+  plan::ElemType dtype = plan::ElemType::F32;
   int64_t total = 0;
-  for (size_t i = 0; i < c.in.size(); ++i) {
-    const Tensor &x = c.in[i], &y = c.out[i];
-    const std::string si = std::to_string(i);
-    if (!x.present() || (x.dtype != plan::ElemType::F32 && x.dtype != plan::ElemType::BF16))
-      return fail(c, K, "x_" + si + " must be a present f32 or bf16 tensor");
-    if (x.dtype != dtype) return fail(c, K, "x_" + si + " is not " + tname + " like x_0 (one type per all_reduce)");
-    if (!y.present() || y.dtype != dtype) return fail(c, K, "y_" + si + " must be a present " + tname + " tensor");
-    if (x.numel() != y.numel())
-      return fail(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si +
-                            " has " + std::to_string(x.numel()));
-    total += x.numel();
-  }
+  if (Status s = collective_all_reduce_operands(c, K, &group, &g, &dtype, &total); !s) return s;
+  const double scale = c.attr_f("scale", 1.0);
   const int64_t es = plan::elem_size(dtype);
   const float sf = float(scale);
   const bool scaled = scale != 1.0;
@@ -111,15 +95,9 @@ Status all_reduce_start_kernel(KernelCall &c) {
   int g = 1;
   if (Status s = collective_group(c, K, &group, &g); !s) return s;
   if (!c.out.empty()) return fail(c, K, "expected no outputs (the sum is written by all_reduce_wait)");
-  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  plan::ElemType dtype = plan::ElemType::F32;
   int64_t total = 0, bytes = 0;
-  for (size_t i = 0; i < c.in.size(); ++i) {
-    const Tensor &x = c.in[i];
-    if (!x.present() || x.dtype != dtype || (dtype != plan::ElemType::F32 && dtype != plan::ElemType::BF16))
-      return fail(c, K, "x_" + std::to_string(i) + " must be a present f32 or bf16 tensor of x_0's type");
-    total += x.numel();
-    bytes += x.nbytes();
-  }
+  if (Status s = collective_bucket_inputs(c, K, &dtype, &total, &bytes); !s) return s;
   std::vector<char> &staging = c.comm->staging(handle);
   staging.resize(size_t(bytes));
   int64_t off = 0;
@@ -138,17 +116,11 @@ Status all_reduce_wait_kernel(KernelCall &c) {
   int handle = -1;
   if (Status s = collective_bucket(c, K, &handle); !s) return s;
   if (!c.comm->started(handle)) return all_reduce_kernel(c);  // never started: reduce here
-  if (c.in.size() != c.out.size())
-    return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
-                          std::to_string(c.out.size()) + " outputs");
+  if (Status s = collective_pairs(c, K); !s) return s;
   if (Status s = c.comm->all_reduce_wait(handle); !s) return fail(c, K, s.message());
   const std::vector<char> &staging = c.comm->staging(handle);
   int64_t bytes = 0;
-  for (size_t i = 0; i < c.out.size(); ++i) {
-    if (!c.out[i].present() || c.out[i].dtype != c.in[i].dtype || c.out[i].numel() != c.in[i].numel())
-      return fail(c, K, "y_" + std::to_string(i) + " must match x_" + std::to_string(i));
-    bytes += c.out[i].nbytes();
-  }
+  if (Status s = collective_bucket_outputs(c, K, &bytes); !s) return s;
   if (bytes != static_cast<int64_t>(staging.size()))
     return fail(c, K, "the bucket has " + std::to_string(bytes) + " bytes but its start staged " +
                           std::to_string(staging.size()));
@@ -214,24 +186,10 @@ Status recv_kernel(KernelCall &c) {
 // owners' values are sent to the others, one message per owner (tensors packed in order).
 Status broadcast_kernel(KernelCall &c) {
   const char *K = "broadcast";
-  if (c.in.size() != c.out.size())
-    return fail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
-                          std::to_string(c.out.size()) + " outputs");
   std::string group;
   int g = 1;
-  if (Status s = collective_group(c, K, &group, &g); !s) return s;
-  const std::vector<int64_t> roots = c.attr_ints("roots");
-  if (roots.size() != c.in.size())
-    return fail(c, K, "attr 'roots' has " + std::to_string(roots.size()) + " entries for " +
-                          std::to_string(c.in.size()) + " tensors");
-  for (size_t i = 0; i < c.in.size(); ++i) {
-    if (!c.in[i].present() || c.in[i].dtype != plan::ElemType::F32 || !c.out[i].present() ||
-        c.out[i].numel() != c.in[i].numel())
-      return fail(c, K, "tensor " + std::to_string(i) + " must be a present f32 tensor with as many outputs as inputs");
-    if (roots[i] < 0 || roots[i] >= g)
-      return fail(c, K, "root " + std::to_string(roots[i]) + " of tensor " + std::to_string(i) + " is not in [0, " +
-                            std::to_string(g) + ")");
-  }
+  std::vector<int64_t> roots;
+  if (Status s = collective_broadcast_operands(c, K, &group, &g, &roots); !s) return s;
   std::vector<float> staging;
   for (int r = 0; r < g; ++r) {
     int64_t n = 0;
@@ -284,6 +242,84 @@ Status collective_bucket(const KernelCall &c, const char *K, int *handle) {
   if (b < 0 || b > INT32_MAX) return collective_error(c, K, "attr bucket " + std::to_string(b) + " is outside [0, 2^31)");
   if (!c.comm) return collective_error(c, K, "needs a communicator (KernelCall::comm is null)");
   *handle = int(b);
+  return Status::ok();
+}
+
+Status collective_pairs(const KernelCall &c, const char *K) {
+  if (c.in.size() == c.out.size()) return Status::ok();
+  return collective_error(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) +
+                                    " inputs and " + std::to_string(c.out.size()) + " outputs");
+}
+
+Status collective_all_reduce_operands(const KernelCall &c, const char *K, std::string *group, int *size,
+                                      plan::ElemType *dtype_out, int64_t *total) {
+  if (Status s = collective_pairs(c, K); !s) return s;
+  if (Status s = collective_group(c, K, group, size); !s) return s;
+  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  const char *tname = dtype == plan::ElemType::BF16 ? "bf16" : "f32";
+  *total = 0;
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    const Tensor &x = c.in[i], &y = c.out[i];
+    const std::string si = std::to_string(i);
+    if (!x.present() || (x.dtype != plan::ElemType::F32 && x.dtype != plan::ElemType::BF16))
+      return collective_error(c, K, "x_" + si + " must be a present f32 or bf16 tensor");
+    if (x.dtype != dtype)
+      return collective_error(c, K, "x_" + si + " is not " + tname + " like x_0 (one type per all_reduce)");
+    if (!y.present() || y.dtype != dtype)
+      return collective_error(c, K, "y_" + si + " must be a present " + tname + " tensor");
+    if (x.numel() != y.numel())
+      return collective_error(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si +
+                                        " has " + std::to_string(x.numel()));
+    *total += x.numel();
+  }
+  *dtype_out = dtype;
+  return Status::ok();
+}
+
+Status collective_broadcast_operands(const KernelCall &c, const char *K, std::string *group, int *size,
+                                     std::vector<int64_t> *roots_out) {
+  if (Status s = collective_pairs(c, K); !s) return s;
+  if (Status s = collective_group(c, K, group, size); !s) return s;
+  const int g = *size;
+  std::vector<int64_t> roots = c.attr_ints("roots");
+  if (roots.size() != c.in.size())
+    return collective_error(c, K, "attr 'roots' has " + std::to_string(roots.size()) + " entries for " +
+                                      std::to_string(c.in.size()) + " tensors");
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    if (!c.in[i].present() || c.in[i].dtype != plan::ElemType::F32 || !c.out[i].present() ||
+        c.out[i].numel() != c.in[i].numel())
+      return collective_error(c, K, "tensor " + std::to_string(i) +
+                                        " must be a present f32 tensor with as many outputs as inputs");
+    if (roots[i] < 0 || roots[i] >= g)
+      return collective_error(c, K, "root " + std::to_string(roots[i]) + " of tensor " + std::to_string(i) +
+                                        " is not in [0, " + std::to_string(g) + ")");
+  }
+  *roots_out = std::move(roots);
+  return Status::ok();
+}
+
+Status collective_bucket_inputs(const KernelCall &c, const char *K, plan::ElemType *dtype_out, int64_t *total,
+                                int64_t *bytes) {
+  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
+  *total = *bytes = 0;
+  for (size_t i = 0; i < c.in.size(); ++i) {
+    const Tensor &x = c.in[i];
+    if (!x.present() || x.dtype != dtype || (dtype != plan::ElemType::F32 && dtype != plan::ElemType::BF16))
+      return collective_error(c, K, "x_" + std::to_string(i) + " must be a present f32 or bf16 tensor of x_0's type");
+    *total += x.numel();
+    *bytes += x.nbytes();
+  }
+  *dtype_out = dtype;
+  return Status::ok();
+}
+
+Status collective_bucket_outputs(const KernelCall &c, const char *K, int64_t *bytes) {
+  *bytes = 0;
+  for (size_t i = 0; i < c.out.size(); ++i) {
+    if (!c.out[i].present() || c.out[i].dtype != c.in[i].dtype || c.out[i].numel() != c.in[i].numel())
+      return collective_error(c, K, "y_" + std::to_string(i) + " must match x_" + std::to_string(i));
+    *bytes += c.out[i].nbytes();
+  }
   return Status::ok();
 }
 

@@ -91,6 +91,11 @@ std::string seconds_str(double s) {
   return buf;
 }
 
+std::string send_desc(int peer, int tag, int64_t bytes) {
+  return "send to rank " + std::to_string(peer) + " (tag " + std::to_string(tag) + ") of " + std::to_string(bytes) +
+         " bytes";
+}
+
 } // namespace comm_detail
 
 using namespace comm_detail;

@@ -190,5 +190,22 @@ Status collective_group(const KernelCall &c, const char *kernel, std::string *gr
 /// all_reduce_start / all_reduce_wait: the integer attr `bucket` (the Communicator handle), and a
 /// communicator must be given.
 Status collective_bucket(const KernelCall &c, const char *kernel, int *handle);
+/// The operand checks of the host collective kernels, shared with the NCCL ones (same order,
+/// same messages):
+/// as many outputs as inputs;
+Status collective_pairs(const KernelCall &c, const char *kernel);
+/// all_reduce: collective_pairs, collective_group, then x_i / y_i present, all f32 or all bf16
+/// (x_0's type), y_i of x_i's size; the element type and the total element count;
+Status collective_all_reduce_operands(const KernelCall &c, const char *kernel, std::string *group, int *size,
+                                      plan::ElemType *dtype, int64_t *total);
+/// broadcast: collective_pairs, collective_group, attr `roots` (one group index in [0, size) per
+/// tensor), present f32 tensors with outputs of the inputs' sizes;
+Status collective_broadcast_operands(const KernelCall &c, const char *kernel, std::string *group, int *size,
+                                     std::vector<int64_t> *roots);
+/// all_reduce_start's inputs: present, all f32 or all bf16 (x_0's type); their elements and bytes;
+Status collective_bucket_inputs(const KernelCall &c, const char *kernel, plan::ElemType *dtype, int64_t *total,
+                                int64_t *bytes);
+/// all_reduce_wait's outputs (after collective_pairs): y_i of x_i's type and size; their bytes.
+Status collective_bucket_outputs(const KernelCall &c, const char *kernel, int64_t *bytes);
 
 } // namespace parallora::rt

@@ -166,11 +166,7 @@ MpiCommunicator::~MpiCommunicator() {
   }
   // Give outstanding sends a bounded chance to finish, then cancel what is left (its buffers
   // are leaked: MPI may still read them).
-  const Clock::time_point deadline = deadline_after(std::min(timeout_seconds, 10.0));
-  for (int64_t iter = 0; !pending_.empty() && Clock::now() < deadline; ++iter) {
-    reap_sends();
-    if (!pending_.empty()) backoff(iter);
-  }
+  drain_sends(pending_, [this] { reap_sends(); }, deadline_after(std::min(timeout_seconds, 10.0)));
   for (PendingSend &ps : pending_) {
     for (MPI_Request &r : ps.reqs)
       if (r != MPI_REQUEST_NULL) {
@@ -464,24 +460,8 @@ Status MpiCommunicator::timed_recv(MPI_Comm comm, const char *op, int peer, int 
 }
 
 Status MpiCommunicator::flush() {
-  const Clock::time_point deadline = deadline_after(timeout_seconds);
-  for (int64_t iter = 0;; ++iter) {
-    reap_sends();
-    if (!send_error_.is_ok()) {
-      Status s = send_error_;
-      send_error_ = Status::ok();
-      return s;
-    }
-    if (pending_.empty()) return Status::ok();
-    if (Clock::now() >= deadline) {
-      const PendingSend &ps = pending_.front();
-      return Status::error(prefix() + "flush: " + send_desc(ps) + " did not complete within " +
-                           seconds_str(timeout_seconds) + " s (" +
-                           std::to_string(pending_.size()) +
-                           " send(s) outstanding; a peer died or never receives)");
-    }
-    backoff(iter);
-  }
+  bool timed_out = false;
+  return flush_sends(prefix(), timeout_seconds, pending_, &send_error_, [this] { reap_sends(); }, &timed_out);
 }
 
 } // namespace comm_detail

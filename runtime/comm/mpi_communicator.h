@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "runtime/comm/comm.h"
+#include "runtime/comm/comm_impl.h"
 #include "runtime/comm/deadline.h"
 
 namespace parallora::rt::comm_detail {
@@ -95,10 +96,7 @@ private:
   /// Tests pending sends once, drops the completed ones; keeps the first send error.
   void reap_sends();
   Status check_peer_tag(const char *op, int peer, int tag, int64_t bytes, const void *data) const;
-  std::string send_desc(const PendingSend &ps) const {
-    return "send to rank " + std::to_string(ps.peer) + " (tag " + std::to_string(ps.tag) +
-           ") of " + std::to_string(ps.bytes) + " bytes";
-  }
+  std::string send_desc(const PendingSend &ps) const { return comm_detail::send_desc(ps.peer, ps.tag, ps.bytes); }
   /// The receive of recv / recv_control on `comm`: `op` names it in errors.
   Status timed_recv(MPI_Comm comm, const char *op, int peer, int tag, void *data, int64_t bytes);
   /// Control plane setup (mpi_control.cpp): the control duplicates of the group communicators

@@ -8,18 +8,16 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <list>
 #include <map>
-#include <thread>
-#include <variant>
 
 #include "runtime/comm/comm_impl.h"
 #include "runtime/cuda/backend.h"
 #include "runtime/cuda/common.cuh"
+#include "runtime/cuda/nccl_communicator.cuh"
 
 namespace parallora::rt::cuda {
 
@@ -67,27 +65,7 @@ std::string nccl_version_string() {
   return "NCCL " + std::to_string(v / 10000) + "." + std::to_string((v / 100) % 100) + "." +
          std::to_string(v % 100);
 }
-
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-void backoff(int64_t iter) {
-  if (iter < 200)
-    std::this_thread::yield();
-  else if (iter < 2000)
-    std::this_thread::sleep_for(std::chrono::microseconds(20));
-  else if (iter < 10000)
-    std::this_thread::sleep_for(std::chrono::microseconds(100));
-  else
-    std::this_thread::sleep_for(std::chrono::microseconds(500));
-}
-
-Clock::time_point deadline_after(double seconds) {
-  if (!(seconds < 1e9)) seconds = 1e9;  // also NaN
-  if (seconds < 0) seconds = 0;
-  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-}
+namespace nccl_detail {
 
 std::string nccl_err(ncclComm_t comm, ncclResult_t r) {
   std::string s = std::string(ncclGetErrorString(r));
@@ -97,8 +75,6 @@ std::string nccl_err(ncclComm_t comm, ncclResult_t r) {
 
 std::string cuda_err(cudaError_t e) { return std::string(cudaGetErrorString(e)) + " (error " + std::to_string(int(e)) + ")"; }
 
-/// Polls a non-blocking communicator until its state leaves ncclInProgress or the deadline
-/// passes (returns ncclInProgress then).
 ncclResult_t settle(ncclComm_t comm, ncclResult_t r, Clock::time_point deadline) {
   for (int64_t iter = 0; r == ncclInProgress; ++iter) {
     if (Clock::now() >= deadline) return ncclInProgress;
@@ -110,7 +86,6 @@ ncclResult_t settle(ncclComm_t comm, ncclResult_t r, Clock::time_point deadline)
   return r;
 }
 
-/// Device-accessible without a copy: device or managed memory.
 bool device_accessible(const void *p) {
   cudaPointerAttributes attr{};
   if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
@@ -120,44 +95,8 @@ bool device_accessible(const void *p) {
   return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
 }
 
-/// A grow-only device buffer, stream-ordered on stream() (cudaMallocAsync / cudaFreeAsync: no
-/// device-wide synchronization, which could wait on a send stuck behind its receiver).
-struct DeviceBuffer {
-  void *p = nullptr;
-  size_t bytes = 0;
-  Status reserve(size_t n) {
-    if (n <= bytes) return Status::ok();
-    if (p) cudaFreeAsync(p, stream());
-    p = nullptr;
-    bytes = 0;
-    if (cudaError_t e = cudaMallocAsync(&p, n, stream()); e != cudaSuccess) {
-      cudaGetLastError();
-      return Status::error("cudaMallocAsync of " + std::to_string(n) + " bytes: " + cuda_err(e));
-    }
-    bytes = n;
-    return Status::ok();
-  }
-  void release() {
-    if (p) cudaFreeAsync(p, stream());
-    p = nullptr;
-    bytes = 0;
-  }
-};
 
-/// One NCCL communicator, possibly shared by groups with identical members.
-struct NcclHandle {
-  ncclComm_t comm = nullptr;
-  std::string name;          // for messages: the first group that created it
-  std::vector<int> members;  // world ranks, ascending (NCCL rank = index)
-  std::string broken;        // why later operations fail at once
-};
-
-struct PendingSend {
-  cudaEvent_t done = nullptr;
-  int peer = -1, tag = -1;
-  int64_t bytes = 0;
-  NcclHandle *h = nullptr;
-};
+namespace {
 
 /// What each rank contributes to the setup exchange.
 struct SetupInfo {
@@ -166,120 +105,7 @@ struct SetupInfo {
   ncclUniqueId ids[10];  // [axes 1..7] groups this rank leads, [8] p2p up, [9] p2p down
 };
 
-class NcclCommunicator final : public Communicator {
-public:
-  NcclCommunicator(const plan::Mesh &mesh, std::unique_ptr<Communicator> mpi)
-      : Communicator(mesh), mpi_(std::move(mpi)), rank_(mpi_->rank()), size_(mpi_->world_size()) {}
-  ~NcclCommunicator() override;
-
-  Status init(bool single_rank_comms);
-
-  int rank() const override { return rank_; }
-  int world_size() const override { return size_; }
-  using Communicator::all_reduce;
-  Status all_reduce(const std::string &group, void *data_, int64_t count, plan::ElemType dtype,
-                    ReduceOp op) override;
-  Status broadcast(const std::string &group, float *data, int64_t count, int root) override;
-  Status send(int peer, int tag, const void *data, int64_t bytes) override;
-  Status recv(int peer, int tag, void *data, int64_t bytes) override;
-  Status flush() override;
-  /// Overlapped buckets (file comment of nccl_comm.h, OVERLAP): the reduction runs on the comm
-  /// stream after the work queued on stream() so far; all_reduce_wait waits for it (deadline)
-  /// and orders stream() after it.
-  Status all_reduce_start(int handle, const std::string &group, void *data, int64_t count, plan::ElemType dtype,
-                          ReduceOp op) override;
-  Status all_reduce_wait(int handle) override;
-  void progress() override;
-
-  // Control plane (comm.h): the MPI communicator's timed host-side code, on the MPI
-  // communicator this one was bootstrapped with (never NCCL, never counted in bytes_sent()).
-  Status barrier(const std::string &group) override { return control()->barrier(group); }
-  Status all_reduce_f64(const std::string &group, double *data, int64_t count, ReduceOp op) override {
-    return control()->all_reduce_f64(group, data, count, op);
-  }
-  Status gather_f64(const std::string &group, const double *mine, int64_t count, double *all) override {
-    return control()->gather_f64(group, mine, count, all);
-  }
-  Status broadcast_bytes(const std::string &group, void *data, int64_t bytes, int root) override {
-    return control()->broadcast_bytes(group, data, bytes, root);
-  }
-  Status send_control(int peer, int tag, const void *data, int64_t bytes) override {
-    return control()->send_control(peer, tag, data, bytes);
-  }
-  Status recv_control(int peer, int tag, void *data, int64_t bytes) override {
-    return control()->recv_control(peer, tag, data, bytes);
-  }
-
-  /// The device staging of bucket `handle` (the device-side all_reduce_start packs into it and
-  /// reduces it in place): at least `bytes`, grow-only, stream-ordered on stream(). Only grown
-  /// while the bucket is not in flight (a start after its wait).
-  StatusOr<char *> bucket_staging(int handle, size_t bytes) {
-    DeviceBuffer &b = bucket_staging_[handle];
-    if (Status s = b.reserve(std::max<size_t>(bytes, 1)); !s) return s;
-    return static_cast<char *>(b.p);
-  }
-  /// Bytes the device-side start of `handle` packed (-1: none).
-  int64_t bucket_bytes(int handle) const {
-    auto it = bucket_bytes_.find(handle);
-    return it == bucket_bytes_.end() ? -1 : it->second;
-  }
-  void set_bucket_bytes(int handle, int64_t bytes) { bucket_bytes_[handle] = bytes; }
-
-private:
-  std::string prefix() const { return "rank " + std::to_string(rank_) + ": "; }
-  /// The MPI communicator, with this communicator's current timeout.
-  Communicator *control() {
-    mpi_->timeout_seconds = timeout_seconds;
-    return mpi_.get();
-  }
-  /// Creates (ncclCommInitRankConfig, non-blocking, polled) the communicator of `members`.
-  Status create(NcclHandle &h, const ncclUniqueId &id, Clock::time_point deadline);
-  /// Waits for `s` (cudaStreamQuery) while watching `h`'s async error. On timeout or error
-  /// aborts h (marks it broken with `broken_why`) and returns the error; `what` names the op.
-  /// Polls `query` (cudaStreamQuery / cudaEventQuery) until done, watching `h`'s async error,
-  /// within timeout_seconds; on error or timeout aborts h and names `what`.
-  Status wait_until(const std::function<cudaError_t()> &query, NcclHandle *h, const std::string &what,
-                    const char *hang_hint);
-  Status wait_stream(cudaStream_t s, NcclHandle *h, const std::string &what, const char *hang_hint);
-  /// Same for an event (cudaEventQuery): the comm stream's "done" event of a bucket.
-  Status wait_event(cudaEvent_t ev, NcclHandle *h, const std::string &what, const char *hang_hint);
-  void abort(NcclHandle &h, const std::string &why);
-  /// One group collective (all_reduce or broadcast) on `data`, staged when on the host.
-  Status collective(NcclHandle *h, const std::string &what, void *data, size_t bytes,
-                    const std::function<ncclResult_t(void *, ncclComm_t)> &enqueue);
-  /// Device staging -> host after the wait (synchronous, the stream is idle by then).
-  Status copy_back(void *dst, const void *src, size_t bytes, const std::string &what);
-  void reap_sends();
-  std::string send_desc(const PendingSend &ps) const {
-    return "send to rank " + std::to_string(ps.peer) + " (tag " + std::to_string(ps.tag) + ") of " +
-           std::to_string(ps.bytes) + " bytes";
-  }
-  Status check_peer(const char *op, int peer, int tag, int64_t bytes, const void *data) const;
-  /// "up" carries messages from a lower to a higher world rank, "down" the others.
-  NcclHandle *send_comm(int peer) { return peer > rank_ ? up_ : down_; }
-  NcclHandle *recv_comm(int peer) { return peer < rank_ ? up_ : down_; }
-
-  std::unique_ptr<Communicator> mpi_;  // world-size check, handshake, bootstrap
-  int rank_, size_;
-  std::list<NcclHandle> handles_;      // stable addresses
-  NcclHandle *groups_[8] = {};         // by axis bits; null = one-rank group (identity)
-  NcclHandle *up_ = nullptr, *down_ = nullptr;
-  cudaStream_t send_stream_ = nullptr;
-  DeviceBuffer staging_;               // host-pointer staging for collectives / recv
-  std::list<PendingSend> pending_;
-  Status send_error_;
-  // Overlapped buckets.
-  struct AsyncReduce {
-    cudaEvent_t done = nullptr;  // recorded on comm_stream_ after the reduction; null: completed
-    NcclHandle *h = nullptr;
-    std::string what;
-    Status error;                // an asynchronous NCCL error seen by progress()
-  };
-  cudaStream_t comm_stream_ = nullptr;  // high priority, non-blocking
-  std::map<int, AsyncReduce> async_;    // started, not yet waited for
-  std::map<int, DeviceBuffer> bucket_staging_;
-  std::map<int, int64_t> bucket_bytes_;
-};
+} // namespace
 
 Status NcclCommunicator::create(NcclHandle &h, const ncclUniqueId &id, Clock::time_point deadline) {
   const int nranks = int(h.members.size());
@@ -458,10 +284,7 @@ void NcclCommunicator::abort(NcclHandle &h, const std::string &why) {
 NcclCommunicator::~NcclCommunicator() {
   // Bounded wait for outstanding sends, then finalize (bounded) or abort every communicator.
   const Clock::time_point deadline = deadline_after(std::min(timeout_seconds, 10.0));
-  for (int64_t iter = 0; !pending_.empty() && Clock::now() < deadline; ++iter) {
-    reap_sends();
-    if (!pending_.empty()) backoff(iter);
-  }
+  drain_sends(pending_, [this] { reap_sends(); }, deadline);
   for (NcclHandle &h : handles_) {
     if (!h.comm) continue;
     ncclResult_t r = settle(h.comm, ncclCommFinalize(h.comm), deadline);
@@ -837,312 +660,21 @@ Status NcclCommunicator::recv(int peer, int tag, void *data, int64_t bytes) {
 }
 
 Status NcclCommunicator::flush() {
-  const Clock::time_point deadline = deadline_after(timeout_seconds);
-  for (int64_t iter = 0;; ++iter) {
-    reap_sends();
-    if (!send_error_.is_ok()) {
-      Status s = send_error_;
-      send_error_ = Status::ok();
-      return s;
-    }
-    if (pending_.empty()) return Status::ok();
-    if (Clock::now() >= deadline) {
-      const PendingSend &ps = pending_.front();
-      const std::string msg = prefix() + "flush: " + send_desc(ps) + " did not complete within " +
-                              seconds_str(timeout_seconds) + " s (" + std::to_string(pending_.size()) +
-                              " send(s) outstanding; a peer died or never receives)";
-      // A stuck NCCL send cannot be cancelled: abort the point-to-point communicators.
-      for (NcclHandle *h : {up_, down_})
-        if (h) abort(*h, "an earlier send timed out (its NCCL communicator was aborted)");
-      for (PendingSend &p : pending_) cudaEventDestroy(p.done);
-      pending_.clear();
-      return Status::error(msg);
-    }
-    backoff(iter);
+  bool timed_out = false;
+  Status s = flush_sends(prefix(), timeout_seconds, pending_, &send_error_, [this] { reap_sends(); }, &timed_out);
+  if (timed_out) {
+    // A stuck NCCL send cannot be cancelled: abort the point-to-point communicators.
+    for (NcclHandle *h : {up_, down_})
+      if (h) abort(*h, "an earlier send timed out (its NCCL communicator was aborted)");
+    for (PendingSend &p : pending_) cudaEventDestroy(p.done);
+    pending_.clear();
   }
+  return s;
 }
 
-// ------------------------------------------------------------------ device-side kernels
+} // namespace nccl_detail
 
-__global__ void scale_copy_kernel(const float *x, float *y, int64_t n, float s) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = s * x[i];
-}
-
-// bf16: y = round(s * x) in f32, one rounding (the host all_reduce kernel's formula).
-__global__ void scale_copy_bf16_kernel(const __nv_bfloat16 *x, __nv_bfloat16 *y, int64_t n, float s) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16_rn(s * __bfloat162float(x[i]));
-}
-
-
-/// dst = s * src, n elements of f32 or bf16 (s == 1: a copy; dst == src and s == 1: nothing),
-/// on stream().
-Status scale_copy(const void *src, void *dst, int64_t n, float s, plan::ElemType t = plan::ElemType::F32) {
-  if (n <= 0 || (src == dst && s == 1.0f)) return Status::ok();
-  if (s == 1.0f)
-    return cuda_status(cudaMemcpyAsync(dst, src, size_t(n * plan::elem_size(t)), cudaMemcpyDefault, stream()),
-                       "copy");
-  if (t == plan::ElemType::BF16)
-    scale_copy_bf16_kernel<<<blocks_for(n), 256, 0, stream()>>>(static_cast<const __nv_bfloat16 *>(src),
-                                                                static_cast<__nv_bfloat16 *>(dst), n, s);
-  else
-    scale_copy_kernel<<<blocks_for(n), 256, 0, stream()>>>(static_cast<const float *>(src),
-                                                           static_cast<float *>(dst), n, s);
-  return check_launch("scale_copy_kernel");
-}
-
-/// Before a communicator that is not this one touches device data from the host.
-Status host_ready(const Communicator *comm) {
-  if (dynamic_cast<const NcclCommunicator *>(comm)) return Status::ok();
-  return sync_stream();
-}
-
-DeviceBuffer &bucket_buffer() {
-  thread_local DeviceBuffer b;
-  return b;
-}
-
-// The host collective kernels' error format and attribute checks (runtime/comm/comm.h).
-constexpr auto kfail = collective_error;
-
-// Same contract as the host all_reduce (runtime/comm/collective_kernels.cpp), on stream().
-Status device_all_reduce(KernelCall &c) {
-  const char *K = "all_reduce";
-  if (c.in.size() != c.out.size())
-    return kfail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
-                           std::to_string(c.out.size()) + " outputs");
-  std::string group;
-  int g = 1;
-  if (Status s = collective_group(c, K, &group, &g); !s) return s;
-  // One element type for the whole list: f32, or bf16 (reduced as bf16, scaled in f32 with one
-  // rounding), with the host kernel's messages.
-  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
-  const char *tname = dtype == plan::ElemType::BF16 ? "bf16" : "f32";
-  const int64_t es = plan::elem_size(dtype);
-  int64_t total = 0;
-  for (size_t i = 0; i < c.in.size(); ++i) {
-    const Tensor &x = c.in[i], &y = c.out[i];
-    const std::string si = std::to_string(i);
-    if (!x.present() || (x.dtype != plan::ElemType::F32 && x.dtype != plan::ElemType::BF16))
-      return kfail(c, K, "x_" + si + " must be a present f32 or bf16 tensor");
-    if (x.dtype != dtype) return kfail(c, K, "x_" + si + " is not " + tname + " like x_0 (one type per all_reduce)");
-    if (!y.present() || y.dtype != dtype) return kfail(c, K, "y_" + si + " must be a present " + tname + " tensor");
-    if (x.numel() != y.numel())
-      return kfail(c, K, "y_" + si + " has " + std::to_string(y.numel()) + " elements, x_" + si + " has " +
-                             std::to_string(x.numel()));
-    total += x.numel();
-  }
-  const float sf = float(c.attr_f("scale", 1.0));
-  const bool reduce = c.comm && g > 1;
-  if (c.in.size() == 1 || !reduce) {
-    // Per tensor: y = x, reduce y in place, y *= scale.
-    for (size_t i = 0; i < c.in.size(); ++i) {
-      const int64_t n = c.in[i].numel();
-      void *y = c.out[i].data;
-      if (Status s = scale_copy(c.in[i].data, y, n, 1.0f, dtype); !s) return kfail(c, K, s.message());
-      if (reduce) {
-        if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
-        if (Status s = c.comm->all_reduce(group, y, n, dtype, ReduceOp::Sum); !s) return kfail(c, K, s.message());
-      }
-      if (Status s = scale_copy(y, y, n, sf, dtype); !s) return kfail(c, K, s.message());
-    }
-    return Status::ok();
-  }
-  // A bucket: pack on the device, one reduction, unpack (with the scale). The staging is device
-  // memory, which only the NCCL communicator can reduce.
-  if (!dynamic_cast<NcclCommunicator *>(c.comm))
-    return kfail(c, K, "a bucket of " + std::to_string(c.in.size()) +
-                           " tensors needs the NCCL communicator (lora-run --collectives nccl)");
-  DeviceBuffer &buf = bucket_buffer();
-  if (Status s = buf.reserve(size_t(std::max<int64_t>(total, 1) * es)); !s) return kfail(c, K, s.message());
-  char *staging = static_cast<char *>(buf.p);
-  int64_t off = 0;  // bytes
-  for (const Tensor &x : c.in) {
-    if (Status s = scale_copy(x.data, staging + off, x.numel(), 1.0f, dtype); !s) return kfail(c, K, s.message());
-    off += x.nbytes();
-  }
-  if (total > 0) {
-    if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
-    if (Status s = c.comm->all_reduce(group, staging, total, dtype, ReduceOp::Sum); !s)
-      return kfail(c, K, s.message());
-  }
-  off = 0;
-  for (size_t i = 0; i < c.out.size(); ++i) {
-    const int64_t n = c.out[i].numel();
-    if (Status s = scale_copy(staging + off, c.out[i].data, n, sf, dtype); !s) return kfail(c, K, s.message());
-    off += c.out[i].nbytes();
-  }
-  return Status::ok();
-}
-
-// Same contract as the host broadcast (ZeRO-1: tensor i owned by group index roots[i]).
-Status device_broadcast(KernelCall &c) {
-  const char *K = "broadcast";
-  if (c.in.size() != c.out.size())
-    return kfail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
-                           std::to_string(c.out.size()) + " outputs");
-  std::string group;
-  int g = 1;
-  if (Status s = collective_group(c, K, &group, &g); !s) return s;
-  const std::vector<int64_t> roots = c.attr_ints("roots");
-  if (roots.size() != c.in.size())
-    return kfail(c, K, "attr 'roots' has " + std::to_string(roots.size()) + " entries for " +
-                           std::to_string(c.in.size()) + " tensors");
-  for (size_t i = 0; i < c.in.size(); ++i) {
-    if (!c.in[i].present() || c.in[i].dtype != plan::ElemType::F32 || !c.out[i].present() ||
-        c.out[i].numel() != c.in[i].numel())
-      return kfail(c, K, "tensor " + std::to_string(i) + " must be a present f32 tensor with as many outputs as inputs");
-    if (roots[i] < 0 || roots[i] >= g)
-      return kfail(c, K, "root " + std::to_string(roots[i]) + " of tensor " + std::to_string(i) + " is not in [0, " +
-                             std::to_string(g) + ")");
-  }
-  if (g > 1 && !dynamic_cast<NcclCommunicator *>(c.comm))  // device staging: NCCL only
-    return kfail(c, K, "needs the NCCL communicator (lora-run --collectives nccl)");
-  DeviceBuffer &buf = bucket_buffer();
-  for (int r = 0; r < g; ++r) {
-    int64_t n = 0;
-    for (size_t i = 0; i < c.in.size(); ++i)
-      if (roots[i] == r) n += c.in[i].numel();
-    if (n == 0) continue;
-    if (Status s = buf.reserve(size_t(n) * 4); !s) return kfail(c, K, s.message());
-    float *staging = static_cast<float *>(buf.p);
-    int64_t off = 0;
-    for (size_t i = 0; i < c.in.size(); ++i)
-      if (roots[i] == r) {
-        if (Status s = scale_copy(c.in[i].f32(), staging + off, c.in[i].numel(), 1.0f); !s)
-          return kfail(c, K, s.message());
-        off += c.in[i].numel();
-      }
-    if (c.comm) {
-      if (Status s = host_ready(c.comm); !s) return kfail(c, K, s.message());
-      if (Status s = c.comm->broadcast(group, staging, n, r); !s) return kfail(c, K, s.message());
-    }
-    off = 0;
-    for (size_t i = 0; i < c.in.size(); ++i)
-      if (roots[i] == r) {
-        if (Status s = scale_copy(staging + off, c.out[i].f32(), c.in[i].numel(), 1.0f); !s)
-          return kfail(c, K, s.message());
-        off += c.in[i].numel();
-      }
-  }
-  return Status::ok();
-}
-
-
-/// The bucket number of an all_reduce_start / all_reduce_wait (the host kernels' checks).
-
-// Overlapped gradient bucket, device side (the host kernel's contract: collective_kernels.cpp):
-// on the optimizer step's last micro-batch (StepState::last_micro; no StepState: always) packs
-// x_0..x_{n-1} into the communicator's device staging of `bucket` on stream() and starts the
-// sum over `group` on the comm stream (NcclCommunicator::all_reduce_start: bytes counted here).
-// With another communicator: the host kernel after a stream wait (host-staged).
-Status device_all_reduce_start(const KernelFn &host, KernelCall &c) {
-  const char *K = "all_reduce_start";
-  if (graph::capturing()) return kfail(c, K, graph::refuse_capture("all_reduce_start (StepState::last_micro)").message());
-  if (c.step && !c.step->last_micro) return Status::ok();
-  auto *nc = dynamic_cast<NcclCommunicator *>(c.comm);
-  if (!nc) {
-    if (Status s = sync_stream(); !s) return s;
-    return host(c);
-  }
-  int handle = -1;
-  if (Status s = collective_bucket(c, K, &handle); !s) return s;
-  if (!c.instr->attrs.count("group") || !std::holds_alternative<std::string>(c.instr->attrs.at("group")))
-    return kfail(c, K, "missing string attr 'group'");
-  if (!c.out.empty()) return kfail(c, K, "expected no outputs (the sum is written by all_reduce_wait)");
-  const plan::ElemType dtype = c.in.empty() ? plan::ElemType::F32 : c.in[0].dtype;
-  int64_t total = 0, bytes = 0;
-  for (size_t i = 0; i < c.in.size(); ++i) {
-    const Tensor &x = c.in[i];
-    if (!x.present() || x.dtype != dtype || (dtype != plan::ElemType::F32 && dtype != plan::ElemType::BF16))
-      return kfail(c, K, "x_" + std::to_string(i) + " must be a present f32 or bf16 tensor of x_0's type");
-    total += x.numel();
-    bytes += x.nbytes();
-  }
-  const std::string group = c.attr_s("group", "");
-  if (nc->started(handle))  // before packing: the staging may still be in flight
-    return kfail(c, K, "rank " + std::to_string(nc->rank()) + ": all_reduce_start of bucket " +
-                           std::to_string(handle) + " over group '" + group +
-                           "': the previous start of this bucket was never waited for");
-  StatusOr<char *> buf = nc->bucket_staging(handle, size_t(bytes));
-  if (!buf) return kfail(c, K, buf.message());
-  int64_t off = 0;
-  for (const Tensor &x : c.in) {
-    if (Status s = scale_copy(x.data, *buf + off, x.numel(), 1.0f, dtype); !s) return kfail(c, K, s.message());
-    off += x.nbytes();
-  }
-  if (Status s = nc->all_reduce_start(handle, group, *buf, total, dtype, ReduceOp::Sum); !s)
-    return kfail(c, K, s.message());
-  nc->set_bucket_bytes(handle, bytes);
-  return Status::ok();
-}
-
-// all_reduce_wait, device side: completes the bucket (NcclCommunicator::all_reduce_wait: a
-// deadline, stream() ordered after the reduction) and writes y_i = scale * sum on stream(); with
-// no start (not the last micro-batch's backward, or a plan without overlap) it is the device
-// all_reduce of x_i into y_i, exactly as the host kernel falls back.
-Status device_all_reduce_wait(const KernelFn &host, KernelCall &c) {
-  const char *K = "all_reduce_wait";
-  if (graph::capturing()) return kfail(c, K, graph::refuse_capture("all_reduce_wait (communicator state)").message());
-  int handle = -1;
-  if (Status s = collective_bucket(c, K, &handle); !s) return s;
-  if (!c.comm->started(handle)) return device_all_reduce(c);  // never started: reduce here
-  auto *nc = dynamic_cast<NcclCommunicator *>(c.comm);
-  if (!nc) {
-    if (Status s = sync_stream(); !s) return s;
-    return host(c);
-  }
-  if (c.in.size() != c.out.size())
-    return kfail(c, K, "expected as many outputs as inputs, got " + std::to_string(c.in.size()) + " inputs and " +
-                           std::to_string(c.out.size()) + " outputs");
-  int64_t bytes = 0;
-  for (size_t i = 0; i < c.out.size(); ++i) {
-    if (!c.out[i].present() || c.out[i].dtype != c.in[i].dtype || c.out[i].numel() != c.in[i].numel())
-      return kfail(c, K, "y_" + std::to_string(i) + " must match x_" + std::to_string(i));
-    bytes += c.out[i].nbytes();
-  }
-  // Complete the reduction first (also on a size mismatch: the bucket must not stay in flight).
-  Status waited = nc->all_reduce_wait(handle);
-  if (bytes != nc->bucket_bytes(handle))
-    return kfail(c, K, "the bucket has " + std::to_string(bytes) + " bytes but its start staged " +
-                           std::to_string(nc->bucket_bytes(handle)));
-  if (!waited) return kfail(c, K, waited.message());
-  StatusOr<char *> buf = nc->bucket_staging(handle, size_t(bytes));  // no growth: the start's block
-  if (!buf) return kfail(c, K, buf.message());
-  const float sf = float(c.attr_f("scale", 1.0));
-  int64_t off = 0;
-  for (const Tensor &y : c.out) {
-    if (Status s = scale_copy(*buf + off, y.data, y.numel(), sf, y.dtype); !s) return kfail(c, K, s.message());
-    off += y.nbytes();
-  }
-  return Status::ok();
-}
-
-} // namespace
-
-void register_nccl_collective_kernels(KernelRegistry &registry) {
-  registry.add("all_reduce", device_all_reduce);
-  registry.add("broadcast", device_broadcast);
-  {
-    KernelRegistry host;
-    register_collective_kernels(host);
-    if (const KernelFn *f = host.find("all_reduce_start"))
-      registry.add("all_reduce_start", [fn = *f](KernelCall &c) { return device_all_reduce_start(fn, c); });
-    if (const KernelFn *f = host.find("all_reduce_wait"))
-      registry.add("all_reduce_wait", [fn = *f](KernelCall &c) { return device_all_reduce_wait(fn, c); });
-  }
-  // send / recv only hand the tensor's pointer to comm->send / comm->recv: the NCCL communicator
-  // orders them on the GPU itself. With another communicator, wait for the stream first.
-  KernelRegistry host;
-  register_collective_kernels(host);
-  for (const char *name : {"send", "recv"})
-    if (const KernelFn *f = host.find(name))
-      registry.add(name, [fn = *f](KernelCall &c) -> Status {
-        if (Status s = host_ready(c.comm); !s) return s;
-        return fn(c);
-      });
-}
+using nccl_detail::NcclCommunicator;
 
 StatusOr<std::unique_ptr<Communicator>> make_nccl_communicator(const plan::Mesh &mesh, double timeout_seconds,
                                                               bool single_rank_comms) {
