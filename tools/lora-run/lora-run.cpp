@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -155,7 +156,17 @@ int main(int argc, char **argv) {
   app.add_option("--save-every", o.save_every, "write a checkpoint every K steps (0: only at the end)")->check(at_least(0));
   app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints (0: keep all)")->check(at_least(0));
   app.add_option("--threads", o.threads, "CPU threads of the cpu backend (default: OMP_NUM_THREADS, else all cores); "
-                                         "OMP_WAIT_POLICY defaults to PASSIVE (see docs/training.md)")->check(at_least(0));
+                                         "OMP_WAIT_POLICY defaults to PASSIVE (see docs/training.md)")
+      ->check(at_least(0))
+      ->check(CLI::Validator(
+          [](std::string &text) -> std::string {
+            // libgomp crashes creating ~100000 threads; more than 1024 is never useful here.
+            long long v = std::atoll(text.c_str());
+            return v > 1024 ? "at most 1024 threads (got " + text + "; this machine has " +
+                                  std::to_string(std::thread::hardware_concurrency()) + " hardware threads)"
+                            : std::string();
+          },
+          "<=1024"));
   app.add_option("--backend", o.backend,
                  "kernels: cpu (fp32 reference, default) or cuda (one GPU per process: device = local rank % device "
                  "count; multi-rank collectives are host-staged through MPI)")
