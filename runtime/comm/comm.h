@@ -182,7 +182,7 @@ StatusOr<std::unique_ptr<Communicator>> make_mpi_communicator(const plan::Mesh &
 void register_collective_kernels(KernelRegistry &registry);
 
 /// A collective kernel's error: "<kernel> (<loc>): <msg>" (no loc part without one). Shared by
-/// the host collective kernels and the NCCL ones (runtime/cuda/nccl_comm.cu).
+/// the host collective kernels and the NCCL ones (runtime/cuda/nccl_collective_kernels.cu).
 Status collective_error(const KernelCall &c, const char *kernel, const std::string &msg);
 /// The collective's string attr `group` and that group's size (1 for "" and for one rank); an
 /// absent attr, a bad group, or a group of several axes without a communicator is an error.

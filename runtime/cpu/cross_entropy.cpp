@@ -54,14 +54,50 @@ bool ce_setup(const KernelCall &c, Check &ck, bool backward, CeSetup *cs) {
   return true;
 }
 
-// Max and sum of exp(x - max) (double) of one row.
-inline void row_stats(const float *x, int64_t V, float *m_out, double *sum_out) {
+// Max of one row (V >= 1).
+inline float row_max(const float *x, int64_t V) {
   float m = x[0];
   for (int64_t j = 1; j < V; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+// Sum of exp(x - m) over one row (or one shard's columns of it), in double.
+inline double sum_exp(const float *x, int64_t V, float m) {
   double sum = 0.0;
   for (int64_t j = 0; j < V; ++j) sum += double(std::exp(x[j] - m));
-  *m_out = m;
-  *sum_out = sum;
+  return sum;
+}
+
+// Max and sum of exp(x - max) (double) of one row.
+inline void row_stats(const float *x, int64_t V, float *m_out, double *sum_out) {
+  *m_out = row_max(x, V);
+  *sum_out = sum_exp(x, V, *m_out);
+}
+
+// dlogits (rows, V) = coef * (softmax - onehot(target - lo)) at counted rows, 0 elsewhere (lo:
+// the shard's first column; a target outside [lo, lo + V) has no onehot here). stats(r, x, &m,
+// &inv) gives row r's max m and inv = 1 / its sum of exp(x - m).
+template <class Stats>
+void grad_rows(const CeSetup &cs, const float *lp, float *dp, int64_t V, int64_t lo, double coef, Stats &&stats) {
+  const int64_t rows = cs.B * cs.T;
+#pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t l = cs.target[size_t(r)];
+    float *d = dp + r * V;
+    if (l < 0) {
+      for (int64_t j = 0; j < V; ++j) d[j] = 0.0f;
+      continue;
+    }
+    const float *x = lp + r * V;
+    float m;
+    double inv;
+    stats(r, x, &m, &inv);
+    const int64_t t = int64_t(l) - lo;
+    for (int64_t j = 0; j < V; ++j) {
+      const double p = double(std::exp(x[j] - m)) * inv;
+      d[j] = float(coef * (j == t ? p - 1.0 : p));
+    }
+  }
 }
 
 // Per-row maxima of the shard (0 for uncounted rows), all-reduced (max) over the group.
@@ -74,19 +110,9 @@ Status global_row_max(KernelCall &c, const CeSetup &cs, const VocabShard &vs,
 #pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     if (cs.target[size_t(r)] < 0) continue;
-    const float *x = lp + r * V;
-    float mr = x[0];
-    for (int64_t j = 1; j < V; ++j) mr = x[j] > mr ? x[j] : mr;
-    m[r] = mr;
+    m[r] = row_max(lp + r * V, V);
   }
   return c.comm->all_reduce(vs.group, m, rows, ReduceOp::Max);
-}
-
-// Sum of exp(x - max) over the shard's columns of one row (double).
-inline double shard_sum_exp(const float *x, int64_t V, float m) {
-  double sum = 0.0;
-  for (int64_t j = 0; j < V; ++j) sum += double(std::exp(x[j] - m));
-  return sum;
 }
 
 Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs) {
@@ -101,7 +127,7 @@ Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
     const int32_t l = cs.target[size_t(r)];
     if (l < 0) continue;
     const float *x = lp + r * V;
-    red[size_t(r)] = float(shard_sum_exp(x, V, mx[size_t(r)]));
+    red[size_t(r)] = float(sum_exp(x, V, mx[size_t(r)]));
     const int64_t t = int64_t(l) - vs.lo;
     if (t >= 0 && t < V) red[size_t(rows + r)] = x[t];
   }
@@ -128,27 +154,14 @@ Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
 #pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     if (cs.target[size_t(r)] < 0) continue;
-    sums[size_t(r)] = float(shard_sum_exp(lp + r * V, V, mx[size_t(r)]));
+    sums[size_t(r)] = float(sum_exp(lp + r * V, V, mx[size_t(r)]));
   }
   if (Status s = c.comm->all_reduce(vs.group, sums.data(), rows, ReduceOp::Sum); !s)
     return ck.error(s.message());
-#pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t l = cs.target[size_t(r)];
-    float *d = dp + r * V;
-    if (l < 0) {
-      for (int64_t j = 0; j < V; ++j) d[j] = 0.0f;
-      continue;
-    }
-    const float *x = lp + r * V;
-    const float m = mx[size_t(r)];
-    const double inv = 1.0 / double(sums[size_t(r)]);
-    const int64_t t = int64_t(l) - vs.lo;  // the target's column in this shard, if here
-    for (int64_t j = 0; j < V; ++j) {
-      const double p = double(std::exp(x[j] - m)) * inv;
-      d[j] = float(coef * (j == t ? p - 1.0 : p));
-    }
-  }
+  grad_rows(cs, lp, dp, V, vs.lo, coef, [&](int64_t r, const float *, float *m, double *inv) {
+    *m = mx[size_t(r)];
+    *inv = 1.0 / double(sums[size_t(r)]);
+  });
   return Status::ok();
 }
 
@@ -188,28 +201,15 @@ Status cross_entropy_bwd(KernelCall &c) {
   if (!ce_setup(c, ck, /*backward=*/true, &cs)) return ck.status();
   const Tensor &logits = c.in[0], &dl = c.out[0];
   if (cs.vocab.sharded) return sharded_bwd(c, ck, cs, cs.vocab);
-  const int64_t rows = cs.B * cs.T, V = cs.V;
+  const int64_t V = cs.V;
   const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
   const float *lp = logits.f32();
   float *dp = dl.f32();
-#pragma omp parallel for schedule(static) if (rows * V >= detail::kParallelWork)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t l = cs.target[size_t(r)];
-    float *d = dp + r * V;
-    if (l < 0) {
-      for (int64_t j = 0; j < V; ++j) d[j] = 0.0f;
-      continue;
-    }
-    const float *x = lp + r * V;
-    float m;
+  grad_rows(cs, lp, dp, V, /*lo=*/0, coef, [V](int64_t, const float *x, float *m, double *inv) {
     double sum;
-    row_stats(x, V, &m, &sum);
-    const double inv = 1.0 / sum;
-    for (int64_t j = 0; j < V; ++j) {
-      const double p = double(std::exp(x[j] - m)) * inv;
-      d[j] = float(coef * (j == l ? p - 1.0 : p));
-    }
-  }
+    row_stats(x, V, m, &sum);
+    *inv = 1.0 / sum;
+  });
   return Status::ok();
 }
 

@@ -56,6 +56,13 @@
 //   sends to higher ranks never queue behind its recvs from higher ranks.
 //   Sending to oneself is an error (no plan does it; NCCL would need send and recv grouped).
 //
+// FILES: nccl_comm.cu (setup, collectives, send / recv), nccl_collective_kernels.cu (KERNELS),
+// nccl_communicator.cuh (the class both use; private).
+//
+// CONTROL PLANE (comm.h: barrier, all_reduce_f64, gather_f64, broadcast_bytes, send_control /
+// recv_control): forwarded to the MPI communicator built at setup, with this communicator's
+// timeout_seconds; host memory, never NCCL, never counted in bytes_sent().
+//
 // KERNELS: register_nccl_collective_kernels() replaces "all_reduce", "broadcast",
 // "all_reduce_start" and "all_reduce_wait" in a registry with device-side versions (bucket
 // packing, the scale attr and the copy x -> y done on stream(), never on the host) and installs
