@@ -102,6 +102,17 @@ void remove_all_quiet(const std::string &path) {
   fs::remove_all(path, ec);
 }
 
+Status remove_dir_atomically(const std::string &path) {
+  const std::string doomed = path + tmp_suffix();
+  remove_all_quiet(doomed);
+  if (::rename(path.c_str(), doomed.c_str()) != 0)
+    return Status::error("cannot move " + path + " aside to " + doomed + " for removal: " + std::strerror(errno));
+  std::error_code ec;
+  fs::remove_all(doomed, ec);
+  if (ec) return Status::error("cannot remove " + doomed + ": " + ec.message());
+  return Status::ok();
+}
+
 Status replace_dir(const std::string &tmp, const std::string &dst) {
   std::error_code ec;
   const std::string parent = parent_dir(dst);

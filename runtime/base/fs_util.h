@@ -29,6 +29,9 @@ Status read_file(const std::string &path, std::string *out);
 Status replace_dir(const std::string &tmp, const std::string &dst);
 /// Best-effort recursive removal (errors ignored).
 void remove_all_quiet(const std::string &path);
+/// Removes a directory so that a kill at any moment never leaves it half-deleted under its own
+/// name: renamed to `<path>.tmp-<pid>` first (a leftover the next run removes), then deleted.
+Status remove_dir_atomically(const std::string &path);
 /// ".tmp-<pid>" of this process.
 std::string tmp_suffix();
 

@@ -72,11 +72,9 @@ Status prune_checkpoints(const std::string &out_dir, int keep_last, const std::s
   size_t remove = found.size() - size_t(keep_last);
   for (size_t i = 0; i < remove; ++i) {
     if (found[i].second == keep_name) continue;
-    std::error_code rec;
-    fs::remove_all(out_dir + "/" + found[i].second, rec);
-    if (rec)
-      return Status::error("cannot remove old checkpoint " + out_dir + "/" + found[i].second +
-                           ": " + rec.message());
+    // Renamed aside first: a kill mid-delete never leaves a partial checkpoint-N behind.
+    Status st = fsutil::remove_dir_atomically(out_dir + "/" + found[i].second);
+    if (!st) return Status::error("cannot remove old checkpoint: " + st.message());
   }
   return Status::ok();
 }

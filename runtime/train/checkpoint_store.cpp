@@ -102,7 +102,7 @@ void prune_rank_checkpoints(const std::string &out, int keep_last, const std::st
   std::sort(found.begin(), found.end());
   if (static_cast<int64_t>(found.size()) <= keep_last) return;
   for (size_t i = 0; i + keep_last < found.size(); ++i)
-    if (found[i].second != keep) fsutil::remove_all_quiet(out + "/" + found[i].second);
+    if (found[i].second != keep) (void)fsutil::remove_dir_atomically(out + "/" + found[i].second);  // best effort
 }
 
 } // namespace

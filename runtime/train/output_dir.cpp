@@ -21,11 +21,16 @@ bool is_run_output(const std::string &name) {
 }
 
 bool is_save_leftover(const std::string &name) {
-  const size_t at = name.rfind(".tmp-");
-  if (at == std::string::npos || at == 0 || at + 5 == name.size()) return false;
-  for (size_t i = at + 5; i < name.size(); ++i)
-    if (name[i] < '0' || name[i] > '9') return false;
-  return true;
+  // "<x>.tmp-<pid>" (a save or a removal in progress) and "<x>.old-<pid>" (fs_util's replace_dir
+  // fallback moving an old checkpoint aside).
+  for (const char *mark : {".tmp-", ".old-"}) {
+    const size_t at = name.rfind(mark);
+    if (at == std::string::npos || at == 0 || at + 5 == name.size()) continue;
+    bool digits = true;
+    for (size_t i = at + 5; i < name.size(); ++i) digits &= name[i] >= '0' && name[i] <= '9';
+    if (digits) return true;
+  }
+  return false;
 }
 
 StatusOr<OutputDir> OutputDir::claim(const std::string &dir_in, bool resuming, bool overwrite,
