@@ -27,3 +27,13 @@ for k, v in {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1
 import shutil, subprocess
 if shutil.which("nvidia-smi") and subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0:
     config.available_features.add("gpu")
+
+# Tests that make their own small filesystem (a tmpfs in a private mount namespace: full-disk
+# behaviour) need root and mount rights; elsewhere lit reports them UNSUPPORTED.
+import subprocess as _sp
+try:
+    if _sp.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+               stdout=_sp.DEVNULL, stderr=_sp.DEVNULL, timeout=10).returncode == 0:
+        config.available_features.add("tmpfs-mount")
+except (OSError, _sp.TimeoutExpired):
+    pass
