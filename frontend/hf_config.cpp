@@ -226,7 +226,8 @@ int64_t LlamaConfig::num_parameters() const {
   return count_parameters(*this, total) ? total : -1;
 }
 
-StatusOr<LlamaConfig> parse_llama_config(const std::string &json_text, const std::string &origin) {
+StatusOr<LlamaConfig> parse_llama_config(const std::string &json_text, const std::string &origin,
+                                         bool require_sizes) {
   json root;
   try {
     root = json::parse(json_text);
@@ -282,6 +283,15 @@ StatusOr<LlamaConfig> parse_llama_config(const std::string &json_text, const std
                                       std::to_string(c.num_key_value_heads) + ")");
   if (!r.status().is_ok())
     return r.status();
+  if (require_sizes) {
+    std::string missing;
+    for (const char *key : kRequiredSizeKeys)
+      if (!r.has(key)) missing += std::string(missing.empty() ? "" : ", ") + key;
+    if (!missing.empty())
+      return Status::error(origin + ": not a LLaMA config.json: missing " + missing +
+                           " (transformers would silently use LLaMA-7B's sizes; give the model's own "
+                           "config.json)");
+  }
 
   if (!explicit_head_dim) {
     if (c.hidden_size % c.num_attention_heads != 0) {

@@ -48,9 +48,17 @@ struct LlamaConfig {
   int64_t num_parameters() const;
 };
 
+/// The keys that fix the model's sizes. transformers defaults each to LLaMA-7B's value, so a
+/// config.json without them (a truncated file, another model's config, or `{}`) would silently
+/// become a 7B model; parse_llama_config refuses it unless `require_sizes` is false.
+inline constexpr const char *kRequiredSizeKeys[] = {"vocab_size", "hidden_size", "intermediate_size",
+                                                    "num_hidden_layers", "num_attention_heads"};
+
 /// Parses `path` (an HF config.json). Errors name the file and the key.
 StatusOr<LlamaConfig> load_llama_config(const std::string &path);
-/// Parses a JSON text; `origin` names the source in errors.
-StatusOr<LlamaConfig> parse_llama_config(const std::string &json_text, const std::string &origin);
+/// Parses a JSON text; `origin` names the source in errors. `require_sizes`: refuse a config
+/// lacking any of kRequiredSizeKeys (false: transformers' LlamaConfig defaults, 7B sizes).
+StatusOr<LlamaConfig> parse_llama_config(const std::string &json_text, const std::string &origin,
+                                         bool require_sizes = true);
 
 } // namespace parallora

@@ -338,8 +338,17 @@ Status OnnxGraph::parse(const std::string &path, const LoadOptions &options) {
       v.shape.push_back(size);
     }
     if (options.batch > 0 && !v.shape.empty() && tt.shape().dim(0).has_dim_value() && v.shape[0] != options.batch)
-      return Status::error(path + ": --batch " + std::to_string(options.batch) + " conflicts with input '" +
-                           in.name() + "' of fixed batch " + std::to_string(v.shape[0]));
+    {
+      // `options.batch` is --batch / --micro-batches: name what the user typed and the fix.
+      const int64_t m = std::max<int64_t>(options.micro_batches, 1), fixed = v.shape[0];
+      std::string asked = "--batch " + std::to_string(options.batch * m) +
+                          (m > 1 ? " with --micro-batches " + std::to_string(m) : std::string()) +
+                          " asks for micro-batches of " + std::to_string(options.batch) + " sequences";
+      return Status::error(path + ": this is a static-shape export: input '" + in.name() + "' has a fixed batch of " +
+                           std::to_string(fixed) + ", but " + asked + "; use --batch " + std::to_string(fixed * m) +
+                           " (the export's batch x --micro-batches) or leave --batch out, or re-export with a "
+                           "dynamic batch dim");
+    }
     if (options.seq_len > 0 && v.shape.size() > 1 && tt.shape().dim(1).has_dim_value() &&
         v.shape[1] != options.seq_len)
       return Status::error(path + ": --seq-len " + std::to_string(options.seq_len) + " conflicts with input '" +

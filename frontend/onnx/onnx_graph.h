@@ -32,6 +32,7 @@ namespace parallora::onnx_import {
 struct LoadOptions {
   int64_t batch = -1;   // value for a symbolic first input dim (-1: keep the graph's)
   int64_t seq_len = -1; // value for a symbolic second input dim
+  int64_t micro_batches = 1;  // batch = --batch / micro_batches (names the flags in errors)
   /// Largest constant (elements) that folding may materialise.
   int64_t fold_limit = int64_t(1) << 24;
 };

@@ -643,6 +643,7 @@ FailureOr<OwningOpRef<ModuleOp>> import_onnx(MLIRContext &ctx, const std::string
   onnx_import::LoadOptions lo;
   lo.batch = options.batch;
   lo.seq_len = options.seq_len;
+  lo.micro_batches = options.micro_batches;
   auto graph = onnx_import::OnnxGraph::load(path, lo);
   if (!graph) {
     emitError(FileLineColLoc::get(&ctx, path, 0, 0)) << graph.message();

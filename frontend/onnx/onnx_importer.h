@@ -31,6 +31,9 @@ namespace parallora {
 struct OnnxImportOptions {
   int64_t batch = -1;   // fixes a symbolic batch dim
   int64_t seq_len = -1; // fixes a symbolic sequence dim
+  /// Micro-batches per step: `batch` is the global --batch / micro_batches (for the message when
+  /// a static-shape export's batch differs).
+  int64_t micro_batches = 1;
   /// Optional HF config: supplies rope scaling, which cannot be read back from the tables.
   std::optional<LlamaConfig> config;
 };

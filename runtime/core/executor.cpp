@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -185,6 +186,9 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
       if (t.dtype == plan::ElemType::BF16) f32_to_bf16(f32.data(), t.bf16(), t.numel());
     }
   } narrow;
+  // Given weights override the plan's init specs of the frozen parameters: a plan compiled
+  // without --weights draws them at random, and `lora-run --weights DIR` must not be ignored.
+  const bool weights_given = !weights_path.empty();
   for (const plan::Buffer &b : rank_.buffers) {
     BufferTensor &t = tensors_[0][b.id];
     switch (b.kind) {
@@ -192,7 +196,7 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
       if (skip_trainables) break;
       [[fallthrough]];
     case plan::BufferKind::Param:
-      if (b.init.empty() || b.init == "checkpoint") {
+      if (b.init.empty() || b.init == "checkpoint" || (weights_given && b.kind == plan::BufferKind::Param)) {
         from_checkpoint.push_back(&b);
       } else {
         if (b.dtype == plan::ElemType::I32)
@@ -228,7 +232,11 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
       std::memset(t.tensor.data, 0, static_cast<size_t>(b.nbytes()));
     }
   }
-  if (from_checkpoint.empty()) return Status::ok();
+  base_weights_used_.clear();
+  if (from_checkpoint.empty()) {
+    base_weights_used_ = "random init, seed " + std::to_string(seed);
+    return Status::ok();
+  }
   if (weights_path.empty())
     return Status::error("parameter '" + from_checkpoint.front()->name + "'" +
                          (from_checkpoint.size() > 1
@@ -247,8 +255,12 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
                          " tensor(s) the plan needs: " + join_names(missing));
 
   std::vector<float> scratch;
+  // Content hash of what was read: CRC32 (zlib's) chained over the raw bytes of every tensor
+  // read, in name order, so the same checkpoint gives the same hash whatever its file layout.
+  std::map<std::string, const TensorView *> read;
   for (const plan::Buffer *b : from_checkpoint) {
     const TensorView *v = store->find(b->name);
+    read[b->name] = v;
     const Tensor &t = tensors_[0][b->id].tensor;
     if (b->dtype == plan::ElemType::I32)
       return Status::error("parameter '" + b->name + "' is i32; only float parameters can be read from a checkpoint");
@@ -279,6 +291,12 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
     }
     narrow.store(t);  // a bf16 checkpoint tensor round-trips exactly
   }
+  uint32_t crc = 0;
+  for (auto &[name, v] : read) crc = plan::crc32(v->data, v->nbytes, crc);
+  char hex[16];
+  std::snprintf(hex, sizeof hex, "%08x", crc);
+  base_weights_used_ = weights_path + " (crc32 " + hex + " of the " + std::to_string(read.size()) +
+                       " tensors read, raw bytes in name order)";
   return Status::ok();
 }
 

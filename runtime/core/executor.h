@@ -130,7 +130,14 @@ public:
   /// Grad, OptState, Input and Output (every slot) are zeroed.
   /// `skip_trainables`: leave the Trainables alone (the caller sets them with set_trainables,
   /// e.g. from --init-adapter or a checkpoint).
+  /// A non-empty `weights_path` is never ignored: every Param (frozen base weight) is then read
+  /// from it, whatever its init spec (a plan compiled without --weights has random-init specs),
+  /// and a missing path, a missing tensor or a wrong shape/dtype is an error.
   Status init_parameters(const std::string &weights_path, uint64_t seed, bool skip_trainables = false);
+  /// What the last successful init_parameters filled the parameters from, for run headers and
+  /// summaries: "PATH (crc32 1a2b3c4d of the N tensors read, raw bytes in name order)" or
+  /// "random init, seed N" (nothing read from a checkpoint); "" before init_parameters.
+  const std::string &base_weights_used() const { return base_weights_used_; }
 
   /// Overwrites every Trainable from `values` (by buffer name). The names must be exactly the
   /// plan's trainables and the element counts (and the shapes, when `shapes` is given) must
@@ -219,6 +226,7 @@ private:
   bool in_run_program_ = false;  // inside MemoryHooks::run_program: run eagerly
   std::map<std::string, OpProfile> profile_;
   TimeSplit time_split_;
+  std::string base_weights_used_;
 };
 
 } // namespace parallora::rt

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -18,6 +19,7 @@
 #include <gtest/gtest.h>
 
 #include "runtime/base/safetensors.h"
+#include "runtime/plan/plan_io.h"
 #include "runtime/plan/weight_init.h"
 #include "runtime/comm/comm.h"
 #include "runtime/cpu/kernels.h"
@@ -318,6 +320,46 @@ TEST_F(ExecutorTest, CheckpointErrors) {
     ASSERT_FALSE(s.is_ok());
     EXPECT_NE(s.message().find("parameter 't'"), std::string::npos) << s.message();
   }
+}
+
+// Issue 18 item 1: a plan compiled without --weights has random-init specs on its frozen
+// parameters; weights given at run time must replace them (or fail), never be ignored.
+TEST_F(ExecutorTest, GivenWeightsOverrideRandomInitOfBaseParameters) {
+  std::vector<float> w = {1, 2, 3, 4, 5, 6};
+  ASSERT_TRUE(write_safetensors(path("m.safetensors"), {{"w", DType::F32, {2, 3}, w.data()}}).is_ok());
+  std::vector<float> wrong(6, 1.f);
+  ASSERT_TRUE(write_safetensors(path("wrong.safetensors"), {{"w", DType::F32, {3, 2}, wrong.data()}}).is_ok());
+  std::vector<int32_t> ints(6, 1);
+  ASSERT_TRUE(write_safetensors(path("ints.safetensors"), {{"w", DType::I32, {2, 3}, ints.data()}}).is_ok());
+  PlanBuilder b;
+  int32_t pw = b.buffer("w", BufferKind::Param, {2, 3}, ElemType::F32, "normal(0.0,0.02)");
+  int32_t ta = b.buffer("lora_A", BufferKind::Trainable, {2, 3}, ElemType::F32, "zeros");
+  KernelRegistry reg;
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  EXPECT_EQ((*ex)->base_weights_used(), "");
+  ASSERT_TRUE((*ex)->init_parameters("", 5).is_ok());
+  EXPECT_EQ((*ex)->base_weights_used(), "random init, seed 5");
+  EXPECT_NE((*ex)->buffer(pw).tensor.f32()[0], 1.0f);
+
+  ASSERT_TRUE((*ex)->init_parameters(path("m.safetensors"), 5).is_ok());
+  const float *got = (*ex)->buffer(pw).tensor.f32();
+  EXPECT_EQ(std::vector<float>(got, got + 6), w);
+  EXPECT_EQ((*ex)->buffer(ta).tensor.f32()[0], 0.0f);  // adapters keep their init spec
+  char crc[16];
+  std::snprintf(crc, sizeof crc, "%08x", plan::crc32(w.data(), w.size() * 4));
+  EXPECT_EQ((*ex)->base_weights_used(),
+            path("m.safetensors") + " (crc32 " + crc + " of the 1 tensors read, raw bytes in name order)");
+
+  Status s = (*ex)->init_parameters(path("wrong.safetensors"), 5);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), path("wrong.safetensors") + ": tensor 'w' has shape 3x2 but the plan needs 2x3");
+  s = (*ex)->init_parameters(path("missing_dir"), 5);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("missing_dir"), std::string::npos) << s.message();
+  s = (*ex)->init_parameters(path("ints.safetensors"), 5);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("ints.safetensors"), std::string::npos) << s.message();
 }
 
 // embedding -> linear (lm head) -> shifted cross-entropy through the real CPU kernels.

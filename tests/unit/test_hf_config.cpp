@@ -15,15 +15,16 @@ namespace {
 
 const std::string kConfigs = std::string(PARALLORA_SOURCE_DIR) + "/models/configs/";
 
+/// Parses with transformers' defaults for absent sizes (the tests below probe single keys).
 LlamaConfig parse_ok(const std::string &text) {
-  auto c = parse_llama_config(text, "test.json");
+  auto c = parse_llama_config(text, "test.json", /*require_sizes=*/false);
   EXPECT_TRUE(c.is_ok()) << c.message();
   return c.is_ok() ? c.value() : LlamaConfig();
 }
 
 /// Parses `text`, expects failure, and checks the message names the origin and every part.
-void expect_error(const std::string &text, std::initializer_list<const char *> parts) {
-  auto c = parse_llama_config(text, "cfg/config.json");
+void expect_error(const std::string &text, std::initializer_list<const char *> parts, bool require_sizes = false) {
+  auto c = parse_llama_config(text, "cfg/config.json", require_sizes);
   ASSERT_FALSE(c.is_ok()) << "parsed without error: " << text;
   EXPECT_NE(c.message().find("cfg/config.json"), std::string::npos) << c.message();
   for (const char *part : parts)
@@ -117,6 +118,21 @@ TEST(HfConfig, MissingKeysGetTransformersDefaults) {
   c = parse_ok(R"({"hidden_size": 100, "num_attention_heads": 3, "head_dim": 32,
                    "num_key_value_heads": 1})");
   EXPECT_EQ(c.head_dim, 32);
+}
+
+// Issue 18 item 7: a config.json without the sizes became LLaMA-7B silently.
+TEST(HfConfig, MissingSizesAreRefusedByDefault) {
+  expect_error("{}", {"not a LLaMA config.json: missing vocab_size, hidden_size, intermediate_size, "
+                      "num_hidden_layers, num_attention_heads", "LLaMA-7B"}, true);
+  expect_error(R"({"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4})",
+               {"missing num_hidden_layers"}, true);
+  expect_error(R"({"architectures": ["BertModel"], "dim": 768})", {"missing vocab_size"}, true);
+  // Key errors still come first and name the key.
+  expect_error(R"({"hidden_size": -3})", {"'hidden_size'", "positive"}, true);
+  auto full = parse_llama_config(R"({"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+                                     "num_hidden_layers": 2, "num_attention_heads": 4})", "ok.json");
+  ASSERT_TRUE(full.is_ok()) << full.message();
+  EXPECT_EQ(full->num_hidden_layers, 2);
 }
 
 TEST(HfConfig, RopeParametersTransformers5) {

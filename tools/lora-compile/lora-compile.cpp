@@ -2,11 +2,12 @@
 //
 //   lora-compile --onnx model.onnx | --hf-config config.json [--weights dir]
 //                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...]
-//                [--micro-batches M --lr ... --warmup ... --schedule ... --weight-decay ...]
-//                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --schedule gpipe|1f1b]
+//                [--micro-batches M --lr ... --warmup ... --lr-schedule ... --weight-decay ...]
+//                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --pipeline-schedule gpipe|1f1b]
 //                [-o plan.lp] [--viz dir/] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
 //
-// Failures print a diagnostic naming the file/node/flag and exit non-zero.
+// Failures print a diagnostic naming the file/node/flag; exit codes follow tools/common/cli.h:
+// 1 for a bad model, file or compilation, 2 for a bad command line.
 //
 //===----------------------------------------------------------------------===//
 #include <algorithm>
@@ -31,6 +32,7 @@
 #include "passes/parallel/Passes.h"
 #include "tools/lora-compile/graph_dot.h"
 #include "tools/lora-compile/viz.h"
+#include "tools/common/cli.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/AsmState.h"
@@ -62,7 +64,7 @@ struct Args {
   double lr = 1e-4, weight_decay = 0.0, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, max_grad_norm = 1.0;
   double min_lr_ratio = 0.0;
   int64_t warmup = 0, total_steps = 0;
-  std::string schedule;                  // --schedule: a pipeline schedule, or (alias) an LR schedule
+  std::string schedule;                  // --schedule: alias of --pipeline-schedule (or of --lr-schedule)
   std::string lr_schedule = "constant";
   std::string pipe_schedule = "1f1b";
   bool train_ir = false;
@@ -206,6 +208,36 @@ bool check_weights(ModuleOp module, const WeightStore &store, const std::string 
   return ok;
 }
 
+/// An --onnx model and the config.json given with it must describe the same model: the config
+/// supplies rope scaling and max_position_embeddings, so another model's config would be used
+/// silently. Compares every size the importer recovered from the graph; prints the first
+/// difference naming both files and the key.
+bool check_config_matches(ModuleOp module, const LlamaConfig &c, const std::string &onnx, const std::string &config_path) {
+  auto cfg = module->getAttrOfType<DictionaryAttr>(pl::kModelAttr);
+  if (!cfg) return true;
+  const std::pair<const char *, int64_t> sizes[] = {
+      {"vocab_size", c.vocab_size},           {"hidden_size", c.hidden_size},
+      {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
+      {"num_attention_heads", c.num_attention_heads}, {"num_key_value_heads", c.num_key_value_heads},
+      {"head_dim", c.head_dim}};
+  for (auto [key, want] : sizes) {
+    auto got = cfg.getAs<IntegerAttr>(key);
+    if (got && got.getInt() != want) {
+      llvm::errs() << "error: " << onnx << " and " << config_path << " describe different models: " << key << " is "
+                   << got.getInt() << " in the ONNX graph but " << want << " in the config; give the exported model's own config.json\n";
+      return false;
+    }
+  }
+  auto tied = cfg.getAs<BoolAttr>("tie_word_embeddings");
+  if (tied && tied.getValue() != c.tie_word_embeddings) {
+    llvm::errs() << "error: " << onnx << " and " << config_path << " describe different models: tie_word_embeddings is "
+                 << (tied.getValue() ? "true" : "false") << " in the ONNX graph but "
+                 << (c.tie_word_embeddings ? "true" : "false") << " in the config; give the exported model's own config.json\n";
+    return false;
+  }
+  return true;
+}
+
 void print_summary(ModuleOp module, const OnnxImportReport *rep, const Args &args) {
   int64_t total = 0, trainable = 0, layers = 0;
   std::map<std::string, int> op_counts, lora_targets;
@@ -312,13 +344,14 @@ int main(int argc, char **argv) {
   app.add_option("--hf-config", a.hf_config, "Hugging Face config.json of a LLaMA model (with --onnx: the exported model's config, for rope scaling)")->check(CLI::ExistingFile);
   (void)onnx_opt;
   app.add_option("--weights", a.weights, "HF checkpoint: directory with model.safetensors or model.safetensors.index.json, or one .safetensors file")->check(CLI::ExistingPath);
-  app.add_option("--batch", a.batch, "global batch in sequences (fixes a symbolic batch dim)")->check(CLI::PositiveNumber);
-  app.add_option("--seq-len", a.seq_len, "sequence length (fixes a symbolic sequence dim)")->check(CLI::PositiveNumber);
-  app.add_option("--lora-rank", a.lora_rank, "LoRA rank r")->check(CLI::PositiveNumber);
-  app.add_option("--lora-alpha", a.lora_alpha, "LoRA alpha (scaling = alpha / r)");
-  app.add_option("--lora-dropout", a.lora_dropout, "LoRA dropout probability")->check(CLI::Range(0.0, 0.999));
+  app.add_option("--batch", a.batch, "global batch in sequences (fixes a symbolic batch dim)")->check(cli::at_least(1));
+  app.add_option("--seq-len", a.seq_len, "sequence length in tokens, at least 2 (the next-token loss needs a next token); "
+                                         "fixes a symbolic sequence dim")->check(cli::at_least(2, "the next-token loss needs at least 2 tokens per sequence"));
+  auto *rank_opt = app.add_option("--lora-rank", a.lora_rank, "LoRA rank r")->check(cli::at_least(1));
+  auto *alpha_opt = app.add_option("--lora-alpha", a.lora_alpha, "LoRA alpha (scaling = alpha / r)")->check(cli::positive_number());
+  auto *dropout_opt = app.add_option("--lora-dropout", a.lora_dropout, "LoRA dropout probability")->check(cli::number_range(0.0, 0.999));
   auto *targets_opt = app.add_option("--lora-targets", a.lora_targets, "comma-separated PEFT module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear");
-  app.add_flag("--use-rslora", a.use_rslora, "rank-stabilised LoRA: scaling = alpha / sqrt(r)");
+  auto *rslora_opt = app.add_flag("--use-rslora", a.use_rslora, "rank-stabilised LoRA: scaling = alpha / sqrt(r)");
   app.add_flag("--no-lora", a.no_lora, "do not inject LoRA adapters");
   app.add_option("--dump-ir", a.dump_ir, "write the final IR (MLIR text) to this file ('-' for stdout)");
   app.add_option("--dump-graph", a.dump_graph, "write the graph as Graphviz DOT (render: dot -Tsvg out.dot -o out.svg)");
@@ -326,22 +359,27 @@ int main(int argc, char **argv) {
   // Training step (the plan).
   app.add_option("-o,--output", a.output, "write the training plan (lora-run's input) to this file, e.g. plan.lp; needs --batch and --seq-len");
   app.add_flag("--train-ir", a.train_ir, "run the training passes (loss, autodiff, AdamW) even without -o, e.g. to --dump-ir them");
-  app.add_option("--micro-batches", a.micro_batches, "gradient accumulation: micro-batches per optimizer step (must divide --batch)")->check(CLI::PositiveNumber);
-  app.add_option("--lr", a.lr, "peak learning rate")->check(CLI::PositiveNumber);
-  app.add_option("--warmup", a.warmup, "linear warmup steps")->check(CLI::NonNegativeNumber);
-  app.add_option("--lr-schedule", a.lr_schedule, "LR after warmup: constant, cosine or linear")->check(CLI::IsMember({"constant", "cosine", "linear"}));
-  app.add_option("--schedule", a.schedule, "pipeline schedule: gpipe or 1f1b (default 1f1b); constant/cosine/linear are accepted as --lr-schedule")
+  app.add_option("--micro-batches", a.micro_batches, "gradient accumulation: micro-batches per optimizer step (must divide --batch)")->check(cli::at_least(1));
+  app.add_option("--lr", a.lr, "peak learning rate")->check(cli::positive_number());
+  app.add_option("--warmup", a.warmup, "linear warmup steps")->check(cli::at_least(0));
+  auto *lr_sched_opt = app.add_option("--lr-schedule", a.lr_schedule, "LR after warmup: constant, cosine or linear")->check(CLI::IsMember({"constant", "cosine", "linear"}));
+  auto *pipe_opt = app.add_option("--pipeline-schedule", a.pipe_schedule,
+                                  "pipeline-parallel schedule of the micro-batches: gpipe or 1f1b (default 1f1b; "
+                                  "plans with --pp 2 or more)")
+                       ->check(CLI::IsMember({"gpipe", "1f1b"}));
+  app.add_option("--schedule", a.schedule, "alias of --pipeline-schedule (gpipe, 1f1b), kept for old command lines; "
+                                           "constant/cosine/linear are taken as --lr-schedule")
       ->check(CLI::IsMember({"gpipe", "1f1b", "constant", "cosine", "linear"}));
   // Parallelism.
   app.add_option("--strategy", a.strategy, "single, data, tensor, pipeline or hybrid (also data_parallel, tensor_parallel, "
                                            "pipeline_parallel, hybrid_parallel); default: from --dp/--tp/--pp");
-  app.add_option("--dp", a.dp, "data-parallel degree (the global --batch is split over dp ranks)")->check(CLI::PositiveNumber);
-  app.add_option("--tp", a.tp, "tensor-parallel degree (Megatron: heads, MLP and vocabulary split)")->check(CLI::PositiveNumber);
-  app.add_option("--pp,--stages", a.pp, "pipeline stages (contiguous layers, balanced by FLOPs)")->check(CLI::PositiveNumber);
-  app.add_option("--nodes", a.nodes, "nodes of the run (with --gpus-per-node: the world size)")->check(CLI::PositiveNumber);
-  app.add_option("--gpus-per-node", a.gpus_per_node, "ranks per node (hybrid: tensor parallel within a node, pipeline across nodes)")->check(CLI::PositiveNumber);
+  app.add_option("--dp", a.dp, "data-parallel degree (the global --batch is split over dp ranks)")->check(cli::at_least(1));
+  app.add_option("--tp", a.tp, "tensor-parallel degree (Megatron: heads, MLP and vocabulary split)")->check(cli::at_least(1));
+  app.add_option("--pp,--stages", a.pp, "pipeline stages (contiguous layers, balanced by FLOPs)")->check(cli::at_least(1));
+  app.add_option("--nodes", a.nodes, "nodes of the run (with --gpus-per-node: the world size)")->check(cli::at_least(1));
+  app.add_option("--gpus-per-node", a.gpus_per_node, "ranks per node (hybrid: tensor parallel within a node, pipeline across nodes)")->check(cli::at_least(1));
   app.add_option("--model-size", a.model_size, "built-in model config instead of --hf-config: 1B (Llama-3.2-1B), 1.1B (TinyLlama), tiny");
-  app.add_option("--bucket-mb", a.bucket_mb, "data-parallel gradient bucket size in MiB")->check(CLI::PositiveNumber);
+  app.add_option("--bucket-mb", a.bucket_mb, "data-parallel gradient bucket size in MiB")->check(cli::positive_number());
   app.add_flag("--zero1", a.zero1, "ZeRO-1: shard the AdamW moments over the data-parallel ranks");
   app.add_option("--precision", a.precision, "storage precision: fp32, or bf16 = frozen weights and activations in bf16 "
                                              "(adapters, gradients, AdamW moments stay fp32; math in fp32)")
@@ -354,26 +392,39 @@ int main(int argc, char **argv) {
                "reduce all gradient buckets before the optimizer instead of starting each in the backward as soon as "
                "its last gradient is written");
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
-  app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(CLI::NonNegativeNumber);
-  app.add_option("--weight-decay", a.weight_decay, "AdamW decoupled weight decay")->check(CLI::NonNegativeNumber);
-  app.add_option("--beta1", a.beta1, "AdamW beta1")->check(CLI::Range(0.0, 0.999999));
-  app.add_option("--beta2", a.beta2, "AdamW beta2")->check(CLI::Range(0.0, 0.999999));
-  app.add_option("--adam-eps", a.adam_eps, "AdamW epsilon")->check(CLI::PositiveNumber);
-  app.add_option("--max-grad-norm", a.max_grad_norm, "global gradient-norm clipping (0 = off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(cli::number_range(0.0, 1.0));
+  app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(cli::at_least(0));
+  app.add_option("--weight-decay", a.weight_decay, "AdamW decoupled weight decay")->check(cli::non_negative_number());
+  app.add_option("--beta1", a.beta1, "AdamW beta1")->check(cli::number_range(0.0, 0.999999));
+  app.add_option("--beta2", a.beta2, "AdamW beta2")->check(cli::number_range(0.0, 0.999999));
+  app.add_option("--adam-eps", a.adam_eps, "AdamW epsilon")->check(cli::positive_number());
+  app.add_option("--max-grad-norm", a.max_grad_norm, "global gradient-norm clipping (0 = off)")->check(cli::non_negative_number());
   app.footer("Examples:\n"
              "  lora-compile --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-batches 2 \\\n"
-             "      --lora-rank 8 --lora-alpha 16 --lora-targets all-linear --lr 1e-3 --warmup 10 --schedule cosine -o plan.lp\n"
+             "      --lora-rank 8 --lora-alpha 16 --lora-targets all-linear --lr 1e-3 --warmup 10 --lr-schedule cosine -o plan.lp\n"
              "  lora-compile --onnx model.onnx --weights hf_dir/ --batch 4 --seq-len 128 -o plan.lp\n"
              "  lora-compile --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-batches 4 \\\n"
-             "      --strategy hybrid --dp 2 --tp 2 --pp 2 --schedule 1f1b -o plan.lp --viz plan_viz/   # 8 ranks\n"
+             "      --strategy hybrid --dp 2 --tp 2 --pp 2 --pipeline-schedule 1f1b -o plan.lp --viz plan_viz/   # 8 ranks\n"
              "  lora-compile --strategy data_parallel --model-size 1B --nodes 2 --gpus-per-node 4 --batch 16 --seq-len 2048 -o plan.lp\n"
              "  lora-compile --hf-config config.json --dump-ir model.mlir --dump-graph model.dot");
-  CLI11_PARSE(app, argc, argv);
+  if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
+  auto usage = [](const std::string &msg) {
+    std::cerr << "error: " << msg << " (see lora-compile --help)\n";
+    return cli::kExitUsageError;
+  };
   if (!a.schedule.empty()) {
-    if (a.schedule == "gpipe" || a.schedule == "1f1b") a.pipe_schedule = a.schedule;
-    else a.lr_schedule = a.schedule;
+    if (a.schedule == "gpipe" || a.schedule == "1f1b") {
+      if (pipe_opt->count() && a.pipe_schedule != a.schedule)
+        return usage("--schedule " + a.schedule + " and --pipeline-schedule " + a.pipe_schedule +
+                     " disagree; --schedule is an alias of --pipeline-schedule, give one");
+      a.pipe_schedule = a.schedule;
+    } else {
+      if (lr_sched_opt->count() && a.lr_schedule != a.schedule)
+        return usage("--schedule " + a.schedule + " and --lr-schedule " + a.lr_schedule + " disagree; give one");
+      a.lr_schedule = a.schedule;
+    }
   }
+  const bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b";
   std::string strategy;
   if (!resolve_mesh(a, strategy)) return 2;
   const bool parallel = a.dp * a.tp * a.pp > 1;
@@ -392,8 +443,9 @@ int main(int argc, char **argv) {
     }
     a.hf_config = std::string(PARALLORA_MODELS_DIR) + "/" + it->second;
   }
-  if ((a.schedule == "gpipe" || a.schedule == "1f1b") && a.pp < 2)
-    std::cerr << "lora-compile: warning: --schedule " << a.schedule << " only applies to pipeline plans (--pp 2 or more)\n";
+  if (pipe_given && a.pp < 2)
+    std::cerr << "lora-compile: warning: --pipeline-schedule " << a.pipe_schedule
+              << " only applies to pipeline plans (--pp 2 or more)\n";
   if (a.zero1 && a.dp < 2) {
     std::cerr << "error: --zero1 shards the optimizer over data-parallel ranks; it needs --dp 2 or more\n";
     return 2;
@@ -429,6 +481,7 @@ int main(int argc, char **argv) {
   auto t0 = std::chrono::steady_clock::now();
 
   std::optional<LlamaConfig> config;
+  std::string config_path = a.hf_config;
   if (!a.hf_config.empty()) {
     auto c = load_llama_config(a.hf_config);
     if (!c) { llvm::errs() << "error: " << c.message() << "\n"; return 1; }
@@ -440,17 +493,38 @@ int main(int argc, char **argv) {
     OnnxImportOptions io;
     io.batch = micro_batch;
     io.seq_len = a.seq_len;
+    io.micro_batches = a.micro_batches;
     // An HF config.json next to the ONNX file supplies rope scaling (not recoverable from tables).
     std::string dir = a.onnx.substr(0, a.onnx.rfind('/') + 1);
     if (config) {
       io.config = config;
     } else if (llvm::sys::fs::exists(dir + "config.json")) {
       auto c = load_llama_config(dir + "config.json");
-      if (c) io.config = *c;
+      if (c) {
+        io.config = *c;
+        config_path = dir + "config.json";
+        config = *c;
+      }
     }
     auto m = import_onnx(ctx, a.onnx, io, &report);
     if (failed(m)) return 1;
     module = std::move(*m);
+    if (config && !check_config_matches(*module, *config, a.onnx, config_path)) return 1;
+    // A PEFT export's adapters are the ones trained; adding --lora-* adapters beside them would
+    // give a model of mixed ranks that one adapter_config.json (one r, one alpha) cannot describe.
+    if (!report.lora_modules.empty() && !a.no_lora) {
+      std::string flags;
+      for (auto [opt, name] : {std::pair<CLI::Option *, const char *>{rank_opt, "--lora-rank"}, {alpha_opt, "--lora-alpha"},
+                               {targets_opt, "--lora-targets"}, {dropout_opt, "--lora-dropout"}, {rslora_opt, "--use-rslora"}})
+        if (opt->count()) flags += (flags.empty() ? "" : ", ") + std::string(name);
+      if (!flags.empty()) {
+        std::cerr << "error: " << a.onnx << " is a PEFT export: it already carries LoRA adapters on "
+                  << report.lora_modules.size() << " module(s); " << flags
+                  << " would add adapters of another rank beside them, which the saved adapter_config.json cannot "
+                     "describe. Drop " << flags << " to train the export's adapters, or export the model without PEFT\n";
+        return 2;
+      }
+    }
     llvm::outs() << "lora-compile: imported " << a.onnx << " (" << report.onnx_nodes << " ONNX nodes, " << report.folded_nodes
                  << " folded) in " << llvm::format("%.2f", seconds_since(t0)) << " s\n";
   } else {
@@ -465,6 +539,15 @@ int main(int argc, char **argv) {
     if (!check_weights(*module, *store, a.weights)) return 1;
     llvm::outs() << "  weights: " << a.weights << " matches every base parameter\n";
   }
+
+  // Positions beyond max_position_embeddings: rope extrapolates, the model never saw them.
+  // transformers only warns, and so do we (a longer context may be the point of the fine-tune).
+  if (auto fwd = module->lookupSymbol<func::FuncOp>("forward"); fwd && config && fwd.getNumArguments() > 0)
+    if (auto ids = fwd.getFunctionType().getInput(0).dyn_cast<RankedTensorType>();
+        ids && ids.getRank() == 2 && !ids.isDynamicDim(1) && ids.getDimSize(1) > config->max_position_embeddings)
+      std::cerr << "lora-compile: warning: sequence length " << ids.getDimSize(1) << " exceeds max_position_embeddings "
+                << config->max_position_embeddings << " of " << config_path
+                << "; the model was not trained on positions beyond it (transformers warns likewise)\n";
 
   if (!a.dump_after_all.empty()) {
     llvm::sys::fs::create_directories(a.dump_after_all);
@@ -507,6 +590,12 @@ int main(int argc, char **argv) {
     auto ids = fwd ? fwd.getFunctionType().getInput(0).dyn_cast<RankedTensorType>() : nullptr;
     if (!ids || !ids.hasStaticShape()) {
       llvm::errs() << "error: the model's input_ids shape is not fixed; give --batch and --seq-len\n";
+      return 2;
+    }
+    if (ids.getDimSize(1) < 2) {
+      llvm::errs() << "error: " << a.onnx << ": the export's input_ids have a fixed sequence length of "
+                   << ids.getDimSize(1) << "; the next-token loss needs at least 2 tokens per sequence: re-export with "
+                   << "a longer or dynamic sequence dim (then pass --seq-len)\n";
       return 2;
     }
     global_batch = ids.getDimSize(0) * a.micro_batches;  // before partitioning: the whole micro-batch
