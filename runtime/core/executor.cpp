@@ -20,6 +20,10 @@ namespace parallora::rt {
 namespace {
 
 constexpr int64_t kAlign = 64;
+// Trainables with init "checkpoint" are a PEFT export's adapters: say where their values come from.
+constexpr const char *kAdapterHint =
+    "; the adapters' values come from --init-adapter <PEFT adapter dir>, or recompile the ONNX export with "
+    "lora-compile -o, which carries its adapter values in the plan";
 
 int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 
@@ -245,11 +249,16 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
     if (!store) return store.status();
 
     std::vector<std::string> missing;
+    bool adapter_missing = false;
     for (const plan::Buffer *b : list)
-      if (!store->find(b->name)) missing.push_back(b->name);
+      if (!store->find(b->name)) {
+        missing.push_back(b->name);
+        adapter_missing |= b->kind == plan::BufferKind::Trainable;
+      }
     if (!missing.empty())
       return Status::error(path + " lacks " + std::to_string(missing.size()) +
-                           " tensor(s) the plan needs: " + join_names(missing));
+                           " tensor(s) the plan needs: " + join_names(missing) +
+                           (adapter_missing ? std::string(kAdapterHint) : std::string()));
 
     std::vector<float> scratch;
     // Content hash of what was read: CRC32 (zlib's) chained over the raw bytes of every tensor
@@ -309,7 +318,8 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
                               ? " (and " + std::to_string(from_checkpoint.size() - 1) + " more)"
                               : std::string()) +
                          " must be loaded from a checkpoint but no weights were given: pass --weights "
-                         "<HF model dir or .safetensors file>");
+                         "<HF model dir or .safetensors file>" +
+                         (from_checkpoint.front()->kind == plan::BufferKind::Trainable ? kAdapterHint : ""));
   return load(from_checkpoint, weights_path, &base_weights_used_);
 }
 

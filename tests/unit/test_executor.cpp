@@ -392,7 +392,18 @@ TEST_F(ExecutorTest, TrainablesWithCheckpointInitComeFromThePlansAdapterWeights)
   ASSERT_TRUE(ex2.is_ok()) << ex2.message();
   Status s = (*ex2)->init_parameters("", 0);
   ASSERT_FALSE(s.is_ok());
-  EXPECT_EQ(s.message(), "the plan's adapter init " + path("hf.safetensors") + " lacks 1 tensor(s) the plan needs: lora_A");
+  EXPECT_EQ(s.message(), "the plan's adapter init " + path("hf.safetensors") +
+                             " lacks 1 tensor(s) the plan needs: lora_A; the adapters' values come from --init-adapter "
+                             "<PEFT adapter dir>, or recompile the ONNX export with lora-compile -o, which carries its "
+                             "adapter values in the plan");
+  // A version-2 plan of a PEFT export (no adapter_weights): the hint names --init-adapter.
+  PlanBuilder old;
+  old.buffer("lora_A", BufferKind::Trainable, {2, 3}, ElemType::F32, "checkpoint");
+  auto ex3 = Executor::create(old.p, 0, reg);
+  ASSERT_TRUE(ex3.is_ok()) << ex3.message();
+  s = (*ex3)->init_parameters("", 0);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("--init-adapter"), std::string::npos) << s.message();
 }
 
 // embedding -> linear (lm head) -> shifted cross-entropy through the real CPU kernels.
