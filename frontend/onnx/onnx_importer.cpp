@@ -658,4 +658,62 @@ FailureOr<OwningOpRef<ModuleOp>> import_onnx(MLIRContext &ctx, const std::string
   return raiser.run();
 }
 
+Status read_onnx_parameters(ModuleOp module, const std::string &path, const OnnxImportOptions &options,
+                            const std::function<Status(OnnxParamValues &)> &visit) {
+  onnx_import::LoadOptions lo;
+  lo.batch = options.batch;
+  lo.seq_len = options.seq_len;
+  lo.micro_batches = options.micro_batches;
+  auto graph = onnx_import::OnnxGraph::load(path, lo);
+  if (!graph) return graph.status();
+  Status status = Status::ok();
+  module.walk([&](pl::ParamOp op) {
+    if (!status) return WalkResult::interrupt();
+    auto source = op->getAttrOfType<StringAttr>("pl.source");
+    if (!source) return WalkResult::advance();
+    const std::string name = op.getName().str();
+    auto fail = [&](const std::string &why) {
+      status = Status::error(path + ": parameter '" + name + "' (initializer '" + source.str() + "'): " + why);
+      return WalkResult::interrupt();
+    };
+    const onnx_import::ValueInfo *src = (*graph)->value(source.str());
+    if (!src || !src->constant) return fail("not a constant in the graph");
+    StatusOr<onnx_import::HostTensor> t = Status::ok();
+    if (op->hasAttr("pl.source_folded")) {
+      t = (*graph)->materialize(source.str());
+    } else {
+      // The IR's parameter is a permuted view of the initializer: compose the permutations.
+      onnx_import::ConstValue c = *src->constant;
+      onnx_import::Shape shape = src->shape;
+      if (auto perm = op->getAttrOfType<DenseI64ArrayAttr>("pl.source_perm")) {
+        std::vector<int64_t> composed;
+        onnx_import::Shape permuted;
+        for (int64_t d : perm.asArrayRef()) {
+          if (d < 0 || d >= int64_t(shape.size())) return fail("pl.source_perm out of range");
+          composed.push_back(c.perm.empty() ? d : c.perm[size_t(d)]);
+          permuted.push_back(shape[size_t(d)]);
+        }
+        c.perm = composed;
+        shape = permuted;
+      }
+      t = (*graph)->materialize(c, src->type, shape);
+    }
+    if (!t) return fail(t.message());
+    auto type = op.getType().cast<RankedTensorType>();
+    OnnxParamValues v;
+    v.name = name;
+    v.shape.assign(type.getShape().begin(), type.getShape().end());
+    v.trainable = op.getTrainable();
+    if (t->shape != v.shape)
+      return fail("has shape " + onnx_import::shape_str(t->shape) + " but the IR needs " + onnx_import::shape_str(v.shape));
+    v.values.assign(t->f.begin(), t->f.end());
+    if (Status s = visit(v); !s) {
+      status = s;
+      return WalkResult::interrupt();
+    }
+    return WalkResult::advance();
+  });
+  return status;
+}
+
 } // namespace parallora

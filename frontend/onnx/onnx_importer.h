@@ -17,6 +17,7 @@
 //===----------------------------------------------------------------------===//
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -49,5 +50,22 @@ struct OnnxImportReport {
 mlir::FailureOr<mlir::OwningOpRef<mlir::ModuleOp>>
 import_onnx(mlir::MLIRContext &ctx, const std::string &path, const OnnxImportOptions &options,
             OnnxImportReport *report = nullptr);
+
+/// One parameter's values read back from the ONNX file, in the layout the IR uses.
+struct OnnxParamValues {
+  std::string name;             // the pl.param's name (HF role name)
+  std::vector<int64_t> shape;
+  std::vector<float> values;    // row-major f32 (bf16/f16 initializers widen exactly)
+  bool trainable = false;       // a PEFT adapter (lora_A / lora_B)
+};
+
+/// Reads every pl.param of `module` that was imported from `path` (it carries pl.source and,
+/// for a transposed view, pl.source_perm) from the ONNX initializers: inline in the protobuf or
+/// memory-mapped external data. `options` must be those of the import (symbolic dims).
+/// `visit` is called once per parameter, in module order; its error stops the walk. Errors
+/// name the file and the parameter. Parameters without a source (e.g. adapters added by
+/// inject-lora) are skipped.
+Status read_onnx_parameters(mlir::ModuleOp module, const std::string &path, const OnnxImportOptions &options,
+                            const std::function<Status(OnnxParamValues &)> &visit);
 
 } // namespace parallora

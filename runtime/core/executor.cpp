@@ -20,6 +20,10 @@ namespace parallora::rt {
 namespace {
 
 constexpr int64_t kAlign = 64;
+// Trainables with init "checkpoint" are a PEFT export's adapters: say where their values come from.
+constexpr const char *kAdapterHint =
+    "; the adapters' values come from --init-adapter <PEFT adapter dir>, or recompile the ONNX export with "
+    "lora-compile -o, which carries its adapter values in the plan";
 
 int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
 
@@ -71,6 +75,7 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
                          std::to_string(plan.ranks.size()) + ")");
   std::unique_ptr<Executor> ex(new Executor());
   ex->rank_ = plan.ranks[rank];
+  ex->adapter_weights_ = plan.adapter_weights;
   ex->comm_ = comm;
   if (memory) ex->hooks_ = *memory;
   const plan::RankPlan &rp = ex->rank_;
@@ -174,6 +179,7 @@ Status Executor::check_slot(int slot) const {
 
 Status Executor::init_parameters(const std::string &weights_path, uint64_t seed, bool skip_trainables) {
   std::vector<const plan::Buffer *> from_checkpoint;
+  std::vector<const plan::Buffer *> from_adapter_file;  // Trainables read from Plan::adapter_weights
   std::vector<float> full;
   // f32 staging of a bf16 parameter: filled as if it were f32, then rounded into the tensor.
   struct Narrow {
@@ -196,7 +202,10 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
       if (skip_trainables) break;
       [[fallthrough]];
     case plan::BufferKind::Param:
-      if (b.init.empty() || b.init == "checkpoint" || (weights_given && b.kind == plan::BufferKind::Param)) {
+      if (b.kind == plan::BufferKind::Trainable && (b.init.empty() || b.init == "checkpoint") &&
+          !adapter_weights_.empty()) {
+        from_adapter_file.push_back(&b);
+      } else if (b.init.empty() || b.init == "checkpoint" || (weights_given && b.kind == plan::BufferKind::Param)) {
         from_checkpoint.push_back(&b);
       } else {
         if (b.dtype == plan::ElemType::I32)
@@ -233,6 +242,72 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
     }
   }
   base_weights_used_.clear();
+  // Reads `list` from the safetensors at `path` (checked: presence, shape, dtype); `used` gets
+  // "PATH (crc32 ... of the N tensors read ...)".
+  auto load = [&](const std::vector<const plan::Buffer *> &list, const std::string &path, std::string *used) -> Status {
+    auto store = WeightStore::open(path);
+    if (!store) return store.status();
+
+    std::vector<std::string> missing;
+    bool adapter_missing = false;
+    for (const plan::Buffer *b : list)
+      if (!store->find(b->name)) {
+        missing.push_back(b->name);
+        adapter_missing |= b->kind == plan::BufferKind::Trainable;
+      }
+    if (!missing.empty())
+      return Status::error(path + " lacks " + std::to_string(missing.size()) +
+                           " tensor(s) the plan needs: " + join_names(missing) +
+                           (adapter_missing ? std::string(kAdapterHint) : std::string()));
+
+    std::vector<float> scratch;
+    // Content hash of what was read: CRC32 (zlib's) chained over the raw bytes of every tensor
+    // read, in name order, so the same checkpoint gives the same hash whatever its file layout.
+    std::map<std::string, const TensorView *> read;
+    for (const plan::Buffer *b : list) {
+      const TensorView *v = store->find(b->name);
+      read[b->name] = v;
+      const Tensor &t = tensors_[0][b->id].tensor;
+      if (b->dtype == plan::ElemType::I32)
+        return Status::error("parameter '" + b->name + "' is i32; only float parameters can be read from a checkpoint");
+      float *dst = b->dtype == plan::ElemType::F32 ? t.f32() : narrow.data(b->numel());
+      if (!b->full_shape.empty() && v->shape != b->full_shape)
+        return Status::error(path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
+                             " but the plan was compiled for " + shape_str(b->full_shape));
+      if (b->slice.empty()) {
+        if (v->shape != b->shape)
+          return Status::error(path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
+                               " but the plan needs " + shape_str(b->shape));
+        if (Status s = to_f32(*v, dst); !s) return Status::error(path + ": " + s.message());
+      } else {
+        bool fits = v->shape.size() == b->slice.size();
+        for (size_t d = 0; fits && d < b->slice.size(); ++d)
+          fits = b->slice[d].first + b->slice[d].second <= v->shape[d];
+        if (!fits) {
+          std::string sl;
+          for (size_t d = 0; d < b->slice.size(); ++d)
+            sl += (d ? ", " : "") + std::to_string(b->slice[d].first) + ":" +
+                  std::to_string(b->slice[d].first + b->slice[d].second);
+          return Status::error(path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
+                               " but the plan needs its slice [" + sl + "]");
+        }
+        scratch.resize(static_cast<size_t>(v->numel()));
+        if (Status s = to_f32(*v, scratch.data()); !s) return Status::error(path + ": " + s.message());
+        take_slice(scratch.data(), v->shape, b->slice, dst);
+      }
+      narrow.store(t);  // a bf16 checkpoint tensor round-trips exactly
+    }
+    uint32_t crc = 0;
+    for (auto &[name, v] : read) crc = plan::crc32(v->data, v->nbytes, crc);
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "%08x", crc);
+    if (used) *used = path + " (crc32 " + hex + " of the " + std::to_string(read.size()) +
+                      " tensors read, raw bytes in name order)";
+    return Status::ok();
+  };
+  if (!from_adapter_file.empty())
+    if (Status s = load(from_adapter_file, adapter_weights_, nullptr); !s)
+      return Status::error("the plan's adapter init " + s.message());
   if (from_checkpoint.empty()) {
     base_weights_used_ = "random init, seed " + std::to_string(seed);
     return Status::ok();
@@ -243,61 +318,9 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
                               ? " (and " + std::to_string(from_checkpoint.size() - 1) + " more)"
                               : std::string()) +
                          " must be loaded from a checkpoint but no weights were given: pass --weights "
-                         "<HF model dir or .safetensors file>");
-  auto store = WeightStore::open(weights_path);
-  if (!store) return store.status();
-
-  std::vector<std::string> missing;
-  for (const plan::Buffer *b : from_checkpoint)
-    if (!store->find(b->name)) missing.push_back(b->name);
-  if (!missing.empty())
-    return Status::error(weights_path + " lacks " + std::to_string(missing.size()) +
-                         " tensor(s) the plan needs: " + join_names(missing));
-
-  std::vector<float> scratch;
-  // Content hash of what was read: CRC32 (zlib's) chained over the raw bytes of every tensor
-  // read, in name order, so the same checkpoint gives the same hash whatever its file layout.
-  std::map<std::string, const TensorView *> read;
-  for (const plan::Buffer *b : from_checkpoint) {
-    const TensorView *v = store->find(b->name);
-    read[b->name] = v;
-    const Tensor &t = tensors_[0][b->id].tensor;
-    if (b->dtype == plan::ElemType::I32)
-      return Status::error("parameter '" + b->name + "' is i32; only float parameters can be read from a checkpoint");
-    float *dst = b->dtype == plan::ElemType::F32 ? t.f32() : narrow.data(b->numel());
-    if (!b->full_shape.empty() && v->shape != b->full_shape)
-      return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
-                           " but the plan was compiled for " + shape_str(b->full_shape));
-    if (b->slice.empty()) {
-      if (v->shape != b->shape)
-        return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
-                             " but the plan needs " + shape_str(b->shape));
-      if (Status s = to_f32(*v, dst); !s) return Status::error(weights_path + ": " + s.message());
-    } else {
-      bool fits = v->shape.size() == b->slice.size();
-      for (size_t d = 0; fits && d < b->slice.size(); ++d)
-        fits = b->slice[d].first + b->slice[d].second <= v->shape[d];
-      if (!fits) {
-        std::string sl;
-        for (size_t d = 0; d < b->slice.size(); ++d)
-          sl += (d ? ", " : "") + std::to_string(b->slice[d].first) + ":" +
-                std::to_string(b->slice[d].first + b->slice[d].second);
-        return Status::error(weights_path + ": tensor '" + b->name + "' has shape " + shape_str(v->shape) +
-                             " but the plan needs its slice [" + sl + "]");
-      }
-      scratch.resize(static_cast<size_t>(v->numel()));
-      if (Status s = to_f32(*v, scratch.data()); !s) return Status::error(weights_path + ": " + s.message());
-      take_slice(scratch.data(), v->shape, b->slice, dst);
-    }
-    narrow.store(t);  // a bf16 checkpoint tensor round-trips exactly
-  }
-  uint32_t crc = 0;
-  for (auto &[name, v] : read) crc = plan::crc32(v->data, v->nbytes, crc);
-  char hex[16];
-  std::snprintf(hex, sizeof hex, "%08x", crc);
-  base_weights_used_ = weights_path + " (crc32 " + hex + " of the " + std::to_string(read.size()) +
-                       " tensors read, raw bytes in name order)";
-  return Status::ok();
+                         "<HF model dir or .safetensors file>" +
+                         (from_checkpoint.front()->kind == plan::BufferKind::Trainable ? kAdapterHint : ""));
+  return load(from_checkpoint, weights_path, &base_weights_used_);
 }
 
 Status Executor::set_kind(plan::BufferKind kind, const char *what,

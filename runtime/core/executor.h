@@ -130,6 +130,8 @@ public:
   /// Grad, OptState, Input and Output (every slot) are zeroed.
   /// `skip_trainables`: leave the Trainables alone (the caller sets them with set_trainables,
   /// e.g. from --init-adapter or a checkpoint).
+  /// Trainables with init "checkpoint" are read from Plan::adapter_weights when the plan names
+  /// one (a PEFT ONNX export's adapters), else from `weights_path`.
   /// A non-empty `weights_path` is never ignored: every Param (frozen base weight) is then read
   /// from it, whatever its init spec (a plan compiled without --weights has random-init specs),
   /// and a missing path, a missing tensor or a wrong shape/dtype is an error.
@@ -227,6 +229,7 @@ private:
   std::map<std::string, OpProfile> profile_;
   TimeSplit time_split_;
   std::string base_weights_used_;
+  std::string adapter_weights_;  // Plan::adapter_weights
 };
 
 } // namespace parallora::rt

@@ -41,8 +41,11 @@
 
 namespace parallora::plan {
 
-/// Bumped on every incompatible change; a plan of another version is rejected on load.
-constexpr uint32_t kPlanFormatVersion = 2;
+/// Bumped on every format change. The reader accepts kMinPlanFormatVersion..kPlanFormatVersion:
+/// version 3 added Plan::adapter_weights (absent = "" in a version-2 plan, which is what a
+/// version-2 plan meant); older plans are rejected on load.
+constexpr uint32_t kPlanFormatVersion = 3;
+constexpr uint32_t kMinPlanFormatVersion = 2;
 
 /// Element types. BF16 is bfloat16 storage (the top 16 bits of an f32, round-to-nearest-even on
 /// store); kernels compute in f32 (runtime/base/bf16.h). A plan compiled with --precision bf16
@@ -166,7 +169,14 @@ struct Plan {
   uint32_t version = kPlanFormatVersion;
   std::string producer;                // "lora-compile 0.1.0"
   std::string model_config_json;       // the HF config.json the model was built from
-  std::string base_weights;            // safetensors path (file or dir) or "" (random init / --weights)
+  // Safetensors path (file or dir) or "" (random init / --weights). For an ONNX import compiled
+  // without --weights: the file lora-compile -o wrote next to the plan from the ONNX
+  // initializers ("<plan>.weights.safetensors"). lora-run --weights overrides it.
+  std::string base_weights;
+  // Safetensors file with the initial values of the Trainables whose init is "checkpoint" (a
+  // PEFT ONNX export's adapters, read from its initializers); "" = read such Trainables from the
+  // base weights. lora-run --init-adapter / --resume override it. (Format version 3.)
+  std::string adapter_weights;
   LoraInfo lora;
   Hyperparams hparams;
   int64_t global_batch = 1;            // sequences per optimizer step (all ranks together)

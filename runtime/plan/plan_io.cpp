@@ -73,6 +73,7 @@ void to_pb(const Plan &p, pb::Plan *out) {
   out->set_producer(p.producer);
   out->set_model_config_json(p.model_config_json);
   out->set_base_weights(p.base_weights);
+  out->set_adapter_weights(p.adapter_weights);
   auto *l = out->mutable_lora();
   l->set_rank(p.lora.rank);
   l->set_alpha(p.lora.alpha);
@@ -150,6 +151,7 @@ Status from_pb(const pb::Plan &m, Plan &p) {
   p.producer = m.producer();
   p.model_config_json = m.model_config_json();
   p.base_weights = m.base_weights();
+  p.adapter_weights = m.adapter_weights();
   p.lora.rank = m.lora().rank();
   p.lora.alpha = m.lora().alpha();
   p.lora.dropout = m.lora().dropout();
@@ -539,9 +541,12 @@ StatusOr<Plan> decode_plan(const std::string &bytes, const std::string &origin) 
     return Status::error(origin + " is not a Parallora plan (bad magic)");
   if (bytes.size() < 12) return Status::error(origin + " is truncated (" + std::to_string(bytes.size()) + " bytes)");
   uint32_t version = get_u32(bytes, 8);
-  if (version != kPlanFormatVersion)
+  if (version < kMinPlanFormatVersion || version > kPlanFormatVersion)
     return Status::error(origin + " was written by plan format version " + std::to_string(version) +
-                         "; this lora-run reads version " + std::to_string(kPlanFormatVersion) +
+                         "; this lora-run reads version" +
+                         (kMinPlanFormatVersion < kPlanFormatVersion
+                              ? "s " + std::to_string(kMinPlanFormatVersion) + " to " + std::to_string(kPlanFormatVersion)
+                              : " " + std::to_string(kPlanFormatVersion)) +
                          ": recompile with lora-compile");
   if (bytes.size() < kHeaderBytes) return Status::error(origin + " is truncated (" + std::to_string(bytes.size()) + " bytes)");
   uint64_t len = get_u64(bytes, 12);
@@ -664,6 +669,7 @@ std::string describe_plan(const Plan &plan, bool verbose) {
   }
   os << "base weights: " << (plan.base_weights.empty() ? "(none recorded: random init or lora-run --weights)" : plan.base_weights)
      << "\n";
+  if (!plan.adapter_weights.empty()) os << "adapter init: " << plan.adapter_weights << "\n";
 
   const LoraInfo &l = plan.lora;
   if (l.rank > 0) {

@@ -362,6 +362,50 @@ TEST_F(ExecutorTest, GivenWeightsOverrideRandomInitOfBaseParameters) {
   EXPECT_NE(s.message().find("ints.safetensors"), std::string::npos) << s.message();
 }
 
+// Issue 18 item 9: a PEFT ONNX export's adapter values travel in Plan::adapter_weights; they
+// are the Trainables' init whatever base weights are given (--weights overrides only those).
+TEST_F(ExecutorTest, TrainablesWithCheckpointInitComeFromThePlansAdapterWeights) {
+  std::vector<float> w = {1, 2, 3, 4, 5, 6}, a = {7, 8, 9, 10, 11, 12};
+  ASSERT_TRUE(write_safetensors(path("plan.weights.safetensors"),
+                                {{"w", DType::F32, {2, 3}, w.data()}, {"lora_A", DType::F32, {2, 3}, a.data()}})
+                  .is_ok());
+  std::vector<float> w2(6, 0.5f);
+  ASSERT_TRUE(write_safetensors(path("hf.safetensors"), {{"w", DType::F32, {2, 3}, w2.data()}}).is_ok());
+  PlanBuilder b;
+  b.p.adapter_weights = path("plan.weights.safetensors");
+  int32_t pw = b.buffer("w", BufferKind::Param, {2, 3}, ElemType::F32, "checkpoint");
+  int32_t ta = b.buffer("lora_A", BufferKind::Trainable, {2, 3}, ElemType::F32, "checkpoint");
+  KernelRegistry reg;
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  ASSERT_TRUE((*ex)->init_parameters(path("hf.safetensors"), 0).is_ok());
+  const float *gw = (*ex)->buffer(pw).tensor.f32(), *ga = (*ex)->buffer(ta).tensor.f32();
+  EXPECT_EQ(std::vector<float>(gw, gw + 6), w2);
+  EXPECT_EQ(std::vector<float>(ga, ga + 6), a);
+  ASSERT_TRUE((*ex)->init_parameters(path("plan.weights.safetensors"), 0).is_ok());
+  EXPECT_EQ(std::vector<float>(gw, gw + 6), w);
+
+  PlanBuilder bad;
+  bad.p.adapter_weights = path("hf.safetensors");  // no lora_A in it
+  bad.buffer("lora_A", BufferKind::Trainable, {2, 3}, ElemType::F32, "checkpoint");
+  auto ex2 = Executor::create(bad.p, 0, reg);
+  ASSERT_TRUE(ex2.is_ok()) << ex2.message();
+  Status s = (*ex2)->init_parameters("", 0);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_EQ(s.message(), "the plan's adapter init " + path("hf.safetensors") +
+                             " lacks 1 tensor(s) the plan needs: lora_A; the adapters' values come from --init-adapter "
+                             "<PEFT adapter dir>, or recompile the ONNX export with lora-compile -o, which carries its "
+                             "adapter values in the plan");
+  // A version-2 plan of a PEFT export (no adapter_weights): the hint names --init-adapter.
+  PlanBuilder old;
+  old.buffer("lora_A", BufferKind::Trainable, {2, 3}, ElemType::F32, "checkpoint");
+  auto ex3 = Executor::create(old.p, 0, reg);
+  ASSERT_TRUE(ex3.is_ok()) << ex3.message();
+  s = (*ex3)->init_parameters("", 0);
+  ASSERT_FALSE(s.is_ok());
+  EXPECT_NE(s.message().find("--init-adapter"), std::string::npos) << s.message();
+}
+
 // embedding -> linear (lm head) -> shifted cross-entropy through the real CPU kernels.
 TEST_F(ExecutorTest, ForwardAndLossWithCpuKernels) {
   const int64_t V = 4, D = 2, T = 3;

@@ -35,6 +35,7 @@ Plan make_plan() {
   p.model_config_json = R"({"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 8, "num_attention_heads": 2,
                            "num_key_value_heads": 1, "intermediate_size": 16, "vocab_size": 32, "tie_word_embeddings": false})";
   p.base_weights = "/models/tiny";
+  p.adapter_weights = "/plans/p.lp.weights.safetensors";
   p.lora.rank = 4;
   p.lora.alpha = 8;
   p.lora.dropout = 0.05;
@@ -121,6 +122,7 @@ void expect_equal(const Plan &a, const Plan &b) {
   EXPECT_EQ(a.producer, b.producer);
   EXPECT_EQ(a.model_config_json, b.model_config_json);
   EXPECT_EQ(a.base_weights, b.base_weights);
+  EXPECT_EQ(a.adapter_weights, b.adapter_weights);
   EXPECT_EQ(a.lora.rank, b.lora.rank);
   EXPECT_EQ(a.lora.alpha, b.lora.alpha);
   EXPECT_EQ(a.lora.dropout, b.lora.dropout);
@@ -361,7 +363,7 @@ TEST_F(PlanIoTest, WrongVersion) {
   auto r = read_plan(path("v.lp"));
   ASSERT_FALSE(r.is_ok());
   EXPECT_EQ(r.message(), path("v.lp") + " was written by plan format version " + std::to_string(kPlanFormatVersion + 1) +
-                             "; this lora-run reads version " + std::to_string(kPlanFormatVersion) +
+                             "; this lora-run reads versions 2 to " + std::to_string(kPlanFormatVersion) +
                              ": recompile with lora-compile");
 }
 
@@ -370,9 +372,22 @@ TEST_F(PlanIoTest, Version1IsRejected) {
   bytes[8] = 1;
   auto r = decode_plan(bytes, "old.lp");
   ASSERT_FALSE(r.is_ok());
-  EXPECT_EQ(r.message(), "old.lp was written by plan format version 1; this lora-run reads version " +
+  EXPECT_EQ(r.message(), "old.lp was written by plan format version 1; this lora-run reads versions 2 to " +
                              std::to_string(kPlanFormatVersion) + ": recompile with lora-compile");
-  EXPECT_EQ(kPlanFormatVersion, 2u);
+  EXPECT_EQ(kPlanFormatVersion, 3u);
+}
+
+// Version 3 only added Plan::adapter_weights: a version-2 plan still loads, without it.
+TEST_F(PlanIoTest, Version2IsStillRead) {
+  Plan p = make_plan();
+  p.adapter_weights.clear();  // a version-2 writer had no such field
+  std::string bytes = encode_plan(p);
+  bytes[8] = 2;
+  auto r = decode_plan(bytes, "v2.lp");
+  ASSERT_TRUE(r.is_ok()) << r.message();
+  EXPECT_EQ(r->version, 2u);
+  EXPECT_EQ(r->adapter_weights, "");
+  EXPECT_EQ(r->base_weights, p.base_weights);
 }
 
 TEST_F(PlanIoTest, Truncated) {
@@ -575,7 +590,7 @@ TEST_F(PlanIoTest, StructuralErrors) {
 TEST_F(PlanIoTest, Describe) {
   Plan p = make_plan();
   std::string d = describe_plan(p, false);
-  EXPECT_NE(d.find("plan: lora-compile 0.1.0 (test), format version 2, fingerprint " + plan_fingerprint(p)), std::string::npos) << d;
+  EXPECT_NE(d.find("plan: lora-compile 0.1.0 (test), format version 3, fingerprint " + plan_fingerprint(p)), std::string::npos) << d;
   EXPECT_NE(d.find("ranks: 1 (mesh dp 1 x tp 1 x pp 1), strategy single, pipeline schedule none"), std::string::npos) << d;
   EXPECT_NE(d.find("model: llama, 2 layers, hidden 8, heads 2 (kv 1), intermediate 16, vocab 32"), std::string::npos) << d;
   EXPECT_NE(d.find("LoRA: r=4, alpha=8"), std::string::npos) << d;

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -489,8 +490,8 @@ int main(int argc, char **argv) {
   }
   OwningOpRef<ModuleOp> module;
   OnnxImportReport report;
+  OnnxImportOptions io;
   if (!a.onnx.empty()) {
-    OnnxImportOptions io;
     io.batch = micro_batch;
     io.seq_len = a.seq_len;
     io.micro_batches = a.micro_batches;
@@ -583,6 +584,45 @@ int main(int argc, char **argv) {
 
   print_summary(*module, a.onnx.empty() ? nullptr : &report, a);
 
+  // An ONNX file carries its model: its initializers (inline or external data) are the base
+  // weights unless --weights overrides them, and a PEFT export's adapter values are the
+  // adapters' init. The runtime reads no ONNX (layering), so lora-compile -o writes the values
+  // once to "<plan>.weights.safetensors" (f32, memory-mapped by lora-run) and the plan records it.
+  std::string onnx_weights_file;
+  bool onnx_base_written = false, onnx_adapters_written = false;
+  if (!a.onnx.empty() && !a.output.empty() && (a.weights.empty() || !report.lora_modules.empty())) {
+    std::set<std::string> trainable;
+    module->walk([&](pl::ParamOp p) { if (p.getTrainable()) trainable.insert(p.getName().str()); });
+    std::vector<OnnxParamValues> values;
+    Status st = read_onnx_parameters(*module, a.onnx, io, [&](OnnxParamValues &v) {
+      v.trainable = trainable.count(v.name) > 0;
+      if (v.trainable || a.weights.empty()) values.push_back(std::move(v));
+      return Status::ok();
+    });
+    if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
+    if (!values.empty()) {
+      std::vector<TensorToWrite> tensors;
+      int64_t base = 0, adapters = 0, bytes = 0;
+      for (const OnnxParamValues &v : values) {
+        tensors.push_back({v.name, DType::F32, v.shape, v.values.data()});
+        (v.trainable ? adapters : base) += 1;
+        bytes += int64_t(v.values.size()) * 4;
+      }
+      llvm::StringRef parent = llvm::sys::path::parent_path(a.output);
+      if (!parent.empty()) llvm::sys::fs::create_directories(parent);
+      llvm::SmallString<256> abs(a.output + ".weights.safetensors");
+      llvm::sys::fs::make_absolute(abs);
+      onnx_weights_file = abs.str().str();
+      st = write_safetensors(onnx_weights_file, tensors, {{"format", "pt"}, {"source", a.onnx}});
+      if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
+      onnx_base_written = base > 0;
+      onnx_adapters_written = adapters > 0;
+      llvm::outs() << "  weights: " << base << " base tensor(s)" << (a.weights.empty() ? "" : " (none: --weights overrides)")
+                   << " and " << adapters << " PEFT adapter tensor(s) from the ONNX initializers -> "
+                   << onnx_weights_file << " (" << mib(bytes) << ")\n";
+    }
+  }
+
   // Training phase: loss, gradients of the adapters, AdamW.
   int64_t global_batch = 0;
   if (build_train) {
@@ -664,6 +704,8 @@ int main(int argc, char **argv) {
       llvm::SmallString<256> abs(a.weights);
       llvm::sys::fs::make_absolute(abs);
       lo.base_weights = abs.str().str();
+    } else if (onnx_base_written) {
+      lo.base_weights = onnx_weights_file;
     }
     lo.producer = "lora-compile 0.1.0";
     lo.strategy = strategy;
@@ -682,6 +724,7 @@ int main(int argc, char **argv) {
     lo.lora.use_rslora = a.use_rslora;
     auto p = lower_to_plan(*module, lo);
     if (failed(p)) return 1;
+    if (onnx_adapters_written) p->adapter_weights = onnx_weights_file;
     llvm::StringRef parent = llvm::sys::path::parent_path(a.output);
     if (!parent.empty()) llvm::sys::fs::create_directories(parent);
     Status st = plan::write_plan(a.output, *p);
