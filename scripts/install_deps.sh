@@ -12,6 +12,7 @@ APT_PACKAGES=(
   libonnx-dev libprotobuf-dev protobuf-compiler                 # ONNX import
   nlohmann-json3-dev libcli11-dev                               # config.json / safetensors headers, CLIs
   libopenmpi-dev openmpi-bin                                    # multi-rank CPU runs (mpirun)
+  iproute2                                                      # ip netns + veth: the two-host tests (tests/tools/two_hosts*.test)
   libopenblas-dev                                               # CPU GEMM
   zlib1g-dev                                                    # CRC32 of checkpoint manifests
   libgtest-dev libgmock-dev                                     # unit tests

@@ -37,3 +37,12 @@ try:
         config.available_features.add("tmpfs-mount")
 except (OSError, _sp.TimeoutExpired):
     pass
+
+# Multi-host tests make two "hosts" out of Linux network namespaces joined by a veth pair
+# (tests/tools/netns_hosts.sh: needs root, CAP_NET_ADMIN and iproute2); elsewhere UNSUPPORTED.
+try:
+    if _sp.run([os.path.join(config.parallora_src_root, "tests", "tools", "netns_hosts.sh"), "probe"],
+               stdout=_sp.DEVNULL, stderr=_sp.DEVNULL, timeout=20).returncode == 0:
+        config.available_features.add("netns")
+except (OSError, _sp.TimeoutExpired):
+    pass
