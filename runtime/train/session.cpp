@@ -36,6 +36,7 @@
 #include "runtime/train/metrics_log.h"
 #include "runtime/train/nonfinite.h"
 #include "runtime/train/output_dir.h"
+#include "runtime/base/fs_util.h"
 #include "runtime/train/run_summary.h"
 
 namespace parallora::rt {
@@ -368,6 +369,38 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     }
   }
   if (Status s = control_barrier(*comm); !s) return fail(s.message());
+  // Several ranks write one checkpoint directory (rank 0 creates it, every rank adds its shard):
+  // --out must be the same directory on every host. Rank 0 leaves a token there; every rank
+  // must read it back before anything is trained.
+  if (multi) {
+    uint64_t token = 0;
+    const std::string probe = a.out + "/.shared.tmp-" + std::to_string(::getpid());  // a leftover if killed: removed next start
+    if (rank0) {
+      token = (static_cast<uint64_t>(::getpid()) << 32) ^ static_cast<uint64_t>(
+                  std::chrono::steady_clock::now().time_since_epoch().count());
+      if (Status s = fsutil::write_file_atomic(probe, std::to_string(token) + "\n"); !s) return fail(s.message());
+    }
+    char name_buf[4096] = {0};
+    if (rank0) std::snprintf(name_buf, sizeof name_buf, "%s", probe.c_str());
+    if (Status s = control_broadcast(*comm, &token, sizeof token); !s) return fail(s.message());
+    if (Status s = control_broadcast(*comm, name_buf, sizeof name_buf); !s) return fail(s.message());
+    std::string seen;
+    const double blind = fsutil::read_file(name_buf, &seen) && seen == std::to_string(token) + "\n" ? 0.0 : 1.0;
+    std::vector<double> all(rank0 ? static_cast<size_t>(plan.world_size) : 0);
+    if (Status s = control_gather(*comm, &blind, 1, rank0 ? all.data() : nullptr); !s) return fail(s.message());
+    double blind_ranks = blind;
+    if (Status s = control_sum(*comm, &blind_ranks, 1); !s) return fail(s.message());
+    if (rank0) ::unlink(probe.c_str());
+    if (blind_ranks > 0) {
+      std::string list;
+      for (int r = 0; r < static_cast<int>(all.size()); ++r)
+        if (all[r] > 0) list += (list.empty() ? "" : ",") + std::to_string(r);
+      outcome->same_on_every_rank = true;  // every rank stops here; rank 0 names the others
+      return fail("--out " + a.out + " is not the same directory on every rank: rank(s) " + list +
+                  " cannot read the file rank 0 wrote there (" + name_buf +
+                  "); runs across hosts need --out on a filesystem mounted at the same path on every host");
+    }
+  }
   auto metrics_or = MetricsLog::open(a.out, rank0, resume ? start_step : -1, plan.world_size);
   if (!metrics_or) return fail(metrics_or.message());
   MetricsLog metrics = std::move(*metrics_or);
@@ -393,6 +426,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
                                             ", OpenMP wait policy " + omp_wait_policy())
               << "\n";
     if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
+    std::cout << "  base weights" << (multi ? " (rank 0)" : "") << ": " << ex.base_weights_used() << "\n";
     if (start_step > 0) std::cout << "  resumed from " << resume->path << " at step " << start_step << "\n";
     if (start_step >= a.steps)
       std::cout << "  the checkpoint is at step " << start_step << " >= --steps " << a.steps
@@ -681,7 +715,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   info.omp_wait_policy = omp_wait_policy();
   info.gpu_name = gpu_name;
   info.nvml_why = nvml_why;
-  info.base_weights = weights.empty() ? "random init, seed " + std::to_string(seed) : weights;
+  info.base_weights = ex.base_weights_used();
   info.steps = a.steps;
   info.start_step = start_step;
   info.threads = threads;

@@ -16,12 +16,12 @@
 #include <cstdlib>
 #include <iostream>
 #include <string>
-#include <thread>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 
 #include "runtime/plan/plan_io.h"
+#include "tools/common/cli.h"
 #include "runtime/train/session.h"
 
 using namespace parallora;
@@ -45,23 +45,6 @@ struct Args {
   SessionOptions session;
   bool describe = false, verbose = false;
 };
-
-/// An integer flag value >= lo, with a readable message ("--steps: must be >= 1 (got 0)").
-CLI::Validator at_least(int64_t lo) {
-  return CLI::Validator(
-      [lo](std::string &text) -> std::string {
-        try {
-          size_t used = 0;
-          long long v = std::stoll(text, &used);
-          if (used != text.size()) return "not an integer: " + text;
-          if (v < lo) return "must be >= " + std::to_string(lo) + " (got " + text + ")";
-        } catch (const std::exception &) {
-          return "not an integer: " + text;
-        }
-        return "";
-      },
-      ">=" + std::to_string(lo));
-}
 
 int describe(const Args &a) {
   auto plan = plan::read_plan(a.session.plan);
@@ -141,9 +124,9 @@ int main(int argc, char **argv) {
   app.add_option("--data-format", o.data_format, "token file format (auto: llm.c header required; u16/u32: raw little-endian)")
       ->check(CLI::IsMember({"auto", "llmc", "u16", "u32"}));
   app.add_option("--val-data", o.val_data, "validation tokens (same format); evaluated before training, every --val-every steps and at the end");
-  app.add_option("--val-every", o.val_every, "validate every K steps (0: only before and after training)")->check(at_least(0));
-  app.add_option("--val-batches", o.val_batches, "validation batches from the start of --val-data, unshuffled (0: all)")->check(at_least(0));
-  app.add_option("--steps", o.steps, "train until this optimizer step (with --resume: the total, not additional steps)")->check(at_least(1));
+  app.add_option("--val-every", o.val_every, "validate every K steps (0: only before and after training)")->check(cli::at_least(0));
+  app.add_option("--val-batches", o.val_batches, "validation batches from the start of --val-data, unshuffled (0: all)")->check(cli::at_least(0));
+  app.add_option("--steps", o.steps, "train until this optimizer step (with --resume: the total, not additional steps)")->check(cli::at_least(1));
   app.add_option("--seed", o.seed, "seed of the adapter init and the data shuffle (default 42; --resume keeps the checkpoint's)");
   app.add_flag("--shuffle,!--no-shuffle", o.shuffle, "shuffle the training sequences each epoch (default) / read them in file order");
   app.add_option("--out", o.out, "output directory (created with its parents; locked while the run lives): metrics, adapter, "
@@ -153,20 +136,11 @@ int main(int argc, char **argv) {
   auto *init_opt = app.add_option("--init-adapter", o.init_adapter, "start from this PEFT adapter directory instead of the plan's adapter init");
   auto *resume_opt = app.add_option("--resume", o.resume, "continue from a checkpoint-N directory, or an out dir (uses its `latest`); bit-identical to an uninterrupted run");
   init_opt->excludes(resume_opt);
-  app.add_option("--save-every", o.save_every, "write a checkpoint every K steps (0: only at the end)")->check(at_least(0));
-  app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints (0: keep all)")->check(at_least(0));
+  app.add_option("--save-every", o.save_every, "write a checkpoint every K steps (0: only at the end)")->check(cli::at_least(0));
+  app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints (0: keep all)")->check(cli::at_least(0));
   app.add_option("--threads", o.threads, "CPU threads of the cpu backend (default: OMP_NUM_THREADS, else all cores); "
                                          "OMP_WAIT_POLICY defaults to PASSIVE (see docs/training.md)")
-      ->check(at_least(0))
-      ->check(CLI::Validator(
-          [](std::string &text) -> std::string {
-            // libgomp crashes creating ~100000 threads; more than 1024 is never useful here.
-            long long v = std::atoll(text.c_str());
-            return v > 1024 ? "at most 1024 threads (got " + text + "; this machine has " +
-                                  std::to_string(std::thread::hardware_concurrency()) + " hardware threads)"
-                            : std::string();
-          },
-          "<=1024"));
+      ->check(cli::thread_count());
   app.add_option("--backend", o.backend,
                  "kernels: cpu (fp32 reference, default) or cuda (one GPU per process: device = local rank % device "
                  "count; multi-rank collectives are host-staged through MPI)")
@@ -178,26 +152,21 @@ int main(int argc, char **argv) {
   app.add_flag("--cuda-graphs", o.cuda_graphs,
                "--backend cuda: capture each program without collectives once as a CUDA graph and replay it "
                "(experimental: not yet run on a GPU)");
-  app.add_option("--log-every", o.log_every, "progress line every K steps when stderr is not a terminal")->check(at_least(1));
+  app.add_option("--log-every", o.log_every, "progress line every K steps when stderr is not a terminal")->check(cli::at_least(1));
   app.add_flag("--profile", o.profile, "time every kernel and print a per-op table at the end (also in summary.json)");
   app.add_option("--comm-timeout", o.comm_timeout, "multi-rank: seconds a collective or receive waits for its peers before failing (default 300)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::positive_number());
   app.add_option("--peak-tflops", o.peak_tflops,
                  "MFU's peak per device in TFLOP/s (default: the GPU's dense bf16 data-sheet peak by name: H100 SXM/HBM3 "
                  "and H200 989, H100 PCIe 756, A100 312; otherwise, and on the cpu backend, MFU is not reported)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::non_negative_number());
   app.add_option("--nonfinite", o.nonfinite,
                  "a NaN/Inf loss, gradient or weight: stop (default: name the step and the first non-finite tensor, "
                  "exit 1, never save a non-finite adapter) or skip (skip that update while every weight stays finite)")
       ->check(CLI::IsMember({"stop", "skip"}));
   app.add_option("--dump-first-step", o.dump_first_step, "write loss, logits and every grad.<param> after the first micro-step to this .safetensors file (parity tests)");
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError &e) {
-    int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
-  }
+  if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
   auto usage = [](const std::string &msg) {
     std::cerr << "error: " << msg << " (see lora-run --help)\n";
     return 2;
