@@ -256,7 +256,7 @@ def main(argv=None, script_path=None):
     if a.dry_run:
         common = common_compile_flags(a)
         for i, s in enumerate(sts, 1):
-            print(f"[{i}/{len(sts)}] {s.name}: {s.ranks} ranks: lora-compile {' '.join(common + s.compile_flags())}")
+            print(f"[{i}/{len(sts)}] {s.name}: {s.ranks} rank{'s' if s.ranks > 1 else ''}: lora-compile {' '.join(common + s.compile_flags())}")
         return 0
     progress = runner.Progress(len(sts))
     common = common_compile_flags(a)

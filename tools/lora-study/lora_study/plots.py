@@ -106,7 +106,7 @@ def make_all(study, out_dir):
         if any(over):
             title += "\n(oversubscribed ranks wait for cores inside communication)"
         ax.set_title(title)
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     else:
         u = [s["figures"].get("gpu_util_mean") or 0 for s in ok]
         ax.bar(x, u, 0.6, color="#d08040", label="NVML utilization (mean over steps and ranks)")

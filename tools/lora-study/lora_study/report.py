@@ -64,9 +64,10 @@ def build_rows(study):
         f, r = s["figures"], s["ratios"]
         mark = OVERSUB_MARK if s["oversubscribed"] or study["baseline_oversubscribed"] else ""
         tt = s["to_target"]
-        cells += [fmt_ratio(r["time_reduction"], "faster", "slower") + mark,
+        is_base = s["name"] == study["baseline"]
+        cells += [("1.00x (baseline)" if is_base else fmt_ratio(r["time_reduction"], "faster", "slower")) + mark,
                   (f"{r['throughput_increase']:.2f}x" if r["throughput_increase"] is not None else "-") + mark,
-                  fmt_ratio(r["memory_reduction"], "less", "more"),
+                  "1.00x (baseline)" if is_base else fmt_ratio(r["memory_reduction"], "less", "more"),
                   f"{f['tokens_per_s']:.0f}", f"{f['goodput_tokens_per_s']:.0f}",
                   f"{tt['steps']} / {tt['seconds']:.2f}" if tt else "not reached",
                   f"{f['wall_time_s']:.2f}", f"{f['final_loss']:.4f}"]

@@ -144,7 +144,8 @@ def run_strategy(st, i, total, a, tools, common_compile, progress, remaining_ran
         return rec
     reason = ""
     if os.path.isdir(run_dir) and os.listdir(run_dir):  # lora-run refuses a used --out without --overwrite
-        reason = ("settings changed" if summary is not None else "cut short") if not a.rerun else "--rerun"
+        finished = os.path.exists(os.path.join(run_dir, "summary.json"))  # finished, maybe with other settings
+        reason = "--rerun" if a.rerun else "settings changed" if finished else "cut short"
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     if st.ranks > 1:
         env.update(OMPI_MCA_rmaps_base_oversubscribe="1")

@@ -121,7 +121,8 @@ def resolve_alias(name, gpus=2, stages=2, nodes=2, gpus_per_node=2):
     if name == "hybrid_parallel":
         mesh = "x".join(p for p in ((f"tp{gpus_per_node}" if gpus_per_node > 1 else ""),
                                      (f"pp{nodes}" if nodes > 1 else "")) if p)
-        return mesh or "single"
+        # Explicit schedule: the bare name tp2xpp2 is compare_strategies' GPipe strategy (LEGACY_NAMES).
+        return (mesh + "-1f1b" if nodes > 1 else mesh) if mesh else "single"
     return name
 
 
