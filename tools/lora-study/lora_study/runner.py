@@ -42,6 +42,11 @@ def find_tool(name, bin_dir, script_path):
     return None
 
 
+def shown_path(p):
+    r = os.path.relpath(p)
+    return p if r.startswith("..") else r
+
+
 def fmt_secs(s):
     s = int(round(s))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
@@ -90,11 +95,20 @@ def run_logged(cmd, log_path, env, on_line=None):
         except OSError as e:
             log.write(f"cannot start: {e}\n")
             return 127
-        for text in p.stdout:
-            log.write(text)
-            if on_line:
-                on_line(text.rstrip("\n"))
-        return p.wait()
+        try:
+            for text in p.stdout:
+                log.write(text)
+                if on_line:
+                    on_line(text.rstrip("\n"))
+            return p.wait()
+        except BaseException:  # Ctrl-C or SIGTERM of the study: end the run (mpirun forwards it to its ranks)
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            log.write("\nlora-study: stopped\n")
+            raise
 
 
 def tail(path, n=25):
@@ -139,7 +153,7 @@ def run_strategy(st, i, total, a, tools, common_compile, progress, remaining_ran
     summary = results.read_complete_summary(run_dir, a.steps)
     if (not a.rerun and summary is not None and rec and rec.get("compile") == compile_cmd
             and rec.get("run") == run_cmd and rec.get("status") == "ok"):
-        progress.line(f"{head}: finished earlier ({os.path.relpath(run_dir)}), not run again")
+        progress.line(f"{head}: finished earlier ({shown_path(run_dir)}), not run again")
         rec["reused"] = True
         return rec
     reason = ""
