@@ -249,6 +249,9 @@ def main(argv=None, script_path=None):
     total_ranks = sum(s.ranks for s in sts)
     print(f"lora-study: {len(sts)} strategies ({total_ranks} ranks in all), {a.steps} steps each, baseline {a.baseline}; "
           f"{env['cpu_model']}, {cores} cores; out {a.out}", flush=True)
+    if (env.get("load_avg_1m_start") or 0) > cores:
+        print(f"lora-study: note: the load average is {env['load_avg_1m_start']} on {cores} cores: other processes "
+              "compete for them, times will be noisy", flush=True)
     over = [s.name for s in sts if s.ranks * a.threads > cores]
     if over:
         print(f"lora-study: note: {len(over)} strategies run more rank threads than the {cores} cores "
@@ -268,6 +271,8 @@ def main(argv=None, script_path=None):
         # Written after every strategy, so a study in progress (or killed) can be looked at.
         study = assemble(a, sts, records, env, command, time.time() - t0)
         report.write_json(study, os.path.join(a.out, "study.json"))
+    if hasattr(os, "getloadavg"):
+        env["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     study = assemble(a, sts, records, env, command, time.time() - t0)
     if not a.no_plots:
         from . import plots  # matplotlib only when drawing

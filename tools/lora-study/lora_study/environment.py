@@ -105,6 +105,8 @@ def collect(repo_dir, tools, cores_override=None):
         "usable_cores": cores,
         "cores_assumed": cores_override or cores,
         "mem_total_gib": mem_total_gib(),
+        # Other processes on the cores make every time noisy; the report says so (load at the end: main).
+        "load_avg_1m_start": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "gpus": gpus(),
         "git_commit": commit,
         "git_dirty": dirty,

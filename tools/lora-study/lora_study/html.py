@@ -50,7 +50,7 @@ def write(study, out_dir):
     p.append("</div><h2>Machine</h2><table>")
     env = study["environment"]
     for k in ("date", "host", "os", "kernel", "cpu_model", "cpu_count", "usable_cores", "cores_assumed",
-              "mem_total_gib", "git_commit", "git_dirty", "mpirun", "python", "matplotlib"):
+              "mem_total_gib", "load_avg_1m_start", "load_avg_1m_end", "git_commit", "git_dirty", "mpirun", "python", "matplotlib"):
         p.append(f"<tr><td>{e(k)}</td><td style='text-align:left'>{e(str(env.get(k)))}</td></tr>")
     p.append(f"<tr><td>gpus</td><td style='text-align:left'>{e(', '.join(g['name'] for g in env['gpus']) or 'none')}</td></tr>")
     p.append("</table><h2>Commands</h2>")

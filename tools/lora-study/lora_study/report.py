@@ -101,6 +101,11 @@ def footnotes(study):
                  + (" (with local changes)" if env.get("git_dirty") else "") + f"; {env['date']}.")
     notes.append(f"Run: {st['steps']} steps of a global batch of {st['batch']} x {st['seq_len']} tokens, backend "
                  f"{st['backend']}, {st['threads']} thread(s) per rank; baseline `{study['baseline']}`.")
+    loads = [x for x in (env.get("load_avg_1m_start"), env.get("load_avg_1m_end")) if x is not None]
+    if loads and max(loads) > env["cores_assumed"]:
+        notes.append(f"Load: the 1-minute load average was {env.get('load_avg_1m_start')} when the study started and "
+                     f"{env.get('load_avg_1m_end')} when it ended, on {env['cores_assumed']} cores: other processes "
+                     "competed for the cores, so every time in this table is noisy.")
     over = [s["name"] for s in study["strategies"] if s.get("oversubscribed")]
     if over or study["baseline_oversubscribed"]:
         notes.append(f"{OVERSUB_MARK} Oversubscribed: {', '.join(over)} run more rank threads than the "
