@@ -243,7 +243,7 @@ def main(argv=None, script_path=None):
         return 2
     a.out = os.path.abspath(a.out)
     os.makedirs(a.out, exist_ok=True)
-    command = " ".join(shlex.quote(x) for x in [os.path.basename(script_path)] + list(argv))
+    command = " ".join(shlex.quote(x) for x in [script_path] + list(argv))
     env = environment.collect(REPO, tools, a.cores)
     cores = env["cores_assumed"]
     total_ranks = sum(s.ranks for s in sts)
