@@ -254,7 +254,8 @@ def main(argv=None, script_path=None):
               "compete for them, times will be noisy", flush=True)
     over = [s.name for s in sts if s.ranks * a.threads > cores]
     if over:
-        print(f"lora-study: note: {len(over)} strategies run more rank threads than the {cores} cores "
+        print(f"lora-study: note: {len(over)} {'strategy runs' if len(over) == 1 else 'strategies run'} more rank "
+              f"threads than the {cores} cores "
               f"({', '.join(over)}): their speed ratios will be marked as not meaningful", flush=True)
     if a.dry_run:
         common = common_compile_flags(a)

@@ -106,9 +106,10 @@ def footnotes(study):
         notes.append(f"Load: the 1-minute load average was {env.get('load_avg_1m_start')} when the study started and "
                      f"{env.get('load_avg_1m_end')} when it ended, on {env['cores_assumed']} cores: other processes "
                      "competed for the cores, so every time in this table is noisy.")
-    over = [s["name"] for s in study["strategies"] if s.get("oversubscribed")]
+    over = [s["name"] for s in study["strategies"] if s.get("oversubscribed") and s["status"] == "ok"]
     if over or study["baseline_oversubscribed"]:
-        notes.append(f"{OVERSUB_MARK} Oversubscribed: {', '.join(over)} run more rank threads than the "
+        notes.append(f"{OVERSUB_MARK} Oversubscribed: {', '.join(over)} {'runs' if len(over) == 1 else 'run'} "
+                     f"more rank threads than the "
                      f"{env['cores_assumed']} cores, so the ranks take turns on the cores. Their time reduction and "
                      "throughput increase measure scheduling and communication overhead, not parallel speedup, and "
                      "are not meaningful as speedups; the memory, bytes and bubble columns are the trade-offs to read.")
