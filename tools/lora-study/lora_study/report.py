@@ -52,7 +52,7 @@ def build_rows(study):
     if has_val:
         head.append("val loss")
     head += ["peak MiB/device (pred.)" if cpu else "GPU peak MiB", "RSS MiB", "KiB sent/step", "bubble",
-             "compute / comm / idle" if cpu else "GPU util", "loss rel. diff"]
+             "compute / comm / idle" if cpu else "GPU util, MFU", "loss rel. diff"]
     rows = []
     for s in study["strategies"]:
         mesh = s["mesh"]
@@ -83,7 +83,8 @@ def build_rows(study):
         if cpu:
             cells.append(" / ".join(f"{100 * (f[k] or 0):.0f}%" for k in ("compute_fraction", "comm_fraction", "idle_fraction")))
         else:
-            cells.append(f"{f['gpu_util_mean']:.0f}%" if f.get("gpu_util_mean") is not None else "-")
+            util = f"{f['gpu_util_mean']:.0f}%" if f.get("gpu_util_mean") is not None else "-"
+            cells.append(util + (f", MFU {100 * f['mfu']:.1f}%" if f.get("mfu") is not None else ""))
         d = s.get("loss_rel_diff_vs_baseline")
         cells.append(f"{d:.1e}" if d is not None else "-")
         rows.append(cells)

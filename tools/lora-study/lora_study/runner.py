@@ -156,10 +156,14 @@ def run_strategy(st, i, total, a, tools, common_compile, progress, remaining_ran
         progress.line(f"{head}: finished earlier ({shown_path(run_dir)}), not run again")
         rec["reused"] = True
         return rec
-    reason = ""
-    if os.path.isdir(run_dir) and os.listdir(run_dir):  # lora-run refuses a used --out without --overwrite
-        finished = os.path.exists(os.path.join(run_dir, "summary.json"))  # finished, maybe with other settings
-        reason = "--rerun" if a.rerun else "settings changed" if finished else "cut short"
+    used = os.path.isdir(run_dir) and bool(os.listdir(run_dir))  # lora-run refuses a used --out without --overwrite
+    finished = os.path.exists(os.path.join(run_dir, "summary.json"))  # finished, maybe with other settings
+    status = rec.get("status") if rec else None
+    reason = ("--rerun" if a.rerun and (used or rec) else
+              "cut short" if status == "running" else
+              status if status and status != "ok" else
+              "settings changed" if finished else
+              "cut short" if used else "")
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     if st.ranks > 1:
         env.update(OMPI_MCA_rmaps_base_oversubscribe="1")
@@ -177,10 +181,7 @@ def run_strategy(st, i, total, a, tools, common_compile, progress, remaining_ran
         progress.line(f"  lora-compile failed ({rc}); {rec['log']}:\n" + tail(rec["log"]))
         json.dump(rec, open(record_path, "w"), indent=1)
         return rec
-    if reason:
-        run_cmd_now = run_cmd + ["--overwrite"]
-    else:
-        run_cmd_now = run_cmd
+    run_cmd_now = run_cmd + (["--overwrite"] if used else [])
 
     t1 = time.time()
 
@@ -191,7 +192,7 @@ def run_strategy(st, i, total, a, tools, common_compile, progress, remaining_ran
 
     rc = run_logged(run_cmd_now, os.path.join(d, "run.log"), env, on_line)
     rec["run_s"] = time.time() - t1
-    rec["overwrite"] = bool(reason)
+    rec["overwrite"] = used
     summary = results.read_complete_summary(run_dir, a.steps) if rc == 0 else None
     if summary is None:
         rec.update(status="run failed", exit_code=rc, log=os.path.join(d, "run.log"))
