@@ -125,6 +125,10 @@ def footnotes(study):
                      "parentheses. Process RSS (MPI, OpenBLAS, code) is listed apart and not used in ratios.")
         notes.append("compute / comm / idle: seconds of all ranks' training steps spent in kernels, in communication "
                      "(including waiting for peers) and in neither.")
+    else:
+        notes.append("Memory per device on GPU: the device's used memory (cudaMemGetInfo), the largest rank; GPU util: "
+                     "NVML utilization sampled during steps (mean); MFU: the plan's model FLOP/s over the data-sheet "
+                     "dense bf16 peak of the GPUs (lora-run's summary.json).")
     notes.append("goodput: tokens of steps whose update was applied (not skipped) / wall time; tok/s: median over "
                  "steps, first step excluded; loss rel. diff: largest relative difference of a training loss from "
                  "the baseline's at the same step.")
