@@ -25,40 +25,10 @@ import subprocess
 import sys
 import time
 
-# name -> (lora-compile flags, micro-batches); ranks = dp * tp * pp.
-STRATEGIES = {
-    "single": ([], 2),
-    "dp2": (["--strategy", "data", "--dp", "2"], 2),
-    "dp4": (["--strategy", "data", "--dp", "4"], 2),
-    "tp2": (["--strategy", "tensor", "--tp", "2"], 2),
-    "tp4": (["--strategy", "tensor", "--tp", "4"], 2),
-    "pp2-gpipe-m2": (["--strategy", "pipeline", "--pp", "2", "--schedule", "gpipe"], 2),
-    "pp2-1f1b-m4": (["--strategy", "pipeline", "--pp", "2", "--schedule", "1f1b"], 4),
-    "pp4-gpipe-m4": (["--strategy", "pipeline", "--pp", "4", "--schedule", "gpipe"], 4),
-    "pp4-1f1b-m8": (["--strategy", "pipeline", "--pp", "4", "--schedule", "1f1b"], 8),
-    "dp2xpp2": (["--strategy", "hybrid", "--dp", "2", "--pp", "2", "--schedule", "1f1b"], 2),
-    "dp2xtp2": (["--strategy", "hybrid", "--dp", "2", "--tp", "2"], 2),
-    "tp2xpp2": (["--strategy", "hybrid", "--tp", "2", "--pp", "2", "--schedule", "gpipe"], 4),
-    "dp2xtp2xpp2": (["--strategy", "hybrid", "--dp", "2", "--tp", "2", "--pp", "2", "--schedule", "1f1b"], 2),
-    "dp4-zero1": (["--strategy", "data", "--dp", "4", "--zero1"], 2),
-    "dp2xtp2xpp2-zero1": (["--strategy", "hybrid", "--dp", "2", "--tp", "2", "--pp", "2", "--schedule", "1f1b", "--zero1"], 2),
-}
-# Opt-in (named in --strategies, not run by default): pipelines with a stage that holds no
-# adapter when the model has few layers (on the 2-layer tiny LLaMA: pp 4 = embedding | layer 0 |
-# layer 1 | head, pp 3 puts the head alone); tests/tools/pipeline_stage_without_adapter.test.
-EXTRA_STRATEGIES = {
-    "pp3-1f1b-m4": (["--strategy", "pipeline", "--pp", "3", "--schedule", "1f1b"], 4),
-    "tp2xpp3-gpipe-m2": (["--strategy", "hybrid", "--tp", "2", "--pp", "3", "--schedule", "gpipe"], 2),
-    "dp2xpp4-1f1b-zero1": (["--strategy", "hybrid", "--dp", "2", "--pp", "4", "--schedule", "1f1b", "--zero1"], 2),
-}
-
-
-def ranks_of(flags):
-    n = 1
-    for k in ("--dp", "--tp", "--pp"):  # the degrees multiply to the world size
-        if k in flags:
-            n *= int(flags[flags.index(k) + 1])
-    return n
+# The strategy names and their lora-compile flags are shared with tools/lora-study (stdlib only there).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "tools", "lora-study"))
+from lora_study.results import read_metrics as metrics  # noqa: E402
+from lora_study.strategies import DEFAULT_STRATEGIES, EXTRA_STRATEGIES, StrategyError, parse, with_defaults  # noqa: E402
 
 
 def read_safetensors(path):
@@ -76,17 +46,6 @@ def read_safetensors(path):
         a, b = meta["data_offsets"]
         out[name] = struct.unpack(f"<{(b - a) // 4}f", data[a:b])
     return out
-
-
-def metrics(path):
-    train, val = {}, {}
-    for line in open(path):
-        r = json.loads(line)
-        if "loss" in r:
-            train[r["step"]] = r
-        if "val_loss" in r:
-            val[r["step"]] = r["val_loss"]
-    return train, val
 
 
 def run(cmd, log, env):
@@ -107,7 +66,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=8, help="global batch (sequences per optimizer step)")
     ap.add_argument("--seq-len", type=int, default=32)
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                    help="comma-separated names (tools/lora-study/lora_study/strategies.py: dp2, tp4, pp2-1f1b-m4, "
+                         "dp2xtp2xpp2-zero1, ...); opt-in extras: " + ",".join(EXTRA_STRATEGIES))
     ap.add_argument("--lr", default="2e-3")
     ap.add_argument("--lora-targets", default="all-linear")
     ap.add_argument("--loss-rtol", type=float, default=1e-4)
@@ -124,11 +85,14 @@ def main():
                     help="validation loss to reach (default: halfway from the single-device run's first to its last validation loss)")
     a = ap.parse_args()
     names = [s for s in a.strategies.split(",") if s]
-    for s in names:
-        if s not in STRATEGIES and s not in EXTRA_STRATEGIES:
-            ap.error(f"unknown strategy {s}; known: {', '.join(list(STRATEGIES) + list(EXTRA_STRATEGIES))}")
     if "single" not in names:
         names.insert(0, "single")
+    plans = {}
+    for s in names:
+        try:
+            plans[s] = with_defaults(parse(s), a.batch)
+        except StrategyError as e:
+            ap.error(str(e))
     compile_bin = os.path.join(a.build, "tools/lora-compile/lora-compile")
     run_bin = os.path.join(a.build, "tools/lora-run/lora-run")
     os.makedirs(a.out, exist_ok=True)
@@ -140,13 +104,12 @@ def main():
               "--max-grad-norm", "1.0", "--precision", a.precision]
     results = {}
     for name in names:
-        flags, micro = STRATEGIES[name] if name in STRATEGIES else EXTRA_STRATEGIES[name]
+        flags, micro, np = plans[name].compile_flags(), plans[name].micro, plans[name].ranks
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
         plan = os.path.join(d, "plan.lp")
         extra = ["--recompute", a.recompute] if name != "single" else []
-        run([compile_bin] + common + flags + extra + ["--micro-batches", str(micro), "-o", plan], os.path.join(d, "compile.log"), env)
-        np = ranks_of(flags)
+        run([compile_bin] + common + flags + extra + ["-o", plan], os.path.join(d, "compile.log"), env)
         train = [run_bin, plan, "--data", a.data, "--steps", str(a.steps), "--seed", "7", "--threads", str(a.threads),
                  "--comm-timeout", str(a.comm_timeout), "--log-every", str(a.steps), "--out", os.path.join(d, "run")]
         if a.val_data:

@@ -2,7 +2,8 @@
 # The README's main job on a small built-in model: installs dependencies, builds, then compiles the
 # tiny LLaMA (ONNX export and HF config) with LoRA, prints the summaries and draws the graph, then
 # trains the tiny LLaMA with LoRA on real text on one device, then under every parallel strategy on
-# CPU ranks (mpirun) and prints the comparison table of the study's metrics.
+# CPU ranks (mpirun) and prints the comparison table of the study's metrics, and ends with a short
+# lora-study (table, plots and index.html of five strategies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
@@ -78,3 +79,10 @@ mpirun -np 8 build/tools/lora-run/lora-run "$OUT/hybrid/plan.lp" --data "$OUT/gp
 python3 scripts/compare_strategies.py --build build --config models/configs/tiny-llama-4l.json \
      --data "$OUT/gpl.bin" --val-data "$OUT/gpl_val.bin" --batch 8 --seq-len 64 --steps 30 --out "$OUT/strategies"
 echo "plan pictures: $OUT/hybrid/viz/index.html"
+
+# ---------------------------------------------------------------------------------------------
+echo
+echo "== 7. lora-study: five strategies side by side (study.md, study.json, plots, index.html)"
+build/tools/lora-study/lora-study single,dp2,tp2,pp2-1f1b-m4,dp2xtp2xpp2 --hf-config models/configs/tiny-llama-4l.json \
+     --data "$OUT/gpl.bin" --val-data "$OUT/gpl_val.bin" --batch 8 --seq-len 64 --steps 30 --out "$OUT/study"
+echo "study report: $OUT/study/index.html (table: $OUT/study/study.md)"

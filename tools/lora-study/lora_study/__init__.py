@@ -1,0 +1,1 @@
+"""lora-study: compile, run and compare parallel strategies (see cli.py)."""
