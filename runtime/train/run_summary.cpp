@@ -107,7 +107,13 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
                   {"mesh", {{"dp", mesh.dp}, {"tp", mesh.tp}, {"pp", mesh.pp}}},
                   {"strategy", plan.strategy},
                   {"schedule", plan.pipeline_schedule},
-                  {"base_weights", info.base_weights}};
+                  {"base_weights", info.base_weights},
+                  {"global_batch", plan.global_batch},
+                  {"seq_len", plan.seq_len},
+                  {"tokens_per_step", plan.global_batch * plan.seq_len},
+                  // summary.json is written once, after every step, the adapter and the final
+                  // checkpoint: complete = true marks a finished run (lora-study skips those).
+                  {"complete", true}};
   // Time split and MFU (docs/training.md "Metrics"). Per rank: compute / comm / idle totals over
   // the training steps of this run. MFU: the plan's model FLOPs of one step summed over ranks /
   // rank 0's median step time (first step excluded when there are several) / (peak x ranks).

@@ -36,6 +36,7 @@
 #include "runtime/train/metrics_log.h"
 #include "runtime/train/nonfinite.h"
 #include "runtime/train/output_dir.h"
+#include "runtime/train/peer_watch.h"
 #include "runtime/base/fs_util.h"
 #include "runtime/train/run_summary.h"
 
@@ -74,6 +75,7 @@ Status dump_first_step(const std::string &path, const Executor &ex, double loss,
 /// SIGINT / SIGTERM: the first asks the session to finish the current step, save a checkpoint
 /// and the adapter and stop; a second one exits at once (the default action, re-raised).
 volatile std::sig_atomic_t g_stop_signal = 0;
+static_assert(sizeof(std::sig_atomic_t) == sizeof(int), "PeerWatch reads the flag as an int");
 
 extern "C" void on_stop_signal(int sig) {
   if (g_stop_signal != 0) {
@@ -521,7 +523,15 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   bool plan_has_loss = false;
   for (const plan::RankPlan &r : plan.ranks)
     for (const plan::Buffer &b : r.buffers) plan_has_loss |= b.kind == plan::BufferKind::Output && b.name == "loss";
+  // Several ranks: a watch that names a peer lost to kill -9 when the launcher ends the job.
+  std::unique_ptr<PeerWatch> watch;
+  if (multi) {
+    auto pw = PeerWatch::start(*comm, reinterpret_cast<const volatile int *>(&g_stop_signal));
+    if (!pw) return fail(pw.message());
+    watch = std::move(*pw);
+  }
   for (int64_t s = start_step + 1; s <= a.steps; ++s) {
+    if (watch) watch->set_step(s);
     auto t0 = std::chrono::steady_clock::now();
     if (R == fail_rank && s == fail_step)
       return fail("step " + std::to_string(s) + ": injected failure (PARALLORA_TEST_FAIL_RANK=" + std::to_string(fail_rank) +
@@ -605,6 +615,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     if (s > start_step + 1) stats.step_tps.push_back(tps);
     else stats.first_step_tps = tps;
     json rec = {{"step", s},
+                {"time_s", seconds_since(t_start)},  // since the session started: time-to-target includes everything
                 {"loss", stats.last_loss},
                 {"lr", state.lr},
                 {"grad_norm", state.grad_norm},
@@ -674,6 +685,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     }
     if (val_file && ((a.val_every > 0 && s % a.val_every == 0) || s == a.steps))
       if (Status st = run_validation(s); !st) return fail("validation at step " + std::to_string(s) + ": " + st.message());
+    if (watch) watch->step_done();
     const bool saved_now = a.save_every > 0 && s % a.save_every == 0 && s != a.steps;
     if (saved_now) {
       if (Status st = checkpoint(s, stats.last_loss, state.lr); !st)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stops (SIGSTOP) MPI rank 1 of a running job after DELAY seconds and reports whether the job
+"""Stops (SIGSTOP; SIGKILL with STOP_PEER_SIGNAL=KILL) MPI rank 1 of a running job after DELAY seconds and reports whether the job
 ended on its own within LIMIT seconds of the stop (lora_run_stopped_peer.test).
 
 usage: stop_peer.py OUT_DIR DELAY LIMIT -- mpirun -np 2 lora-run ... --out OUT_DIR ...
@@ -25,7 +25,7 @@ for pid in os.listdir("/proc"):
     except OSError:
         continue
     if b"OMPI_COMM_WORLD_RANK=1" in env and b"lora-run" in argv[0] and out.encode() in b" ".join(argv):
-        os.kill(int(pid), signal.SIGSTOP)
+        os.kill(int(pid), signal.SIGKILL if os.environ.get("STOP_PEER_SIGNAL") == "KILL" else signal.SIGSTOP)
         stopped, t_stop = int(pid), time.time()
         break
 try:

@@ -89,7 +89,7 @@ int main(int argc, char **argv) {
                "gradient accumulation), then optimizer_step (global-norm clipping + AdamW)."};
   app.footer(
       "Outputs in --out:\n"
-      "  metrics.jsonl      one line per step: step, loss (mean over micro-batches), lr, grad_norm (before\n"
+      "  metrics.jsonl      one line per step: step, time_s (since start), loss (mean over micro-batches), lr, grad_norm (before\n"
       "                     clipping), tokens (seen so far), tokens_per_s, step_time_s, peak_rss_mib, arena_mib,\n"
       "                     skipped (non-finite gradient), compute_s / comm_s / idle_s (rank 0's step time split),\n"
       "                     with --backend cuda gpu_mem_used_mib and gpu_util (NVML); with --val-data also\n"
@@ -97,7 +97,7 @@ int main(int argc, char **argv) {
       "                     (step 0 = before training)\n"
       "  adapter/           the final PEFT LoRA adapter (PeftModel.from_pretrained(base, 'out/adapter'))\n"
       "  checkpoint-N/      resumable checkpoints (every --save-every steps and at the end); latest names the newest\n"
-      "  summary.json       steps, final loss, median tokens/s (first step excluded), wall time, peak RSS,\n"
+      "  summary.json       complete (true), steps, tokens_per_step, final loss, median tokens/s (first step excluded), wall time, peak RSS,\n"
       "                     time split (per rank), mfu (null without a known peak), GPU memory and utilization\n"
       "\n"
       "Examples:\n"
