@@ -54,16 +54,13 @@ void PeerWatch::run() {
   while (!quit_.load()) {
     std::this_thread::sleep_for(20ms);
     if (*stop_flag_ == 0) continue;
-    // A stop was requested: give the step in progress time to finish on its own (the ordinary
-    // SIGINT/SIGTERM path: 1.5 step times, at least 0.3 s); if it does not, look for lost peers.
+    // A stop was requested. On the ordinary path every rank finishes its step and agrees to stop
+    // (quiet()); a launcher ending the job after a peer died does not wait for that.
     const int64_t step = step_.load();
-    const auto grace = std::chrono::duration<double>(std::max(0.3, 1.5 * last_step_s_.load()));
-    const auto until = std::chrono::steady_clock::now() + grace;
-    while (std::chrono::steady_clock::now() < until && !quit_.load() && done_.load() < step)
-      std::this_thread::sleep_for(10ms);
-    if (quit_.load() || done_.load() >= step) return;
+    for (int i = 0; i < 10 && !quit_.load() && !quiet_.load(); ++i) std::this_thread::sleep_for(10ms);
+    if (quit_.load() || quiet_.load()) return;
     std::vector<int> gone = gone_local_peers();
-    if (gone.empty()) return;  // nothing known from this host (a peer elsewhere, or a slow step)
+    if (gone.empty()) continue;  // nothing known from this host yet: look again
     std::string line = "rank " + std::to_string(rank_) + ": ";
     for (size_t i = 0; i < gone.size(); ++i)
       line += (i ? ", " : "") + std::string("rank ") + std::to_string(gone[i]) + " (pid " + std::to_string(pids_[gone[i]]) +

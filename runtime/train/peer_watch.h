@@ -31,15 +31,9 @@ public:
   ~PeerWatch();
 
   /// The step this rank is in (the watch reports it).
-  void set_step(int64_t step) {
-    step_start_ = std::chrono::steady_clock::now();
-    step_.store(step, std::memory_order_relaxed);
-  }
-  /// The step finished normally (no report needed for it).
-  void step_done() {
-    last_step_s_.store(std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start_).count());
-    done_.store(step_.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  }
+  void set_step(int64_t step) { step_.store(step, std::memory_order_relaxed); }
+  /// Every rank agreed to stop (or training is over): peers that exit from now on are not lost.
+  void quiet() { quiet_.store(true); }
 
   /// Peers of this host that no longer exist (for tests): world ranks.
   std::vector<int> gone_local_peers() const;
@@ -52,10 +46,9 @@ private:
   std::vector<long long> pids_;
   std::vector<long long> hosts_;  // a hash of each rank's host name
   const volatile int *stop_flag_ = nullptr;
-  std::atomic<int64_t> step_{0}, done_{0};
+  std::atomic<int64_t> step_{0};
   std::atomic<bool> quit_{false};
-  std::atomic<double> last_step_s_{0};
-  std::chrono::steady_clock::time_point step_start_;
+  std::atomic<bool> quiet_{false};
   std::thread thread_;
 };
 

@@ -685,13 +685,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     }
     if (val_file && ((a.val_every > 0 && s % a.val_every == 0) || s == a.steps))
       if (Status st = run_validation(s); !st) return fail("validation at step " + std::to_string(s) + ": " + st.message());
-    if (watch) watch->step_done();
     const bool saved_now = a.save_every > 0 && s % a.save_every == 0 && s != a.steps;
     if (saved_now) {
       if (Status st = checkpoint(s, stats.last_loss, state.lr); !st)
         return fail("checkpoint at step " + std::to_string(s) + ": " + st.message());
       last_saved = s;
     }
+    if (watch && (stop_requested || s == a.steps)) watch->quiet();  // peers may exit from here on
     if (stop_requested && s != a.steps) {
       // Every rank saw the same flag in the same all-reduce: all stop after step s.
       if (rank0) progress.finish();
