@@ -367,6 +367,17 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
   if (Status s = check_slot(slot); !s) return Status::error("program '" + program + "': " + s.message());
   CompiledProgram &cp = it->second[slot];
   const size_t n = cp.calls.size();
+  // The program's span on the trace's session track (once: not again for the eager run inside
+  // MemoryHooks::run_program).
+  struct ProgramSpan {
+    TraceRecorder *trace;
+    const std::string *program;
+    int slot;
+    int64_t begin_ns;
+    ~ProgramSpan() {
+      if (trace) trace->program(program, slot, begin_ns, TraceRecorder::now_ns());
+    }
+  } program_span{in_run_program_ ? nullptr : trace_, &it->first, slot, trace_ ? TraceRecorder::now_ns() : 0};
   // A backend that runs whole programs (MemoryHooks::run_program, e.g. CUDA graph replay).
   if (hooks_.run_program && !in_run_program_ && !after && !profile_on_ &&
       std::find(cp.comm.begin(), cp.comm.end(), 1) == cp.comm.end()) {
@@ -419,7 +430,9 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     // Profiling times the kernel, not only its launch; a collective on an asynchronous backend
     // is timed until its work is done.
     if (s && (profile_on_ || (comm && async))) s = sync();
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    const clock::time_point t1 = clock::now();
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    if (trace_) trace_->instr(*c.instr, &it->first, slot, comm, t0, t1);
     if (comm) {
       comm_s += dt;
       ++comm_calls;

@@ -46,6 +46,11 @@
 // A recv that waits for a slow peer (a pipeline stage upstream) and an all_reduce that waits for
 // the slowest group member count that wait as communication.
 //
+// Trace (off by default; set_trace): run() records every kernel's begin / end (the two clock
+// reads of the time split, nothing more) and the program's span into a TraceRecorder
+// (runtime/core/trace.h). On an asynchronous backend these are host times: a compute kernel's
+// span is its launch (TODO: device-event timing for the CUDA backend, docs/parallel.md).
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 
@@ -57,6 +62,7 @@
 #include <vector>
 
 #include "runtime/base/status.h"
+#include "runtime/core/trace.h"
 #include "runtime/kernel.h"
 #include "runtime/plan/plan.h"
 
@@ -161,6 +167,13 @@ public:
   const std::map<std::string, OpProfile> &profile() const { return profile_; }
   void reset_profile() { profile_.clear(); }
 
+  /// Records every run()'s kernels and program span into `trace` (nullptr: off; see "Trace"
+  /// above). The recorder must outlive the runs.
+  void set_trace(TraceRecorder *trace) {
+    trace_ = trace;
+    if (trace) trace->set_rank_plan(&rank_);
+  }
+
   /// Compute / communication wall time of every run() so far (see "Time split" above).
   const TimeSplit &time_split() const { return time_split_; }
   void reset_time_split() { time_split_ = TimeSplit(); }
@@ -219,6 +232,7 @@ private:
   bool in_run_program_ = false;  // inside MemoryHooks::run_program: run eagerly
   std::map<std::string, OpProfile> profile_;
   TimeSplit time_split_;
+  TraceRecorder *trace_ = nullptr;
 };
 
 } // namespace parallora::rt
