@@ -417,6 +417,8 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     decltype(account_fn) &fn;
     ~Account() { fn(); }
   } account{account_fn};
+  DeviceTimer *const timer = async ? timer_ : nullptr;  // device markers (see "Trace")
+  const size_t trace_from = trace_ ? trace_->size() : 0;
   for (size_t i = 0; i < n; ++i) {
     KernelCall &c = cp.calls[i];
     c.step = step;
@@ -425,14 +427,19 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     if (comm && async) s = sync();  // the wait for queued compute kernels is not communication
     // Overlapped gradient buckets (all_reduce_start): let them advance between kernels.
     if (!comm && comm_ && comm_->any_started()) comm_->progress();
+    const int64_t mark0 = timer && !comm ? timer->mark() : -1;
     const clock::time_point t0 = clock::now();
     if (s) s = (*cp.fns[i])(c);
+    const int64_t mark1 = mark0 >= 0 ? timer->mark() : -1;
     // Profiling times the kernel, not only its launch; a collective on an asynchronous backend
     // is timed until its work is done.
     if (s && (profile_on_ || (comm && async))) s = sync();
     const clock::time_point t1 = clock::now();
     const double dt = std::chrono::duration<double>(t1 - t0).count();
-    if (trace_) trace_->instr(*c.instr, &it->first, slot, comm, t0, t1);
+    if (trace_) {
+      if (mark1 >= 0) trace_->device_instr(*c.instr, &it->first, slot, mark0, mark1);
+      else trace_->instr(*c.instr, &it->first, slot, comm, t0, t1);
+    }
     if (comm) {
       comm_s += dt;
       ++comm_calls;
@@ -461,6 +468,10 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     }
   }
   if (Status ss = sync(); !ss) return Status::error("program '" + program + "': " + ss.message());
+  if (timer) {
+    if (Status ss = timer->resolve(&marks_); !ss) return Status::error("program '" + program + "': " + ss.message());
+    trace_->resolve_device(trace_from, marks_);
+  }
   return Status::ok();
 }
 

@@ -48,8 +48,10 @@
 //
 // Trace (off by default; set_trace): run() records every kernel's begin / end (the two clock
 // reads of the time split, nothing more) and the program's span into a TraceRecorder
-// (runtime/core/trace.h). On an asynchronous backend these are host times: a compute kernel's
-// span is its launch (TODO: device-event timing for the CUDA backend, docs/parallel.md).
+// (runtime/core/trace.h). On an asynchronous backend these would be launch times; given a
+// DeviceTimer, each compute kernel is timed between two device markers instead, resolved after
+// the run's final sync (communication kernels are synced on both sides: host times are right).
+// Programs replayed by MemoryHooks::run_program get their span only.
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -169,8 +171,10 @@ public:
 
   /// Records every run()'s kernels and program span into `trace` (nullptr: off; see "Trace"
   /// above). The recorder must outlive the runs.
-  void set_trace(TraceRecorder *trace) {
+  /// `timer`: device markers for the compute kernels of an asynchronous backend (may be null).
+  void set_trace(TraceRecorder *trace, DeviceTimer *timer = nullptr) {
     trace_ = trace;
+    timer_ = trace ? timer : nullptr;
     if (trace) trace->set_rank_plan(&rank_);
   }
 
@@ -233,6 +237,8 @@ private:
   std::map<std::string, OpProfile> profile_;
   TimeSplit time_split_;
   TraceRecorder *trace_ = nullptr;
+  DeviceTimer *timer_ = nullptr;
+  std::vector<int64_t> marks_;  // the timer's markers, resolved (kept: no allocation per run)
 };
 
 } // namespace parallora::rt

@@ -111,7 +111,8 @@ int64_t step_holding(const std::vector<std::pair<int64_t, int64_t>> &steps, int6
 }
 
 bool busy(const TraceEvent &e) {
-  return (e.track == TraceTrack::Compute || e.track == TraceTrack::Comm) && e.kind != TraceKind::Step;
+  return (e.track == TraceTrack::Compute || e.track == TraceTrack::Comm) &&
+         (e.kind == TraceKind::Instr || e.kind == TraceKind::Span);
 }
 
 } // namespace
@@ -138,11 +139,24 @@ void append_json_escaped(std::string &out, const std::string &s) {
 
 TraceRecorder::TraceRecorder(size_t capacity) : events_(new TraceEvent[std::max<size_t>(capacity, 1)]), capacity_(capacity) {}
 
+void TraceRecorder::resolve_device(size_t from, const std::vector<int64_t> &ns) {
+  const int64_t n = static_cast<int64_t>(ns.size());
+  for (size_t i = from; i < size_; ++i) {
+    TraceEvent &e = events_[i];
+    if (e.kind != TraceKind::DeviceInstr || e.begin_ns < 0 || e.begin_ns >= n || e.end_ns < 0 || e.end_ns >= n)
+      continue;
+    e.begin_ns = ns[static_cast<size_t>(e.begin_ns)];
+    e.end_ns = std::max(e.begin_ns, ns[static_cast<size_t>(e.end_ns)]);
+    e.kind = TraceKind::Instr;
+  }
+}
+
 int64_t TraceRecorder::first_ns() const {
   if (size_ == 0) return 0;
-  int64_t t = events_[0].begin_ns;
-  for (size_t i = 1; i < size_; ++i) t = std::min(t, events_[i].begin_ns);
-  return t;
+  int64_t t = std::numeric_limits<int64_t>::max();
+  for (size_t i = 0; i < size_; ++i)
+    if (events_[i].kind != TraceKind::DeviceInstr) t = std::min(t, events_[i].begin_ns);
+  return t == std::numeric_limits<int64_t>::max() ? 0 : t;
 }
 
 TraceBreakdown TraceRecorder::breakdown() const {
@@ -241,6 +255,8 @@ void TraceRecorder::append_json(std::string &out, int pid, const std::string &pr
     const TraceEvent &e = events_[i];
     const int tid = static_cast<int>(e.track);
     switch (e.kind) {
+    case TraceKind::DeviceInstr:  // unresolved (the run failed): no times
+      break;
     case TraceKind::Step:
       x(tid, "step", e.begin_ns, e.end_ns);
       out += ",\"name\":\"step ";

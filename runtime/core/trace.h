@@ -31,12 +31,15 @@
 #include <string>
 #include <vector>
 
+#include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
 
 namespace parallora::rt {
 
 enum class TraceTrack : uint8_t { Session = 0, Compute = 1, Comm = 2, Idle = 3 };
-enum class TraceKind : uint8_t { Instr = 0, Program = 1, Step = 2, Span = 3 };
+// DeviceInstr: an instruction whose times are still DeviceTimer marker indices (resolved into
+// an Instr when the run's markers are; an unresolved one, after an error, is never written).
+enum class TraceKind : uint8_t { Instr = 0, Program = 1, Step = 2, Span = 3, DeviceInstr = 4 };
 
 /// One recorded event (trivially constructible: the buffer is not touched until written).
 struct TraceEvent {
@@ -50,6 +53,22 @@ struct TraceEvent {
   TraceTrack track;
   TraceKind kind;
   int64_t arg;                     // Span: bytes of a control message, else -1
+};
+
+/// Device-side timing for an asynchronous backend (MemoryHooks::sync set), where a kernel call
+/// only enqueues work: the CUDA backend records events on its compute stream
+/// (cuda::BackendApi::make_device_timer). With a timer, the executor times each compute kernel
+/// between two markers and resolves them after the run's final sync.
+class DeviceTimer {
+public:
+  virtual ~DeviceTimer() = default;
+  /// Enqueues a timestamp after the work enqueued so far on the compute stream; returns its
+  /// index among this run's markers (0, 1, ...), or -1 when it cannot (the kernel is then
+  /// host-timed).
+  virtual int64_t mark() = 0;
+  /// Once the device has finished the marked work: every marker's time on this process's
+  /// steady clock in ns (ns->size() == number of markers), then the markers are recycled.
+  virtual Status resolve(std::vector<int64_t> *ns) = 0;
 };
 
 /// Per-rank totals over the step spans (what the summary reports).
@@ -89,6 +108,16 @@ public:
                       static_cast<int16_t>(slot), comm ? TraceTrack::Comm : TraceTrack::Compute, TraceKind::Instr, -1};
     }
   }
+  /// An instruction timed by DeviceTimer markers `begin_mark` / `end_mark` (resolve_device).
+  void device_instr(const plan::Instr &in, const std::string *program, int slot, int64_t begin_mark,
+                    int64_t end_mark) {
+    if (TraceEvent *e = next())
+      *e = TraceEvent{begin_mark, end_mark, &in, nullptr, program, step_, micro_batch_, static_cast<int16_t>(slot),
+                      TraceTrack::Compute, TraceKind::DeviceInstr, -1};
+  }
+  /// Turns the DeviceInstr events from index `from` on into Instr events with the markers'
+  /// times `ns` (DeviceTimer::resolve); markers out of range leave an event unresolved.
+  void resolve_device(size_t from, const std::vector<int64_t> &ns);
   void program(const std::string *program, int slot, int64_t begin_ns, int64_t end_ns) {
     if (TraceEvent *e = next())
       *e = TraceEvent{begin_ns, end_ns, nullptr, program->c_str(), program, step_, micro_batch_,

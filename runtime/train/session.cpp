@@ -210,10 +210,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   Executor &ex = **ex_or;
   ex.enable_profile(a.profile);
   // --trace: every instruction and the session's spans (runtime/core/trace.h), merged at the end.
+  // On the cuda backend the compute kernels are timed by CUDA events (runtime/cuda/device_timer.h).
   std::unique_ptr<TraceRecorder> trace;
+  std::unique_ptr<DeviceTimer> device_timer;
   if (!a.trace.empty()) {
     trace = std::make_unique<TraceRecorder>(static_cast<size_t>(a.trace_max_events));
-    ex.set_trace(trace.get());
+    if (gpu) device_timer = gpu->make_device_timer();
+    ex.set_trace(trace.get(), device_timer.get());
   }
   TraceRecorder *const tr = trace.get();
 

@@ -1,6 +1,8 @@
 // The trace recorder (runtime/core/trace.h) and the merge (runtime/train/trace.h): events
 // written in begin order and nested, JSON escaping, the breakdown (compute / hidden / exposed /
-// idle), dropped events, clock offsets from barrier rounds, the merged file.
+// idle), dropped events, clock offsets from barrier rounds, the merged file; the executor's
+// hooks, host-timed and with a DeviceTimer (the CUDA path, emulated).
+#include "runtime/core/executor.h"
 #include "runtime/core/trace.h"
 #include "runtime/train/trace.h"
 
@@ -11,6 +13,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <unistd.h>
@@ -284,4 +287,123 @@ TEST(TraceSummary, SlowestRankAndJson) {
   std::ostringstream os;
   print_trace_summary(os, s);
   EXPECT_NE(os.str().find("slowest: rank 1 (dp 0, tp 0, pp 1): most compute"), std::string::npos) << os.str();
+}
+
+// ---- The executor's hooks (Executor::set_trace), on a one-rank plan of fake kernels.
+namespace {
+
+struct TinyPlan {
+  plan::Plan p;
+  int32_t x;
+  TinyPlan() {
+    p.producer = "test";
+    p.global_batch = 1;
+    p.seq_len = 1;
+    p.vocab_size = 4;
+    p.ranks.resize(1);
+    plan::Buffer b;
+    b.id = 0;
+    b.name = "x";
+    b.kind = plan::BufferKind::Input;
+    b.shape = {16};  // 64 bytes
+    p.ranks[0].buffers.push_back(b);
+    x = 0;
+    plan::Program prog{"micro_step", {}};
+    prog.instrs.push_back(make_instr("work", "model.layers.1.mlp", {x}, {}));
+    prog.instrs.push_back(make_instr("all_reduce", "", {x}, {x}, {{"group", std::string("")}}));
+    prog.instrs.push_back(make_instr("work", "lm_head", {x}, {}));
+    p.ranks[0].programs.push_back(prog);
+  }
+};
+
+// Markers at 1 ms, 2 ms, ... on the steady clock (what a DeviceTimer's resolve returns).
+struct FakeTimer : DeviceTimer {
+  int64_t n = 0, resolved = 0;
+  int64_t mark() override { return n++; }
+  Status resolve(std::vector<int64_t> *ns) override {
+    ns->resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) (*ns)[i] = (i + 1) * 1000000;
+    resolved += n;
+    n = 0;
+    return Status::ok();
+  }
+};
+
+} // namespace
+
+TEST(ExecutorTrace, RecordsEveryKernelAndTheProgram) {
+  TinyPlan t;
+  KernelRegistry reg;
+  reg.add("work", [](KernelCall &) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    return Status::ok();
+  });
+  reg.add("all_reduce", [](KernelCall &) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return Status::ok();
+  });
+  auto ex = Executor::create(t.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  TraceRecorder rec(16);
+  (*ex)->set_trace(&rec);
+  rec.set_context(4, 1);
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+  ASSERT_EQ(rec.size(), 4u);  // three kernels, then the program
+  const TraceEvent &prog = rec[3];
+  EXPECT_EQ(prog.kind, TraceKind::Program);
+  EXPECT_STREQ(prog.name, "micro_step");
+  for (size_t i = 0; i < 3; ++i) {
+    const TraceEvent &e = rec[i];
+    EXPECT_EQ(e.kind, TraceKind::Instr);
+    EXPECT_EQ(e.track, i == 1 ? TraceTrack::Comm : TraceTrack::Compute);
+    EXPECT_GE(e.end_ns - e.begin_ns, (i == 1 ? 2 : 3) * 1000000);  // sleeps never end early
+    EXPECT_LE(prog.begin_ns, e.begin_ns);
+    EXPECT_LE(e.end_ns, prog.end_ns);
+    EXPECT_EQ(e.step, 4);
+    EXPECT_EQ(e.micro_batch, 1);
+    if (i > 0) EXPECT_LE(rec[i - 1].end_ns, e.begin_ns);
+  }
+  json ev = parse_events(rec, 0, "rank 0", 0, prog.begin_ns);
+  auto comm = complete(ev, 2);
+  ASSERT_EQ(comm.size(), 1u);
+  EXPECT_EQ(comm[0]["args"]["bytes"], 64);
+  EXPECT_EQ(complete(ev, 1)[0]["args"]["layer"], 1);
+  // Off again: nothing more is recorded.
+  (*ex)->set_trace(nullptr);
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+  EXPECT_EQ(rec.size(), 4u);
+}
+
+// An asynchronous backend with a DeviceTimer: compute kernels get the markers' device times,
+// the communication kernel (synced on both sides) its host times.
+TEST(ExecutorTrace, DeviceTimerTimesTheComputeKernels) {
+  TinyPlan t;
+  KernelRegistry reg;
+  reg.add("work", [](KernelCall &) { return Status::ok(); });
+  reg.add("all_reduce", [](KernelCall &) { return Status::ok(); });
+  MemoryHooks hooks;
+  hooks.alloc = [](size_t n) { return std::aligned_alloc(64, n); };
+  hooks.free = [](void *p) { std::free(p); };
+  hooks.sync = [] { return Status::ok(); };
+  auto ex = Executor::create(t.p, 0, reg, "cuda-like", nullptr, &hooks);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  TraceRecorder rec(16);
+  FakeTimer timer;
+  (*ex)->set_trace(&rec, &timer);
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+  EXPECT_EQ(timer.resolved, 4);  // two markers per compute kernel
+  ASSERT_EQ(rec.size(), 4u);
+  EXPECT_EQ(rec[0].kind, TraceKind::Instr);
+  EXPECT_EQ(rec[0].begin_ns, 1000000);
+  EXPECT_EQ(rec[0].end_ns, 2000000);
+  EXPECT_EQ(rec[2].begin_ns, 3000000);
+  EXPECT_EQ(rec[2].end_ns, 4000000);
+  EXPECT_EQ(rec[1].track, TraceTrack::Comm);
+  EXPECT_GT(rec[1].begin_ns, 1000000000);  // a host steady-clock time, not a marker's
+  // A second run numbers its markers from 0 again and resolves only its own events.
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+  ASSERT_EQ(rec.size(), 8u);
+  EXPECT_EQ(rec[4].begin_ns, 1000000);
+  EXPECT_EQ(rec[6].end_ns, 4000000);
+  EXPECT_EQ(rec[0].end_ns, 2000000);
 }
