@@ -4,9 +4,11 @@
     scripts/bench_trace.py [--repeats R] [--steps S] [--keep DIR]
 
 Two workloads, each run alternately without and with --trace R times (default 5) so that
-background load hits both alike; each run reports rank 0's median step time (summary.json
-step_time_s_median: first step excluded), and the table gives the median over the R runs and
-their ratio:
+background load hits both alike. Each run gives rank 0's median and fastest step time (the
+steps of metrics.jsonl, first step excluded); the table gives, with and without the trace, the
+median over the R runs of both, their ratios, and the median of the R paired ratios (run i
+with / run i without). On a loaded machine the fastest step is the steadier estimate (background
+load only ever adds time):
   bench   the CPU benchmark step of docs/benchmarks.md (issue 3): 4 layers, hidden 256,
           intermediate 688, vocab 1024, batch 4 x seq 256, LoRA r=16 on all linears, 1 rank,
           --threads 2 (about 150 kernels of 0.1-50 ms per step)
@@ -39,11 +41,13 @@ def tokens(path, n, vocab):
         f.write(struct.pack(f"<{n}H", *(rng.randrange(vocab) for _ in range(n))))
 
 
-def median_step(cmd, out):
+def step_times(cmd, out):
+    """(median, fastest) step time of rank 0, first step excluded."""
     subprocess.run(cmd + ["--out", out, "--overwrite"], check=True, env=ENV, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-    with open(os.path.join(out, "summary.json")) as f:
-        return json.load(f)["step_time_s_median"]
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        times = [r["step_time_s"] for r in map(json.loads, f) if "step_time_s" in r][1:]
+    return statistics.median(times), min(times)
 
 
 def main():
@@ -73,17 +77,23 @@ def main():
         "bench": [RUN, os.path.join(work, "bench.lp"), "--threads", "2"],
         "tiny": ["mpirun", "-np", "2", RUN, os.path.join(work, "tiny.lp"), "--threads", "1"],
     }
-    print(f"{'workload':8} {'off ms':>9} {'on ms':>9} {'ratio':>7}  per run (off/on ms)")
+    print(f"{'workload':8} {'median off':>10} {'on':>8} {'ratio':>6} {'paired':>6}   {'fastest off':>11} {'on':>8} "
+          f"{'ratio':>6} {'paired':>6}  (ms; load average before {os.getloadavg()[0]:.2f})")
     for name, base in workloads.items():
         base = base + ["--data", data, "--steps", str(a.steps)]
         off, on = [], []
         for r in range(a.repeats):
-            off.append(median_step(base, os.path.join(work, f"{name}_off")))
-            on.append(median_step(base + ["--trace", os.path.join(work, f"{name}.json")], os.path.join(work, f"{name}_on")))
-        mo, mn = statistics.median(off), statistics.median(on)
-        runs = ", ".join(f"{x * 1e3:.2f}/{y * 1e3:.2f}" for x, y in zip(off, on))
-        print(f"{name:8} {mo * 1e3:9.3f} {mn * 1e3:9.3f} {mn / mo:7.3f}  {runs}", flush=True)
-    print(f"load average: {os.getloadavg()[0]:.2f}; work files: {work}")
+            off.append(step_times(base, os.path.join(work, f"{name}_off")))
+            on.append(step_times(base + ["--trace", os.path.join(work, f"{name}.json")], os.path.join(work, f"{name}_on")))
+        row = f"{name:8}"
+        for k in (0, 1):
+            mo, mn = statistics.median(x[k] for x in off), statistics.median(x[k] for x in on)
+            paired = statistics.median(y[k] / x[k] for x, y in zip(off, on))
+            row += f" {mo * 1e3:{10 if k == 0 else 13}.3f} {mn * 1e3:8.3f} {mn / mo:6.3f} {paired:6.3f} "
+        print(row, flush=True)
+        print("  per run, median off/on ms: " + ", ".join(f"{x[0] * 1e3:.1f}/{y[0] * 1e3:.1f}" for x, y in zip(off, on)))
+        print("  per run, fastest off/on ms: " + ", ".join(f"{x[1] * 1e3:.1f}/{y[1] * 1e3:.1f}" for x, y in zip(off, on)))
+    print(f"load average after: {os.getloadavg()[0]:.2f}; work files: {work}")
 
 
 if __name__ == "__main__":

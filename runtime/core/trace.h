@@ -98,6 +98,7 @@ public:
     step_ = step;
     micro_batch_ = micro_batch;
   }
+  void set_micro_batch(int micro_batch) { micro_batch_ = micro_batch; }
   /// Buffers of the rank (the bytes of a collective are its operands' bytes).
   void set_rank_plan(const plan::RankPlan *rank_plan) { rank_plan_ = rank_plan; }
 

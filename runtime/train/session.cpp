@@ -378,6 +378,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       std::cerr << "lora-run: " << a.out << ": removed " << list << (a.overwrite ? "" : " (left by an interrupted save)") << "\n";
     }
   }
+  // --trace is written at the end: find out now if rank 0 cannot write it.
+  if (tr && rank0) {
+    std::FILE *probe = std::fopen((a.trace + ".tmp").c_str(), "w");
+    if (!probe) return fail("--trace " + a.trace + ": cannot write " + a.trace + ".tmp: " + std::strerror(errno));
+    std::fclose(probe);
+    std::remove((a.trace + ".tmp").c_str());
+  }
   if (Status s = control_barrier(*comm); !s) return fail(s.message());
   auto metrics_or = MetricsLog::open(a.out, rank0, resume ? start_step : -1, plan.world_size);
   if (!metrics_or) return fail(metrics_or.message());
@@ -435,7 +442,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
         const int32_t *mine = global.data() + (rp.dp_rank * per_rank + m * val_batch) * plan.seq_len;
         if (Status s = feed(mine, 0); !s) return s;
-        if (tr) tr->set_context(0, static_cast<int>(m));
+        if (tr) tr->set_micro_batch(static_cast<int>(m));
         if (Status s = ex.run("eval_step", nullptr, 0); !s) return Status::error("eval_step: " + s.message());
         if (loss_rank) sum += ex.loss(0);
       }
@@ -448,6 +455,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   };
   auto run_validation = [&](int64_t step) -> Status {
     if (!val_file) return Status::ok();
+    if (tr) tr->set_context(step, -1);
     TraceScope span(tr, TraceTrack::Session, "validation");
     auto vl = validate();
     if (!vl) return vl.status();
