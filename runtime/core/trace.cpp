@@ -6,9 +6,16 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <type_traits>
 #include <utility>
 
 namespace parallora::rt {
+
+// The cost claims of trace.h: one 64-byte store per event, and a buffer whose pages are only
+// touched as events are written.
+static_assert(sizeof(TraceEvent) == 64, "TraceEvent grew: update the buffer size in lora-run --help and trace.h");
+static_assert(std::is_trivially_default_constructible_v<TraceEvent>, "new TraceEvent[n] must not write the buffer");
+
 namespace {
 
 // Parents before children on one track: earlier begin first, then the longer one, then by kind.

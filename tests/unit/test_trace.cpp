@@ -407,3 +407,33 @@ TEST(ExecutorTrace, DeviceTimerTimesTheComputeKernels) {
   EXPECT_EQ(rec[6].end_ns, 4000000);
   EXPECT_EQ(rec[0].end_ns, 2000000);
 }
+
+// Not a test: the cost of tracing per kernel call, for docs/benchmarks.md. Run with
+//   build/tests/unit/test_trace --gtest_also_run_disabled_tests --gtest_filter='*OverheadPerKernel'
+// A program of 1000 empty kernels runs alternately with and without a recorder, 200 times each;
+// the fastest run of each (background load only ever adds time) gives the added nanoseconds per
+// kernel, page faults of the growing event buffer included (it is never cleared).
+TEST(ExecutorTrace, DISABLED_OverheadPerKernel) {
+  TinyPlan t;
+  plan::Program &prog = t.p.ranks[0].programs[0];
+  prog.instrs.clear();
+  for (int i = 0; i < 1000; ++i) prog.instrs.push_back(make_instr("work", "model.layers.0.mlp", {t.x}, {}));
+  KernelRegistry reg;
+  reg.add("work", [](KernelCall &) { return Status::ok(); });
+  auto ex = Executor::create(t.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  constexpr int kRounds = 200;
+  TraceRecorder rec(static_cast<size_t>(kRounds) * 1001);
+  double best_off = 1e9, best_on = 1e9;
+  for (int r = 0; r < kRounds; ++r)
+    for (bool on : {false, true}) {
+      (*ex)->set_trace(on ? &rec : nullptr);
+      const auto t0 = std::chrono::steady_clock::now();
+      ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      (on ? best_on : best_off) = std::min(on ? best_on : best_off, s);
+    }
+  EXPECT_EQ(rec.dropped(), 0);
+  std::printf("1000 kernels: fastest run %.1f us without, %.1f us with the trace: %.1f ns per kernel\n",
+              best_off * 1e6, best_on * 1e6, (best_on - best_off) * 1e6);
+}
