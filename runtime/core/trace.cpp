@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -144,7 +145,8 @@ void append_json_escaped(std::string &out, const std::string &s) {
   }
 }
 
-TraceRecorder::TraceRecorder(size_t capacity) : events_(new TraceEvent[std::max<size_t>(capacity, 1)]), capacity_(capacity) {}
+TraceRecorder::TraceRecorder(size_t capacity)
+    : events_(new (std::nothrow) TraceEvent[std::max<size_t>(capacity, 1)]), capacity_(events_ ? capacity : 0) {}
 
 void TraceRecorder::resolve_device(size_t from, const std::vector<int64_t> &ns) {
   const int64_t n = static_cast<int64_t>(ns.size());

@@ -86,6 +86,7 @@ public:
   using clock = std::chrono::steady_clock;
   static constexpr size_t kDefaultCapacity = size_t(1) << 20;  // 64 MiB of events
 
+  /// Room for `capacity` events (capacity() is 0 when they cannot be allocated).
   explicit TraceRecorder(size_t capacity = kDefaultCapacity);
 
   static int64_t to_ns(clock::time_point t) {

@@ -215,6 +215,9 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   std::unique_ptr<DeviceTimer> device_timer;
   if (!a.trace.empty()) {
     trace = std::make_unique<TraceRecorder>(static_cast<size_t>(a.trace_max_events));
+    if (trace->capacity() == 0)
+      return fail("--trace-max-events " + std::to_string(a.trace_max_events) + ": cannot allocate " +
+                  fmt("%.0f", a.trace_max_events * 64.0 / 1048576) + " MiB for the events (64 bytes each)");
     if (gpu) device_timer = gpu->make_device_timer();
     ex.set_trace(trace.get(), device_timer.get());
   }
