@@ -408,6 +408,17 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
   if (Status s = check_slot(slot); !s) return Status::error("program '" + program + "': " + s.message());
   CompiledProgram &cp = it->second[slot];
   const size_t n = cp.calls.size();
+  // The program's span on the trace's session track (once: not again for the eager run inside
+  // MemoryHooks::run_program).
+  struct ProgramSpan {
+    TraceRecorder *trace;
+    const std::string *program;
+    int slot;
+    int64_t begin_ns;
+    ~ProgramSpan() {
+      if (trace) trace->program(program, slot, begin_ns, TraceRecorder::now_ns());
+    }
+  } program_span{in_run_program_ ? nullptr : trace_, &it->first, slot, trace_ ? TraceRecorder::now_ns() : 0};
   // A backend that runs whole programs (MemoryHooks::run_program, e.g. CUDA graph replay).
   if (hooks_.run_program && !in_run_program_ && !after && !profile_on_ &&
       std::find(cp.comm.begin(), cp.comm.end(), 1) == cp.comm.end()) {
@@ -447,6 +458,8 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     decltype(account_fn) &fn;
     ~Account() { fn(); }
   } account{account_fn};
+  DeviceTimer *const timer = async ? timer_ : nullptr;  // device markers (see "Trace")
+  const size_t trace_from = trace_ ? trace_->size() : 0;
   for (size_t i = 0; i < n; ++i) {
     KernelCall &c = cp.calls[i];
     c.step = step;
@@ -455,12 +468,19 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     if (comm && async) s = sync();  // the wait for queued compute kernels is not communication
     // Overlapped gradient buckets (all_reduce_start): let them advance between kernels.
     if (!comm && comm_ && comm_->any_started()) comm_->progress();
+    const int64_t mark0 = timer && !comm ? timer->mark() : -1;
     const clock::time_point t0 = clock::now();
     if (s) s = (*cp.fns[i])(c);
+    const int64_t mark1 = mark0 >= 0 ? timer->mark() : -1;
     // Profiling times the kernel, not only its launch; a collective on an asynchronous backend
     // is timed until its work is done.
     if (s && (profile_on_ || (comm && async))) s = sync();
-    const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+    const clock::time_point t1 = clock::now();
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    if (trace_) {
+      if (mark1 >= 0) trace_->device_instr(*c.instr, &it->first, slot, mark0, mark1);
+      else trace_->instr(*c.instr, &it->first, slot, comm, t0, t1);
+    }
     if (comm) {
       comm_s += dt;
       ++comm_calls;
@@ -489,6 +509,10 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     }
   }
   if (Status ss = sync(); !ss) return Status::error("program '" + program + "': " + ss.message());
+  if (timer) {
+    if (Status ss = timer->resolve(&marks_); !ss) return Status::error("program '" + program + "': " + ss.message());
+    trace_->resolve_device(trace_from, marks_);
+  }
   return Status::ok();
 }
 

@@ -46,6 +46,13 @@
 // A recv that waits for a slow peer (a pipeline stage upstream) and an all_reduce that waits for
 // the slowest group member count that wait as communication.
 //
+// Trace (off by default; set_trace): run() records every kernel's begin / end (the two clock
+// reads of the time split, nothing more) and the program's span into a TraceRecorder
+// (runtime/core/trace.h). On an asynchronous backend these would be launch times; given a
+// DeviceTimer, each compute kernel is timed between two device markers instead, resolved after
+// the run's final sync (communication kernels are synced on both sides: host times are right).
+// Programs replayed by MemoryHooks::run_program get their span only.
+//
 //===----------------------------------------------------------------------===//
 #pragma once
 
@@ -57,6 +64,7 @@
 #include <vector>
 
 #include "runtime/base/status.h"
+#include "runtime/core/trace.h"
 #include "runtime/kernel.h"
 #include "runtime/plan/plan.h"
 
@@ -170,6 +178,15 @@ public:
   const std::map<std::string, OpProfile> &profile() const { return profile_; }
   void reset_profile() { profile_.clear(); }
 
+  /// Records every run()'s kernels and program span into `trace` (nullptr: off; see "Trace"
+  /// above). The recorder must outlive the runs.
+  /// `timer`: device markers for the compute kernels of an asynchronous backend (may be null).
+  void set_trace(TraceRecorder *trace, DeviceTimer *timer = nullptr) {
+    trace_ = trace;
+    timer_ = trace ? timer : nullptr;
+    if (trace) trace->set_rank_plan(&rank_);
+  }
+
   /// Compute / communication wall time of every run() so far (see "Time split" above).
   const TimeSplit &time_split() const { return time_split_; }
   void reset_time_split() { time_split_ = TimeSplit(); }
@@ -230,6 +247,9 @@ private:
   TimeSplit time_split_;
   std::string base_weights_used_;
   std::string adapter_weights_;  // Plan::adapter_weights
+  TraceRecorder *trace_ = nullptr;
+  DeviceTimer *timer_ = nullptr;
+  std::vector<int64_t> marks_;  // the timer's markers, resolved (kept: no allocation per run)
 };
 
 } // namespace parallora::rt

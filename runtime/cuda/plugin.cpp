@@ -2,6 +2,7 @@
 #include "runtime/cuda/plugin.h"
 
 #include "runtime/cuda/backend.h"
+#include "runtime/cuda/device_timer.h"
 #if defined(PARALLORA_HAVE_NCCL)
 #include "runtime/cuda/nccl_comm.h"
 #endif
@@ -33,6 +34,7 @@ extern "C" __attribute__((visibility("default"))) const parallora::rt::cuda::Bac
     a.register_kernels = register_kernels;
     a.memory = memory;
     a.device_memory = memory_info;
+    a.make_device_timer = make_device_timer;
 #if defined(PARALLORA_HAVE_NCCL)
     a.has_nccl = true;
     a.make_nccl_communicator = nccl;

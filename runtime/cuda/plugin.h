@@ -29,7 +29,7 @@ struct DeviceMemoryInfo {
 };
 
 /// Bumped whenever the table changes; a module of another version is refused.
-constexpr int kBackendApiVersion = 1;
+constexpr int kBackendApiVersion = 2;
 
 struct BackendApi {
   int version = kBackendApiVersion;
@@ -42,6 +42,8 @@ struct BackendApi {
   bool has_nccl;
   StatusOr<std::unique_ptr<Communicator>> (*make_nccl_communicator)(const plan::Mesh &mesh, double timeout_seconds);
   void (*register_nccl_collective_kernels)(KernelRegistry &registry);
+  /// lora-run --trace: CUDA events on the compute stream (device_timer.h); Executor::set_trace.
+  std::unique_ptr<DeviceTimer> (*make_device_timer)();
 };
 
 /// Loads the module (once) and returns its table, or nullptr with `why` (module not found or

@@ -240,6 +240,7 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
     }
     summary["profile"] = pj;
   }
+  if (info.trace) summary["trace"] = json::parse(trace_summary_json(*info.trace));
   {
     std::ofstream os(info.out_dir + "/summary.json");
     os << summary.dump(2) << "\n";
@@ -273,6 +274,7 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
                 << "\n";
   }
   std::cout << comm_report.str() << prof.str();
+  if (info.trace) print_trace_summary(std::cout, *info.trace);
   std::cout.flush();
   std::cerr << mismatch.str();
   return Status::ok();

@@ -19,6 +19,7 @@
 #include "runtime/core/executor.h"
 #include "runtime/io/gpu_metrics.h"
 #include "runtime/plan/plan.h"
+#include "runtime/train/trace.h"
 #include "runtime/train/world.h"
 
 namespace parallora::rt {
@@ -46,6 +47,7 @@ struct RunInfo {
   bool profile = false;
   double peak_tflops = 0;  // 0: unknown (MFU not reported)
   std::chrono::steady_clock::time_point t_start;
+  const TraceSummary *trace = nullptr;  // --trace: rank 0's summary of the merged trace
 };
 
 /// Median of `v` (0 when empty).

@@ -39,6 +39,7 @@
 #include "runtime/train/peer_watch.h"
 #include "runtime/base/fs_util.h"
 #include "runtime/train/run_summary.h"
+#include "runtime/train/trace.h"
 
 namespace parallora::rt {
 namespace {
@@ -211,6 +212,19 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   if (!ex_or) return fail(a.plan + ": " + ex_or.message());
   Executor &ex = **ex_or;
   ex.enable_profile(a.profile);
+  // --trace: every instruction and the session's spans (runtime/core/trace.h), merged at the end.
+  // On the cuda backend the compute kernels are timed by CUDA events (runtime/cuda/device_timer.h).
+  std::unique_ptr<TraceRecorder> trace;
+  std::unique_ptr<DeviceTimer> device_timer;
+  if (!a.trace.empty()) {
+    trace = std::make_unique<TraceRecorder>(static_cast<size_t>(a.trace_max_events));
+    if (trace->capacity() == 0)
+      return fail("--trace-max-events " + std::to_string(a.trace_max_events) + ": cannot allocate " +
+                  fmt("%.0f", a.trace_max_events * 64.0 / 1048576) + " MiB for the events (64 bytes each)");
+    if (gpu) device_timer = gpu->make_device_timer();
+    ex.set_trace(trace.get(), device_timer.get());
+  }
+  TraceRecorder *const tr = trace.get();
 
   // GPU metrics (cuda backend): NVML utilization of this rank's device (sampled by a background
   // thread during steps) and the device name for the default --peak-tflops.
@@ -370,6 +384,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       std::cerr << "lora-run: " << a.out << ": removed " << list << (a.overwrite ? "" : " (left by an interrupted save)") << "\n";
     }
   }
+  // --trace is written at the end: find out now if rank 0 cannot write it.
+  if (tr && rank0) {
+    std::FILE *probe = std::fopen((a.trace + ".tmp").c_str(), "w");
+    if (!probe) return fail("--trace " + a.trace + ": cannot write " + a.trace + ".tmp: " + std::strerror(errno));
+    std::fclose(probe);
+    std::remove((a.trace + ".tmp").c_str());
+  }
   if (Status s = control_barrier(*comm); !s) return fail(s.message());
   // Several ranks write one checkpoint directory (rank 0 creates it, every rank adds its shard):
   // --out must be the same directory on every host. Rank 0 leaves a token there; every rank
@@ -460,6 +481,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
         const int32_t *mine = global.data() + (rp.dp_rank * per_rank + m * val_batch) * plan.seq_len;
         if (Status s = feed(mine, 0); !s) return s;
+        if (tr) tr->set_micro_batch(static_cast<int>(m));
         if (Status s = ex.run("eval_step", nullptr, 0); !s) return Status::error("eval_step: " + s.message());
         if (loss_rank) sum += ex.loss(0);
       }
@@ -472,6 +494,8 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   };
   auto run_validation = [&](int64_t step) -> Status {
     if (!val_file) return Status::ok();
+    if (tr) tr->set_context(step, -1);
+    TraceScope span(tr, TraceTrack::Session, "validation");
     auto vl = validate();
     if (!vl) return vl.status();
     if (Status s = write_metrics({{"step", step}, {"val_loss", *vl}}); !s) return s;
@@ -488,6 +512,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     st.seed = seed;
     st.plan_fingerprint = fingerprint;
     st.extra = {{"loss", loss}, {"lr", lr}, {"tokens", step * tokens_per_step}};
+    TraceScope span(tr, TraceTrack::Session, "checkpoint save");
     return store.save(st, *comm, ex);
   };
 
@@ -533,6 +558,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   for (int64_t s = start_step + 1; s <= a.steps; ++s) {
     if (watch) watch->set_step(s);
     auto t0 = std::chrono::steady_clock::now();
+    if (tr) tr->set_context(s, -1);
     if (R == fail_rank && s == fail_step)
       return fail("step " + std::to_string(s) + ": injected failure (PARALLORA_TEST_FAIL_RANK=" + std::to_string(fail_rank) +
                   ", PARALLORA_TEST_FAIL_STEP=" + std::to_string(fail_step) + ")");
@@ -540,7 +566,10 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     const TimeSplit split_before = ex.time_split();
     double flush_s = 0;  // comm->flush(): waiting for outstanding sends counts as communication
     if (nvml) nvml->begin_window();
-    if (Status st = loader.next(plan.global_batch, global.data()); !st) return fail("--data " + a.data + ": " + st.message());
+    {
+      TraceScope span(tr, TraceTrack::Session, "load batch");
+      if (Status st = loader.next(plan.global_batch, global.data()); !st) return fail("--data " + a.data + ": " + st.message());
+    }
     double loss_sum = 0;
     if (!pipelined) {
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
@@ -548,6 +577,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
         bool dump = s == 1 && m == 0 && !a.dump_first_step.empty() && !multi;
         StepState micro_state;  // the last micro-batch starts the overlapped gradient buckets
         micro_state.last_micro = m == plan.micro_batches - 1;
+        if (tr) tr->set_context(s, static_cast<int>(m));
         Status st = dump ? ex.run("micro_step", &micro_state, capture) : ex.run("micro_step", &micro_state);
         if (!st) return fail("step " + std::to_string(s) + ", micro_step " + std::to_string(m) + ": " + st.message());
         if (loss_rank) loss_sum += ex.loss();
@@ -560,6 +590,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     } else {
       for (size_t ti = 0; ti < tasks.size(); ++ti) {
         const PipelineTask &t = tasks[ti];
+        if (tr) tr->set_context(s, static_cast<int>(t.micro_batch));
         if (t.phase == Phase::Forward) {
           if (Status st = feed(micro(t.micro_batch), t.slot); !st) return fail(st.message());
           if (Status st = ex.run("forward", nullptr, t.slot); !st)
@@ -579,10 +610,12 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       auto tf = std::chrono::steady_clock::now();
       if (Status st = comm->flush(); !st) return fail("step " + std::to_string(s) + ": " + st.message());
       flush_s = seconds_since(tf);
+      if (tr) tr->span(TraceTrack::Comm, "flush sends", TraceRecorder::to_ns(tf), TraceRecorder::now_ns());
     }
     StepState state;
     state.step = s;
     state.lr = lr_at_step(plan.hparams, s, a.steps);
+    if (tr) tr->set_context(s, -1);
     if (Status st = ex.run("optimizer_step", &state); !st)
       return fail("step " + std::to_string(s) + ", optimizer_step: " + st.message());
     for (auto &[k, v] : comm->bytes_sent()) {
@@ -597,11 +630,16 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     const bool scan = a.backend == "cpu" || !std::isfinite(loss_sum) || !state.grad_norm_finite;
     const NonFinite bad_weight = scan ? first_non_finite(ex, plan::BufferKind::Trainable) : NonFinite{};
     double sums[3] = {loss_sum, StopSignals::pending() ? 1.0 : 0.0, bad_weight ? 1.0 : 0.0};
-    if (Status st = control_sum(*comm, sums, 3); !st) return fail("step " + std::to_string(s) + ": " + st.message());
+    {
+      TraceScope span(multi ? tr : nullptr, TraceTrack::Comm, "control all_reduce");
+      if (Status st = control_sum(*comm, sums, 3); !st) return fail("step " + std::to_string(s) + ": " + st.message());
+    }
     stats.last_loss = sums[0] / static_cast<double>(plan.micro_batches * dp);
     const bool stop_requested = sums[1] > 0;
     const bool weights_finite = sums[2] == 0;
-    double dt = seconds_since(t0);
+    const auto t_end = std::chrono::steady_clock::now();
+    double dt = std::chrono::duration<double>(t_end - t0).count();
+    if (tr) tr->step(s, TraceRecorder::to_ns(t0), TraceRecorder::to_ns(t_end));
     const TimeSplit &split_after = ex.time_split();
     const double compute_s = split_after.compute_s - split_before.compute_s;
     const double comm_s = split_after.comm_s - split_before.comm_s + flush_s;
@@ -734,6 +772,11 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   info.profile = a.profile;
   info.peak_tflops = peak_tflops;
   info.t_start = t_start;
+  TraceSummary trace_summary;
+  if (tr) {
+    if (Status s = write_merged_trace(a.trace, *tr, *comm, plan, a.plan, &trace_summary); !s) return fail(s.message());
+    if (rank0) info.trace = &trace_summary;
+  }
   return write_run_summary(info, stats, plan, ex, *comm);
 }
 

@@ -9,7 +9,8 @@
 //      data-parallel share of each global batch; pipelined plans follow the plan's schedule
 //   5. the step loop: micro_step (or forward/backward tasks) per micro-batch, optimizer_step,
 //      metrics (metrics_log.h), validation, periodic checkpoints
-//   6. the final adapter, the final checkpoint, summary.json and the report (run_summary.h)
+//   6. the final adapter, the final checkpoint, summary.json and the report (run_summary.h);
+//      with --trace, every rank's timeline merged into one Chrome trace (trace.h)
 // Rank 0 prints progress and writes metrics and the summary; every rank writes its checkpoint
 // shard. Errors are returned; the caller (tools/lora-run) turns them into exit codes and, for
 // a rank-local failure in a run of several ranks, ends the other ranks.
@@ -46,6 +47,8 @@ struct SessionOptions {
   double comm_timeout = 300;
   double peak_tflops = -1;  // < 0: by GPU name (cuda), 0 on the cpu backend
   std::string nonfinite = "stop";  // "stop" | "skip" (runtime/train/nonfinite.h)
+  std::string trace;               // Chrome trace of every rank, written by rank 0 (runtime/train/trace.h)
+  int64_t trace_max_events = 1 << 20;  // per rank; later events are dropped and counted
 };
 
 /// How a session ended, beyond its Status.
