@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
                                      "checkpoint, collective) to this Chrome trace JSON file (rank 0 merges; open in "
                                      "ui.perfetto.dev; docs/parallel.md \"Reading a trace\")");
   app.add_option("--trace-max-events", o.trace_max_events, "--trace: events kept per rank (64 B each, default 1048576); later ones are dropped and counted")
-      ->check(at_least(1));
+      ->check(cli::at_least(1));
   app.add_option("--comm-timeout", o.comm_timeout, "multi-rank: seconds a collective or receive waits for its peers before failing (default 300)")
       ->check(cli::positive_number());
   app.add_option("--peak-tflops", o.peak_tflops,
