@@ -71,7 +71,7 @@ struct Args {
   bool train_ir = false;
   // Parallelism.
   std::string strategy, model_size, viz;
-  int64_t dp = 0, tp = 0, pp = 0, nodes = 0, gpus_per_node = 0;
+  int64_t dp = 0, tp = 0, pp = 0, nodes = 0, gpus_per_node = 0, gpus = 0;
   double bucket_mb = 25;
   bool zero1 = false;
   std::string precision = "fp32";
@@ -84,8 +84,16 @@ bool resolve_mesh(Args &a, std::string &strategy) {
   static const std::map<std::string, std::string> spelling = {
       {"single", "single"},     {"data", "data"},         {"tensor", "tensor"},
       {"pipeline", "pipeline"}, {"hybrid", "hybrid"},     {"data_parallel", "data"},
-      {"tensor_parallel", "tensor"}, {"pipeline_parallel", "pipeline"}, {"hybrid_parallel", "hybrid"}};
+      {"tensor_parallel", "tensor"}, {"model_parallel", "tensor"}, {"pipeline_parallel", "pipeline"},
+      {"hybrid_parallel", "hybrid"}};
   int64_t world = (a.nodes > 0 || a.gpus_per_node > 0) ? std::max<int64_t>(a.nodes, 1) * std::max<int64_t>(a.gpus_per_node, 1) : 0;
+  if (a.gpus > 0) {  // the seed's --gpus N: the devices of the run
+    if (world > 0 && world != a.gpus) {
+      std::cerr << "error: --gpus " << a.gpus << " but --nodes x --gpus-per-node = " << world << "\n";
+      return false;
+    }
+    world = a.gpus;
+  }
   if (a.strategy.empty()) {  // inferred from the degrees given
     int axes = (a.dp > 1) + (a.tp > 1) + (a.pp > 1);
     strategy = axes > 1 ? "hybrid" : a.dp > 1 ? "data" : a.tp > 1 ? "tensor" : a.pp > 1 ? "pipeline" : "single";
@@ -97,7 +105,7 @@ bool resolve_mesh(Args &a, std::string &strategy) {
     auto it = spelling.find(a.strategy);
     if (it == spelling.end()) {
       std::cerr << "error: --strategy " << a.strategy << ": choose single, data, tensor, pipeline or hybrid "
-                << "(or data_parallel, tensor_parallel, pipeline_parallel, hybrid_parallel)\n";
+                << "(or data_parallel, model_parallel / tensor_parallel, pipeline_parallel, hybrid_parallel)\n";
       return false;
     }
     strategy = it->second;
@@ -111,7 +119,7 @@ bool resolve_mesh(Args &a, std::string &strategy) {
       }
     if (deg <= 0) deg = world;
     if (deg <= 0) {
-      std::cerr << "error: --strategy " << a.strategy << " needs " << flag << " N (or --nodes/--gpus-per-node)\n";
+      std::cerr << "error: --strategy " << a.strategy << " needs " << flag << " N (or --gpus, or --nodes/--gpus-per-node)\n";
       return false;
     }
     if (world > 0 && deg != world) {
@@ -372,14 +380,16 @@ int main(int argc, char **argv) {
                                            "constant/cosine/linear are taken as --lr-schedule")
       ->check(CLI::IsMember({"gpipe", "1f1b", "constant", "cosine", "linear"}));
   // Parallelism.
-  app.add_option("--strategy", a.strategy, "single, data, tensor, pipeline or hybrid (also data_parallel, tensor_parallel, "
+  app.add_option("--strategy", a.strategy, "single, data, tensor, pipeline or hybrid (also the seed's data_parallel, model_parallel / tensor_parallel, "
                                            "pipeline_parallel, hybrid_parallel); default: from --dp/--tp/--pp");
   app.add_option("--dp", a.dp, "data-parallel degree (the global --batch is split over dp ranks)")->check(cli::at_least(1));
   app.add_option("--tp", a.tp, "tensor-parallel degree (Megatron: heads, MLP and vocabulary split)")->check(cli::at_least(1));
   app.add_option("--pp,--stages", a.pp, "pipeline stages (contiguous layers, balanced by FLOPs)")->check(cli::at_least(1));
+  app.add_option("--gpus", a.gpus, "devices of a data_parallel / model_parallel run (the seed's spelling of --dp / --tp)")
+      ->check(cli::at_least(1));
   app.add_option("--nodes", a.nodes, "nodes of the run (with --gpus-per-node: the world size)")->check(cli::at_least(1));
-  app.add_option("--gpus-per-node", a.gpus_per_node, "ranks per node (hybrid: tensor parallel within a node, pipeline across nodes)")->check(cli::at_least(1));
-  app.add_option("--model-size", a.model_size, "built-in model config instead of --hf-config: 1B (Llama-3.2-1B), 1.1B (TinyLlama), tiny");
+  app.add_option("--gpus-per-node,--gpus_per_node", a.gpus_per_node, "ranks per node (hybrid: tensor parallel within a node, pipeline across nodes)")->check(cli::at_least(1));
+  app.add_option("--model-size,--model_size", a.model_size, "built-in model config instead of --hf-config: 1B (Llama-3.2-1B), 1.1B (TinyLlama), tiny");
   app.add_option("--bucket-mb", a.bucket_mb, "data-parallel gradient bucket size in MiB")->check(cli::positive_number());
   app.add_flag("--zero1", a.zero1, "ZeRO-1: shard the AdamW moments over the data-parallel ranks");
   app.add_option("--precision", a.precision, "storage precision: fp32, or bf16 = frozen weights and activations in bf16 "
