@@ -26,12 +26,6 @@ void freeze_base_params(mlir::ModuleOp module);
 /// The LoRA phase: inject adapters, then freeze the base weights.
 void buildLoraPassPipeline(mlir::OpPassManager &pm, const InjectLoraOptions &options);
 
-/// Old name, kept while tools/lora-compile and tests/unit still call it; remove once they
-/// call buildLoraPassPipeline.
-inline void buildLoraPipeline(mlir::OpPassManager &pm, const InjectLoraOptions &options) {
-  buildLoraPassPipeline(pm, options);
-}
-
 #define GEN_PASS_REGISTRATION
 #include "passes/lora/Passes.h.inc"
 

@@ -65,14 +65,6 @@ struct ParallelPassPipelineOptions {
 void buildParallelTrainPassPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &train,
                                     const ParallelPassPipelineOptions &parallel);
 
-/// Old names, kept while tools/lora-compile still uses them; remove once it uses
-/// ParallelPassPipelineOptions / buildParallelTrainPassPipeline.
-using ParallelPipelineOptions = ParallelPassPipelineOptions;
-inline void buildParallelTrainPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &train,
-                                       const ParallelPassPipelineOptions &parallel) {
-  buildParallelTrainPassPipeline(pm, train, parallel);
-}
-
 #define GEN_PASS_REGISTRATION
 #include "passes/parallel/Passes.h.inc"
 

@@ -34,13 +34,6 @@ struct TrainPassPipelineOptions {
 /// The training phase: loss, gradients, optimizer.
 void buildTrainPassPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &options);
 
-/// Old names, kept while tools/lora-compile and tests/unit still use them; remove once they
-/// use TrainPassPipelineOptions / buildTrainPassPipeline.
-using TrainPipelineOptions = TrainPassPipelineOptions;
-inline void buildTrainPipeline(mlir::OpPassManager &pm, const TrainPassPipelineOptions &options) {
-  buildTrainPassPipeline(pm, options);
-}
-
 #define GEN_PASS_REGISTRATION
 #include "passes/train/Passes.h.inc"
 

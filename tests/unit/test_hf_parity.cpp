@@ -53,8 +53,8 @@ plan::Plan compile(const nlohmann::json &ref) {
   lo.rank = ref["lora"]["r"];
   lo.alpha = ref["lora"]["alpha"];
   lo.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
-  buildLoraPipeline(pm, lo);
-  TrainPipelineOptions to;
+  buildLoraPassPipeline(pm, lo);
+  TrainPassPipelineOptions to;
   to.autodiff.microBatches = M;
   to.adamw.lr = ref["lr"];
   to.adamw.schedule = ref["schedule"].get<std::string>();
@@ -65,7 +65,7 @@ plan::Plan compile(const nlohmann::json &ref) {
   to.adamw.beta2 = ref["betas"][1];
   to.adamw.eps = ref["eps"];
   to.adamw.maxGradNorm = ref["max_grad_norm"];
-  buildTrainPipeline(pm, to);
+  buildTrainPassPipeline(pm, to);
   EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
   LowerOptions opts;
   opts.global_batch = B;

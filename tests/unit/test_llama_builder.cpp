@@ -273,7 +273,7 @@ TEST(LlamaBuilder, LoraPipelineOnBuiltModel) {
   InjectLoraOptions o;
   o.rank = 4;
   o.alpha = 8;
-  buildLoraPipeline(pm, o);
+  buildLoraPassPipeline(pm, o);
   ASSERT_TRUE(succeeded(pm.run(*m.module)));
   ASSERT_TRUE(succeeded(verify(*m.module)));
   int lora = 0, trainable = 0;

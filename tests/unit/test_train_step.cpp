@@ -43,12 +43,12 @@ plan::Plan compile(int64_t batch, int64_t seq, int64_t micro_batches, bool inpla
   lo.rank = 4;
   lo.alpha = 8;
   lo.targets = "all-linear";
-  buildLoraPipeline(pm, lo);
-  TrainPipelineOptions to;
+  buildLoraPassPipeline(pm, lo);
+  TrainPassPipelineOptions to;
   to.autodiff.microBatches = micro_batches;
   to.adamw.lr = 1e-3;
   to.recompute_layers = recompute;
-  buildTrainPipeline(pm, to);
+  buildTrainPassPipeline(pm, to);
   EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
   // PEFT starts B at zero, which makes every A gradient zero: give B values so both matter.
   mlir::OpBuilder b(&ctx);

@@ -579,7 +579,7 @@ int main(int argc, char **argv) {
     lo.dropout = a.lora_dropout;
     lo.targets = a.lora_targets;
     lo.useRslora = a.use_rslora;
-    buildLoraPipeline(pm, lo);
+    buildLoraPassPipeline(pm, lo);
   } else {
     pm.addPass(createFreezeBase());
   }
@@ -649,7 +649,7 @@ int main(int argc, char **argv) {
       return 2;
     }
     global_batch = ids.getDimSize(0) * a.micro_batches;  // before partitioning: the whole micro-batch
-    TrainPipelineOptions to;
+    TrainPassPipelineOptions to;
     to.autodiff.microBatches = a.micro_batches;
     to.adamw.lr = a.lr;
     to.adamw.beta1 = a.beta1;
@@ -664,16 +664,16 @@ int main(int argc, char **argv) {
     to.recompute_layers = a.recompute == "layers";
     PassManager tpm(&ctx);
     if (parallel) {
-      ParallelPipelineOptions po;
+      ParallelPassPipelineOptions po;
       po.partition.dp = a.dp;
       po.partition.tp = a.tp;
       po.partition.pp = a.pp;
       po.sync.bucketMb = a.bucket_mb;
       po.sync.zero1 = a.zero1;
       po.pipeline.schedule = a.pipe_schedule;
-      buildParallelTrainPipeline(tpm, to, po);
+      buildParallelTrainPassPipeline(tpm, to, po);
     } else {
-      buildTrainPipeline(tpm, to);
+      buildTrainPassPipeline(tpm, to);
     }
     if (!a.dump_after_all.empty()) {
       ctx.disableMultithreading();
