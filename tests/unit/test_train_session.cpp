@@ -1,6 +1,7 @@
-// The training session as a library (runtime/train): a session driven in-process, its
-// checkpoint store, metrics log and adapter slicing. The plan comes from lora-compile (a setup
-// step: the runtime knows nothing of the compiler).
+// The training session as a library (runtime/train/session.h), driven in-process. The plan
+// comes from lora-compile (a setup step: the runtime knows nothing of the compiler). The
+// session's parts have their own tests: test_checkpoint_store, test_metrics_log,
+// test_adapter_export, test_output_dir, test_nonfinite.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,9 +13,6 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/base/fs_util.h"
-#include "runtime/train/adapter_export.h"
-#include "runtime/train/checkpoint_store.h"
-#include "runtime/train/metrics_log.h"
 #include "runtime/train/session.h"
 
 using namespace parallora;
@@ -127,80 +125,6 @@ TEST_F(SessionTest, ErrorsNameTheFlag) {
   s = run(r);
   ASSERT_FALSE(s);
   EXPECT_NE(s.message().find("--resume"), std::string::npos) << s.message();
-}
-
-TEST(CheckpointStore, DirectoryNames) {
-  EXPECT_EQ(checkpoint_dir_step("checkpoint-12"), 12);
-  EXPECT_EQ(checkpoint_dir_step("checkpoint-0"), 0);
-  EXPECT_EQ(checkpoint_dir_step("checkpoint-"), -1);
-  EXPECT_EQ(checkpoint_dir_step("checkpoint-3.tmp-77"), -1);
-  EXPECT_EQ(checkpoint_dir_step("checkpoint-1x"), -1);
-  EXPECT_EQ(checkpoint_dir_step("latest"), -1);
-  EXPECT_EQ(checkpoint_dir_step("checkpoint-1234567890123456789"), -1);  // too long for int64 safety
-}
-
-TEST(MetricsLog, ResumeDropsLaterStepsAndAppends) {
-  fs::path d = fs::temp_directory_path() / ("parallora_metrics_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  {
-    auto log = MetricsLog::open(d.string(), true, -1, 2);
-    ASSERT_TRUE(log);
-    for (int s = 1; s <= 4; ++s) ASSERT_TRUE(log->write({{"step", s}, {"loss", 1.0 / s}}));
-  }
-  auto again = MetricsLog::open(d.string(), true, 2, 2);  // resumed at step 2
-  ASSERT_TRUE(again);
-  ASSERT_TRUE(again->write({{"step", 3}, {"loss", 0.5}}));
-  std::ifstream in((d / "metrics.jsonl").string());
-  std::vector<json> lines;
-  for (std::string line; std::getline(in, line);) lines.push_back(json::parse(line));
-  ASSERT_EQ(lines.size(), 3u);
-  EXPECT_EQ(lines[0]["step"], 1);
-  EXPECT_EQ(lines[1]["step"], 2);
-  EXPECT_EQ(lines[2]["step"], 3);
-  EXPECT_EQ(lines[2]["loss"], 0.5);
-  EXPECT_EQ(lines[2]["world_size"], 2);
-  auto reader = MetricsLog::open(d.string(), false, -1, 2);  // not the writing rank: no file touched
-  ASSERT_TRUE(reader);
-  EXPECT_TRUE(reader->write({{"step", 9}}));
-  EXPECT_EQ(std::count(std::istreambuf_iterator<char>(std::ifstream((d / "metrics.jsonl").string()).rdbuf()),
-                       std::istreambuf_iterator<char>(), '\n'),
-            3);
-  fs::remove_all(d);
-}
-
-TEST(AdapterExport, FullTrainablesTakeOneCopyOfEverySlice) {
-  // tp 2 x dp 2: B's output dim sharded over tp, A replicated; dp replicas are skipped.
-  plan::Plan p;
-  p.world_size = 4;
-  p.mesh.dp = 2;
-  p.mesh.tp = 2;
-  for (int r = 0; r < 4; ++r) {
-    plan::RankPlan rp;
-    rp.rank = r;
-    rp.dp_rank = r / 2;
-    rp.tp_rank = r % 2;
-    plan::Buffer a, b;
-    a.name = "l0.q.lora_A";
-    a.kind = plan::BufferKind::Trainable;
-    a.shape = {4, 8};
-    b.name = "l0.q.lora_B";
-    b.kind = plan::BufferKind::Trainable;
-    b.shape = {8, 4};
-    b.full_shape = {16, 4};
-    b.slice = {{rp.tp_rank * 8, 8}, {0, 4}};
-    rp.buffers = {a, b};
-    p.ranks.push_back(rp);
-  }
-  std::vector<FullTrainable> t = full_trainables(p);
-  ASSERT_EQ(t.size(), 2u);
-  EXPECT_EQ(t[0].name, "l0.q.lora_A");
-  ASSERT_EQ(t[0].pieces.size(), 1u);  // replicated: rank 0's copy only
-  EXPECT_EQ(t[0].pieces[0].rank, 0);
-  EXPECT_EQ(t[1].shape, (std::vector<int64_t>{16, 4}));
-  ASSERT_EQ(t[1].pieces.size(), 2u);  // both tp shards, from dp rank 0
-  EXPECT_EQ(t[1].pieces[0].rank, 0);
-  EXPECT_EQ(t[1].pieces[1].rank, 1);
 }
 
 } // namespace
