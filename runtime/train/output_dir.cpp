@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
@@ -11,6 +13,7 @@
 
 #include "runtime/base/fs_util.h"
 #include "runtime/train/checkpoint_store.h"
+#include "runtime/train/world.h"
 
 namespace parallora::rt {
 namespace fs = std::filesystem;
@@ -83,6 +86,36 @@ StatusOr<OutputDir> OutputDir::claim(const std::string &dir_in, bool resuming, b
     }
   }
   return out;
+}
+
+Status check_out_shared(Communicator &comm, const std::string &out) {
+  const bool rank0 = comm.rank() == 0;
+  uint64_t token = 0;
+  // A leftover if killed before it is removed: the next start removes it (is_save_leftover).
+  const std::string probe = out + "/.shared.tmp-" + std::to_string(::getpid());
+  if (rank0) {
+    token = (static_cast<uint64_t>(::getpid()) << 32) ^
+            static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    if (Status s = fsutil::write_file_atomic(probe, std::to_string(token) + "\n"); !s) return s;
+  }
+  char name[4096] = {0};
+  if (rank0) std::snprintf(name, sizeof name, "%s", probe.c_str());
+  if (Status s = control_broadcast(comm, &token, sizeof token); !s) return s;
+  if (Status s = control_broadcast(comm, name, sizeof name); !s) return s;
+  std::string seen;
+  const double blind = fsutil::read_file(name, &seen) && seen == std::to_string(token) + "\n" ? 0.0 : 1.0;
+  std::vector<double> all(rank0 ? static_cast<size_t>(comm.world_size()) : 0);
+  if (Status s = control_gather(comm, &blind, 1, rank0 ? all.data() : nullptr); !s) return s;
+  double blind_ranks = blind;
+  if (Status s = control_sum(comm, &blind_ranks, 1); !s) return s;
+  if (rank0) ::unlink(probe.c_str());
+  if (blind_ranks == 0) return Status::ok();
+  std::string list;
+  for (int r = 0; r < static_cast<int>(all.size()); ++r)
+    if (all[r] > 0) list += (list.empty() ? "" : ",") + std::to_string(r);
+  return Status::error("--out " + out + " is not the same directory on every rank: rank(s) " + list +
+                       " cannot read the file rank 0 wrote there (" + name +
+                       "); runs across hosts need --out on a filesystem mounted at the same path on every host");
 }
 
 OutputDir::OutputDir(OutputDir &&o) noexcept : dir_(std::move(o.dir_)), lock_fd_(o.lock_fd_) { o.lock_fd_ = -1; }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "runtime/base/status.h"
+#include "runtime/comm/comm.h"
 
 namespace parallora::rt {
 
@@ -39,6 +40,11 @@ private:
   std::string dir_;
   int lock_fd_ = -1;
 };
+
+/// Several ranks write one checkpoint directory (rank 0 creates it, every rank adds its shard),
+/// so --out must be the same directory on every host: rank 0 leaves a token file there and
+/// every rank must read it back (collective). The error names the ranks that cannot.
+Status check_out_shared(Communicator &comm, const std::string &out);
 
 /// True for the names of a run's outputs in its --out (metrics.jsonl, checkpoint-3, ...).
 bool is_run_output(const std::string &name);

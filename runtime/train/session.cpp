@@ -37,6 +37,7 @@
 #include "runtime/train/nonfinite.h"
 #include "runtime/train/output_dir.h"
 #include "runtime/train/peer_watch.h"
+#include "runtime/train/stop_signals.h"
 #include "runtime/base/fs_util.h"
 #include "runtime/train/run_summary.h"
 #include "runtime/train/trace.h"
@@ -73,47 +74,6 @@ Status dump_first_step(const std::string &path, const Executor &ex, double loss,
   return write_safetensors(path, tensors, {{"format", "pt"}, {"producer", "lora-run --dump-first-step"}});
 }
 
-/// SIGINT / SIGTERM: the first asks the session to finish the current step, save a checkpoint
-/// and the adapter and stop; a second one exits at once (the default action, re-raised).
-volatile std::sig_atomic_t g_stop_signal = 0;
-static_assert(sizeof(std::sig_atomic_t) == sizeof(int), "PeerWatch reads the flag as an int");
-
-extern "C" void on_stop_signal(int sig) {
-  if (g_stop_signal != 0) {
-    std::signal(sig, SIG_DFL);
-    std::raise(sig);
-    return;
-  }
-  g_stop_signal = sig;
-  static const char msg[] =
-      "\nlora-run: stop requested: finishing this step, then saving a checkpoint and the adapter "
-      "(signal again to exit at once)\n";
-  ssize_t ignored = ::write(2, msg, sizeof msg - 1);
-  (void)ignored;
-}
-
-/// Installs the handlers for the session's lifetime.
-class StopSignals {
-public:
-  StopSignals() {
-    g_stop_signal = 0;
-    struct sigaction sa = {};
-    sa.sa_handler = on_stop_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int_);
-    sigaction(SIGTERM, &sa, &old_term_);
-  }
-  ~StopSignals() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  static int pending() { return g_stop_signal; }
-
-private:
-  struct sigaction old_int_ = {}, old_term_ = {};
-};
-
-const char *signal_name(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a stop signal"; }
 
 } // namespace
 
@@ -392,38 +352,12 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     std::remove((a.trace + ".tmp").c_str());
   }
   if (Status s = control_barrier(*comm); !s) return fail(s.message());
-  // Several ranks write one checkpoint directory (rank 0 creates it, every rank adds its shard):
-  // --out must be the same directory on every host. Rank 0 leaves a token there; every rank
-  // must read it back before anything is trained.
-  if (multi) {
-    uint64_t token = 0;
-    const std::string probe = a.out + "/.shared.tmp-" + std::to_string(::getpid());  // a leftover if killed: removed next start
-    if (rank0) {
-      token = (static_cast<uint64_t>(::getpid()) << 32) ^ static_cast<uint64_t>(
-                  std::chrono::steady_clock::now().time_since_epoch().count());
-      if (Status s = fsutil::write_file_atomic(probe, std::to_string(token) + "\n"); !s) return fail(s.message());
-    }
-    char name_buf[4096] = {0};
-    if (rank0) std::snprintf(name_buf, sizeof name_buf, "%s", probe.c_str());
-    if (Status s = control_broadcast(*comm, &token, sizeof token); !s) return fail(s.message());
-    if (Status s = control_broadcast(*comm, name_buf, sizeof name_buf); !s) return fail(s.message());
-    std::string seen;
-    const double blind = fsutil::read_file(name_buf, &seen) && seen == std::to_string(token) + "\n" ? 0.0 : 1.0;
-    std::vector<double> all(rank0 ? static_cast<size_t>(plan.world_size) : 0);
-    if (Status s = control_gather(*comm, &blind, 1, rank0 ? all.data() : nullptr); !s) return fail(s.message());
-    double blind_ranks = blind;
-    if (Status s = control_sum(*comm, &blind_ranks, 1); !s) return fail(s.message());
-    if (rank0) ::unlink(probe.c_str());
-    if (blind_ranks > 0) {
-      std::string list;
-      for (int r = 0; r < static_cast<int>(all.size()); ++r)
-        if (all[r] > 0) list += (list.empty() ? "" : ",") + std::to_string(r);
+  // Several ranks write one checkpoint directory: --out must be the same directory on every host.
+  if (multi)
+    if (Status s = check_out_shared(*comm, a.out); !s) {
       outcome->same_on_every_rank = true;  // every rank stops here; rank 0 names the others
-      return fail("--out " + a.out + " is not the same directory on every rank: rank(s) " + list +
-                  " cannot read the file rank 0 wrote there (" + name_buf +
-                  "); runs across hosts need --out on a filesystem mounted at the same path on every host");
+      return fail(s.message());
     }
-  }
   auto metrics_or = MetricsLog::open(a.out, rank0, resume ? start_step : -1, plan.world_size);
   if (!metrics_or) return fail(metrics_or.message());
   MetricsLog metrics = std::move(*metrics_or);
@@ -551,7 +485,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   // Several ranks: a watch that names a peer lost to kill -9 when the launcher ends the job.
   std::unique_ptr<PeerWatch> watch;
   if (multi) {
-    auto pw = PeerWatch::start(*comm, reinterpret_cast<const volatile int *>(&g_stop_signal));
+    auto pw = PeerWatch::start(*comm, StopSignals::flag());
     if (!pw) return fail(pw.message());
     watch = std::move(*pw);
   }
@@ -740,7 +674,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       const int sig = StopSignals::pending();
       outcome->same_on_every_rank = true;
       outcome->exit_code = 128 + (sig != 0 ? sig : SIGTERM);
-      return fail("stopped by " + std::string(signal_name(sig)) + " after step " + std::to_string(s) + " of " +
+      return fail("stopped by " + std::string(StopSignals::name(sig)) + " after step " + std::to_string(s) + " of " +
                   std::to_string(a.steps) + ": saved " + a.out + "/checkpoint-" + std::to_string(s) + " and " + a.out +
                   "/adapter; continue with: lora-run " + a.plan + " --data " + a.data + " --steps " +
                   std::to_string(a.steps) + " --out " + a.out + " --resume " + a.out);
