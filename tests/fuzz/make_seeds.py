@@ -158,8 +158,24 @@ def checkpoint_seeds(ckpt_dir):
     unsealed.pop("checksum")
     unsealed.pop("files")
     unsealed = json.dumps(unsealed).encode()
+    # Regressions: mistyped values that load_checkpoint once met with an uncaught
+    # nlohmann::json::type_error (std::terminate) instead of an error.
+    def mistyped(edit):
+        js = json.loads(unsealed)
+        edit(js)
+        return b"\x00" + files(json.dumps(js).encode(), cfg, opt, ada)
+    sealed = json.loads(state)
+    sealed.pop("checksum")
+
+    def manifest_entry(entry):
+        js = json.loads(json.dumps(sealed))
+        js["files"]["adapter_config.json"].update(entry)
+        return b"\x00" + files(json.dumps(js).encode(), cfg, opt, ada)
     # byte 0: layout (0 the checkpoint dir, 1 an out dir with `latest`, 2 without `latest`)
     return {
+        "regress_format_number": mistyped(lambda js: js.update(format=5)),
+        "regress_manifest_bytes_string": manifest_entry({"bytes": str(len(cfg))}),
+        "regress_manifest_crc32_number": manifest_entry({"crc32": 7}),
         "sealed_dir": b"\x00" + files(state, cfg, opt, ada),
         "sealed_latest": b"\x01" + files(state, cfg, opt, ada),
         "sealed_newest": b"\x02" + files(state, cfg, opt, ada),
