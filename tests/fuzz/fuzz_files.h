@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,8 @@
 namespace parallora::fuzz {
 
 /// A per-process scratch directory under /dev/shm (when writable; tmpfs keeps the file
-/// writes cheap) or $TMPDIR or /tmp, created once.
+/// writes cheap) or $TMPDIR or /tmp, created once and removed at exit (not after a crash: then
+/// it holds the crashing input's files).
 inline const std::string &scratch_dir() {
   static const std::string dir = [] {
     std::string base = "/tmp";
@@ -33,6 +35,14 @@ inline const std::string &scratch_dir() {
     if (!::mkdtemp(tmpl.data())) std::abort();
     return tmpl;
   }();
+  static const bool cleanup_registered = [] {
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(scratch_dir(), ec);
+    });
+    return true;
+  }();
+  (void)cleanup_registered;
   return dir;
 }
 
