@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (frontend/fuzz, every target named fuzz_*) in a clang build
-# directory and runs each for N seconds on a small seed corpus generated here.
+# Builds the libFuzzer targets (every target named fuzz_*: frontend/fuzz for the ONNX, safetensors
+# and HF config readers, tests/fuzz for the plan, token file, PEFT adapter and checkpoint readers)
+# in a clang build directory and runs each for N seconds (or PARALLORA_FUZZ_RUNS inputs) on its
+# seed corpus: generated here for frontend/fuzz, committed in tests/fuzz/corpus/<target>/.
 #
 #   scripts/fuzz.sh [seconds-per-target]        default 30
 #
@@ -23,7 +25,7 @@ fi
 
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER="$CC_BIN" -DCMAKE_CXX_COMPILER="$CXX_BIN" -DMLIR_DIR="$MLIR_DIR" \
-  -DPARALLORA_ENABLE_FUZZERS=ON -DPARALLORA_BUILD_TESTS=OFF -DPARALLORA_ENABLE_CUDA=OFF >/dev/null
+  -DPARALLORA_ENABLE_FUZZERS=ON -DPARALLORA_BUILD_TESTS=ON -DPARALLORA_ENABLE_CUDA=OFF >/dev/null
 mapfile -t TARGETS < <(ninja -C "$BUILD" -t targets all | sed -n 's/^\(fuzz_[A-Za-z0-9_]*\): phony$/\1/p' | sort -u)
 if [ "${#TARGETS[@]}" -eq 0 ]; then
   echo "fuzz.sh: no fuzz_* targets configured in $BUILD" >&2
@@ -91,6 +93,7 @@ seed_hf_config() {
 
 # ------------------------------------------------------------------ runs
 failed=()
+summary=()
 for target in "${TARGETS[@]}"; do
   dir="$CORPUS/$target"
   mkdir -p "$dir"
@@ -99,23 +102,37 @@ for target in "${TARGETS[@]}"; do
     fuzz_hf_config) seed_hf_config "$dir" ;;
     fuzz_onnx) cp "$ROOT"/tests/fixtures/fuzz/onnx/*.onnx "$dir/" ;;
   esac
-  echo "fuzz.sh: $target for ${SECONDS_PER_TARGET}s ($(ls "$dir" | wc -l) seeds)"
+  # Committed seeds (tests/fuzz/make_seeds.py); copied, since libFuzzer adds new inputs to the
+  # first corpus directory.
+  if [ -d "$ROOT/tests/fuzz/corpus/$target" ]; then cp "$ROOT/tests/fuzz/corpus/$target"/* "$dir/"; fi
+  # Plan seeds are whole compiled plans (up to ~23 KiB); other inputs stay small.
+  max_len=16384
+  case "$target" in fuzz_plan) max_len=32768 ;; esac
+  if [ -n "${PARALLORA_FUZZ_RUNS:-}" ]; then what="$PARALLORA_FUZZ_RUNS runs"; else what="${SECONDS_PER_TARGET}s"; fi
+  echo "fuzz.sh: $target for $what ($(ls "$dir" | wc -l) corpus files)"
   binary="$(find "$BUILD" -type f -name "$target" -perm -u+x | head -n 1)"
   # PARALLORA_FUZZ_RUNS=N: a fixed number of inputs from a fixed seed (CI: repeatable);
   # otherwise fuzz for SECONDS_PER_TARGET seconds (exploration).
   if [ -n "${PARALLORA_FUZZ_RUNS:-}" ]; then budget=(-runs="$PARALLORA_FUZZ_RUNS" -seed=1); else budget=(-max_total_time="$SECONDS_PER_TARGET"); fi
+  t0=$SECONDS
   if ! "$binary" "$dir" "${budget[@]}" \
-       -max_len=16384 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+       -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
        -artifact_prefix="$ARTIFACTS/$target-" 2>"$BUILD/$target.log"; then
     tail -n 40 "$BUILD/$target.log" >&2
     failed+=("$target")
+    crashes=1
   else
-    grep -E "^(stat::number_of_executed_units|Done )" "$BUILD/$target.log" || true
+    crashes=0
   fi
+  execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$BUILD/$target.log" | tail -n 1)"
+  summary+=("$(printf '%-20s executions %8s  crashes %d  %4d s' "$target" "${execs:-?}" "$crashes" $((SECONDS - t0)))")
 done
+
+echo "fuzz.sh: per target:"
+printf '  %s\n' "${summary[@]}"
 
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "fuzz.sh: FAILED: ${failed[*]} (inputs in $ARTIFACTS)" >&2
   exit 1
 fi
-echo "fuzz.sh: all ${#TARGETS[@]} targets ran ${SECONDS_PER_TARGET}s without a crash"
+echo "fuzz.sh: all ${#TARGETS[@]} targets ran $what each without a crash"

@@ -240,9 +240,10 @@ StatusOr<LoadedCheckpoint> load_checkpoint(const std::string &path_in) {
   nlohmann::json js = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (js.is_discarded() || !js.is_object())
     return Status::error(state_path + ": not a JSON object");
-  if (js.value("format", std::string()) != kStateFormat)
-    return Status::error(state_path + ": not a parallora trainer state (format '" +
-                         js.value("format", std::string()) + "')");
+  // Not js.value("format", ""): it throws when "format" holds a non-string (found by fuzz_checkpoint).
+  const nlohmann::json format = js.contains("format") ? js["format"] : nlohmann::json(std::string());
+  if (!format.is_string() || format.get<std::string>() != kStateFormat)
+    return Status::error(state_path + ": not a parallora trainer state (format " + format.dump() + ")");
   if (!js.contains("version") || !js["version"].is_number_integer() ||
       js["version"].get<int64_t>() != kStateVersion)
     return Status::error(state_path + ": unsupported trainer state version " +

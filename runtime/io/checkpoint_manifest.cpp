@@ -83,8 +83,12 @@ Status verify_manifest(const std::string &dir, const std::string &state_path, co
     const json &want = files[name];
     auto got = file_checksum(dir + "/" + name);
     if (!got) return got.status();
-    if (!want.is_object() || want.value("bytes", int64_t{-1}) != (*got)["bytes"].get<int64_t>() ||
-        want.value("crc32", std::string()) != (*got)["crc32"].get<std::string>())
+    // Types checked before get<>(): want.value() throws on a mistyped entry (found by fuzz_checkpoint).
+    const bool same = want.is_object() && want.contains("bytes") && want["bytes"].is_number_integer() &&
+                      want["bytes"].get<int64_t>() == (*got)["bytes"].get<int64_t>() &&
+                      want.contains("crc32") && want["crc32"].is_string() &&
+                      want["crc32"].get<std::string>() == (*got)["crc32"].get<std::string>();
+    if (!same)
       return Status::error(dir + "/" + name + ": checksum mismatch (" + (*got)["bytes"].dump() + " bytes, crc32 " +
                            (*got)["crc32"].get<std::string>() + "; the manifest " + state_path + " records " +
                            want.dump() + "): the file is corrupt or was replaced");
