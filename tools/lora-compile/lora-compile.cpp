@@ -488,7 +488,8 @@ int main(int argc, char **argv) {
   MLIRContext ctx;
   ctx.loadDialect<pl::PlDialect, func::FuncDialect>();
   ctx.printOpOnDiagnostic(false);  // errors name the op and its module path; a dump of the IR would bury them
-  SourceMgrDiagnosticHandler diag(*new llvm::SourceMgr(), &ctx, llvm::errs());
+  llvm::SourceMgr source_mgr;  // outlives the handler (declared first, destroyed last)
+  SourceMgrDiagnosticHandler diag(source_mgr, &ctx, llvm::errs());
   auto t0 = std::chrono::steady_clock::now();
 
   std::optional<LlamaConfig> config;
