@@ -37,7 +37,14 @@ struct HostTensor {
   bool is_float() const { return is_float_type(type); }
   int64_t size() const { return numel(shape); }
   double at_f(int64_t k) const { return is_float() ? f[k] : double(i[k]); }
-  int64_t at_i(int64_t k) const { return is_float() ? int64_t(f[k]) : i[k]; }
+  /// Element k as an integer. A float that is NaN, infinite or beyond int64 (an index no tensor
+  /// has) becomes kBadIndex instead of an undefined conversion; callers range-check it.
+  int64_t at_i(int64_t k) const {
+    if (!is_float()) return i[k];
+    const double v = f[k];
+    return v >= -9.0e18 && v <= 9.0e18 ? int64_t(v) : kBadIndex;
+  }
+  static constexpr int64_t kBadIndex = -(int64_t(1) << 60);  // far out of range, no overflow when offset
   static HostTensor make(int32_t type, Shape shape);
   void set(int64_t k, double v); // stores into f or i according to type
 };
