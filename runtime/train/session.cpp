@@ -636,7 +636,8 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
         std::fwrite(line.data(), 1, line.size(), stderr);
       }
       ++consecutive_nonfinite;
-      if (a.nonfinite == "skip" && weights_finite && consecutive_nonfinite <= kMaxConsecutiveSkips) {
+      const bool skip_policy = a.nonfinite == "skip" || a.nonfinite == "skip-step";  // two spellings
+      if (skip_policy && weights_finite && consecutive_nonfinite <= kMaxConsecutiveSkips) {
         if (rank0)
           std::cerr << "lora-run: warning: " << what << "; update skipped (--nonfinite skip)"
                     << (!multi && !first.empty() ? "; first non-finite tensor: " + first : std::string()) << "\n";

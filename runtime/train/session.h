@@ -46,7 +46,7 @@ struct SessionOptions {
   std::string dump_first_step;
   double comm_timeout = 300;
   double peak_tflops = -1;  // < 0: by GPU name (cuda), 0 on the cpu backend
-  std::string nonfinite = "stop";  // "stop" | "skip" (runtime/train/nonfinite.h)
+  std::string nonfinite = "stop";  // "stop" | "skip" (= "skip-step") (runtime/train/nonfinite.h)
   std::string trace;               // Chrome trace of every rank, written by rank 0 (runtime/train/trace.h)
   int64_t trace_max_events = 1 << 20;  // per rank; later events are dropped and counted
 };

@@ -165,10 +165,10 @@ int main(int argc, char **argv) {
                  "MFU's peak per device in TFLOP/s (default: the GPU's dense bf16 data-sheet peak by name: H100 SXM/HBM3 "
                  "and H200 989, H100 PCIe 756, A100 312; otherwise, and on the cpu backend, MFU is not reported)")
       ->check(cli::non_negative_number());
-  app.add_option("--nonfinite", o.nonfinite,
+  app.add_option("--nonfinite,--on-nonfinite", o.nonfinite,
                  "a NaN/Inf loss, gradient or weight: stop (default: name the step and the first non-finite tensor, "
                  "exit 1, never save a non-finite adapter) or skip (skip that update while every weight stays finite)")
-      ->check(CLI::IsMember({"stop", "skip"}));
+      ->check(CLI::IsMember({"stop", "skip", "skip-step"}));  // skip-step: the same as skip
   app.add_option("--dump-first-step", o.dump_first_step, "write loss, logits and every grad.<param> after the first micro-step to this .safetensors file (parity tests)");
 
   if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
