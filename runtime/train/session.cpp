@@ -623,8 +623,9 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       // This rank's first non-finite tensor, in the order the values flow back: loss, weights,
       // gradients, AdamW moments.
       std::string first;
-      if (plan_has_loss && loss_rank && !std::isfinite(loss_sum)) first = "the loss";
-      else if (bad_weight) first = "adapter weight " + bad_weight.str();
+      // A broken weight is named first: it outlives the step (the loss and gradients do not).
+      if (bad_weight) first = "adapter weight " + bad_weight.str();
+      else if (plan_has_loss && loss_rank && !std::isfinite(loss_sum)) first = "the loss";
       else if (NonFinite g = first_non_finite(ex, plan::BufferKind::Grad)) first = "gradient " + g.str();
       else if (NonFinite m = first_non_finite(ex, plan::BufferKind::OptState)) first = "AdamW moment " + m.str();
       const std::string what = "step " + std::to_string(s) + ": " +
