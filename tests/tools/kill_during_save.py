@@ -23,7 +23,7 @@ import time
 work, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 launch = sys.argv[sys.argv.index("--") + 1:]
 rng = random.Random(seed)
-BIG = 10_000_000
+REF_STEPS = 8000  # the killed runs stop 2 steps short of it, so every resume can be checked
 os.makedirs(work, exist_ok=True)
 
 
@@ -82,7 +82,7 @@ def fail(msg):
 # The uninterrupted reference (constant learning rate: the total step count does not matter).
 ref_out = os.path.join(work, "reference")
 shutil.rmtree(ref_out, ignore_errors=True)
-r = run(["--steps", "4000", "--out", ref_out, "--log-every", "1000000"])
+r = run(["--steps", str(REF_STEPS), "--out", ref_out, "--log-every", "1000000"])
 if r.returncode != 0:
     fail("reference run failed:\n" + r.stdout)
 ref = losses(ref_out)
@@ -91,11 +91,11 @@ out = os.path.join(work, "run")
 shutil.rmtree(out, ignore_errors=True)
 killed = 0
 for i in range(n):
-    args = ["--steps", str(BIG), "--save-every", "1", "--keep-last", "3", "--log-every", "1000000", "--out", out]
+    args = ["--steps", str(REF_STEPS - 2), "--save-every", "1", "--keep-last", "3", "--log-every", "1000000", "--out", out]
     if os.path.exists(os.path.join(out, "latest")):
         args += ["--resume", out]
     p = subprocess.Popen(launch + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(rng.uniform(0.4, 1.2))
+    time.sleep(rng.uniform(0.3, 0.9))
     kill_everything(p, out)  # the launcher and every rank at once, as a node crash would
     killed += 1
     latest_file = os.path.join(out, "latest")
@@ -110,8 +110,11 @@ for i in range(n):
             if not os.path.isfile(os.path.join(out, entry, "trainer_state.json")):
                 fail(f"kill {i + 1}: {entry} is a partial checkpoint under a final name")
     step = json.load(open(os.path.join(out, name, "trainer_state.json")))["global_step"]
-    if step + 2 > max(ref):
+    if step + 2 > REF_STEPS:
         fail(f"kill {i + 1}: step {step} is past the reference run")
+    if step == REF_STEPS - 2:
+        print(f"kill {i + 1}: the run had finished ({name}); nothing to kill")
+        continue
     check = os.path.join(work, "check")
     shutil.rmtree(check, ignore_errors=True)
     r = run(["--steps", str(step + 2), "--out", check, "--resume", out, "--log-every", "1000000"])
