@@ -131,11 +131,24 @@ def main():
         root = ET.parse(os.path.join(out, p["svg"])).getroot()
         check(root.tag.endswith("svg"), f"{p['svg']}: SVG parses")
 
+    # Measured timelines (lora-run --trace): one per strategy, a row per rank, idle shares in [0, 1].
+    timelines = study.get("timelines", {})
+    check(sorted(timelines) == sorted(s["name"] for s in sts), f"timelines: {', '.join(sorted(timelines))}")
+    for name, t in sorted(timelines.items()):
+        st = next(s for s in sts if s["name"] == name)
+        png = os.path.join(out, t["files"]["png"])
+        img = mpimg.imread(png)
+        check(open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and img.shape[0] > 100, f"{t['files']['png']}: PNG")
+        ranks = sorted(t["idle_share"])
+        check(len(ranks) == st["ranks"] and all(r.startswith("rank ") for r in ranks)
+              and all(0.0 <= v <= 1.0 for v in t["idle_share"].values()),
+              f"{name}: timeline rows {len(ranks)} = ranks {st['ranks']}, idle shares in [0, 1]")
+
     # index.html.
     page = open(os.path.join(out, "index.html")).read()
     uris = re.findall(r'src="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', page)
-    ok = len(uris) == len(plots) and all(ET.fromstring(base64.b64decode(u)).tag.endswith("svg") for u in uris)
-    check(ok, f"index.html embeds {len(uris)} SVG plots as data: URIs")
+    ok = len(uris) == len(plots) + len(timelines) and all(ET.fromstring(base64.b64decode(u)).tag.endswith("svg") for u in uris)
+    check(ok, f"index.html embeds {len(uris)} SVG plots and timelines as data: URIs")
     check(all(f">{s['name']}<" in page for s in sts), "index.html names every strategy")
     if failures:
         print(f"lora_study_check: FAILED ({len(failures)}): {failures[0]}")

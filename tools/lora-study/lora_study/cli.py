@@ -278,6 +278,7 @@ def main(argv=None, script_path=None):
     if not a.no_plots:
         from . import plots  # matplotlib only when drawing
         study["plots"] = plots.make_all(study, a.out)
+        study["timelines"] = plots.timelines(study, a.out)  # one measured step per strategy (lora-run --trace)
     report.write_json(study, os.path.join(a.out, "study.json"))
     with open(os.path.join(a.out, "study.md"), "w") as f:
         f.write(report.markdown(study))

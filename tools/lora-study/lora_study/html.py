@@ -47,7 +47,20 @@ def write(study, out_dir):
                 "loss": "Loss curves of all strategies, and their relative distance from the baseline"}
     for k, files in study.get("plots", {}).items():
         p.append(_img(out_dir, files, captions.get(k, k)))
-    p.append("</div><h2>Machine</h2><table>")
+    p.append("</div>")
+    # Timelines whose pictures are in this folder (a report re-rendered elsewhere may lack them).
+    timelines = {n: t for n, t in study.get("timelines", {}).items()
+                 if os.path.exists(os.path.join(out_dir, t["files"]["svg"]))}
+    if timelines:
+        p.append("<h2>Measured timelines</h2><p class='note'>One step of every strategy from its "
+                 "<code>lora-run --trace</code> file (the median step, the first excluded), every rank on rank 0's "
+                 "clock: forward and backward compute, the optimizer, communication and idle time, with each "
+                 "rank's idle share beside the compiler's predicted bubble. The trace files open in "
+                 "ui.perfetto.dev (docs/parallel.md, \"Reading a trace\").</p><div class='figs'>")
+        for name, t in timelines.items():
+            p.append(_img(out_dir, t["files"], f"{name}: measured timeline"))
+        p.append("</div>")
+    p.append("<h2>Machine</h2><table>")
     env = study["environment"]
     for k in ("date", "host", "os", "kernel", "cpu_model", "cpu_count", "usable_cores", "cores_assumed",
               "mem_total_gib", "load_avg_1m_start", "load_avg_1m_end", "git_commit", "git_dirty", "mpirun", "python", "matplotlib"):

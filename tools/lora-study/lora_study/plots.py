@@ -151,3 +151,87 @@ def make_all(study, out_dir):
     plots["loss"] = _save(fig, out_dir, "loss")
     plt.close(fig)
     return plots
+
+
+# Colours of the measured timeline: forward and backward compute, the optimizer, communication, idle.
+TIMELINE_COLORS = {"forward": "#4878a8", "backward": "#e0a040", "micro_step": "#4878a8", "optimizer_step": "#60a060",
+                   "eval_step": "#9090c0", "comm": "#c04848", "idle": "#d0d0d0"}
+
+
+def chosen_step(events):
+    """The step drawn: rank 0's step span of median duration, the first step excluded when there
+    are several (it pays one-time costs). Returns (step number, [start, end] over all ranks)."""
+    steps = {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("cat") == "step":
+            steps.setdefault(e["args"]["step"], []).append(e)
+    if not steps:
+        return None, None
+    numbers = sorted(steps)
+    candidates = numbers[1:] if len(numbers) > 1 else numbers
+    rank0 = sorted(candidates, key=lambda n: min(e["dur"] for e in steps[n] if e["pid"] == 0) if any(e["pid"] == 0 for e in steps[n]) else 0)
+    n = rank0[len(rank0) // 2]
+    lo = min(e["ts"] for e in steps[n])
+    hi = max(e["ts"] + e["dur"] for e in steps[n])
+    return n, (lo, hi)
+
+
+def timeline(trace_path, title, out_dir, stem, predicted_bubble=None):
+    """One step of a lora-run --trace file as rows per rank: compute (forward / backward /
+    optimizer), communication and idle, on the trace's aligned clock. Returns the files and the
+    measured idle share of the step per rank."""
+    import json
+    plt = _mpl()
+    with open(trace_path) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    step, window = chosen_step(events)
+    if step is None:
+        return None, {}
+    lo, hi = window
+    pids = sorted(names)
+    fig, ax = plt.subplots(figsize=(9, 0.75 * len(pids) + 1.4))
+    idle_share = {}
+    lanes = {"compute": 0.28, "comm": 0.0, "idle": -0.28}
+    for row, pid in enumerate(pids):
+        y = len(pids) - 1 - row
+        busy = {}
+        for e in events:
+            if e.get("ph") != "X" or e["pid"] != pid or e.get("cat") not in ("compute", "comm", "idle"):
+                continue
+            if e["ts"] + e["dur"] <= lo or e["ts"] >= hi or e.get("args", {}).get("step") not in (None, step):
+                continue
+            cat = e["cat"]
+            color = TIMELINE_COLORS["comm"] if cat == "comm" else TIMELINE_COLORS["idle"] if cat == "idle" else \
+                TIMELINE_COLORS.get(e.get("args", {}).get("program", ""), "#4878a8")
+            ax.broken_barh([((e["ts"] - lo) / 1e3, e["dur"] / 1e3)], (y + lanes[cat] - 0.12, 0.24), color=color, lw=0)
+            busy[cat] = busy.get(cat, 0.0) + e["dur"]
+        idle_share[names[pid]] = busy.get("idle", 0.0) / (hi - lo) if hi > lo else 0.0
+    ax.set_yticks(range(len(pids)))
+    ax.set_yticklabels([f"{names[p]}\nidle {100 * idle_share[names[p]]:.0f}%" for p in reversed(pids)], fontsize=7)
+    ax.set_xlabel(f"ms from the start of step {step} (clocks aligned to rank 0, error "
+                  f"{trace.get('otherData', {}).get('clock_error_us_max', float('nan')):.0f} us)")
+    pred = f"; predicted bubble {100 * predicted_bubble:.1f}%" if predicted_bubble else ""
+    ax.set_title(f"{title}: measured step {step}{pred}", fontsize=9)
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(color=TIMELINE_COLORS[k], label=k) for k in ("forward", "backward", "optimizer_step", "comm", "idle")],
+              fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(pids) < 3 else -0.2), frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    files = _save(fig, out_dir, stem)
+    plt.close(fig)
+    return files, idle_share
+
+
+def timelines(study, out_dir):
+    """The measured timeline of every strategy that wrote a trace (strategies/<name>/trace.json)."""
+    out = {}
+    for s in study["strategies"]:
+        path = os.path.join(out_dir, "strategies", s["name"], "trace.json")
+        if s["status"] != "ok" or not os.path.exists(path):
+            continue
+        bubble = s.get("figures", {}).get("bubble_fraction")
+        files, idle = timeline(path, s["name"], out_dir, "timeline-" + s["name"], bubble)
+        if files:
+            out[s["name"]] = {"files": files, "idle_share": idle}
+    return out

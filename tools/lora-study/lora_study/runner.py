@@ -129,7 +129,8 @@ def run_strategy(st, i, total, a, tools, common_compile, progress, remaining_ran
     compile_cmd = [tools["lora-compile"]] + common_compile + st.compile_flags() + ["-o", plan]
     train = [tools["lora-run"], plan, "--data", a.data, "--steps", str(a.steps), "--seed", str(a.seed),
              "--threads", str(a.threads), "--comm-timeout", str(a.comm_timeout), "--backend", a.backend,
-             "--log-every", str(max(1, a.steps // 10)), "--out", run_dir]
+             "--log-every", str(max(1, a.steps // 10)), "--out", run_dir,
+             "--trace", os.path.join(d, "trace.json")]  # the measured timeline (plots.timelines)
     if a.backend == "cuda" and st.ranks > 1:
         train += ["--collectives", a.collectives]
     if a.weights and not a.onnx:
