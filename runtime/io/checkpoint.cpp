@@ -167,6 +167,9 @@ Status save_checkpoint(const std::string &out_dir_in, const TrainerState &state,
       {"data_position", {{"epoch", state.data.epoch}, {"index", state.data.index}}},
       {"seed", state.seed},
       {"plan_fingerprint", state.plan_fingerprint},
+      {"training_fingerprint", state.training_fingerprint},
+      {"training", state.training.is_object() ? state.training : nlohmann::json::object()},
+      {"mesh", state.mesh.is_object() ? state.mesh : nlohmann::json::object()},
       {"extra", state.extra.is_null() ? nlohmann::json::object() : state.extra},
   };
   // The manifest: checksums of the files just written and of the state itself.
@@ -268,6 +271,13 @@ StatusOr<LoadedCheckpoint> load_checkpoint(const std::string &path_in) {
       return Status::error(state_path + ": key 'plan_fingerprint' must be a string");
     ck.state.plan_fingerprint = js["plan_fingerprint"].get<std::string>();
   }
+  if (js.contains("training_fingerprint")) {
+    if (!js["training_fingerprint"].is_string())
+      return Status::error(state_path + ": key 'training_fingerprint' must be a string");
+    ck.state.training_fingerprint = js["training_fingerprint"].get<std::string>();
+  }
+  if (js.contains("training") && js["training"].is_object()) ck.state.training = js["training"];
+  if (js.contains("mesh") && js["mesh"].is_object()) ck.state.mesh = js["mesh"];
   ck.state.extra = js.contains("extra") ? js["extra"] : nlohmann::json::object();
   st = verify_manifest(dir, state_path, js, {"adapter_model.safetensors", "adapter_config.json", kOptimizerFile});
   if (!st) return st;
