@@ -118,15 +118,21 @@ CheckpointStore::CheckpointStore(std::string out_dir, const plan::Plan &plan, st
     : out_(std::move(out_dir)), plan_(plan), fingerprint_(std::move(fingerprint)), base_model_(std::move(base_model)),
       keep_last_(keep_last) {}
 
-StatusOr<ResumePoint> CheckpointStore::load(const std::string &path, const Executor &ex, int rank) const {
+StatusOr<ResumePoint> CheckpointStore::load(const std::string &path, const Executor &ex, int rank,
+                                            const std::string &plan_path) const {
   auto dir = resolve_checkpoint_dir(path);
   if (!dir) return dir.status();
   std::error_code ec;
-  if (!fs::exists(*dir + "/" + kOptimizerFile, ec) && fs::exists(*dir + "/" + rank_file(0), ec))
-    return load_rank_checkpoint(*dir, ex, rank);  // the older per-rank layout
+  if (!fs::exists(*dir + "/" + kOptimizerFile, ec) && fs::exists(*dir + "/" + rank_file(0), ec)) {
+    auto old = load_rank_checkpoint(*dir, ex, rank);  // the older per-rank layout
+    if (!old) return old;
+    if (Status s = check_resumable(old->state, old->path, plan_path); !s) return Status::error(old->path + ": " + s.message());
+    return old;
+  }
   // The global layout: every rank reads the whole adapter and moments and keeps its slices.
   auto c = load_checkpoint(*dir);
   if (!c) return c.status();
+  if (Status s = check_resumable(c->state, c->path, plan_path); !s) return Status::error(c->path + ": " + s.message());
   ResumePoint rp;
   rp.state = std::move(c->state);
   rp.path = std::move(c->path);

@@ -47,7 +47,10 @@ public:
                   int keep_last);
 
   /// `path`: a checkpoint-N directory, or an out dir (its `latest`, else the newest complete one).
-  StatusOr<ResumePoint> load(const std::string &path, const Executor &ex, int rank) const;
+  /// Refuses (check_resumable) a checkpoint of another training; `plan_path` names the plan in
+  /// messages.
+  StatusOr<ResumePoint> load(const std::string &path, const Executor &ex, int rank,
+                             const std::string &plan_path = "the plan") const;
   /// Whether the checkpoint's state (of `cpath`) may resume this plan (read from `plan_path`): its
   /// training fingerprint must equal the plan's; the error names every item that differs.
   Status check_resumable(const TrainerState &state, const std::string &cpath, const std::string &plan_path) const;

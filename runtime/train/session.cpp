@@ -248,12 +248,11 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   const std::string base_model = weights;
   CheckpointStore store(a.out, plan, fingerprint, base_model, static_cast<int>(a.keep_last));
   if (!a.resume.empty()) {
-    auto c = store.load(a.resume, ex, R);
+    auto c = store.load(a.resume, ex, R, a.plan);  // refuses a checkpoint of another training
     if (!c) return fail("--resume " + a.resume + ": " + c.message());
     resume = std::move(*c);
     const TrainerState &st = resume->state;
     const std::string &cpath = resume->path;
-    if (Status s = store.check_resumable(st, cpath, a.plan); !s) return fail("--resume " + cpath + ": " + s.message());
     if (st.plan_fingerprint != fingerprint && st.mesh.is_object() && st.mesh.contains("dp"))
       if (rank0)
         std::cerr << "lora-run: resuming " << cpath << " (written by plan " << st.plan_fingerprint << ": dp "
