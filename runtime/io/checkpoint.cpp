@@ -167,6 +167,9 @@ Status save_checkpoint(const std::string &out_dir_in, const TrainerState &state,
       {"data_position", {{"epoch", state.data.epoch}, {"index", state.data.index}}},
       {"seed", state.seed},
       {"plan_fingerprint", state.plan_fingerprint},
+      {"training_fingerprint", state.training_fingerprint},
+      {"training", state.training.is_object() ? state.training : nlohmann::json::object()},
+      {"mesh", state.mesh.is_object() ? state.mesh : nlohmann::json::object()},
       {"extra", state.extra.is_null() ? nlohmann::json::object() : state.extra},
   };
   // The manifest: checksums of the files just written and of the state itself.
@@ -269,13 +272,25 @@ StatusOr<LoadedCheckpoint> load_checkpoint(const std::string &path_in) {
       return Status::error(state_path + ": key 'plan_fingerprint' must be a string");
     ck.state.plan_fingerprint = js["plan_fingerprint"].get<std::string>();
   }
+  if (js.contains("training_fingerprint")) {
+    if (!js["training_fingerprint"].is_string())
+      return Status::error(state_path + ": key 'training_fingerprint' must be a string");
+    ck.state.training_fingerprint = js["training_fingerprint"].get<std::string>();
+  }
+  if (js.contains("training") && js["training"].is_object()) ck.state.training = js["training"];
+  if (js.contains("mesh") && js["mesh"].is_object()) ck.state.mesh = js["mesh"];
   ck.state.extra = js.contains("extra") ? js["extra"] : nlohmann::json::object();
   st = verify_manifest(dir, state_path, js, {"adapter_model.safetensors", "adapter_config.json", kOptimizerFile});
   if (!st) return st;
 
-  auto adapters = read_peft_adapter(dir, &ck.lora);
-  if (!adapters) return adapters.status();
-  ck.adapters = std::move(*adapters);
+  // A plan without trainables (hand-written test plans) saves an adapter file with no tensors.
+  auto adapter_file = SafetensorsFile::open(dir + "/adapter_model.safetensors");
+  if (!adapter_file) return adapter_file.status();
+  if (!(*adapter_file)->tensors().empty()) {
+    auto adapters = read_peft_adapter(dir, &ck.lora);
+    if (!adapters) return adapters.status();
+    ck.adapters = std::move(*adapters);
+  }
   auto opt = read_f32_tensors(dir + "/" + kOptimizerFile);
   if (!opt) return opt.status();
   ck.optimizer_state = std::move(*opt);

@@ -8,7 +8,12 @@
 //   trainer_state.json                                {"format": "parallora-trainer-state",
 //                                                      "version": 1, "global_step": N,
 //                                                      "data_position": {"epoch", "index"},
-//                                                      "seed", "plan_fingerprint", "extra": {..}}
+//                                                      "seed", "plan_fingerprint",
+//                                                      "training_fingerprint", "training": {..},
+//                                                      "mesh": {..}, "extra": {..}}
+// Every tensor is stored whole under its PEFT name (the global layout), whatever mesh wrote it:
+// plans of several ranks gather the adapter and moments on rank 0 (checkpoint_store.h), and a
+// resume under any other mesh takes its slices. Only the training fingerprint must match.
 // and `<out>/latest`, a text file holding "checkpoint-<step>\n".
 //
 // Crash safety: a checkpoint is written into `checkpoint-<step>.tmp-<pid>/`, each file and the
@@ -39,7 +44,14 @@ struct TrainerState {
   int64_t step = 0;              // optimizer steps completed
   DataPosition data;             // the training loader's position after `step`
   uint64_t seed = 0;
-  std::string plan_fingerprint;  // refuses to resume a checkpoint of another plan (caller checks)
+  std::string plan_fingerprint;  // the plan that wrote it (informative since training fingerprints)
+  // plan_io.h training_config()/training_fingerprint(): what a resume must match (the caller
+  // checks); empty in checkpoints written before them (then the plan fingerprint must match).
+  std::string training_fingerprint;
+  nlohmann::json training = nlohmann::json::object();          // {"<label>": "<value>", ...}
+  // How it was run (informative): {"world_size", "dp", "tp", "pp", "strategy", "pipeline_schedule",
+  // "precision"}.
+  nlohmann::json mesh = nlohmann::json::object();
   nlohmann::json extra = nlohmann::json::object();  // free-form (loss, lr, tokens seen, ...)
 };
 

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fcntl.h>
 #include <iomanip>
@@ -602,6 +603,64 @@ std::string plan_fingerprint(const Plan &plan) {
   char buf[24];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
+}
+
+namespace {
+uint64_t fnv1a(const std::string &bytes, uint64_t h = 1469598103934665603ull) {
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+std::string hex16(uint64_t h) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+// The shortest decimal that reads back as `v` (exact, yet "0.0003" rather than 0.00029999...).
+std::string exact(double v) {
+  char buf[40];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  return buf;
+}
+} // namespace
+
+std::vector<std::pair<std::string, std::string>> training_config(const Plan &plan) {
+  const Hyperparams &h = plan.hparams;
+  std::string targets;
+  std::vector<std::string> sorted = plan.lora.target_modules;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size(); ++i) targets += (i ? "," : "") + sorted[i];
+  return {{"model config", hex16(fnv1a(plan.model_config_json))},
+          {"vocab size", std::to_string(plan.vocab_size)},
+          {"ignore index", std::to_string(plan.ignore_index)},
+          {"LoRA rank", std::to_string(plan.lora.rank)},
+          {"LoRA alpha", exact(plan.lora.alpha)},
+          {"LoRA dropout", exact(plan.lora.dropout)},
+          {"rsLoRA", plan.lora.use_rslora ? "true" : "false"},
+          {"LoRA targets", targets},
+          {"global batch", std::to_string(plan.global_batch)},
+          {"seq_len", std::to_string(plan.seq_len)},
+          {"lr", exact(h.lr)},
+          {"lr schedule", h.schedule},
+          {"warmup steps", std::to_string(h.warmup_steps)},
+          {"min_lr_ratio", exact(h.min_lr_ratio)},
+          {"total steps", std::to_string(h.total_steps)},
+          {"weight decay", exact(h.weight_decay)},
+          {"beta1", exact(h.beta1)},
+          {"beta2", exact(h.beta2)},
+          {"eps", exact(h.eps)},
+          {"max grad norm", exact(h.max_grad_norm)}};
+}
+
+std::string training_fingerprint(const Plan &plan) {
+  std::string all;
+  for (auto &[k, v] : training_config(plan)) all += k + "=" + v + "\n";
+  return hex16(fnv1a(all));
 }
 
 std::string format_instr(const RankPlan &rank, const Instr &in) {

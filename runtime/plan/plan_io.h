@@ -18,6 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "runtime/base/status.h"
 #include "runtime/plan/plan.h"
@@ -58,6 +60,15 @@ std::string format_instr(const RankPlan &rank, const Instr &instr);
 /// Hex FNV-1a 64 of the protobuf payload: two plans with the same fingerprint run the same
 /// computation (checkpoints record it; --resume refuses a different plan).
 std::string plan_fingerprint(const Plan &plan);
+
+/// What a checkpoint's training depends on, independent of how it is run: one (label, value)
+/// per item, in a fixed order: the model (a hash of its config), vocabulary, LoRA config, global
+/// batch, sequence length and the optimizer hyperparameters. The mesh, strategy, pipeline
+/// schedule, micro-batches and precision are not in it: a checkpoint resumes under any of them.
+std::vector<std::pair<std::string, std::string>> training_config(const Plan &plan);
+/// Hex FNV-1a 64 of training_config(): --resume accepts a checkpoint whose training fingerprint
+/// equals the plan's (whatever its plan fingerprint).
+std::string training_fingerprint(const Plan &plan);
 
 /// CRC32 (IEEE 802.3 polynomial, as zlib's crc32()).
 uint32_t crc32(const void *data, size_t size, uint32_t crc = 0);

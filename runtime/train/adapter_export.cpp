@@ -9,18 +9,31 @@
 
 namespace parallora::rt {
 
-std::vector<FullTrainable> full_trainables(const plan::Plan &plan) {
+namespace {
+/// The trainable `b` belongs to (itself for a Trainable) on rank `rp`; null if none.
+const plan::Buffer *owning_trainable(const plan::RankPlan &rp, const plan::Buffer &b) {
+  if (b.kind == plan::BufferKind::Trainable) return &b;
+  for (const plan::Buffer &t : rp.buffers)
+    if (t.kind == plan::BufferKind::Trainable && t.name == b.param) return &t;
+  return nullptr;
+}
+
+/// Buffers of `kind` over the plan's ranks (dp rank 0 only when `replica0`), one piece per
+/// distinct slice, lowest rank first.
+std::vector<FullTrainable> full_tensors(const plan::Plan &plan, plan::BufferKind kind, bool replica0) {
   std::map<std::string, FullTrainable> by_name;
   std::map<std::string, std::set<std::vector<std::pair<int64_t, int64_t>>>> seen;
   for (const plan::RankPlan &r : plan.ranks) {
-    if (r.dp_rank != 0) continue;
+    if (replica0 && r.dp_rank != 0) continue;
     for (const plan::Buffer &b : r.buffers) {
-      if (b.kind != plan::BufferKind::Trainable) continue;
-      FullTrainable &t = by_name[b.name];
-      t.name = b.name;
-      if (t.shape.empty()) t.shape = b.full_shape.empty() ? b.shape : b.full_shape;
-      if (!seen[b.name].insert(b.slice).second) continue;  // an identical copy came first
-      t.pieces.push_back({r.rank, &b});
+      if (b.kind != kind) continue;
+      const plan::Buffer *t = owning_trainable(r, b);
+      const plan::Buffer &geom = t ? *t : b;
+      FullTrainable &f = by_name[b.name];
+      f.name = b.name;
+      if (f.shape.empty()) f.shape = geom.full_shape.empty() ? b.shape : geom.full_shape;
+      if (!seen[b.name].insert(geom.slice).second) continue;  // an identical copy came first
+      f.pieces.push_back({r.rank, &b, geom.slice});
     }
   }
   std::vector<FullTrainable> out;
@@ -28,9 +41,8 @@ std::vector<FullTrainable> full_trainables(const plan::Plan &plan) {
   return out;
 }
 
-Status gather_full_trainables(const plan::Plan &plan, Communicator &comm, const Executor &ex, std::vector<FullTensor> *out) {
+Status gather_full(std::vector<FullTrainable> all, Communicator &comm, const Executor &ex, std::vector<FullTensor> *out) {
   const int me = comm.rank();
-  std::vector<FullTrainable> all = full_trainables(plan);
   int tag = 0;
   std::vector<float> tmp;
   for (FullTrainable &t : all) {
@@ -41,23 +53,68 @@ Status gather_full_trainables(const plan::Plan &plan, Communicator &comm, const 
       const plan::Buffer &b = *p.buffer;
       if (p.rank == me) {
         const BufferTensor *bt = ex.find(b.name);
-        if (!bt) return Status::error("trainable " + b.name + " missing on rank " + std::to_string(me));
+        if (!bt) return Status::error("tensor " + b.name + " missing on rank " + std::to_string(me));
         if (me == 0) {
-          if (b.slice.empty()) std::memcpy(full.data(), bt->tensor.f32(), sizeof(float) * b.numel());
-          else paste_slice(bt->tensor.f32(), t.shape, b.slice, full.data());
+          if (p.slice.empty()) std::memcpy(full.data(), bt->tensor.f32(), sizeof(float) * b.numel());
+          else paste_slice(bt->tensor.f32(), t.shape, p.slice, full.data());
         } else if (Status s = control_send(comm, 0, tag % 30000, bt->tensor.f32(), b.numel()); !s) {
           return s;
         }
       } else if (me == 0) {
         tmp.resize(static_cast<size_t>(b.numel()));
         if (Status s = control_recv(comm, p.rank, tag % 30000, tmp.data(), b.numel()); !s) return s;
-        if (b.slice.empty()) std::memcpy(full.data(), tmp.data(), sizeof(float) * b.numel());
-        else paste_slice(tmp.data(), t.shape, b.slice, full.data());
+        if (p.slice.empty()) std::memcpy(full.data(), tmp.data(), sizeof(float) * b.numel());
+        else paste_slice(tmp.data(), t.shape, p.slice, full.data());
       }
     }
     if (me == 0) out->emplace_back(std::move(t), std::move(full));
   }
   return Status::ok();
+}
+} // namespace
+
+std::vector<FullTrainable> full_trainables(const plan::Plan &plan) {
+  return full_tensors(plan, plan::BufferKind::Trainable, /*replica0=*/true);
+}
+
+std::vector<FullTrainable> full_optimizer_states(const plan::Plan &plan) {
+  return full_tensors(plan, plan::BufferKind::OptState, /*replica0=*/false);
+}
+
+Status gather_full_trainables(const plan::Plan &plan, Communicator &comm, const Executor &ex, std::vector<FullTensor> *out) {
+  return gather_full(full_trainables(plan), comm, ex, out);
+}
+
+Status gather_full_optimizer_states(const plan::Plan &plan, Communicator &comm, const Executor &ex,
+                                    std::vector<FullTensor> *out) {
+  return gather_full(full_optimizer_states(plan), comm, ex, out);
+}
+
+StatusOr<std::map<std::string, std::vector<float>>> take_rank_slices(const plan::Plan &plan, int rank,
+                                                                     plan::BufferKind kind,
+                                                                     const std::map<std::string, std::vector<float>> &whole) {
+  std::map<std::string, std::vector<float>> out;
+  if (rank < 0 || rank >= static_cast<int>(plan.ranks.size())) return Status::error("no rank " + std::to_string(rank) + " in the plan");
+  const plan::RankPlan &rp = plan.ranks[rank];
+  for (const plan::Buffer &b : rp.buffers) {
+    if (b.kind != kind) continue;
+    auto it = whole.find(b.name);
+    if (it == whole.end()) continue;
+    const plan::Buffer *t = owning_trainable(rp, b);
+    const plan::Buffer &geom = t ? *t : b;
+    const std::vector<int64_t> full = geom.full_shape.empty() ? b.shape : geom.full_shape;
+    if (static_cast<int64_t>(it->second.size()) != shape_numel(full))
+      return Status::error("tensor " + b.name + " has " + std::to_string(it->second.size()) + " values, the plan needs " +
+                           std::to_string(shape_numel(full)) + " (" + shape_str(full) + ")");
+    if (geom.slice.empty()) {
+      out[b.name] = it->second;
+      continue;
+    }
+    std::vector<float> part(static_cast<size_t>(b.numel()));
+    take_slice(it->second.data(), full, geom.slice, part.data());
+    out[b.name] = std::move(part);
+  }
+  return out;
 }
 
 std::vector<NamedTensor> as_named(const std::vector<FullTensor> &full) {

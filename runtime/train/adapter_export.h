@@ -25,6 +25,9 @@ namespace parallora::rt {
 struct TrainablePiece {
   int rank = 0;
   const plan::Buffer *buffer = nullptr;
+  // The piece's place in the whole tensor (empty = whole): the buffer's slice, or for an AdamW
+  // moment that of its trainable (moments are lowered with the trainable's local shape).
+  std::vector<std::pair<int64_t, int64_t>> slice;
 };
 struct FullTrainable {
   std::string name;
@@ -38,10 +41,26 @@ using FullTensor = std::pair<FullTrainable, std::vector<float>>;
 /// rank computes the same list from the plan.
 std::vector<FullTrainable> full_trainables(const plan::Plan &plan);
 
+/// Every AdamW moment ("<param>.exp_avg[_sq]") of the plan (sorted by name) and where its pieces
+/// live: like full_trainables, but from any data-parallel rank (ZeRO-1 keeps each moment on one
+/// owner replica only); sliced like its trainable.
+std::vector<FullTrainable> full_optimizer_states(const plan::Plan &plan);
+
 /// The full (unsharded) trainables, assembled on rank 0 from the ranks holding their slices
 /// (collective over the world: every rank must call it). On rank 0 `out` receives them;
 /// elsewhere it stays empty.
 Status gather_full_trainables(const plan::Plan &plan, Communicator &comm, const Executor &ex, std::vector<FullTensor> *out);
+
+/// The full AdamW moments, assembled on rank 0 like gather_full_trainables (collective).
+Status gather_full_optimizer_states(const plan::Plan &plan, Communicator &comm, const Executor &ex,
+                                    std::vector<FullTensor> *out);
+
+/// This rank's share of whole tensors: for each buffer of `kind` on `rank`, its slice of the
+/// whole tensor of the same name in `whole` (OptState: sliced like its trainable). A missing name
+/// is skipped (the executor's setters report it); a whole tensor of the wrong size is an error.
+StatusOr<std::map<std::string, std::vector<float>>> take_rank_slices(const plan::Plan &plan, int rank,
+                                                                     plan::BufferKind kind,
+                                                                     const std::map<std::string, std::vector<float>> &whole);
 
 /// Borrowed views of `full` for the PEFT writers.
 std::vector<NamedTensor> as_named(const std::vector<FullTensor> &full);

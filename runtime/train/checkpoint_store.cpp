@@ -12,17 +12,19 @@
 #include "runtime/base/fs_util.h"
 #include "runtime/base/safetensors.h"
 #include "runtime/io/checkpoint_manifest.h"
+#include "runtime/plan/plan_io.h"
 #include "runtime/train/adapter_export.h"
 
 namespace parallora::rt {
 namespace {
+constexpr const char *kOptimizerFile = "optimizer.safetensors";
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 std::string rank_file(int rank) { return "rank-" + std::to_string(rank) + ".safetensors"; }
 
-/// Plans of several ranks: `path` is a checkpoint-N directory or an out dir.
-StatusOr<ResumePoint> load_rank_checkpoint(const std::string &path_in, const Executor &ex, int rank) {
+/// `path` is a checkpoint-N directory or an out dir (its `latest`, else the newest complete one).
+StatusOr<std::string> resolve_checkpoint_dir(const std::string &path_in) {
   std::string dir = fsutil::strip_trailing_slashes(path_in);
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return Status::error("checkpoint " + dir + " is not a directory");
@@ -47,6 +49,13 @@ StatusOr<ResumePoint> load_rank_checkpoint(const std::string &path_in, const Exe
       return Status::error(dir + " holds no complete checkpoint (neither trainer_state.json nor a valid `latest`)");
     dir += "/" + latest;
   }
+  return dir;
+}
+
+/// Checkpoints of several ranks written before the global layout (rank-R.safetensors, no
+/// optimizer.safetensors): this rank's shard, as held. Only the plan that wrote it can resume.
+StatusOr<ResumePoint> load_rank_checkpoint(const std::string &dir, const Executor &ex, int rank) {
+  std::error_code ec;
   ResumePoint ck;
   ck.path = dir;
   std::string text;
@@ -91,20 +100,6 @@ StatusOr<ResumePoint> load_rank_checkpoint(const std::string &path_in, const Exe
   return ck;
 }
 
-void prune_rank_checkpoints(const std::string &out, int keep_last, const std::string &keep) {
-  std::vector<std::pair<int64_t, std::string>> found;
-  std::error_code ec;
-  for (fs::directory_iterator it(out, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    int64_t st = checkpoint_dir_step(name);
-    if (st >= 0 && it->is_directory(ec)) found.emplace_back(st, name);
-  }
-  std::sort(found.begin(), found.end());
-  if (static_cast<int64_t>(found.size()) <= keep_last) return;
-  for (size_t i = 0; i + keep_last < found.size(); ++i)
-    if (found[i].second != keep) (void)fsutil::remove_dir_atomically(out + "/" + found[i].second);  // best effort
-}
-
 } // namespace
 
 int64_t checkpoint_dir_step(const std::string &name) {
@@ -123,86 +118,86 @@ CheckpointStore::CheckpointStore(std::string out_dir, const plan::Plan &plan, st
     : out_(std::move(out_dir)), plan_(plan), fingerprint_(std::move(fingerprint)), base_model_(std::move(base_model)),
       keep_last_(keep_last) {}
 
-StatusOr<ResumePoint> CheckpointStore::load(const std::string &path, const Executor &ex, int rank) const {
-  if (plan_.world_size > 1) return load_rank_checkpoint(path, ex, rank);
-  auto c = load_checkpoint(path);
+StatusOr<ResumePoint> CheckpointStore::load(const std::string &path, const Executor &ex, int rank,
+                                            const std::string &plan_path) const {
+  auto dir = resolve_checkpoint_dir(path);
+  if (!dir) return dir.status();
+  std::error_code ec;
+  if (!fs::exists(*dir + "/" + kOptimizerFile, ec) && fs::exists(*dir + "/" + rank_file(0), ec)) {
+    auto old = load_rank_checkpoint(*dir, ex, rank);  // the older per-rank layout
+    if (!old) return old;
+    if (Status s = check_resumable(old->state, old->path, plan_path); !s) return Status::error(old->path + ": " + s.message());
+    return old;
+  }
+  // The global layout: every rank reads the whole adapter and moments and keeps its slices.
+  auto c = load_checkpoint(*dir);
   if (!c) return c.status();
+  if (Status s = check_resumable(c->state, c->path, plan_path); !s) return Status::error(c->path + ": " + s.message());
   ResumePoint rp;
   rp.state = std::move(c->state);
-  rp.trainables = std::move(c->adapters);
-  rp.optimizer_state = std::move(c->optimizer_state);
   rp.path = std::move(c->path);
+  if (plan_.world_size == 1) {
+    rp.trainables = std::move(c->adapters);
+    rp.optimizer_state = std::move(c->optimizer_state);
+    return rp;
+  }
+  auto tr = take_rank_slices(plan_, rank, plan::BufferKind::Trainable, c->adapters);
+  if (!tr) return Status::error(rp.path + ": " + tr.message());
+  auto os = take_rank_slices(plan_, rank, plan::BufferKind::OptState, c->optimizer_state);
+  if (!os) return Status::error(rp.path + ": " + os.message());
+  rp.trainables = std::move(*tr);
+  rp.optimizer_state = std::move(*os);
   return rp;
 }
 
-Status CheckpointStore::save(const TrainerState &st, Communicator &comm, const Executor &ex) const {
+Status CheckpointStore::check_resumable(const TrainerState &st, const std::string &cpath, const std::string &plan_path) const {
+  const std::string training = plan::training_fingerprint(plan_);
+  if (st.training_fingerprint.empty()) {
+    // Written before training fingerprints: only the plan that wrote it.
+    if (st.plan_fingerprint == fingerprint_) return Status::ok();
+    return Status::error("the checkpoint was written for plan " + st.plan_fingerprint + ", but " + plan_path +
+                         " has fingerprint " + fingerprint_ +
+                         " (resume with the plan that wrote the checkpoint, or start a new run with --init-adapter " +
+                         cpath + ")");
+  }
+  if (st.training_fingerprint == training) return Status::ok();
+  std::string diff;
+  for (auto &[label, value] : plan::training_config(plan_)) {
+    const std::string was = st.training.contains(label) && st.training[label].is_string()
+                                ? st.training[label].get<std::string>()
+                                : std::string("(not recorded)");
+    if (was != value) diff += std::string(diff.empty() ? "" : "; ") + label + " " + was + ", the plan has " + value;
+  }
+  if (diff.empty()) diff = "training fingerprint " + st.training_fingerprint + ", the plan has " + training;
+  return Status::error("the checkpoint was trained with " + diff + " (" + plan_path +
+                       "): a checkpoint resumes under any mesh, pipeline schedule, micro-batch count or precision, "
+                       "but only with the same model, LoRA config, global batch, sequence length and hyperparameters "
+                       "(start a new run with --init-adapter " + cpath + " to reuse its adapter)");
+}
+
+Status CheckpointStore::save(const TrainerState &st_in, Communicator &comm, const Executor &ex) const {
+  TrainerState st = st_in;
+  st.training_fingerprint = plan::training_fingerprint(plan_);
+  st.training = json::object();
+  for (auto &[label, value] : plan::training_config(plan_)) st.training[label] = value;
+  const plan::Mesh &mesh = plan_.mesh;
+  st.mesh = {{"world_size", plan_.world_size}, {"dp", mesh.dp},           {"tp", mesh.tp},
+             {"pp", mesh.pp},                   {"strategy", plan_.strategy}, {"pipeline_schedule", plan_.pipeline_schedule},
+             {"precision", plan_.precision},    {"micro_batches", plan_.micro_batches}};
   if (plan_.world_size == 1) {
     std::string saved;
     return save_checkpoint(out_, st, plan_.lora, base_model_, named_tensors(ex, plan::BufferKind::Trainable),
                            named_tensors(ex, plan::BufferKind::OptState), &saved, keep_last_);
   }
-  // Several ranks: rank 0 names and creates the tmp dir; every rank writes its shard; rank 0
-  // adds the full adapter and trainer_state.json (last) and commits by rename.
-  const int R = comm.rank();
-  const bool rank0 = R == 0;
-  const std::string out = fsutil::strip_trailing_slashes(out_);
-  const std::string name = "checkpoint-" + std::to_string(st.step);
-  const std::string final_dir = out + "/" + name;
-  long long pid = rank0 ? static_cast<long long>(::getpid()) : 0;
-  if (Status s = control_broadcast(comm, &pid, sizeof pid); !s) return s;
-  const std::string tmp = final_dir + ".tmp-" + std::to_string(pid);
-  if (rank0) {
-    fsutil::remove_all_quiet(tmp);
-    if (Status s = fsutil::create_dirs(tmp); !s) return s;
-  }
-  if (Status s = control_barrier(comm); !s) return s;
-  std::vector<TensorToWrite> mine;
-  for (const BufferTensor &t : ex.buffers(plan::BufferKind::Trainable))
-    mine.push_back({t.buffer->name, DType::F32, t.buffer->shape, t.tensor.data});
-  for (const BufferTensor &t : ex.buffers(plan::BufferKind::OptState))
-    mine.push_back({t.buffer->name, DType::F32, t.buffer->shape, t.tensor.data});
-  const plan::Mesh &mesh = plan_.mesh;
-  const std::string mesh_str = std::to_string(mesh.dp) + "x" + std::to_string(mesh.tp) + "x" + std::to_string(mesh.pp);
-  if (Status s = write_safetensors(tmp + "/" + rank_file(R), mine,
-                                   {{"format", "pt"}, {"rank", std::to_string(R)}, {"mesh", mesh_str},
-                                    {"plan_fingerprint", fingerprint_}});
-      !s)
-    return s;
-  // Every shard's size and CRC32 go to rank 0 for the manifest (checkpoint_manifest.h).
-  auto sum = file_checksum(tmp + "/" + rank_file(R));
-  if (!sum) return sum.status();
-  const double row[2] = {static_cast<double>((*sum)["bytes"].get<int64_t>()),
-                         static_cast<double>(std::stoul((*sum)["crc32"].get<std::string>(), nullptr, 16))};
-  std::vector<double> rows(rank0 ? 2 * static_cast<size_t>(plan_.world_size) : 0);
-  if (Status s = control_gather(comm, row, 2, rank0 ? rows.data() : nullptr); !s) return s;
-  std::vector<FullTensor> full;
-  if (Status s = gather_full_trainables(plan_, comm, ex, &full); !s) return s;
-  if (Status s = control_barrier(comm); !s) return s;
-  if (!rank0) return Status::ok();
-  if (Status s = write_peft_files(tmp, plan_.lora, base_model_, as_named(full)); !s) return s;
-  json js = {{"format", "parallora-trainer-state"},
-             {"version", 1},
-             {"global_step", st.step},
-             {"data_position", {{"epoch", st.data.epoch}, {"index", st.data.index}}},
-             {"seed", st.seed},
-             {"plan_fingerprint", st.plan_fingerprint},
-             {"world_size", plan_.world_size},
-             {"mesh", {{"dp", mesh.dp}, {"tp", mesh.tp}, {"pp", mesh.pp}}},
-             {"extra", st.extra}};
-  json &files = js["files"];
-  for (int r = 0; r < plan_.world_size; ++r) {
-    char crc[16];
-    std::snprintf(crc, sizeof crc, "%08x", static_cast<unsigned>(rows[2 * r + 1]));
-    files[rank_file(r)] = {{"bytes", static_cast<int64_t>(rows[2 * r])}, {"crc32", crc}};
-  }
-  if (Status s = add_file_checksums(tmp, {"adapter_model.safetensors", "adapter_config.json"}, &js); !s) return s;
-  seal_state(&js);
-  if (Status s = fsutil::write_file_atomic(tmp + "/trainer_state.json", js.dump(2) + "\n"); !s) return s;
-  if (Status s = fsutil::fsync_dir(tmp); !s) return s;
-  if (Status s = fsutil::replace_dir(tmp, final_dir); !s) return s;
-  if (Status s = fsutil::write_file_atomic(out + "/latest", name + "\n"); !s) return s;
-  if (keep_last_ > 0) prune_rank_checkpoints(out, keep_last_, name);
-  return Status::ok();
+  // Several ranks: the whole adapter and AdamW moments are assembled on rank 0 (tensor-parallel
+  // slices pasted, pipeline stages joined, ZeRO-1 moments taken from their owners), which writes
+  // the one-rank layout: the checkpoint resumes under any mesh.
+  std::vector<FullTensor> adapters, moments;
+  if (Status s = gather_full_trainables(plan_, comm, ex, &adapters); !s) return s;
+  if (Status s = gather_full_optimizer_states(plan_, comm, ex, &moments); !s) return s;
+  if (comm.rank() != 0) return Status::ok();
+  std::string saved;
+  return save_checkpoint(out_, st, plan_.lora, base_model_, as_named(adapters), as_named(moments), &saved, keep_last_);
 }
 
 } // namespace parallora::rt

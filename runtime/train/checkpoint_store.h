@@ -1,12 +1,18 @@
 //===- checkpoint_store.h - a session's checkpoints: save, find, load, prune ===//
 //
-// One-rank plans use the layout of runtime/io/checkpoint.h (a PEFT adapter, optimizer.safetensors,
-// trainer_state.json). Plans of several ranks write
-//   <out>/checkpoint-N/{rank-R.safetensors (this rank's trainables and AdamW moments, as held),
-//                       adapter_model.safetensors + adapter_config.json (the full adapter),
-//                       trainer_state.json (last: its presence marks a complete checkpoint)}
-// into checkpoint-N.tmp-PID (PID of rank 0), committed by rank 0 with a rename, then `latest`
-// replaced atomically. A kill at any moment leaves the previous checkpoint and `latest` intact.
+// Every checkpoint has the layout of runtime/io/checkpoint.h (a PEFT adapter,
+// optimizer.safetensors with the AdamW moments, trainer_state.json), all tensors whole under their
+// PEFT names, whatever mesh wrote it: plans of several ranks assemble the adapter and the moments
+// on rank 0 (tensor-parallel slices pasted, pipeline stages joined, ZeRO-1 moments taken from
+// their owner replicas) and rank 0 writes the checkpoint. A resume reads the whole tensors on
+// every rank and keeps this rank's slices, so any plan with the same training fingerprint
+// (plan_io.h training_config: model, LoRA config, global batch, seq_len, hyperparameters)
+// resumes it, under any mesh, pipeline schedule, micro-batch count or precision.
+//
+// Per-rank shards are no longer written: the gathered copy is bit-exact (F32), so a fast path
+// for the same plan would save only the gather of tensors twice the adapter's size. Older
+// checkpoints of several ranks (rank-R.safetensors, no optimizer.safetensors) still resume with
+// the plan that wrote them.
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -41,7 +47,13 @@ public:
                   int keep_last);
 
   /// `path`: a checkpoint-N directory, or an out dir (its `latest`, else the newest complete one).
-  StatusOr<ResumePoint> load(const std::string &path, const Executor &ex, int rank) const;
+  /// Refuses (check_resumable) a checkpoint of another training; `plan_path` names the plan in
+  /// messages.
+  StatusOr<ResumePoint> load(const std::string &path, const Executor &ex, int rank,
+                             const std::string &plan_path = "the plan") const;
+  /// Whether the checkpoint's state (of `cpath`) may resume this plan (read from `plan_path`): its
+  /// training fingerprint must equal the plan's; the error names every item that differs.
+  Status check_resumable(const TrainerState &state, const std::string &cpath, const std::string &plan_path) const;
   /// Writes checkpoint-<state.step> (collective over the world for plans of several ranks).
   Status save(const TrainerState &state, Communicator &comm, const Executor &ex) const;
 

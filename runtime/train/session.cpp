@@ -208,16 +208,16 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   const std::string base_model = weights;
   CheckpointStore store(a.out, plan, fingerprint, base_model, static_cast<int>(a.keep_last));
   if (!a.resume.empty()) {
-    auto c = store.load(a.resume, ex, R);
+    auto c = store.load(a.resume, ex, R, a.plan);  // refuses a checkpoint of another training
     if (!c) return fail("--resume " + a.resume + ": " + c.message());
     resume = std::move(*c);
     const TrainerState &st = resume->state;
     const std::string &cpath = resume->path;
-    if (st.plan_fingerprint != fingerprint)
-      return fail("--resume " + cpath + ": the checkpoint was written for plan " + st.plan_fingerprint + ", but " +
-                  a.plan + " has fingerprint " + fingerprint +
-                  " (resume with the plan that wrote the checkpoint, or start a new run with --init-adapter " + cpath +
-                  ")");
+    if (rank0 && st.plan_fingerprint != fingerprint && st.mesh.is_object() && st.mesh.contains("dp"))
+      std::cerr << "lora-run: resuming " << cpath << " (written by plan " << st.plan_fingerprint << ": dp "
+                << st.mesh.value("dp", 1) << " x tp " << st.mesh.value("tp", 1) << " x pp " << st.mesh.value("pp", 1)
+                << ", " << st.mesh.value("precision", std::string("fp32")) << ") under " << a.plan << " (dp " << mesh.dp
+                << " x tp " << mesh.tp << " x pp " << mesh.pp << ", " << plan.precision << ")\n";
     if (seed != st.seed)
       warn("using the checkpoint's seed " + std::to_string(st.seed) + " (not --seed " + std::to_string(seed) +
            ") so the data order continues unchanged");
