@@ -41,8 +41,8 @@ private:
   int lock_fd_ = -1;
 };
 
-/// Several ranks write one checkpoint directory (rank 0 creates it, every rank adds its shard),
-/// so --out must be the same directory on every host: rank 0 leaves a token file there and
+/// Every rank resumes from the checkpoints rank 0 writes into --out, so --out must be the same
+/// directory on every host: rank 0 leaves a token file there and
 /// every rank must read it back (collective). The error names the ranks that cannot.
 Status check_out_shared(Communicator &comm, const std::string &out);
 

@@ -111,7 +111,7 @@ int main(int argc, char **argv) {
       "  mpirun -np 4 lora-run plan.lp --data train.bin --steps 100 --out runs/p\n"
       "  (as root add OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1). Rank 0 prints progress and writes\n"
       "  metrics/summary (with per-rank bytes sent, measured vs predicted) and the full adapter; checkpoints hold\n"
-      "  one rank-R.safetensors shard per rank. A failing rank aborts the whole job (MPI_Abort).\n"
+      "  the adapter and AdamW moments whole (resumable under another mesh). A failing rank aborts the whole job (MPI_Abort).\n"
       "  Testing aid: PARALLORA_TEST_FAIL_RANK=r PARALLORA_TEST_FAIL_STEP=s make rank r fail at step s.\n"
       "\n"
       "Exit codes: 0 success, 1 runtime error (files, data, kernels), 2 command-line error.");
