@@ -14,6 +14,8 @@ namespace parallora::rt {
 namespace {
 using json = nlohmann::json;
 
+} // namespace
+
 std::string fmt(const char *f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
@@ -23,7 +25,6 @@ std::string fmt(const char *f, double v) {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-} // namespace
 
 double median(std::vector<double> v) {
   if (v.empty()) return 0;

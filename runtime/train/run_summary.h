@@ -52,6 +52,10 @@ struct RunInfo {
 
 /// Median of `v` (0 when empty).
 double median(std::vector<double> v);
+/// `v` printed with one printf conversion (`f`, e.g. "%.6f"): the session's and summary's numbers.
+std::string fmt(const char *f, double v);
+/// Seconds since `t0` on the steady clock.
+double seconds_since(std::chrono::steady_clock::time_point t0);
 /// This process's peak resident set in MiB.
 double peak_rss_mib();
 

@@ -46,15 +46,6 @@ namespace parallora::rt {
 namespace {
 using json = nlohmann::json;
 
-std::string fmt(const char *f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 /// --dump-first-step: loss, the micro-batch logits and every gradient after the first
 /// micro_step (before the optimizer).
