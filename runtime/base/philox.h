@@ -6,8 +6,9 @@
 //   (c0, c1, c2, c3) -> (hi(M1 c2) ^ c1 ^ k0, lo(M1 c2), hi(M0 c0) ^ c3 ^ k1, lo(M0 c0))
 // with the key bumped by the Weyl constants (W0, W1) between rounds. There is no state: the
 // output is a pure function of (counter, key), so any element's random bits can be computed
-// anywhere, in any order, on any device. Known answers: tests/unit/test_philox.cpp (Random123's
-// kat_vectors) and scripts/reference/philox.py (an independent numpy reproduction).
+// anywhere, in any order, on any device. Known answers: tests/unit/test_lora_dropout.cpp
+// (Random123's kat_vectors, and Random123 itself where librandom123-dev is installed) and
+// scripts/reference/philox.py (an independent numpy reproduction).
 //
 // THE LoRA DROPOUT MASK (docs/training.md, "LoRA dropout"). The adapter input x of a
 // pl.lora_linear with dropout p is viewed as (samples, positions, features). Element
@@ -48,11 +49,12 @@ PARALLORA_HD void mulhilo(uint32_t a, uint32_t b, uint32_t *hi, uint32_t *lo) {
 }
 } // namespace philox_detail
 
-/// Philox-4x32 with `rounds` rounds (10 is the standard, crush-resistant choice).
-PARALLORA_HD Philox4x32 philox4x32(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1,
-                                   int rounds = 10) {
+/// Philox-4x32-10: 10 rounds, the standard (Crush-resistant) choice. (Not named philox4x32:
+/// Random123's header defines that as a macro.)
+PARALLORA_HD Philox4x32 philox_4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                       uint32_t k1) {
   using namespace philox_detail;
-  for (int r = 0; r < rounds; ++r) {
+  for (int r = 0; r < 10; ++r) {
     if (r > 0) {
       k0 += kW0;
       k1 += kW1;
@@ -94,7 +96,7 @@ struct DropoutMask {
   /// Whether local element (row, k) is kept.
   PARALLORA_HD bool keep(int64_t row, int64_t k) const {
     const int64_t f = feature0 + k;
-    const Philox4x32 w = philox4x32(static_cast<uint32_t>(f >> 2), static_cast<uint32_t>(row % positions),
+    const Philox4x32 w = philox_4x32_10(static_cast<uint32_t>(f >> 2), static_cast<uint32_t>(row % positions),
                                     sample0 + static_cast<uint32_t>(row / positions), step, key0, key1);
     return w.v[f & 3] >= threshold;
   }

@@ -42,7 +42,7 @@ static void dropout_rows(const DropoutMask &m, const float *x, float *xd, int64_
     for (int64_t k = 0; k < K; ++k) {
       const int64_t f = m.feature0 + k;
       if (k == 0 || (f & 3) == 0)
-        w = philox4x32(uint32_t(f >> 2), uint32_t(i % m.positions), m.sample0 + uint32_t(i / m.positions), m.step,
+        w = philox_4x32_10(uint32_t(f >> 2), uint32_t(i % m.positions), m.sample0 + uint32_t(i / m.positions), m.step,
                        m.key0, m.key1);
       xd[i * K + k] = w.v[f & 3] >= m.threshold ? x[i * K + k] * m.scale : 0.0f;
     }
