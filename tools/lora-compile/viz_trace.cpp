@@ -102,7 +102,7 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
 
   // Processes (ranks) and step spans.
   std::map<int, std::string> names;
-  std::map<int64_t, std::map<int, std::pair<double, double>>> steps;  // step -> rank -> [ts, ts + dur]
+  std::map<int64_t, std::map<int, std::pair<double, double>>> steps;  // step -> rank -> (ts, dur)
   for (const json &e : ev) {
     if (!e.is_object()) return err("an entry of \"traceEvents\" is not an object");
     const std::string ph = str(e, "ph");
@@ -112,7 +112,7 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
     if (ph == "X" && str(e, "cat") == "step" && e.contains("args") && e["args"].is_object()) {
       const int64_t s = integer(e["args"], "step");
       const double ts = num(e, "ts"), dur = num(e, "dur");
-      steps[s][pid] = {ts, ts + dur};
+      steps[s][pid] = {ts, dur};
     }
   }
   const int W = static_cast<int>(plan.ranks.size());
@@ -151,7 +151,7 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
     for (size_t i = m.steps.size() > 1 ? 1 : 0; i < m.steps.size(); ++i) {
       const auto &by_rank = steps[m.steps[i]];
       auto r0 = by_rank.find(0);
-      cand.push_back({r0 == by_rank.end() ? 0.0 : r0->second.second - r0->second.first, m.steps[i]});
+      cand.push_back({r0 == by_rank.end() ? 0.0 : r0->second.second, m.steps[i]});
     }
     std::stable_sort(cand.begin(), cand.end(), [](auto &a, auto &b) { return a.first < b.first; });
     m.step = cand[cand.size() / 2].second;
@@ -161,7 +161,7 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
   m.hi = -1e300;
   for (auto &[r, sp] : spans) {
     m.lo = std::min(m.lo, sp.first);
-    m.hi = std::max(m.hi, sp.second);
+    m.hi = std::max(m.hi, sp.first + sp.second);
   }
   m.clock_error_us = num(other, "clock_error_us_max", -1);
 
@@ -173,7 +173,7 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
     auto sp = spans.find(r);
     if (sp == spans.end()) return err("rank " + std::to_string(r) + " has no span of step " + std::to_string(m.step));
     mr.step_ts = sp->second.first;
-    mr.step_dur = sp->second.second - sp->second.first;
+    mr.step_dur = sp->second.second;
   }
   // The events of each rank that begin inside its span of the step.
   for (const json &e : ev) {
@@ -227,7 +227,7 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
 std::string measured_svg(const MeasuredStep &m) {
   const char *kFwd = "#4e79a7", *kBwd = "#e8853a", *kOpt = "#59a14f", *kComm = "#d7263d", *kIdle = "#bdbdbd";
   const double left = 230, plot_w = 820, right = 120, top = 58;
-  const double lane_h[4] = {18, 14, 14, 8}, lane_gap = 2, rank_gap = 14;
+  const double lane_h[4] = {18, 14, 14, 10}, lane_gap = 2, rank_gap = 14;
   double rank_h = 0;
   for (double h : lane_h) rank_h += h + lane_gap;
   const int R = static_cast<int>(m.ranks.size());
@@ -243,7 +243,7 @@ std::string measured_svg(const MeasuredStep &m) {
     }
   };
   std::ostringstream os;
-  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"measured\" width=\"" << width << "\" height=\"" << height
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"measured\" data-step=\"" << m.step << "\" width=\"" << width << "\" height=\"" << height
      << "\" viewBox=\"0 0 " << width << " " << height << "\" font-family=\"Helvetica, Arial, sans-serif\">\n"
      << "<text x=\"" << left << "\" y=\"20\" font-size=\"15\" font-weight=\"bold\">measured: step " << m.step << " of "
      << xml_escape(m.path) << "</text>\n";
@@ -271,7 +271,7 @@ std::string measured_svg(const MeasuredStep &m) {
        << "<text x=\"" << left - 62 << "\" y=\"" << y0 + 28 << "\" font-size=\"10\" fill=\"#555555\" text-anchor=\"end\">"
        << "bubble " << pct(mr.step_bubble()) << " of its step</text>\n";
     for (int l = 0; l < 4; ++l)
-      os << "<text x=\"" << left - 6 << "\" y=\"" << lane_y[l] + lane_h[l] - 3 << "\" font-size=\"9\" fill=\"#777777\" "
+      os << "<text x=\"" << left - 6 << "\" y=\"" << lane_y[l] + lane_h[l] - 2 << "\" font-size=\"9\" fill=\"#777777\" "
          << "text-anchor=\"end\">" << lane_label[l] << "</text><rect x=\"" << left << "\" y=\"" << lane_y[l]
          << "\" width=\"" << plot_w << "\" height=\"" << lane_h[l] << "\" fill=\"#f6f6f6\"/>\n";
     // This rank's step span.
