@@ -641,7 +641,7 @@ std::string index_html(const Plan &plan, const std::vector<bool> &have_svg, cons
         << base << ".svg</code>)</p>\n";
     h << "</details>\n";
   }
-  h << "</body>\n</html>\n";
+  h << viz::viewer_script() << "</body>\n</html>\n";
   return h.str();
 }
 

@@ -361,4 +361,17 @@ std::string measured_html(const plan::Plan &plan, const MeasuredStep &m, const r
   return h.str();
 }
 
+std::string viewer_script() {
+  return "<script>\ndocument.addEventListener('DOMContentLoaded', function () {\n"
+         "  if (location.hash === '#timelines') {  // only the title and the timelines\n"
+         "    var keep = true;\n"
+         "    Array.prototype.forEach.call(document.body.children, function (el) {\n"
+         "      if (el.tagName === 'H2') keep = /timeline/i.test(el.textContent);\n"
+         "      if (!keep && el.tagName !== 'SCRIPT') el.style.display = 'none';\n"
+         "    });\n"
+         "  }\n"
+         "  document.body.setAttribute('data-height', Math.ceil(window.scrollY + document.body.getBoundingClientRect().bottom) + 24);\n"
+         "});\n</script>\n";
+}
+
 } // namespace parallora::viz

@@ -81,4 +81,9 @@ std::string measured_svg(const MeasuredStep &m);
 /// stage from `pipe`, null without a pipeline).
 std::string measured_html(const plan::Plan &plan, const MeasuredStep &m, const rt::Timeline *pipe);
 
+/// The viewer's script (end of index.html): "index.html#timelines" shows only the title and the
+/// timeline sections (scripts/render_viz.sh screenshots that), and <body data-height> receives
+/// the laid-out page height (render_viz.sh sizes its window by it).
+std::string viewer_script();
+
 } // namespace parallora::viz
