@@ -9,8 +9,9 @@ Parses the HTML (html.parser), never greps it, and recomputes everything from th
   * the drawn step (<svg class="measured" data-step>) is --step, else the median step on rank 0
     with the first excluded;
   * every rank has its group <g class="m-rank" data-rank=R data-name=...> named as in the trace;
-  * per rank and lane (program, compute, comm, idle) the number of <rect class="m-ev"> equals the
-    number of trace events of that rank and track that begin inside its span of the step;
+  * per rank and lane (program, compute, comm, idle, bucket) the number of <rect class="m-ev">
+    equals the number of trace events of that rank and track that begin inside its span of the
+    step (bucket: the async "b"/"e" pairs of the gradient buckets in flight);
   * the table row <tr class="m-row" data-rank=R>: the step's compute / comm / idle / bubble shares
     equal those recomputed from the events (1e-9), the whole-run bubble equals summary.json's
     trace.ranks[R].exposed_comm_fraction + idle_fraction, and the cells show the same numbers
@@ -23,7 +24,7 @@ import json
 import sys
 from html.parser import HTMLParser
 
-LANES = ("program", "compute", "comm", "idle")
+LANES = ("program", "compute", "comm", "idle", "bucket")
 
 
 class Viewer(HTMLParser):
@@ -96,6 +97,14 @@ def expected(events, ranks, step):
                 lanes["program"].append(e)
             elif tid in (1, 2, 3):
                 lanes[LANES[tid]].append(e)
+        begins = {}
+        for e in events:  # gradient buckets in flight: async b/e pairs beginning in the step
+            if e.get("ph") not in ("b", "e") or e["pid"] != r:
+                continue
+            if e["ph"] == "b":
+                begins[e["id"]] = e
+            elif e["id"] in begins and b <= begins.pop(e["id"])["ts"] <= e_:
+                lanes["bucket"].append(e)
         compute = sum(e["dur"] for e in lanes["compute"])
         comm = sum(e["dur"] for e in lanes["comm"])
         idle = max(0.0, d - compute - comm)

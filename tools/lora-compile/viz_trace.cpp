@@ -64,6 +64,7 @@ const char *lane_name(Lane l) {
   case Lane::Compute: return "compute";
   case Lane::Comm: return "comm";
   case Lane::Idle: return "idle";
+  case Lane::Bucket: return "bucket";
   }
   return "?";
 }
@@ -205,6 +206,34 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
     mr.events.push_back(std::move(me));
   }
   for (MeasuredRank &mr : m.ranks) mr.idle_us = std::max(0.0, mr.step_dur - mr.compute_us - mr.comm_us);
+  // Gradient buckets in flight: async "b" / "e" pairs (by pid and id) beginning inside the step.
+  std::map<std::pair<int, std::string>, const json *> begins;
+  for (const json &e : ev) {
+    const std::string ph = str(e, "ph");
+    if (ph != "b" && ph != "e") continue;
+    const int pid = static_cast<int>(integer(e, "pid", -1));
+    const std::pair<int, std::string> key{pid, e.contains("id") ? e["id"].dump() : std::string()};
+    if (ph == "b") {
+      begins[key] = &e;
+      continue;
+    }
+    auto b = begins.find(key);
+    if (b == begins.end() || pid < 0 || pid >= W) continue;
+    const json &be = *b->second;
+    begins.erase(b);
+    MeasuredRank &mr = m.ranks[pid];
+    const double ts = num(be, "ts"), end = num(e, "ts");
+    if (ts < mr.step_ts || ts > mr.step_ts + mr.step_dur) continue;
+    MeasuredEvent me;
+    me.lane = Lane::Bucket;
+    me.ts = ts;
+    me.dur = std::max(0.0, end - ts);
+    me.name = str(be, "name");
+    me.program = str(be, "cat");  // bucket_in_flight (host start .. wait) or bucket_device (NCCL stream)
+    me.tip = me.name + "  " + fmt("%.1f", me.dur) + " us";
+    mr.events.push_back(std::move(me));
+    m.has_buckets = true;
+  }
   // The whole run, from the summary lora-run printed.
   if (other.contains("summary") && other["summary"].is_object() && other["summary"].contains("ranks") &&
       other["summary"]["ranks"].is_array()) {
@@ -225,11 +254,14 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
 }
 
 std::string measured_svg(const MeasuredStep &m) {
-  const char *kFwd = "#4e79a7", *kBwd = "#e8853a", *kOpt = "#59a14f", *kComm = "#d7263d", *kIdle = "#bdbdbd";
+  const char *kFwd = "#4e79a7", *kBwd = "#e8853a", *kOpt = "#59a14f", *kComm = "#d7263d", *kIdle = "#bdbdbd",
+             *kMicro = "#7d6fa8";
   const double left = 230, plot_w = 820, right = 120, top = 58;
-  const double lane_h[4] = {18, 14, 14, 10}, lane_gap = 2, rank_gap = 14;
+  // Lanes top to bottom: programs, compute, comm, buckets (only when some), idle.
+  const double lane_h[5] = {18, 14, 14, 10, m.has_buckets ? 10.0 : 0.0}, lane_gap = 2, rank_gap = 14;
+  const int order[5] = {0, 1, 2, 4, 3};
   double rank_h = 0;
-  for (double h : lane_h) rank_h += h + lane_gap;
+  for (double h : lane_h) rank_h += h > 0 ? h + lane_gap : 0;
   const int R = static_cast<int>(m.ranks.size());
   const double plot_h = R * rank_h + (R - 1) * rank_gap;
   const double width = left + plot_w + right, height = top + plot_h + 56;
@@ -239,7 +271,10 @@ std::string measured_svg(const MeasuredStep &m) {
     switch (e.lane) {
     case Lane::Comm: return kComm;
     case Lane::Idle: return kIdle;
-    default: return e.optimizer ? kOpt : e.backward ? kBwd : kFwd;
+    case Lane::Bucket: return e.program == "bucket_device" ? "#7b4fa0" : "#f1a6b0";
+    default:
+      if (e.lane == Lane::Program && e.program == "micro_step") return kMicro;  // forward + backward
+      return e.optimizer ? kOpt : e.backward ? kBwd : kFwd;
     }
   };
   std::ostringstream os;
@@ -248,30 +283,36 @@ std::string measured_svg(const MeasuredStep &m) {
      << "<text x=\"" << left << "\" y=\"20\" font-size=\"15\" font-weight=\"bold\">measured: step " << m.step << " of "
      << xml_escape(m.path) << "</text>\n";
   double lx = left;
-  const std::pair<const char *, const char *> legend[] = {
+  std::vector<std::pair<const char *, const char *>> legend = {
       {kFwd, "forward"}, {kBwd, "backward"}, {kOpt, "optimizer"}, {kComm, "communication (blocked)"}, {kIdle, "idle"}};
+  bool micro = false;
+  for (const MeasuredRank &mr : m.ranks)
+    for (const MeasuredEvent &e : mr.events) micro = micro || (e.lane == Lane::Program && e.program == "micro_step");
+  if (micro) legend.insert(legend.begin(), {kMicro, "micro-step (forward + backward)"});
+  if (m.has_buckets) legend.push_back({"#f1a6b0", "bucket in flight (purple: on the device)"});
   for (const auto &[c, text] : legend) {
     os << "<rect x=\"" << lx << "\" y=\"32\" width=\"14\" height=\"12\" fill=\"" << c << "\"/><text x=\"" << lx + 19
        << "\" y=\"42\" font-size=\"11\">" << text << "</text>\n";
     lx += 34 + 6.2 * std::string(text).size();
   }
-  const char *lane_label[4] = {"programs", "compute", "comm", "idle"};
+  const char *lane_label[5] = {"programs", "compute", "comm", "idle", "buckets"};
   for (int r = 0; r < R; ++r) {
     const MeasuredRank &mr = m.ranks[r];
     const double y0 = top + r * (rank_h + rank_gap);
-    double lane_y[4];
+    double lane_y[5];
     double y = y0;
-    for (int l = 0; l < 4; ++l) {
+    for (int l : order) {
       lane_y[l] = y;
-      y += lane_h[l] + lane_gap;
+      if (lane_h[l] > 0) y += lane_h[l] + lane_gap;
     }
     os << "<g class=\"m-rank\" data-rank=\"" << r << "\" data-name=\"" << xml_escape(mr.name) << "\">\n"
        << "<text x=\"" << left - 62 << "\" y=\"" << y0 + 13 << "\" font-size=\"12\" text-anchor=\"end\">"
        << xml_escape(mr.name) << "</text>\n"
        << "<text x=\"" << left - 62 << "\" y=\"" << y0 + 28 << "\" font-size=\"10\" fill=\"#555555\" text-anchor=\"end\">"
        << "bubble " << pct(mr.step_bubble()) << " of its step</text>\n";
-    for (int l = 0; l < 4; ++l)
-      os << "<text x=\"" << left - 6 << "\" y=\"" << lane_y[l] + lane_h[l] - 2 << "\" font-size=\"9\" fill=\"#777777\" "
+    for (int l : order)
+      if (lane_h[l] > 0)
+        os << "<text x=\"" << left - 6 << "\" y=\"" << lane_y[l] + lane_h[l] - 2 << "\" font-size=\"9\" fill=\"#777777\" "
          << "text-anchor=\"end\">" << lane_label[l] << "</text><rect x=\"" << left << "\" y=\"" << lane_y[l]
          << "\" width=\"" << plot_w << "\" height=\"" << lane_h[l] << "\" fill=\"#f6f6f6\"/>\n";
     // This rank's step span.
@@ -284,7 +325,8 @@ std::string measured_svg(const MeasuredStep &m) {
       const double x = X(e.ts), w = std::max(0.3, X(e.ts + e.dur) - x);
       os << "<rect class=\"m-ev\" data-rank=\"" << r << "\" data-lane=\"" << lane_name(e.lane) << "\" x=\"" << fmt("%.2f", x)
          << "\" y=\"" << lane_y[l] << "\" width=\"" << fmt("%.2f", w) << "\" height=\"" << lane_h[l] << "\" fill=\""
-         << colour(e) << "\"" << (e.lane == Lane::Program ? " stroke=\"#ffffff\" stroke-width=\"1\"" : "") << "><title>"
+         << colour(e) << "\"" << (e.lane == Lane::Program ? " stroke=\"#ffffff\" stroke-width=\"1\"" : "")
+         << (e.lane == Lane::Bucket ? " fill-opacity=\"0.7\"" : "") << "><title>"
          << xml_escape(e.tip) << "</title></rect>";
       if (e.lane == Lane::Program && e.micro_batch >= 0) {
         const std::string label = std::to_string(e.micro_batch);
@@ -353,10 +395,15 @@ std::string measured_html(const plan::Plan &plan, const MeasuredStep &m, const r
       << "</td><td>" << pct(predicted) << "</td><td>" << (formula ? pct(*formula) : "&mdash;") << "</td></tr>\n";
   }
   h << "</table>\n<p class=\"meta\">Whole run: the trace's summary (printed by lora-run and in summary.json "
-       "<code>trace</code>), over every step. Predicted: the compiler's simulation of the "
-    << xml_escape(plan.pipeline_schedule.empty() ? std::string("none") : plan.pipeline_schedule)
-    << " schedule from each stage's FLOPs (the timeline above), which counts only forward and backward at equal "
-       "device speed; the measured bubble also holds the transfers, the optimizer's reductions and host work. "
+       "<code>trace</code>), over every step. Predicted: ";
+  if (p > 1)
+    h << "the compiler's simulation of the " << xml_escape(plan.pipeline_schedule)
+      << " schedule from each stage's FLOPs (the timeline above), which counts only forward and backward at equal "
+         "device speed";
+  else
+    h << "no pipeline, so no bubble is predicted";
+  h << "; the measured bubble also holds the transfers, waits for peers (the collectives), the optimizer's "
+       "reductions and host work. "
        "docs/parallel.md \"The measured timeline in the viewer\" says how to read it.</p>\n";
   return h.str();
 }

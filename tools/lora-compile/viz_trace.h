@@ -5,7 +5,8 @@
 //   * one group of lanes per rank (the trace's processes, clocks already aligned to rank 0):
 //     programs (forward / backward / micro_step / optimizer_step spans, labelled with the
 //     micro-batch), compute kernels, communication (blocked in send / recv / all-reduce) and
-//     idle (the gaps the trace derived), on one time axis;
+//     idle (the gaps the trace derived), and the gradient buckets in flight (when there are
+//     any: async slices, begin .. end), on one time axis;
 //   * a table per rank: the measured bubble of the drawn step (exposed communication + idle,
 //     as a share of the rank's step span), the same over the whole run (the trace's summary,
 //     otherData.summary, which lora-run printed), the compiler's predicted bubble of the stage
@@ -15,7 +16,7 @@
 // on rank 0 with the first step excluded (it pays one-time costs), as lora-study draws it.
 //
 // Elements carry their numbers for tests: <g class="m-rank" data-rank=R>, <rect class="m-ev"
-// data-rank=R data-lane=program|compute|comm|idle>, <tr class="m-row" data-rank=R
+// data-rank=R data-lane=program|compute|comm|idle|bucket>, <tr class="m-row" data-rank=R
 // data-step-bubble=... data-run-bubble=...> (full precision, %.17g).
 //
 //===----------------------------------------------------------------------===//
@@ -32,7 +33,9 @@
 
 namespace parallora::viz {
 
-enum class Lane : int { Program = 0, Compute = 1, Comm = 2, Idle = 3 };
+// Bucket: a gradient bucket's all-reduce in flight (the trace's async slices: host start .. wait,
+// and on NCCL its device time), drawn only when the step has some; not part of the shares.
+enum class Lane : int { Program = 0, Compute = 1, Comm = 2, Idle = 3, Bucket = 4 };
 
 struct MeasuredEvent {
   Lane lane = Lane::Compute;
@@ -62,6 +65,7 @@ struct MeasuredStep {
   std::vector<int64_t> steps;  // every step in the trace
   double lo = 0, hi = 0;       // the drawn window: the ranks' step spans together
   double clock_error_us = -1;  // otherData.clock_error_us_max (-1: not stated)
+  bool has_buckets = false;    // some rank has a Bucket event in the step
   std::vector<MeasuredRank> ranks;
 };
 
