@@ -115,7 +115,7 @@ def train(d, dtype, steps, seq, threads):
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         print(f"step {s + 1}: loss {losses[-1]:.6f} ({times[-1]:.1f} s)", flush=True)
     med = statistics.median(times)
     print(json.dumps({"impl": "torch+peft", "dtype": dtype, "losses": losses, "grad_norms": norms,
