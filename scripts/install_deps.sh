@@ -15,7 +15,8 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcli11-dev                               # config.json / safetensors headers, CLIs
   libopenmpi-dev openmpi-bin                                    # multi-rank CPU runs (mpirun)
   iproute2                                                      # ip netns + veth: the two-host tests (tests/tools/two_hosts*.test)
-  libopenblas-dev                                               # CPU GEMM
+  libopenblas-dev                                               # CPU GEMM (cblas.h)
+  libopenblas0-openmp                                           # the OpenMP build we link (runtime/cpu/CMakeLists.txt)
   zlib1g-dev                                                    # CRC32 of checkpoint manifests
   libgtest-dev libgmock-dev                                     # unit tests
   clang-14 libclang-rt-14-dev                                   # libFuzzer targets
