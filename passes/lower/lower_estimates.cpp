@@ -73,6 +73,7 @@ void Lowering::estimates(plan::Plan &p, const Mesh3 &mesh) {
     if (prog.name == "micro_step") rank_.forward_flops = through_loss, rank_.backward_flops = f - through_loss;
     if (prog.name == "forward") rank_.forward_flops = f;
     if (prog.name == "backward") rank_.backward_flops = f;
+    if (prog.name == "backward_weight") rank_.backward_flops += f;  // zb-h1: the whole backward is B + W
     if (prog.name == "optimizer_step") opt = f;
     int64_t times = prog.name == "optimizer_step" ? 1 : prog.name == "eval_step" ? 0 : p.micro_batches;
     for (const Instr &in : prog.instrs) bytes_sent(in, mesh, rank_.bytes_sent, times);

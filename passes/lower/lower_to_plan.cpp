@@ -16,6 +16,7 @@
 #include "passes/lower/lower_to_plan.h"
 
 #include "passes/lower/lowering.h"
+#include "runtime/plan/plan_schedule.h"
 #include "runtime/plan/schedule.h"
 
 namespace parallora {
@@ -75,17 +76,19 @@ FailureOr<plan::Plan> Lowering::run() {
     opt.name = "optimizer_step";
     if (failed(lower_function(train, micro, /*is_eval=*/false)))
       return failure();
-    std::vector<bool> backward = backward_;
+    std::vector<bool> backward = backward_, weight_grad = weight_grad_;
     if (failed(lower_function(eval, evalp, true)) || failed(lower_function(optim, opt, false)))
       return failure();
     add_norm_share(optim, p.hparams, opt);
     if (mesh.pp > 1) {  // one micro-batch's forward and backward, run separately by the schedule
-      plan::Program fwd, bwd;
+      plan::Program fwd, bwd, wgt;
       fwd.name = "forward";
       bwd.name = "backward";
+      wgt.name = "backward_weight";  // zb-h1: the weight-gradient part (--split-weight-grad)
       for (size_t i = 0; i < micro.instrs.size(); ++i)
-        (backward[i] ? bwd : fwd).instrs.push_back(std::move(micro.instrs[i]));
+        (weight_grad[i] ? wgt : backward[i] ? bwd : fwd).instrs.push_back(std::move(micro.instrs[i]));
       rank_.programs = {std::move(fwd), std::move(bwd), std::move(opt), std::move(evalp)};
+      if (rt::schedule_splits_weight_grad(p.pipeline_schedule)) rank_.programs.push_back(std::move(wgt));
       rank_.slots = rt::pipeline_slots(p.pipeline_schedule, static_cast<int>(mesh.pp), static_cast<int>(s),
                                        static_cast<int>(opts_.micro_batches));
     } else {
@@ -97,9 +100,10 @@ FailureOr<plan::Plan> Lowering::run() {
     stage_shards_.push_back(shard_dims_);
   }
   if (mesh.pp > 1) {
-    std::vector<double> fwd, bwd;
-    for (auto &st : stages) fwd.push_back(st.forward_flops), bwd.push_back(st.backward_flops);
-    rt::Timeline tl = rt::simulate_pipeline(p.pipeline_schedule, static_cast<int>(opts_.micro_batches), fwd, bwd);
+    std::vector<const plan::RankPlan *> per_stage;
+    for (auto &st : stages) per_stage.push_back(&st);
+    rt::Timeline tl = rt::simulate_pipeline(p.pipeline_schedule, static_cast<int>(opts_.micro_batches),
+                                            rt::stage_pipeline_costs(per_stage, 1), 1);
     for (size_t s = 0; s < stages.size(); ++s) stages[s].bubble_fraction = tl.bubble[s];
   }
   // Every rank: its stage's program with its tensor-parallel slices and its peers.

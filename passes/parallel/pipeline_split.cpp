@@ -209,8 +209,8 @@ struct PipelineSplitPass : impl::PipelineSplitBase<PipelineSplitPass> {
   void runOnOperation() override {
     ModuleOp m = getOperation();
     Mesh3 mesh = read_mesh(m);
-    if (schedule != "gpipe" && schedule != "1f1b") {
-      m.emitError("pipeline-split: unknown schedule '") << schedule << "' (choose gpipe or 1f1b)";
+    if (schedule != "gpipe" && schedule != "1f1b" && schedule != "zb-h1") {
+      m.emitError("pipeline-split: unknown schedule '") << schedule << "' (choose gpipe, 1f1b or zb-h1)";
       return signalPassFailure();
     }
     if (mesh.pp <= 1) return;

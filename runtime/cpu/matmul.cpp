@@ -94,6 +94,8 @@ Status lora_linear_fwd(KernelCall &c) {
 // dy (..,N), x (..,K), W (N,K), A (r,K), B (N,r) -> dx (..,K), dA (r,K), dB (N,r)
 //   dx = dy W + s (dy B) A;  dA = s (dy B)^T x;  dB = s dy^T (x A^T)
 // accumulate = 1 adds into dA and dB (gradient accumulators); dx is always overwritten.
+// part = "input" computes dx only, "weight" dA and dB only (zb-h1's B and W; the other outputs
+// are left untouched); absent or "all": all three.
 Status lora_linear_bwd(KernelCall &c) {
   Check ck(c, "lora_linear_bwd");
   if (!ck.operands(5, 5, 3, /*allow_accumulate=*/true) || !ck.num_attr("scaling"))
@@ -114,13 +116,19 @@ Status lora_linear_bwd(KernelCall &c) {
     return ck.status();
   const float s = float(c.attr_f("scaling", 0.0));
   const float beta = c.attr_i("accumulate", 0) != 0 ? 1.0f : 0.0f;
+  bool want_dx = true, want_dw = true;
+  if (!lora_grad_part(c, ck, &want_dx, &want_dw)) return ck.status();
   std::vector<float> u(static_cast<size_t>(M * r)), xa(static_cast<size_t>(M * r));
   sgemm(false, false, M, r, N, 1.0f, dy.f32(), N, B.f32(), r, 0.0f, u.data(), r);   // dy B
-  sgemm(false, true, M, r, K, 1.0f, x.f32(), K, A.f32(), K, 0.0f, xa.data(), r);    // x A^T
-  sgemm(false, false, M, K, N, 1.0f, dy.f32(), N, W.f32(), K, 0.0f, dx.f32(), K);   // dy W
-  sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 1.0f, dx.f32(), K);      // += s u A
-  sgemm(true, false, r, K, M, s, u.data(), r, x.f32(), K, beta, dA.f32(), K);       // s u^T x
-  sgemm(true, false, N, r, M, s, dy.f32(), N, xa.data(), r, beta, dB.f32(), r);     // s dy^T xa
+  if (want_dx) {
+    sgemm(false, false, M, K, N, 1.0f, dy.f32(), N, W.f32(), K, 0.0f, dx.f32(), K);   // dy W
+    sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 1.0f, dx.f32(), K);      // += s u A
+  }
+  if (want_dw) {
+    sgemm(false, true, M, r, K, 1.0f, x.f32(), K, A.f32(), K, 0.0f, xa.data(), r);    // x A^T
+    sgemm(true, false, r, K, M, s, u.data(), r, x.f32(), K, beta, dA.f32(), K);       // s u^T x
+    sgemm(true, false, N, r, M, s, dy.f32(), N, xa.data(), r, beta, dB.f32(), r);     // s dy^T xa
+  }
   return Status::ok();
 }
 

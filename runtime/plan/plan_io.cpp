@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/plan/plan_io.h"
+#include "runtime/plan/schedule.h"
 
 #include <algorithm>
 #include <array>
@@ -398,9 +399,9 @@ Status validate_plan(const Plan &plan) {
   if (plan.precision != "fp32" && plan.precision != "bf16")
     return Status::error("precision is '" + plan.precision + "' (expected 'fp32' or 'bf16')");
   const bool pipelined = mesh.pp > 1;
-  if (pipelined && plan.pipeline_schedule != "gpipe" && plan.pipeline_schedule != "1f1b")
+  if (pipelined && !rt::check_schedule_name(plan.pipeline_schedule))
     return Status::error("pipeline_schedule is '" + plan.pipeline_schedule + "' but a plan with " +
-                         std::to_string(mesh.pp) + " pipeline stages needs 'gpipe' or '1f1b'");
+                         std::to_string(mesh.pp) + " pipeline stages needs gpipe, 1f1b, interleaved or zb-h1");
   for (size_t r = 0; r < plan.ranks.size(); ++r) {
     const RankPlan &rank = plan.ranks[r];
     std::string where = "rank " + std::to_string(r) + ": ";
@@ -419,6 +420,7 @@ Status validate_plan(const Plan &plan) {
       for (const Program &prog : rank.programs) have.insert(prog.name);
       std::vector<std::string> need = pipelined ? std::vector<std::string>{"forward", "backward", "optimizer_step"}
                                                 : std::vector<std::string>{"micro_step"};
+      if (pipelined && rt::schedule_splits_weight_grad(plan.pipeline_schedule)) need.push_back("backward_weight");
       for (const std::string &name : need)
         if (!have.count(name))
           return Status::error(where + "has no program '" + name + "' (" +

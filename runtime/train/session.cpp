@@ -274,9 +274,12 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
                   std::to_string(ex.slots()) + " slots");
     tasks = pipeline_tasks(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches));
   }
-  size_t last_backward = tasks.size();  // index of this rank's last backward task of a step
-  for (size_t ti = 0; ti < tasks.size(); ++ti)
+  // Index of this rank's last backward (and, under zb-h1, last weight-gradient) task of a step.
+  size_t last_backward = tasks.size(), last_weight = tasks.size();
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
     if (tasks[ti].phase == Phase::Backward) last_backward = ti;
+    if (tasks[ti].phase == Phase::Weight) last_weight = ti;
+  }
 
   int64_t val_batch = 0, val_batches = 0;
   if (val_file) {
@@ -518,15 +521,16 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
         if (tr) tr->set_context(s, static_cast<int>(t.micro_batch));
         if (t.phase == Phase::Forward) {
           if (Status st = feed(micro(t.micro_batch), t.slot); !st) return fail(st.message());
-          if (Status st = ex.run("forward", nullptr, t.slot); !st)
+          if (Status st = ex.run(pipeline_program(Phase::Forward, t.chunk), nullptr, t.slot); !st)
             return fail("step " + std::to_string(s) + ", forward of micro-batch " + std::to_string(t.micro_batch) + ": " +
                         st.message());
           if (loss_rank) loss_sum += ex.loss(t.slot);
         } else {
           StepState micro_state;  // this rank's last backward starts the overlapped gradient buckets
-          micro_state.last_micro = ti == last_backward;
-          if (Status st = ex.run("backward", &micro_state, t.slot); !st)
-            return fail("step " + std::to_string(s) + ", backward of micro-batch " + std::to_string(t.micro_batch) +
+          micro_state.last_micro = ti == last_backward || ti == last_weight;
+          const std::string prog = pipeline_program(t.phase, t.chunk);
+          if (Status st = ex.run(prog, &micro_state, t.slot); !st)
+            return fail("step " + std::to_string(s) + ", " + prog + " of micro-batch " + std::to_string(t.micro_batch) +
                         ": " + st.message());
         }
       }

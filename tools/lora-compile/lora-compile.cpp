@@ -3,7 +3,7 @@
 //   lora-compile --onnx model.onnx | --hf-config config.json [--weights dir]
 //                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...]
 //                [--micro-batches M --lr ... --warmup ... --lr-schedule ... --weight-decay ...]
-//                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --pipeline-schedule gpipe|1f1b]
+//                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --pipeline-schedule gpipe|1f1b|zb-h1]
 //                [-o plan.lp] [--viz dir/] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
 //
 // Failures print a diagnostic naming the file/node/flag; exit codes follow tools/common/cli.h:
@@ -373,12 +373,13 @@ int main(int argc, char **argv) {
   app.add_option("--warmup", a.warmup, "linear warmup steps")->check(cli::at_least(0));
   auto *lr_sched_opt = app.add_option("--lr-schedule", a.lr_schedule, "LR after warmup: constant, cosine or linear")->check(CLI::IsMember({"constant", "cosine", "linear"}));
   auto *pipe_opt = app.add_option("--pipeline-schedule", a.pipe_schedule,
-                                  "pipeline-parallel schedule of the micro-batches: gpipe or 1f1b (default 1f1b; "
-                                  "plans with --pp 2 or more)")
-                       ->check(CLI::IsMember({"gpipe", "1f1b"}));
-  app.add_option("--schedule", a.schedule, "alias of --pipeline-schedule (gpipe, 1f1b), kept for old command lines; "
-                                           "constant/cosine/linear are taken as --lr-schedule")
-      ->check(CLI::IsMember({"gpipe", "1f1b", "constant", "cosine", "linear"}));
+                                  "pipeline-parallel schedule of the micro-batches: gpipe, 1f1b or zb-h1 (zero "
+                                  "bubble: the backward's weight-gradient part deferred into the bubbles) (default "
+                                  "1f1b; plans with --pp 2 or more)")
+                       ->check(CLI::IsMember({"gpipe", "1f1b", "zb-h1"}));
+  app.add_option("--schedule", a.schedule, "alias of --pipeline-schedule (gpipe, 1f1b, zb-h1), kept for old command "
+                                           "lines; constant/cosine/linear are taken as --lr-schedule")
+      ->check(CLI::IsMember({"gpipe", "1f1b", "zb-h1", "constant", "cosine", "linear"}));
   // Parallelism.
   app.add_option("--strategy", a.strategy, "single, data, tensor, pipeline or hybrid (also the seed's data_parallel, model_parallel / tensor_parallel, "
                                            "pipeline_parallel, hybrid_parallel); default: from --dp/--tp/--pp");
@@ -424,7 +425,7 @@ int main(int argc, char **argv) {
     return cli::kExitUsageError;
   };
   if (!a.schedule.empty()) {
-    if (a.schedule == "gpipe" || a.schedule == "1f1b") {
+    if (a.schedule == "gpipe" || a.schedule == "1f1b" || a.schedule == "zb-h1") {
       if (pipe_opt->count() && a.pipe_schedule != a.schedule)
         return usage("--schedule " + a.schedule + " and --pipeline-schedule " + a.pipe_schedule +
                      " disagree; --schedule is an alias of --pipeline-schedule, give one");
@@ -435,7 +436,7 @@ int main(int argc, char **argv) {
       a.lr_schedule = a.schedule;
     }
   }
-  const bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b";
+  const bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b" || a.schedule == "zb-h1";
   std::string strategy;
   if (!resolve_mesh(a, strategy)) return 2;
   const bool parallel = a.dp * a.tp * a.pp > 1;
