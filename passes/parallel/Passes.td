@@ -82,9 +82,16 @@ def PipelineSplit : Pass<"pipeline-split", "mlir::ModuleOp"> {
     producer's is sent there (`pl.send` after the producer, `pl.recv` before the first user,
     one tag per transfer). Backward ops carry `pl.backward` so the runtime can interleave
     micro-batches (GPipe or 1F1B, `pl.pipeline`).
+
+    Interleaved (`schedule=interleaved virtual-stages=v`, Megatron's virtual pipeline): the units
+    are grouped into pp x v contiguous model chunks instead, and `@f_s<k>` is model chunk k, which
+    rank k % pp runs as its chunk k / pp; send/recv name model chunks (`stage` = k). The
+    optimizer is split per rank (`@optimizer_step_s<r>` updates every chunk of rank r).
   }];
   let options = [
-    Option<"schedule", "schedule", "std::string", "\"1f1b\"", "pipeline schedule: gpipe, 1f1b or zb-h1">,
+    Option<"schedule", "schedule", "std::string", "\"1f1b\"", "pipeline schedule: gpipe, 1f1b, interleaved or zb-h1">,
+    Option<"virtualStages", "virtual-stages", "int64_t", "1",
+           "interleaved: model chunks per rank (pp x v chunks; chunk c of rank s is model chunk c * pp + s)">,
   ];
 }
 

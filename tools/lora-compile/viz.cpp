@@ -152,8 +152,9 @@ std::string schedule_or_default(const Plan &plan) {
 // The pipeline of a pp > 1 plan, simulated from the first rank of each stage.
 // Costs per task kind (forward, backward or its B part, W) from each stage's programs.
 rt::Timeline simulate_plan_pipeline(const Plan &plan, bool *from_flops) {
+  const int v = std::max(1, plan.virtual_stages);
   return rt::simulate_pipeline(schedule_or_default(plan), static_cast<int>(std::max<int64_t>(1, plan.micro_batches)),
-                               rt::plan_pipeline_costs(plan, 1, from_flops), 1);
+                               rt::plan_pipeline_costs(plan, v, from_flops), v);
 }
 
 } // namespace
@@ -360,7 +361,8 @@ std::string timeline_svg(const Plan &plan) {
     const std::string sched = schedule_or_default(plan);
     tl = simulate_plan_pipeline(plan, &from_flops);
     title = "Pipeline schedule " + sched + ": " + std::to_string(S) + " stages x " + std::to_string(M) +
-            " micro-batches  -  bubble " + fmt("%.1f", 100.0 * tl.bubble_fraction) + "%";
+            " micro-batches" + (plan.virtual_stages > 1 ? " x " + std::to_string(plan.virtual_stages) + " chunks" : "") +
+            "  -  bubble " + fmt("%.1f", 100.0 * tl.bubble_fraction) + "%";
   } else {
     // No pipeline: every rank runs forward + backward of each micro-batch back to back.
     const int R = std::max<int>(1, static_cast<int>(plan.ranks.size()));
@@ -452,10 +454,12 @@ std::string timeline_svg(const Plan &plan) {
     os << "<g><rect class=\"task " << (fwd ? "fwd" : wgt ? "wgt" : "bwd") << "\" data-row=\"" << e.stage << "\" data-mb=\""
        << e.micro_batch << "\" x=\"" << fmt("%.2f", x) << "\" y=\"" << y << "\" width=\"" << fmt("%.2f", w)
        << "\" height=\"" << row_h << "\" fill=\"" << (fwd ? kFwd : wgt ? kWgt : kBwd)
-       << "\" stroke=\"#ffffff\" stroke-width=\"1\"><title>"
-       << (fwd ? "forward" : wgt ? "weight gradient (W)" : has_weight ? "input gradient (B)" : "backward") << " micro-batch "
+       << "\" stroke=\"#ffffff\" stroke-width=\"1\"" << (e.chunk % 2 ? " fill-opacity=\"0.6\"" : "") << "><title>"
+       << (fwd ? "forward" : wgt ? "weight gradient (W)" : has_weight ? "input gradient (B)" : "backward")
+       << (plan.virtual_stages > 1 ? " of chunk " + std::to_string(e.chunk) : std::string()) << " micro-batch "
        << e.micro_batch << ": " << fmt("%.4g", e.start) << " .. " << fmt("%.4g", e.end) << "</title></rect>";
-    const std::string label = std::to_string(e.micro_batch);
+    // Interleaved: "3.1" is micro-batch 3 on the rank's chunk 1 (odd chunks drawn lighter).
+    const std::string label = std::to_string(e.micro_batch) + (e.chunk ? "." + std::to_string(e.chunk) : "");
     if (w >= 6.5 * label.size() + 4)
       os << "<text x=\"" << fmt("%.2f", x + w / 2) << "\" y=\"" << y + row_h / 2 + 4
          << "\" font-size=\"11\" fill=\"#ffffff\" text-anchor=\"middle\" pointer-events=\"none\">" << label << "</text>";
