@@ -1,6 +1,8 @@
 //===- plan_schedule.cpp - a plan's pipeline costs ------------------------===//
 #include "runtime/plan/plan_schedule.h"
 
+#include <cstdio>
+
 namespace parallora::rt {
 
 double program_flops(const plan::RankPlan &rp, const std::string &name) {
@@ -52,6 +54,56 @@ PipelineCosts plan_pipeline_costs(const plan::Plan &plan, int chunks, bool *know
     stages.push_back(r0 >= 0 && r0 < static_cast<int32_t>(plan.ranks.size()) ? &plan.ranks[r0] : nullptr);
   }
   return stage_pipeline_costs(stages, chunks, known);
+}
+
+std::string bubble_report(const plan::Plan &plan) {
+  const int S = plan.mesh.pp, M = static_cast<int>(plan.micro_batches), v = std::max(1, plan.virtual_stages);
+  if (S <= 1 || M <= 0) return "";
+  const std::string &sched = plan.pipeline_schedule;
+  PipelineCosts c = plan_pipeline_costs(plan, v);
+  double f = 0, b = 0, w = 0;
+  for (size_t k = 0; k < c.fwd.size(); ++k) f += c.fwd[k], b += c.bwd[k], w += c.wgt[k];
+  const double n = static_cast<double>(std::max<size_t>(1, c.fwd.size()));
+  f /= n, b /= n, w /= n;
+  const double formula = bubble_formula(sched, S, M, v, f, b, w);
+  std::string text;
+  if (sched == "zb-h1") {
+    char fbw[96];
+    std::snprintf(fbw, sizeof fbw, " with F:B:W = 1:%.2f:%.2f", f > 0 ? b / f : 0, f > 0 ? w / f : 0);
+    text = "(p-1)(F+B-W)/(m(F+B+W)+(p-1)(F+B-W))" + std::string(fbw);
+  } else if (sched == "interleaved") {
+    text = "(p-1)/(v*m+p-1)";
+  } else {
+    text = "(p-1)/(m+p-1)";
+  }
+  Timeline tl = simulate_pipeline(sched, M, c, v);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "pipeline bubble: %s, pp %d x %d micro-batches%s: %s = %.1f%%; simulated %.1f%% (mean over ranks; per rank",
+                sched.c_str(), S, M, v > 1 ? (" x " + std::to_string(v) + " chunks").c_str() : "", text.c_str(),
+                100.0 * formula, 100.0 * tl.bubble_fraction);
+  std::string out = buf;
+  for (double x : tl.bubble) {
+    std::snprintf(buf, sizeof buf, " %.1f%%", 100.0 * x);
+    out += buf;
+  }
+  out += ")";
+  if (sched != "1f1b" && tl.makespan > 0) {
+    // The same work under 1F1B (each rank's chunks and its B + W as one backward): the bubble
+    // fraction alone hides work a schedule saves or adds (zb-h1 skips unused input gradients).
+    PipelineCosts one;
+    one.fwd.assign(S, 0.0);
+    one.bwd.assign(S, 0.0);
+    for (size_t k = 0; k < c.fwd.size(); ++k) {
+      one.fwd[k % S] += c.fwd[k];
+      one.bwd[k % S] += c.bwd[k] + (k < c.wgt.size() ? c.wgt[k] : 0.0);
+    }
+    Timeline base = simulate_pipeline("1f1b", M, one, 1);
+    if (base.makespan > 0) {
+      std::snprintf(buf, sizeof buf, "; step time %.2fx 1f1b's", tl.makespan / base.makespan);
+      out += buf;
+    }
+  }
+  return out;
 }
 
 } // namespace parallora::rt

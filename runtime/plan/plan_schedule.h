@@ -27,4 +27,10 @@ PipelineCosts stage_pipeline_costs(const std::vector<const plan::RankPlan *> &st
 /// The same for a whole plan, from the first rank (dp 0, tp 0) of each stage.
 PipelineCosts plan_pipeline_costs(const plan::Plan &plan, int chunks, bool *known = nullptr);
 
+/// One line comparing the plan's simulated bubble with the textbook formula of its schedule,
+/// with F, B, W the means over the model chunks of the per-micro-batch FLOPs, e.g.
+/// "pipeline bubble: 1f1b, pp 2 x 8 micro-batches: (p-1)/(m+p-1) = 11.1%; simulated from
+/// the plan's FLOPs 14.2% (mean over ranks; per rank 17.0% 11.4%)". "" when pp = 1.
+std::string bubble_report(const plan::Plan &plan);
+
 } // namespace parallora::rt

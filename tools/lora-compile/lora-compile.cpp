@@ -30,6 +30,7 @@
 #include "passes/lower/lower_to_plan.h"
 #include "passes/train/Passes.h"
 #include "runtime/plan/plan_io.h"
+#include "runtime/plan/plan_schedule.h"
 #include "passes/parallel/Passes.h"
 #include "tools/lora-compile/graph_dot.h"
 #include "tools/lora-compile/viz.h"
@@ -342,6 +343,7 @@ void print_plan_report(const plan::Plan &p, int64_t global_batch) {
   for (const plan::RankPlan &q : p.ranks) total += q.flops_per_step;
   llvm::outs() << "  compute: " << llvm::format("%.3f", total / 1e9) << " GFLOP per optimizer step over all ranks ("
                << llvm::format("%.0f", total / double(global_batch * p.seq_len)) << " FLOP per token)\n";
+  if (p.mesh.pp > 1) llvm::outs() << "  " << rt::bubble_report(p) << "\n";
 }
 
 } // namespace
