@@ -316,6 +316,10 @@ LogicalResult LinearGradInputOp::verify() {
 }
 
 LogicalResult LoraLinearGradOp::verify() {
+  double p = getDropout().convertToDouble();
+  if (!(p >= 0 && p < 1)) return emitOpError("dropout must be in [0, 1), got ") << num_str(p);
+  if (p > 0 && getModule().empty())
+    return emitOpError("with dropout ") << num_str(p) << " needs the module path (the mask's stream)";
   if (Attribute part = (*this)->getAttr(kGradPartAttr)) {
     auto s = part.dyn_cast<StringAttr>();
     if (!s || (s.getValue() != "input" && s.getValue() != "weight"))
