@@ -4,6 +4,8 @@
 #   scripts/install_deps.sh --reference  # also the PyPI reference tools (torch, transformers, peft,
 #                                        # onnx) in ~/.venvs/parallora-ref, used only by the fixture and
 #                                        # benchmark scripts; the test suite does not need them.
+#   scripts/install_deps.sh --no-data    # without the data-preparation venv ~/.venvs/parallora-data
+#                                        # (tokenizers, pyarrow; its tests then skip)
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -19,6 +21,7 @@ APT_PACKAGES=(
   clang-14 libclang-rt-14-dev                                   # libFuzzer targets
   graphviz                                                      # dot -> SVG for graph dumps
   python3-matplotlib python3-numpy                              # lora-study plots (run by /usr/bin/python3)
+  python3-jinja2                                                # chat templates (scripts/prepare_data.py)
 )
 
 SUDO=""
@@ -34,6 +37,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "install_deps: all Debian packages present"
+fi
+
+# scripts/prepare_data.py's PyPI-only packages (Hugging Face tokenizers, pyarrow for Parquet) in a
+# small venv that also sees Debian's jinja2 and numpy; the tests that need them skip without it.
+# --no-data leaves it out (machines without PyPI access).
+DATA_VENV="${PARALLORA_DATA_VENV:-$HOME/.venvs/parallora-data}"
+if [ "${1:-}" != "--no-data" ]; then
+  if [ ! -x "$DATA_VENV/bin/python" ]; then
+    /usr/bin/python3 -m venv --system-site-packages "$DATA_VENV"
+  fi
+  "$DATA_VENV/bin/pip" install -q tokenizers pyarrow
+  echo "install_deps: data-preparation packages (tokenizers, pyarrow) in $DATA_VENV"
 fi
 
 if [ "${1:-}" = "--reference" ]; then
