@@ -9,7 +9,8 @@ single-device run:
   * communication: every rank's measured bytes sent per step must equal the compiler's
     prediction;
 and the study's metrics are printed side by side: throughput (tokens/s, median over steps),
-goodput (tokens/s of applied updates over the whole run), wall time, train and validation
+goodput (trained tokens/s of applied updates over the whole run: padding and masked labels
+excluded, for --data with a label-mask file), wall time, train and validation
 loss, per-rank predicted peak memory and measured peak RSS, bytes sent per step, bubble.
 
   compare_strategies.py --build build --config models/configs/tiny-llama-4l.json \\
@@ -171,7 +172,7 @@ def main():
         mesh = s.get("mesh", {"dp": 1, "tp": 1, "pp": 1})
         reach = to_target(r)
         rows.append([name, f"{mesh['dp']}x{mesh['tp']}x{mesh['pp']}", str(r["ranks"]), str(r["micro"]),
-                     f"{s['tokens_per_s_median']:.0f}", f"{applied * tokens / s['wall_time_s']:.0f}",
+                     f"{s['tokens_per_s_median']:.0f}", f"{s.get('trained_tokens', applied * tokens) / s['wall_time_s']:.0f}",
                      f"{s['wall_time_s']:.2f}", f"{r['steps'][max(r['steps'])]['loss']:.4f}",
                      f"{r['val'][max(r['val'])]:.4f}" if r["val"] else "-",
                      f"{reach[0]} / {reach[1]:.2f}" if reach else "-", f"{peak_pred:.2f}", f"{rss:.0f}",

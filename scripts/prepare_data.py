@@ -134,7 +134,7 @@ def get_str(record, key, where, fmt, optional=False):
     if key not in record or record[key] is None:
         if optional:
             return ""
-        raise DataError(f"{where}: a {fmt} record needs the field '{key}' (it has {sorted(record)})")
+        raise DataError(f"{where}: the {fmt} record has no field '{key}' (its fields: {', '.join(sorted(record)) or 'none'})")
     v = record[key]
     if not isinstance(v, str):
         raise DataError(f"{where}: field '{key}' must be a string, got {type(v).__name__}")
@@ -151,8 +151,8 @@ def to_messages(record, fmt, fields, where):
         msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": out}]
     else:
         if not isinstance(record, dict) or fields["messages"] not in record:
-            raise DataError(f"{where}: a chat record needs the field '{fields['messages']}' "
-                            f"(it has {sorted(record) if isinstance(record, dict) else type(record).__name__})")
+            raise DataError(f"{where}: the chat record has no field '{fields['messages']}' "
+                            f"(its fields: {', '.join(sorted(record)) if isinstance(record, dict) else type(record).__name__})")
         raw = record[fields["messages"]]
         if not isinstance(raw, list) or not raw:
             raise DataError(f"{where}: '{fields['messages']}' must be a non-empty list of messages")
