@@ -39,16 +39,18 @@ else
   echo "install_deps: all Debian packages present"
 fi
 
-# scripts/prepare_data.py's PyPI-only packages (Hugging Face tokenizers, pyarrow for Parquet) in a
-# small venv that also sees Debian's jinja2 and numpy; the tests that need them skip without it.
-# --no-data leaves it out (machines without PyPI access).
+# scripts/prepare_data.py's PyPI-only packages (Hugging Face tokenizers, pyarrow for Parquet, and
+# jinja2 so the venv is self-contained: Debian's numpy 1.24 would break pyarrow's wheels if the venv
+# saw the system site) in a small venv; the tests that need them are UNSUPPORTED without it.
+# --byte preparation needs only Debian's python3-jinja2 (/usr/bin/python3).
+# --no-data leaves the venv out (machines without PyPI access).
 DATA_VENV="${PARALLORA_DATA_VENV:-$HOME/.venvs/parallora-data}"
 if [ "${1:-}" != "--no-data" ]; then
   if [ ! -x "$DATA_VENV/bin/python" ]; then
-    /usr/bin/python3 -m venv --system-site-packages "$DATA_VENV"
+    /usr/bin/python3 -m venv "$DATA_VENV"
   fi
-  "$DATA_VENV/bin/pip" install -q tokenizers pyarrow
-  echo "install_deps: data-preparation packages (tokenizers, pyarrow) in $DATA_VENV"
+  "$DATA_VENV/bin/pip" install -q tokenizers pyarrow jinja2
+  echo "install_deps: data-preparation packages (tokenizers, pyarrow, jinja2) in $DATA_VENV"
 fi
 
 if [ "${1:-}" = "--reference" ]; then
