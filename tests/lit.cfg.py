@@ -62,3 +62,13 @@ if _pydata:
     if _sp.run([_pydata, "-c", "import tokenizers, pyarrow"], capture_output=True).returncode == 0:
         config.available_features.add("data-venv")
 config.substitutions.append(("%pydata", _pydata or "false"))
+
+# Plans with packed rows (issue 20): lora-compile --packing gives attention and RoPE segment and
+# position ids. The packed-data tests run once the compiler has the flag (feature "packing").
+try:
+    _help = _sp.run([os.path.join(config.parallora_obj_root, "tools", "lora-compile", "lora-compile"), "--help"],
+                    capture_output=True, text=True, timeout=30).stdout
+    if "--packing" in _help:
+        config.available_features.add("packing")
+except (OSError, _sp.TimeoutExpired):
+    pass
