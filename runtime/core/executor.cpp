@@ -123,10 +123,11 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
       persistent += round_up(b.nbytes(), kAlign);
     }
   }
-  const int64_t denominator_offset = persistent;  // set_loss_denominator's two words
-  persistent += kAlign;
   ex->persistent_bytes_ = persistent;
-  ex->block_ = ex->allocate(S * arena_stride + persistent);
+  // set_loss_denominator's two words after the persistent buffers (the runtime's, not the plan's:
+  // not counted in persistent_bytes()).
+  const int64_t denominator_offset = persistent;
+  ex->block_ = ex->allocate(S * arena_stride + persistent + kAlign);
   if (!ex->block_)
     return Status::error("out of memory allocating " + std::to_string(S) + " x " + std::to_string(rp.arena_bytes) +
                          " arena bytes + " + std::to_string(persistent) + " persistent bytes for rank " +

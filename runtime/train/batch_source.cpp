@@ -33,12 +33,21 @@ bool plan_has_input(const plan::Plan &plan, const std::string &name) {
 }
 
 StatusOr<std::unique_ptr<BatchSource>> BatchSource::open(const BatchSourceOptions &o, const plan::Plan &plan) {
+  auto s = open_impl(o, plan);
+  if (s) return s;
+  const std::string &m = s.message();
+  if (m.rfind("--", 0) == 0) return s.status();  // about another flag (--data-layout)
+  // "--data PATH: ..." when the message starts with the token file, else "--data: ..." (it names the file).
+  return Status::error(o.flag + (m.rfind(o.path + ": ", 0) == 0 ? " " : ": ") + m);
+}
+
+StatusOr<std::unique_ptr<BatchSource>> BatchSource::open_impl(const BatchSourceOptions &o, const plan::Plan &plan) {
   std::unique_ptr<BatchSource> s(new BatchSource());
   s->path_ = o.path;
   s->seq_len_ = plan.seq_len;
   plan_label_rule(plan, &s->shift_, &s->ignore_);
   auto tf = TokenFile::open(o.path, o.format);
-  if (!tf) return tf.status();
+  if (!tf) return Status::error(o.path + ": " + tf.message());  // "--data PATH: cannot open ..." as before
   s->tokens_ = std::make_unique<TokenFile>(std::move(*tf));
   const std::string mask_path = label_mask_path(o.path);
   struct stat st;

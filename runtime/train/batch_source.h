@@ -32,6 +32,7 @@ namespace parallora::rt {
 class Executor;
 
 struct BatchSourceOptions {
+  std::string flag;  // "--data" / "--val-data": the start of every error message
   std::string path, format = "auto";
   std::string layout = "auto";  // "auto" | "packed" | "padded" (examples only)
   uint64_t seed = 0;
@@ -41,7 +42,8 @@ struct BatchSourceOptions {
 class BatchSource {
 public:
   /// Opens the token file (and its label-mask file when one lies next to it) and checks both
-  /// against the plan (vocabulary, seq_len, the inputs packing needs). Errors name the file.
+  /// against the plan (vocabulary, seq_len, the inputs packing needs). Errors start with the flag
+  /// ("--data PATH: ..." about the token file itself, else "--data: ..." naming the file).
   static StatusOr<std::unique_ptr<BatchSource>> open(const BatchSourceOptions &options, const plan::Plan &plan);
 
   /// Loads the next global batch (`rows` rows); errors when it has no counted label.
@@ -61,6 +63,7 @@ public:
 
 private:
   BatchSource() = default;
+  static StatusOr<std::unique_ptr<BatchSource>> open_impl(const BatchSourceOptions &options, const plan::Plan &plan);
   std::string path_;
   int64_t seq_len_ = 0;
   int64_t shift_ = 1, ignore_ = -100;

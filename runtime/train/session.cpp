@@ -219,13 +219,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
 
   // Data: every rank reads the same file in the same seeded order (batch_source.h: a token
   // stream, or examples with their label-mask file laid out in packed or padded rows).
-  auto train_or = BatchSource::open({a.data, a.data_format, a.data_layout, seed, a.shuffle}, plan);
-  if (!train_or) return fail("--data " + a.data + ": " + train_or.message());
+  auto train_or = BatchSource::open({"--data", a.data, a.data_format, a.data_layout, seed, a.shuffle}, plan);
+  if (!train_or) return fail(train_or.message());
   BatchSource &loader = **train_or;
   std::unique_ptr<BatchSource> val_file;
   if (!a.val_data.empty()) {
-    auto v = BatchSource::open({a.val_data, a.data_format, a.data_layout, 0, false}, plan);
-    if (!v) return fail("--val-data " + a.val_data + ": " + v.message());
+    auto v = BatchSource::open({"--val-data", a.val_data, a.data_format, a.data_layout, 0, false}, plan);
+    if (!v) return fail(v.message());
     val_file = std::move(*v);
   }
 
