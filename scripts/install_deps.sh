@@ -20,6 +20,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev                                     # unit tests
   clang-14 libclang-rt-14-dev                                   # libFuzzer targets
   graphviz                                                      # dot -> SVG for graph dumps
+  librandom123-dev                                              # Philox reference in test_lora_dropout (headers only, tests only)
   python3-matplotlib python3-numpy                              # lora-study plots (run by /usr/bin/python3)
   python3-jinja2                                                # chat templates (scripts/prepare_data.py)
 )

@@ -462,6 +462,15 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
 
   // This rank's first row of micro-batch m in the global batch.
   auto micro = [&](int64_t m) { return rp.dp_rank * per_dp + m * micro_batch; };
+  // The StepState of micro-batch m of step s: LoRA dropout's counters (runtime/lora_dropout.h)
+  // are the run's seed, the step and the global index of the micro-batch's first sequence.
+  auto micro_state_of = [&](int64_t s, int64_t m) {
+    StepState st;
+    st.step = s;
+    st.seed = seed;
+    st.first_sample = micro(m);
+    return st;
+  };
   // Time split of this rank's training steps (executor compute / comm + comm->flush, the rest
   // idle/other), step times (MFU), GPU memory and utilization.
   RunStats stats;
@@ -504,7 +513,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
         if (Status st = feed(loader, micro(m), 0); !st) return fail(st.message());
         bool dump = s == 1 && m == 0 && !a.dump_first_step.empty() && !multi;
-        StepState micro_state;  // the last micro-batch starts the overlapped gradient buckets
+        StepState micro_state = micro_state_of(s, m);  // the last micro-batch starts the gradient buckets
         micro_state.last_micro = m == plan.micro_batches - 1;
         if (tr) tr->set_context(s, static_cast<int>(m));
         Status st = dump ? ex.run("micro_step", &micro_state, capture) : ex.run("micro_step", &micro_state);
@@ -522,12 +531,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
         if (tr) tr->set_context(s, static_cast<int>(t.micro_batch));
         if (t.phase == Phase::Forward) {
           if (Status st = feed(loader, micro(t.micro_batch), t.slot); !st) return fail(st.message());
-          if (Status st = ex.run("forward", nullptr, t.slot); !st)
+          StepState fwd_state = micro_state_of(s, t.micro_batch);
+          if (Status st = ex.run("forward", &fwd_state, t.slot); !st)
             return fail("step " + std::to_string(s) + ", forward of micro-batch " + std::to_string(t.micro_batch) + ": " +
                         st.message());
           if (loss_rank) loss_sum += ex.loss(t.slot);
         } else {
-          StepState micro_state;  // this rank's last backward starts the overlapped gradient buckets
+          StepState micro_state = micro_state_of(s, t.micro_batch);  // the last backward starts the buckets
           micro_state.last_micro = ti == last_backward;
           if (Status st = ex.run("backward", &micro_state, t.slot); !st)
             return fail("step " + std::to_string(s) + ", backward of micro-batch " + std::to_string(t.micro_batch) +

@@ -358,7 +358,7 @@ int main(int argc, char **argv) {
                                          "fixes a symbolic sequence dim")->check(cli::at_least(2, "the next-token loss needs at least 2 tokens per sequence"));
   auto *rank_opt = app.add_option("--lora-rank", a.lora_rank, "LoRA rank r")->check(cli::at_least(1));
   auto *alpha_opt = app.add_option("--lora-alpha", a.lora_alpha, "LoRA alpha (scaling = alpha / r)")->check(cli::positive_number());
-  auto *dropout_opt = app.add_option("--lora-dropout", a.lora_dropout, "LoRA dropout probability")->check(cli::number_range(0.0, 0.999));
+  auto *dropout_opt = app.add_option("--lora-dropout", a.lora_dropout, "LoRA dropout on the adapter input, in [0, 0.999] (training only; the mask is Philox of lora-run --seed, docs/training.md)")->check(cli::number_range(0.0, 0.999));
   auto *targets_opt = app.add_option("--lora-targets", a.lora_targets, "comma-separated PEFT module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear");
   auto *rslora_opt = app.add_flag("--use-rslora", a.use_rslora, "rank-stabilised LoRA: scaling = alpha / sqrt(r)");
   app.add_flag("--no-lora", a.no_lora, "do not inject LoRA adapters");
