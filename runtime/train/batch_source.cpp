@@ -55,6 +55,13 @@ StatusOr<std::unique_ptr<BatchSource>> BatchSource::open_impl(const BatchSourceO
   if (o.layout != "auto" && o.layout != "packed" && o.layout != "padded")
     return Status::error("--data-layout " + o.layout + ": expected auto, packed or padded");
   if (!has_mask) {
+    // A --packing plan's position_ids / segment_ids: a flat token stream has no examples to
+    // derive them from, and zeros would train on wrong positions and masks.
+    for (const char *name : {"position_ids", "segment_ids"})
+      if (plan_has_input(plan, name))
+        return Status::error(o.path + ": the plan takes input '" + name + "' (compiled with lora-compile --packing) but " +
+                             o.path + " is a token stream without a label-mask file " + mask_path +
+                             " (prepare examples with scripts/prepare_data.py, or compile without --packing)");
     if (o.layout != "auto")
       return Status::error("--data-layout " + o.layout + " needs fine-tuning examples: " + o.path + " has no label-mask file " +
                            mask_path + " (scripts/prepare_data.py writes both)");
