@@ -6,6 +6,8 @@
 #                                        # benchmark scripts; the test suite does not need them.
 #   scripts/install_deps.sh --no-data    # without the data-preparation venv ~/.venvs/parallora-data
 #                                        # (tokenizers, pyarrow; its tests then skip)
+#   scripts/install_deps.sh --render     # also Debian's chromium (~300 MB) for scripts/render_viz.sh
+#                                        # (headless screenshots of the plan viewer; tests do not need it)
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -15,7 +17,8 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcli11-dev                               # config.json / safetensors headers, CLIs
   libopenmpi-dev openmpi-bin                                    # multi-rank CPU runs (mpirun)
   iproute2                                                      # ip netns + veth: the two-host tests (tests/tools/two_hosts*.test)
-  libopenblas-dev                                               # CPU GEMM
+  libopenblas-dev                                               # CPU GEMM (cblas.h)
+  libopenblas0-openmp                                           # the OpenMP build we link (runtime/cpu/CMakeLists.txt)
   zlib1g-dev                                                    # CRC32 of checkpoint manifests
   libgtest-dev libgmock-dev                                     # unit tests
   clang-14 libclang-rt-14-dev                                   # libFuzzer targets
@@ -46,7 +49,7 @@ fi
 # --byte preparation needs only Debian's python3-jinja2 (/usr/bin/python3).
 # --no-data leaves the venv out (machines without PyPI access).
 DATA_VENV="${PARALLORA_DATA_VENV:-$HOME/.venvs/parallora-data}"
-if [ "${1:-}" != "--no-data" ]; then
+if [[ " $* " != *" --no-data "* ]]; then
   if [ ! -x "$DATA_VENV/bin/python" ]; then
     /usr/bin/python3 -m venv "$DATA_VENV"
   fi
@@ -54,7 +57,12 @@ if [ "${1:-}" != "--no-data" ]; then
   echo "install_deps: data-preparation packages (tokenizers, pyarrow, jinja2) in $DATA_VENV"
 fi
 
-if [ "${1:-}" = "--reference" ]; then
+if [[ " $* " == *" --render "* ]] && ! command -v chromium > /dev/null; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
+fi
+
+if [[ " $* " == *" --reference "* ]]; then
   VENV="${PARALLORA_REF_VENV:-$HOME/.venvs/parallora-ref}"
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"

@@ -6,7 +6,7 @@
 // Scratch is kBlock x S floats per thread (two such for the backward).
 //
 // Softmax of one row t: sc_s = scale * (q_t . k_s) from the sgemm, over s < n (n = t+1 when
-// causal, else S); m = max sc, e_s = exp(sc_s - m), inv = 1 / sum e (double, in 4 fixed
+// causal, else S); m = max sc, e_s = vexp(sc_s - m) (vexp.h), inv = 1 / sum e (double, in 4 fixed
 // partial sums; rounded to float), p_s = e_s * inv; p_s = 0 for the masked s in [n, w).
 //
 // Forward, per unit (b, h, block): o = P V. Units are independent (each writes its own rows
@@ -36,6 +36,7 @@
 
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels_impl.h"
+#include "runtime/cpu/vexp.h"
 
 namespace parallora::rt::cpu::impl {
 
@@ -86,7 +87,7 @@ float max_f32(const float *x, int64_t n) {
 // masked p[n, w).
 void softmax_row(float *p, int64_t n, int64_t w) {
   const float m = max_f32(p, n);
-  for (int64_t s = 0; s < n; ++s) p[s] = std::exp(p[s] - m);
+  detail::exp_shifted(p, m, p, n);  // vexp (vexp.h): the same bits in forward and backward
   const float inv = float(1.0 / sum_f64(p, n));
   for (int64_t s = 0; s < n; ++s) p[s] *= inv;
   for (int64_t s = n; s < w; ++s) p[s] = 0.0f;

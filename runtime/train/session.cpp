@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/base/bf16.h"
+#include "runtime/cpu/blas_core.h"
 #include "runtime/base/safetensors.h"
 #include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
@@ -366,7 +367,8 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
               << ", persistent " << fmt("%.1f", ex.persistent_bytes() / 1048576.0) << " MiB; "
               << (a.backend == "cuda" ? std::string("backend cuda")
                                       : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")) +
-                                            ", OpenMP wait policy " + omp_wait_policy())
+                                            ", OpenMP wait policy " + omp_wait_policy() +
+                                            (cpu::openblas_core().empty() ? "" : ", OpenBLAS " + cpu::openblas_core()))
               << "\n";
     if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
     std::cout << "  base weights" << (multi ? " (rank 0)" : "") << ": " << ex.base_weights_used() << "\n";

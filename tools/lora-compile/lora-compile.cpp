@@ -71,6 +71,8 @@ struct Args {
   bool train_ir = false;
   // Parallelism.
   std::string strategy, model_size, viz;
+  std::string viz_trace;     // --viz-trace: a lora-run --trace file drawn beside the prediction
+  int64_t viz_step = -1;     // --viz-step
   int64_t dp = 0, tp = 0, pp = 0, nodes = 0, gpus_per_node = 0, gpus = 0;
   double bucket_mb = 25;
   bool zero1 = false;
@@ -403,6 +405,11 @@ int main(int argc, char **argv) {
                "reduce all gradient buckets before the optimizer instead of starting each in the backward as soon as "
                "its last gradient is written");
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
+  app.add_option("--viz-trace", a.viz_trace, "--viz: also draw one step of this lora-run --trace file (a run of the same plan) "
+                                             "beside the predicted timeline, with the measured bubble per rank")
+      ->check(CLI::ExistingFile);
+  app.add_option("--viz-step", a.viz_step, "--viz-trace: the step drawn (default: the median step, the first excluded)")
+      ->check(cli::at_least(1));
   app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(cli::number_range(0.0, 1.0));
   app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(cli::at_least(0));
   app.add_option("--weight-decay", a.weight_decay, "AdamW decoupled weight decay")->check(cli::non_negative_number());
@@ -465,6 +472,8 @@ int main(int argc, char **argv) {
     std::cerr << "error: --viz draws the plan; give -o plan.lp too\n";
     return 2;
   }
+  if (!a.viz_trace.empty() && a.viz.empty()) return usage("--viz-trace draws into the viewer; give --viz dir/ too");
+  if (a.viz_step >= 0 && a.viz_trace.empty()) return usage("--viz-step picks a step of --viz-trace; give --viz-trace too");
   bool build_train = !a.output.empty() || a.train_ir || parallel;
   if (a.onnx.empty() && a.hf_config.empty()) {
     std::cerr << "error: give the model with --onnx model.onnx or --hf-config config.json (see --help)\n";
@@ -742,7 +751,7 @@ int main(int argc, char **argv) {
     if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
     print_plan_report(*p, global_batch);
     if (!a.viz.empty()) {
-      Status vs = write_plan_viz(*p, a.viz, std::cout);
+      Status vs = write_plan_viz(*p, a.viz, std::cout, VizOptions{a.viz_trace, a.viz_step});
       if (!vs) { llvm::errs() << "error: --viz " << a.viz << ": " << vs.message() << "\n"; return 1; }
       std::cout.flush();
       llvm::outs() << "  pictures written to " << a.viz << "/index.html\n";
