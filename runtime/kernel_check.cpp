@@ -250,8 +250,12 @@ bool parse_embedding_args(const KernelCall &c, KernelCheck &ck, bool bf16_ok, Em
 bool parse_cross_entropy_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
                               CrossEntropyArgs *out) {
   *out = CrossEntropyArgs();
-  if (!ck.operands(2, 2, 1)) return false;
+  if (!ck.operands(2, 3, 1)) return false;
   const Tensor &logits = c.in[0], &labels = c.in[1], &y = c.out[0];
+  if (c.in.size() > 2 && c.in[2].present()) {
+    if (!ck.i32(c.in[2], "denominator") || !ck.shape(c.in[2], "denominator", {2})) return false;
+    out->denominator = c.in[2].i32();
+  }
   // The vocab_group attr: this rank holds logit columns [lo, lo + V').
   if (!parse_vocab_shard(c, ck, logits.rank() == 3 ? logits.dim(2) : 0, &out->vocab)) return false;
   if (!float_operand(ck, logits, "logits", bf16_ok) || !ck.rank(logits, "logits", 3) ||
@@ -270,6 +274,12 @@ bool parse_cross_entropy_args(const KernelCall &c, KernelCheck &ck, bool backwar
     return float_operand(ck, y, "dlogits", bf16_ok) && ck.same_shape(y, "dlogits", logits, "logits");
   return float_operand(ck, y, "loss", bf16_ok) &&
          ck.expect(y.numel() == 1, "loss has shape " + shape_str(y.shape) + ", expected a scalar");
+}
+
+double ce_divisor(const CrossEntropyArgs &a, int64_t count) {
+  if (a.denominator && a.denominator[0] > 0 && a.denominator[1] > 0)
+    return double(a.denominator[0]) / double(a.denominator[1]);
+  return double(count);
 }
 
 std::string ce_label_error(int64_t label, int64_t b, int64_t t, const CrossEntropyArgs &a) {

@@ -131,7 +131,13 @@ struct CrossEntropyArgs {
   int64_t B = 0, T = 0, V = 0;  // logits' dims (V: this shard's columns)
   int64_t shift = 0, ignore = -100;
   VocabShard vocab;             // vocab.vocab: the whole vocabulary, labels' range
+  // Operand 2 (optional, bound by the executor): [label_count, shares] i32 on the host or
+  // device; nullptr when absent. The loss divides by label_count / shares when label_count > 0.
+  const int32_t *denominator = nullptr;
 };
+/// The divisor of a cross-entropy's summed loss: label_count / shares from operand 2 when given
+/// and label_count > 0, else the local `count`. Host pointers only (CPU kernels).
+double ce_divisor(const CrossEntropyArgs &a, int64_t count);
 bool parse_cross_entropy_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok,
                               CrossEntropyArgs *out);
 /// "label <l> at position (b=.., t=..) is outside the vocabulary [0, V) and is not

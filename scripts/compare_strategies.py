@@ -9,7 +9,8 @@ single-device run:
   * communication: every rank's measured bytes sent per step must equal the compiler's
     prediction;
 and the study's metrics are printed side by side: throughput (tokens/s, median over steps),
-goodput (tokens/s of applied updates over the whole run), wall time, train and validation
+goodput (trained tokens/s of applied updates over the whole run: padding and masked labels
+excluded, for --data with a label-mask file), wall time, train and validation
 loss, per-rank predicted peak memory and measured peak RSS, bytes sent per step, bubble.
 
   compare_strategies.py --build build --config models/configs/tiny-llama-4l.json \\
@@ -78,6 +79,8 @@ def main():
                     help="lora-compile --recompute of every plan but the single-device reference")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="lora-compile --precision of every plan (bf16: compare against the single-device bf16 run)")
+    ap.add_argument("--packing", action="store_true",
+                    help="lora-compile --packing for every plan (packed example rows: --data needs its label-mask file)")
     ap.add_argument("--lora-dropout", default="0",
                     help="lora-compile --lora-dropout of every plan (the mask is the same under every mesh)")
     ap.add_argument("--comm-timeout", type=float, default=120)
@@ -103,7 +106,8 @@ def main():
     common = ["--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len),
               "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", a.lora_targets,
               "--lr", a.lr, "--warmup", "3", "--lr-schedule", "cosine", "--weight-decay", "0.01",
-              "--max-grad-norm", "1.0", "--precision", a.precision, "--lora-dropout", a.lora_dropout]
+              "--max-grad-norm", "1.0", "--precision", a.precision, "--lora-dropout", a.lora_dropout] + \
+        (["--packing"] if a.packing else [])
     results = {}
     for name in names:
         flags, micro, np = plans[name].compile_flags(), plans[name].micro, plans[name].ranks
@@ -173,7 +177,7 @@ def main():
         mesh = s.get("mesh", {"dp": 1, "tp": 1, "pp": 1})
         reach = to_target(r)
         rows.append([name, f"{mesh['dp']}x{mesh['tp']}x{mesh['pp']}", str(r["ranks"]), str(r["micro"]),
-                     f"{s['tokens_per_s_median']:.0f}", f"{applied * tokens / s['wall_time_s']:.0f}",
+                     f"{s['tokens_per_s_median']:.0f}", f"{s.get('trained_tokens', applied * tokens) / s['wall_time_s']:.0f}",
                      f"{s['wall_time_s']:.2f}", f"{r['steps'][max(r['steps'])]['loss']:.4f}",
                      f"{r['val'][max(r['val'])]:.4f}" if r["val"] else "-",
                      f"{reach[0]} / {reach[1]:.2f}" if reach else "-", f"{peak_pred:.2f}", f"{rss:.0f}",

@@ -4,6 +4,8 @@
 #   scripts/install_deps.sh --reference  # also the PyPI reference tools (torch, transformers, peft,
 #                                        # onnx) in ~/.venvs/parallora-ref, used only by the fixture and
 #                                        # benchmark scripts; the test suite does not need them.
+#   scripts/install_deps.sh --no-data    # without the data-preparation venv ~/.venvs/parallora-data
+#                                        # (tokenizers, pyarrow; its tests then skip)
 #   scripts/install_deps.sh --render     # also Debian's chromium (~300 MB) for scripts/render_viz.sh
 #                                        # (headless screenshots of the plan viewer; tests do not need it)
 set -euo pipefail
@@ -23,6 +25,7 @@ APT_PACKAGES=(
   graphviz                                                      # dot -> SVG for graph dumps
   librandom123-dev                                              # Philox reference in test_lora_dropout (headers only, tests only)
   python3-matplotlib python3-numpy                              # lora-study plots (run by /usr/bin/python3)
+  python3-jinja2                                                # chat templates (scripts/prepare_data.py)
 )
 
 SUDO=""
@@ -38,6 +41,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
   echo "install_deps: all Debian packages present"
+fi
+
+# scripts/prepare_data.py's PyPI-only packages (Hugging Face tokenizers, pyarrow for Parquet, and
+# jinja2 so the venv is self-contained: Debian's numpy 1.24 would break pyarrow's wheels if the venv
+# saw the system site) in a small venv; the tests that need them are UNSUPPORTED without it.
+# --byte preparation needs only Debian's python3-jinja2 (/usr/bin/python3).
+# --no-data leaves the venv out (machines without PyPI access).
+DATA_VENV="${PARALLORA_DATA_VENV:-$HOME/.venvs/parallora-data}"
+if [[ " $* " != *" --no-data "* ]]; then
+  if [ ! -x "$DATA_VENV/bin/python" ]; then
+    /usr/bin/python3 -m venv "$DATA_VENV"
+  fi
+  "$DATA_VENV/bin/pip" install -q tokenizers pyarrow jinja2
+  echo "install_deps: data-preparation packages (tokenizers, pyarrow, jinja2) in $DATA_VENV"
 fi
 
 if [[ " $* " == *" --render "* ]] && ! command -v chromium > /dev/null; then

@@ -46,3 +46,29 @@ try:
         config.available_features.add("netns")
 except (OSError, _sp.TimeoutExpired):
     pass
+
+# scripts/prepare_data.py needs jinja2 (Debian python3-jinja2) and, for --model tokenizers and
+# Parquet, `tokenizers` + `pyarrow` from the venv scripts/install_deps.sh makes
+# (~/.venvs/parallora-data, or PARALLORA_DATA_VENV). %pydata is the Python that has the most of
+# them; features: jinja2, data-venv (tokenizers + pyarrow). Tests without them are UNSUPPORTED.
+_venv = os.environ.get("PARALLORA_DATA_VENV", os.path.expanduser("~/.venvs/parallora-data"))
+_pydata = None
+for _py in (os.path.join(_venv, "bin", "python"), "/usr/bin/python3", shutil.which("python3")):
+    if _py and os.path.exists(_py) and _sp.run([_py, "-c", "import jinja2"], capture_output=True).returncode == 0:
+        _pydata = _py
+        break
+if _pydata:
+    config.available_features.add("jinja2")
+    if _sp.run([_pydata, "-c", "import tokenizers, pyarrow"], capture_output=True).returncode == 0:
+        config.available_features.add("data-venv")
+config.substitutions.append(("%pydata", _pydata or "false"))
+
+# Plans with packed rows (issue 20): lora-compile --packing gives attention and RoPE segment and
+# position ids. The packed-data tests run once the compiler has the flag (feature "packing").
+try:
+    _help = _sp.run([os.path.join(config.parallora_obj_root, "tools", "lora-compile", "lora-compile"), "--help"],
+                    capture_output=True, text=True, timeout=30).stdout
+    if "--packing" in _help:
+        config.available_features.add("packing")
+except (OSError, _sp.TimeoutExpired):
+    pass

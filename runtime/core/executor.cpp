@@ -124,13 +124,19 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
     }
   }
   ex->persistent_bytes_ = persistent;
-  ex->block_ = ex->allocate(S * arena_stride + persistent);
+  // set_loss_denominator's two words after the persistent buffers (the runtime's, not the plan's:
+  // not counted in persistent_bytes()).
+  const int64_t denominator_offset = persistent;
+  ex->block_ = ex->allocate(S * arena_stride + persistent + kAlign);
   if (!ex->block_)
     return Status::error("out of memory allocating " + std::to_string(S) + " x " + std::to_string(rp.arena_bytes) +
                          " arena bytes + " + std::to_string(persistent) + " persistent bytes for rank " +
                          std::to_string(rank));
   auto *base = static_cast<uint8_t *>(ex->block_.get());
   auto *store = base + S * arena_stride;
+  ex->loss_denominator_ = reinterpret_cast<int32_t *>(store + denominator_offset);
+  ex->loss_denominator_[0] = ex->loss_denominator_[1] = 0;
+  const Tensor denominator{ex->loss_denominator_, plan::ElemType::I32, {2}};
   ex->tensors_.assign(S, std::vector<BufferTensor>(rp.buffers.size()));
   for (int k = 0; k < S; ++k) {
     auto *arena = base + k * arena_stride;
@@ -161,6 +167,7 @@ StatusOr<std::unique_ptr<Executor>> Executor::create(const plan::Plan &plan, int
         c.instr = &in;
         c.comm = comm;
         for (int32_t id : in.inputs) c.in.push_back(id < 0 ? Tensor{} : ex->tensors_[k][id].tensor);
+        if ((in.op == "cross_entropy_fwd" || in.op == "cross_entropy_bwd") && c.in.size() == 2) c.in.push_back(denominator);
         for (int32_t id : in.outputs) c.out.push_back(id < 0 ? Tensor{} : ex->tensors_[k][id].tensor);
         cp.fns[i] = &ex->kernels_.at(in.op);
         cp.comm.push_back(is_comm_op(in.op) ? 1 : 0);
@@ -515,6 +522,11 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     trace_->resolve_device(trace_from, marks_);
   }
   return Status::ok();
+}
+
+void Executor::set_loss_denominator(int64_t label_count, int64_t shares) {
+  loss_denominator_[0] = static_cast<int32_t>(label_count);
+  loss_denominator_[1] = static_cast<int32_t>(shares);
 }
 
 void Executor::set_trace(TraceRecorder *trace, DeviceTimer *timer) {

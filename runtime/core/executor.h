@@ -161,6 +161,14 @@ public:
   /// its numel.
   Status feed(const std::string &input_name, const int32_t *data, int64_t count, int slot = 0);
 
+  /// The loss normaliser of the cross-entropy kernels (their optional operand 2, bound by the
+  /// executor, not the plan; runtime/cpu/kernels.h): each micro-batch's loss and gradient are
+  /// divided by label_count / shares instead of the micro-batch's own count of labels, so that
+  /// the loss summed over the step's `shares` (micro-batches x data-parallel ranks) and scaled as
+  /// usual is the mean over the `label_count` counted labels of the whole global batch.
+  /// label_count 0 (the initial value): each kernel divides by its own count.
+  void set_loss_denominator(int64_t label_count, int64_t shares);
+
   /// Runs the named program's instructions in order on slot `slot`. A kernel error comes back
   /// as "instruction #i op (loc): <kernel message>".
   Status run(const std::string &program, StepState *step, int slot = 0);
@@ -236,6 +244,7 @@ private:
   int64_t arena_bytes_ = 0;
   int64_t persistent_bytes_ = 0;
   int32_t loss_id_ = -1;
+  int32_t *loss_denominator_ = nullptr;  // 2 x i32 in the persistent block: label_count, shares
   int slots_ = 1;
   Communicator *comm_ = nullptr;
   MemoryHooks hooks_;

@@ -148,13 +148,13 @@ Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
     total += double(mx[size_t(r)]) + std::log(double(red[size_t(r)])) -
              double(red[size_t(rows + r)]);
   }
-  c.out[0].f32()[0] = cs.count > 0 ? float(total / double(cs.count)) : 0.0f;
+  c.out[0].f32()[0] = cs.count > 0 ? float(total / ce_divisor(cs, cs.count)) : 0.0f;
   return Status::ok();
 }
 
 Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard &vs) {
   const int64_t rows = cs.B * cs.T, V = cs.V;
-  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
+  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / ce_divisor(cs, cs.count) : 0.0;
   const float *lp = c.in[0].f32();
   float *dp = c.out[0].f32();
   std::vector<float> mx;
@@ -176,7 +176,8 @@ Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
 
 } // namespace
 
-// logits (B,T,V), labels (B,T) i32 -> loss () = mean over counted rows of lse - logit[label].
+// logits (B,T,V), labels (B,T) i32 [, denominator] -> loss () = sum over counted rows of
+// lse - logit[label] / (their count, or label_count / shares from the denominator operand).
 Status cross_entropy_fwd(KernelCall &c) {
   Check ck(c, "cross_entropy_fwd");
   CeSetup cs;
@@ -198,7 +199,7 @@ Status cross_entropy_fwd(KernelCall &c) {
   }
   double total = 0.0;
   for (int64_t r = 0; r < rows; ++r) total += row_loss[size_t(r)];
-  loss.f32()[0] = cs.count > 0 ? float(total / double(cs.count)) : 0.0f;
+  loss.f32()[0] = cs.count > 0 ? float(total / ce_divisor(cs, cs.count)) : 0.0f;
   return Status::ok();
 }
 
@@ -211,7 +212,7 @@ Status cross_entropy_bwd(KernelCall &c) {
   const Tensor &logits = c.in[0], &dl = c.out[0];
   if (cs.vocab.sharded) return sharded_bwd(c, ck, cs, cs.vocab);
   const int64_t V = cs.V;
-  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / double(cs.count) : 0.0;
+  const double coef = cs.count > 0 ? c.attr_f("grad_scale", 1.0) / ce_divisor(cs, cs.count) : 0.0;
   const float *lp = logits.f32();
   float *dp = dl.f32();
   grad_rows(cs, lp, dp, V, /*lo=*/0, coef, [V](int64_t, const float *x, float *m, double *inv) {

@@ -48,6 +48,11 @@
 //  cross_entropy_fwd  logits (B,T,V), labels (B,T) i32         loss () f32         ignore_index (i64),
 //                       shift (i64 0/1): 1 = HF's causal-LM shift, logits[:, t] predicts labels[:, t+1]
 //                       (positions t = 0..T-2). loss = mean over non-ignored positions (0 when none)
+//                       optional operand 2, denominator (2) i32 = [label_count, shares], bound by
+//                       the executor (Executor::set_loss_denominator), not the plan: when
+//                       label_count > 0 the sum is divided by label_count / shares instead of the
+//                       local count (fwd and bwd), so the step's shares average to the mean over
+//                       the global batch's labels
 //  cross_entropy_bwd  logits (B,T,V), labels (B,T) i32         dlogits (B,T,V)     ignore_index, shift,
 //                       grad_scale (f64): dlogits = grad_scale * (softmax - onehot) / count at
 //                       non-ignored positions, 0 elsewhere (also at t = T-1 when shift);

@@ -108,22 +108,31 @@ __global__ void ce_row_loss_kernel(const TL *logits, const int32_t *target, int6
 
 // One block: loss = sum of row_loss / count (0 when nothing counts), summed in a fixed order.
 // The count is read on the device (a CUDA graph replays this launch: graph.cu).
+// The divisor of the summed loss: label_count / shares from the executor's denominator operand
+// (kernel_check.h's ce_divisor; read on the device, so graph replays see each step's value), else
+// the local count.
+__device__ inline double ce_divisor_dev(int64_t count, const int32_t *denom) {
+  if (denom && denom[0] > 0 && denom[1] > 0) return double(denom[0]) / double(denom[1]);
+  return double(count);
+}
+
 template <typename TO>
 __global__ void ce_mean_kernel(const double *row_loss, int64_t rows, const unsigned long long *count_p,
-                               TO *loss) {
+                               const int32_t *denom, TO *loss) {
   double s = 0.0;
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += row_loss[r];
   s = util::block_reduce(s, util::SumOp(), 0.0);
   const int64_t count = rows > 0 ? int64_t(*count_p) : 0;
-  if (threadIdx.x == 0) st(loss, 0, count > 0 ? float(s / double(count)) : 0.0f);
+  if (threadIdx.x == 0) st(loss, 0, count > 0 ? float(s / ce_divisor_dev(count, denom)) : 0.0f);
 }
 
 // loss = the mean of row_loss, into an f32 or bf16 scalar.
-Status ce_mean(const double *row_loss, int64_t rows, const unsigned long long *count, const Tensor &loss) {
+Status ce_mean(const double *row_loss, int64_t rows, const unsigned long long *count, const int32_t *denom,
+               const Tensor &loss) {
   if (is_bf16(loss))
-    ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(row_loss, rows, count, static_cast<bf16_t *>(loss.data));
+    ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(row_loss, rows, count, denom, static_cast<bf16_t *>(loss.data));
   else
-    ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(row_loss, rows, count, loss.f32());
+    ce_mean_kernel<<<1, kRowThreads, 0, stream()>>>(row_loss, rows, count, denom, loss.f32());
   return check_launch("ce_mean_kernel");
 }
 
@@ -184,7 +193,7 @@ __global__ void ce_shard_row_loss_kernel(const int32_t *target, const float *mx,
 template <typename TL, typename TD>
 __global__ void ce_grad_kernel(const TL *logits, const int32_t *target, int64_t V, int64_t lo,
                                const float *gmax, const float *gsum, const unsigned long long *count,
-                               double grad_scale, TD *dl) {
+                               const int32_t *denom, double grad_scale, TD *dl) {
   const int64_t r = blockIdx.x;
   const int32_t l = target[r];
   TD *d = dl + r * V;
@@ -193,7 +202,7 @@ __global__ void ce_grad_kernel(const TL *logits, const int32_t *target, int64_t 
     return;
   }
   const int64_t n = int64_t(*count);
-  const double coef = n > 0 ? grad_scale / double(n) : 0.0;
+  const double coef = n > 0 ? grad_scale / ce_divisor_dev(n, denom) : 0.0;
   const TL *x = logits + r * V;
   float m;
   double inv;
@@ -239,19 +248,19 @@ void launch_shard_sums(const Tensor &logits, const int32_t *target, int64_t rows
     ce_shard_sums_kernel<<<unsigned(rows), kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, mx, sums, tgt);
 }
 void launch_grad(const Tensor &logits, const int32_t *target, int64_t rows, int64_t V, int64_t lo,
-                 const float *gmax, const float *gsum, const unsigned long long *count, double grad_scale,
-                 const Tensor &dl) {
+                 const float *gmax, const float *gsum, const unsigned long long *count, const int32_t *denom,
+                 double grad_scale, const Tensor &dl) {
   const unsigned grid = unsigned(rows);
   const auto *lb = static_cast<const bf16_t *>(logits.data);
   auto *db = static_cast<bf16_t *>(dl.data);
   if (is_bf16(logits) && is_bf16(dl))
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, count, grad_scale, db);
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, count, denom, grad_scale, db);
   else if (is_bf16(logits))
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, count, grad_scale, dl.f32());
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(lb, target, V, lo, gmax, gsum, count, denom, grad_scale, dl.f32());
   else if (is_bf16(dl))
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, count, grad_scale, db);
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, count, denom, grad_scale, db);
   else
-    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, count, grad_scale, dl.f32());
+    ce_grad_kernel<<<grid, kRowThreads, 0, stream()>>>(logits.f32(), target, V, lo, gmax, gsum, count, denom, grad_scale, dl.f32());
 }
 
 // Scratch of the cross-entropy kernels (per thread; see ManagedScratch).
@@ -361,7 +370,7 @@ Status sharded_fwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
         cs.target, mx, *red, *red + rows, rows, *row_loss);
     if (Status s = check_launch("ce_shard_row_loss_kernel"); !s) return ck.error(s.message());
   }
-  if (Status s = ce_mean(*row_loss, rows, cs.count, c.out[0]); !s) return ck.error(s.message());
+  if (Status s = ce_mean(*row_loss, rows, cs.count, cs.denominator, c.out[0]); !s) return ck.error(s.message());
   return Status::ok();
 }
 
@@ -380,7 +389,7 @@ Status sharded_bwd(KernelCall &c, Check &ck, const CeSetup &cs, const VocabShard
   if (Status s = c.comm->all_reduce(vs.group, *sums, rows, ReduceOp::Sum); !s)
     return ck.error(s.message());
   if (rows > 0) {
-    launch_grad(c.in[0], cs.target, rows, cs.V, vs.lo, mx, *sums, cs.count, grad_scale, c.out[0]);
+    launch_grad(c.in[0], cs.target, rows, cs.V, vs.lo, mx, *sums, cs.count, cs.denominator, grad_scale, c.out[0]);
     if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
   }
   return Status::ok();
@@ -468,7 +477,7 @@ Status cross_entropy_fwd(KernelCall &c) {
     launch_row_loss(logits, cs.target, rows, cs.V, *row_loss);
     if (Status s = check_launch("ce_row_loss_kernel"); !s) return ck.error(s.message());
   }
-  if (Status s = ce_mean(*row_loss, rows, cs.count, loss); !s) return ck.error(s.message());
+  if (Status s = ce_mean(*row_loss, rows, cs.count, cs.denominator, loss); !s) return ck.error(s.message());
   return Status::ok();
 }
 
@@ -482,7 +491,7 @@ Status cross_entropy_bwd(KernelCall &c) {
   if (cs.vocab.sharded) return sharded_bwd(c, ck, cs, cs.vocab);
   const int64_t rows = cs.B * cs.T;
   if (rows == 0) return Status::ok();
-  launch_grad(logits, cs.target, rows, cs.V, 0, nullptr, nullptr, cs.count, c.attr_f("grad_scale", 1.0), dl);
+  launch_grad(logits, cs.target, rows, cs.V, 0, nullptr, nullptr, cs.count, cs.denominator, c.attr_f("grad_scale", 1.0), dl);
   if (Status s = check_launch("ce_grad_kernel"); !s) return ck.error(s.message());
   return Status::ok();
 }

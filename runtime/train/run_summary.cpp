@@ -89,6 +89,8 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
   // A run of one step has no step after the first: its own rate is reported.
   const bool one_step = stats.step_tps.empty();
   double median_tps = one_step ? stats.first_step_tps : median(stats.step_tps);
+  const double median_goodput = one_step ? stats.first_step_goodput : median(stats.step_goodput);
+  const int64_t processed = (info.steps - info.start_step) * plan.global_batch * plan.seq_len;
   double wall = seconds_since(info.t_start);
   json summary = {{"plan", info.plan_path},
                   {"plan_fingerprint", fingerprint},
@@ -96,6 +98,12 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
                   {"start_step", info.start_step},
                   {"final_loss", stats.last_loss},
                   {"tokens_per_s_median", median_tps},
+                  // Goodput (DESIGN.md "Metrics"): counted labels of applied steps; padding, masked
+                  // prompts and skipped steps are processed but not trained.
+                  {"trained_tokens", stats.trained_tokens},
+                  {"processed_tokens", processed},
+                  {"trained_share", processed > 0 ? double(stats.trained_tokens) / double(processed) : 0.0},
+                  {"goodput_tokens_per_s_median", median_goodput},
                   {"wall_time_s", wall},
                   {"peak_rss_mib", peak_rss_mib()},
                   {"arena_mib", ex.arena_bytes() * ex.slots() / 1048576.0},
@@ -249,7 +257,9 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
   }
   std::cout << "lora-run: done: " << info.steps << " steps, final loss " << fmt("%.6f", stats.last_loss) << ", "
             << fmt("%.0f", median_tps) << (one_step ? " tokens/s (one step), wall " : " tokens/s (median, first step excluded), wall ") << fmt("%.2f", wall)
-            << " s, peak RSS " << fmt("%.0f", peak_rss_mib()) << " MiB" << (multi ? " (rank 0)" : "") << "\n"
+            << " s, goodput " << fmt("%.0f", median_goodput) << " trained tokens/s ("
+            << fmt("%.1f", processed > 0 ? 100.0 * double(stats.trained_tokens) / double(processed) : 0.0)
+            << "% of processed tokens trained), peak RSS " << fmt("%.0f", peak_rss_mib()) << " MiB" << (multi ? " (rank 0)" : "") << "\n"
             << "  adapter: " << info.out_dir << "/adapter, metrics: " << info.metrics_path << ", summary: " << info.out_dir
             << "/summary.json\n";
   {

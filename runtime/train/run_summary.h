@@ -31,6 +31,9 @@ struct RunStats {
   std::vector<double> step_times;  // every step
   std::vector<double> step_tps;    // tokens/s of every step after the first of this run
   double first_step_tps = 0;       // the first step's (reported when it is the only one)
+  int64_t trained_tokens = 0;      // counted labels of this run's applied steps
+  std::vector<double> step_goodput;  // trained tokens/s of every step after the first
+  double first_step_goodput = 0;
   double gpu_peak_used_mib = 0, gpu_alloc_peak_mib = 0;
   bool has_util = false;           // NVML sampled (util_total valid)
   GpuUtilStats util_total;

@@ -33,6 +33,7 @@
 #include "runtime/plan/plan_io.h"
 #include "runtime/plan/schedule.h"
 #include "runtime/train/adapter_export.h"
+#include "runtime/train/batch_source.h"
 #include "runtime/train/checkpoint_store.h"
 #include "runtime/train/metrics_log.h"
 #include "runtime/train/nonfinite.h"
@@ -217,20 +218,16 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     start_step = st.step;
   }
 
-  // Data: every rank reads the same file in the same seeded order.
-  auto train_file = TokenFile::open(a.data, a.data_format);
-  if (!train_file) return fail("--data " + a.data + ": " + train_file.message());
-  SequenceLoader loader(&*train_file, plan.seq_len, seed, a.shuffle);
-  if (plan.vocab_size > 0)
-    if (Status s = loader.check_vocab(plan.vocab_size); !s) return fail("--data: " + s.message());
-  std::optional<TokenFile> val_file;
+  // Data: every rank reads the same file in the same seeded order (batch_source.h: a token
+  // stream, or examples with their label-mask file laid out in packed or padded rows).
+  auto train_or = BatchSource::open({"--data", a.data, a.data_format, a.data_layout, seed, a.shuffle}, plan);
+  if (!train_or) return fail(train_or.message());
+  BatchSource &loader = **train_or;
+  std::unique_ptr<BatchSource> val_file;
   if (!a.val_data.empty()) {
-    auto v = TokenFile::open(a.val_data, a.data_format);
-    if (!v) return fail("--val-data " + a.val_data + ": " + v.message());
+    auto v = BatchSource::open({"--val-data", a.val_data, a.data_format, a.data_layout, 0, false}, plan);
+    if (!v) return fail(v.message());
     val_file = std::move(*v);
-    SequenceLoader check(&*val_file, plan.seq_len, 0, false);
-    if (plan.vocab_size > 0)
-      if (Status s = check.check_vocab(plan.vocab_size); !s) return fail("--val-data: " + s.message());
   }
 
   // Batch geometry: global batch B; dp rank d takes sequences [d*B/dp, (d+1)*B/dp), split into
@@ -250,15 +247,12 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
                 std::to_string(plan.global_batch) + (dp > 1 ? " / " + std::to_string(dp) + " data-parallel ranks" : "") +
                 " / " + std::to_string(plan.micro_batches) + " micro-batches x seq_len " + std::to_string(plan.seq_len) +
                 " needs " + std::to_string(micro_batch * plan.seq_len));
-  if (loader.num_sequences() < micro_batch)
-    return fail("--data " + a.data + ": " + std::to_string(train_file->num_tokens()) + " tokens make " +
-                std::to_string(loader.num_sequences()) + " sequences of " + std::to_string(plan.seq_len) +
-                ", fewer than one micro-batch of " + std::to_string(micro_batch));
-  auto feed = [&](const int32_t *block, int slot) -> Status {
-    if (has_ids)
-      if (Status s = ex.feed("input_ids", block, ids_numel, slot); !s) return s;
-    if (has_labels) return ex.feed("labels", block, ids_numel, slot);
-    return Status::ok();
+  if (loader.rows() < micro_batch)
+    return fail("--data " + a.data + ": " + loader.describe() + ", fewer rows of " + std::to_string(plan.seq_len) +
+                " than one micro-batch of " + std::to_string(micro_batch));
+  // Rows [first, first + micro_batch) of the loaded global batch into slot `slot`'s inputs.
+  auto feed = [&](const BatchSource &src, int64_t first, int slot) -> Status {
+    return src.feed(ex, first, micro_batch, slot);
   };
 
   // Pipeline schedule of this stage.
@@ -293,11 +287,10 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     // A validation batch is a global batch, split over dp ranks and micro-batches exactly like a
     // training batch, so every strategy evaluates the same sequences.
     val_batch = ids_numel / plan.seq_len;  // sequences per eval_step on this rank
-    int64_t available = (val_file->num_tokens() / plan.seq_len) / plan.global_batch;
+    int64_t available = val_file->rows() / plan.global_batch;
     if (available < 1)
-      return fail("--val-data " + a.val_data + ": " + std::to_string(val_file->num_tokens()) +
-                  " tokens, fewer than one evaluation batch of " + std::to_string(plan.global_batch) + " x " +
-                  std::to_string(plan.seq_len));
+      return fail("--val-data " + a.val_data + ": " + val_file->describe() + ", fewer rows than one evaluation batch of " +
+                  std::to_string(plan.global_batch) + " x " + std::to_string(plan.seq_len));
     val_batches = a.val_batches > 0 ? std::min(a.val_batches, available) : available;
     if (a.val_batches > available)
       warn("--val-batches " + std::to_string(a.val_batches) + " but " + a.val_data + " holds only " +
@@ -365,12 +358,14 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   auto write_metrics = [&](json rec) -> Status { return metrics.write(std::move(rec)); };
 
   const int64_t tokens_per_step = plan.global_batch * plan.seq_len;
+  int64_t trained_total = 0;  // counted labels of the applied steps of this run (goodput's tokens)
+  // ... and of the steps before a resume (the checkpoint's count; 0 for older checkpoints)
+  const int64_t trained_before = resume ? resume->state.extra.value("trained_tokens", int64_t(0)) : 0;
   if (rank0) {
     std::cout << "lora-run: " << a.plan << " (" << fingerprint << "), " << a.steps << " steps of " << plan.global_batch
               << " x " << plan.seq_len << " tokens (" << plan.micro_batches << " micro-batch"
               << (plan.micro_batches == 1 ? "" : "es") << (dp > 1 ? " per data-parallel rank" : "") << "), data "
-              << a.data << " (" << train_file->num_tokens() << " tokens, " << loader.num_sequences() << " sequences"
-              << (a.shuffle ? ", shuffled" : "") << ")\n";
+              << a.data << " (" << loader.describe() << (a.shuffle ? ", shuffled" : "") << ")\n";
     if (multi)
       std::cout << "  ranks: " << plan.world_size << " (dp " << mesh.dp << " x tp " << mesh.tp << " x pp " << mesh.pp
                 << "), strategy " << plan.strategy
@@ -405,17 +400,24 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   // (unshuffled). Each dp rank evaluates its block of every batch in micro-batches, like
   // training; every stage runs eval_step (stages exchange activations inside it) and the last
   // stage's tp-0 ranks contribute the losses.
+  // The loss is the mean over every counted label of the val_batches batches (their total count
+  // is the denominator of each micro-batch's share: a first pass counts them).
   auto validate = [&]() -> StatusOr<double> {
-    SequenceLoader vl(&*val_file, plan.seq_len, 0, /*shuffle=*/false);
-    std::vector<int32_t> global(static_cast<size_t>(plan.global_batch * plan.seq_len));
     const int64_t per_rank = plan.global_batch / mesh.dp;
+    int64_t labels = 0;
+    val_file->restore({});
+    for (int64_t b = 0; b < val_batches; ++b) {
+      if (Status s = val_file->next(plan.global_batch); !s) return Status::error("--val-data " + s.message());
+      labels += val_file->label_count();
+    }
+    if (labels > INT32_MAX) return Status::error("--val-data: more than 2^31-1 labels in --val-batches " + std::to_string(val_batches));
+    ex.set_loss_denominator(labels, val_batches * plan.micro_batches * mesh.dp);
+    val_file->restore({});
     double sum = 0;
     for (int64_t b = 0; b < val_batches; ++b) {
-      if (Status s = vl.next(plan.global_batch, global.data()); !s)
-        return Status::error(val_file->path + ": " + s.message());
+      if (Status s = val_file->next(plan.global_batch); !s) return Status::error("--val-data " + s.message());
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
-        const int32_t *mine = global.data() + (rp.dp_rank * per_rank + m * val_batch) * plan.seq_len;
-        if (Status s = feed(mine, 0); !s) return s;
+        if (Status s = feed(*val_file, rp.dp_rank * per_rank + m * val_batch, 0); !s) return s;
         if (tr) tr->set_micro_batch(static_cast<int>(m));
         if (Status s = ex.run("eval_step", nullptr, 0); !s) return Status::error("eval_step: " + s.message());
         if (loss_rank) sum += ex.loss(0);
@@ -446,7 +448,8 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     st.data = loader.position();
     st.seed = seed;
     st.plan_fingerprint = fingerprint;
-    st.extra = {{"loss", loss}, {"lr", lr}, {"tokens", step * tokens_per_step}};
+    st.extra = {{"loss", loss}, {"lr", lr}, {"tokens", step * tokens_per_step},
+                {"trained_tokens", trained_before + trained_total}};
     TraceScope span(tr, TraceTrack::Session, "checkpoint save");
     return store.save(st, *comm, ex);
   };
@@ -467,16 +470,15 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     dump_logits_shape = c.in[0].shape;
   };
 
-  std::vector<int32_t> global(static_cast<size_t>(plan.global_batch * plan.seq_len));
-  const int32_t *my_block = global.data() + rp.dp_rank * per_dp * plan.seq_len;
-  auto micro = [&](int64_t m) { return my_block + m * micro_batch * plan.seq_len; };
+  // This rank's first row of micro-batch m in the global batch.
+  auto micro = [&](int64_t m) { return rp.dp_rank * per_dp + m * micro_batch; };
   // The StepState of micro-batch m of step s: LoRA dropout's counters (runtime/lora_dropout.h)
   // are the run's seed, the step and the global index of the micro-batch's first sequence.
   auto micro_state_of = [&](int64_t s, int64_t m) {
     StepState st;
     st.step = s;
     st.seed = seed;
-    st.first_sample = rp.dp_rank * per_dp + m * micro_batch;
+    st.first_sample = micro(m);
     return st;
   };
   // Time split of this rank's training steps (executor compute / comm + comm->flush, the rest
@@ -512,12 +514,14 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     if (nvml) nvml->begin_window();
     {
       TraceScope span(tr, TraceTrack::Session, "load batch");
-      if (Status st = loader.next(plan.global_batch, global.data()); !st) return fail("--data " + a.data + ": " + st.message());
+      if (Status st = loader.next(plan.global_batch); !st) return fail("--data " + st.message());
+      // Each micro-batch's loss is its share of the global batch's mean over counted labels.
+      ex.set_loss_denominator(loader.label_count(), plan.micro_batches * dp);
     }
     double loss_sum = 0;
     if (!pipelined) {
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
-        if (Status st = feed(micro(m), 0); !st) return fail(st.message());
+        if (Status st = feed(loader, micro(m), 0); !st) return fail(st.message());
         bool dump = s == 1 && m == 0 && !a.dump_first_step.empty() && !multi;
         StepState micro_state = micro_state_of(s, m);  // the last micro-batch starts the gradient buckets
         micro_state.last_micro = m == plan.micro_batches - 1;
@@ -536,7 +540,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
         const PipelineTask &t = tasks[ti];
         if (tr) tr->set_context(s, static_cast<int>(t.micro_batch));
         if (t.phase == Phase::Forward) {
-          if (Status st = feed(micro(t.micro_batch), t.slot); !st) return fail(st.message());
+          if (Status st = feed(loader, micro(t.micro_batch), t.slot); !st) return fail(st.message());
           StepState fwd_state = micro_state_of(s, t.micro_batch);
           if (Status st = ex.run(pipeline_program(Phase::Forward, t.chunk), &fwd_state, t.slot); !st)
             return fail("step " + std::to_string(s) + ", forward of micro-batch " + std::to_string(t.micro_batch) + ": " +
@@ -598,6 +602,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     double tps = dt > 0 ? tokens_per_step / dt : 0;
     if (s > start_step + 1) stats.step_tps.push_back(tps);
     else stats.first_step_tps = tps;
+    // Goodput: the counted (trained) labels of steps whose update was applied, per second.
+    const int64_t trained_now = state.grad_norm_finite ? loader.label_count() : 0;
+    trained_total += trained_now;
+    stats.trained_tokens = trained_total;
+    const double gps = dt > 0 ? trained_now / dt : 0;
+    if (s > start_step + 1) stats.step_goodput.push_back(gps);
+    else stats.first_step_goodput = gps;
     json rec = {{"step", s},
                 {"time_s", seconds_since(t_start)},  // since the session started: time-to-target includes everything
                 {"loss", stats.last_loss},
@@ -605,6 +616,9 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
                 {"grad_norm", state.grad_norm},
                 {"tokens", s * tokens_per_step},
                 {"tokens_per_s", tps},
+                {"trained_tokens", trained_before + trained_total},
+                {"step_trained_tokens", trained_now},
+                {"goodput_tokens_per_s", gps},
                 {"step_time_s", dt},
                 {"peak_rss_mib", peak_rss_mib()},
                 {"arena_mib", ex.arena_bytes() * ex.slots() / 1048576.0},

@@ -30,6 +30,7 @@ namespace parallora::rt {
 struct SessionOptions {
   std::string plan;
   std::string data, data_format = "auto", val_data;
+  std::string data_layout = "auto";  // examples (a label-mask file next to the data): packed | padded | auto
   int64_t val_every = 0, val_batches = 0;
   int64_t steps = 0;
   uint64_t seed = 42;

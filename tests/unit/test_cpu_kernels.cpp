@@ -990,3 +990,31 @@ TEST(CpuKernelsDeterminism, RowKernelsIndependentOfThreadCount) {
 }
 
 } // namespace
+
+// The executor-bound operand 2 of the cross-entropy (Executor::set_loss_denominator): the sum over
+// counted positions is divided by label_count / shares instead of the local count, forward and
+// backward, so micro-batches of a global batch with different label counts average to its mean.
+TEST(CpuKernelsFwd, CrossEntropyGlobalDenominator) {
+  Buf l2 = zeros({1, 3, 3}), lab2 = ints({1, 3}, {0, 2, 1}), loss = zeros({});
+  l2.f = {1, 2, 3, 9, -9, 4, 0.5f, 0.25f, 7};
+  // Two counted positions: row 0 predicts 2, row 1 predicts 1.
+  const double r0 = 3.0 + std::log(1.0 + std::exp(-1.0) + std::exp(-2.0)) - 3.0;
+  const double r1 = 9.0 + std::log(1.0 + std::exp(-18.0) + std::exp(-5.0)) + 9.0;
+  RUN_OK("cross_entropy_fwd", {&l2, &lab2}, {&loss}, {{"shift", int64_t(1)}});
+  EXPECT_NEAR(loss.f[0], (r0 + r1) / 2.0, 1e-5);  // local mean
+  // The global batch has 6 counted labels over 4 shares: divisor 1.5.
+  Buf den = ints({2}, {6, 4});
+  RUN_OK("cross_entropy_fwd", {&l2, &lab2, &den}, {&loss}, {{"shift", int64_t(1)}});
+  EXPECT_NEAR(loss.f[0], (r0 + r1) / 1.5, 1e-5);
+  Buf d = zeros({1, 3, 3}), d_local = zeros({1, 3, 3});
+  RUN_OK("cross_entropy_bwd", {&l2, &lab2, &den}, {&d}, {{"shift", int64_t(1)}, {"grad_scale", 0.25}});
+  RUN_OK("cross_entropy_bwd", {&l2, &lab2}, {&d_local}, {{"shift", int64_t(1)}, {"grad_scale", 0.25}});
+  for (int j = 0; j < 9; ++j) EXPECT_NEAR(d.f[j], d_local.f[j] * 2.0 / 1.5, 1e-6) << j;
+  // label_count 0 (never set): the local count, as without the operand.
+  Buf unset = ints({2}, {0, 0});
+  RUN_OK("cross_entropy_fwd", {&l2, &lab2, &unset}, {&loss}, {{"shift", int64_t(1)}});
+  EXPECT_NEAR(loss.f[0], (r0 + r1) / 2.0, 1e-5);
+  // A malformed operand is named.
+  Buf bad = ints({3}, {1, 2, 3});
+  expect_error(run("cross_entropy_fwd", {&l2, &lab2, &bad}, {&loss}, {{"shift", int64_t(1)}}), {"denominator"});
+}

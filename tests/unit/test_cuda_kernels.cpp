@@ -940,6 +940,12 @@ TEST_F(CudaKernels, CrossEntropy) {
     Attrs bw = at;
     bw["grad_scale"] = 0.5;
     check_op("cross_entropy_bwd" + tag, "cross_entropy_bwd", {logits, labels}, {zeros(logits.shape)}, bw);
+    // The executor-bound loss denominator (operand 2: label_count, shares), read on the device.
+    Arg den = rng.ids({2}, 1);
+    den.i[0] = 1000;
+    den.i[1] = 7;
+    check_op("cross_entropy_fwd denominator" + tag, "cross_entropy_fwd", {logits, labels, den}, {zeros({})}, at);
+    check_op("cross_entropy_bwd denominator" + tag, "cross_entropy_bwd", {logits, labels, den}, {zeros(logits.shape)}, bw);
     // Vocabulary-parallel form on a one-rank group.
     Opts vg;
     vg.comm = true;

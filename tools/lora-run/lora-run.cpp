@@ -141,7 +141,9 @@ int main(int argc, char **argv) {
   app.add_option("plan", o.plan, "the plan file written by lora-compile -o plan.lp");
   app.add_flag("--describe", a.describe, "print what the plan computes (model, LoRA, hyperparameters, memory, FLOPs, programs) and exit");
   app.add_flag("--verbose", a.verbose, "with --describe: also list every buffer and instruction");
-  app.add_option("--data", o.data, "training tokens: llm.c .bin file (uint16/uint32 tokens) or raw token file");
+  app.add_option("--data", o.data, "training tokens: llm.c .bin file (uint16/uint32 tokens) or raw token file; with a label-mask file X.mask next to X.bin (scripts/prepare_data.py) its examples, labels masked as prepared");
+  app.add_option("--data-layout", o.data_layout, "rows of fine-tuning examples (X.mask present): packed (several examples a row; needs a plan compiled with --packing), padded (one a row), auto (packed when the plan takes segment_ids)")
+      ->check(CLI::IsMember({"auto", "packed", "padded"}));
   app.add_option("--data-format", o.data_format, "token file format (auto: llm.c header required; u16/u32: raw little-endian)")
       ->check(CLI::IsMember({"auto", "llmc", "u16", "u32"}));
   app.add_option("--val-data", o.val_data, "validation tokens (same format); evaluated before training, every --val-every steps and at the end");
