@@ -105,6 +105,8 @@ void to_pb(const Plan &p, pb::Plan *out) {
   out->set_strategy(p.strategy);
   out->set_pipeline_schedule(p.pipeline_schedule);
   out->set_precision(p.precision);
+  out->set_predicted_step_s(p.predicted_step_s);
+  out->set_device_profile(p.device_profile);
   for (const RankPlan &r : p.ranks) {
     auto *rp = out->add_ranks();
     rp->set_rank(r.rank);
@@ -120,6 +122,9 @@ void to_pb(const Plan &p, pb::Plan *out) {
     rp->set_forward_flops(r.forward_flops);
     rp->set_backward_flops(r.backward_flops);
     rp->set_bubble_fraction(r.bubble_fraction);
+    rp->set_predicted_step_s(r.predicted_step_s);
+    rp->set_predicted_compute_s(r.predicted_compute_s);
+    rp->set_predicted_comm_s(r.predicted_comm_s);
     for (const Buffer &b : r.buffers) to_pb(b, rp->add_buffers());
     for (const Program &prog : r.programs) {
       auto *pp = rp->add_programs();
@@ -181,6 +186,8 @@ Status from_pb(const pb::Plan &m, Plan &p) {
   p.strategy = m.strategy();
   p.pipeline_schedule = m.pipeline_schedule();
   p.precision = m.precision().empty() ? "fp32" : m.precision();
+  p.predicted_step_s = m.predicted_step_s();
+  p.device_profile = m.device_profile();
   p.ranks.clear();
   p.ranks.reserve(m.ranks_size());
   for (int ri = 0; ri < m.ranks_size(); ++ri) {
@@ -195,6 +202,9 @@ Status from_pb(const pb::Plan &m, Plan &p) {
     r.forward_flops = mr.forward_flops();
     r.backward_flops = mr.backward_flops();
     r.bubble_fraction = mr.bubble_fraction();
+    r.predicted_step_s = mr.predicted_step_s();
+    r.predicted_compute_s = mr.predicted_compute_s();
+    r.predicted_comm_s = mr.predicted_comm_s();
     r.buffers.reserve(mr.buffers_size());
     for (int bi = 0; bi < mr.buffers_size(); ++bi) {
       const auto &mb = mr.buffers(bi);

@@ -32,6 +32,7 @@
 #include "runtime/plan/plan_io.h"
 #include "passes/parallel/Passes.h"
 #include "tools/lora-compile/graph_dot.h"
+#include "tools/lora-compile/prediction.h"
 #include "tools/lora-compile/viz.h"
 #include "tools/common/cli.h"
 
@@ -77,6 +78,7 @@ struct Args {
   std::string precision = "fp32";
   bool no_overlap = false;
   std::string recompute = "none";
+  std::string device_profile = "cpu-local";  // cost model (docs/planner.md)
 };
 
 /// The mesh a strategy asks for. Returns false after printing the error.
@@ -402,6 +404,9 @@ int main(int argc, char **argv) {
   app.add_flag("--no-overlap-grad-sync", a.no_overlap,
                "reduce all gradient buckets before the optimizer instead of starting each in the backward as soon as "
                "its last gradient is written");
+  app.add_option("--device-profile", a.device_profile,
+                 "cost model's device: a name in models/devices (cpu-local, h100-sxm-nvlink, h100-pcie) or a profile "
+                 "file; the predicted step time is stored in the plan and printed (docs/planner.md)");
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
   app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(cli::number_range(0.0, 1.0));
   app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(cli::at_least(0));
@@ -736,11 +741,14 @@ int main(int argc, char **argv) {
     auto p = lower_to_plan(*module, lo);
     if (failed(p)) return 1;
     if (onnx_adapters_written) p->adapter_weights = onnx_weights_file;
+    std::string prediction;
+    if (Status ps = predict_plan(*p, a.device_profile, prediction); !ps) { llvm::errs() << "error: " << ps.message() << "\n"; return 2; }
     llvm::StringRef parent = llvm::sys::path::parent_path(a.output);
     if (!parent.empty()) llvm::sys::fs::create_directories(parent);
     Status st = plan::write_plan(a.output, *p);
     if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
     print_plan_report(*p, global_batch);
+    llvm::outs() << prediction;
     if (!a.viz.empty()) {
       Status vs = write_plan_viz(*p, a.viz, std::cout);
       if (!vs) { llvm::errs() << "error: --viz " << a.viz << ": " << vs.message() << "\n"; return 1; }

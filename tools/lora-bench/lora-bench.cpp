@@ -1,0 +1,216 @@
+//===- lora-bench.cpp - calibrates a device profile on this machine ---------===//
+//
+//   [mpirun -np 2] lora-bench --calibrate [-o models/devices/cpu-local.json] [--name cpu-local]
+//
+// Times the CPU backend's own kernels (runtime/cpu) on shapes of each GEMM class, causal
+// attention, a streaming kernel (add) for the memory bandwidth and a tiny one for the fixed
+// per-instruction overhead; with 2 MPI ranks also all-reduce and send/recv at a small and a
+// large size (alpha = the small message's time, bus bandwidth from the large one). Writes the
+// profile format of passes/planner/device_profile.h, each number's source saying how it was
+// measured. One rank per core: oversubscribed ranks measure the scheduler, not the link.
+//
+//===----------------------------------------------------------------------===//
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <thread>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <mpi.h>
+
+#include "passes/planner/device_profile.h"
+#include "runtime/cpu/kernels.h"
+#include "runtime/kernel.h"
+#include "tools/common/cli.h"
+
+using namespace parallora;
+using rt::KernelCall;
+using rt::Tensor;
+
+namespace {
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+struct Buf {
+  std::vector<float> v;
+  std::vector<int64_t> shape;
+  explicit Buf(std::vector<int64_t> s) : shape(std::move(s)) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    v.assign(static_cast<size_t>(n), 0.01f);
+  }
+  Tensor t() { return Tensor{v.data(), plan::ElemType::F32, shape}; }
+};
+
+const rt::KernelRegistry &registry() {
+  static const rt::KernelRegistry reg = [] {
+    rt::KernelRegistry r;
+    rt::cpu::register_kernels(r);
+    return r;
+  }();
+  return reg;
+}
+
+/// Median seconds of one call of `op` (at least `min_s` of repeats after a warm-up).
+double time_kernel(const std::string &op, std::vector<Buf *> in, std::vector<Buf *> out,
+                   std::map<std::string, plan::AttrValue> attrs = {}, double min_s = 0.3) {
+  plan::Instr instr;
+  instr.op = op;
+  instr.attrs = std::move(attrs);
+  KernelCall call;
+  call.instr = &instr;
+  for (Buf *b : in) call.in.push_back(b->t());
+  for (Buf *b : out) call.out.push_back(b->t());
+  const rt::KernelFn *fn = registry().find(op);
+  if (!fn) return 0;
+  Status s = (*fn)(call);
+  if (!s) {
+    std::cerr << "lora-bench: " << op << ": " << s.message() << "\n";
+    return 0;
+  }
+  std::vector<double> times;
+  double t_end = now() + min_s;
+  while (now() < t_end || times.size() < 5) {
+    double t0 = now();
+    (void)(*fn)(call);
+    times.push_back(now() - t0);
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+/// Median seconds of a blocking collective over MPI_COMM_WORLD.
+double time_mpi(int world, int rank, int64_t bytes, bool allreduce) {
+  std::vector<float> buf(static_cast<size_t>(std::max<int64_t>(1, bytes / 4)), 1.0f), out(buf.size());
+  std::vector<double> times;
+  for (int i = 0; i < 30; ++i) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = now();
+    if (allreduce) {
+      MPI_Allreduce(buf.data(), out.data(), static_cast<int>(buf.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    } else if (rank == 0) {
+      MPI_Send(buf.data(), static_cast<int>(buf.size()), MPI_FLOAT, 1, 7, MPI_COMM_WORLD);
+      MPI_Recv(out.data(), 1, MPI_FLOAT, 1, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);  // ack: the send arrived
+    } else if (rank == 1) {
+      MPI_Recv(out.data(), static_cast<int>(buf.size()), MPI_FLOAT, 0, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+      MPI_Send(out.data(), 1, MPI_FLOAT, 0, 8, MPI_COMM_WORLD);
+    }
+    times.push_back(now() - t0);
+  }
+  (void)world;
+  std::sort(times.begin(), times.end());
+  double med = times[times.size() / 2];
+  MPI_Allreduce(MPI_IN_PLACE, &med, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return med;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"lora-bench: measure this machine for lora-compile's cost model (docs/planner.md).\n"
+               "Run under `mpirun -np 2` to measure the MPI links too (one rank per core)."};
+  bool calibrate = false;
+  std::string output = "-", name = "cpu-local";
+  int threads = 0;
+  app.add_flag("--calibrate", calibrate, "measure GEMM rates by shape class, attention, memory bandwidth, instruction "
+                                         "overhead and (2 ranks) MPI all-reduce / send alpha-beta; write a device profile");
+  app.add_option("-o,--output", output, "profile file to write ('-' = stdout), e.g. models/devices/cpu-local.json");
+  app.add_option("--name", name, "the profile's name (what --device-profile calls it)");
+  app.add_option("--threads", threads, "OpenMP threads of the kernels (default: OMP_NUM_THREADS or all cores)")->check(cli::at_least(1));
+  if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
+  if (!calibrate) {
+    std::cerr << "error: nothing to do: give --calibrate (see lora-bench --help)\n";
+    return cli::kExitUsageError;
+  }
+  MPI_Init(&argc, &argv);
+  int rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  if (threads > 0) setenv("OMP_NUM_THREADS", std::to_string(threads).c_str(), 1);
+
+  planner::DeviceProfile p;
+  std::map<std::string, std::string> src;
+  p.name = name;
+  p.devices_per_node = std::max(1, world);
+  p.memory_gib = 0;
+  char host[256] = "?";
+  gethostname(host, sizeof host);
+  p.description = std::string("measured by lora-bench --calibrate on ") + host + " (" +
+                  std::to_string(std::thread::hardware_concurrency()) + " cores, " + std::to_string(world) + " MPI rank(s))";
+  {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    p.memory_gib = pages > 0 && page > 0 ? static_cast<double>(pages) * page / (1024.0 * 1024 * 1024) : 1;
+  }
+  if (rank == 0) {
+    // Overhead: an add of 16 floats is all fixed cost (argument checks, OpenMP region, timer).
+    Buf a({16}), b({16}), y({16});
+    p.instruction_overhead_s = time_kernel("add", {&a, &b}, {&y});
+    src["instruction_overhead_s"] = "lora-bench: median time of the CPU add kernel on 16 floats";
+    // Memory bandwidth: add over 3 x 32 MiB (two read, one written).
+    Buf A({8 << 20}), B({8 << 20}), Y({8 << 20});
+    double t = time_kernel("add", {&A, &B}, {&Y}) - p.instruction_overhead_s;
+    p.memory_bandwidth_gbps = 3.0 * 32 * 1048576 / t / 1e9;
+    src["memory_bandwidth_gbps"] = "lora-bench: the CPU add kernel on 3 x 32 MiB (bytes read + written / time)";
+    // GEMM classes: linear_fwd with (M, K) x (N, K)^T, the smallest side = the class.
+    std::vector<planner::GemmRate> rates;
+    for (int64_t d : {4, 16, 64, 256, 1024}) {
+      int64_t m = std::max<int64_t>(512, d), n = std::max<int64_t>(512, d), k = d;
+      Buf x({m, k}), w({n, k}), out({m, n});
+      double s = time_kernel("linear_fwd", {&x, &w}, {&out}) - p.instruction_overhead_s;
+      rates.push_back({d == 4 ? 0 : d, 2.0 * m * n * k / std::max(s, 1e-9) / 1e12});
+    }
+    p.gemm["fp32"] = rates;
+    src["gemm.fp32"] = "lora-bench: the CPU linear_fwd kernel (OpenBLAS sgemm) on (max(512,d) x d) x (d x max(512,d)), d = the class's min_dim (4 for class 0)";
+    // Attention: causal, B=1, H=8, T=256, Dh=64.
+    Buf q({1, 8, 256, 64}), k({1, 8, 256, 64}), v({1, 8, 256, 64}), o({1, 8, 256, 64});
+    double ta = time_kernel("attention_fwd", {&q, &k, &v}, {&o}, {{"scale", 0.125}, {"causal", int64_t(1)}}) - p.instruction_overhead_s;
+    p.attention_tflops["fp32"] = 4.0 * 8 * 256 * 256 * 64 / 2 / std::max(ta, 1e-9) / 1e12;
+    src["attention.fp32"] = "lora-bench: the CPU attention_fwd kernel, causal, B 1, H 8, T 256, Dh 64 (model FLOPs / time)";
+    p.peak_tflops = rates.back().tflops;
+    src["peak_tflops"] = "lora-bench: the largest GEMM class's measured rate (a CPU has no data-sheet bf16 peak here)";
+  }
+  // Links: 2 ranks (one per core). Alpha = a 4-byte message; bus bandwidth from 8 MiB.
+  planner::LinkCost ar{}, send{};
+  if (world >= 2) {
+    double a_small = time_mpi(world, rank, 4, true), a_big = time_mpi(world, rank, 8 << 20, true);
+    double sent = 2.0 * (world - 1) / world * (8 << 20);
+    ar = {a_small, sent / std::max(a_big - a_small, 1e-9) / 1e9};
+    double s_small = time_mpi(world, rank, 4, false), s_big = time_mpi(world, rank, 8 << 20, false);
+    send = {s_small, (8 << 20) / std::max(s_big - s_small, 1e-9) / 1e9};
+    src["links.intra_node.all_reduce"] = "lora-bench: MPI_Allreduce over " + std::to_string(world) +
+                                         " ranks, alpha = 4 B message, bus bandwidth = 2(n-1)/n x 8 MiB / (time - alpha)";
+    src["links.intra_node.send"] = "lora-bench: MPI_Send + 4 B ack between 2 ranks, alpha = 4 B, bandwidth from 8 MiB";
+  } else {
+    ar = {1e-6, 1.0};
+    send = {1e-6, 1.0};
+    src["links.intra_node.all_reduce"] = src["links.intra_node.send"] =
+        "not measured (run lora-bench under mpirun -np 2): placeholder 1 us, 1 GB/s";
+  }
+  src["links.intra_node.broadcast"] = src["links.intra_node.all_reduce"] + " (broadcast costed as all-reduce)";
+  p.intra_node = {ar, send, ar};
+  p.inter_node = p.intra_node;
+  for (const char *k : {"all_reduce", "send", "broadcast"})
+    src[std::string("links.inter_node.") + k] = "one host: the intra-node figures";
+  int rc = 0;
+  if (rank == 0) {
+    std::string text = planner::device_profile_json(p, src);
+    if (output == "-") {
+      std::cout << text;
+    } else {
+      std::ofstream os(output);
+      os << text;
+      if (!os) {
+        std::cerr << "error: -o " << output << ": cannot write\n";
+        rc = 1;
+      } else {
+        std::cerr << "lora-bench: wrote " << output << "\n";
+      }
+    }
+  }
+  MPI_Finalize();
+  return rc;
+}
