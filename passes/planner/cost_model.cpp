@@ -259,6 +259,7 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
       rc.compute_s = tot.compute;
       rc.comm_s = tot.comm;
       rc.comm_hidden_s = std::max(0.0, ch.busy - tot.comm);
+      if (rc.comm_hidden_s < 1e-12) rc.comm_hidden_s = 0;  // float noise of busy - waited
     }
   } else {
     // Per stage: the slowest rank's forward / backward of one micro-batch (send/recv outside).
@@ -298,6 +299,7 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
       rc.comm_s = M * (fwd_tot[i].comm + bwd_tot[i].comm) + tot.comm;
       rc.bubble_s = std::max(0.0, pt.makespan - pt.busy[s]);
       rc.comm_hidden_s = std::max(0.0, ch.busy - tot.comm);
+      if (rc.comm_hidden_s < 1e-12) rc.comm_hidden_s = 0;  // float noise of busy - waited
     }
   }
   for (const RankCost &rc : pc.ranks) pc.step_s = std::max(pc.step_s, rc.step_s);
