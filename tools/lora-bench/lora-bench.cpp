@@ -37,13 +37,16 @@ double now() { return std::chrono::duration<double>(std::chrono::steady_clock::n
 
 struct Buf {
   std::vector<float> v;
+  std::vector<uint16_t> h;  // bf16 storage
   std::vector<int64_t> shape;
-  explicit Buf(std::vector<int64_t> s) : shape(std::move(s)) {
+  plan::ElemType dtype;
+  explicit Buf(std::vector<int64_t> s, plan::ElemType t = plan::ElemType::F32) : shape(std::move(s)), dtype(t) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
-    v.assign(static_cast<size_t>(n), 0.01f);
+    if (t == plan::ElemType::BF16) h.assign(static_cast<size_t>(n), 0x3c23);  // ~0.01
+    else v.assign(static_cast<size_t>(n), 0.01f);
   }
-  Tensor t() { return Tensor{v.data(), plan::ElemType::F32, shape}; }
+  Tensor t() { return Tensor{dtype == plan::ElemType::BF16 ? static_cast<void *>(h.data()) : v.data(), dtype, shape}; }
 };
 
 const rt::KernelRegistry &registry() {
@@ -156,22 +159,28 @@ int main(int argc, char **argv) {
     p.memory_bandwidth_gbps = 3.0 * 32 * 1048576 / t / 1e9;
     src["memory_bandwidth_gbps"] = "lora-bench: the CPU add kernel on 3 x 32 MiB (bytes read + written / time)";
     // GEMM classes: linear_fwd with (M, K) x (N, K)^T, the smallest side = the class.
-    std::vector<planner::GemmRate> rates;
-    for (int64_t d : {4, 16, 64, 256, 1024}) {
-      int64_t m = std::max<int64_t>(512, d), n = std::max<int64_t>(512, d), k = d;
-      Buf x({m, k}), w({n, k}), out({m, n});
-      double s = time_kernel("linear_fwd", {&x, &w}, {&out}) - p.instruction_overhead_s;
-      rates.push_back({d == 4 ? 0 : d, 2.0 * m * n * k / std::max(s, 1e-9) / 1e12});
+    for (plan::ElemType dt : {plan::ElemType::F32, plan::ElemType::BF16}) {
+      std::vector<planner::GemmRate> rates;
+      for (int64_t d : {4, 16, 64, 256, 1024}) {
+        int64_t m = std::max<int64_t>(512, d), n = std::max<int64_t>(512, d), k = d;
+        Buf x({m, k}, dt), w({n, k}, dt), out({m, n}, dt);
+        double s = time_kernel("linear_fwd", {&x, &w}, {&out}) - p.instruction_overhead_s;
+        rates.push_back({d == 4 ? 0 : d, 2.0 * m * n * k / std::max(s, 1e-9) / 1e12});
+      }
+      const std::string prec = dt == plan::ElemType::BF16 ? "bf16" : "fp32";
+      p.gemm[prec] = rates;
+      src["gemm." + prec] = "lora-bench: the CPU linear_fwd kernel (OpenBLAS sgemm" +
+                            std::string(dt == plan::ElemType::BF16 ? " on operands widened from bf16 and rounded back" : "") +
+                            ") on (max(512,d) x d) x (d x max(512,d)), d = the class's min_dim (4 for class 0)";
     }
-    p.gemm["fp32"] = rates;
-    src["gemm.fp32"] = "lora-bench: the CPU linear_fwd kernel (OpenBLAS sgemm) on (max(512,d) x d) x (d x max(512,d)), d = the class's min_dim (4 for class 0)";
     // Attention: causal, B=1, H=8, T=256, Dh=64.
     Buf q({1, 8, 256, 64}), k({1, 8, 256, 64}), v({1, 8, 256, 64}), o({1, 8, 256, 64});
     double ta = time_kernel("attention_fwd", {&q, &k, &v}, {&o}, {{"scale", 0.125}, {"causal", int64_t(1)}}) - p.instruction_overhead_s;
     p.attention_tflops["fp32"] = 4.0 * 8 * 256 * 256 * 64 / 2 / std::max(ta, 1e-9) / 1e12;
     src["attention.fp32"] = "lora-bench: the CPU attention_fwd kernel, causal, B 1, H 8, T 256, Dh 64 (model FLOPs / time)";
-    p.peak_tflops = rates.back().tflops;
-    src["peak_tflops"] = "lora-bench: the largest GEMM class's measured rate (a CPU has no data-sheet bf16 peak here)";
+    p.peak_tflops = 0;
+    for (const planner::GemmRate &r : p.gemm["fp32"]) p.peak_tflops = std::max(p.peak_tflops, r.tflops);
+    src["peak_tflops"] = "lora-bench: the best measured fp32 GEMM rate (the CPU has no data-sheet bf16 peak)";
   }
   // Links: 2 ranks (one per core). Alpha = a 4-byte message; bus bandwidth from 8 MiB.
   planner::LinkCost ar{}, send{};

@@ -31,11 +31,6 @@ std::vector<int> divisors(int64_t n, int64_t cap) {
   return d;
 }
 
-std::string gib(double bytes) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%.2f GiB", bytes / (1024.0 * 1024 * 1024));
-  return b;
-}
 std::string mib(double bytes) {
   char b[32];
   std::snprintf(b, sizeof b, bytes >= 1024.0 * 1024 * 1024 ? "%.2f GiB" : "%.1f MiB",
@@ -190,20 +185,20 @@ int choose_strategy(const AutoRequest &req, AutoChoice &choice) {
   const double tokens = double(req.batch) * double(req.seq_len);
   std::printf("lora-compile: --strategy auto: %lld candidates for %d device(s) on %s (memory limit %s), %zu fit; "
               "estimated in %.2f s\n",
-              static_cast<long long>(considered), req.devices, dev->name.c_str(), gib(limit).c_str(), fit.size(),
+              static_cast<long long>(considered), req.devices, dev->name.c_str(), mib(limit).c_str(), fit.size(),
               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   if (req.explain || fit.empty()) {
     std::printf("  rejected meshes:\n");
     for (auto &[mesh, why] : mesh_rejects) std::printf("    %-34s %s\n", mesh.c_str(), why.c_str());
     if (mesh_rejects.empty()) std::printf("    none\n");
     std::printf("  rejected for memory: %lld candidate(s) estimated above %s", static_cast<long long>(over_memory),
-                gib(limit).c_str());
+                mib(limit).c_str());
     if (smallest_over.e.peak_bytes >= 0)
-      std::printf(" (the smallest of them: %s at %s)", smallest_over.c.describe().c_str(), gib(double(smallest_over.e.peak_bytes)).c_str());
+      std::printf(" (the smallest of them: %s at %s)", smallest_over.c.describe().c_str(), mib(double(smallest_over.e.peak_bytes)).c_str());
     std::printf("\n");
   }
   if (fit.empty()) {
-    std::cerr << "error: no strategy for " << req.devices << " device(s) fits the memory limit of " << gib(limit)
+    std::cerr << "error: no strategy for " << req.devices << " device(s) fits the memory limit of " << mib(limit)
               << "; raise --memory-limit, add devices or shorten --seq-len / --batch\n";
     return 1;
   }
@@ -238,7 +233,7 @@ int choose_strategy(const AutoRequest &req, AutoChoice &choice) {
     }
     if (double(s.plan_peak) > limit) {
       std::printf("        not chosen: the compiled plan needs %s, above the limit %s\n", mib(double(s.plan_peak)).c_str(),
-                  gib(limit).c_str());
+                  mib(limit).c_str());
       continue;
     }
     const Scored *b = best < 0 ? nullptr : &fit[static_cast<size_t>(best)];
