@@ -149,13 +149,20 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
     }
   }
   const double attn = 4.0 * b * (double(m.heads) / tp) * m.seq_len * m.seq_len * m.head_dim / 2;
-  layer.fwd += over + dev.attention_seconds(attn, prec);
-  layer.bwd += over + dev.attention_seconds(2 * attn, prec);
+  const std::string sfx = prec == "bf16" ? ".bf16" : "";
+  layer.fwd += over + dev.attention_seconds(attn, prec, "attention_fwd" + sfx);
+  layer.bwd += over + dev.attention_seconds(2 * attn, prec, "attention_bwd" + sfx);
   layer.flops += 3 * attn * tp;
-  // Memory-bound kernels: 2 norms, rope of q and k, the head transposes, swiglu, 2 residual adds.
-  const double mem_fwd = es * rows * (10 * D + 6 * (hq + hkv) + 3 * I / tp);
-  layer.fwd += dev.memory_seconds(mem_fwd) + over * (kFwdInstrs - 10);
-  layer.bwd += dev.memory_seconds(2 * mem_fwd) + over * (kBwdInstrs - 10);
+  // Memory-class kernels (bytes read + written, at the kernel's own rate where the profile has
+  // one): 2 norms, rope of q and k, 4 head transposes, swiglu, 2 residual adds.
+  const double er = es * rows;
+  auto mem = [&](const char *k, double bytes) { return dev.memory_seconds(bytes, k + sfx); };
+  layer.fwd += 2 * mem("rms_norm_fwd", er * 2 * D) + mem("rope_fwd", er * 2 * (hq + hkv)) +
+               mem("transpose", er * 2 * (2 * hq + 2 * hkv)) + mem("swiglu_fwd", er * 3 * I / tp) + 2 * mem("add", er * 3 * D) +
+               over * (kFwdInstrs - 10);
+  layer.bwd += 2 * mem("rms_norm_bwd", er * 3 * D) + mem("rope_bwd", er * 2 * (hq + hkv)) +
+               mem("transpose", er * 2 * (2 * hq + 2 * hkv)) + mem("swiglu_bwd", er * 5 * I / tp) + 2 * mem("add", er * 3 * D) +
+               over * (kBwdInstrs - 10);
   tp_all_reduce(es * rows * D, layer, true), tp_all_reduce(es * rows * D, layer, true);
   tp_all_reduce(es * rows * D, layer, false), tp_all_reduce(es * rows * D, layer, false);
   layer.params += 2 * D;
@@ -169,12 +176,14 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   // Embedding (vocabulary-parallel under tp: a partial sum all-reduced) and head (final norm,
   // logits, cross entropy; the logits' gradient overwrites them in place).
   UnitCost embed, head;
-  embed.fwd = over + dev.memory_seconds(2 * es * rows * D);
+  embed.fwd = over + dev.memory_seconds(2 * es * rows * D, "embedding_fwd" + sfx);
   tp_all_reduce(es * rows * D, embed, true);
   embed.params = V * D / tp;
   embed.saved = rows * D;
-  head.fwd = 3 * over + dev.gemm_seconds(rows, V / tp, D, prec) + dev.memory_seconds(es * rows * (2 * D + 2 * V / tp));
-  head.bwd = 3 * over + dev.gemm_seconds(rows, D, V / tp, prec) + dev.memory_seconds(es * rows * (2 * D + 3 * V / tp));
+  head.fwd = 3 * over + dev.gemm_seconds(rows, V / tp, D, prec) + dev.memory_seconds(es * rows * 2 * D, "rms_norm_fwd" + sfx) +
+             dev.memory_seconds(es * rows * V / tp, "cross_entropy_fwd" + sfx);
+  head.bwd = 3 * over + dev.gemm_seconds(rows, D, V / tp, prec) + dev.memory_seconds(es * rows * 3 * D, "rms_norm_bwd" + sfx) +
+             dev.memory_seconds(es * rows * 2 * V / tp, "cross_entropy_bwd" + sfx);
   head.flops = 2 * (2 * rows * D * V);
   if (c.tp > 1) {
     auto &l = tp_inter ? dev.inter_node : dev.intra_node;
@@ -236,7 +245,7 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
       sent += int64_t(ar_sent);
     }
     const double shard = c.zero1 ? c.dp : 1;
-    double opt = 2 * over + dev.memory_seconds(7 * grad_bytes / shard);
+    double opt = 2 * over + dev.memory_seconds(7 * grad_bytes / shard, "adamw_step");
     if (c.dp * c.tp * c.pp > 1) opt += dl.all_reduce.alpha_s;  // the clipping norm's reduction
     if (c.zero1) {
       opt += dl.broadcast.seconds(grad_bytes * (c.dp - 1) / c.dp);

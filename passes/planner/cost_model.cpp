@@ -188,7 +188,8 @@ double instruction_seconds(const Instr &in, const plan::RankPlan &rank, const pl
   if (op == "linear_fwd" || op == "linear_bwd_input" || op == "lora_linear_fwd" || op == "lora_linear_bwd")
     return t + linear_seconds(in, B, dev);
   if (op == "attention_fwd" || op == "attention_bwd")
-    return t + dev.attention_seconds(attention_flops(in, B), precision_of(B[static_cast<size_t>(in.inputs[0])]));
+    return t + dev.attention_seconds(attention_flops(in, B), precision_of(B[static_cast<size_t>(in.inputs[0])]),
+                                     op + (precision_of(B[static_cast<size_t>(in.inputs[0])]) == kBf16 ? ".bf16" : ""));
   if (op == "all_reduce" || op == "all_reduce_start" || op == "all_reduce_wait") {
     double bytes = 0;
     for (int32_t id : in.inputs) bytes += static_cast<double>(B[static_cast<size_t>(id)].nbytes());
@@ -208,7 +209,9 @@ double instruction_seconds(const Instr &in, const plan::RankPlan &rank, const pl
     bool inter = dev.devices_per_node > 0 && peer / dev.devices_per_node != rank.rank / dev.devices_per_node;
     return t + links_for(dev, inter).send.seconds(static_cast<double>(B[static_cast<size_t>(in.inputs[0])].nbytes()));
   }
-  t += dev.memory_seconds(memory_bytes(in, B));
+  bool bf16 = false;  // the kernel's own bf16 rate (widening included) when the profile has one
+  for (int32_t id : in.inputs) bf16 |= id >= 0 && B[static_cast<size_t>(id)].dtype == plan::ElemType::BF16;
+  t += dev.memory_seconds(memory_bytes(in, B), bf16 ? op + ".bf16" : op);
   // Reductions inside kernels (docs/architecture.md "Collectives inside kernels").
   std::string vg = str_attr(in, "vocab_group");
   if (!vg.empty() && (op == "cross_entropy_fwd" || op == "cross_entropy_bwd")) {
@@ -306,6 +309,44 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
   return pc;
 }
 
+int64_t predicted_alloc_bytes(const plan::RankPlan &r) {
+  auto round_up = [](int64_t v) { return (v + 63) / 64 * 64; };
+  const int64_t slots = std::max(1, r.slots);
+  int64_t bytes = slots * round_up(r.arena_bytes);
+  for (const Buffer &b : r.buffers) {
+    if (b.kind == plan::BufferKind::Activation) continue;
+    bool per_slot = b.kind == plan::BufferKind::Input || b.kind == plan::BufferKind::Output;
+    bytes += (per_slot ? slots : 1) * round_up(b.nbytes());
+  }
+  // The widening pool: operand position k (distinct storages in input, then output order) grows to
+  // the largest bf16 tensor widened there. Storage identity: an activation's arena offset, else its id.
+  std::vector<int64_t> pool;
+  for (const plan::Program &prog : r.programs)
+    for (const Instr &in : prog.instrs) {
+      if (in.op == "adamw_step" || in.op == "fill_zero") continue;
+      std::vector<std::pair<int, int64_t>> keys;  // (kind tag, id or offset)
+      auto widen = [&](int32_t id) {
+        if (id < 0) return;
+        const Buffer &b = r.buffers[static_cast<size_t>(id)];
+        if (b.dtype != plan::ElemType::BF16) return;
+        std::pair<int, int64_t> key = b.kind == plan::BufferKind::Activation ? std::make_pair(0, b.offset) : std::make_pair(1, int64_t(id));
+        if (std::find(keys.begin(), keys.end(), key) != keys.end()) return;
+        size_t k = keys.size();
+        keys.push_back(key);
+        if (pool.size() <= k) pool.push_back(0);
+        pool[k] = std::max(pool[k], b.numel());
+      };
+      bool any = false;
+      for (int32_t id : in.inputs) any |= id >= 0 && r.buffers[static_cast<size_t>(id)].dtype == plan::ElemType::BF16;
+      for (int32_t id : in.outputs) any |= id >= 0 && r.buffers[static_cast<size_t>(id)].dtype == plan::ElemType::BF16;
+      if (!any) continue;
+      for (int32_t id : in.inputs) widen(id);
+      for (int32_t id : in.outputs) widen(id);
+    }
+  for (int64_t n : pool) bytes += 4 * n;
+  return bytes;
+}
+
 void store_prediction(plan::Plan &p, const PlanCost &c, const DeviceProfile &dev) {
   p.predicted_step_s = c.step_s;
   p.device_profile = dev.name;
@@ -313,6 +354,7 @@ void store_prediction(plan::Plan &p, const PlanCost &c, const DeviceProfile &dev
     p.ranks[i].predicted_step_s = c.ranks[i].step_s;
     p.ranks[i].predicted_compute_s = c.ranks[i].compute_s;
     p.ranks[i].predicted_comm_s = c.ranks[i].comm_s;
+    p.ranks[i].predicted_alloc_bytes = predicted_alloc_bytes(p.ranks[i]);
   }
 }
 

@@ -22,13 +22,18 @@ double DeviceProfile::gemm_seconds(double m, double n, double k, const std::stri
   return 2.0 * m * n * k / (tflops * 1e12);
 }
 
-double DeviceProfile::attention_seconds(double flops, const std::string &precision) const {
+double DeviceProfile::attention_seconds(double flops, const std::string &precision, const std::string &kernel) const {
+  if (auto k = kernel_tflops.find(kernel); k != kernel_tflops.end()) return flops / (k->second * 1e12);
+  if (size_t dot = kernel.find('.'); dot != std::string::npos) return attention_seconds(flops, precision, kernel.substr(0, dot));
   auto it = attention_tflops.find(precision);
   if (it == attention_tflops.end()) it = attention_tflops.find("fp32");
   return it == attention_tflops.end() || it->second <= 0 ? 0 : flops / (it->second * 1e12);
 }
 
-double DeviceProfile::memory_seconds(double bytes) const {
+double DeviceProfile::memory_seconds(double bytes, const std::string &kernel) const {
+  if (auto k = kernel_gbps.find(kernel); k != kernel_gbps.end()) return bytes / (k->second * 1e9);
+  if (size_t dot = kernel.find('.'); dot != std::string::npos)  // "swiglu_fwd.bf16" -> "swiglu_fwd"
+    return memory_seconds(bytes, kernel.substr(0, dot));
   return memory_bandwidth_gbps > 0 ? bytes / (memory_bandwidth_gbps * 1e9) : 0;
 }
 
@@ -136,6 +141,16 @@ StatusOr<DeviceProfile> parse_device_profile(const std::string &text, const std:
       p.attention_tflops[it.key()] = r.number(*it, "attention." + it.key() + ".", "tflops");
     if (r.error.empty() && !p.attention_tflops.count("fp32")) r.error = file + ": attention.fp32: missing";
   }
+  if (r.error.empty() && j.contains("kernels")) {
+    const json &ks = j["kernels"];
+    if (!ks.is_object()) return Status::error(file + ": kernels: expected an object of kernel names");
+    for (auto it = ks.begin(); it != ks.end() && r.error.empty(); ++it) {
+      std::string path = "kernels." + it.key() + ".";
+      if (it->contains("gbps")) p.kernel_gbps[it.key()] = r.number(*it, path, "gbps");
+      else if (it->contains("tflops")) p.kernel_tflops[it.key()] = r.number(*it, path, "tflops");
+      else r.error = file + ": " + path + "gbps: missing (give \"gbps\" or \"tflops\")";
+    }
+  }
   if (r.error.empty()) {
     const json *l = r.at(j, "", "links");
     if (l) {
@@ -186,6 +201,8 @@ std::string device_profile_json(const DeviceProfile &p, const std::map<std::stri
     j["gemm"][prec] = arr;
   }
   for (auto &[prec, t] : p.attention_tflops) j["attention"][prec] = {{"tflops", t}, {"source", src("attention." + prec)}};
+  for (auto &[k, v] : p.kernel_gbps) j["kernels"][k] = {{"gbps", v}, {"source", src("kernels." + k)}};
+  for (auto &[k, v] : p.kernel_tflops) j["kernels"][k] = {{"tflops", v}, {"source", src("kernels." + k)}};
   auto link = [&](const LinkCost &l, const std::string &k) {
     return json{{"alpha_s", l.alpha_s}, {"bus_gbps", l.bus_gbps}, {"source", src(k)}};
   };

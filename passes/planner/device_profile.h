@@ -51,13 +51,17 @@ struct DeviceProfile {
   std::map<std::string, std::vector<GemmRate>> gemm;
   std::map<std::string, double> attention_tflops;
   Links intra_node, inter_node;
+  // Optional per-kernel rates that replace the class rate for one kernel name (a CPU's
+  // swiglu or cross entropy is bound by exp, not by memory): "gbps" = bytes moved per second
+  // for memory-class kernels, "tflops" = model FLOPs per second for attention.
+  std::map<std::string, double> kernel_gbps, kernel_tflops;
 
   /// Seconds of a GEMM (M x K) * (K x N) in `precision`.
   double gemm_seconds(double m, double n, double k, const std::string &precision) const;
-  /// Seconds of causal attention doing `flops` model FLOPs.
-  double attention_seconds(double flops, const std::string &precision) const;
-  /// Seconds of a memory-bound kernel moving `bytes`.
-  double memory_seconds(double bytes) const;
+  /// Seconds of causal attention doing `flops` model FLOPs (`kernel`'s own rate when given).
+  double attention_seconds(double flops, const std::string &precision, const std::string &kernel = "") const;
+  /// Seconds of a memory-bound kernel moving `bytes` (`kernel`'s own rate when the profile has one).
+  double memory_seconds(double bytes, const std::string &kernel = "") const;
 };
 
 /// Reads a profile: `name_or_path` is a file, or a name looked up as <devices_dir>/<name>.json.

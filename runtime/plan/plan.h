@@ -133,6 +133,9 @@ struct RankPlan {
   double predicted_step_s = 0;         // this rank's optimizer step, seconds
   double predicted_compute_s = 0;      // of which compute instructions
   double predicted_comm_s = 0;         // of which blocking / exposed communication
+  // Bytes the runtime will allocate for this rank: the executor's one block (arena x slots +
+  // persistent buffers, each 64-byte aligned) + the CPU backend's bf16 widening scratch.
+  int64_t predicted_alloc_bytes = 0;
 };
 
 struct Mesh {

@@ -125,6 +125,7 @@ void to_pb(const Plan &p, pb::Plan *out) {
     rp->set_predicted_step_s(r.predicted_step_s);
     rp->set_predicted_compute_s(r.predicted_compute_s);
     rp->set_predicted_comm_s(r.predicted_comm_s);
+    rp->set_predicted_alloc_bytes(r.predicted_alloc_bytes);
     for (const Buffer &b : r.buffers) to_pb(b, rp->add_buffers());
     for (const Program &prog : r.programs) {
       auto *pp = rp->add_programs();
@@ -205,6 +206,7 @@ Status from_pb(const pb::Plan &m, Plan &p) {
     r.predicted_step_s = mr.predicted_step_s();
     r.predicted_compute_s = mr.predicted_compute_s();
     r.predicted_comm_s = mr.predicted_comm_s();
+    r.predicted_alloc_bytes = mr.predicted_alloc_bytes();
     r.buffers.reserve(mr.buffers_size());
     for (int bi = 0; bi < mr.buffers_size(); ++bi) {
       const auto &mb = mr.buffers(bi);

@@ -66,6 +66,10 @@ double time_kernel(const std::string &op, std::vector<Buf *> in, std::vector<Buf
   instr.attrs = std::move(attrs);
   KernelCall call;
   call.instr = &instr;
+  rt::StepState state;  // adamw_step reads the step and the learning rate
+  state.step = 1;
+  state.lr = 1e-4;
+  call.step = &state;
   for (Buf *b : in) call.in.push_back(b->t());
   for (Buf *b : out) call.out.push_back(b->t());
   const rt::KernelFn *fn = registry().find(op);
@@ -178,6 +182,67 @@ int main(int argc, char **argv) {
     double ta = time_kernel("attention_fwd", {&q, &k, &v}, {&o}, {{"scale", 0.125}, {"causal", int64_t(1)}}) - p.instruction_overhead_s;
     p.attention_tflops["fp32"] = 4.0 * 8 * 256 * 256 * 64 / 2 / std::max(ta, 1e-9) / 1e12;
     src["attention.fp32"] = "lora-bench: the CPU attention_fwd kernel, causal, B 1, H 8, T 256, Dh 64 (model FLOPs / time)";
+    // Per-kernel rates (bytes of distinct operands + results / time, the cost model's convention;
+    // attention in model FLOPs / time) on a mid-size layer: rows 512 (2 x 256), hidden 256,
+    // intermediate 512, vocab 1024, 4 heads of 64. Both storage precisions.
+    for (plan::ElemType dt : {plan::ElemType::F32, plan::ElemType::BF16}) {
+      const std::string sfx = dt == plan::ElemType::BF16 ? ".bf16" : "";
+      const int64_t B = 2, T = 256, R = B * T, D = 256, I = 512, V = 1024, H = 4, Dh = 64;
+      const double es = dt == plan::ElemType::BF16 ? 2 : 4;
+      using A = std::map<std::string, plan::AttrValue>;
+      auto rate = [&](const std::string &k, double bytes, std::vector<Buf *> in, std::vector<Buf *> out, A attrs = {}) {
+        double t = time_kernel(k, in, out, attrs, 0.15) - p.instruction_overhead_s;
+        if (t > 0) p.kernel_gbps[k + sfx] = bytes / t / 1e9;
+        src["kernels." + k + sfx] = "lora-bench: the CPU " + k + " kernel" + (sfx.empty() ? "" : " on bf16 storage") +
+                                    " at rows 512, hidden 256, intermediate 512, vocab 1024, 4 heads x 64";
+      };
+      Buf g({R, I}, dt), u({R, I}, dt), y({R, I}, dt), dy({R, I}, dt), dg({R, I}, dt), du({R, I}, dt);
+      rate("swiglu_fwd", es * 3 * R * I, {&g, &u}, {&y});
+      rate("swiglu_bwd", es * 5 * R * I, {&dy, &g, &u}, {&dg, &du});
+      Buf x({R, D}, dt), w({D}, dt), xn({R, D}, dt), dx({R, D}, dt);
+      rate("rms_norm_fwd", es * 2 * R * D + es * D, {&x, &w}, {&xn}, A{{"eps", 1e-5}});
+      rate("rms_norm_bwd", es * 3 * R * D + es * D, {&xn, &x, &w}, {&dx}, A{{"eps", 1e-5}});
+      rate("add", es * 3 * R * D, {&x, &xn}, {&dx});
+      Buf acc({R, D}, dt);
+      rate("accumulate", es * 2 * R * D, {&x}, {&acc});
+      Buf q({B, H, T, Dh}, dt), qr({B, H, T, Dh}, dt);
+      rate("rope_fwd", es * 2 * R * H * Dh, {&q}, {&qr}, A{{"theta", 10000.0}});
+      rate("rope_bwd", es * 2 * R * H * Dh, {&q}, {&qr}, A{{"theta", 10000.0}});
+      Buf qt({B, T, H, Dh}, dt);
+      rate("transpose", es * 2 * R * H * Dh, {&q}, {&qt}, A{{"perm", std::vector<int64_t>{0, 2, 1, 3}}});
+      Buf logits({B, T, V}, dt), dlogits({B, T, V}, dt), loss({1}), labels({B, T});
+      for (size_t i = 0; i < labels.v.size(); ++i) reinterpret_cast<int32_t *>(labels.v.data())[i] = int32_t(i % V);
+      labels.dtype = plan::ElemType::I32;
+      rate("cross_entropy_fwd", es * R * V + 4 * R + 4, {&logits, &labels}, {&loss}, A{{"shift", int64_t(1)}});
+      rate("cross_entropy_bwd", es * 2 * R * V + 4 * R, {&logits, &labels}, {&dlogits}, A{{"shift", int64_t(1)}});
+      Buf ids({B, T}), table({V, D}, dt), emb({B, T, D}, dt);
+      for (size_t i = 0; i < ids.v.size(); ++i) reinterpret_cast<int32_t *>(ids.v.data())[i] = int32_t(i % V);
+      ids.dtype = plan::ElemType::I32;
+      rate("embedding_fwd", es * R * D + 4 * R, {&ids, &table}, {&emb});
+      Buf aq({B, H, T, Dh}, dt), ak({B, H, T, Dh}, dt), av({B, H, T, Dh}, dt), ao({B, H, T, Dh}, dt);
+      Buf dq({B, H, T, Dh}, dt), dk({B, H, T, Dh}, dt), dv({B, H, T, Dh}, dt);
+      const double af = 4.0 * B * H * T * T * Dh / 2;
+      A aa{{"scale", 0.125}, {"causal", int64_t(1)}};
+      double tf = time_kernel("attention_fwd", {&aq, &ak, &av}, {&ao}, aa, 0.15) - p.instruction_overhead_s;
+      double tb = time_kernel("attention_bwd", {&ao, &aq, &ak, &av}, {&dq, &dk, &dv}, aa, 0.15) - p.instruction_overhead_s;
+      if (tf > 0) p.kernel_tflops["attention_fwd" + sfx] = af / tf / 1e12;
+      if (tb > 0) p.kernel_tflops["attention_bwd" + sfx] = 2 * af / tb / 1e12;
+      for (const char *k : {"attention_fwd", "attention_bwd"})
+        src[std::string("kernels.") + k + sfx] = std::string("lora-bench: the CPU ") + k + " kernel, causal, B 2, H 4, T 256, Dh 64 (model FLOPs / time)";
+    }
+    {
+      const int n = 64, len = 4096;  // 64 adapters of 4096 f32: p, g, m, v
+      std::vector<Buf> bufs;
+      bufs.reserve(4 * n);
+      for (int i = 0; i < 4 * n; ++i) bufs.emplace_back(std::vector<int64_t>{len});
+      std::vector<Buf *> in;
+      for (Buf &b : bufs) in.push_back(&b);
+      double t = time_kernel("adamw_step", in, {},
+                             {{"n", int64_t(n)}, {"beta1", 0.9}, {"beta2", 0.999}, {"eps", 1e-8}, {"max_grad_norm", 1.0}}, 0.15) -
+                 p.instruction_overhead_s;
+      if (t > 0) p.kernel_gbps["adamw_step"] = 1.75 * 4 * n * len * 4.0 / t / 1e9;
+      src["kernels.adamw_step"] = "lora-bench: the CPU adamw_step kernel on 64 x 4 tensors of 4096 f32 (bytes x 1.75 as the cost model counts)";
+    }
     p.peak_tflops = 0;
     for (const planner::GemmRate &r : p.gemm["fp32"]) p.peak_tflops = std::max(p.peak_tflops, r.tflops);
     src["peak_tflops"] = "lora-bench: the best measured fp32 GEMM rate (the CPU has no data-sheet bf16 peak)";
