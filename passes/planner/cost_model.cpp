@@ -320,7 +320,8 @@ int64_t predicted_alloc_bytes(const plan::RankPlan &r) {
   }
   // The widening pool: operand position k (distinct storages in input, then output order) grows to
   // the largest bf16 tensor widened there. Storage identity: an activation's arena offset, else its id.
-  std::vector<int64_t> pool;
+  // std::vector::resize in libstdc++ grows the capacity to max(2 x size, n) when n > capacity.
+  std::vector<std::pair<int64_t, int64_t>> pool;  // (size, capacity) per position
   for (const plan::Program &prog : r.programs)
     for (const Instr &in : prog.instrs) {
       if (in.op == "adamw_step" || in.op == "fill_zero") continue;
@@ -333,8 +334,10 @@ int64_t predicted_alloc_bytes(const plan::RankPlan &r) {
         if (std::find(keys.begin(), keys.end(), key) != keys.end()) return;
         size_t k = keys.size();
         keys.push_back(key);
-        if (pool.size() <= k) pool.push_back(0);
-        pool[k] = std::max(pool[k], b.numel());
+        if (pool.size() <= k) pool.push_back({0, 0});
+        auto &[size, cap] = pool[k];
+        if (b.numel() > cap) cap = std::max(2 * size, b.numel());
+        size = b.numel();
       };
       bool any = false;
       for (int32_t id : in.inputs) any |= id >= 0 && r.buffers[static_cast<size_t>(id)].dtype == plan::ElemType::BF16;
@@ -343,7 +346,7 @@ int64_t predicted_alloc_bytes(const plan::RankPlan &r) {
       for (int32_t id : in.inputs) widen(id);
       for (int32_t id : in.outputs) widen(id);
     }
-  for (int64_t n : pool) bytes += 4 * n;
+  for (auto &sc : pool) bytes += 4 * sc.second;
   return bytes;
 }
 

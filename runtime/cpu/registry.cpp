@@ -65,9 +65,10 @@ KernelFn widen_bf16(KernelFn f) {
         if (w.keys[i] == t.data) return w.pool[i].data();
       const size_t k = w.keys.size();
       if (w.pool.size() <= k) w.pool.emplace_back();
-      if (static_cast<size_t>(t.numel()) > w.pool[k].size())  // the pool only grows: count the growth
-        note_scratch_growth(static_cast<int64_t>(t.numel() - static_cast<int64_t>(w.pool[k].size())) * 4);
+      const size_t before = w.pool[k].capacity();
       w.pool[k].resize(static_cast<size_t>(t.numel()));
+      if (w.pool[k].capacity() > before)  // capacity only grows: count what was added
+        note_scratch_growth(static_cast<int64_t>(w.pool[k].capacity() - before) * 4);
       w.keys.push_back(t.data);
       if (load) widen(t.bf16(), w.pool[k].data(), t.numel());
       return w.pool[k].data();
