@@ -22,13 +22,15 @@ Status predict_plan(plan::Plan &p, const std::string &profile, std::string &repo
   double flops = 0;
   for (const plan::RankPlan &q : p.ranks) flops += q.flops_per_step;
   double tokens = static_cast<double>(p.global_batch * p.seq_len);
+  int64_t peak = 0;
+  for (const plan::RankPlan &q : p.ranks) peak = std::max(peak, q.predicted_alloc_bytes);
   char line[512];
   std::snprintf(line, sizeof line,
                 "  predicted step on %s: %.4g ms, %.0f tokens/s, MFU %.1f%% (slowest rank %zu: compute %.4g ms, "
-                "communication %.4g ms exposed + %.4g ms hidden, pipeline idle %.4g ms)\n",
+                "communication %.4g ms exposed + %.4g ms hidden, pipeline idle %.4g ms); allocation %.1f MiB (largest rank)\n",
                 dev->name.c_str(), 1e3 * c.step_s, c.step_s > 0 ? tokens / c.step_s : 0.0,
                 c.step_s > 0 ? 100.0 * flops / c.step_s / (dev->peak_tflops * 1e12 * p.world_size) : 0.0, slowest,
-                1e3 * r.compute_s, 1e3 * r.comm_s, 1e3 * r.comm_hidden_s, 1e3 * r.bubble_s);
+                1e3 * r.compute_s, 1e3 * r.comm_s, 1e3 * r.comm_hidden_s, 1e3 * r.bubble_s, peak / 1048576.0);
   report = line;
   return Status::ok();
 }
