@@ -309,7 +309,7 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
   return pc;
 }
 
-int64_t predicted_alloc_bytes(const plan::RankPlan &r) {
+int64_t predicted_alloc_bytes(const plan::RankPlan &r, bool cpu_scratch) {
   auto round_up = [](int64_t v) { return (v + 63) / 64 * 64; };
   const int64_t slots = std::max(1, r.slots);
   int64_t bytes = slots * round_up(r.arena_bytes);
@@ -322,6 +322,7 @@ int64_t predicted_alloc_bytes(const plan::RankPlan &r) {
   // the largest bf16 tensor widened there. Storage identity: an activation's arena offset, else its id.
   // std::vector::resize in libstdc++ grows the capacity to max(2 x size, n) when n > capacity.
   std::vector<std::pair<int64_t, int64_t>> pool;  // (size, capacity) per position
+  if (cpu_scratch)
   for (const plan::Program &prog : r.programs)
     for (const Instr &in : prog.instrs) {
       if (in.op == "adamw_step" || in.op == "fill_zero") continue;
@@ -357,7 +358,7 @@ void store_prediction(plan::Plan &p, const PlanCost &c, const DeviceProfile &dev
     p.ranks[i].predicted_step_s = c.ranks[i].step_s;
     p.ranks[i].predicted_compute_s = c.ranks[i].compute_s;
     p.ranks[i].predicted_comm_s = c.ranks[i].comm_s;
-    p.ranks[i].predicted_alloc_bytes = predicted_alloc_bytes(p.ranks[i]);
+    p.ranks[i].predicted_alloc_bytes = predicted_alloc_bytes(p.ranks[i], dev.backend == "cpu");
   }
 }
 

@@ -50,8 +50,9 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev);
 /// Bytes the runtime allocates for `rank` (RankPlan::predicted_alloc_bytes): the executor's block
 /// (runtime/core/executor.cpp: S arenas, then persistent buffers, Input/Output once per slot,
 /// each rounded up to 64 bytes) plus the CPU backend's bf16 widening scratch (runtime/cpu/
-/// registry.cpp: per operand position a pool that grows to the largest bf16 operand widened there).
-int64_t predicted_alloc_bytes(const plan::RankPlan &rank);
+/// registry.cpp: per operand position a pool that grows to the largest bf16 operand widened there)
+/// when `cpu_scratch` (a profile whose backend is "cpu").
+int64_t predicted_alloc_bytes(const plan::RankPlan &rank, bool cpu_scratch);
 
 /// Writes the prediction into the plan's optional fields (Plan::predicted_step_s, ...).
 void store_prediction(plan::Plan &p, const PlanCost &c, const DeviceProfile &dev);

@@ -111,6 +111,9 @@ StatusOr<DeviceProfile> parse_device_profile(const std::string &text, const std:
   p.name = j.value("name", std::string());
   if (p.name.empty()) return Status::error(file + ": name: missing");
   p.description = j.value("description", std::string());
+  p.backend = j.value("backend", std::string("cuda"));
+  if (p.backend != "cpu" && p.backend != "cuda")
+    return Status::error(file + ": backend: expected \"cpu\" or \"cuda\", got \"" + p.backend + "\"");
   p.devices_per_node = static_cast<int>(r.number(j, "", "devices_per_node"));
   p.memory_gib = r.number(j, "", "memory_gib");
   p.peak_tflops = r.number(j, "", "peak_tflops");
@@ -189,6 +192,7 @@ std::string device_profile_json(const DeviceProfile &p, const std::map<std::stri
   j["version"] = kDeviceProfileVersion;
   j["name"] = p.name;
   j["description"] = p.description;
+  j["backend"] = p.backend;
   j["devices_per_node"] = p.devices_per_node;
   j["memory_gib"] = p.memory_gib;
   j["peak_tflops"] = valued(p.peak_tflops, "peak_tflops");

@@ -41,6 +41,7 @@ struct Links {
 
 struct DeviceProfile {
   std::string name, description, source_file;
+  std::string backend = "cuda";       // "cpu" | "cuda": which runtime backend's memory rules apply
   int devices_per_node = 1;
   double memory_gib = 0;
   double peak_tflops = 0;             // the MFU denominator (dense bf16 of the data sheet)

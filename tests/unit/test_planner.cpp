@@ -14,7 +14,7 @@ namespace {
 /// A profile with round numbers: 1 us per instruction, 1 GB/s memory, GEMMs at 1 GFLOP/s when
 /// the smallest side is < 8 and 2 GFLOP/s from 8, all-reduce alpha 10 us at 1 GB/s bus.
 const char *kProfile = R"({
-  "format": "parallora-device-profile", "version": 1, "name": "round",
+  "format": "parallora-device-profile", "version": 1, "name": "round", "backend": "cpu",
   "devices_per_node": 4, "memory_gib": 1,
   "peak_tflops": {"value": 0.002, "source": "test"},
   "instruction_overhead_s": 1e-6,

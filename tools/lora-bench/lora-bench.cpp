@@ -142,6 +142,7 @@ int main(int argc, char **argv) {
   planner::DeviceProfile p;
   std::map<std::string, std::string> src;
   p.name = name;
+  p.backend = "cpu";
   p.devices_per_node = std::max(1, world);
   p.memory_gib = 0;
   char host[256] = "?";

@@ -91,7 +91,7 @@ void verify(const AutoRequest &req, Scored &s, const std::string &dir, int index
   }
   s.plan_step_s = p->predicted_step_s;
   s.plan_peak = 0;
-  for (const plan::RankPlan &r : p->ranks) s.plan_peak = std::max(s.plan_peak, r.peak_bytes);
+  for (const plan::RankPlan &r : p->ranks) s.plan_peak = std::max({s.plan_peak, r.peak_bytes, r.predicted_alloc_bytes});
   std::remove(plan_path.c_str());
   std::remove((plan_path + ".log").c_str());
 }
