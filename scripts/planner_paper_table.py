@@ -6,7 +6,7 @@ per GPU: models/devices/h100-sxm-nvlink.json), 8 sequences of 2048 tokens per GP
 8 N), every strategy family (pure dp, tp x dp, pp x dp with 1F1B and 2 pp micro-batches per stage,
 and what --strategy auto picks), bf16: lora-compile's predicted step, tokens/s, MFU, allocation.
 
-  planner_paper_table.py --build build [--plot docs/images/planner_h100.png] [--json out.json]
+  planner_paper_table.py --build build [--plot docs/img/planner_h100.png] [--json out.json]
 """
 import argparse
 import os
@@ -72,11 +72,13 @@ def main():
         fam = {}
         for r in rows:
             key = r["strategy"].split(":")[0]
-            key = re.sub(r"xdp\d+", " x dp", re.sub(r"^dp\d+", "dp", key))
+            key = re.sub(r"xdp\d+", "", re.sub(r"^dp\d+", "dp (pure data parallel)", key))
+            key = re.sub(r"^(tp\d+|pp\d+)", r"\1 x dp", key) if key[:2] in ("tp", "pp") else key
             fam.setdefault(key, []).append(r)
         for key, rs in sorted(fam.items()):
-            ax[0].plot([r["devices"] for r in rs], [r["tokens_s"] / r["devices"] for r in rs], marker="o", label=key)
-            ax[1].plot([r["devices"] for r in rs], [r["mfu"] for r in rs], marker="o", label=key)
+            style = dict(marker="x", ls="--", ms=9) if key == "auto" else dict(marker="o")
+            ax[0].plot([r["devices"] for r in rs], [r["tokens_s"] / r["devices"] for r in rs], label=key, **style)
+            ax[1].plot([r["devices"] for r in rs], [r["mfu"] for r in rs], label=key, **style)
         for x in ax:
             x.set_xscale("log", base=2)
             x.set_xlabel("H100 SXM (8 per node, NVLink; 400 Gb/s IB between nodes)")

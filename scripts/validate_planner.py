@@ -86,6 +86,29 @@ def spearman(xs, ys):
     return num / den if den else 1.0
 
 
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in results:
+        c = "tab:blue" if r["ranks"] == 1 else "tab:orange" if r["timed"] else "tab:grey"
+        if r["timed"]:
+            ax[0].scatter(1e3 * r["measured_s"], 1e3 * r["predicted_s"], color=c)
+            ax[0].annotate(r["name"], (1e3 * r["measured_s"], 1e3 * r["predicted_s"]), fontsize=6)
+        for m in r["memory"]:
+            ax[1].scatter(m["measured"] / 2**20, m["planner"] / 2**20, color=c, s=12)
+    for x, what in zip(ax, ("step time (ms)", "allocation per rank (MiB)")):
+        lo, hi = x.get_xlim()
+        x.plot([0, hi], [0, hi], color="black", lw=0.6)
+        x.set_xlabel("measured " + what)
+        x.set_ylabel("predicted " + what)
+    ax[0].set_title("time: 1 rank (blue), 2 ranks (orange); machine under load", fontsize=9)
+    ax[1].set_title("memory: every rank of every strategy (grey: > 2 ranks)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -99,7 +122,12 @@ def main():
     ap.add_argument("--strategies", default="", help="comma-separated subset of the names above")
     ap.add_argument("--out", default="/tmp/validate_planner")
     ap.add_argument("--json", default="", help="also write the results here")
+    ap.add_argument("--plot", default="", help="predicted vs measured picture (needs matplotlib: run with /usr/bin/python3)")
+    ap.add_argument("--replot", default="", help="only draw --plot from an earlier --json file")
     a = ap.parse_args()
+    if a.replot:
+        plot(json.load(open(a.replot))["results"], a.plot)
+        return
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMPI_MCA_rmaps_base_oversubscribe="1", OMP_NUM_THREADS="1")
     compile_bin = os.path.join(a.build, "tools/lora-compile/lora-compile")
@@ -164,6 +192,8 @@ def main():
               f"{len(wrong)}{' (' + '; '.join(wrong) + ')' if wrong else ''}")
         print(f"memory ({sum(len(r['memory']) for r in results)} ranks of {len(results)} strategies): worst |error| of the "
               f"planner's allocation {summary['memory_max_abs_error_pct']:.3f}%")
+    if a.plot:
+        plot(results, a.plot)
     if a.json:
         json.dump({"results": results, "summary": summary, "profile": a.profile}, open(a.json, "w"), indent=1)
 
