@@ -409,6 +409,14 @@ Status validate_plan(const Plan &plan) {
                          " has " + std::to_string(mesh.size()) + " ranks");
   if (plan.precision != "fp32" && plan.precision != "bf16")
     return Status::error("precision is '" + plan.precision + "' (expected 'fp32' or 'bf16')");
+  // Cost-model predictions (docs/planner.md): 0 = none, otherwise finite and positive.
+  auto bad = [](double v) { return !(v >= 0) || std::isinf(v); };
+  if (bad(plan.predicted_step_s))
+    return Status::error("predicted_step_s is " + std::to_string(plan.predicted_step_s) + " (expected a finite number >= 0)");
+  for (const RankPlan &r : plan.ranks)
+    if (bad(r.predicted_step_s) || bad(r.predicted_compute_s) || bad(r.predicted_comm_s) || r.predicted_alloc_bytes < 0)
+      return Status::error("rank " + std::to_string(r.rank) + ": predicted step / compute / communication time or "
+                           "allocation is negative or not finite");
   const bool pipelined = mesh.pp > 1;
   if (pipelined && plan.pipeline_schedule != "gpipe" && plan.pipeline_schedule != "1f1b")
     return Status::error("pipeline_schedule is '" + plan.pipeline_schedule + "' but a plan with " +
