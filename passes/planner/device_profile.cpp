@@ -96,7 +96,22 @@ struct Reader {
 
 } // namespace
 
+namespace {
+StatusOr<DeviceProfile> parse_checked(const std::string &text, const std::string &file);
+} // namespace
+
 StatusOr<DeviceProfile> parse_device_profile(const std::string &text, const std::string &file) {
+  // A field of the wrong JSON type (a number where a name belongs) throws in nlohmann's accessors;
+  // it becomes an error naming the file like every other.
+  try {
+    return parse_checked(text, file);
+  } catch (const json::exception &e) {
+    return Status::error(file + ": " + e.what());
+  }
+}
+
+namespace {
+StatusOr<DeviceProfile> parse_checked(const std::string &text, const std::string &file) {
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return Status::error(file + ": not valid JSON");
   if (!j.is_object()) return Status::error(file + ": expected a JSON object");
@@ -164,6 +179,7 @@ StatusOr<DeviceProfile> parse_device_profile(const std::string &text, const std:
   if (!r.error.empty()) return Status::error(r.error);
   return p;
 }
+} // namespace
 
 StatusOr<DeviceProfile> load_device_profile(const std::string &name_or_path, const std::string &devices_dir) {
   std::string path = name_or_path;

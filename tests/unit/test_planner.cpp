@@ -82,6 +82,9 @@ TEST(DeviceProfile, ErrorsNameFileAndField) {
   ASSERT_FALSE(v.is_ok());
   EXPECT_EQ(v.message(), "bad.json: version: expected 1, got 7");
   EXPECT_EQ(bad("{").message(), "bad.json: not valid JSON");
+  auto typed = bad(std::string(good).replace(good.find("\"name\": \"round\""), 15, "\"name\": 7"));
+  ASSERT_FALSE(typed.is_ok());
+  EXPECT_EQ(typed.message().rfind("bad.json: ", 0), 0u) << typed.message();
   auto file = load_device_profile("no-such-profile", "/nonexistent");
   ASSERT_FALSE(file.is_ok());
   EXPECT_NE(file.message().find("/nonexistent/no-such-profile.json"), std::string::npos);
