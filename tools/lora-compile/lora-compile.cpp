@@ -772,7 +772,12 @@ int main(int argc, char **argv) {
     if (failed(p)) return 1;
     if (onnx_adapters_written) p->adapter_weights = onnx_weights_file;
     std::string prediction;
-    if (Status ps = predict_plan(*p, a.device_profile, prediction); !ps) { llvm::errs() << "error: " << ps.message() << "\n"; return 2; }
+    if (Status ps = predict_plan(*p, a.device_profile, prediction); !ps) {
+      if (app.get_option("--device-profile")->count()) { llvm::errs() << "error: " << ps.message() << "\n"; return 2; }
+      // The default profile (the source tree's cpu-local.json) may be absent from an installed
+      // lora-compile: the plan is still written, without a prediction.
+      prediction = "  no prediction: " + ps.message() + " (give --device-profile)\n";
+    }
     llvm::StringRef parent = llvm::sys::path::parent_path(a.output);
     if (!parent.empty()) llvm::sys::fs::create_directories(parent);
     Status st = plan::write_plan(a.output, *p);
