@@ -351,6 +351,17 @@ int64_t predicted_alloc_bytes(const plan::RankPlan &r, bool cpu_scratch) {
   return bytes;
 }
 
+std::map<std::string, double> op_seconds(const plan::Plan &p, int rank, const DeviceProfile &dev) {
+  std::map<std::string, double> out;
+  const plan::RankPlan &r = p.ranks[static_cast<size_t>(rank)];
+  for (const plan::Program &prog : r.programs) {
+    double times = prog.name == "optimizer_step" ? 1 : prog.name == "eval_step" ? 0 : double(p.micro_batches);
+    for (const Instr &in : prog.instrs)
+      if (times > 0) out[in.op] += times * instruction_seconds(in, r, p.mesh, dev);
+  }
+  return out;
+}
+
 void store_prediction(plan::Plan &p, const PlanCost &c, const DeviceProfile &dev) {
   p.predicted_step_s = c.step_s;
   p.device_profile = dev.name;

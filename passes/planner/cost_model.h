@@ -19,6 +19,7 @@
 //===----------------------------------------------------------------------===//
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,11 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev);
 /// registry.cpp: per operand position a pool that grows to the largest bf16 operand widened there)
 /// when `cpu_scratch` (a profile whose backend is "cpu").
 int64_t predicted_alloc_bytes(const plan::RankPlan &rank, bool cpu_scratch);
+
+/// Predicted seconds per optimizer step of each kernel (op name) on `rank`, every execution summed
+/// (micro_step / forward / backward x micro-batches, optimizer_step once; collectives as blocking
+/// calls, no overlap): where the time goes, to set beside lora-run --profile.
+std::map<std::string, double> op_seconds(const plan::Plan &p, int rank, const DeviceProfile &dev);
 
 /// Writes the prediction into the plan's optional fields (Plan::predicted_step_s, ...).
 void store_prediction(plan::Plan &p, const PlanCost &c, const DeviceProfile &dev);

@@ -80,6 +80,7 @@ struct Args {
   bool no_overlap = false;
   std::string recompute = "none";
   std::string device_profile = "cpu-local";  // cost model (docs/planner.md)
+  bool cost_breakdown = false;
   AutoRequest auto_req;                      // --strategy auto (tools/lora-compile/auto_strategy.h)
 };
 
@@ -411,6 +412,7 @@ int main(int argc, char **argv) {
   app.add_option("--device-profile", a.device_profile,
                  "cost model's device: a name in models/devices (cpu-local, h100-sxm-nvlink, h100-pcie) or a profile "
                  "file; the predicted step time is stored in the plan and printed (docs/planner.md)");
+  app.add_flag("--cost-breakdown", a.cost_breakdown, "also print rank 0's predicted time per kernel and step (compare: lora-run --profile)");
   app.add_option("--devices", a.auto_req.devices, "--strategy auto: the number of devices (ranks) to plan for")->check(cli::at_least(1));
   app.add_option("--memory-limit", a.auto_req.memory_limit_gib,
                  "--strategy auto: per-device memory in GiB that a plan's predicted peak must fit (default: the device profile's memory_gib)")
@@ -772,7 +774,7 @@ int main(int argc, char **argv) {
     if (failed(p)) return 1;
     if (onnx_adapters_written) p->adapter_weights = onnx_weights_file;
     std::string prediction;
-    if (Status ps = predict_plan(*p, a.device_profile, prediction); !ps) {
+    if (Status ps = predict_plan(*p, a.device_profile, prediction, a.cost_breakdown); !ps) {
       if (app.get_option("--device-profile")->count()) { llvm::errs() << "error: " << ps.message() << "\n"; return 2; }
       // The default profile (the source tree's cpu-local.json) may be absent from an installed
       // lora-compile: the plan is still written, without a prediction.

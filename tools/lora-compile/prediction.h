@@ -11,7 +11,8 @@ namespace parallora {
 /// Costs `p` on the device profile `profile` (a models/devices name or a file; passes/planner),
 /// stores the prediction in the plan and sets `report` to the line lora-compile prints. An
 /// unreadable profile is an error.
-Status predict_plan(plan::Plan &p, const std::string &profile, std::string &report);
+/// With `breakdown`, the report also lists rank 0's predicted seconds per kernel and step.
+Status predict_plan(plan::Plan &p, const std::string &profile, std::string &report, bool breakdown = false);
 
 /// models/devices of the source tree (the default profiles).
 std::string devices_dir();
