@@ -21,6 +21,7 @@ are the result).
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -114,7 +115,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--config", default=os.path.join(ROOT, "models/configs/tiny-llama-4l.json"))
     ap.add_argument("--data", default=os.path.join(ROOT, "tests/fixtures/train/tiny/tokens.bin"))
-    ap.add_argument("--profile", default="cpu-local")
+    ap.add_argument("--profile", default="cpu-local", help="device profile name or file (e.g. one written by "
+                    "lora-bench --calibrate --hf-config <the model> --batch <batch> --seq-len <seq>)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=30)
@@ -141,13 +143,16 @@ def main():
         plan = os.path.join(d, "plan.lp")
         cmd = [compile_bin, "--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--lora-rank", "4",
                "--lora-alpha", "8", "--lora-targets", "all-linear", "--device-profile", a.profile, "-o", plan] + flags
+        n = ranks_of(flags)
+        if n == 1:
+            cmd.append("--cost-breakdown")
         p = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if p.returncode:
             sys.exit(f"validate_planner: {name}: lora-compile failed:\n{p.stderr[-2000:]}")
-        n = ranks_of(flags)
+        pred_ops = {m.group(1): float(m.group(2)) for m in re.finditer(r"^    (\w+) +([0-9.]+) s +[0-9.]+%$", p.stdout, re.M)}
         timed = n <= a.max_time_ranks
         run = ["mpirun", "-np", str(n), run_bin, plan, "--data", a.data, "--steps", str(a.steps if timed else 3),
-               "--threads", "1", "--out", os.path.join(d, "run"), "--overwrite"]
+               "--threads", "1", "--out", os.path.join(d, "run"), "--overwrite"] + (["--profile"] if n == 1 else [])
         p = subprocess.run(run, capture_output=True, text=True, env=env)
         if p.returncode:
             sys.exit(f"validate_planner: {name}: lora-run failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
@@ -156,8 +161,17 @@ def main():
         for r in s["ranks"]:
             mem.append({"rank": r["rank"], "measured": r["alloc_peak_bytes"], "planner": r["predicted_alloc_bytes"],
                         "compiler": r["predicted_peak_bytes"]})
+        ops = None
+        if n == 1 and "profile" in s and pred_ops:
+            meas = {k: v["seconds"] for k, v in s["profile"].items()}
+            tp, tm = sum(pred_ops.values()), sum(meas.values())
+            keys = set(pred_ops) | set(meas)
+            # Total variation distance between the predicted and measured shares of kernel time:
+            # 0 = the model puts the time in the same places as the run; load scales both alike.
+            ops = {"tv_distance": 0.5 * sum(abs(pred_ops.get(k, 0) / tp - meas.get(k, 0) / tm) for k in keys),
+                   "predicted": pred_ops, "measured_per_step": {k: v / a.steps for k, v in meas.items()}}
         results.append({"name": name, "ranks": n, "timed": timed, "predicted_s": s["predicted_step_s"],
-                        "measured_s": s["step_time_s_median"], "memory": mem})
+                        "measured_s": s["step_time_s_median"], "memory": mem, "ops": ops})
         print(f"validate_planner: {name}: predicted {1e3 * s['predicted_step_s']:.3f} ms, measured "
               f"{1e3 * s['step_time_s_median']:.3f} ms", file=sys.stderr)
 
@@ -192,6 +206,17 @@ def main():
               f"{len(wrong)}{' (' + '; '.join(wrong) + ')' if wrong else ''}")
         print(f"memory ({sum(len(r['memory']) for r in results)} ranks of {len(results)} strategies): worst |error| of the "
               f"planner's allocation {summary['memory_max_abs_error_pct']:.3f}%")
+    shaped = [r for r in results if r.get("ops")]
+    if shaped:
+        print("\nwhere the time goes (1 rank: predicted vs lora-run --profile shares of kernel time; "
+              "total variation distance, 0 = identical):")
+        for r in shaped:
+            o = r["ops"]
+            top = sorted(o["predicted"], key=lambda k: -o["predicted"][k])[:4]
+            tp, tm = sum(o["predicted"].values()), sum(o["measured_per_step"].values())
+            shares = ", ".join(f"{k} {100 * o['predicted'][k] / tp:.0f}%/{100 * o['measured_per_step'].get(k, 0) / tm:.0f}%" for k in top)
+            print(f"  {r['name']}: TV {o['tv_distance']:.3f}; measured/predicted kernel time {tm / tp:.2f}x; {shares}")
+        summary["ops_tv_distance_median"] = statistics.median(r["ops"]["tv_distance"] for r in shaped)
     if a.plot:
         plot(results, a.plot)
     if a.json:

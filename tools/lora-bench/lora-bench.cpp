@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <mpi.h>
 
 #include "passes/planner/device_profile.h"
@@ -118,6 +119,17 @@ double time_mpi(int world, int rank, int64_t bytes, bool allreduce) {
   return med;
 }
 
+/// The layer shapes the per-kernel rates are measured at.
+struct LayerShape {
+  int64_t batch = 2, seq = 256, hidden = 256, inter = 512, vocab = 1024, heads = 4, head_dim = 64;
+  std::string model;
+  std::string describe() const {
+    return (model.empty() ? std::string("a mid-size layer") : model) + ": batch " + std::to_string(batch) + " x seq " +
+           std::to_string(seq) + ", hidden " + std::to_string(hidden) + ", intermediate " + std::to_string(inter) + ", vocab " +
+           std::to_string(vocab) + ", " + std::to_string(heads) + " heads x " + std::to_string(head_dim);
+  }
+};
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -130,8 +142,32 @@ int main(int argc, char **argv) {
                                          "overhead and (2 ranks) MPI all-reduce / send alpha-beta; write a device profile");
   app.add_option("-o,--output", output, "profile file to write ('-' = stdout), e.g. models/devices/cpu-local.json");
   app.add_option("--name", name, "the profile's name (what --device-profile calls it)");
+  std::string hf_config;
+  LayerShape shape;
+  app.add_option("--hf-config", hf_config, "measure the per-kernel rates at this model's layer shapes (HF config.json) "
+                                           "instead of a mid-size layer")->check(CLI::ExistingFile);
+  app.add_option("--batch", shape.batch, "with --hf-config: sequences per rank and micro-batch")->check(cli::at_least(1));
+  app.add_option("--seq-len", shape.seq, "with --hf-config: sequence length")->check(cli::at_least(2));
   app.add_option("--threads", threads, "OpenMP threads of the kernels (default: OMP_NUM_THREADS or all cores)")->check(cli::at_least(1));
   if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
+  if (!hf_config.empty()) {
+    std::ifstream is(hf_config);
+    nlohmann::json j = nlohmann::json::parse(is, nullptr, false);
+    auto num = [&](const char *k, int64_t dflt) {
+      return j.is_object() && j.contains(k) && j[k].is_number_integer() ? j[k].get<int64_t>() : dflt;
+    };
+    if (!j.is_object() || num("hidden_size", 0) <= 0 || num("num_attention_heads", 0) <= 0) {
+      std::cerr << "error: --hf-config " << hf_config << ": needs hidden_size and num_attention_heads\n";
+      return cli::kExitUsageError;
+    }
+    shape.hidden = num("hidden_size", 0), shape.heads = num("num_attention_heads", 0);
+    shape.inter = num("intermediate_size", 4 * shape.hidden), shape.vocab = num("vocab_size", 32000);
+    shape.head_dim = num("head_dim", shape.hidden / shape.heads);
+    shape.model = hf_config;
+  } else if (app.get_option("--batch")->count() || app.get_option("--seq-len")->count()) {
+    std::cerr << "error: --batch and --seq-len go with --hf-config\n";
+    return cli::kExitUsageError;
+  }
   if (!calibrate) {
     std::cerr << "error: nothing to do: give --calibrate (see lora-bench --help)\n";
     return cli::kExitUsageError;
@@ -190,18 +226,19 @@ int main(int argc, char **argv) {
     p.attention_tflops["fp32"] = 4.0 * 8 * 256 * 256 * 64 / 2 / std::max(ta, 1e-9) / 1e12;
     src["attention.fp32"] = "lora-bench: the CPU attention_fwd kernel, causal, B 1, H 8, T 256, Dh 64 (model FLOPs / time)";
     // Per-kernel rates (bytes of distinct operands + results / time, the cost model's convention;
-    // attention in model FLOPs / time) on a mid-size layer: rows 512 (2 x 256), hidden 256,
-    // intermediate 512, vocab 1024, 4 heads of 64. Both storage precisions.
+    // attention in model FLOPs / time) at one layer's shapes: a mid-size layer, or the model of
+    // --hf-config at --batch x --seq-len (a workload-shaped profile). Both storage precisions.
     for (plan::ElemType dt : {plan::ElemType::F32, plan::ElemType::BF16}) {
       const std::string sfx = dt == plan::ElemType::BF16 ? ".bf16" : "";
-      const int64_t B = 2, T = 256, R = B * T, D = 256, I = 512, V = 1024, H = 4, Dh = 64;
+      const int64_t B = shape.batch, T = shape.seq, R = B * T, D = shape.hidden, I = shape.inter, V = shape.vocab,
+                    H = shape.heads, Dh = shape.head_dim;
       const double es = dt == plan::ElemType::BF16 ? 2 : 4;
       using A = std::map<std::string, plan::AttrValue>;
       auto rate = [&](const std::string &k, double bytes, std::vector<Buf *> in, std::vector<Buf *> out, A attrs = {}) {
         double t = time_kernel(k, in, out, attrs, 0.15) - p.instruction_overhead_s;
         if (t > 0) p.kernel_gbps[k + sfx] = bytes / t / 1e9;
         src["kernels." + k + sfx] = "lora-bench: the CPU " + k + " kernel" + (sfx.empty() ? "" : " on bf16 storage") +
-                                    " at rows 512, hidden 256, intermediate 512, vocab 1024, 4 heads x 64";
+                                    " at " + shape.describe();
       };
       Buf g({R, I}, dt), u({R, I}, dt), y({R, I}, dt), dy({R, I}, dt), dg({R, I}, dt), du({R, I}, dt);
       rate("swiglu_fwd", es * 3 * R * I, {&g, &u}, {&y});
@@ -235,7 +272,7 @@ int main(int argc, char **argv) {
       if (tf > 0) p.kernel_tflops["attention_fwd" + sfx] = af / tf / 1e12;
       if (tb > 0) p.kernel_tflops["attention_bwd" + sfx] = 2 * af / tb / 1e12;
       for (const char *k : {"attention_fwd", "attention_bwd"})
-        src[std::string("kernels.") + k + sfx] = std::string("lora-bench: the CPU ") + k + " kernel, causal, B 2, H 4, T 256, Dh 64 (model FLOPs / time)";
+        src[std::string("kernels.") + k + sfx] = std::string("lora-bench: the CPU ") + k + " kernel, causal, at " + shape.describe() + " (model FLOPs / time)";
     }
     {
       const int n = 64, len = 4096;  // 64 adapters of 4096 f32: p, g, m, v
