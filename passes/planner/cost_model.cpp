@@ -232,7 +232,7 @@ PipelineTime pipeline_time(const std::string &schedule, int micro_batches, const
   pt.busy = tl.busy;
   pt.last_backward_end.assign(fwd.size(), 0.0);
   for (const rt::TimelineEntry &e : tl.entries)
-    if (e.phase == rt::Phase::Backward)
+    if (e.phase != rt::Phase::Forward)  // the backward (or, with schedules that split it, its last part)
       pt.last_backward_end[static_cast<size_t>(e.stage)] = std::max(pt.last_backward_end[static_cast<size_t>(e.stage)], e.end);
   return pt;
 }
