@@ -146,6 +146,10 @@ namespace parallora::rt::cpu {
 /// bf16 outputs are rounded to nearest-even once (registry.cpp); adamw_step and fill_zero take
 /// f32 only (the fp32 master state).
 void register_kernels(KernelRegistry &registry);
+/// Bytes of f32 scratch the bf16 wrapper above holds (all threads): it only grows, so this is
+/// its high-water mark. Kernel-local temporaries (attention's probability blocks, LoRA's x A^T)
+/// are not counted.
+int64_t scratch_bytes();
 /// The f32 kernels alone (bf16 operands are refused by the operand checks).
 void register_f32_kernels(KernelRegistry &registry);
 

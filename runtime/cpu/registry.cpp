@@ -1,4 +1,5 @@
 //===- registry.cpp - register_kernels, set_num_threads -------------------===//
+#include <atomic>
 #include <omp.h>
 
 #include <algorithm>
@@ -34,6 +35,10 @@ bool reads_outputs(const KernelCall &c) {
   return c.instr->op == "accumulate" || c.attr_i("accumulate", 0) != 0;
 }
 
+/// Bytes of bf16 widening scratch held over all threads (only grows: the high-water mark).
+std::atomic<int64_t> g_scratch_bytes{0};
+void note_scratch_growth(int64_t bytes) { g_scratch_bytes.fetch_add(bytes, std::memory_order_relaxed); }
+
 /// bf16 storage (--precision bf16) for an f32 kernel: the operands stored as bf16 are widened
 /// into f32 scratch (each storage once, so aliased operands stay aliased), the f32 kernel runs
 /// unchanged, and its bf16 outputs are rounded back once (runtime/base/bf16.h). This is the reference
@@ -60,7 +65,10 @@ KernelFn widen_bf16(KernelFn f) {
         if (w.keys[i] == t.data) return w.pool[i].data();
       const size_t k = w.keys.size();
       if (w.pool.size() <= k) w.pool.emplace_back();
+      const size_t before = w.pool[k].capacity();
       w.pool[k].resize(static_cast<size_t>(t.numel()));
+      if (w.pool[k].capacity() > before)  // capacity only grows: count what was added
+        note_scratch_growth(static_cast<int64_t>(w.pool[k].capacity() - before) * 4);
       w.keys.push_back(t.data);
       if (load) widen(t.bf16(), w.pool[k].data(), t.numel());
       return w.pool[k].data();
@@ -96,6 +104,8 @@ void register_f32_kernels(KernelRegistry &registry) {
 #undef PARALLORA_ADD
   registry.add("fill_zero", impl::fill_zero);
 }
+
+int64_t scratch_bytes() { return g_scratch_bytes.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
   const int threads = n > 0 ? n : omp_get_num_procs();

@@ -129,6 +129,13 @@ struct RankPlan {
   double forward_flops = 0;            // one micro-batch's forward on this rank (pipelines)
   double backward_flops = 0;           // one micro-batch's backward on this rank
   double bubble_fraction = 0;          // predicted pipeline idle fraction of this rank's step
+  // Cost model (passes/planner/cost_model.h, docs/planner.md); 0 = not predicted (no profile).
+  double predicted_step_s = 0;         // this rank's optimizer step, seconds
+  double predicted_compute_s = 0;      // of which compute instructions
+  double predicted_comm_s = 0;         // of which blocking / exposed communication
+  // Bytes the runtime will allocate for this rank: the executor's one block (arena x slots +
+  // persistent buffers, each 64-byte aligned) + the CPU backend's bf16 widening scratch.
+  int64_t predicted_alloc_bytes = 0;
 };
 
 struct Mesh {
@@ -195,6 +202,10 @@ struct Plan {
   // activations BF16; adapters, gradients, moments, loss F32). Kernels compute in f32 either way.
   std::string precision = "fp32";
   std::vector<RankPlan> ranks;         // ranks[r].rank == r
+  // Cost model: the slowest rank's predicted step time on `device_profile` (a models/devices
+  // name or file); 0 / "" = no prediction (docs/planner.md).
+  double predicted_step_s = 0;
+  std::string device_profile;
 };
 
 } // namespace parallora::plan

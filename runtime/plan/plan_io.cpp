@@ -107,6 +107,8 @@ void to_pb(const Plan &p, pb::Plan *out) {
   out->set_pipeline_schedule(p.pipeline_schedule);
   if (p.virtual_stages > 1) out->set_virtual_stages(p.virtual_stages);
   out->set_precision(p.precision);
+  out->set_predicted_step_s(p.predicted_step_s);
+  out->set_device_profile(p.device_profile);
   for (const RankPlan &r : p.ranks) {
     auto *rp = out->add_ranks();
     rp->set_rank(r.rank);
@@ -122,6 +124,10 @@ void to_pb(const Plan &p, pb::Plan *out) {
     rp->set_forward_flops(r.forward_flops);
     rp->set_backward_flops(r.backward_flops);
     rp->set_bubble_fraction(r.bubble_fraction);
+    rp->set_predicted_step_s(r.predicted_step_s);
+    rp->set_predicted_compute_s(r.predicted_compute_s);
+    rp->set_predicted_comm_s(r.predicted_comm_s);
+    rp->set_predicted_alloc_bytes(r.predicted_alloc_bytes);
     for (const Buffer &b : r.buffers) to_pb(b, rp->add_buffers());
     for (const Program &prog : r.programs) {
       auto *pp = rp->add_programs();
@@ -184,6 +190,8 @@ Status from_pb(const pb::Plan &m, Plan &p) {
   p.pipeline_schedule = m.pipeline_schedule();
   p.virtual_stages = m.virtual_stages() > 0 ? m.virtual_stages() : 1;  // absent: one chunk per rank
   p.precision = m.precision().empty() ? "fp32" : m.precision();
+  p.predicted_step_s = m.predicted_step_s();
+  p.device_profile = m.device_profile();
   p.ranks.clear();
   p.ranks.reserve(m.ranks_size());
   for (int ri = 0; ri < m.ranks_size(); ++ri) {
@@ -198,6 +206,10 @@ Status from_pb(const pb::Plan &m, Plan &p) {
     r.forward_flops = mr.forward_flops();
     r.backward_flops = mr.backward_flops();
     r.bubble_fraction = mr.bubble_fraction();
+    r.predicted_step_s = mr.predicted_step_s();
+    r.predicted_compute_s = mr.predicted_compute_s();
+    r.predicted_comm_s = mr.predicted_comm_s();
+    r.predicted_alloc_bytes = mr.predicted_alloc_bytes();
     r.buffers.reserve(mr.buffers_size());
     for (int bi = 0; bi < mr.buffers_size(); ++bi) {
       const auto &mb = mr.buffers(bi);
@@ -400,6 +412,14 @@ Status validate_plan(const Plan &plan) {
                          " has " + std::to_string(mesh.size()) + " ranks");
   if (plan.precision != "fp32" && plan.precision != "bf16")
     return Status::error("precision is '" + plan.precision + "' (expected 'fp32' or 'bf16')");
+  // Cost-model predictions (docs/planner.md): 0 = none, otherwise finite and positive.
+  auto bad = [](double v) { return !(v >= 0) || std::isinf(v); };
+  if (bad(plan.predicted_step_s))
+    return Status::error("predicted_step_s is " + std::to_string(plan.predicted_step_s) + " (expected a finite number >= 0)");
+  for (const RankPlan &r : plan.ranks)
+    if (bad(r.predicted_step_s) || bad(r.predicted_compute_s) || bad(r.predicted_comm_s) || r.predicted_alloc_bytes < 0)
+      return Status::error("rank " + std::to_string(r.rank) + ": predicted step / compute / communication time or "
+                           "allocation is negative or not finite");
   const bool pipelined = mesh.pp > 1;
   if (pipelined && !rt::check_schedule_name(plan.pipeline_schedule))
     return Status::error("pipeline_schedule is '" + plan.pipeline_schedule + "' but a plan with " +

@@ -10,6 +10,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "runtime/train/prediction_report.h"
+
 namespace parallora::rt {
 namespace {
 using json = nlohmann::json;
@@ -52,7 +54,7 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
   // Row fields 0-8 as before (rank, bytes by all_reduce / send measured and predicted, arena,
   // RSS, steps, persistent bytes); then the time split, MFU inputs, GPU numbers, broadcast bytes.
   enum : int { kCompute = 9, kComm, kStepTime, kStepMedian, kFlops, kGpuPeak, kGpuAlloc, kUtilMean, kUtilSamples,
-               kUtilMax, kBcast, kBcastPred, kFields };
+               kUtilMax, kBcast, kBcastPred, kAlloc, kFields };
   auto per_step = [&](const std::string &kind) -> double {
     auto it = stats.train_bytes.find(kind);
     return stats.steps_run > 0 && it != stats.train_bytes.end() ? static_cast<double>(it->second) / stats.steps_run : 0.0;
@@ -81,7 +83,8 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
                               stats.has_util ? static_cast<double>(stats.util_total.samples) : 0.0,
                               stats.has_util ? stats.util_total.max : -1.0,
                               per_step("broadcast"),
-                              predicted(rp, "broadcast")};
+                              predicted(rp, "broadcast"),
+                              static_cast<double>(allocated_bytes(ex, info.backend == "cpu"))};
   std::vector<double> rows(static_cast<size_t>(kFields * plan.world_size));
   if (Status s = control_gather(comm, mine_row, kFields, rank0 ? rows.data() : nullptr); !s) return s;
   if (!rank0) return Status::ok();
@@ -229,6 +232,12 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
     }
   }
   summary["ranks"] = ranks;
+  std::ostringstream prediction;  // docs/planner.md: predicted vs measured on every run
+  {
+    std::vector<int64_t> alloc;
+    for (int r = 0; r < plan.world_size; ++r) alloc.push_back(static_cast<int64_t>(rows[static_cast<size_t>(r) * kFields + kAlloc]));
+    report_prediction(plan, step_median, alloc, summary, prediction);
+  }
   std::ostringstream prof;
   if (info.profile) {
     json pj = json::object();
@@ -284,7 +293,7 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
                                      : std::string("unavailable (") + (info.nvml_why.empty() ? "no samples" : info.nvml_why) + ")")
                 << "\n";
   }
-  std::cout << comm_report.str() << prof.str();
+  std::cout << prediction.str() << comm_report.str() << prof.str();
   if (info.trace) print_trace_summary(std::cout, *info.trace);
   std::cout.flush();
   std::cerr << mismatch.str();

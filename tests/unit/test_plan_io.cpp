@@ -2,6 +2,7 @@
 // errors (magic, version, truncation, CRC), structural validation, describe and fingerprint.
 #include "runtime/plan/plan_io.h"
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -279,6 +280,27 @@ TEST_F(PlanIoTest, RoundTripsEveryField) {
   EXPECT_EQ(plan_fingerprint(p).size(), 16u);
   // No temporary files left behind.
   EXPECT_NE(system(("ls '" + dir_ + "' | grep -q tmp").c_str()), 0);
+}
+
+// The planner's predictions (fields 100-103) round-trip; a NaN or negative one is refused.
+TEST_F(PlanIoTest, PredictionsRoundTripAndAreChecked) {
+  Plan p = make_plan();
+  p.predicted_step_s = 0.125;
+  p.device_profile = "h100-sxm-nvlink";
+  p.ranks[0].predicted_step_s = 0.125;
+  p.ranks[0].predicted_compute_s = 0.1;
+  p.ranks[0].predicted_comm_s = 0.025;
+  p.ranks[0].predicted_alloc_bytes = 123456;
+  auto back = decode_plan(encode_plan(p), "pred.lp");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_EQ(back->predicted_step_s, 0.125);
+  EXPECT_EQ(back->device_profile, "h100-sxm-nvlink");
+  EXPECT_EQ(back->ranks[0].predicted_comm_s, 0.025);
+  EXPECT_EQ(back->ranks[0].predicted_alloc_bytes, 123456);
+  p.ranks[0].predicted_step_s = std::nan("");
+  auto bad = decode_plan(encode_plan(p), "pred.lp");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.message().find("rank 0: predicted step"), std::string::npos) << bad.message();
 }
 
 TEST_F(PlanIoTest, RoundTripsPipelinePlan) {

@@ -33,6 +33,8 @@
 #include "runtime/plan/plan_schedule.h"
 #include "passes/parallel/Passes.h"
 #include "tools/lora-compile/graph_dot.h"
+#include "tools/lora-compile/prediction.h"
+#include "tools/lora-compile/auto_strategy.h"
 #include "tools/lora-compile/viz.h"
 #include "tools/common/cli.h"
 
@@ -81,6 +83,9 @@ struct Args {
   std::string precision = "fp32";
   bool no_overlap = false;
   std::string recompute = "none";
+  std::string device_profile = "cpu-local";  // cost model (docs/planner.md)
+  bool cost_breakdown = false;
+  AutoRequest auto_req;                      // --strategy auto (tools/lora-compile/auto_strategy.h)
 };
 
 /// The mesh a strategy asks for. Returns false after printing the error.
@@ -392,7 +397,9 @@ int main(int argc, char **argv) {
       ->check(CLI::IsMember({"gpipe", "1f1b", "interleaved", "zb-h1", "constant", "cosine", "linear"}));
   // Parallelism.
   app.add_option("--strategy", a.strategy, "single, data, tensor, pipeline or hybrid (also the seed's data_parallel, model_parallel / tensor_parallel, "
-                                           "pipeline_parallel, hybrid_parallel); default: from --dp/--tp/--pp");
+                                           "pipeline_parallel, hybrid_parallel); default: from --dp/--tp/--pp. auto: enumerate the "
+                                           "strategies for --devices N on --device-profile, rank them by predicted step time and "
+                                           "compile the fastest that fits --memory-limit (docs/planner.md)");
   app.add_option("--dp", a.dp, "data-parallel degree (the global --batch is split over dp ranks)")->check(cli::at_least(1));
   app.add_option("--tp", a.tp, "tensor-parallel degree (Megatron: heads, MLP and vocabulary split)")->check(cli::at_least(1));
   app.add_option("--pp,--stages", a.pp, "pipeline stages (contiguous layers, balanced by FLOPs)")->check(cli::at_least(1));
@@ -413,6 +420,17 @@ int main(int argc, char **argv) {
   app.add_flag("--no-overlap-grad-sync", a.no_overlap,
                "reduce all gradient buckets before the optimizer instead of starting each in the backward as soon as "
                "its last gradient is written");
+  app.add_option("--device-profile", a.device_profile,
+                 "cost model's device: a name in models/devices (cpu-local, h100-sxm-nvlink, h100-pcie) or a profile "
+                 "file; the predicted step time is stored in the plan and printed (docs/planner.md)");
+  app.add_flag("--cost-breakdown", a.cost_breakdown, "also print rank 0's predicted time per kernel and step (compare: lora-run --profile)");
+  app.add_option("--devices", a.auto_req.devices, "--strategy auto: the number of devices (ranks) to plan for")->check(cli::at_least(1));
+  app.add_option("--memory-limit", a.auto_req.memory_limit_gib,
+                 "--strategy auto: per-device memory in GiB that a plan's predicted peak must fit (default: the device profile's memory_gib)")
+      ->check(cli::positive_number());
+  app.add_flag("--explain", a.auto_req.explain, "--strategy auto: also print every rejected mesh with its reason and the candidates over the memory limit");
+  app.add_option("--top", a.auto_req.top, "--strategy auto: candidates printed, compiled and costed exactly before the choice (default 5)")
+      ->check(cli::at_least(1));
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
   app.add_option("--viz-trace", a.viz_trace, "--viz: also draw one step of this lora-run --trace file (a run of the same plan) "
                                              "beside the predicted timeline, with the measured bubble per rank")
@@ -433,7 +451,9 @@ int main(int argc, char **argv) {
              "  lora-compile --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-batches 4 \\\n"
              "      --strategy hybrid --dp 2 --tp 2 --pp 2 --pipeline-schedule 1f1b -o plan.lp --viz plan_viz/   # 8 ranks\n"
              "  lora-compile --strategy data_parallel --model-size 1B --nodes 2 --gpus-per-node 4 --batch 16 --seq-len 2048 -o plan.lp\n"
-             "  lora-compile --hf-config config.json --dump-ir model.mlir --dump-graph model.dot");
+             "  lora-compile --hf-config config.json --dump-ir model.mlir --dump-graph model.dot\n"
+             "  lora-compile --model-size 1B --batch 64 --seq-len 2048 --strategy auto --devices 64 --device-profile h100-sxm-nvlink \\\n"
+             "      --memory-limit 80 --explain -o plan.lp");
   if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
   auto usage = [](const std::string &msg) {
     std::cerr << "error: " << msg << " (see lora-compile --help)\n";
@@ -457,12 +477,6 @@ int main(int argc, char **argv) {
     return usage("--virtual-stages " + std::to_string(a.virtual_stages) +
                  " needs --pipeline-schedule interleaved (not " + a.pipe_schedule + ")");
   if (a.pipe_schedule == "interleaved" && a.virtual_stages == 0) a.virtual_stages = 2;
-  std::string strategy;
-  if (!resolve_mesh(a, strategy)) return 2;
-  if (a.pipe_schedule == "interleaved" && a.pp > 1 && a.micro_batches % a.pp != 0)
-    return usage("--pipeline-schedule interleaved runs micro-batches in groups of --pp: --micro-batches " +
-                 std::to_string(a.micro_batches) + " is not a multiple of --pp " + std::to_string(a.pp));
-  const bool parallel = a.dp * a.tp * a.pp > 1;
   if (!a.model_size.empty()) {
     static const std::map<std::string, std::string> sizes = {
         {"1B", "llama-3.2-1b.json"}, {"1b", "llama-3.2-1b.json"}, {"1.1B", "tinyllama-1.1b.json"},
@@ -478,6 +492,29 @@ int main(int argc, char **argv) {
     }
     a.hf_config = std::string(PARALLORA_MODELS_DIR) + "/" + it->second;
   }
+  if (a.strategy == "auto") {  // choose dp x tp x pp and the rest, then compile as usual
+    if (a.dp || a.tp || a.pp || a.gpus || a.nodes) return usage("--strategy auto chooses the mesh itself: give --devices N, not --dp/--tp/--pp/--gpus/--nodes");
+    AutoRequest &r = a.auto_req;
+    r.hf_config = a.hf_config, r.batch = a.batch, r.seq_len = a.seq_len, r.lora_rank = a.lora_rank, r.lora_alpha = a.lora_alpha;
+    r.lora_targets = a.lora_targets, r.device_profile = a.device_profile, r.bucket_mb = a.bucket_mb, r.no_overlap = a.no_overlap;
+    if (app.get_option("--micro-batches")->count()) r.micro_batches = a.micro_batches;
+    if (pipe_given) r.schedule = a.pipe_schedule;
+    if (app.get_option("--precision")->count()) r.precision = a.precision;
+    if (app.get_option("--recompute")->count()) r.recompute = a.recompute;
+    if (a.zero1) r.zero1 = true;
+    AutoChoice c;
+    if (int rc = choose_strategy(r, c)) return rc;
+    a.strategy = "hybrid", a.dp = c.dp, a.tp = c.tp, a.pp = c.pp, a.micro_batches = c.micro_batches;
+    a.pipe_schedule = c.schedule, a.precision = c.precision, a.recompute = c.recompute, a.zero1 = c.zero1;
+  } else if (a.auto_req.devices || a.auto_req.explain || a.auto_req.memory_limit_gib > 0) {
+    return usage("--devices, --memory-limit and --explain go with --strategy auto");
+  }
+  std::string strategy;
+  if (!resolve_mesh(a, strategy)) return 2;
+  if (a.pipe_schedule == "interleaved" && a.pp > 1 && a.micro_batches % a.pp != 0)
+    return usage("--pipeline-schedule interleaved runs micro-batches in groups of --pp: --micro-batches " +
+                 std::to_string(a.micro_batches) + " is not a multiple of --pp " + std::to_string(a.pp));
+  const bool parallel = a.dp * a.tp * a.pp > 1;
   if (pipe_given && a.pp < 2)
     std::cerr << "lora-compile: warning: --pipeline-schedule " << a.pipe_schedule
               << " only applies to pipeline plans (--pp 2 or more)\n";
@@ -763,11 +800,19 @@ int main(int argc, char **argv) {
     auto p = lower_to_plan(*module, lo);
     if (failed(p)) return 1;
     if (onnx_adapters_written) p->adapter_weights = onnx_weights_file;
+    std::string prediction;
+    if (Status ps = predict_plan(*p, a.device_profile, prediction, a.cost_breakdown); !ps) {
+      if (app.get_option("--device-profile")->count()) { llvm::errs() << "error: " << ps.message() << "\n"; return 2; }
+      // The default profile (the source tree's cpu-local.json) may be absent from an installed
+      // lora-compile: the plan is still written, without a prediction.
+      prediction = "  no prediction: " + ps.message() + " (give --device-profile)\n";
+    }
     llvm::StringRef parent = llvm::sys::path::parent_path(a.output);
     if (!parent.empty()) llvm::sys::fs::create_directories(parent);
     Status st = plan::write_plan(a.output, *p);
     if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
     print_plan_report(*p, global_batch);
+    llvm::outs() << prediction;
     if (!a.viz.empty()) {
       Status vs = write_plan_viz(*p, a.viz, std::cout, VizOptions{a.viz_trace, a.viz_step});
       if (!vs) { llvm::errs() << "error: --viz " << a.viz << ": " << vs.message() << "\n"; return 1; }

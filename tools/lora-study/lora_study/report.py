@@ -52,7 +52,7 @@ def build_rows(study):
     if has_val:
         head.append("val loss")
     head += ["peak MiB/device (pred.)" if cpu else "GPU peak MiB", "RSS MiB", "KiB sent/step", "bubble",
-             "compute / comm / idle" if cpu else "GPU util, MFU", "loss rel. diff"]
+             "compute / comm / idle" if cpu else "GPU util, MFU", "loss rel. diff", "step ms (pred.)"]
     rows = []
     for s in study["strategies"]:
         mesh = s["mesh"]
@@ -87,6 +87,8 @@ def build_rows(study):
             cells.append(util + (f", MFU {100 * f['mfu']:.1f}%" if f.get("mfu") is not None else ""))
         d = s.get("loss_rel_diff_vs_baseline")
         cells.append(f"{d:.1e}" if d is not None else "-")
+        meas, pred = f.get("step_time_s_median"), f.get("predicted_step_s")
+        cells.append((f"{1e3 * meas:.2f}" if meas else "-") + (f" ({1e3 * pred:.2f})" if pred else ""))
         rows.append(cells)
     return head, rows
 
@@ -102,6 +104,8 @@ def footnotes(study):
                  + (" (with local changes)" if env.get("git_dirty") else "") + f"; {env['date']}.")
     notes.append(f"Run: {st['steps']} steps of a global batch of {st['batch']} x {st['seq_len']} tokens, backend "
                  f"{st['backend']}, {st['threads']} thread(s) per rank; baseline `{study['baseline']}`.")
+    notes.append("step ms (pred.): the measured median step time and, in brackets, the step time the planner "
+                 "predicted when the plan was compiled (lora-compile --device-profile; docs/planner.md).")
     loads = [x for x in (env.get("load_avg_1m_start"), env.get("load_avg_1m_end")) if x is not None]
     if loads and max(loads) > env["cores_assumed"]:
         notes.append(f"Load: the 1-minute load average was {env.get('load_avg_1m_start')} when the study started and "

@@ -109,6 +109,9 @@ def figures(summary, train, val, tokens_per_step, backend):
         "comm_fraction": share("comm_s"),
         "idle_fraction": share("idle_s"),
         "mfu": s.get("mfu"),
+        # The planner's prediction stored in the plan (docs/planner.md) next to the measured median.
+        "step_time_s_median": s.get("step_time_s_median"),
+        "predicted_step_s": s.get("predicted_step_s") or None,
         "achieved_tflops": s.get("achieved_tflops"),
         "flops_per_step": s.get("flops_per_step"),
         "threads": s.get("threads"),

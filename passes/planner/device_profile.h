@@ -1,0 +1,77 @@
+//===- device_profile.h - what one device and its links cost ---------------===//
+//
+// A device profile (models/devices/*.json, format "parallora-device-profile" version 1,
+// documented in docs/planner.md) gives the cost model its rates: GEMM throughput by shape
+// class and precision, attention throughput, memory bandwidth for the memory-bound kernels,
+// a fixed overhead per instruction, and alpha-beta costs (latency + bytes / bus bandwidth) of
+// all-reduce, send/recv and broadcast inside a node and across nodes. Every number in the file
+// carries its source. Plain C++ (no MLIR): lora-compile and lora-bench both use it.
+//
+//===----------------------------------------------------------------------===//
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "runtime/base/status.h"
+
+namespace parallora::planner {
+
+constexpr int kDeviceProfileVersion = 1;
+
+/// A GEMM rate that applies when the smallest of M, N, K is at least `min_dim`.
+struct GemmRate {
+  int64_t min_dim = 0;
+  double tflops = 0;
+};
+
+/// Latency and bus bandwidth of one collective kind on one kind of link. The time of a call that
+/// sends `b` bytes per rank (runtime/plan/collective_bytes.h's convention) is alpha + b / bus.
+struct LinkCost {
+  double alpha_s = 0;
+  double bus_gbps = 0;  // GB/s = 1e9 bytes per second
+  double seconds(double bytes_sent) const { return alpha_s + (bus_gbps > 0 ? bytes_sent / (bus_gbps * 1e9) : 0.0); }
+};
+
+struct Links {
+  LinkCost all_reduce, send, broadcast;
+};
+
+struct DeviceProfile {
+  std::string name, description, source_file;
+  std::string backend = "cuda";       // "cpu" | "cuda": which runtime backend's memory rules apply
+  int devices_per_node = 1;
+  double memory_gib = 0;
+  double peak_tflops = 0;             // the MFU denominator (dense bf16 of the data sheet)
+  double instruction_overhead_s = 0;  // every instruction pays it once
+  double memory_bandwidth_gbps = 0;   // memory-bound kernels: bytes read + written / this
+  // Per storage precision ("fp32", "bf16"): rates ordered by min_dim ascending. A precision
+  // missing from the file falls back to "fp32".
+  std::map<std::string, std::vector<GemmRate>> gemm;
+  std::map<std::string, double> attention_tflops;
+  Links intra_node, inter_node;
+  // Optional per-kernel rates that replace the class rate for one kernel name (a CPU's
+  // swiglu or cross entropy is bound by exp, not by memory): "gbps" = bytes moved per second
+  // for memory-class kernels, "tflops" = model FLOPs per second for attention.
+  std::map<std::string, double> kernel_gbps, kernel_tflops;
+
+  /// Seconds of a GEMM (M x K) * (K x N) in `precision`.
+  double gemm_seconds(double m, double n, double k, const std::string &precision) const;
+  /// Seconds of causal attention doing `flops` model FLOPs (`kernel`'s own rate when given).
+  double attention_seconds(double flops, const std::string &precision, const std::string &kernel = "") const;
+  /// Seconds of a memory-bound kernel moving `bytes` (`kernel`'s own rate when the profile has one).
+  double memory_seconds(double bytes, const std::string &kernel = "") const;
+};
+
+/// Reads a profile: `name_or_path` is a file, or a name looked up as <devices_dir>/<name>.json.
+/// Errors name the file and the field ("h100.json: links.intra_node.all_reduce.bus_gbps: ...").
+StatusOr<DeviceProfile> load_device_profile(const std::string &name_or_path, const std::string &devices_dir);
+/// Parses the JSON text of a profile; `file` is used in error messages only.
+StatusOr<DeviceProfile> parse_device_profile(const std::string &json_text, const std::string &file);
+/// The profile as JSON text (the format load_device_profile reads), with `sources` written next
+/// to the numbers they explain: keys "peak_tflops", "gemm.fp32", "links.intra_node.all_reduce", ...
+std::string device_profile_json(const DeviceProfile &p, const std::map<std::string, std::string> &sources);
+
+} // namespace parallora::planner

@@ -1,0 +1,231 @@
+// The planner (passes/planner): device profile parsing, the cost of hand-checked small plans,
+// the analytic candidate estimate's rejections, and the node topology of collective groups.
+#include <gtest/gtest.h>
+
+#include "passes/planner/analytic.h"
+#include "passes/planner/cost_model.h"
+#include "passes/planner/device_profile.h"
+
+using namespace parallora;
+using namespace parallora::planner;
+
+namespace {
+
+/// A profile with round numbers: 1 us per instruction, 1 GB/s memory, GEMMs at 1 GFLOP/s when
+/// the smallest side is < 8 and 2 GFLOP/s from 8, all-reduce alpha 10 us at 1 GB/s bus.
+const char *kProfile = R"({
+  "format": "parallora-device-profile", "version": 1, "name": "round", "backend": "cpu",
+  "devices_per_node": 4, "memory_gib": 1,
+  "peak_tflops": {"value": 0.002, "source": "test"},
+  "instruction_overhead_s": 1e-6,
+  "memory_bandwidth_gbps": 1,
+  "gemm": {"fp32": [{"min_dim": 0, "tflops": 0.001}, {"min_dim": 8, "tflops": 0.002}]},
+  "attention": {"fp32": {"tflops": 0.001}},
+  "links": {"intra_node": {"all_reduce": {"alpha_s": 1e-5, "bus_gbps": 1}, "send": {"alpha_s": 1e-5, "bus_gbps": 1}}}
+})";
+
+DeviceProfile round_profile() {
+  auto p = parse_device_profile(kProfile, "round.json");
+  EXPECT_TRUE(p.is_ok()) << p.message();
+  return *p;
+}
+
+plan::Buffer buf(int id, std::vector<int64_t> shape, plan::BufferKind kind = plan::BufferKind::Activation) {
+  plan::Buffer b;
+  b.id = id;
+  b.name = "b" + std::to_string(id);
+  b.kind = kind;
+  b.shape = std::move(shape);
+  return b;
+}
+
+plan::Instr instr(std::string op, std::vector<int32_t> in, std::vector<int32_t> out, std::map<std::string, plan::AttrValue> attrs = {}) {
+  plan::Instr i;
+  i.op = std::move(op);
+  i.inputs = std::move(in);
+  i.outputs = std::move(out);
+  i.attrs = std::move(attrs);
+  return i;
+}
+
+} // namespace
+
+TEST(DeviceProfile, ParsesRatesAndClasses) {
+  DeviceProfile p = round_profile();
+  EXPECT_EQ(p.name, "round");
+  // (4 x 8) x (8 x 16): smallest side 4 -> 1 GFLOP/s: 2*4*16*8 = 1024 FLOP = 1.024 us.
+  EXPECT_DOUBLE_EQ(p.gemm_seconds(4, 16, 8, "fp32"), 1024 / 1e9);
+  // Smallest side 8 -> 2 GFLOP/s; bf16 falls back to the fp32 table.
+  EXPECT_DOUBLE_EQ(p.gemm_seconds(8, 16, 8, "bf16"), 2.0 * 8 * 16 * 8 / 2e9);
+  // No inter_node section: the intra-node costs apply.
+  EXPECT_DOUBLE_EQ(p.inter_node.all_reduce.alpha_s, 1e-5);
+}
+
+TEST(DeviceProfile, ErrorsNameFileAndField) {
+  auto bad = [](std::string text) { return parse_device_profile(text, "bad.json"); };
+  std::string good = kProfile;
+  auto missing = bad(std::string(good).replace(good.find("\"memory_bandwidth_gbps\": 1,"), 27, ""));
+  ASSERT_FALSE(missing.is_ok());
+  EXPECT_EQ(missing.message(), "bad.json: memory_bandwidth_gbps: missing");
+  std::string neg = good;
+  neg.replace(neg.find("\"bus_gbps\": 1}, \"send\""), 13, "\"bus_gbps\": -1");
+  auto n = bad(neg);
+  ASSERT_FALSE(n.is_ok());
+  EXPECT_NE(n.message().find("bad.json: links.intra_node.all_reduce.bus_gbps: must be positive, got -1"), std::string::npos)
+      << n.message();
+  std::string order = good;
+  order.replace(order.find("{\"min_dim\": 8"), 13, "{\"min_dim\": 0");
+  auto o = bad(order);
+  ASSERT_FALSE(o.is_ok());
+  EXPECT_NE(o.message().find("bad.json: gemm.fp32[1].min_dim: must increase"), std::string::npos) << o.message();
+  auto v = bad(std::string(good).replace(good.find("\"version\": 1"), 12, "\"version\": 7"));
+  ASSERT_FALSE(v.is_ok());
+  EXPECT_EQ(v.message(), "bad.json: version: expected 1, got 7");
+  EXPECT_EQ(bad("{").message(), "bad.json: not valid JSON");
+  auto typed = bad(std::string(good).replace(good.find("\"name\": \"round\""), 15, "\"name\": 7"));
+  ASSERT_FALSE(typed.is_ok());
+  EXPECT_EQ(typed.message().rfind("bad.json: ", 0), 0u) << typed.message();
+  auto file = load_device_profile("no-such-profile", "/nonexistent");
+  ASSERT_FALSE(file.is_ok());
+  EXPECT_NE(file.message().find("/nonexistent/no-such-profile.json"), std::string::npos);
+}
+
+TEST(DeviceProfile, WrittenProfileReadsBack) {
+  DeviceProfile p = round_profile();
+  auto back = parse_device_profile(device_profile_json(p, {{"peak_tflops", "a test"}}), "written.json");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_DOUBLE_EQ(back->gemm_seconds(4, 16, 8, "fp32"), p.gemm_seconds(4, 16, 8, "fp32"));
+  EXPECT_DOUBLE_EQ(back->intra_node.send.bus_gbps, 1);
+}
+
+// One rank, micro_step = linear_fwd then add, 2 micro-batches, empty optimizer step.
+//   linear_fwd x (4,8) W (16,8): 1 us overhead + 2*4*16*8 FLOP / 1 GFLOP/s = 1 + 1.024 = 2.024 us
+//   add y (4,16) + y -> z (4,16): 1 us + (256 B read once + 256 B written) / 1 GB/s = 1.512 us
+//   step = 2 x (2.024 + 1.512) = 7.072 us
+TEST(CostModel, HandCheckedSingleRank) {
+  plan::Plan p;
+  p.micro_batches = 2;
+  plan::RankPlan r;
+  r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+  r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2}), instr("add", {2, 2}, {3})}}, {"optimizer_step", {}}};
+  p.ranks = {r};
+  PlanCost c = cost_plan(p, round_profile());
+  ASSERT_EQ(c.ranks.size(), 1u);
+  EXPECT_NEAR(c.step_s, 7.072e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[0].compute_s, 7.072e-6, 1e-12);
+  EXPECT_DOUBLE_EQ(c.ranks[0].comm_s, 0);
+}
+
+// Two data-parallel ranks; the gradient bucket (1000 f32 = 4000 B) starts after the first linear
+// and is waited for in the optimizer step.
+//   all-reduce: 10 us alpha + 2 (2-1)/2 x 4000 B / 1 GB/s = 14 us on the channel
+//   t: linear 2.024 -> start (bucket 2.024 .. 16.024) + 1 us overhead = 3.024 -> linear 5.048
+//   wait: 16.024 - 5.048 = 10.976 exposed, + 1 us -> step 17.024 us; hidden = 14 - 11.976 = 2.024
+TEST(CostModel, HandCheckedOverlappedBucket) {
+  plan::Plan p;
+  p.mesh = {2, 1, 1};
+  p.world_size = 2;
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.dp_rank = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {1000}, plan::BufferKind::Grad)};
+    plan::AttrValue dp = std::string("dp");
+    r.programs = {{"micro_step",
+                   {instr("linear_fwd", {0, 1}, {2}), instr("all_reduce_start", {3}, {}, {{"group", dp}, {"bucket", int64_t(0)}}),
+                    instr("linear_fwd", {0, 1}, {2})}},
+                  {"optimizer_step", {instr("all_reduce_wait", {3}, {3}, {{"group", dp}, {"bucket", int64_t(0)}})}}};
+    p.ranks.push_back(r);
+  }
+  PlanCost c = cost_plan(p, round_profile());
+  EXPECT_NEAR(c.step_s, 17.024e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].comm_s, 11.976e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].comm_hidden_s, 2.024e-6, 1e-12);
+  // Without the split (a blocking all_reduce in the optimizer step) nothing is hidden: 2.024 x 2 + 1 + 15.
+  for (plan::RankPlan &r : p.ranks) {
+    r.programs[0].instrs.erase(r.programs[0].instrs.begin() + 1);
+    r.programs[1].instrs[0].op = "all_reduce";
+  }
+  EXPECT_NEAR(cost_plan(p, round_profile()).step_s, (2 * 2.024 + 15) * 1e-6, 1e-12);
+}
+
+// Two pipeline stages, GPipe, 2 micro-batches. Stage times (send/recv cost their overhead only;
+// the transfer, 10 us + 256 B / 1 GB/s = 10.256 us, is the simulated stage-to-stage latency):
+//   stage 0: forward = linear 2.024 + send 1 = 3.024; backward = recv 1 + add 1.512 = 2.512
+//   stage 1: forward = recv 1 + add 1.512 = 2.512;    backward = linear 2.024 + send 1 = 3.024
+// Simulation: F0 0-3.024, 3.024-6.048; F1 13.28-15.792, 16.304-18.816; B1 18.816-21.84,
+// 21.84-24.864; B0 32.096-34.608, 35.12-37.632. Step = 37.632 us (stage 1 done at 24.864;
+// its idle = 37.632 - 2 x (2.512 + 3.024) = 26.56 us).
+TEST(CostModel, HandCheckedPipeline) {
+  plan::Plan p;
+  p.mesh = {1, 1, 2};
+  p.world_size = 2;
+  p.micro_batches = 2;
+  p.pipeline_schedule = "gpipe";
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.pp_stage = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+    plan::AttrValue peer = int64_t(1 - rank);
+    plan::Instr linear = instr("linear_fwd", {0, 1}, {2}), add = instr("add", {2, 2}, {3});
+    plan::Instr send = instr("send", {2}, {}, {{"peer", peer}}), recv = instr("recv", {}, {2}, {{"peer", peer}});
+    if (rank == 0) r.programs = {{"forward", {linear, send}}, {"backward", {recv, add}}, {"optimizer_step", {}}};
+    else r.programs = {{"forward", {recv, add}}, {"backward", {linear, send}}, {"optimizer_step", {}}};
+    p.ranks.push_back(r);
+  }
+  PlanCost c = cost_plan(p, round_profile());
+  EXPECT_NEAR(c.step_s, 37.632e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[0].step_s, 37.632e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].step_s, 24.864e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].bubble_s, 26.56e-6, 1e-12);
+}
+
+TEST(CostModel, GroupsAcrossNodes) {
+  plan::Mesh m{2, 4, 1};  // ranks 0-3 tp group of dp 0, 4-7 of dp 1
+  EXPECT_FALSE(group_crosses_nodes(m, 0, "tp", 4));
+  EXPECT_TRUE(group_crosses_nodes(m, 0, "dp", 4));
+  EXPECT_FALSE(group_crosses_nodes(m, 0, "dp", 8));
+  EXPECT_TRUE(group_crosses_nodes(m, 5, "dp,tp", 4));
+}
+
+TEST(Analytic, RejectsImpossibleMeshesWithReasons) {
+  ModelDims m;
+  m.vocab = 128, m.hidden = 64, m.intermediate = 128, m.layers = 2, m.heads = 4, m.kv_heads = 2, m.head_dim = 16;
+  m.batch = 8, m.seq_len = 16, m.lora_targets = {"q_proj", "v_proj"};
+  Candidate c;
+  c.tp = 4;
+  EXPECT_EQ(reject_reason(m, c, 4), "tp 4 does not divide num_key_value_heads = 2");
+  c = Candidate{};
+  c.pp = 8;
+  EXPECT_EQ(reject_reason(m, c, 8), "pp 8 exceeds the 4 pipeline units (embedding, 2 layers, head)");
+  c = Candidate{};
+  c.dp = 4, c.micro_batches = 4;
+  EXPECT_EQ(reject_reason(m, c, 4), "batch 8 is not divisible by dp 4 x micro-batches 4");
+  c.micro_batches = 2;
+  EXPECT_EQ(reject_reason(m, c, 4), "");
+  EXPECT_EQ(reject_reason(m, c, 8), "dp x tp x pp = 4 is not the 8 devices");
+}
+
+TEST(Analytic, MemoryFallsWithRecomputeAndShardingAndTimeIsPositive) {
+  ModelDims m;
+  m.vocab = 1024, m.hidden = 256, m.intermediate = 512, m.layers = 4, m.heads = 8, m.kv_heads = 4, m.head_dim = 32;
+  m.batch = 8, m.seq_len = 128, m.lora_targets = {"q_proj", "v_proj"};
+  DeviceProfile dev = round_profile();
+  Candidate c;
+  Estimate base = estimate(m, c, dev);
+  EXPECT_GT(base.step_s, 0);
+  c.recompute = true;
+  EXPECT_LT(estimate(m, c, dev).peak_bytes, base.peak_bytes);
+  c = Candidate{};
+  c.tp = 2;
+  EXPECT_LT(estimate(m, c, dev).peak_bytes, base.peak_bytes);
+  c = Candidate{};
+  c.precision = "bf16";
+  EXPECT_LT(estimate(m, c, dev).peak_bytes, base.peak_bytes);
+}
+
+TEST(Analytic, BalanceUnitsMinimisesTheLargestStage) {
+  // 1 + 4 | 4 | 4 + 1: largest 5 (a split into 1 | 4+4 | 4+1 would give 8).
+  EXPECT_EQ(balance_units({1, 4, 4, 4, 1}, 3), (std::vector<int>{0, 0, 1, 2, 2}));
+}
