@@ -1,7 +1,7 @@
 //===- lora-compile.cpp - LLaMA (+LoRA) graph -> `pl` IR -> training plan ---===//
 //
 //   lora-compile --onnx model.onnx | --hf-config config.json [--weights dir]
-//                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...]
+//                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...] [--packing]
 //                [--micro-batches M --lr ... --warmup ... --lr-schedule ... --weight-decay ...]
 //                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --pipeline-schedule gpipe|1f1b]
 //                [-o plan.lp] [--viz dir/] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
