@@ -25,8 +25,9 @@
 // flip a rounding by one ulp); f32 outputs as above.
 //
 // Without a usable GPU (no driver: cudaGetDeviceCount fails with error 35) every GPU test is
-// skipped with "no usable CUDA GPU: <why>"; PackedRopeAndAttention covers sequence packing; the binary starts without a driver (no CUDA call
-// before main) and the registry and executor-hook tests still run.
+// skipped with "no usable CUDA GPU: <why>"; the binary starts without a driver (no CUDA call
+// before main) and the registry and executor-hook tests still run. PackedRopeAndAttention (at the
+// end) covers sequence packing: rope's position_ids and attention's segment_ids.
 #include "runtime/cuda/backend.h"
 
 #include <algorithm>
