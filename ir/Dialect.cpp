@@ -337,6 +337,10 @@ LogicalResult LinearGradInputOp::verify() {
 }
 
 LogicalResult LoraLinearGradOp::verify() {
+  double p = getDropout().convertToDouble();
+  if (!(p >= 0 && p < 1)) return emitOpError("dropout must be in [0, 1), got ") << num_str(p);
+  if (p > 0 && getModule().empty())
+    return emitOpError("with dropout ") << num_str(p) << " needs the module path (the mask's stream)";
   if (failed(verify_same_type(*this, getGradInput(), getInput(), "grad_input"))) return failure();
   if (failed(verify_same_type(*this, getGradLoraA(), getLoraA(), "grad_lora_a"))) return failure();
   return verify_same_type(*this, getGradLoraB(), getLoraB(), "grad_lora_b");

@@ -381,14 +381,19 @@ def Pl_LoraLinearGradOp : Pl_Op<"lora_linear_grad", [Pure]> {
   let description = [{
     For `y = x W^T + s (x A^T) B^T` with s = `scaling`:
     `dx = dy W + s (dy B) A`, `dA = s (dy B)^T x` (r, K), `dB = s dy^T (x A^T)` (N, r),
-    summing over all leading dims. The base weight W is frozen.
+    summing over all leading dims. The base weight W is frozen. With `dropout` p > 0 (copied
+    from the forward op with its `module`), the adapter path reads D(x) = x * mask / (1 - p),
+    the forward's mask recomputed from its counters: `dA = s (dy B)^T D(x)`,
+    `dB = s dy^T (D(x) A^T)`, `dx = dy W + D(s (dy B) A)`.
 
     ```mlir
     %dx, %da, %db = pl.lora_linear_grad %dy, %x, %w, %a, %b {scaling = 2.000000e+00 : f64} : (tensor<2x16x64xf32>, tensor<2x16x64xf32>, tensor<64x64xf32>, tensor<4x64xf32>, tensor<64x4xf32>) -> (tensor<2x16x64xf32>, tensor<4x64xf32>, tensor<64x4xf32>)
     ```
   }];
   let arguments = (ins Pl_FloatTensor:$grad, Pl_FloatTensor:$input, Pl_FloatTensor:$weight,
-                       Pl_FloatTensor:$lora_a, Pl_FloatTensor:$lora_b, F64Attr:$scaling);
+                       Pl_FloatTensor:$lora_a, Pl_FloatTensor:$lora_b, F64Attr:$scaling,
+                       DefaultValuedAttr<F64Attr, "0.0">:$dropout,
+                       DefaultValuedStrAttr<StrAttr, "">:$module);
   let results = (outs Pl_FloatTensor:$grad_input, Pl_FloatTensor:$grad_lora_a, Pl_FloatTensor:$grad_lora_b);
   let assemblyFormat = "$grad `,` $input `,` $weight `,` $lora_a `,` $lora_b attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;

@@ -50,6 +50,11 @@ struct StepState {
   // micro_step / backward: false on every micro-batch but the optimizer step's last one
   // (all_reduce_start only starts the gradient sync after the last accumulation).
   bool last_micro = true;
+  // LoRA dropout (runtime/lora_dropout.h): the run's seed and the global batch index of this
+  // micro-batch's first sequence. Set for every training program (micro_step, forward,
+  // backward); eval programs carry no dropout.
+  uint64_t seed = 0;
+  int64_t first_sample = 0;
 };
 
 class Communicator;  // runtime/comm/comm.h

@@ -78,6 +78,8 @@ def main():
                     help="lora-compile --recompute of every plan but the single-device reference")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="lora-compile --precision of every plan (bf16: compare against the single-device bf16 run)")
+    ap.add_argument("--lora-dropout", default="0",
+                    help="lora-compile --lora-dropout of every plan (the mask is the same under every mesh)")
     ap.add_argument("--comm-timeout", type=float, default=120)
     ap.add_argument("--val-every", type=int, default=0,
                     help="validate every K steps (default: steps/6) for the statistical-efficiency columns")
@@ -101,7 +103,7 @@ def main():
     common = ["--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len),
               "--lora-rank", "4", "--lora-alpha", "8", "--lora-targets", a.lora_targets,
               "--lr", a.lr, "--warmup", "3", "--lr-schedule", "cosine", "--weight-decay", "0.01",
-              "--max-grad-norm", "1.0", "--precision", a.precision]
+              "--max-grad-norm", "1.0", "--precision", a.precision, "--lora-dropout", a.lora_dropout]
     results = {}
     for name in names:
         flags, micro, np = plans[name].compile_flags(), plans[name].micro, plans[name].ranks

@@ -104,6 +104,7 @@ if [ "$CHECK" = 1 ]; then
     mkdir -p /tmp/gpu_bundle_empty
     for d in /usr/lib/x86_64-linux-gnu/openmpi /usr/share/openmpi; do mount --bind /tmp/gpu_bundle_empty "$d"; done
     hide /usr/lib/x86_64-linux-gnu/libopenblas*.so* /usr/lib/x86_64-linux-gnu/openblas-pthread/*.so* \
+         /usr/lib/x86_64-linux-gnu/openblas-openmp/*.so* \
          /usr/lib/x86_64-linux-gnu/libprotobuf.so* /usr/lib/x86_64-linux-gnu/libmpi.so* \
          /usr/lib/x86_64-linux-gnu/libopen-rte.so* /usr/lib/x86_64-linux-gnu/libopen-pal.so* \
          /usr/lib/x86_64-linux-gnu/libhwloc.so* /usr/lib/x86_64-linux-gnu/libgfortran.so* \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one script for a machine that has one (not a test; CI has no GPU).
 #
-#   scripts/gpu_check.sh [build] [plans] [kernels] [graphs] [equivalence] [bench] [all]   (default: all)
+#   scripts/gpu_check.sh [build] [plans] [kernels] [graphs] [equivalence] [trace] [bench] [all]   (default: all)
 #
 # ON THE LENT GPU MACHINE the project cannot be built (it has CUDA, CMake and PyTorch, but not MLIR,
 # OpenBLAS, Open MPI or protobuf, and no network). Build the bundle HERE first:
@@ -24,6 +24,12 @@
 #                a tp2 and a pp2 plan on one GPU (host-staged MPI path) vs the single-rank GPU run;
 #                --precision bf16: the tiny LLaMA on GPU vs CPU (rtol 2e-4, the bf16 noise band) and
 #                the HF parity fixture on GPU vs transformers + PEFT in bf16 (reference_bf16.json)
+#   trace        lora-run --backend cuda --trace (kernel times from CUDA events, runtime/cuda/device_timer.h)
+#                on the single plan and on the pp2 plan (two ranks on one GPU, host-staged MPI), each
+#                validated by tests/tools/check_trace.py (tracks, ordering, nesting, steps, bytes), the
+#                pp2 run's --viz viewer by tests/tools/check_viz_trace.py, and the compute kernels'
+#                device durations summarized (trace/summary.txt); with 2+ GPUs also dp2 over NCCL, whose
+#                overlapped buckets must show "bucket K on the device" slices (NCCL stream events)
 #   bench        LoRA r=16 on all linear layers of Llama-3.2-1B (random weights, seq 2048): Parallora
 #                vs Hugging Face transformers + PEFT (torch SDPA, bf16) in the same run: tokens/s,
 #                peak memory, MFU (same FLOP count for both: lora-compile's FLOP per token)
@@ -166,6 +172,54 @@ if want equivalence; then
     python3 scripts/compare_losses.py "$E/gpu_hf_bf16/metrics.jsonl" \
         --reference tests/fixtures/train/tiny/reference_bf16.json --rtol 2e-4 | tail -1
   } 2>&1 | tee "$E/summary.txt"
+fi
+
+if want trace; then
+  TR="$RES/trace"; mkdir -p "$TR"
+  T=tests/fixtures/train/tiny/tokens.bin
+  run=(--data "$T" --steps 4 --seed 7 --backend cuda)
+  status=ok
+  "$RUN" "$PLANS/single.lp" "${run[@]}" --out "$TR/single" --trace "$TR/single/trace.json" > "$TR/single.log" 2>&1 || status=FAILED
+  mpirun -np 2 "$RUN" "$PLANS/pp2.lp" "${run[@]}" --out "$TR/pp2" --trace "$TR/pp2/trace.json" --viz "$TR/pp2/viz" \
+      > "$TR/pp2.log" 2>&1 || status=FAILED
+  ngpu="$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+  if [ "${ngpu:-0}" -ge 2 ]; then
+    mpirun -np 2 "$RUN" "$PLANS/dp2.lp" "${run[@]}" --collectives nccl --out "$TR/dp2_nccl" --trace "$TR/dp2_nccl/trace.json" \
+        > "$TR/dp2_nccl.log" 2>&1 || status=FAILED
+  fi
+  {
+    echo "== single: check_trace"; python3 tests/tools/check_trace.py "$TR/single/trace.json" --ranks 1 --steps 4 || status=FAILED
+    echo "== pp2: check_trace"
+    python3 tests/tools/check_trace.py "$TR/pp2/trace.json" --ranks 2 --steps 4 --expect-comm send recv || status=FAILED
+    echo "== pp2: the viewer's measured timeline"
+    python3 tests/tools/check_viz_trace.py "$TR/pp2/viz/index.html" "$TR/pp2/trace.json" "$TR/pp2/summary.json" --ranks 2 \
+        --pp 2 --micro-batches 4 || status=FAILED
+    grep -h -A3 "^trace:" "$TR/single.log" "$TR/pp2.log" || status=FAILED
+    # The compute kernels' device durations: many distinct, mostly non-zero values (CUDA events),
+    # every kernel inside its program span (check_trace checks the nesting).
+    python3 - "$TR/single/trace.json" "$TR/pp2/trace.json" <<'PYEOF' || status=FAILED
+import json, statistics, sys
+bad = 0
+for path in sys.argv[1:]:
+    ev = json.load(open(path))["traceEvents"]
+    k = [e["dur"] for e in ev if e.get("ph") == "X" and e.get("cat") == "compute"]
+    nz = sum(1 for d in k if d > 0)
+    print(f"{path}: {len(k)} compute kernels, {nz} with a non-zero device time, median {statistics.median(k):.2f} us, "
+          f"max {max(k):.1f} us, {len(set(k))} distinct durations")
+    bad += len(k) == 0 or nz < 0.9 * len(k)
+sys.exit(1 if bad else 0)
+PYEOF
+    if [ -f "$TR/dp2_nccl/trace.json" ]; then
+      echo "== dp2 over NCCL: check_trace and the buckets' device slices"
+      python3 tests/tools/check_trace.py "$TR/dp2_nccl/trace.json" --ranks 2 --steps 4 || status=FAILED
+      python3 -c "import json,sys; ev=json.load(open(sys.argv[1]))['traceEvents']; n=sum(1 for e in ev if e.get('cat')=='bucket_device' and e['ph']=='b'); print('bucket_device slices:', n); sys.exit(0 if n else 1)" \
+          "$TR/dp2_nccl/trace.json" || status=FAILED
+    else
+      echo "== dp2 over NCCL: skipped (needs 2 GPUs; found ${ngpu:-0})"
+    fi
+    [ "$status" = ok ] || echo "gpu_check: FAILED: trace (see trace/)" >> "$RES/failures.txt"
+    echo "gpu_check: trace $status"
+  } 2>&1 | tee "$TR/summary.txt"
 fi
 
 if want bench; then

@@ -4,6 +4,8 @@
 #   scripts/install_deps.sh --reference  # also the PyPI reference tools (torch, transformers, peft,
 #                                        # onnx) in ~/.venvs/parallora-ref, used only by the fixture and
 #                                        # benchmark scripts; the test suite does not need them.
+#   scripts/install_deps.sh --render     # also Debian's chromium (~300 MB) for scripts/render_viz.sh
+#                                        # (headless screenshots of the plan viewer; tests do not need it)
 set -euo pipefail
 
 APT_PACKAGES=(
@@ -13,11 +15,13 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcli11-dev                               # config.json / safetensors headers, CLIs
   libopenmpi-dev openmpi-bin                                    # multi-rank CPU runs (mpirun)
   iproute2                                                      # ip netns + veth: the two-host tests (tests/tools/two_hosts*.test)
-  libopenblas-dev                                               # CPU GEMM
+  libopenblas-dev                                               # CPU GEMM (cblas.h)
+  libopenblas0-openmp                                           # the OpenMP build we link (runtime/cpu/CMakeLists.txt)
   zlib1g-dev                                                    # CRC32 of checkpoint manifests
   libgtest-dev libgmock-dev                                     # unit tests
   clang-14 libclang-rt-14-dev                                   # libFuzzer targets
   graphviz                                                      # dot -> SVG for graph dumps
+  librandom123-dev                                              # Philox reference in test_lora_dropout (headers only, tests only)
   python3-matplotlib python3-numpy                              # lora-study plots (run by /usr/bin/python3)
 )
 
@@ -36,7 +40,12 @@ else
   echo "install_deps: all Debian packages present"
 fi
 
-if [ "${1:-}" = "--reference" ]; then
+if [[ " $* " == *" --render "* ]] && ! command -v chromium > /dev/null; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core
+fi
+
+if [[ " $* " == *" --reference "* ]]; then
   VENV="${PARALLORA_REF_VENV:-$HOME/.venvs/parallora-ref}"
   if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"

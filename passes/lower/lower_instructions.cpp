@@ -31,6 +31,22 @@ double attr_f64(Attribute a) {
   return 0;
 }
 
+/// LoRA dropout of a training program's lora_linear_fwd / lora_linear_bwd (runtime/lora_dropout.h):
+/// p, the module (the mask's stream) and, for a row-parallel layer (lora_A sharded on its
+/// in-features), the group whose shards hold consecutive feature blocks. Eval programs run
+/// without dropout, as PEFT in eval mode, so they get none.
+static void dropout_attrs(Instr &in, double p, StringRef module, Value lora_a, bool is_eval) {
+  if (is_eval || p == 0.0) return;
+  in.attrs["dropout"] = p;
+  in.attrs["module"] = module.str();
+  if (auto prm = lora_a.getDefiningOp<pl::ParamOp>())
+    if (auto sh = prm->getAttrOfType<DictionaryAttr>(kShardAttr))
+      if (auto dim = sh.getAs<IntegerAttr>("dim"); dim && dim.getInt() == 1) {
+        auto group = sh.getAs<StringAttr>("group");
+        in.attrs["dropout_feature_group"] = group ? group.str() : std::string("tp");
+      }
+}
+
 LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, bool is_eval) {
   llvm::DenseMap<Value, int32_t> buf;
   Block &body = func.getBody().front();
@@ -124,12 +140,11 @@ LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, b
       in.inputs = {operand(l.getInput()), operand(l.getWeight()), operand(l.getBias())};
       in.outputs = {result(l.getResult(), is_eval && is_logits(l.getResult()) ? "logits" : "")};
     } else if (auto l = dyn_cast<pl::LoraLinearOp>(op)) {
-      if (l.getDropout().convertToDouble() != 0.0)
-        return l.emitError("lower: LoRA dropout is not supported by the runtime yet"), failure();
       in.op = "lora_linear_fwd";
       in.inputs = {operand(l.getInput()), operand(l.getWeight()), operand(l.getLoraA()), operand(l.getLoraB()), -1};
       in.outputs = {result(l.getResult(), is_eval && is_logits(l.getResult()) ? "logits" : "")};
       in.attrs["scaling"] = l.getScaling().convertToDouble();
+      dropout_attrs(in, l.getDropout().convertToDouble(), l.getModule(), l.getLoraA(), is_eval);
     } else if (auto r = dyn_cast<pl::RopeOp>(op)) {
       in.op = "rope_fwd";
       in.inputs = {operand(r.getInput())};
@@ -195,6 +210,7 @@ LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, b
         in.attrs["accumulate"] = int64_t(0);
       }
       in.attrs["scaling"] = g.getScaling().convertToDouble();
+      dropout_attrs(in, g.getDropout().convertToDouble(), g.getModule(), g.getLoraA(), is_eval);
     } else if (auto g = dyn_cast<pl::RopeGradOp>(op)) {
       in.op = "rope_bwd";
       in.inputs = {operand(g.getGrad())};

@@ -55,12 +55,12 @@ LogicalResult linear_rule(Operation *op, ArrayRef<Value> rg, ArrayRef<bool> need
 LogicalResult lora_linear_rule(Operation *op, ArrayRef<Value> rg, ArrayRef<bool> needs, OpBuilder &b,
                                const GradContext &, SmallVectorImpl<Value> &grads) {
   auto l = cast<pl::LoraLinearOp>(op);
-  if (l.getDropout().convertToDouble() != 0.0)
-    return op->emitError("autodiff: LoRA dropout ")
-           << l.getDropout().convertToDouble() << " is not supported yet; use dropout 0 (--lora-dropout 0)";
+  // Dropout: the backward recomputes the forward's mask from (seed, step, sample, position,
+  // feature, module), so it only needs p and the module name, not a stored mask.
   auto g = tagged(op, b.create<pl::LoraLinearGradOp>(op->getLoc(), l.getInput().getType(), l.getLoraA().getType(),
                                                      l.getLoraB().getType(), rg[0], l.getInput(), l.getWeight(),
-                                                     l.getLoraA(), l.getLoraB(), l.getScalingAttr()));
+                                                     l.getLoraA(), l.getLoraB(), l.getScalingAttr(),
+                                                     l.getDropoutAttr(), l.getModuleAttr()));
   if (needs[0]) grads[0] = g.getGradInput();
   if (needs[2]) grads[2] = g.getGradLoraA();
   if (needs[3]) grads[3] = g.getGradLoraB();

@@ -92,6 +92,12 @@ public:
                                   plan::ElemType dtype, ReduceOp op);
   virtual Status all_reduce_wait(int handle);
   virtual void progress() {}
+  /// lora-run --trace: measure the device time of the overlapped reductions, where the backend
+  /// can (the NCCL communicator: CUDA events around each bucket's ncclAllReduce).
+  virtual void set_device_timing(bool /*on*/) {}
+  /// After all_reduce_wait(handle): its reduction's begin / end on the device, on this process's
+  /// steady clock (ns), once; false when not measured.
+  virtual bool device_span(int /*handle*/, int64_t * /*begin_ns*/, int64_t * /*end_ns*/) { return false; }
   /// True while all_reduce_start(handle) has not been waited for.
   bool started(int handle) const { return started_.count(handle) != 0; }
   bool any_started() const { return !started_.empty(); }

@@ -480,6 +480,7 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     if (trace_) {
       if (mark1 >= 0) trace_->device_instr(*c.instr, &it->first, slot, mark0, mark1);
       else trace_->instr(*c.instr, &it->first, slot, comm, t0, t1);
+      if (comm && comm_ && s) trace_device_comm(*c.instr);
     }
     if (comm) {
       comm_s += dt;
@@ -514,6 +515,22 @@ Status Executor::run(const std::string &program, StepState *step, const InstrHoo
     trace_->resolve_device(trace_from, marks_);
   }
   return Status::ok();
+}
+
+void Executor::set_trace(TraceRecorder *trace, DeviceTimer *timer) {
+  trace_ = trace;
+  timer_ = trace ? timer : nullptr;
+  if (trace) trace->set_rank_plan(&rank_);
+  if (comm_) comm_->set_device_timing(timer_ != nullptr);  // the buckets' device times (NCCL)
+}
+
+void Executor::trace_device_comm(const plan::Instr &in) {
+  if (in.op != "all_reduce_wait") return;
+  auto it = in.attrs.find("bucket");
+  const int64_t *bucket = it == in.attrs.end() ? nullptr : std::get_if<int64_t>(&it->second);
+  int64_t begin_ns = 0, end_ns = 0;
+  if (bucket && *bucket >= 0 && *bucket <= INT32_MAX && comm_->device_span(static_cast<int>(*bucket), &begin_ns, &end_ns))
+    trace_->device_comm(*bucket, begin_ns, end_ns);
 }
 
 double Executor::loss(int slot) const {

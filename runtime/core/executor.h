@@ -181,11 +181,7 @@ public:
   /// Records every run()'s kernels and program span into `trace` (nullptr: off; see "Trace"
   /// above). The recorder must outlive the runs.
   /// `timer`: device markers for the compute kernels of an asynchronous backend (may be null).
-  void set_trace(TraceRecorder *trace, DeviceTimer *timer = nullptr) {
-    trace_ = trace;
-    timer_ = trace ? timer : nullptr;
-    if (trace) trace->set_rank_plan(&rank_);
-  }
+  void set_trace(TraceRecorder *trace, DeviceTimer *timer = nullptr);
 
   /// Compute / communication wall time of every run() so far (see "Time split" above).
   const TimeSplit &time_split() const { return time_split_; }
@@ -209,6 +205,8 @@ public:
   int64_t persistent_bytes() const { return persistent_bytes_; }
 
 private:
+  /// After an all_reduce_wait: the bucket's reduction as the device ran it, when measured.
+  void trace_device_comm(const plan::Instr &in);
   Executor() = default;
   Status set_kind(plan::BufferKind kind, const char *what, const std::map<std::string, std::vector<float>> &values,
                   const std::map<std::string, std::vector<int64_t>> *shapes);

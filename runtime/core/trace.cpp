@@ -265,6 +265,7 @@ void TraceRecorder::append_json(std::string &out, int pid, const std::string &pr
     const int tid = static_cast<int>(e.track);
     switch (e.kind) {
     case TraceKind::DeviceInstr:  // unresolved (the run failed): no times
+    case TraceKind::DeviceComm:   // async slices, below
       break;
     case TraceKind::Step:
       x(tid, "step", e.begin_ns, e.end_ns);
@@ -358,6 +359,28 @@ void TraceRecorder::append_json(std::string &out, int pid, const std::string &pr
       append_us(out, ts(ph[0] == 'b' ? f.begin_ns : f.end_ns));
       out += ",\"args\":{\"bucket\":";
       append_int(out, f.bucket);
+      out += "}}";
+    }
+    ++n;
+  }
+  // Bucket reductions as the device ran them (NCCL's communication stream).
+  for (size_t i = 0; i < size_; ++i) {
+    const TraceEvent &e = events_[i];
+    if (e.kind != TraceKind::DeviceComm) continue;
+    for (const char *ph : {"b", "e"}) {
+      open(ph, 2);
+      out += ",\"cat\":\"bucket_device\",\"name\":\"bucket ";
+      append_int(out, e.arg);
+      out += " on the device\",\"id\":\"r";
+      append_int(out, pid);
+      out += ".d";
+      append_int(out, n);
+      out += "\",\"ts\":";
+      append_us(out, ts(ph[0] == 'b' ? e.begin_ns : e.end_ns));
+      out += ",\"args\":{\"bucket\":";
+      append_int(out, e.arg);
+      out += ",\"step\":";
+      append_int(out, e.step);
       out += "}}";
     }
     ++n;

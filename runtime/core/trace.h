@@ -17,7 +17,8 @@
 //   idle     derived when written: the gaps inside a step where the rank runs no kernel and no
 //            communication (data loading, host bookkeeping)
 // and, as async slices (ph "b"/"e"), each gradient bucket from its all_reduce_start to its
-// all_reduce_wait: the communication that can hide behind the compute in between.
+// all_reduce_wait: the communication that can hide behind the compute in between; on a backend
+// that measures it (NCCL), also the reduction's own device time ("bucket K on the device").
 //
 // Times are this rank's std::chrono::steady_clock in nanoseconds; the session aligns the ranks
 // (runtime/train/trace.h) and passes each rank's offset to append_json.
@@ -39,7 +40,9 @@ namespace parallora::rt {
 enum class TraceTrack : uint8_t { Session = 0, Compute = 1, Comm = 2, Idle = 3 };
 // DeviceInstr: an instruction whose times are still DeviceTimer marker indices (resolved into
 // an Instr when the run's markers are; an unresolved one, after an error, is never written).
-enum class TraceKind : uint8_t { Instr = 0, Program = 1, Step = 2, Span = 3, DeviceInstr = 4 };
+// DeviceComm: a gradient bucket's reduction as the device ran it (written as an async slice,
+// not counted in breakdown()).
+enum class TraceKind : uint8_t { Instr = 0, Program = 1, Step = 2, Span = 3, DeviceInstr = 4, DeviceComm = 5 };
 
 /// One recorded event (trivially constructible: the buffer is not touched until written).
 struct TraceEvent {
@@ -120,6 +123,12 @@ public:
   /// Turns the DeviceInstr events from index `from` on into Instr events with the markers'
   /// times `ns` (DeviceTimer::resolve); markers out of range leave an event unresolved.
   void resolve_device(size_t from, const std::vector<int64_t> &ns);
+  /// Gradient bucket `bucket`'s reduction as the device ran it (Communicator::device_span).
+  void device_comm(int64_t bucket, int64_t begin_ns, int64_t end_ns) {
+    if (TraceEvent *e = next())
+      *e = TraceEvent{begin_ns, end_ns, nullptr, "device", nullptr, step_, micro_batch_, -1, TraceTrack::Comm,
+                      TraceKind::DeviceComm, bucket};
+  }
   void program(const std::string *program, int slot, int64_t begin_ns, int64_t end_ns) {
     if (TraceEvent *e = next())
       *e = TraceEvent{begin_ns, end_ns, nullptr, program->c_str(), program, step_, micro_batch_,

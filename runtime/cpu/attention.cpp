@@ -6,7 +6,7 @@
 // Scratch is kBlock x S floats per thread (two such for the backward).
 //
 // Softmax of one row t: sc_s = scale * (q_t . k_s) from the sgemm, over s < n (n = t+1 when
-// causal, else S); m = max sc, e_s = exp(sc_s - m), inv = 1 / sum e (double, in 4 fixed
+// causal, else S); m = max sc, e_s = vexp(sc_s - m) (vexp.h), inv = 1 / sum e (double, in 4 fixed
 // partial sums; rounded to float), p_s = e_s * inv; p_s = 0 for the masked s in [n, w).
 //
 // Forward, per unit (b, h, block): o = P V. Units are independent (each writes its own rows
@@ -43,6 +43,7 @@
 
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels_impl.h"
+#include "runtime/cpu/vexp.h"
 
 namespace parallora::rt::cpu::impl {
 
@@ -94,12 +95,14 @@ float max_f32(const float *x, int64_t n) {
 void softmax_row(float *p, int64_t n, int64_t w, const int32_t *kseg = nullptr, int32_t qseg = 0) {
   if (!kseg) {
     const float m = max_f32(p, n);
-    for (int64_t s = 0; s < n; ++s) p[s] = std::exp(p[s] - m);
+    detail::exp_shifted(p, m, p, n);  // vexp (vexp.h): the same bits in forward and backward
   } else {  // the row's own key is in the window, so m is one of its scores
     float m = -std::numeric_limits<float>::infinity();
     for (int64_t s = 0; s < n; ++s)
       if (kseg[s] == qseg) m = m < p[s] ? p[s] : m;
-    for (int64_t s = 0; s < n; ++s) p[s] = kseg[s] == qseg ? std::exp(p[s] - m) : 0.0f;
+    detail::exp_shifted(p, m, p, n);  // the same vexp; a masked score above m gives inf, zeroed next
+    for (int64_t s = 0; s < n; ++s)
+      if (kseg[s] != qseg) p[s] = 0.0f;
   }
   const float inv = float(1.0 / sum_f64(p, n));
   for (int64_t s = 0; s < n; ++s) p[s] *= inv;

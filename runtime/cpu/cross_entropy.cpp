@@ -21,6 +21,7 @@
 #include "runtime/comm/comm.h"
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels_impl.h"
+#include "runtime/cpu/vexp.h"
 
 namespace parallora::rt::cpu::impl {
 
@@ -62,9 +63,16 @@ inline float row_max(const float *x, int64_t V) {
 }
 
 // Sum of exp(x - m) over one row (or one shard's columns of it), in double.
+// The exps are vexp's (vexp.h), computed a chunk at a time (vectorised), summed in order.
 inline double sum_exp(const float *x, int64_t V, float m) {
+  constexpr int64_t kChunk = 256;
+  float e[kChunk];
   double sum = 0.0;
-  for (int64_t j = 0; j < V; ++j) sum += double(std::exp(x[j] - m));
+  for (int64_t j0 = 0; j0 < V; j0 += kChunk) {
+    const int64_t n = V - j0 < kChunk ? V - j0 : kChunk;
+    detail::exp_shifted(x + j0, m, e, n);
+    for (int64_t j = 0; j < n; ++j) sum += double(e[j]);
+  }
   return sum;
 }
 
@@ -93,8 +101,9 @@ void grad_rows(const CeSetup &cs, const float *lp, float *dp, int64_t V, int64_t
     double inv;
     stats(r, x, &m, &inv);
     const int64_t t = int64_t(l) - lo;
+    detail::exp_shifted(x, m, d, V);  // d may be x (in place): element j is read, then written
     for (int64_t j = 0; j < V; ++j) {
-      const double p = double(std::exp(x[j] - m)) * inv;
+      const double p = double(d[j]) * inv;
       d[j] = float(coef * (j == t ? p - 1.0 : p));
     }
   }

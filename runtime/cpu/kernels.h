@@ -24,6 +24,11 @@
 //                       dx = dy W + s (dy B) A;  dA = s (dy B)^T x;  dB = s dy^T (x A^T)
 //                       `accumulate` applies to dA and dB only (gradient accumulators);
 //                       dx is always overwritten
+//                     LoRA dropout (both): attrs dropout (f64 p), module (str), optional
+//                       dropout_feature_group (str); with p > 0 the adapter path reads
+//                       D(x) = x * mask / (1 - p) instead of x (mask: runtime/base/philox.h,
+//                       coordinates from the StepState: runtime/lora_dropout.h), so
+//                       dA = s (dy B)^T D(x), dB = s dy^T (D(x) A^T), dx = dy W + D(s (dy B) A)
 //  rope_fwd           x (B,H,T,Dh)                             y (B,H,T,Dh)        theta (f64); optional
 //                       llama3 scaling: rope_type = "llama3", factor, low_freq_factor,
 //                       high_freq_factor (f64), original_max_position_embeddings (i64).

@@ -9,6 +9,7 @@
 
 #include "runtime/cpu/common.h"
 #include "runtime/cpu/kernels_impl.h"
+#include "runtime/lora_dropout.h"
 
 namespace parallora::rt::cpu::impl {
 
@@ -29,6 +30,23 @@ static void linear_into(const float *x, const float *W, const float *bias, float
     for (int64_t i = 0; i < M; ++i) std::memcpy(y + i * N, bias, size_t(N) * sizeof(float));
   }
   sgemm(false, true, M, N, K, 1.0f, x, K, W, K, bias ? 1.0f : 0.0f, y, N);
+}
+
+// LoRA dropout (runtime/lora_dropout.h): one Philox call per 4 features of a row; the mask is a
+// pure function of the element's global coordinates, so any thread split gives the same bits.
+// xd = x * mask / (1 - p).
+static void dropout_rows(const DropoutMask &m, const float *x, float *xd, int64_t M, int64_t K) {
+#pragma omp parallel for schedule(static) if (M * K >= detail::kParallelWork)
+  for (int64_t i = 0; i < M; ++i) {
+    Philox4x32 w{};
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t f = m.feature0 + k;
+      if (k == 0 || (f & 3) == 0)
+        w = philox_4x32_10(uint32_t(f >> 2), uint32_t(i % m.positions), m.sample0 + uint32_t(i / m.positions), m.step,
+                       m.key0, m.key1);
+      xd[i * K + k] = w.v[f & 3] >= m.threshold ? x[i * K + k] * m.scale : 0.0f;
+    }
+  }
 }
 
 // x (..,K), W (N,K), bias (N) or absent -> y (..,N) = x W^T + bias.
@@ -67,7 +85,7 @@ Status linear_bwd_input(KernelCall &c) {
 }
 
 // x (..,K), W (N,K), A (r,K), B (N,r), bias (N) or absent -> y (..,N)
-//   y = x W^T + bias + scaling * (x A^T) B^T
+//   y = x W^T + bias + scaling * (D(x) A^T) B^T, D = LoRA dropout (identity without the attr)
 Status lora_linear_fwd(KernelCall &c) {
   Check ck(c, "lora_linear_fwd");
   if (!ck.operands(4, 5, 1) || !ck.num_attr("scaling")) return ck.status();
@@ -84,8 +102,14 @@ Status lora_linear_fwd(KernelCall &c) {
     return ck.status();
   if (bias && (!ck.f32(*bias, "bias") || !ck.shape(*bias, "bias", {N}))) return ck.status();
   const float s = float(c.attr_f("scaling", 0.0));
+  auto mask = lora_dropout_mask(c, "lora_linear_fwd", x);
+  if (!mask) return mask.status();
+  // The adapter's input: x, or dropout(x) in training with p > 0.
+  std::vector<float> xd(*mask ? static_cast<size_t>(M * K) : 0);
+  if (*mask) dropout_rows(**mask, x.f32(), xd.data(), M, K);
+  const float *xin = *mask ? xd.data() : x.f32();
   std::vector<float> xa(static_cast<size_t>(M * r));
-  sgemm(false, true, M, r, K, 1.0f, x.f32(), K, A.f32(), K, 0.0f, xa.data(), r);  // x A^T
+  sgemm(false, true, M, r, K, 1.0f, xin, K, A.f32(), K, 0.0f, xa.data(), r);  // x A^T
   linear_into(x.f32(), W.f32(), bias ? bias->f32() : nullptr, y.f32(), M, N, K);
   sgemm(false, true, M, N, r, s, xa.data(), r, B.f32(), r, 1.0f, y.f32(), N);    // += s xa B^T
   return Status::ok();
@@ -114,12 +138,28 @@ Status lora_linear_bwd(KernelCall &c) {
     return ck.status();
   const float s = float(c.attr_f("scaling", 0.0));
   const float beta = c.attr_i("accumulate", 0) != 0 ? 1.0f : 0.0f;
+  auto mask = lora_dropout_mask(c, "lora_linear_bwd", x);
+  if (!mask) return mask.status();
+  // With dropout the adapter saw xd = D(x) = x * mask / (1 - p): dA and dB use xd, and x's
+  // gradient through the adapter is D(s u A) (the same mask, recomputed from its counters).
+  std::vector<float> xd(*mask ? static_cast<size_t>(M * K) : 0);
+  if (*mask) dropout_rows(**mask, x.f32(), xd.data(), M, K);
+  const float *xin = *mask ? xd.data() : x.f32();
   std::vector<float> u(static_cast<size_t>(M * r)), xa(static_cast<size_t>(M * r));
   sgemm(false, false, M, r, N, 1.0f, dy.f32(), N, B.f32(), r, 0.0f, u.data(), r);   // dy B
-  sgemm(false, true, M, r, K, 1.0f, x.f32(), K, A.f32(), K, 0.0f, xa.data(), r);    // x A^T
+  sgemm(false, true, M, r, K, 1.0f, xin, K, A.f32(), K, 0.0f, xa.data(), r);        // x A^T
   sgemm(false, false, M, K, N, 1.0f, dy.f32(), N, W.f32(), K, 0.0f, dx.f32(), K);   // dy W
-  sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 1.0f, dx.f32(), K);      // += s u A
-  sgemm(true, false, r, K, M, s, u.data(), r, x.f32(), K, beta, dA.f32(), K);       // s u^T x
+  if (!*mask) {
+    sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 1.0f, dx.f32(), K);    // += s u A
+  } else {
+    std::vector<float> ua(static_cast<size_t>(M * K));
+    sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 0.0f, ua.data(), K);   // s u A
+    dropout_rows(**mask, ua.data(), ua.data(), M, K);                               // D(s u A)
+    float *d = dx.f32();
+#pragma omp parallel for schedule(static) if (M * K >= detail::kParallelWork)
+    for (int64_t i = 0; i < M * K; ++i) d[i] += ua[static_cast<size_t>(i)];
+  }
+  sgemm(true, false, r, K, M, s, u.data(), r, xin, K, beta, dA.f32(), K);           // s u^T x
   sgemm(true, false, N, r, M, s, dy.f32(), N, xa.data(), r, beta, dB.f32(), r);     // s dy^T xa
   return Status::ok();
 }

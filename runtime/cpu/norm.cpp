@@ -1,7 +1,10 @@
 //===- norm.cpp - rms_norm_fwd, rms_norm_bwd ------------------------------===//
 //
 // HF LlamaRMSNorm: y = w * (x * rsqrt(mean(x^2) + eps)), one row (last dim) at a time.
-// The sum of squares is accumulated in double; each row is independent (deterministic).
+// The sums (of squares; the backward's dot product) are accumulated in double in 4 interleaved
+// partial sums, ((s0 + s1) + (s2 + s3)) with s_j over i = j mod 4: a fixed order that depends on
+// D alone (any thread count gives the same bits) and that GCC vectorises; each row is
+// independent.
 //
 //===----------------------------------------------------------------------===//
 #include <cmath>
@@ -13,10 +16,28 @@ namespace parallora::rt::cpu::impl {
 
 using detail::Check;
 
+// sum_j a_j b_j in double, in the partial sums above.
+static double dot4(const float *a, const float *b, int64_t n) {
+  double s[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) s[j] += double(a[i + j]) * double(b[i + j]);
+  for (int j = 0; i < n; ++i, ++j) s[j] += double(a[i]) * double(b[i]);
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// sum_j a_j b_j c_j in double, in the same partial sums.
+static double dot4(const float *a, const float *b, const float *c, int64_t n) {
+  double s[4] = {0.0, 0.0, 0.0, 0.0};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int j = 0; j < 4; ++j) s[j] += double(a[i + j]) * double(b[i + j]) * double(c[i + j]);
+  for (int j = 0; i < n; ++i, ++j) s[j] += double(a[i]) * double(b[i]) * double(c[i]);
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
 static double inv_rms(const float *x, int64_t D, double eps) {
-  double ss = 0.0;
-  for (int64_t j = 0; j < D; ++j) ss += double(x[j]) * double(x[j]);
-  return 1.0 / std::sqrt(ss / double(D) + eps);
+  return 1.0 / std::sqrt(dot4(x, x, D) / double(D) + eps);
 }
 
 Status rms_norm_fwd(KernelCall &c) {
@@ -54,8 +75,7 @@ Status rms_norm_bwd(KernelCall &c) {
     const float *xr = xp + i * D, *dyr = dyp + i * D;
     float *dxr = dxp + i * D;
     const double r = inv_rms(xr, D, eps);
-    double dot = 0.0;
-    for (int64_t j = 0; j < D; ++j) dot += double(dyr[j]) * double(wp[j]) * double(xr[j]);
+    const double dot = dot4(dyr, wp, xr, D);
     const double coef = r * r * r * dot / double(D);
     for (int64_t j = 0; j < D; ++j)
       dxr[j] = float(r * (double(dyr[j]) * double(wp[j])) - coef * double(xr[j]));

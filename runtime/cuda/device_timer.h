@@ -9,9 +9,13 @@
 // captured, mark() returns -1 (the kernels are then host-timed; replayed graphs have no
 // per-kernel slices).
 //
-// Not covered yet (TODO): the communication stream of the NCCL communicator (all_reduce_start's
-// reduction runs there; the trace shows its host-side start .. wait span, not the device time
-// of the ncclAllReduce).
+// Communication: the executor synchronizes around every blocking communication kernel, so its
+// host times are its device times. The overlapped gradient buckets (all_reduce_start .. _wait)
+// reduce on the NCCL communicator's own stream: with a DeviceTimer the executor switches on
+// Communicator::set_device_timing, the communicator brackets each ncclAllReduce with two CUDA
+// events and places them on the host clock the same way at the wait (nccl_comm.cu,
+// place_on_host_clock); the trace shows them as async slices "bucket K on the device".
+// Not verified on a GPU yet: scripts/gpu_check.sh trace.
 //
 //===----------------------------------------------------------------------===//
 #pragma once

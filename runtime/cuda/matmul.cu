@@ -38,7 +38,9 @@
 #include "runtime/cuda/bf16.cuh"
 #include "runtime/cuda/common.cuh"
 #include "runtime/cuda/device_util.cuh"
+#include "runtime/cuda/graph.cuh"
 #include "runtime/cuda/kernels_impl.h"
+#include "runtime/lora_dropout.h"
 
 namespace parallora::rt::cuda::impl {
 
@@ -173,6 +175,26 @@ __global__ void bias_rows_kernel(TY *y, const TB *bias, int64_t M, int64_t N) {
   PARALLORA_GRID_LOOP(i, M * N) { st(y, i, ld(bias, i % N)); }
 }
 
+// LoRA dropout (runtime/base/philox.h; the CPU twin is dropout_rows in runtime/cpu/matmul.cpp):
+// out = x * mask / (1 - p), element by element; out may be x. The mask is a pure function of
+// the element's global coordinates, so it equals the CPU's bit for bit.
+__global__ void dropout_kernel(DropoutMask m, const float *x, float *out, int64_t M, int64_t K) {
+  PARALLORA_GRID_LOOP(i, M * K) { out[i] = m.apply(x[i], i / K, i % K); }
+}
+// dx += D(t): the adapter's share of the input gradient.
+__global__ void dropout_add_kernel(DropoutMask m, const float *t, float *dx, int64_t M, int64_t K) {
+  PARALLORA_GRID_LOOP(i, M * K) { dx[i] += m.apply(t[i], i / K, i % K); }
+}
+
+/// The call's dropout mask; refuses CUDA-graph capture when there is one (its step and sample
+/// counters change every call, and a graph would bake in the first call's).
+StatusOr<std::optional<DropoutMask>> dropout_of(const KernelCall &c, const char *kernel, const Tensor &x) {
+  auto mask = lora_dropout_mask(c, kernel, x);
+  if (mask && *mask && graph::capturing())
+    return graph::refuse_capture(std::string(kernel) + " with LoRA dropout (per-call mask counters)");
+  return mask;
+}
+
 /// A matrix operand: its data and whether it is bf16 (else f32).
 struct Mat {
   const void *p;
@@ -231,7 +253,7 @@ Status gemm(const char *kernel, bool trans_a, bool trans_b, int64_t M, int64_t N
 }
 
 // Scratch slots of one kernel call (ScratchPool, bf16.cuh). gemm_any uses kGemmSlots.. .
-enum Slot : size_t { kX32, kDy32, kU, kXa, kOut32, kGemmSlots };
+enum Slot : size_t { kX32, kDy32, kU, kXa, kOut32, kXd, kUa, kGemmSlots };
 
 ScratchPool &pool() {
   thread_local ScratchPool p;
@@ -352,12 +374,21 @@ Status lora_linear_fwd(KernelCall &c) {
     return ck.status();
   if (bias && (!ck.flt(*bias, "bias") || !ck.shape(*bias, "bias", {N}))) return ck.status();
   const float s = float(c.attr_f("scaling", 0.0));
+  auto mask = dropout_of(c, K_, x);
+  if (!mask) return mask.status();
   if (M == 0) return Status::ok();
   // xa = x A^T (M, r) in f32; x is widened once when it is bf16 and A is not.
   StatusOr<float *> xa = pool().get_as<float>(kXa, size_t(M * r));
   if (!xa) return ck.error(xa.message());
-  StatusOr<Mat> xf = is_bf16(A) ? StatusOr<Mat>(mat(x)) : as_f32(mat(x), M * K, kX32);
+  StatusOr<Mat> xf = is_bf16(A) && !*mask ? StatusOr<Mat>(mat(x)) : as_f32(mat(x), M * K, kX32);
   if (!xf) return ck.error(xf.message());
+  if (*mask) {  // the adapter reads D(x) (f32)
+    StatusOr<float *> xd = pool().get_as<float>(kXd, size_t(M * K));
+    if (!xd) return ck.error(xd.message());
+    dropout_kernel<<<blocks_for(M * K), 256, 0, stream()>>>(**mask, static_cast<const float *>(xf->p), *xd, M, K);
+    if (Status st = check_launch(K_); !st) return st;
+    xf = f32mat(*xd);
+  }
   if (Status st = gemm_any(K_, false, true, M, r, K, 1.0f, *xf, K, mat(A), K, 0.0f, *xa, false, r); !st) return st;
   // y = x W^T + bias, then += s xa B^T: two GEMMs into y, so a bf16 y is summed in f32 and
   // rounded once.
@@ -399,6 +430,8 @@ Status lora_linear_bwd(KernelCall &c) {
     return ck.status();
   const float s = float(c.attr_f("scaling", 0.0));
   const float beta = c.attr_i("accumulate", 0) != 0 ? 1.0f : 0.0f;
+  auto mask = dropout_of(c, K_, x);
+  if (!mask) return mask.status();
   // u = dy B and xa = x A^T (M, r) in f32. A bf16 dy / x meets the f32 LoRA factors and the f32
   // temporaries: widened once each (dy32, x32) and used by both of its GEMMs.
   StatusOr<float *> u = pool().get_as<float>(kU, size_t(std::max<int64_t>(M * r, 1)));
@@ -409,7 +442,14 @@ Status lora_linear_bwd(KernelCall &c) {
   if (!dyf) return ck.error(dyf.message());
   StatusOr<Mat> xf = as_f32(mat(x), M * K, kX32);
   if (!xf) return ck.error(xf.message());
-  const Mat dyu = is_bf16(B) ? mat(dy) : *dyf, xu = is_bf16(A) ? mat(x) : *xf;
+  if (*mask && M * K > 0) {  // with dropout the adapter read D(x): dA and dB use it (f32)
+    StatusOr<float *> xd = pool().get_as<float>(kXd, size_t(M * K));
+    if (!xd) return ck.error(xd.message());
+    dropout_kernel<<<blocks_for(M * K), 256, 0, stream()>>>(**mask, static_cast<const float *>(xf->p), *xd, M, K);
+    if (Status st = check_launch(K_); !st) return st;
+    xf = f32mat(*xd);
+  }
+  const Mat dyu = is_bf16(B) ? mat(dy) : *dyf, xu = is_bf16(A) && !*mask ? mat(x) : *xf;
   // dx = dy W + s u A: two GEMMs, so a bf16 dx is summed in f32 and rounded once.
   void *dxf = dx.data;
   if (is_bf16(dx)) {
@@ -421,7 +461,16 @@ Status lora_linear_bwd(KernelCall &c) {
   if (st) st = gemm_any(K_, false, true, M, r, K, 1.0f, xu, K, mat(A), K, 0.0f, *xa, false, r);  // x A^T
   // dy W: bf16 x bf16 when both are; else f32 (with the widened dy when W is f32).
   if (st) st = gemm_any(K_, false, false, M, K, N, 1.0f, is_bf16(W) ? mat(dy) : *dyf, N, mat(W), K, 0.0f, dxf, false, K);
-  if (st) st = gemm_any(K_, false, false, M, K, r, s, f32mat(*u), r, mat(A), K, 1.0f, dxf, false, K);  // += s u A
+  if (st && !*mask) st = gemm_any(K_, false, false, M, K, r, s, f32mat(*u), r, mat(A), K, 1.0f, dxf, false, K);  // += s u A
+  if (st && *mask && M * K > 0) {  // dx += D(s u A)
+    StatusOr<float *> ua = pool().get_as<float>(kUa, size_t(M * K));
+    if (!ua) return ck.error(ua.message());
+    st = gemm_any(K_, false, false, M, K, r, s, f32mat(*u), r, mat(A), K, 0.0f, *ua, false, K);
+    if (st) {
+      dropout_add_kernel<<<blocks_for(M * K), 256, 0, stream()>>>(**mask, *ua, static_cast<float *>(dxf), M, K);
+      st = check_launch(K_);
+    }
+  }
   if (st && is_bf16(dx)) st = narrow(static_cast<const float *>(dxf), dx.data, M * K);
   // Gradient accumulators (f32 in every plan; any type works: one GEMM each, rounded once).
   if (st) st = gemm_any(K_, true, false, r, K, M, s, f32mat(*u), r, *xf, K, beta, dA.data, is_bf16(dA), K);  // s u^T x

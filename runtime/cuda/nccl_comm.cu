@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -296,13 +297,16 @@ NcclCommunicator::~NcclCommunicator() {
   }
   for (PendingSend &ps : pending_)
     if (ps.done) cudaEventDestroy(ps.done);
-  for (auto &kv : async_)
+  for (auto &kv : async_) {
     if (kv.second.done) cudaEventDestroy(kv.second.done);
+    if (kv.second.begin) cudaEventDestroy(kv.second.begin);
+  }
   async_.clear();
   staging_.release();
   for (auto &kv : bucket_staging_) kv.second.release();
   if (send_stream_) cudaStreamDestroy(send_stream_);
   if (comm_stream_) cudaStreamDestroy(comm_stream_);
+  if (timing_stream_) cudaStreamDestroy(timing_stream_);
 }
 
 Status NcclCommunicator::wait_until(const std::function<cudaError_t()> &query, NcclHandle *h, const std::string &what,
@@ -444,18 +448,26 @@ Status NcclCommunicator::all_reduce_start(int handle, const std::string &group, 
     if (e == cudaSuccess) e = cudaStreamWaitEvent(comm_stream_, ready, 0);
     if (ready) cudaEventDestroy(ready);  // released once the recorded work completes
     if (e != cudaSuccess) return Status::error(prefix() + what + ": ordering after the compute stream: " + cuda_err(e));
+    // --trace: the reduction's device time (a failure only loses the measurement).
+    if (device_timing_ && (cudaEventCreate(&a.begin) != cudaSuccess || cudaEventRecord(a.begin, comm_stream_) != cudaSuccess)) {
+      if (a.begin) cudaEventDestroy(a.begin);
+      a.begin = nullptr;
+      (void)cudaGetLastError();
+    }
     const ncclDataType_t ntype = dtype == plan::ElemType::BF16 ? ncclBfloat16 : ncclFloat32;
     const ncclRedOp_t nop = op == ReduceOp::Sum ? ncclSum : ncclMax;
     ncclResult_t r = ncclAllReduce(data, data, size_t(count), ntype, nop, h->comm, comm_stream_);
     if (r == ncclInProgress) r = settle(h->comm, r, deadline_after(timeout_seconds));
     if (r != ncclSuccess) {
       const std::string msg = r == ncclInProgress ? "enqueueing did not complete" : nccl_err(h->comm, r);
+      if (a.begin) cudaEventDestroy(a.begin);
       abort(*h, "an earlier operation on it failed to start");
       return Status::error(prefix() + what + ": ncclAllReduce: " + msg);
     }
-    if ((e = cudaEventCreateWithFlags(&a.done, cudaEventDisableTiming)) != cudaSuccess ||
+    if ((e = cudaEventCreateWithFlags(&a.done, a.begin ? cudaEventDefault : cudaEventDisableTiming)) != cudaSuccess ||
         (e = cudaEventRecord(a.done, comm_stream_)) != cudaSuccess) {
       if (a.done) cudaEventDestroy(a.done);
+      if (a.begin) cudaEventDestroy(a.begin);
       abort(*h, "an earlier operation on it could not be tracked");
       return Status::error(prefix() + what + ": cudaEventRecord: " + cuda_err(e));
     }
@@ -489,8 +501,44 @@ Status NcclCommunicator::all_reduce_wait(int handle) {
   if (s && a.done)
     if (cudaError_t e = cudaStreamWaitEvent(stream(), a.done, 0); e != cudaSuccess)
       s = Status::error(prefix() + a.what + ": cudaStreamWaitEvent: " + cuda_err(e));
+  int64_t b = 0, d = 0;
+  if (s && a.begin && a.done && place_on_host_clock(a.begin, a.done, &b, &d)) device_spans_[handle] = {b, d};
   if (a.done) cudaEventDestroy(a.done);
+  if (a.begin) cudaEventDestroy(a.begin);
   return s;
+}
+
+bool NcclCommunicator::place_on_host_clock(cudaEvent_t begin, cudaEvent_t done, int64_t *begin_ns, int64_t *end_ns) {
+  if (!timing_stream_ && cudaStreamCreateWithFlags(&timing_stream_, cudaStreamNonBlocking) != cudaSuccess) {
+    timing_stream_ = nullptr;
+    (void)cudaGetLastError();
+    return false;
+  }
+  cudaEvent_t ref = nullptr;
+  float to_begin = 0, to_done = 0;
+  bool ok = cudaEventCreate(&ref) == cudaSuccess && cudaEventRecord(ref, timing_stream_) == cudaSuccess &&
+            cudaEventSynchronize(ref) == cudaSuccess;
+  const int64_t host_ref =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  ok = ok && cudaEventElapsedTime(&to_begin, begin, ref) == cudaSuccess &&
+       cudaEventElapsedTime(&to_done, done, ref) == cudaSuccess;
+  if (ref) cudaEventDestroy(ref);
+  if (!ok) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  *begin_ns = host_ref - static_cast<int64_t>(static_cast<double>(to_begin) * 1e6);
+  *end_ns = std::max(*begin_ns, host_ref - static_cast<int64_t>(static_cast<double>(to_done) * 1e6));
+  return true;
+}
+
+bool NcclCommunicator::device_span(int handle, int64_t *begin_ns, int64_t *end_ns) {
+  auto it = device_spans_.find(handle);
+  if (it == device_spans_.end()) return false;
+  *begin_ns = it->second.first;
+  *end_ns = it->second.second;
+  device_spans_.erase(it);
+  return true;
 }
 
 void NcclCommunicator::progress() {

@@ -100,6 +100,8 @@ public:
                           ReduceOp op) override;
   Status all_reduce_wait(int handle) override;
   void progress() override;
+  void set_device_timing(bool on) override { device_timing_ = on; }
+  bool device_span(int handle, int64_t *begin_ns, int64_t *end_ns) override;
 
   // Control plane (comm.h): the MPI communicator's timed host-side code, on the MPI
   // communicator this one was bootstrapped with (never NCCL, never counted in bytes_sent()).
@@ -178,6 +180,7 @@ private:
   // Overlapped buckets.
   struct AsyncReduce {
     cudaEvent_t done = nullptr;  // recorded on comm_stream_ after the reduction; null: completed
+    cudaEvent_t begin = nullptr; // --trace: recorded on comm_stream_ before the reduction
     NcclHandle *h = nullptr;
     std::string what;
     Status error;                // an asynchronous NCCL error seen by progress()
@@ -186,6 +189,14 @@ private:
   std::map<int, AsyncReduce> async_;    // started, not yet waited for
   std::map<int, DeviceBuffer> bucket_staging_;
   std::map<int, int64_t> bucket_bytes_;
+  // --trace (set_device_timing): each bucket's reduction timed by CUDA events on comm_stream_,
+  // placed on the host clock against a reference event on timing_stream_ (always idle, so the
+  // reference never waits for later buckets); device_span() hands them to the executor.
+  bool device_timing_ = false;
+  cudaStream_t timing_stream_ = nullptr;
+  std::map<int, std::pair<int64_t, int64_t>> device_spans_;
+  /// The [begin, done] events of a completed reduction on the host's steady clock (ns).
+  bool place_on_host_clock(cudaEvent_t begin, cudaEvent_t done, int64_t *begin_ns, int64_t *end_ns);
 };
 
 } // namespace parallora::rt::cuda::nccl_detail

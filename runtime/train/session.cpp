@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/base/bf16.h"
+#include "runtime/cpu/blas_core.h"
 #include "runtime/base/safetensors.h"
 #include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
@@ -378,7 +379,8 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
               << ", persistent " << fmt("%.1f", ex.persistent_bytes() / 1048576.0) << " MiB; "
               << (a.backend == "cuda" ? std::string("backend cuda")
                                       : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")) +
-                                            ", OpenMP wait policy " + omp_wait_policy())
+                                            ", OpenMP wait policy " + omp_wait_policy() +
+                                            (cpu::openblas_core().empty() ? "" : ", OpenBLAS " + cpu::openblas_core()))
               << "\n";
     if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
     std::cout << "  base weights" << (multi ? " (rank 0)" : "") << ": " << ex.base_weights_used() << "\n";
@@ -467,6 +469,15 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   std::vector<int32_t> global(static_cast<size_t>(plan.global_batch * plan.seq_len));
   const int32_t *my_block = global.data() + rp.dp_rank * per_dp * plan.seq_len;
   auto micro = [&](int64_t m) { return my_block + m * micro_batch * plan.seq_len; };
+  // The StepState of micro-batch m of step s: LoRA dropout's counters (runtime/lora_dropout.h)
+  // are the run's seed, the step and the global index of the micro-batch's first sequence.
+  auto micro_state_of = [&](int64_t s, int64_t m) {
+    StepState st;
+    st.step = s;
+    st.seed = seed;
+    st.first_sample = rp.dp_rank * per_dp + m * micro_batch;
+    return st;
+  };
   // Time split of this rank's training steps (executor compute / comm + comm->flush, the rest
   // idle/other), step times (MFU), GPU memory and utilization.
   RunStats stats;
@@ -507,7 +518,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
       for (int64_t m = 0; m < plan.micro_batches; ++m) {
         if (Status st = feed(micro(m), 0); !st) return fail(st.message());
         bool dump = s == 1 && m == 0 && !a.dump_first_step.empty() && !multi;
-        StepState micro_state;  // the last micro-batch starts the overlapped gradient buckets
+        StepState micro_state = micro_state_of(s, m);  // the last micro-batch starts the gradient buckets
         micro_state.last_micro = m == plan.micro_batches - 1;
         if (tr) tr->set_context(s, static_cast<int>(m));
         Status st = dump ? ex.run("micro_step", &micro_state, capture) : ex.run("micro_step", &micro_state);
@@ -525,12 +536,13 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
         if (tr) tr->set_context(s, static_cast<int>(t.micro_batch));
         if (t.phase == Phase::Forward) {
           if (Status st = feed(micro(t.micro_batch), t.slot); !st) return fail(st.message());
-          if (Status st = ex.run("forward", nullptr, t.slot); !st)
+          StepState fwd_state = micro_state_of(s, t.micro_batch);
+          if (Status st = ex.run("forward", &fwd_state, t.slot); !st)
             return fail("step " + std::to_string(s) + ", forward of micro-batch " + std::to_string(t.micro_batch) + ": " +
                         st.message());
           if (loss_rank) loss_sum += ex.loss(t.slot);
         } else {
-          StepState micro_state;  // this rank's last backward starts the overlapped gradient buckets
+          StepState micro_state = micro_state_of(s, t.micro_batch);  // the last backward starts the buckets
           micro_state.last_micro = ti == last_backward;
           if (Status st = ex.run("backward", &micro_state, t.slot); !st)
             return fail("step " + std::to_string(s) + ", backward of micro-batch " + std::to_string(t.micro_batch) +

@@ -816,6 +816,38 @@ TEST_F(CudaKernels, LoraLinear) {
               {zeros({B, T, D}), zeros({R, D}), zeros({N, R})}, s2);
 }
 
+// LoRA dropout (runtime/lora_dropout.h): the CUDA mask must be the CPU's bit for bit (a
+// different mask would show up as O(1) errors, far above the GEMM tolerance). Micro-batch 1 of
+// step 3 (first sample 2), fp32 and bf16 storage, odd K (feature groups of 4 cut by the row end).
+TEST_F(CudaKernels, LoraLinearDropout) {
+  Rng rng(5);
+  const int64_t N = 96;
+  StepState st;
+  st.seed = 7;
+  st.step = 3;
+  st.first_sample = 2;
+  Opts o;
+  o.step = &st;
+  const Attrs at{{"scaling", 2.0}, {"dropout", 0.1}, {"module", std::string("model.layers.1.mlp.down_proj")}};
+  Arg x = rng.f32({B, T, D}), W = rng.f32({N, D}, -0.2f, 0.2f), A = rng.f32({R, D}, -0.3f, 0.3f),
+      Bm = rng.f32({N, R}, -0.3f, 0.3f), dy = rng.f32({B, T, N});
+  check_op("lora_linear_fwd dropout", "lora_linear_fwd", {x, W, A, Bm}, {zeros({B, T, N})}, at, o);
+  check_op("lora_linear_bwd dropout", "lora_linear_bwd", {dy, x, W, A, Bm},
+           {zeros({B, T, D}), rng.f32({R, D}), rng.f32({N, R})}, at, o);
+  Attrs acc = at;
+  acc["accumulate"] = int64_t(1);
+  check_op("lora_linear_bwd dropout accumulate", "lora_linear_bwd", {dy, x, W, A, Bm},
+           {zeros({B, T, D}), rng.f32({R, D}), rng.f32({N, R})}, acc, o);
+  check_op("lora_linear_fwd dropout bf16", "lora_linear_fwd", {bf(x), bf(W), A, Bm}, {bf(zeros({B, T, N}))}, at, o);
+  check_op("lora_linear_bwd dropout bf16", "lora_linear_bwd", {bf(dy), bf(x), bf(W), A, Bm},
+           {bf(zeros({B, T, D})), zeros({R, D}), zeros({N, R})}, at, o);
+  Arg xo = rng.f32({3, 5, 37}), Wo = rng.f32({23, 37}), Ao = rng.f32({2, 37}), Bo = rng.f32({23, 2});
+  check_op("lora_linear_bwd dropout odd", "lora_linear_bwd", {rng.f32({3, 5, 23}), xo, Wo, Ao, Bo},
+           {zeros({3, 5, 37}), zeros({2, 37}), zeros({23, 2})}, at, o);
+  // Both backends refuse dropout without a step state, in the same words.
+  check_error("lora_linear_fwd dropout without step", "lora_linear_fwd", {x, W, A, Bm}, {zeros({B, T, N})}, at);
+}
+
 Attrs rope_attrs(bool llama3) {
   Attrs a{{"theta", 10000.0}};
   if (llama3) {

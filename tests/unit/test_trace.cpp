@@ -2,6 +2,7 @@
 // written in begin order and nested, JSON escaping, the breakdown (compute / hidden / exposed /
 // idle), dropped events, clock offsets from barrier rounds, the merged file; the executor's
 // hooks, host-timed and with a DeviceTimer (the CUDA path, emulated).
+#include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
 #include "runtime/core/trace.h"
 #include "runtime/train/trace.h"
@@ -406,6 +407,100 @@ TEST(ExecutorTrace, DeviceTimerTimesTheComputeKernels) {
   EXPECT_EQ(rec[4].begin_ns, 1000000);
   EXPECT_EQ(rec[6].end_ns, 4000000);
   EXPECT_EQ(rec[0].end_ns, 2000000);
+}
+
+// A bucket's reduction as the device ran it (NCCL's communication stream): an async slice of its
+// own on the communication track, outside the breakdown (the compute it overlaps stays compute).
+TEST(TraceRecorder, DeviceCommIsAnAsyncSliceOutsideTheBreakdown) {
+  OneStep s;
+  const TraceBreakdown before = s.rec.breakdown();
+  s.rec.device_comm(0, 360000, 600000);
+  const TraceBreakdown after = s.rec.breakdown();
+  EXPECT_EQ(after.compute_s, before.compute_s);
+  EXPECT_EQ(after.exposed_comm_s, before.exposed_comm_s);
+  EXPECT_EQ(after.hidden_comm_s, before.hidden_comm_s);
+  EXPECT_EQ(after.idle_s, before.idle_s);
+  json ev = parse_events(s.rec, 2, "rank 2");
+  std::vector<json> dev;
+  for (const json &e : ev)
+    if (e.value("cat", "") == "bucket_device") dev.push_back(e);
+  ASSERT_EQ(dev.size(), 2u);
+  EXPECT_EQ(dev[0]["ph"], "b");
+  EXPECT_EQ(dev[1]["ph"], "e");
+  EXPECT_EQ(dev[0]["id"], dev[1]["id"]);
+  EXPECT_EQ(dev[0]["tid"], 2);
+  EXPECT_EQ(dev[0]["name"], "bucket 0 on the device");
+  EXPECT_DOUBLE_EQ(dev[0]["ts"].get<double>(), 360.0);
+  EXPECT_DOUBLE_EQ(dev[1]["ts"].get<double>(), 600.0);
+  EXPECT_EQ(dev[0]["args"]["step"], 7);
+  // Its id differs from the host-side in-flight slice of the same bucket.
+  for (const json &e : ev)
+    if (e.value("cat", "") == "bucket_in_flight") EXPECT_NE(e["id"], dev[0]["id"]);
+  // No complete ("X") event came from it.
+  for (const json &e : ev)
+    if (e["ph"] == "X") EXPECT_NE(e["name"], "device");
+}
+
+namespace {
+// One rank; all_reduce_wait of a bucket reports the device span a NCCL communicator measured.
+struct SpanComm final : Communicator {
+  bool timing = false;
+  int asked = -1;
+  SpanComm() : Communicator(plan::Mesh{1, 1, 1}) {}
+  int rank() const override { return 0; }
+  int world_size() const override { return 1; }
+  Status all_reduce(const std::string &, void *, int64_t, plan::ElemType, ReduceOp) override { return Status::ok(); }
+  Status send(int, int, const void *, int64_t) override { return Status::ok(); }
+  Status recv(int, int, void *, int64_t) override { return Status::ok(); }
+  Status flush() override { return Status::ok(); }
+  void set_device_timing(bool on) override { timing = on; }
+  bool device_span(int handle, int64_t *b, int64_t *e) override {
+    asked = handle;
+    if (!timing) return false;
+    *b = 5000;
+    *e = 9000;
+    return true;
+  }
+};
+} // namespace
+
+// The executor turns the communicator's device span into the trace's device_comm event, after
+// the all_reduce_wait of that bucket, and switches the timing on only with a DeviceTimer.
+TEST(ExecutorTrace, BucketDeviceSpanFromTheCommunicator) {
+  TinyPlan t;
+  t.p.ranks[0].programs[0].instrs[1] = make_instr("all_reduce_wait", "", {t.x}, {t.x}, {{"bucket", int64_t(3)}});
+  KernelRegistry reg;
+  reg.add("work", [](KernelCall &) { return Status::ok(); });
+  reg.add("all_reduce_wait", [](KernelCall &) { return Status::ok(); });
+  MemoryHooks hooks;
+  hooks.alloc = [](size_t n) { return std::aligned_alloc(64, n); };
+  hooks.free = [](void *p) { std::free(p); };
+  hooks.sync = [] { return Status::ok(); };
+  SpanComm comm;
+  auto ex = Executor::create(t.p, 0, reg, "cuda-like", &comm, &hooks);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  TraceRecorder rec(16);
+  (*ex)->set_trace(&rec);  // no DeviceTimer (the cpu backend): no device timing
+  EXPECT_FALSE(comm.timing);
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+  for (size_t i = 0; i < rec.size(); ++i) EXPECT_NE(rec[i].kind, TraceKind::DeviceComm);
+  rec.clear();
+  FakeTimer timer;
+  (*ex)->set_trace(&rec, &timer);
+  EXPECT_TRUE(comm.timing);
+  ASSERT_TRUE((*ex)->run("micro_step", nullptr).is_ok());
+  EXPECT_EQ(comm.asked, 3);
+  int found = 0;
+  for (size_t i = 0; i < rec.size(); ++i)
+    if (rec[i].kind == TraceKind::DeviceComm) {
+      ++found;
+      EXPECT_EQ(rec[i].begin_ns, 5000);
+      EXPECT_EQ(rec[i].end_ns, 9000);
+      EXPECT_EQ(rec[i].arg, 3);
+    }
+  EXPECT_EQ(found, 1);
+  (*ex)->set_trace(nullptr);
+  EXPECT_FALSE(comm.timing);
 }
 
 // Not a test: the cost of tracing per kernel call, for docs/benchmarks.md. Run with

@@ -72,6 +72,8 @@ struct Args {
   bool train_ir = false;
   // Parallelism.
   std::string strategy, model_size, viz;
+  std::string viz_trace;     // --viz-trace: a lora-run --trace file drawn beside the prediction
+  int64_t viz_step = -1;     // --viz-step
   int64_t dp = 0, tp = 0, pp = 0, nodes = 0, gpus_per_node = 0, gpus = 0;
   double bucket_mb = 25;
   bool zero1 = false;
@@ -361,7 +363,7 @@ int main(int argc, char **argv) {
                                          "fixes a symbolic sequence dim")->check(cli::at_least(2, "the next-token loss needs at least 2 tokens per sequence"));
   auto *rank_opt = app.add_option("--lora-rank", a.lora_rank, "LoRA rank r")->check(cli::at_least(1));
   auto *alpha_opt = app.add_option("--lora-alpha", a.lora_alpha, "LoRA alpha (scaling = alpha / r)")->check(cli::positive_number());
-  auto *dropout_opt = app.add_option("--lora-dropout", a.lora_dropout, "LoRA dropout probability")->check(cli::number_range(0.0, 0.999));
+  auto *dropout_opt = app.add_option("--lora-dropout", a.lora_dropout, "LoRA dropout on the adapter input, in [0, 0.999] (training only; the mask is Philox of lora-run --seed, docs/training.md)")->check(cli::number_range(0.0, 0.999));
   auto *targets_opt = app.add_option("--lora-targets", a.lora_targets, "comma-separated PEFT module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear");
   auto *rslora_opt = app.add_flag("--use-rslora", a.use_rslora, "rank-stabilised LoRA: scaling = alpha / sqrt(r)");
   app.add_flag("--no-lora", a.no_lora, "do not inject LoRA adapters");
@@ -410,6 +412,11 @@ int main(int argc, char **argv) {
                "reduce all gradient buckets before the optimizer instead of starting each in the backward as soon as "
                "its last gradient is written");
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
+  app.add_option("--viz-trace", a.viz_trace, "--viz: also draw one step of this lora-run --trace file (a run of the same plan) "
+                                             "beside the predicted timeline, with the measured bubble per rank")
+      ->check(CLI::ExistingFile);
+  app.add_option("--viz-step", a.viz_step, "--viz-trace: the step drawn (default: the median step, the first excluded)")
+      ->check(cli::at_least(1));
   app.add_option("--min-lr-ratio", a.min_lr_ratio, "floor of the cosine/linear decay, as a fraction of --lr")->check(cli::number_range(0.0, 1.0));
   app.add_option("--total-steps", a.total_steps, "decay horizon of the schedule (default: lora-run's --steps)")->check(cli::at_least(0));
   app.add_option("--weight-decay", a.weight_decay, "AdamW decoupled weight decay")->check(cli::non_negative_number());
@@ -472,6 +479,8 @@ int main(int argc, char **argv) {
     std::cerr << "error: --viz draws the plan; give -o plan.lp too\n";
     return 2;
   }
+  if (!a.viz_trace.empty() && a.viz.empty()) return usage("--viz-trace draws into the viewer; give --viz dir/ too");
+  if (a.viz_step >= 0 && a.viz_trace.empty()) return usage("--viz-step picks a step of --viz-trace; give --viz-trace too");
   bool build_train = !a.output.empty() || a.train_ir || parallel;
   if (a.onnx.empty() && a.hf_config.empty()) {
     std::cerr << "error: give the model with --onnx model.onnx or --hf-config config.json (see --help)\n";
@@ -750,7 +759,7 @@ int main(int argc, char **argv) {
     if (!st) { llvm::errs() << "error: " << st.message() << "\n"; return 1; }
     print_plan_report(*p, global_batch);
     if (!a.viz.empty()) {
-      Status vs = write_plan_viz(*p, a.viz, std::cout);
+      Status vs = write_plan_viz(*p, a.viz, std::cout, VizOptions{a.viz_trace, a.viz_step});
       if (!vs) { llvm::errs() << "error: --viz " << a.viz << ": " << vs.message() << "\n"; return 1; }
       std::cout.flush();
       llvm::outs() << "  pictures written to " << a.viz << "/index.html\n";

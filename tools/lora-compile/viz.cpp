@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "runtime/plan/schedule.h"
+#include "tools/lora-compile/viz_trace.h"
 
 namespace parallora {
 namespace {
@@ -551,7 +552,7 @@ std::string shell_quote(const std::string &s) {
 }
 
 std::string index_html(const Plan &plan, const std::vector<bool> &have_svg, const std::string &mesh,
-                       const std::string &timeline, const rt::Timeline *pipe) {
+                       const std::string &timeline, const rt::Timeline *pipe, const std::string &measured) {
   std::ostringstream h;
   const std::string mesh_str = "dp=" + std::to_string(plan.mesh.dp) + " x tp=" + std::to_string(plan.mesh.tp) +
                                " x pp=" + std::to_string(plan.mesh.pp);
@@ -615,6 +616,7 @@ std::string index_html(const Plan &plan, const std::vector<bool> &have_svg, cons
   h << "</table>\n";
 
   h << "<h2>Pipeline timeline</h2>\n<div class=\"fig\">\n" << timeline << "</div>\n";
+  h << measured;  // the measured step (viz_trace.h), when a trace was given
 
   h << "<h2>Rank programs</h2>\n<p class=\"meta\">One node per instruction: <span style=\"background:#dce9fa\">forward</span>, "
        "<span style=\"background:#fde3cb\">backward</span>, <span style=\"background:#d7f2d7\">optimizer</span>, "
@@ -639,13 +641,16 @@ std::string index_html(const Plan &plan, const std::vector<bool> &have_svg, cons
         << base << ".svg</code>)</p>\n";
     h << "</details>\n";
   }
-  h << "</body>\n</html>\n";
+  h << viz::viewer_script() << "</body>\n</html>\n";
   return h.str();
 }
 
 } // namespace
 
-Status write_plan_viz(const plan::Plan &plan, const std::string &dir, std::ostream &log) {
+Status write_plan_viz(const plan::Plan &plan, const std::string &dir, std::ostream &log, const VizOptions &opt) {
+  std::optional<viz::MeasuredStep> measured;
+  if (!opt.trace.empty())
+    if (Status st = viz::load_measured_step(opt.trace, opt.trace_step, plan, &measured.emplace()); !st) return st;
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir)) return Status::error("cannot create directory " + dir + (ec ? ": " + ec.message() : ""));
@@ -692,10 +697,18 @@ Status write_plan_viz(const plan::Plan &plan, const std::string &dir, std::ostre
 
   std::optional<rt::Timeline> pipe;
   if (plan.mesh.pp > 1) pipe = simulate_plan_pipeline(plan, nullptr);
-  if (Status st = write_text((d / "index.html").string(), index_html(plan, have_svg, mesh, timeline, pipe ? &*pipe : nullptr)); !st)
+  std::string measured_section;
+  if (measured) {
+    if (Status st = write_text((d / "measured.svg").string(), viz::measured_svg(*measured)); !st) return st;
+    measured_section = viz::measured_html(plan, *measured, pipe ? &*pipe : nullptr);
+  }
+  if (Status st = write_text((d / "index.html").string(),
+                             index_html(plan, have_svg, mesh, timeline, pipe ? &*pipe : nullptr, measured_section));
+      !st)
     return st;
   log << "viz: wrote " << (d / "index.html").string() << " (" << plan.ranks.size() << " rank graphs"
-      << (dot.empty() ? ", .dot only" : "") << ", timeline, mesh)\n";
+      << (dot.empty() ? ", .dot only" : "") << ", timeline, mesh"
+      << (measured ? ", measured step " + std::to_string(measured->step) + " of " + opt.trace : std::string()) << ")\n";
   return Status::ok();
 }
 

@@ -13,6 +13,9 @@
 //   mesh.svg        the dp x tp x pp device mesh with rank numbers
 //   index.html      self-contained summary: strategy, mesh, per-rank table (coords, slots,
 //                   memory, GFLOP, bytes sent, bubble), the timeline and links to the rank graphs
+//   measured.svg    with VizOptions::trace (a lora-run --trace file): one step as measured, also
+//                   drawn in index.html beside the predicted timeline with the measured bubble per
+//                   rank (viz_trace.h)
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -25,7 +28,13 @@
 
 namespace parallora {
 
-Status write_plan_viz(const plan::Plan &plan, const std::string &dir, std::ostream &log);
+struct VizOptions {
+  std::string trace;        // a lora-run --trace file of a run of this plan ("" = none)
+  int64_t trace_step = -1;  // the step drawn (-1: the median step, the first excluded)
+};
+
+/// The trace, when given, is read first: a bad one is an error before anything is written.
+Status write_plan_viz(const plan::Plan &plan, const std::string &dir, std::ostream &log, const VizOptions &opt = {});
 
 namespace viz {
 /// The pieces write_plan_viz writes, for tests and other tools.

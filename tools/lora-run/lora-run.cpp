@@ -3,6 +3,8 @@
 //   lora-run plan.lp --data tokens.bin --steps N --out dir/ [options]   train
 //   mpirun -np N lora-run plan.lp ...                                    train a plan of N ranks
 //   lora-run --describe plan.lp [--verbose]                              inspect a plan
+//   ... --trace run/trace.json --viz run/viz/   after training, rank 0 writes the plan viewer
+//                                               with the measured step (tools/lora-compile/viz.h)
 //
 // Argument parsing around the training session (runtime/train/session.h), which does the work.
 // A rank that fails prints "rank R: error: ..." and ends the job (MPI_Abort), so no rank is
@@ -22,6 +24,7 @@
 
 #include "runtime/plan/plan_io.h"
 #include "tools/common/cli.h"
+#include "tools/lora-compile/viz.h"
 #include "runtime/train/session.h"
 
 using namespace parallora;
@@ -44,7 +47,24 @@ void passive_omp_wait_policy(char **argv) {
 struct Args {
   SessionOptions session;
   bool describe = false, verbose = false;
+  std::string viz;          // --viz: the plan viewer with the run's measured step (needs --trace)
+  int64_t viz_step = -1;    // --viz-step
 };
+
+/// --viz: the plan's viewer (lora-compile --viz) with one step of the run's trace drawn beside
+/// the prediction; rank 0, after the session.
+int write_viewer(const Args &a) {
+  auto plan = plan::read_plan(a.session.plan);
+  if (!plan) {
+    std::cerr << "error: --viz " << a.viz << ": " << plan.message() << "\n";
+    return 1;
+  }
+  if (Status s = write_plan_viz(*plan, a.viz, std::cout, VizOptions{a.session.trace, a.viz_step}); !s) {
+    std::cerr << "error: --viz " << a.viz << ": " << s.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
 
 int describe(const Args &a) {
   auto plan = plan::read_plan(a.session.plan);
@@ -58,13 +78,14 @@ int describe(const Args &a) {
 
 /// Runs the session; a failure is "error: ..." (one rank, or the same on every rank: rank 0
 /// says it) or "rank R: error: ..." followed by MPI_Abort, which ends the other ranks.
-int train(const SessionOptions &o) {
+int train(const Args &a) {
+  const SessionOptions &o = a.session;
   World world;
   SessionOutcome outcome;
   Status s = run_session(o, world, &outcome);
   if (s) {
     finalize_world(world);
-    return 0;
+    return world.rank == 0 && !a.viz.empty() ? write_viewer(a) : 0;
   }
   if (world.size <= 1 || outcome.same_on_every_rank) {
     if (world.rank == 0) std::cerr << "error: " << s.message() << "\n";
@@ -159,6 +180,11 @@ int main(int argc, char **argv) {
                                      "ui.perfetto.dev; docs/parallel.md \"Reading a trace\")");
   app.add_option("--trace-max-events", o.trace_max_events, "--trace: events kept per rank (64 B each, default 1048576); later ones are dropped and counted")
       ->check(cli::at_least(1));
+  app.add_option("--viz", a.viz, "with --trace: after training, write the plan viewer (as lora-compile --viz: index.html, "
+                                 "graphs, predicted timeline) into this folder with one measured step of the trace "
+                                 "beside the prediction (docs/parallel.md \"The measured timeline in the viewer\")");
+  app.add_option("--viz-step", a.viz_step, "--viz: the step drawn (default: the median step, the first excluded)")
+      ->check(cli::at_least(1));
   app.add_option("--comm-timeout", o.comm_timeout, "multi-rank: seconds a collective or receive waits for its peers before failing (default 300)")
       ->check(cli::positive_number());
   app.add_option("--peak-tflops", o.peak_tflops,
@@ -182,5 +208,8 @@ int main(int argc, char **argv) {
   if (o.data.empty()) return usage("--data is required for training (an llm.c token file)");
   if (o.steps <= 0) return usage("--steps is required for training");
   if (o.out.empty()) return usage("--out is required for training (the output directory)");
-  return train(o);
+  if (!a.viz.empty() && o.trace.empty()) return usage("--viz draws the run's trace; give --trace FILE too");
+  if (a.viz_step >= 0 && a.viz.empty()) return usage("--viz-step picks the step --viz draws; give --viz dir/ too");
+  if (a.viz_step > o.steps) return usage("--viz-step " + std::to_string(a.viz_step) + " is after the last step (--steps " + std::to_string(o.steps) + ")");
+  return train(a);
 }

@@ -32,3 +32,11 @@
 // CHECK-NEXT: return
 // CHECK-LABEL: func.func @optimizer_step()
 // CHECK-NEXT: pl.adamw_step {beta1 = 9.000000e-01 : f64, beta2 = {{.*}} : f64, eps = 1.000000e-08 : f64, max_grad_norm = 1.000000e+00 : f64, params = ["model.layers.0.self_attn.q_proj.lora_A.weight", "model.layers.0.self_attn.q_proj.lora_B.weight", "model.layers.0.self_attn.v_proj.lora_A.weight", "model.layers.0.self_attn.v_proj.lora_B.weight"], weight_decay = 1.000000e-02 : f64}
+
+// LoRA dropout: the gradient op carries p and the module (the mask's stream); the backward
+// recomputes the forward's mask from them instead of storing it.
+// RUN: lora-opt %S/../lora/inject_lora.mlir --inject-lora="rank=4 alpha=8 dropout=0.1 targets=q_proj,v_proj" --append-loss \
+// RUN:   --autodiff="micro-batches=2" | FileCheck %s --check-prefix=DROP
+// DROP-LABEL: func.func @train_step
+// DROP: pl.lora_linear_grad {{.*}} {dropout = 1.000000e-01 : f64, module = "model.layers.0.self_attn.{{[qv]}}_proj", pl.layer = 0 : i64, scaling = 2.000000e+00 : f64}
+// DROP: pl.lora_linear_grad {{.*}} {dropout = 1.000000e-01 : f64, module = "model.layers.0.self_attn.{{[qv]}}_proj", pl.layer = 0 : i64, scaling = 2.000000e+00 : f64}
