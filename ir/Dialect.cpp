@@ -341,6 +341,15 @@ LogicalResult LoraLinearGradOp::verify() {
   if (!(p >= 0 && p < 1)) return emitOpError("dropout must be in [0, 1), got ") << num_str(p);
   if (p > 0 && getModule().empty())
     return emitOpError("with dropout ") << num_str(p) << " needs the module path (the mask's stream)";
+  if (Attribute part = (*this)->getAttr(kGradPartAttr)) {
+    auto s = part.dyn_cast<StringAttr>();
+    if (!s || (s.getValue() != "input" && s.getValue() != "weight"))
+      return emitOpError("attribute ") << kGradPartAttr << " must be \"input\" or \"weight\", got " << part;
+    if (s.getValue() == "input" && (!getGradLoraA().use_empty() || !getGradLoraB().use_empty()))
+      return emitOpError("with ") << kGradPartAttr << " = \"input\" computes no dA, dB, but they have uses";
+    if (s.getValue() == "weight" && !getGradInput().use_empty())
+      return emitOpError("with ") << kGradPartAttr << " = \"weight\" computes no dx, but it has uses";
+  }
   if (failed(verify_same_type(*this, getGradInput(), getInput(), "grad_input"))) return failure();
   if (failed(verify_same_type(*this, getGradLoraA(), getLoraA(), "grad_lora_a"))) return failure();
   return verify_same_type(*this, getGradLoraB(), getLoraB(), "grad_lora_b");

@@ -24,6 +24,9 @@ inline int64_t layer_of(mlir::Operation *op) {
 }
 /// Unit attr on a forward op cloned into the backward by --recompute-layers.
 inline constexpr llvm::StringLiteral kRecomputeAttr = "pl.recompute";
+/// On pl.lora_linear_grad split by --split-weight-grad: "input" computes only dx (its dA, dB
+/// results are unused), "weight" only dA and dB (its dx is unused). Absent: all three.
+inline constexpr llvm::StringLiteral kGradPartAttr = "pl.grad_part";
 /// Name of the module attribute carrying the model config dictionary.
 inline constexpr llvm::StringLiteral kModelAttr = "pl.model";
 } // namespace parallora::pl

@@ -44,6 +44,13 @@ bool KernelCheck::operands(size_t nin_min, size_t nin_max, size_t nout, bool all
   return true;
 }
 
+bool lora_grad_part(const KernelCall &c, KernelCheck &ck, bool *want_dx, bool *want_dw) {
+  const std::string part = c.attr_s("part", "all");
+  *want_dx = part == "all" || part == "input";
+  *want_dw = part == "all" || part == "weight";
+  return ck.expect(*want_dx || *want_dw, "attr part = '" + part + "' (expected all, input or weight)");
+}
+
 static const char *dtype_name(plan::ElemType t) {
   switch (t) {
   case plan::ElemType::F32: return "f32";

@@ -63,6 +63,10 @@ private:
 };
 
 
+/// lora_linear_bwd's `part` attr: "input" (dx only: zb-h1's B), "weight" (dA and dB only: W),
+/// absent or "all" (all three). Anything else is an error naming the value.
+bool lora_grad_part(const KernelCall &c, KernelCheck &ck, bool *want_dx, bool *want_dw);
+
 /// The vocab_group attr of embedding_fwd / cross_entropy_*: this rank holds rows (or logit
 /// columns) [lo, lo + shard_rows) of a vocabulary of `vocab` = group size x shard_rows. Without
 /// the attr: lo 0, vocab shard_rows. `sharded` = a group of more than one rank.

@@ -43,8 +43,15 @@ double op_flops(Operation *op) {
     return linear_flops(l.getInput(), l.getWeight()) + lora_flops(l.getInput(), l.getLoraA(), l.getLoraB(), 1);
   if (auto a = dyn_cast<pl::AttentionOp>(op)) return attention_flops(a.getQuery(), a.getKey(), a.getCausal());
   if (auto g = dyn_cast<pl::LinearGradInputOp>(op)) return linear_flops(g.getResult(), g.getWeight());
-  if (auto g = dyn_cast<pl::LoraLinearGradOp>(op))
-    return linear_flops(g.getGradInput(), g.getWeight()) + lora_flops(g.getInput(), g.getLoraA(), g.getLoraB(), 2);
+  if (auto g = dyn_cast<pl::LoraLinearGradOp>(op)) {
+    // zb-h1's halves (--split-weight-grad): B = dy W + s (dy B) A, W = dA + dB; the dy B that
+    // W computes again is not a model FLOP, so B + W = the whole op.
+    auto part = g->getAttrOfType<StringAttr>(pl::kGradPartAttr);
+    const double lin = linear_flops(g.getGradInput(), g.getWeight());
+    if (part && part.getValue() == "weight") return lora_flops(g.getInput(), g.getLoraA(), g.getLoraB(), 1);
+    if (part && part.getValue() == "input") return lin + lora_flops(g.getInput(), g.getLoraA(), g.getLoraB(), 1);
+    return lin + lora_flops(g.getInput(), g.getLoraA(), g.getLoraB(), 2);
+  }
   if (auto g = dyn_cast<pl::AttentionGradOp>(op)) return 2 * attention_flops(g.getQuery(), g.getKey(), g.getCausal());
   return 0;
 }

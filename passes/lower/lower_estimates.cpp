@@ -61,7 +61,7 @@ void Lowering::estimates(plan::Plan &p, const Mesh3 &mesh) {
   }
   rank_.peak_bytes =
       rank_.param_bytes + rank_.grad_bytes + rank_.optimizer_bytes + (io_bytes_ + rank_.arena_bytes) * rank_.slots;
-  double opt = 0;
+  double opt = 0, fwd = 0, bwd = 0;
   for (const plan::Program &prog : rank_.programs) {
     double f = 0, through_loss = 0;  // all, and up to the loss (a micro_step's forward)
     bool past_loss = false;
@@ -71,12 +71,15 @@ void Lowering::estimates(plan::Plan &p, const Mesh3 &mesh) {
       past_loss |= in.op == "cross_entropy_fwd";
     }
     if (prog.name == "micro_step") rank_.forward_flops = through_loss, rank_.backward_flops = f - through_loss;
-    if (prog.name == "forward") rank_.forward_flops = f;
-    if (prog.name == "backward") rank_.backward_flops = f;
+    // Pipelines: every chunk's forward; the whole backward (zb-h1: B + W) of every chunk.
+    const llvm::StringRef name = prog.name;
+    if (name == "forward" || name.startswith("forward.c")) fwd += f;
+    if (name == "backward" || name.startswith("backward.c") || name.startswith("backward_weight")) bwd += f;
     if (prog.name == "optimizer_step") opt = f;
     int64_t times = prog.name == "optimizer_step" ? 1 : prog.name == "eval_step" ? 0 : p.micro_batches;
     for (const Instr &in : prog.instrs) bytes_sent(in, mesh, rank_.bytes_sent, times);
   }
+  if (fwd > 0 || bwd > 0) rank_.forward_flops = fwd, rank_.backward_flops = bwd;
   rank_.flops_per_step = (rank_.forward_flops + rank_.backward_flops) * p.micro_batches + opt;
 }
 

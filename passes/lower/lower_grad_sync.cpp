@@ -109,6 +109,9 @@ void Lowering::overlap_grad_sync() {
     if (prog.name == "micro_step" || prog.name == "backward") bwd = &prog;
     if (prog.name == "optimizer_step") opt = &prog;
   }
+  // zb-h1: the adapter gradients are written by the weight-gradient program, which runs last.
+  for (plan::Program &prog : rank_.programs)
+    if (prog.name == "backward_weight" && !prog.instrs.empty()) bwd = &prog;
   if (!bwd || !opt) return;
   std::vector<std::pair<size_t, Instr>> starts;  // (after backward instruction #, start)
   for (Instr &in : opt->instrs) {

@@ -64,6 +64,7 @@ LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, b
   // Accumulations folded into lora_linear_bwd, and their values.
   llvm::DenseSet<Operation *> fused;
   backward_.clear();
+  weight_grad_.clear();
   first_buffer_ = static_cast<int32_t>(rank_.buffers.size());
 
   for (Operation &op : body.without_terminator()) {
@@ -211,6 +212,9 @@ LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, b
       }
       in.attrs["scaling"] = g.getScaling().convertToDouble();
       dropout_attrs(in, g.getDropout().convertToDouble(), g.getModule(), g.getLoraA(), is_eval);
+      // --split-weight-grad's halves (zb-h1): the kernel computes only that part; the unused
+      // outputs keep their (never read) temporaries.
+      if (auto part = g->getAttrOfType<StringAttr>(pl::kGradPartAttr)) in.attrs["part"] = part.str();
     } else if (auto g = dyn_cast<pl::RopeGradOp>(op)) {
       in.op = "rope_bwd";
       in.inputs = {operand(g.getGrad())};
@@ -289,6 +293,7 @@ LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, b
     }
     prog.instrs.push_back(std::move(in));
     backward_.push_back(op.hasAttr(kBackwardAttr));
+    weight_grad_.push_back(op.hasAttr(kWeightGradAttr));
   }
   storage_types(prog);
   return place(prog);

@@ -16,6 +16,7 @@
 #include "passes/lower/lower_to_plan.h"
 
 #include "passes/lower/lowering.h"
+#include "runtime/plan/plan_schedule.h"
 #include "runtime/plan/schedule.h"
 
 namespace parallora {
@@ -40,66 +41,93 @@ FailureOr<plan::Plan> Lowering::run() {
     auto pipe = module_->getAttrOfType<DictionaryAttr>(kPipelineAttr);
     if (!pipe) return module_.emitError("lower: pp > 1 but the module has no pl.pipeline (run pipeline-split)"), failure();
     p.pipeline_schedule = pipe.getAs<StringAttr>("schedule").str();
+    if (auto v = pipe.getAs<IntegerAttr>("virtual_stages")) p.virtual_stages = static_cast<int32_t>(v.getInt());
   }
+  const int64_t v = p.virtual_stages;  // interleaved: rank s runs model chunks s, pp + s, ...
   if (failed(read_model(p)) || failed(read_hparams(p))) return failure();
 
   std::vector<plan::RankPlan> stages;
   for (int64_t s = 0; s < mesh.pp; ++s) {
-    auto fn = [&](llvm::StringRef base) {
-      return module_.lookupSymbol<func::FuncOp>(mesh.pp > 1 ? stage_function(base, s) : base.str());
+    // Model chunk k's functions (k = c * pp + s for the rank's chunk c); the optimizer is per rank.
+    auto fn = [&](llvm::StringRef base, int64_t k) {
+      return module_.lookupSymbol<func::FuncOp>(mesh.pp > 1 ? stage_function(base, k) : base.str());
     };
-    auto train = fn(kTrainStep), eval = fn(kEvalStep), optim = fn(kOptimizerStep);
-    if (!train || !eval || !optim) {
+    auto optim = fn(kOptimizerStep, s);
+    for (int64_t c = 0; c < v; ++c)
+      if (!fn(kTrainStep, c * mesh.pp + s) || !fn(kEvalStep, c * mesh.pp + s)) optim = nullptr;
+    if (!optim) {
       module_.emitError("lower: the module needs @train_step, @eval_step and @optimizer_step (run the training "
                         "pipeline first)")
           << (mesh.pp > 1 ? " for every pipeline stage" : "");
       return failure();
     }
     if (s == 0) {
-      auto ids = train.getFunctionType().getInput(0).cast<RankedTensorType>();
+      auto ids = fn(kTrainStep, 0).getFunctionType().getInput(0).cast<RankedTensorType>();
       p.seq_len = ids.getDimSize(1);
       if (ids.getDimSize(0) * opts_.micro_batches * mesh.dp != opts_.global_batch) {
-        train.emitError("lower: micro-batch ") << ids.getDimSize(0) << " x " << opts_.micro_batches
-                                               << " micro-batches x dp " << mesh.dp << " != global batch "
-                                               << opts_.global_batch;
+        fn(kTrainStep, 0).emitError("lower: micro-batch ")
+            << ids.getDimSize(0) << " x " << opts_.micro_batches << " micro-batches x dp " << mesh.dp
+            << " != global batch " << opts_.global_batch;
         return failure();
       }
     }
-    train.walk([&](pl::CrossEntropyOp ce) { p.ignore_index = ce.getIgnoreIndexAttr().getInt(); });
 
     reset();
     rank_.pp_stage = static_cast<int32_t>(s);
-    plan::Program micro, evalp, opt;
-    micro.name = "micro_step";
+    plan::Program evalp, opt;
     evalp.name = "eval_step";
     opt.name = "optimizer_step";
-    if (failed(lower_function(train, micro, /*is_eval=*/false)))
-      return failure();
-    std::vector<bool> backward = backward_;
-    if (failed(lower_function(eval, evalp, true)) || failed(lower_function(optim, opt, false)))
-      return failure();
-    add_norm_share(optim, p.hparams, opt);
-    if (mesh.pp > 1) {  // one micro-batch's forward and backward, run separately by the schedule
-      plan::Program fwd, bwd;
-      fwd.name = "forward";
-      bwd.name = "backward";
+    std::vector<plan::Program> chunk_programs;
+    for (int64_t c = 0; c < v; ++c) {
+      func::FuncOp train = fn(kTrainStep, c * mesh.pp + s), eval = fn(kEvalStep, c * mesh.pp + s);
+      train.walk([&](pl::CrossEntropyOp ce) { p.ignore_index = ce.getIgnoreIndexAttr().getInt(); });
+      plan::Program micro, ev;
+      micro.name = "micro_step";
+      if (failed(lower_function(train, micro, /*is_eval=*/false))) return failure();
+      std::vector<bool> backward = backward_, weight_grad = weight_grad_;
+      // Evaluation runs the rank's chunks one after the other in one program (each chunk's
+      // temporaries are placed on their own: they are dead before the next chunk starts).
+      if (failed(lower_function(eval, ev, true))) return failure();
+      for (Instr &in : ev.instrs) evalp.instrs.push_back(std::move(in));
+      if (mesh.pp <= 1) {
+        chunk_programs.push_back(std::move(micro));
+        continue;
+      }
+      // One micro-batch's forward and backward, run separately by the schedule.
+      const int ci = static_cast<int>(c);
+      plan::Program fwd, bwd, wgt;
+      fwd.name = rt::pipeline_program(rt::Phase::Forward, ci);
+      bwd.name = rt::pipeline_program(rt::Phase::Backward, ci);
+      wgt.name = rt::pipeline_program(rt::Phase::Weight, ci);  // zb-h1 (--split-weight-grad)
       for (size_t i = 0; i < micro.instrs.size(); ++i)
-        (backward[i] ? bwd : fwd).instrs.push_back(std::move(micro.instrs[i]));
-      rank_.programs = {std::move(fwd), std::move(bwd), std::move(opt), std::move(evalp)};
-      rank_.slots = rt::pipeline_slots(p.pipeline_schedule, static_cast<int>(mesh.pp), static_cast<int>(s),
-                                       static_cast<int>(opts_.micro_batches));
-    } else {
-      rank_.programs = {std::move(micro), std::move(opt), std::move(evalp)};
+        (weight_grad[i] ? wgt : backward[i] ? bwd : fwd).instrs.push_back(std::move(micro.instrs[i]));
+      chunk_programs.push_back(std::move(fwd));
+      chunk_programs.push_back(std::move(bwd));
+      if (rt::schedule_splits_weight_grad(p.pipeline_schedule)) chunk_programs.push_back(std::move(wgt));
     }
+    if (failed(lower_function(optim, opt, false))) return failure();
+    add_norm_share(optim, p.hparams, opt);
+    // Program order: micro_step | forward, backward; optimizer_step; eval_step; then
+    // backward_weight and the other chunks' programs.
+    const size_t head = mesh.pp > 1 ? 2 : 1;
+    rank_.programs.assign(std::make_move_iterator(chunk_programs.begin()),
+                          std::make_move_iterator(chunk_programs.begin() + head));
+    rank_.programs.push_back(std::move(opt));
+    rank_.programs.push_back(std::move(evalp));
+    for (size_t i = head; i < chunk_programs.size(); ++i) rank_.programs.push_back(std::move(chunk_programs[i]));
+    if (mesh.pp > 1)
+      rank_.slots = rt::pipeline_slots(p.pipeline_schedule, static_cast<int>(mesh.pp), static_cast<int>(s),
+                                       static_cast<int>(opts_.micro_batches), static_cast<int>(v));
     if (opts_.overlap_grad_sync) overlap_grad_sync();
     estimates(p, mesh);
     stages.push_back(std::move(rank_));
     stage_shards_.push_back(shard_dims_);
   }
   if (mesh.pp > 1) {
-    std::vector<double> fwd, bwd;
-    for (auto &st : stages) fwd.push_back(st.forward_flops), bwd.push_back(st.backward_flops);
-    rt::Timeline tl = rt::simulate_pipeline(p.pipeline_schedule, static_cast<int>(opts_.micro_batches), fwd, bwd);
+    std::vector<const plan::RankPlan *> per_stage;
+    for (auto &st : stages) per_stage.push_back(&st);
+    rt::Timeline tl = rt::simulate_pipeline(p.pipeline_schedule, static_cast<int>(opts_.micro_batches),
+                                            rt::stage_pipeline_costs(per_stage, static_cast<int>(v)), static_cast<int>(v));
     for (size_t s = 0; s < stages.size(); ++s) stages[s].bubble_fraction = tl.bubble[s];
   }
   // Every rank: its stage's program with its tensor-parallel slices and its peers.
@@ -123,7 +151,9 @@ FailureOr<plan::Plan> Lowering::run() {
       for (Instr &in : prog.instrs) {
         auto st = in.attrs.find("stage");
         if (st == in.attrs.end() || (in.op != "send" && in.op != "recv")) continue;
-        in.attrs["peer"] = int64_t(plan::rank_of(p.mesh, c.dp, c.tp, static_cast<int32_t>(std::get<int64_t>(st->second))));
+        // `stage` names a model chunk (interleaved: pp x v of them); chunk k lives on pp rank k % pp.
+        const auto chunk = static_cast<int32_t>(std::get<int64_t>(st->second));
+        in.attrs["peer"] = int64_t(plan::rank_of(p.mesh, c.dp, c.tp, chunk % p.mesh.pp));
       }
     p.ranks.push_back(std::move(rp));
   }

@@ -113,6 +113,7 @@ private:
   plan::RankPlan rank_;
   int64_t buckets_ = 0;                        // gradient buckets of this stage (attr bucket)
   std::vector<bool> backward_;                  // per instruction of the last lowered function
+  std::vector<bool> weight_grad_;               // per instruction: zb-h1's W part (pl.weight_grad)
   std::pair<plan::Program *, std::vector<int32_t>> zero_after_;  // shard_optimizer's pending fill_zero
   std::map<int32_t, int64_t> shard_dims_;       // tp-sharded param buffer -> its sharded dim
   std::vector<std::map<int32_t, int64_t>> stage_shards_;

@@ -1,7 +1,8 @@
 //===- Passes.h - parallelization phase passes -----------------------------===//
 //
 // --partition (partition.cpp), --sync-grads (sync_grads.cpp), --pipeline-split
-// (pipeline_split.cpp: pipeline parallelism) and the phase's pass pipeline
+// (pipeline_split.cpp: pipeline parallelism), --split-weight-grad (split_weight_grad.cpp: the
+// backward's B / W parts for zb-h1) and the phase's pass pipeline
 // (parallel_train_pass_pipeline.cpp: the ordered list of passes).
 //
 //===----------------------------------------------------------------------===//
@@ -34,6 +35,9 @@ inline constexpr llvm::StringLiteral kNormDivisorsAttr = "pl.norm_divisors";
 inline constexpr llvm::StringLiteral kZeroOwnersAttr = "pl.zero_owners";   // on adamw_step (ZeRO-1)
 inline constexpr llvm::StringLiteral kBackwardAttr = "pl.backward";
 inline constexpr llvm::StringLiteral kStageAttr = "pl.stage";
+/// On backward ops that compute only adapter (weight) gradients, moved by --split-weight-grad
+/// after the input-gradient part: the lowering puts them in the "backward_weight" program.
+inline constexpr llvm::StringLiteral kWeightGradAttr = "pl.weight_grad";
 
 struct Mesh3 {
   int64_t dp = 1, tp = 1, pp = 1;

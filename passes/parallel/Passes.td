@@ -82,10 +82,43 @@ def PipelineSplit : Pass<"pipeline-split", "mlir::ModuleOp"> {
     producer's is sent there (`pl.send` after the producer, `pl.recv` before the first user,
     one tag per transfer). Backward ops carry `pl.backward` so the runtime can interleave
     micro-batches (GPipe or 1F1B, `pl.pipeline`).
+
+    Interleaved (`schedule=interleaved virtual-stages=v`, Megatron's virtual pipeline): the units
+    are grouped into pp x v contiguous model chunks instead, and `@f_s<k>` is model chunk k, which
+    rank k % pp runs as its chunk k / pp; send/recv name model chunks (`stage` = k). The
+    optimizer is split per rank (`@optimizer_step_s<r>` updates every chunk of rank r).
   }];
   let options = [
-    Option<"schedule", "schedule", "std::string", "\"1f1b\"", "pipeline schedule: gpipe or 1f1b">,
+    Option<"schedule", "schedule", "std::string", "\"1f1b\"", "pipeline schedule: gpipe, 1f1b, interleaved or zb-h1">,
+    Option<"virtualStages", "virtual-stages", "int64_t", "1",
+           "interleaved: model chunks per rank (pp x v chunks; chunk c of rank s is model chunk c * pp + s)">,
   ];
+}
+
+def SplitWeightGrad : Pass<"split-weight-grad", "mlir::ModuleOp"> {
+  let summary = "Split each pipeline stage's backward into input-gradient (B) and weight-gradient (W) parts";
+  let description = [{
+    For the zero-bubble schedule ZB-H1 (Qi et al. 2023). In every `@train_step_s<k>`, each
+    backward `pl.lora_linear_grad` whose adapter gradients are used becomes two:
+    `pl.grad_part = "input"` (dx = dy W + s (dy B) A, what the previous stage waits for) and
+    `pl.grad_part = "weight"` (dA = s (dy B)^T x, dB = s dy^T (x A^T); with LoRA only the
+    adapters, so tiny). The weight part and the `pl.accumulate_grad`s it feeds are marked
+    `pl.weight_grad` and moved, in order, after every other op of the function, so the lowering's
+    liveness keeps x and dy until W runs and puts W in its own program ("backward_weight").
+    Frozen ops (the base weights' gradients are never computed) need no split.
+
+    ```mlir
+    // before
+    %dx, %da, %db = pl.lora_linear_grad %dy, %x, %w, %a, %b {pl.backward, scaling = 2.0 : f64} : ...
+    pl.accumulate_grad %da {param = "...lora_A.weight"} : tensor<2x64xf32>
+    ... rest of the backward using %dx ...
+    // after
+    %dx, %0, %1 = pl.lora_linear_grad %dy, %x, %w, %a, %b {pl.backward, pl.grad_part = "input", ...}
+    ... rest of the backward using %dx ...
+    %2, %da, %db = pl.lora_linear_grad %dy, %x, %w, %a, %b {pl.backward, pl.grad_part = "weight", pl.weight_grad, ...}
+    pl.accumulate_grad %da {param = "...lora_A.weight", pl.weight_grad} : tensor<2x64xf32>
+    ```
+  }];
 }
 
 #endif // PARALLORA_PARALLEL_PASSES

@@ -24,6 +24,8 @@ void buildParallelTrainPassPipeline(mlir::OpPassManager &pm, const TrainPassPipe
   pm.addPass(createSyncGrads(parallel.sync));
   // 6. Pipeline stages with send/recv at the cuts.
   pm.addPass(createPipelineSplit(parallel.pipeline));
+  // 7. Zero-bubble (zb-h1): each stage's backward in an input- and a weight-gradient part.
+  if (parallel.partition.pp > 1 && parallel.pipeline.schedule == "zb-h1") pm.addPass(createSplitWeightGrad());
 }
 
 } // namespace parallora

@@ -154,9 +154,9 @@ public:
   /// its @optimizer_step_s<k> carries that group (pl.norm_group) so the lowering gives it an
   /// adamw_step over no trainables that adds zero to the sum, and every rank of the group
   /// takes part in the all-reduce (without it the others wait for it until --comm-timeout).
-  LogicalResult split_optimizer(func::FuncOp f, const llvm::StringMap<int64_t> &param_stage) {
+  LogicalResult split_optimizer(func::FuncOp f, const llvm::StringMap<int64_t> &param_stage, int64_t ranks) {
     b_.setInsertionPoint(f);
-    for (int64_t s = 0; s < stages_; ++s) {
+    for (int64_t s = 0; s < ranks; ++s) {
       auto fs = b_.create<func::FuncOp>(f.getLoc(), stage_function(f.getName(), s), f.getFunctionType());
       fs->setAttr(kStageAttr, b_.getI64IntegerAttr(s));
       Block *blk = fs.addEntryBlock();
@@ -209,11 +209,17 @@ struct PipelineSplitPass : impl::PipelineSplitBase<PipelineSplitPass> {
   void runOnOperation() override {
     ModuleOp m = getOperation();
     Mesh3 mesh = read_mesh(m);
-    if (schedule != "gpipe" && schedule != "1f1b") {
-      m.emitError("pipeline-split: unknown schedule '") << schedule << "' (choose gpipe or 1f1b)";
+    if (schedule != "gpipe" && schedule != "1f1b" && schedule != "zb-h1" && schedule != "interleaved") {
+      m.emitError("pipeline-split: unknown schedule '") << schedule << "' (choose gpipe, 1f1b, interleaved or zb-h1)";
+      return signalPassFailure();
+    }
+    const int64_t v = virtualStages;
+    if (v < 1 || (v > 1 && schedule != "interleaved")) {
+      m.emitError("pipeline-split: virtual-stages ") << v << " needs schedule=interleaved (and must be >= 1)";
       return signalPassFailure();
     }
     if (mesh.pp <= 1) return;
+    const int64_t chunks = mesh.pp * v;  // model chunks; chunk k runs on rank k % pp
     auto train = m.lookupSymbol<func::FuncOp>(kTrainStep);
     auto eval = m.lookupSymbol<func::FuncOp>(kEvalStep);
     auto optim = m.lookupSymbol<func::FuncOp>(kOptimizerStep);
@@ -224,10 +230,16 @@ struct PipelineSplitPass : impl::PipelineSplitBase<PipelineSplitPass> {
     int64_t layers = 0;
     train.walk([&](Operation *op) { layers = std::max(layers, layer_of(op) + 1); });
     const int64_t units = layers + 2;
-    if (mesh.pp > units) {
-      m.emitError("pipeline-split: ") << mesh.pp << " stages need at least " << mesh.pp
-                                      << " units, but the model has " << units << " (embedding, " << layers
-                                      << " decoder layers, head); use at most pp " << units;
+    if (chunks > units) {
+      if (v > 1)
+        m.emitError("pipeline-split: pp ") << mesh.pp << " x " << v << " virtual stages = " << chunks
+                                           << " model chunks need at least " << chunks << " units, but the model has "
+                                           << units << " (embedding, " << layers
+                                           << " decoder layers, head); use fewer virtual stages";
+      else
+        m.emitError("pipeline-split: ") << mesh.pp << " stages need at least " << mesh.pp
+                                        << " units, but the model has " << units << " (embedding, " << layers
+                                        << " decoder layers, head); use at most pp " << units;
       return signalPassFailure();
     }
     auto train_units = assign_units(train, layers);
@@ -237,23 +249,26 @@ struct PipelineSplitPass : impl::PipelineSplitBase<PipelineSplitPass> {
     double total = 0;
     for (double c : cost) total += c;
     for (double &c : cost) c += 1e-3 * total / static_cast<double>(units);
-    std::vector<int64_t> unit_stage = balance(cost, mesh.pp);
+    std::vector<int64_t> unit_stage = balance(cost, chunks);
 
-    llvm::StringMap<int64_t> param_stage;
+    llvm::StringMap<int64_t> param_rank;  // the pipeline rank that updates each adapter
     for (auto &[op, u] : train_units)
-      if (auto p = dyn_cast<pl::ParamOp>(op); p && p.getTrainable()) param_stage[p.getName()] = unit_stage[u];
+      if (auto p = dyn_cast<pl::ParamOp>(op); p && p.getTrainable()) param_rank[p.getName()] = unit_stage[u] % mesh.pp;
 
-    Splitter sp(m, mesh.pp, unit_stage);
+    Splitter sp(m, chunks, unit_stage);
     auto eval_units = assign_units(eval, layers);
     if (failed(sp.split(train, train_units)) || failed(sp.split(eval, eval_units)) ||
-        failed(sp.split_optimizer(optim, param_stage)))
+        failed(sp.split_optimizer(optim, param_rank, mesh.pp)))
       return signalPassFailure();
     OpBuilder b(m.getContext());
     SmallVector<Attribute> stage_units;
     for (int64_t u : unit_stage) stage_units.push_back(b.getI64IntegerAttr(u));
-    m->setAttr(kPipelineAttr, b.getDictionaryAttr({b.getNamedAttr("schedule", b.getStringAttr(schedule)),
-                                                   b.getNamedAttr("stages", b.getI64IntegerAttr(mesh.pp)),
-                                                   b.getNamedAttr("unit_stage", b.getArrayAttr(stage_units))}));
+    SmallVector<NamedAttribute> pipe = {b.getNamedAttr("schedule", b.getStringAttr(schedule)),
+                                        b.getNamedAttr("stages", b.getI64IntegerAttr(mesh.pp)),
+                                        b.getNamedAttr("unit_stage", b.getArrayAttr(stage_units))};
+    // unit_stage then holds model chunks (0 .. pp * v - 1).
+    if (v > 1) pipe.push_back(b.getNamedAttr("virtual_stages", b.getI64IntegerAttr(v)));
+    m->setAttr(kPipelineAttr, b.getDictionaryAttr(pipe));
   }
 };
 

@@ -118,6 +118,8 @@ Status lora_linear_fwd(KernelCall &c) {
 // dy (..,N), x (..,K), W (N,K), A (r,K), B (N,r) -> dx (..,K), dA (r,K), dB (N,r)
 //   dx = dy W + s (dy B) A;  dA = s (dy B)^T x;  dB = s dy^T (x A^T)
 // accumulate = 1 adds into dA and dB (gradient accumulators); dx is always overwritten.
+// part = "input" computes dx only, "weight" dA and dB only (zb-h1's B and W; the other outputs
+// are left untouched); absent or "all": all three.
 Status lora_linear_bwd(KernelCall &c) {
   Check ck(c, "lora_linear_bwd");
   if (!ck.operands(5, 5, 3, /*allow_accumulate=*/true) || !ck.num_attr("scaling"))
@@ -138,29 +140,35 @@ Status lora_linear_bwd(KernelCall &c) {
     return ck.status();
   const float s = float(c.attr_f("scaling", 0.0));
   const float beta = c.attr_i("accumulate", 0) != 0 ? 1.0f : 0.0f;
+  bool want_dx = true, want_dw = true;  // part: zb-h1's B (dx) and W (dA, dB)
+  if (!lora_grad_part(c, ck, &want_dx, &want_dw)) return ck.status();
   auto mask = lora_dropout_mask(c, "lora_linear_bwd", x);
   if (!mask) return mask.status();
   // With dropout the adapter saw xd = D(x) = x * mask / (1 - p): dA and dB use xd, and x's
   // gradient through the adapter is D(s u A) (the same mask, recomputed from its counters).
-  std::vector<float> xd(*mask ? static_cast<size_t>(M * K) : 0);
-  if (*mask) dropout_rows(**mask, x.f32(), xd.data(), M, K);
+  std::vector<float> xd(*mask && want_dw ? static_cast<size_t>(M * K) : 0);
+  if (*mask && want_dw) dropout_rows(**mask, x.f32(), xd.data(), M, K);
   const float *xin = *mask ? xd.data() : x.f32();
   std::vector<float> u(static_cast<size_t>(M * r)), xa(static_cast<size_t>(M * r));
   sgemm(false, false, M, r, N, 1.0f, dy.f32(), N, B.f32(), r, 0.0f, u.data(), r);   // dy B
-  sgemm(false, true, M, r, K, 1.0f, xin, K, A.f32(), K, 0.0f, xa.data(), r);        // x A^T
-  sgemm(false, false, M, K, N, 1.0f, dy.f32(), N, W.f32(), K, 0.0f, dx.f32(), K);   // dy W
-  if (!*mask) {
-    sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 1.0f, dx.f32(), K);    // += s u A
-  } else {
-    std::vector<float> ua(static_cast<size_t>(M * K));
-    sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 0.0f, ua.data(), K);   // s u A
-    dropout_rows(**mask, ua.data(), ua.data(), M, K);                               // D(s u A)
-    float *d = dx.f32();
+  if (want_dw) sgemm(false, true, M, r, K, 1.0f, xin, K, A.f32(), K, 0.0f, xa.data(), r);  // x A^T
+  if (want_dx) {
+    sgemm(false, false, M, K, N, 1.0f, dy.f32(), N, W.f32(), K, 0.0f, dx.f32(), K);   // dy W
+    if (!*mask) {
+      sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 1.0f, dx.f32(), K);    // += s u A
+    } else {
+      std::vector<float> ua(static_cast<size_t>(M * K));
+      sgemm(false, false, M, K, r, s, u.data(), r, A.f32(), K, 0.0f, ua.data(), K);   // s u A
+      dropout_rows(**mask, ua.data(), ua.data(), M, K);                               // D(s u A)
+      float *d = dx.f32();
 #pragma omp parallel for schedule(static) if (M * K >= detail::kParallelWork)
-    for (int64_t i = 0; i < M * K; ++i) d[i] += ua[static_cast<size_t>(i)];
+      for (int64_t i = 0; i < M * K; ++i) d[i] += ua[static_cast<size_t>(i)];
+    }
   }
-  sgemm(true, false, r, K, M, s, u.data(), r, xin, K, beta, dA.f32(), K);           // s u^T x
-  sgemm(true, false, N, r, M, s, dy.f32(), N, xa.data(), r, beta, dB.f32(), r);     // s dy^T xa
+  if (want_dw) {
+    sgemm(true, false, r, K, M, s, u.data(), r, xin, K, beta, dA.f32(), K);           // s u^T x
+    sgemm(true, false, N, r, M, s, dy.f32(), N, xa.data(), r, beta, dB.f32(), r);     // s dy^T xa
+  }
   return Status::ok();
 }
 

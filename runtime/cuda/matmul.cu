@@ -457,12 +457,15 @@ Status lora_linear_bwd(KernelCall &c) {
     if (!dx32) return ck.error(dx32.message());
     dxf = *dx32;
   }
+  bool want_dx = true, want_dw = true;  // part: zb-h1's B (dx) and W (dA, dB)
+  if (!lora_grad_part(c, ck, &want_dx, &want_dw)) return ck.status();
   Status st = gemm_any(K_, false, false, M, r, N, 1.0f, dyu, N, mat(B), r, 0.0f, *u, false, r);  // dy B
-  if (st) st = gemm_any(K_, false, true, M, r, K, 1.0f, xu, K, mat(A), K, 0.0f, *xa, false, r);  // x A^T
+  if (st && want_dw) st = gemm_any(K_, false, true, M, r, K, 1.0f, xu, K, mat(A), K, 0.0f, *xa, false, r);  // x A^T
   // dy W: bf16 x bf16 when both are; else f32 (with the widened dy when W is f32).
-  if (st) st = gemm_any(K_, false, false, M, K, N, 1.0f, is_bf16(W) ? mat(dy) : *dyf, N, mat(W), K, 0.0f, dxf, false, K);
-  if (st && !*mask) st = gemm_any(K_, false, false, M, K, r, s, f32mat(*u), r, mat(A), K, 1.0f, dxf, false, K);  // += s u A
-  if (st && *mask && M * K > 0) {  // dx += D(s u A)
+  if (st && want_dx)
+    st = gemm_any(K_, false, false, M, K, N, 1.0f, is_bf16(W) ? mat(dy) : *dyf, N, mat(W), K, 0.0f, dxf, false, K);
+  if (st && want_dx && !*mask) st = gemm_any(K_, false, false, M, K, r, s, f32mat(*u), r, mat(A), K, 1.0f, dxf, false, K);  // += s u A
+  if (st && want_dx && *mask && M * K > 0) {  // dx += D(s u A)
     StatusOr<float *> ua = pool().get_as<float>(kUa, size_t(M * K));
     if (!ua) return ck.error(ua.message());
     st = gemm_any(K_, false, false, M, K, r, s, f32mat(*u), r, mat(A), K, 0.0f, *ua, false, K);
@@ -471,10 +474,10 @@ Status lora_linear_bwd(KernelCall &c) {
       st = check_launch(K_);
     }
   }
-  if (st && is_bf16(dx)) st = narrow(static_cast<const float *>(dxf), dx.data, M * K);
+  if (st && want_dx && is_bf16(dx)) st = narrow(static_cast<const float *>(dxf), dx.data, M * K);
   // Gradient accumulators (f32 in every plan; any type works: one GEMM each, rounded once).
-  if (st) st = gemm_any(K_, true, false, r, K, M, s, f32mat(*u), r, *xf, K, beta, dA.data, is_bf16(dA), K);  // s u^T x
-  if (st) st = gemm_any(K_, true, false, N, r, M, s, *dyf, N, f32mat(*xa), r, beta, dB.data, is_bf16(dB), r);  // s dy^T xa
+  if (st && want_dw) st = gemm_any(K_, true, false, r, K, M, s, f32mat(*u), r, *xf, K, beta, dA.data, is_bf16(dA), K);  // s u^T x
+  if (st && want_dw) st = gemm_any(K_, true, false, N, r, M, s, *dyf, N, f32mat(*xa), r, beta, dB.data, is_bf16(dB), r);  // s dy^T xa
   return st;
 }
 

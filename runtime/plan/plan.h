@@ -187,7 +187,10 @@ struct Plan {
   int32_t world_size = 1;              // == mesh.size()
   Mesh mesh;
   std::string strategy = "single";     // "single" | "data" | "tensor" | "pipeline" | "hybrid"
-  std::string pipeline_schedule = "none";  // "gpipe" | "1f1b" when mesh.pp > 1
+  std::string pipeline_schedule = "none";  // "gpipe" | "1f1b" | "interleaved" | "zb-h1" when mesh.pp > 1
+  // Interleaved: model chunks per rank (chunk c of rank s = model chunk c * pp + s), each with
+  // its programs "forward.c<c>" / "backward.c<c>" (c = 0: "forward" / "backward"); else 1.
+  int32_t virtual_stages = 1;
   // Storage precision policy: "fp32" (every float buffer F32) or "bf16" (frozen weights and
   // activations BF16; adapters, gradients, moments, loss F32). Kernels compute in f32 either way.
   std::string precision = "fp32";

@@ -5,6 +5,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "runtime/plan/plan_io.h"
+#include "runtime/plan/schedule.h"
 
 #include <algorithm>
 #include <array>
@@ -104,6 +105,7 @@ void to_pb(const Plan &p, pb::Plan *out) {
   mesh->set_pp(p.mesh.pp);
   out->set_strategy(p.strategy);
   out->set_pipeline_schedule(p.pipeline_schedule);
+  if (p.virtual_stages > 1) out->set_virtual_stages(p.virtual_stages);
   out->set_precision(p.precision);
   for (const RankPlan &r : p.ranks) {
     auto *rp = out->add_ranks();
@@ -180,6 +182,7 @@ Status from_pb(const pb::Plan &m, Plan &p) {
   p.mesh.pp = m.mesh().pp();
   p.strategy = m.strategy();
   p.pipeline_schedule = m.pipeline_schedule();
+  p.virtual_stages = m.virtual_stages() > 0 ? m.virtual_stages() : 1;  // absent: one chunk per rank
   p.precision = m.precision().empty() ? "fp32" : m.precision();
   p.ranks.clear();
   p.ranks.reserve(m.ranks_size());
@@ -398,9 +401,14 @@ Status validate_plan(const Plan &plan) {
   if (plan.precision != "fp32" && plan.precision != "bf16")
     return Status::error("precision is '" + plan.precision + "' (expected 'fp32' or 'bf16')");
   const bool pipelined = mesh.pp > 1;
-  if (pipelined && plan.pipeline_schedule != "gpipe" && plan.pipeline_schedule != "1f1b")
+  if (pipelined && !rt::check_schedule_name(plan.pipeline_schedule))
     return Status::error("pipeline_schedule is '" + plan.pipeline_schedule + "' but a plan with " +
-                         std::to_string(mesh.pp) + " pipeline stages needs 'gpipe' or '1f1b'");
+                         std::to_string(mesh.pp) + " pipeline stages needs gpipe, 1f1b, interleaved or zb-h1");
+  if (pipelined)
+    if (Status s = rt::check_pipeline_shape(plan.pipeline_schedule, mesh.pp, static_cast<int>(plan.micro_batches),
+                                            plan.virtual_stages);
+        !s)
+      return Status::error("pipeline: " + s.message());
   for (size_t r = 0; r < plan.ranks.size(); ++r) {
     const RankPlan &rank = plan.ranks[r];
     std::string where = "rank " + std::to_string(r) + ": ";
@@ -419,6 +427,9 @@ Status validate_plan(const Plan &plan) {
       for (const Program &prog : rank.programs) have.insert(prog.name);
       std::vector<std::string> need = pipelined ? std::vector<std::string>{"forward", "backward", "optimizer_step"}
                                                 : std::vector<std::string>{"micro_step"};
+      if (pipelined && rt::schedule_splits_weight_grad(plan.pipeline_schedule)) need.push_back("backward_weight");
+      for (int c = 1; pipelined && c < plan.virtual_stages; ++c)  // interleaved: every chunk's programs
+        for (rt::Phase ph : {rt::Phase::Forward, rt::Phase::Backward}) need.push_back(rt::pipeline_program(ph, c));
       for (const std::string &name : need)
         if (!have.count(name))
           return Status::error(where + "has no program '" + name + "' (" +

@@ -274,17 +274,25 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   const bool loss_rank = last_stage && rp.tp_rank == 0;  // contributes to the logged losses
   std::vector<PipelineTask> tasks;
   if (pipelined) {
-    if (Status s = check_schedule_name(plan.pipeline_schedule); !s) return fail(a.plan + ": " + s.message());
-    int need = pipeline_slots(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches));
+    if (Status s = check_pipeline_shape(plan.pipeline_schedule, mesh.pp, static_cast<int>(plan.micro_batches),
+                                        plan.virtual_stages);
+        !s)
+      return fail(a.plan + ": " + s.message());
+    int need = pipeline_slots(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches),
+                              plan.virtual_stages);
     if (need > ex.slots())
       return fail(a.plan + ": the " + plan.pipeline_schedule + " schedule keeps " + std::to_string(need) +
                   " micro-batches in flight on stage " + std::to_string(rp.pp_stage) + " but the rank has " +
                   std::to_string(ex.slots()) + " slots");
-    tasks = pipeline_tasks(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches));
+    tasks = pipeline_tasks(plan.pipeline_schedule, mesh.pp, rp.pp_stage, static_cast<int>(plan.micro_batches),
+                           plan.virtual_stages);
   }
-  size_t last_backward = tasks.size();  // index of this rank's last backward task of a step
-  for (size_t ti = 0; ti < tasks.size(); ++ti)
+  // Index of this rank's last backward (and, under zb-h1, last weight-gradient) task of a step.
+  size_t last_backward = tasks.size(), last_weight = tasks.size();
+  for (size_t ti = 0; ti < tasks.size(); ++ti) {
     if (tasks[ti].phase == Phase::Backward) last_backward = ti;
+    if (tasks[ti].phase == Phase::Weight) last_weight = ti;
+  }
 
   int64_t val_batch = 0, val_batches = 0;
   if (val_file) {
@@ -537,15 +545,16 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
         if (t.phase == Phase::Forward) {
           if (Status st = feed(micro(t.micro_batch), t.slot); !st) return fail(st.message());
           StepState fwd_state = micro_state_of(s, t.micro_batch);
-          if (Status st = ex.run("forward", &fwd_state, t.slot); !st)
+          if (Status st = ex.run(pipeline_program(Phase::Forward, t.chunk), &fwd_state, t.slot); !st)
             return fail("step " + std::to_string(s) + ", forward of micro-batch " + std::to_string(t.micro_batch) + ": " +
                         st.message());
-          if (loss_rank) loss_sum += ex.loss(t.slot);
+          if (loss_rank && t.chunk == plan.virtual_stages - 1) loss_sum += ex.loss(t.slot);  // the model's last chunk
         } else {
           StepState micro_state = micro_state_of(s, t.micro_batch);  // the last backward starts the buckets
-          micro_state.last_micro = ti == last_backward;
-          if (Status st = ex.run("backward", &micro_state, t.slot); !st)
-            return fail("step " + std::to_string(s) + ", backward of micro-batch " + std::to_string(t.micro_batch) +
+          micro_state.last_micro = ti == last_backward || ti == last_weight;
+          const std::string prog = pipeline_program(t.phase, t.chunk);
+          if (Status st = ex.run(prog, &micro_state, t.slot); !st)
+            return fail("step " + std::to_string(s) + ", " + prog + " of micro-batch " + std::to_string(t.micro_batch) +
                         ": " + st.message());
         }
       }

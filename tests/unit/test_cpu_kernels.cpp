@@ -333,6 +333,27 @@ TEST(CpuKernelsGrad, LoraLinearBwd) {
   for (size_t i = 0; i < dx.f.size(); ++i) EXPECT_NEAR(dx2.f[i], dx.f[i], 1e-5) << i;
   for (size_t i = 0; i < dA.f.size(); ++i) EXPECT_NEAR(dA2.f[i], dA0.f[i] + dA.f[i], 1e-5) << i;
   for (size_t i = 0; i < dB.f.size(); ++i) EXPECT_NEAR(dB2.f[i], dB0.f[i] + dB.f[i], 1e-5) << i;
+
+  // part = "input" / "weight" (zb-h1's B and W): each writes only its outputs (the others keep
+  // their fill), and together they give the whole kernel's (finite-difference-checked) results.
+  Attrs in_part = at, w_part = at;
+  in_part["part"] = std::string("input");
+  w_part["part"] = std::string("weight");
+  Buf dx3 = zeros({2, 3, K}), dA3 = zeros({r, K}, 7.0f), dB3 = zeros({N, r}, 7.0f);
+  RUN_OK("lora_linear_bwd", {&R, &x, &W, &A, &B}, {&dx3, &dA3, &dB3}, in_part);
+  Buf dx4 = zeros({2, 3, K}, 5.0f), dA4 = zeros({r, K}), dB4 = zeros({N, r});
+  RUN_OK("lora_linear_bwd", {&R, &x, &W, &A, &B}, {&dx4, &dA4, &dB4}, w_part);
+  for (size_t i = 0; i < dx.f.size(); ++i) EXPECT_EQ(dx3.f[i], dx.f[i]) << i;
+  for (size_t i = 0; i < dx.f.size(); ++i) EXPECT_EQ(dx4.f[i], 5.0f) << i;
+  for (size_t i = 0; i < dA.f.size(); ++i) EXPECT_EQ(dA3.f[i], 7.0f) << i;
+  for (size_t i = 0; i < dA.f.size(); ++i) EXPECT_EQ(dA4.f[i], dA.f[i]) << i;
+  for (size_t i = 0; i < dB.f.size(); ++i) EXPECT_EQ(dB3.f[i], 7.0f) << i;
+  for (size_t i = 0; i < dB.f.size(); ++i) EXPECT_EQ(dB4.f[i], dB.f[i]) << i;
+  Attrs bad = at;
+  bad["part"] = std::string("both");
+  Status st = run("lora_linear_bwd", {&R, &x, &W, &A, &B}, {&dx4, &dA4, &dB4}, bad);
+  ASSERT_FALSE(st.is_ok());
+  EXPECT_NE(st.message().find("attr part = 'both' (expected all, input or weight)"), std::string::npos) << st.message();
 }
 
 TEST(CpuKernelsGrad, RopeBwd) {

@@ -141,6 +141,7 @@ void expect_equal(const Plan &a, const Plan &b) {
   EXPECT_EQ(a.global_batch, b.global_batch);
   EXPECT_EQ(a.seq_len, b.seq_len);
   EXPECT_EQ(a.micro_batches, b.micro_batches);
+  EXPECT_EQ(a.virtual_stages, b.virtual_stages);
   EXPECT_EQ(a.vocab_size, b.vocab_size);
   EXPECT_EQ(a.ignore_index, b.ignore_index);
   EXPECT_EQ(a.world_size, b.world_size);
@@ -534,7 +535,22 @@ TEST_F(PlanIoTest, StructuralErrors) {
   {
     Plan p = make_pipeline_plan();
     p.pipeline_schedule = "zigzag";
-    expect_invalid(p, "pipeline_schedule is 'zigzag' but a plan with 2 pipeline stages needs 'gpipe' or '1f1b'");
+    expect_invalid(p, "pipeline_schedule is 'zigzag' but a plan with 2 pipeline stages needs gpipe, 1f1b, interleaved or zb-h1");
+  }
+  {  // zb-h1 needs the weight-gradient program on every rank
+    Plan p = make_pipeline_plan();
+    p.pipeline_schedule = "zb-h1";
+    expect_invalid(p, "rank 0: has no program 'backward_weight'");
+  }
+  {  // more than one chunk per rank only with interleaved, whose chunks need their programs
+    Plan p = make_pipeline_plan();
+    p.virtual_stages = 2;
+    expect_invalid(p, "pipeline: virtual stages 2 need the interleaved schedule (not 1f1b)");
+    p.pipeline_schedule = "interleaved";
+    p.micro_batches = 4;
+    expect_invalid(p, "rank 0: has no program 'forward.c1'");
+    p.micro_batches = 3;
+    expect_invalid(p, "pipeline: the interleaved schedule runs micro-batches in groups of pp: micro-batches 3 is not a multiple of pp 2");
   }
   {
     Plan p = make_pipeline_plan();

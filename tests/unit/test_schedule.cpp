@@ -72,7 +72,7 @@ TEST(Schedule, CheckName) {
   EXPECT_TRUE(check_schedule_name("1f1b").is_ok());
   Status st = check_schedule_name("zb");
   ASSERT_FALSE(st.is_ok());
-  EXPECT_EQ(st.message(), "unknown pipeline schedule 'zb' (choose gpipe or 1f1b)");
+  EXPECT_EQ(st.message(), "unknown pipeline schedule 'zb' (choose gpipe, 1f1b, interleaved or zb-h1)");
   EXPECT_FALSE(check_schedule_name("none").is_ok());
   EXPECT_FALSE(check_schedule_name("").is_ok());
 }

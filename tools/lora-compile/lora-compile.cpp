@@ -3,7 +3,7 @@
 //   lora-compile --onnx model.onnx | --hf-config config.json [--weights dir]
 //                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...] [--packing]
 //                [--micro-batches M --lr ... --warmup ... --lr-schedule ... --weight-decay ...]
-//                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --pipeline-schedule gpipe|1f1b]
+//                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --pipeline-schedule gpipe|1f1b|interleaved|zb-h1 --virtual-stages V]
 //                [-o plan.lp] [--viz dir/] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
 //
 // Failures print a diagnostic naming the file/node/flag; exit codes follow tools/common/cli.h:
@@ -30,6 +30,7 @@
 #include "passes/lower/lower_to_plan.h"
 #include "passes/train/Passes.h"
 #include "runtime/plan/plan_io.h"
+#include "runtime/plan/plan_schedule.h"
 #include "passes/parallel/Passes.h"
 #include "tools/lora-compile/graph_dot.h"
 #include "tools/lora-compile/viz.h"
@@ -69,6 +70,7 @@ struct Args {
   std::string schedule;                  // --schedule: alias of --pipeline-schedule (or of --lr-schedule)
   std::string lr_schedule = "constant";
   std::string pipe_schedule = "1f1b";
+  int64_t virtual_stages = 0;            // --virtual-stages (interleaved; 0 = default 2)
   bool train_ir = false;
   // Parallelism.
   std::string strategy, model_size, viz;
@@ -346,6 +348,7 @@ void print_plan_report(const plan::Plan &p, int64_t global_batch) {
   for (const plan::RankPlan &q : p.ranks) total += q.flops_per_step;
   llvm::outs() << "  compute: " << llvm::format("%.3f", total / 1e9) << " GFLOP per optimizer step over all ranks ("
                << llvm::format("%.0f", total / double(global_batch * p.seq_len)) << " FLOP per token)\n";
+  if (p.mesh.pp > 1) llvm::outs() << "  " << rt::bubble_report(p) << "\n";
 }
 
 } // namespace
@@ -382,12 +385,18 @@ int main(int argc, char **argv) {
   app.add_option("--warmup", a.warmup, "linear warmup steps")->check(cli::at_least(0));
   auto *lr_sched_opt = app.add_option("--lr-schedule", a.lr_schedule, "LR after warmup: constant, cosine or linear")->check(CLI::IsMember({"constant", "cosine", "linear"}));
   auto *pipe_opt = app.add_option("--pipeline-schedule", a.pipe_schedule,
-                                  "pipeline-parallel schedule of the micro-batches: gpipe or 1f1b (default 1f1b; "
-                                  "plans with --pp 2 or more)")
-                       ->check(CLI::IsMember({"gpipe", "1f1b"}));
-  app.add_option("--schedule", a.schedule, "alias of --pipeline-schedule (gpipe, 1f1b), kept for old command lines; "
-                                           "constant/cosine/linear are taken as --lr-schedule")
-      ->check(CLI::IsMember({"gpipe", "1f1b", "constant", "cosine", "linear"}));
+                                  "pipeline-parallel schedule of the micro-batches: gpipe, 1f1b, interleaved "
+                                  "(Megatron's virtual pipeline: --virtual-stages chunks of layers per rank; "
+                                  "--micro-batches a multiple of --pp) or zb-h1 (zero bubble: the backward's "
+                                  "weight-gradient part deferred into the bubbles) (default 1f1b; plans with --pp 2 "
+                                  "or more)")
+                       ->check(CLI::IsMember({"gpipe", "1f1b", "interleaved", "zb-h1"}));
+  auto *vstages_opt = app.add_option("--virtual-stages", a.virtual_stages,
+                                     "interleaved: model chunks per rank (default 2); rank s holds chunks s, pp + s, ...")
+                          ->check(cli::at_least(1));
+  app.add_option("--schedule", a.schedule, "alias of --pipeline-schedule (gpipe, 1f1b, interleaved, zb-h1), kept for "
+                                           "old command lines; constant/cosine/linear are taken as --lr-schedule")
+      ->check(CLI::IsMember({"gpipe", "1f1b", "interleaved", "zb-h1", "constant", "cosine", "linear"}));
   // Parallelism.
   app.add_option("--strategy", a.strategy, "single, data, tensor, pipeline or hybrid (also the seed's data_parallel, model_parallel / tensor_parallel, "
                                            "pipeline_parallel, hybrid_parallel); default: from --dp/--tp/--pp");
@@ -438,7 +447,7 @@ int main(int argc, char **argv) {
     return cli::kExitUsageError;
   };
   if (!a.schedule.empty()) {
-    if (a.schedule == "gpipe" || a.schedule == "1f1b") {
+    if (a.schedule == "gpipe" || a.schedule == "1f1b" || a.schedule == "interleaved" || a.schedule == "zb-h1") {
       if (pipe_opt->count() && a.pipe_schedule != a.schedule)
         return usage("--schedule " + a.schedule + " and --pipeline-schedule " + a.pipe_schedule +
                      " disagree; --schedule is an alias of --pipeline-schedule, give one");
@@ -449,9 +458,17 @@ int main(int argc, char **argv) {
       a.lr_schedule = a.schedule;
     }
   }
-  const bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b";
+  const bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b" ||
+                          a.schedule == "interleaved" || a.schedule == "zb-h1";
+  if (vstages_opt->count() && a.pipe_schedule != "interleaved")
+    return usage("--virtual-stages " + std::to_string(a.virtual_stages) +
+                 " needs --pipeline-schedule interleaved (not " + a.pipe_schedule + ")");
+  if (a.pipe_schedule == "interleaved" && a.virtual_stages == 0) a.virtual_stages = 2;
   std::string strategy;
   if (!resolve_mesh(a, strategy)) return 2;
+  if (a.pipe_schedule == "interleaved" && a.pp > 1 && a.micro_batches % a.pp != 0)
+    return usage("--pipeline-schedule interleaved runs micro-batches in groups of --pp: --micro-batches " +
+                 std::to_string(a.micro_batches) + " is not a multiple of --pp " + std::to_string(a.pp));
   const bool parallel = a.dp * a.tp * a.pp > 1;
   if (!a.model_size.empty()) {
     static const std::map<std::string, std::string> sizes = {
@@ -689,6 +706,7 @@ int main(int argc, char **argv) {
       po.sync.bucketMb = a.bucket_mb;
       po.sync.zero1 = a.zero1;
       po.pipeline.schedule = a.pipe_schedule;
+      po.pipeline.virtualStages = std::max<int64_t>(1, a.virtual_stages);
       buildParallelTrainPassPipeline(tpm, to, po);
     } else {
       buildTrainPassPipeline(tpm, to);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "runtime/plan/plan_schedule.h"
 #include "runtime/plan/schedule.h"
 #include "tools/lora-compile/viz_trace.h"
 
@@ -150,23 +151,11 @@ std::string schedule_or_default(const Plan &plan) {
 }
 
 // The pipeline of a pp > 1 plan, simulated from the first rank of each stage.
+// Costs per task kind (forward, backward or its B part, W) from each stage's programs.
 rt::Timeline simulate_plan_pipeline(const Plan &plan, bool *from_flops) {
-  const int S = plan.mesh.pp;
-  std::vector<double> f(S, 1.0), b(S, 2.0);
-  bool known = true;
-  for (int s = 0; s < S; ++s) {
-    const int32_t r0 = plan::rank_of(plan.mesh, 0, 0, s);
-    if (r0 >= 0 && r0 < static_cast<int32_t>(plan.ranks.size())) {
-      const Cost c = fwd_bwd_cost(plan.ranks[r0]);
-      f[s] = c.f;
-      b[s] = c.b;
-      known = known && c.known;
-    } else {
-      known = false;
-    }
-  }
-  if (from_flops) *from_flops = known;
-  return rt::simulate_pipeline(schedule_or_default(plan), static_cast<int>(std::max<int64_t>(1, plan.micro_batches)), f, b);
+  const int v = std::max(1, plan.virtual_stages);
+  return rt::simulate_pipeline(schedule_or_default(plan), static_cast<int>(std::max<int64_t>(1, plan.micro_batches)),
+                               rt::plan_pipeline_costs(plan, v, from_flops), v);
 }
 
 } // namespace
@@ -373,7 +362,8 @@ std::string timeline_svg(const Plan &plan) {
     const std::string sched = schedule_or_default(plan);
     tl = simulate_plan_pipeline(plan, &from_flops);
     title = "Pipeline schedule " + sched + ": " + std::to_string(S) + " stages x " + std::to_string(M) +
-            " micro-batches  -  bubble " + fmt("%.1f", 100.0 * tl.bubble_fraction) + "%";
+            " micro-batches" + (plan.virtual_stages > 1 ? " x " + std::to_string(plan.virtual_stages) + " chunks" : "") +
+            "  -  bubble " + fmt("%.1f", 100.0 * tl.bubble_fraction) + "%";
   } else {
     // No pipeline: every rank runs forward + backward of each micro-batch back to back.
     const int R = std::max<int>(1, static_cast<int>(plan.ranks.size()));
@@ -420,7 +410,9 @@ std::string timeline_svg(const Plan &plan) {
   const double span = tl.makespan > 0 ? tl.makespan : 1.0;
   auto X = [&](double t) { return left + plot_w * t / span; };
   auto Y = [&](int row) { return top + row * (row_h + row_gap); };
-  const char *kFwd = "#4e79a7", *kBwd = "#e8853a";
+  const char *kFwd = "#4e79a7", *kBwd = "#e8853a", *kWgt = "#59a14f";
+  const bool has_weight = std::any_of(tl.entries.begin(), tl.entries.end(),
+                                      [](const rt::TimelineEntry &e) { return e.phase == rt::Phase::Weight; });
 
   std::ostringstream os;
   os << "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"timeline\" width=\"" << width << "\" height=\"" << height
@@ -432,8 +424,11 @@ std::string timeline_svg(const Plan &plan) {
      << "<text x=\"" << left << "\" y=\"26\" font-size=\"16\" font-weight=\"bold\">" << xml_escape(title) << "</text>\n";
   // Legend.
   double lx = left;
-  const std::pair<const char *, const char *> legend[] = {
-      {kFwd, "forward (micro-batch #)"}, {kBwd, "backward (micro-batch #)"}, {"url(#idle-hatch)", "idle (bubble)"}};
+  std::vector<std::pair<const char *, const char *>> legend = {
+      {kFwd, "forward (micro-batch #)"},
+      {kBwd, has_weight ? "backward B: input gradient" : "backward (micro-batch #)"},
+      {"url(#idle-hatch)", "idle (bubble)"}};
+  if (has_weight) legend.insert(legend.begin() + 2, {kWgt, "W: adapter gradient"});
   for (const auto &[fill, text] : legend) {
     os << "<rect x=\"" << lx << "\" y=\"40\" width=\"18\" height=\"14\" fill=\"" << fill
        << "\" stroke=\"#888888\" stroke-width=\"0.5\"/><text x=\"" << lx + 24 << "\" y=\"52\" font-size=\"12\">" << text
@@ -455,14 +450,17 @@ std::string timeline_svg(const Plan &plan) {
   }
   for (const rt::TimelineEntry &e : tl.entries) {
     if (e.stage < 0 || e.stage >= n_rows) continue;
-    const bool fwd = e.phase == rt::Phase::Forward;
+    const bool fwd = e.phase == rt::Phase::Forward, wgt = e.phase == rt::Phase::Weight;
     const double x = X(e.start), w = std::max(0.5, X(e.end) - X(e.start)), y = Y(e.stage);
-    os << "<g><rect class=\"task " << (fwd ? "fwd" : "bwd") << "\" data-row=\"" << e.stage << "\" data-mb=\""
+    os << "<g><rect class=\"task " << (fwd ? "fwd" : wgt ? "wgt" : "bwd") << "\" data-row=\"" << e.stage << "\" data-mb=\""
        << e.micro_batch << "\" x=\"" << fmt("%.2f", x) << "\" y=\"" << y << "\" width=\"" << fmt("%.2f", w)
-       << "\" height=\"" << row_h << "\" fill=\"" << (fwd ? kFwd : kBwd)
-       << "\" stroke=\"#ffffff\" stroke-width=\"1\"><title>" << (fwd ? "forward" : "backward") << " micro-batch "
+       << "\" height=\"" << row_h << "\" fill=\"" << (fwd ? kFwd : wgt ? kWgt : kBwd)
+       << "\" stroke=\"#ffffff\" stroke-width=\"1\"" << (e.chunk % 2 ? " fill-opacity=\"0.6\"" : "") << "><title>"
+       << (fwd ? "forward" : wgt ? "weight gradient (W)" : has_weight ? "input gradient (B)" : "backward")
+       << (plan.virtual_stages > 1 ? " of chunk " + std::to_string(e.chunk) : std::string()) << " micro-batch "
        << e.micro_batch << ": " << fmt("%.4g", e.start) << " .. " << fmt("%.4g", e.end) << "</title></rect>";
-    const std::string label = std::to_string(e.micro_batch);
+    // Interleaved: "3.1" is micro-batch 3 on the rank's chunk 1 (odd chunks drawn lighter).
+    const std::string label = std::to_string(e.micro_batch) + (e.chunk ? "." + std::to_string(e.chunk) : "");
     if (w >= 6.5 * label.size() + 4)
       os << "<text x=\"" << fmt("%.2f", x + w / 2) << "\" y=\"" << y + row_h / 2 + 4
          << "\" font-size=\"11\" fill=\"#ffffff\" text-anchor=\"middle\" pointer-events=\"none\">" << label << "</text>";

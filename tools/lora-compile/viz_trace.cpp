@@ -199,7 +199,8 @@ Status load_measured_step(const std::string &path, int64_t want, const plan::Pla
     me.program = me.lane == Lane::Program ? me.name : str(args, "program");
     me.micro_batch = static_cast<int>(integer(args, "micro_batch"));
     me.optimizer = me.program == "optimizer_step";
-    me.backward = me.program == "backward" || (me.lane == Lane::Compute && me.program == "micro_step" && is_backward_op(me.name));
+    // "backward", "backward_weight" (zb-h1), "backward.c1" (interleaved).
+    me.backward = me.program.rfind("backward", 0) == 0 || (me.lane == Lane::Compute && me.program == "micro_step" && is_backward_op(me.name));
     me.tip = tip_of(e, dur);
     if (me.lane == Lane::Compute) mr.compute_us += dur;
     if (me.lane == Lane::Comm) mr.comm_us += dur;

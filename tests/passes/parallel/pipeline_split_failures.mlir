@@ -1,7 +1,7 @@
 // Input and options --pipeline-split refuses: each error names the value at fault.
 // RUN: lora-opt %s -split-input-file -verify-diagnostics --pipeline-split
 // RUN: not lora-opt %s -split-input-file --pipeline-split="schedule=zb" 2>&1 | FileCheck %s --check-prefix=SCHED
-// SCHED: error: pipeline-split: unknown schedule 'zb' (choose gpipe or 1f1b)
+// SCHED: error: pipeline-split: unknown schedule 'zb' (choose gpipe, 1f1b, interleaved or zb-h1)
 
 // pp 2 before the training passes ran.
 // expected-error @+1 {{pipeline-split: needs @train_step, @eval_step and @optimizer_step (run the training passes first)}}

@@ -30,8 +30,9 @@ MODEL_SIZES = {"1B": "llama-3.2-1b.json", "1.1B": "tinyllama-1.1b.json", "tiny":
 
 EPILOG = """strategies (comma-separated, positional or --strategies; default: the 15 of compare_strategies.py):
   single, dp2, dp4, tp2, tp4, pp2-gpipe-m2, pp2-1f1b-m4, pp4-gpipe-m4, pp4-1f1b-m8, dp2xpp2, dp2xtp2,
-  tp2xpp2, dp2xtp2xpp2, dp4-zero1, dp2xtp2xpp2-zero1; in general MESH[-gpipe|-1f1b][-mM][-zero1] with
-  MESH = dpN, tpN, ppN joined by 'x'. Seed spellings: data_parallel (dp over --gpus),
+  tp2xpp2, dp2xtp2xpp2, dp4-zero1, dp2xtp2xpp2-zero1; in general MESH[-gpipe|-1f1b|-zbh1|-vV][-mM][-zero1]
+  with MESH = dpN, tpN, ppN joined by 'x' (zbh1: zero-bubble ZB-H1; vV: interleaved 1F1B with V chunks
+  per rank, e.g. pp2-v2-m4). Seed spellings: data_parallel (dp over --gpus),
   model_parallel / tensor_parallel (tp over --gpus), pipeline_parallel (--stages),
   hybrid_parallel (--nodes x --gpus-per-node: tp inside a node, pp across nodes).
 

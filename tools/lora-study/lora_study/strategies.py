@@ -3,7 +3,8 @@
 A name is a mesh and options joined by '-':
     single | dp2 | tp4 | pp2-1f1b | pp4-gpipe-m8 | dp2xtp2xpp2-zero1 | dp4-zero1
   mesh     degrees joined by 'x' (dpN, tpN, ppN; each at most once), or 'single'
-  gpipe|1f1b   pipeline schedule (default 1f1b; only with pp > 1)
+  gpipe|1f1b|zbh1   pipeline schedule (default 1f1b; only with pp > 1; zbh1 = lora-compile's zb-h1)
+  vV       interleaved 1F1B with V model chunks per rank (--pipeline-schedule interleaved --virtual-stages V)
   mM       micro-batches per optimizer step (default: --micro-batches, else 2, or 2 x pp with pp > 1)
   zero1    shard the AdamW moments over the data-parallel ranks
 The seed's spellings are aliases resolved with the study's options (resolve_alias):
@@ -23,6 +24,10 @@ DEFAULT_STRATEGIES = [
 # 2-layer tiny LLaMA: pp 4 = embedding | layer 0 | layer 1 | head, pp 3 puts the head alone);
 # tests/tools/pipeline_stage_without_adapter.test.
 EXTRA_STRATEGIES = ["pp3-1f1b-m4", "tp2xpp3-gpipe-m2", "dp2xpp4-1f1b-zero1"]
+# Opt-in: the newer pipeline schedules (tests/tools/pipeline_schedules.test): zero-bubble ZB-H1.
+# and interleaved 1F1B (pp 4 x 2 chunks needs 8 units: models/configs/tiny-llama-6l.json).
+SCHEDULE_STRATEGIES = ["pp2-zbh1-m4", "pp4-zbh1-m8", "dp2xpp2-zbh1-m2", "tp2xpp2-zbh1-m4",
+                       "pp2-v2-m4", "pp4-v2-m8", "dp2xpp2-v2-m2", "tp2xpp2-v3-m4"]
 # compare_strategies.py's names whose micro-batch count or schedule differs from the general rule
 # (the name is kept in tables; this says what it means).
 LEGACY_NAMES = {"dp2xpp2": "dp2xpp2-m2", "tp2xpp2": "tp2xpp2-gpipe-m4", "dp2xtp2xpp2": "dp2xtp2xpp2-m2",
@@ -41,7 +46,8 @@ class Strategy:
     dp: int = 1
     tp: int = 1
     pp: int = 1
-    schedule: str = ""  # gpipe | 1f1b with pp > 1
+    schedule: str = ""  # gpipe | 1f1b | zb-h1 | interleaved with pp > 1
+    virtual: int = 0    # interleaved: model chunks per rank
     micro: int = 0      # 0: the default for this mesh (filled by with_defaults)
     zero1: bool = False
     alias: str = ""     # the spelling the user gave, when it was an alias
@@ -65,6 +71,8 @@ class Strategy:
                 f += [k, str(v)]
         if self.pp > 1:
             f += ["--schedule", self.schedule or "1f1b"]
+        if self.virtual:
+            f += ["--virtual-stages", str(self.virtual)]
         if self.zero1:
             f.append("--zero1")
         return f + ["--micro-batches", str(self.micro)] + list(self.extra_flags)
@@ -95,12 +103,16 @@ def parse(name):
     for opt in parts[1:]:
         if opt in ("gpipe", "1f1b"):
             s.schedule = opt
+        elif opt == "zbh1":  # '-' separates options: lora-compile's zb-h1
+            s.schedule = "zb-h1"
+        elif re.fullmatch(r"v[1-9][0-9]*", opt):
+            s.schedule, s.virtual = "interleaved", int(opt[1:])
         elif opt == "zero1":
             s.zero1 = True
         elif re.fullmatch(r"m[1-9][0-9]*", opt):
             s.micro = int(opt[1:])
         else:
-            raise StrategyError(f"{name}: unknown option '{opt}' (gpipe, 1f1b, mM, zero1)")
+            raise StrategyError(f"{name}: unknown option '{opt}' (gpipe, 1f1b, zbh1, vV, mM, zero1)")
     if s.schedule and s.pp == 1:
         raise StrategyError(f"{name}: a pipeline schedule needs pp > 1")
     if s.zero1 and s.dp == 1:
@@ -130,6 +142,9 @@ def with_defaults(s, batch, micro_default=None):
     """Fills the micro-batch count and checks that the global batch divides over dp x micro-batches."""
     if not s.micro:
         s.micro = micro_default or (2 * s.pp if s.pp > 1 else 2)
+    if s.schedule == "interleaved" and s.micro % s.pp:
+        raise StrategyError(f"{s.name}: the interleaved schedule runs micro-batches in groups of pp: "
+                            f"{s.micro} micro-batches is not a multiple of pp {s.pp}")
     if batch % (s.dp * s.micro):
         raise StrategyError(f"{s.name}: the global batch {batch} does not divide into dp {s.dp} x "
                             f"{s.micro} micro-batches (choose --batch as a multiple of {s.dp * s.micro})")
