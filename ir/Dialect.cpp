@@ -187,6 +187,18 @@ LogicalResult MatMulOp::verify() {
   return success();
 }
 
+/// Sequence packing's per-token operand `what` (positions of pl.rope, segment ids of
+/// pl.attention): an integer (B, T) tensor whose dims match dims 0 and 2 of `x` (B, H, T, Dh).
+static LogicalResult verify_token_operand(Operation *op, Value ids, Value x, StringRef what) {
+  if (!ids) return success();
+  auto t = ids.getType().cast<RankedTensorType>(), xt = x.getType().cast<RankedTensorType>();
+  if (t.getRank() != 2 || xt.getRank() != 4 || !compatible(t.getDimSize(0), xt.getDimSize(0)) ||
+      !compatible(t.getDimSize(1), xt.getDimSize(2)))
+    return op->emitOpError() << what << " must be (batch, seq) = (" << dim_str(xt.getRank() == 4 ? xt.getDimSize(0) : -1)
+                             << ", " << dim_str(xt.getRank() == 4 ? xt.getDimSize(2) : -1) << "), got " << shape_str(t);
+  return success();
+}
+
 LogicalResult RopeOp::verify() {
   auto x = tensor(getInput());
   if (x.getRank() != 4) return emitOpError("input must be (batch, heads, seq, head_dim), got ") << shape_str(x);
@@ -204,7 +216,13 @@ LogicalResult RopeOp::verify() {
       if (!ok) return emitOpError("rope_scaling needs an f64 or i64 '") << k << "' entry, got " << v;
     }
   }
-  return success();
+  return verify_token_operand(*this, getPositions(), getInput(), "positions");
+}
+
+LogicalResult RopeGradOp::verify() {
+  auto x = tensor(getGrad());
+  if (x.getRank() != 4) return emitOpError("grad must be (batch, heads, seq, head_dim), got ") << shape_str(x);
+  return verify_token_operand(*this, getPositions(), getGrad(), "positions");
 }
 
 LogicalResult AttentionOp::verify() {
@@ -225,7 +243,10 @@ LogicalResult AttentionOp::verify() {
   if (getType() != getQuery().getType())
     return emitOpError("result type ") << getType() << " must equal the query type " << getQuery().getType();
   if (!(getScale().convertToDouble() > 0)) return emitOpError("scale must be > 0, got ") << num_str(getScale().convertToDouble());
-  return success();
+  if (getSegmentIds() && !compatible(q.getDimSize(2), k.getDimSize(2)))
+    return emitOpError("segment_ids need self-attention (query seq == key seq), got ")
+           << dim_str(q.getDimSize(2)) << " and " << dim_str(k.getDimSize(2));
+  return verify_token_operand(*this, getSegmentIds(), getQuery(), "segment_ids");
 }
 
 LogicalResult ReshapeOp::verify() {
@@ -338,7 +359,8 @@ LogicalResult AttentionGradOp::verify() {
   if (failed(verify_same_type(*this, getGrad(), getQuery(), "the output gradient"))) return failure();
   if (failed(verify_same_type(*this, getGradQuery(), getQuery(), "grad_query"))) return failure();
   if (failed(verify_same_type(*this, getGradKey(), getKey(), "grad_key"))) return failure();
-  return verify_same_type(*this, getGradValue(), getValue(), "grad_value");
+  if (failed(verify_same_type(*this, getGradValue(), getValue(), "grad_value"))) return failure();
+  return verify_token_operand(*this, getSegmentIds(), getQuery(), "segment_ids");
 }
 
 LogicalResult SwigluGradOp::verify() {

@@ -149,40 +149,51 @@ def Pl_MatMulOp : Pl_Op<"matmul", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Pl_RopeOp : Pl_Op<"rope", [Pure, SameOperandsAndResultType]> {
-  let summary = "rotary position embedding (LLaMA rotate-half) on (B, H, T, Dh), positions 0..T-1";
+def Pl_RopeOp : Pl_Op<"rope", [Pure, AllTypesMatch<["input", "result"]>]> {
+  let summary = "rotary position embedding (LLaMA rotate-half) on (B, H, T, Dh), positions 0..T-1 or given";
   let description = [{
     Rotates pairs (i, i + Dh/2) of the head dim by angle `pos * theta^(-2i/Dh)` on an input
     (B, H, T, Dh) with Dh even; `theta` > 0. The optional `rope_scaling` dictionary holds
     LLaMA 3's frequency scaling with f64 or i64 entries `factor`, `low_freq_factor`,
     `high_freq_factor` and `original_max_position_embeddings`.
 
+    The position of token t of row b is t, or `positions[b, t]` when the optional integer
+    `positions` (B, T) is given (Hugging Face's `position_ids`; sequence packing restarts them
+    at 0 for every example packed into a row). Given positions must lie in [0, T).
+
     ```mlir
     %r = pl.rope %q {rope_scaling = {factor = 3.200000e+01 : f64, high_freq_factor = 4.000000e+00 : f64, low_freq_factor = 1.000000e+00 : f64, original_max_position_embeddings = 8192 : i64}, theta = 5.000000e+05 : f64} : tensor<2x32x?x64xf32>
+    %p = pl.rope %k positions(%pos : tensor<2x16xi64>) {theta = 1.000000e+04 : f64} : tensor<2x4x16x16xf32>
     ```
   }];
   let arguments = (ins Pl_FloatTensor:$input, F64Attr:$theta,
-                       OptionalAttr<DictionaryAttr>:$rope_scaling);
+                       OptionalAttr<DictionaryAttr>:$rope_scaling, Optional<Pl_IntTensor>:$positions);
   let results = (outs Pl_FloatTensor:$result);
-  let assemblyFormat = "$input attr-dict `:` type($result)";
+  let assemblyFormat = "$input (`positions` `(` $positions^ `:` type($positions) `)`)? attr-dict `:` type($result)";
   let hasVerifier = 1;
 }
 
 def Pl_AttentionOp : Pl_Op<"attention", [Pure]> {
-  let summary = "scaled dot-product attention with grouped-query heads, optionally causal";
+  let summary = "scaled dot-product attention with grouped-query heads, optionally causal and per segment";
   let description = [{
     `softmax(q k^T * scale [+ causal mask]) v` with `query` (B, Hq, T, Dh) and `key`,
     `value` (B, Hkv, S, Dh); Hq must be a multiple of Hkv (grouped-query attention: each
     key/value head serves Hq / Hkv query heads). The result has the query's type; `scale` > 0.
 
+    With the optional integer `segment_ids` (B, T) (self-attention: S == T), query i of a row
+    sees key j only if `segment_ids[b, j] == segment_ids[b, i]` (and j <= i when causal): the
+    block-diagonal mask of sequence packing, where each example packed into a row is one
+    segment and attention never crosses from one example into another.
+
     ```mlir
     %o = pl.attention %q, %k, %v {causal, scale = 1.250000e-01 : f64} : (tensor<2x32x?x64xf32>, tensor<2x8x?x64xf32>, tensor<2x8x?x64xf32>) -> tensor<2x32x?x64xf32>
+    %p = pl.attention %q, %k, %v segments %seg {causal, scale = 2.500000e-01 : f64} : (tensor<2x4x16x16xf32>, tensor<2x2x16x16xf32>, tensor<2x2x16x16xf32>, tensor<2x16xi64>) -> tensor<2x4x16x16xf32>
     ```
   }];
   let arguments = (ins Pl_FloatTensor:$query, Pl_FloatTensor:$key, Pl_FloatTensor:$value,
-                       UnitAttr:$causal, F64Attr:$scale);
+                       UnitAttr:$causal, F64Attr:$scale, Optional<Pl_IntTensor>:$segment_ids);
   let results = (outs Pl_FloatTensor:$result);
-  let assemblyFormat = "$query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = "$query `,` $key `,` $value (`segments` $segment_ids^)? attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;
 }
 
@@ -388,19 +399,23 @@ def Pl_LoraLinearGradOp : Pl_Op<"lora_linear_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
-def Pl_RopeGradOp : Pl_Op<"rope_grad", [Pure, SameOperandsAndResultType]> {
+def Pl_RopeGradOp : Pl_Op<"rope_grad", [Pure, AllTypesMatch<["grad", "result"]>]> {
   let summary = "gradient of pl.rope: the rotation by the negative angle";
   let description = [{
     Rope is an orthogonal map per position, so its adjoint rotates each pair back:
-    `dx = dy cos - rotate_half(dy) sin` in rotate-half form. Attributes as on `pl.rope`.
+    `dx = dy cos - rotate_half(dy) sin` in rotate-half form. Attributes and the optional
+    `positions` as on `pl.rope`.
 
     ```mlir
     %dx = pl.rope_grad %dy {theta = 1.000000e+04 : f64} : tensor<2x4x16x16xf32>
+    %dp = pl.rope_grad %dy positions(%pos : tensor<2x16xi64>) {theta = 1.000000e+04 : f64} : tensor<2x4x16x16xf32>
     ```
   }];
-  let arguments = (ins Pl_FloatTensor:$grad, F64Attr:$theta, OptionalAttr<DictionaryAttr>:$rope_scaling);
+  let arguments = (ins Pl_FloatTensor:$grad, F64Attr:$theta, OptionalAttr<DictionaryAttr>:$rope_scaling,
+                       Optional<Pl_IntTensor>:$positions);
   let results = (outs Pl_FloatTensor:$result);
-  let assemblyFormat = "$grad attr-dict `:` type($result)";
+  let assemblyFormat = "$grad (`positions` `(` $positions^ `:` type($positions) `)`)? attr-dict `:` type($result)";
+  let hasVerifier = 1;
 }
 
 def Pl_AttentionGradOp : Pl_Op<"attention_grad", [Pure]> {
@@ -408,16 +423,17 @@ def Pl_AttentionGradOp : Pl_Op<"attention_grad", [Pure]> {
   let description = [{
     With P = softmax(q k^T * scale [+ causal mask]): `dv = P^T do`, `dP = do v^T`,
     `dS = P * (dP - rowsum(dP * P))`, `dq = dS k * scale`, `dk = dS^T q * scale`; for grouped
-    heads, dk and dv sum over the query heads that share a key/value head.
+    heads, dk and dv sum over the query heads that share a key/value head. The optional
+    `segment_ids` mask P as on `pl.attention` (masked entries are 0 in every product).
 
     ```mlir
     %dq, %dk, %dv = pl.attention_grad %do, %q, %k, %v {causal, scale = 2.500000e-01 : f64} : (tensor<2x4x16x16xf32>, tensor<2x4x16x16xf32>, tensor<2x2x16x16xf32>, tensor<2x2x16x16xf32>) -> (tensor<2x4x16x16xf32>, tensor<2x2x16x16xf32>, tensor<2x2x16x16xf32>)
     ```
   }];
   let arguments = (ins Pl_FloatTensor:$grad, Pl_FloatTensor:$query, Pl_FloatTensor:$key,
-                       Pl_FloatTensor:$value, UnitAttr:$causal, F64Attr:$scale);
+                       Pl_FloatTensor:$value, UnitAttr:$causal, F64Attr:$scale, Optional<Pl_IntTensor>:$segment_ids);
   let results = (outs Pl_FloatTensor:$grad_query, Pl_FloatTensor:$grad_key, Pl_FloatTensor:$grad_value);
-  let assemblyFormat = "$grad `,` $query `,` $key `,` $value attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = "$grad `,` $query `,` $key `,` $value (`segments` $segment_ids^)? attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;
 }
 

@@ -116,7 +116,7 @@ private:
           b_.getNamedAttr("high_freq_factor", b_.getF64FloatAttr(rs->high_freq_factor)),
           b_.getNamedAttr("original_max_position_embeddings", b_.getI64IntegerAttr(rs->original_max_position_embeddings)),
       });
-    return tag(b_.create<pl::RopeOp>(loc(path), x.getType(), x, b_.getF64FloatAttr(c_.rope_theta), scaling));
+    return tag(b_.create<pl::RopeOp>(loc(path), x.getType(), x, b_.getF64FloatAttr(c_.rope_theta), scaling, Value()));
   }
 
   Value decoder_layer(int64_t i, Value h) {
@@ -135,7 +135,7 @@ private:
     k = rope(attn, k);
     // GQA: the attention op broadcasts each kv head over Hq / Hkv query heads (no repeat_kv op).
     Value a = tag(b_.create<pl::AttentionOp>(loc(attn), tensor({B_, Hq, T_, Dh}), q, k, v, b_.getUnitAttr(),
-                                             b_.getF64FloatAttr(1.0 / std::sqrt(double(Dh)))));
+                                             b_.getF64FloatAttr(1.0 / std::sqrt(double(Dh))), Value()));
     a = tag(b_.create<pl::TransposeOp>(loc(attn), tensor({B_, T_, Hq, Dh}), a, b_.getDenseI64ArrayAttr({0, 2, 1, 3})));
     a = tag(b_.create<pl::ReshapeOp>(loc(attn), tensor({B_, T_, Hq * Dh}), a));
     Value o = linear(attn + ".o_proj", a, Hq * Dh, D, c_.attention_bias);

@@ -219,15 +219,30 @@ bool parse_attention_qkv(const KernelCall &c, KernelCheck &ck, const Tensor &q, 
                                                 ", S = " + std::to_string(d.S));
 }
 
+bool parse_attention_segments(KernelCheck &ck, const Tensor &seg, const AttentionArgs &d) {
+  return ck.i32(seg, "segment_ids") && ck.expect(d.T == d.S, "segment_ids need self-attention (T == S), got T = " +
+                                                                  std::to_string(d.T) + ", S = " + std::to_string(d.S)) &&
+         ck.shape(seg, "segment_ids", {d.B, d.T});
+}
+
+std::string rope_position_error(int64_t p, int64_t b, int64_t t, int64_t T) {
+  return "position_ids value " + std::to_string(p) + " at (b=" + std::to_string(b) + ", t=" + std::to_string(t) +
+         ") is outside [0, " + std::to_string(T) + ") (positions restart at 0 for each packed example, so they are "
+         "below the sequence length)";
+}
+
 bool parse_rope_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok, RopeArgs *out) {
   *out = RopeArgs();
-  if (!ck.operands(1, 1, 1)) return false;
+  if (!ck.operands(1, 2, 1)) return false;
   const Tensor &x = c.in[0], &y = c.out[0];
   const char *xn = backward ? "dy" : "x", *yn = backward ? "dx" : "y";
   if (!float_operand(ck, x, xn, bf16_ok) || !float_operand(ck, y, yn, bf16_ok) || !ck.rank(x, xn, 4) ||
       !ck.same_shape(y, yn, x, xn))
     return false;
-  *out = RopeArgs{x.dim(0), x.dim(1), x.dim(2), x.dim(3)};
+  *out = RopeArgs{x.dim(0), x.dim(1), x.dim(2), x.dim(3), c.in.size() == 2};
+  if (out->positions &&
+      (!ck.i32(c.in[1], "position_ids") || !ck.shape(c.in[1], "position_ids", {out->B, out->T})))
+    return false;
   return ck.positive(out->Dh, "head dim Dh") &&
          ck.expect(out->Dh % 2 == 0, "head dim Dh = " + std::to_string(out->Dh) + " must be even");
 }

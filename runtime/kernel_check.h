@@ -109,11 +109,21 @@ struct AttentionArgs {
 };
 bool parse_attention_qkv(const KernelCall &c, KernelCheck &ck, const Tensor &q, const Tensor &k, const Tensor &v,
                          bool bf16_ok, AttentionArgs *out);
+/// Sequence packing: the optional segment_ids operand of attention_fwd / attention_bwd, i32
+/// (B, T), self-attention only (T == S). Key s is visible to query t iff segment_ids[b, s] ==
+/// segment_ids[b, t] (and s <= t when causal). Any int32 value is a valid segment id.
+bool parse_attention_segments(KernelCheck &ck, const Tensor &seg, const AttentionArgs &d);
 
-/// rope_fwd: x -> y; rope_bwd: dy -> dx; (B,H,T,Dh), one shape, Dh even and > 0.
+/// rope_fwd: x [, positions] -> y; rope_bwd: dy [, positions] -> dx; (B,H,T,Dh), one shape,
+/// Dh even and > 0. The optional positions (sequence packing) are i32 (B, T); their values must
+/// lie in [0, T) (each kernel checks them on its device: rope_position_error).
 struct RopeArgs {
   int64_t B = 0, H = 0, T = 0, Dh = 0;
+  bool positions = false;  // in[1] holds position_ids
 };
+/// "position_ids value <p> at (b=.., t=..) is outside [0, T) (positions restart at 0 for each
+/// packed example, so they are below the sequence length)".
+std::string rope_position_error(int64_t p, int64_t b, int64_t t, int64_t T);
 bool parse_rope_args(const KernelCall &c, KernelCheck &ck, bool backward, bool bf16_ok, RopeArgs *out);
 
 /// embedding_fwd: ids (B,T) i32, table (V,D) -> y (B,T,D); attr vocab_group (table is a shard).

@@ -468,7 +468,7 @@ Value Raiser::raise_attention(const Node &n) {
   Value qv = get(q), kv = qv ? get(k) : Value(), vvv = kv ? get(v) : Value();
   if (!vvv) return {};
   return b_.create<pl::AttentionOp>(loc(n), type_of(n.outputs[0]), qv, kv, vvv,
-                                    causal ? b_.getUnitAttr() : UnitAttr(), b_.getF64FloatAttr(scale));
+                                    causal ? b_.getUnitAttr() : UnitAttr(), b_.getF64FloatAttr(scale), Value());
 }
 
 // ---------------------------------------------------------------- RoPE
@@ -558,7 +558,7 @@ Value Raiser::raise_rope(const Node &n) {
         rope_theta_ = theta;
         Value xv = get(x);
         if (!xv) return {};
-        return b_.create<pl::RopeOp>(loc(n), type_of(n.outputs[0]), xv, b_.getF64FloatAttr(theta), scaling);
+        return b_.create<pl::RopeOp>(loc(n), type_of(n.outputs[0]), xv, b_.getF64FloatAttr(theta), scaling, Value());
       }
     }
   }

@@ -149,11 +149,13 @@ LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, b
     } else if (auto r = dyn_cast<pl::RopeOp>(op)) {
       in.op = "rope_fwd";
       in.inputs = {operand(r.getInput())};
+      if (r.getPositions()) in.inputs.push_back(operand(r.getPositions()));  // packing
       in.outputs = {result(r.getResult())};
       rope_attrs(in, r.getTheta().convertToDouble(), r.getRopeScalingAttr());
     } else if (auto a = dyn_cast<pl::AttentionOp>(op)) {
       in.op = "attention_fwd";
       in.inputs = {operand(a.getQuery()), operand(a.getKey()), operand(a.getValue())};
+      if (a.getSegmentIds()) in.inputs.push_back(operand(a.getSegmentIds()));  // packing
       in.outputs = {result(a.getResult())};
       in.attrs["scale"] = a.getScale().convertToDouble();
       in.attrs["causal"] = int64_t(a.getCausal() ? 1 : 0);
@@ -216,11 +218,13 @@ LogicalResult Lowering::lower_function(func::FuncOp func, plan::Program &prog, b
     } else if (auto g = dyn_cast<pl::RopeGradOp>(op)) {
       in.op = "rope_bwd";
       in.inputs = {operand(g.getGrad())};
+      if (g.getPositions()) in.inputs.push_back(operand(g.getPositions()));
       in.outputs = {result(g.getResult())};
       rope_attrs(in, g.getTheta().convertToDouble(), g.getRopeScalingAttr());
     } else if (auto g = dyn_cast<pl::AttentionGradOp>(op)) {
       in.op = "attention_bwd";
       in.inputs = {operand(g.getGrad()), operand(g.getQuery()), operand(g.getKey()), operand(g.getValue())};
+      if (g.getSegmentIds()) in.inputs.push_back(operand(g.getSegmentIds()));
       in.outputs = {result(g.getGradQuery()), result(g.getGradKey()), result(g.getGradValue())};
       in.attrs["scale"] = g.getScale().convertToDouble();
       in.attrs["causal"] = int64_t(g.getCausal() ? 1 : 0);

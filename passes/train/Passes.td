@@ -9,6 +9,39 @@
 
 include "mlir/Pass/PassBase.td"
 
+def PackSequences : Pass<"pack-sequences", "mlir::ModuleOp"> {
+  let summary = "Give @forward position_ids and segment_ids inputs for packed rows (lora-compile --packing)";
+  let description = [{
+    Sequence packing: several examples share one row of T tokens. Adds two integer inputs
+    with input_ids' type, `position_ids` (each token's position inside its own example,
+    restarting at 0) and `segment_ids` (which example of the row a token belongs to), and
+    passes them to every `pl.rope` (as `positions`) and every `pl.attention` (as
+    `segment_ids`: a query attends only to keys of its own segment, causally). A packed row
+    then computes exactly what its examples compute one at a time, as Hugging Face does with
+    `position_ids` and a block-diagonal causal mask. Fails on a graph with attention or rope
+    that is not a `pl.attention` / `pl.rope` op (the mask could not be applied). Runs before
+    --append-loss, which keeps the new inputs and adds `labels` after them.
+
+    Before:
+
+    ```mlir
+    func.func @forward(%ids: tensor<2x16xi64>) -> tensor<2x16x256xf32> {
+      %qr = pl.rope %q {theta = 1.000000e+04 : f64} : tensor<2x4x16x16xf32>
+      %o = pl.attention %qr, %kr, %v {causal, scale = 2.500000e-01 : f64} : (...) -> tensor<2x4x16x16xf32>
+    ```
+
+    After:
+
+    ```mlir
+    func.func @forward(%ids: tensor<2x16xi64> {pl.name = "input_ids"}, %pos: tensor<2x16xi64> {pl.name = "position_ids"},
+                       %seg: tensor<2x16xi64> {pl.name = "segment_ids"}) -> tensor<2x16x256xf32> {
+      %qr = pl.rope %q positions(%pos : tensor<2x16xi64>) {theta = 1.000000e+04 : f64} : tensor<2x4x16x16xf32>
+      %o = pl.attention %qr, %kr, %v segments %seg {causal, scale = 2.500000e-01 : f64} : (..., tensor<2x16xi64>) -> tensor<2x4x16x16xf32>
+    ```
+  }];
+  let dependentDialects = ["parallora::pl::PlDialect", "mlir::func::FuncDialect"];
+}
+
 def AppendLoss : Pass<"append-loss", "mlir::ModuleOp"> {
   let summary = "Turn @forward (ids -> logits) into @train_step and @eval_step (ids, labels -> loss)";
   let description = [{

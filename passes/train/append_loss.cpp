@@ -2,6 +2,8 @@
 //
 // Rewrites  func @forward(%ids: BxT) -> BxTxV            (return %logits)
 // into      func @train_step(%ids: BxT, %labels: BxT) -> f32
+// (further named inputs of @forward, e.g. --pack-sequences' position_ids and segment_ids,
+// are kept between them: @train_step(%ids, %position_ids, %segment_ids, %labels))
 //             %loss = pl.cross_entropy %logits, %labels {shift_labels, ignore_index}
 //           func @eval_step = a clone of @train_step (validation; never differentiated)
 //
@@ -34,7 +36,7 @@ public:
       return signalPassFailure();
     }
     FunctionType type = forward.getFunctionType();
-    auto ids = type.getNumInputs() == 1 ? type.getInput(0).dyn_cast<RankedTensorType>() : nullptr;
+    auto ids = type.getNumInputs() >= 1 ? type.getInput(0).dyn_cast<RankedTensorType>() : nullptr;
     auto logits = type.getNumResults() == 1 ? type.getResult(0).dyn_cast<RankedTensorType>() : nullptr;
     if (!ids || !logits || ids.getRank() != 2 || logits.getRank() != 3) {
       forward.emitError("append-loss: @forward must map input_ids (B, T) to logits (B, T, V), got ") << type;
@@ -46,9 +48,23 @@ public:
       return signalPassFailure();
     }
 
-    // The argument attributes of input_ids (an importer may have set some), kept for arg 0; the
-    // attribute array must then be resized for the new labels argument.
-    DictionaryAttr ids_attrs = forward.getArgAttrDict(0);
+    // Inputs after input_ids: only the packing inputs --pack-sequences adds (fed by name).
+    for (unsigned i = 1; i < type.getNumInputs(); ++i) {
+      auto name = forward.getArgAttrOfType<StringAttr>(i, "pl.name");
+      if (!name || (name.getValue() != "position_ids" && name.getValue() != "segment_ids")) {
+        forward.emitError("append-loss: @forward must map input_ids (B, T) to logits (B, T, V), got ")
+            << type << "; argument #" << i << (name ? " '" + name.getValue().str() + "'" : std::string())
+            << " is not an input the runtime feeds (only --pack-sequences' position_ids and segment_ids are)";
+        return signalPassFailure();
+      }
+    }
+    // The argument attributes (an importer may have set some) are kept; the attribute array
+    // must then be resized for the new labels argument.
+    SmallVector<DictionaryAttr> arg_attrs;
+    for (unsigned i = 0; i < type.getNumInputs(); ++i) {
+      DictionaryAttr d = forward.getArgAttrDict(i);
+      arg_attrs.push_back(d ? d : DictionaryAttr::get(&getContext()));
+    }
     Block &body = forward.getBody().front();
     Value labels = body.addArgument(ids, forward.getLoc());
     auto ret = cast<func::ReturnOp>(body.getTerminator());
@@ -58,12 +74,15 @@ public:
                                            b.getI64IntegerAttr(ignoreIndex), b.getUnitAttr());
     ce->setAttr(pl::kLayerAttr, b.getI64IntegerAttr(-1));
     ret->setOperands(ce.getResult());
-    forward.setFunctionType(b.getFunctionType({ids, ids}, {loss_type}));
-    forward.setAllArgAttrs(ArrayRef<DictionaryAttr>{ids_attrs ? ids_attrs : b.getDictionaryAttr({}), b.getDictionaryAttr({})});
+    SmallVector<Type> inputs(type.getInputs().begin(), type.getInputs().end());
+    inputs.push_back(ids);
+    arg_attrs.push_back(b.getDictionaryAttr({}));
+    forward.setFunctionType(b.getFunctionType(inputs, {loss_type}));
+    forward.setAllArgAttrs(arg_attrs);
     forward.setName(kTrainStep);
     // HF's argument names, for readable IR and plan buffer names.
     forward.setArgAttr(0, "pl.name", b.getStringAttr("input_ids"));
-    forward.setArgAttr(1, "pl.name", b.getStringAttr("labels"));
+    forward.setArgAttr(labels.cast<BlockArgument>().getArgNumber(), "pl.name", b.getStringAttr("labels"));
 
     auto eval = forward.clone();
     eval.setName(kEvalStep);

@@ -72,7 +72,7 @@ LogicalResult rope_rule(Operation *op, ArrayRef<Value> rg, ArrayRef<bool> needs,
   auto r = cast<pl::RopeOp>(op);
   if (needs[0])
     grads[0] = tagged(op, b.create<pl::RopeGradOp>(op->getLoc(), r.getType(), rg[0], r.getThetaAttr(),
-                                                   r.getRopeScalingAttr()));
+                                                   r.getRopeScalingAttr(), r.getPositions()));
   return success();
 }
 
@@ -81,7 +81,8 @@ LogicalResult attention_rule(Operation *op, ArrayRef<Value> rg, ArrayRef<bool> n
   auto a = cast<pl::AttentionOp>(op);
   auto g = tagged(op, b.create<pl::AttentionGradOp>(op->getLoc(), a.getQuery().getType(), a.getKey().getType(),
                                                     a.getValue().getType(), rg[0], a.getQuery(), a.getKey(),
-                                                    a.getValue(), a.getCausalAttr(), a.getScaleAttr()));
+                                                    a.getValue(), a.getCausalAttr(), a.getScaleAttr(),
+                                                    a.getSegmentIds()));
   for (unsigned i = 0; i < 3; ++i)
     if (needs[i]) grads[i] = g->getResult(i);
   return success();

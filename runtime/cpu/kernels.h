@@ -34,10 +34,14 @@
 //                       high_freq_factor (f64), original_max_position_embeddings (i64).
 //                       HF rotate-half: y = x cos + rotate_half(x) sin, positions 0..T-1,
 //                       inv_freq[i] = theta^(-2i/Dh) (then llama3-scaled as HF does)
-//  rope_bwd           dy (B,H,T,Dh)                            dx (B,H,T,Dh)       same as rope_fwd
+//                     [positions (B,T) i32]: packing; token t of row b is at position
+//                       positions[b, t] (in [0, T), else an error naming it) instead of t
+//  rope_bwd           dy (B,H,T,Dh) [, positions]              dx (B,H,T,Dh)       same as rope_fwd
 //  attention_fwd      q (B,Hq,T,Dh), k (B,Hkv,S,Dh), v (B,Hkv,S,Dh)  o (B,Hq,T,Dh) scale (f64), causal (i64 0/1)
 //                       query head h uses kv head h / (Hq/Hkv); causal masks s > t (T == S)
-//  attention_bwd      do (B,Hq,T,Dh), q, k, v                  dq, dk, dv          scale, causal
+//                     [segment_ids (B,T) i32]: packing (T == S); also masks s where
+//                       segment_ids[b, s] != segment_ids[b, t] (block-diagonal)
+//  attention_bwd      do (B,Hq,T,Dh), q, k, v [, segment_ids]  dq, dk, dv          scale, causal
 //  swiglu_fwd         gate (..), up (..)                       y = silu(gate)*up   -
 //  swiglu_bwd         dy (..), gate (..), up (..)              dgate, dup          -
 //  add                a (..), b (..)                           y = a + b           -

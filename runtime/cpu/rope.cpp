@@ -13,6 +13,8 @@
 //   y = x cos + rotate_half(x) sin, rotate_half(x) = cat(-x2, x1) over the two halves of Dh.
 // The backward applies the transposed rotation, dx = dy cos - rotate_half(dy) sin, i.e.
 //   dx1 = dy1 c + dy2 s,  dx2 = dy2 c - dy1 s.
+// Packing: with the optional positions (B, T), token t of row b takes the table row
+// positions[b, t] instead of t (HF's position_ids); they are checked to lie in [0, T) first.
 //
 //===----------------------------------------------------------------------===//
 #include <cmath>
@@ -55,9 +57,13 @@ Status rope(KernelCall &c, const char *name, bool backward) {
   const float *xp = x.f32();
   float *yp = y.f32();
   const float *cs = tab.cos.data(), *sn = tab.sin.data();
+  const int32_t *pos = ra.positions ? c.in[1].i32() : nullptr;  // (B, T)
+  if (pos)
+    for (int64_t i = 0; i < B * T; ++i)
+      if (pos[i] < 0 || pos[i] >= T) return ck.error(rope_position_error(pos[i], i / T, i % T, T));
 #pragma omp parallel for schedule(static) if (rows * Dh >= detail::kParallelWork)
   for (int64_t row = 0; row < rows; ++row) {
-    const int64_t t = row % T;
+    const int64_t t = pos ? pos[(row / (H * T)) * T + row % T] : row % T;
     const float *xr = xp + row * Dh, *cr = cs + t * half, *sr = sn + t * half;
     float *yr = yp + row * Dh;
     for (int64_t i = 0; i < half; ++i) {

@@ -1,7 +1,9 @@
 //===- attention.cu - attention_fwd, attention_bwd (causal GQA, f32 math) --===//
 //
 // Operands, attrs and checks as runtime/cpu/attention.cpp: q (B,Hq,T,Dh), k/v (B,Hkv,S,Dh),
-// query head h reads kv head h / (Hq/Hkv); causal masks s > t (needs T == S).
+// query head h reads kv head h / (Hq/Hkv); causal masks s > t (needs T == S). Packing: the
+// optional segment_ids (B, T) i32 (T == S) also mask s where seg[b, s] != seg[b, t]; every
+// kernel below applies that test where it applies the causal one (`seg` null: no packing).
 //
 // Element types (runtime/cuda/bf16.cuh): q, k, v, o, do, dq, dk, dv all f32 or all bf16. bf16
 // operands are widened on load (into the f32 shared-memory tiles / registers) and o is rounded
@@ -85,7 +87,7 @@ template <int DPL, typename E>
 __global__ void __launch_bounds__(kFwdWarps * 32)
     attention_fwd_kernel(const E *__restrict__ q, const E *__restrict__ k, const E *__restrict__ v,
                          E *__restrict__ o, int Hq, int Hkv, int group, int T, int S, int Dh, float scale,
-                         bool causal) {
+                         bool causal, const int32_t *__restrict__ seg) {
   extern __shared__ float smem[];
   float *Qs = smem;                      // kBr x Dh
   float *Ks = Qs + kBr * Dh;             // kBc x (Dh+1)
@@ -97,6 +99,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
   const int t0 = blockIdx.y * kBr;
   const E *qb = q + (bh * T + t0) * Dh;
   const E *kb = k + kvh * int64_t(S) * Dh, *vb = v + kvh * int64_t(S) * Dh;
+  const int32_t *segb = seg ? seg + int64_t(b) * T : nullptr;  // this row's segments (T == S)
 
   const int qrows = min(kBr, T - t0);
   for (int i = threadIdx.x; i < kBr * Dh; i += blockDim.x) Qs[i] = i / Dh < qrows ? ld(qb, i) : 0.0f;
@@ -125,7 +128,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
       const int row = warp * kRowsPerWarp + r, t = t0 + row;
       if (t >= T) continue;  // warp-uniform
       const int s = s0 + lane;
-      const bool valid = s < S && (!causal || s <= t);
+      const bool valid = s < S && (!causal || s <= t) && (!segb || segb[s] == segb[t]);
       const float sc = valid ? dot(Qs + row * Dh, Ks + lane * (Dh + 1), Dh) * scale : -INFINITY;
       const float m_new = fmaxf(m[r], warp_max(sc));
       if (m_new == -INFINITY) continue;  // no visible key yet (warp-uniform)
@@ -161,7 +164,7 @@ __global__ void __launch_bounds__(kFwdWarps * 32)
 }
 
 template <int DPL, typename E>
-Status launch_fwd(const Dims &d, const E *q, const E *k, const E *v, E *o, size_t smem) {
+Status launch_fwd(const Dims &d, const E *q, const E *k, const E *v, E *o, size_t smem, const int32_t *seg) {
   auto kernel = attention_fwd_kernel<DPL, E>;
   // Raised once per size (not on every launch: keeps the call out of CUDA graph captures, whose
   // warm-up run did it).
@@ -175,16 +178,16 @@ Status launch_fwd(const Dims &d, const E *q, const E *k, const E *v, E *o, size_
   }
   dim3 grid(unsigned(d.B * d.Hq), unsigned((d.T + kBr - 1) / kBr));
   kernel<<<grid, kFwdWarps * 32, smem, stream()>>>(q, k, v, o, int(d.Hq), int(d.Hkv), int(d.group), int(d.T),
-                                                    int(d.S), int(d.Dh), d.scale, d.causal);
+                                                    int(d.S), int(d.Dh), d.scale, d.causal, seg);
   return check_launch("attention_fwd");
 }
 
 template <typename E>
-Status launch_fwd_dh(const Dims &d, const E *q, const E *k, const E *v, E *o, size_t smem) {
-  if (d.Dh <= 32) return launch_fwd<1>(d, q, k, v, o, smem);
-  if (d.Dh <= 64) return launch_fwd<2>(d, q, k, v, o, smem);
-  if (d.Dh <= 128) return launch_fwd<4>(d, q, k, v, o, smem);
-  return launch_fwd<8>(d, q, k, v, o, smem);
+Status launch_fwd_dh(const Dims &d, const E *q, const E *k, const E *v, E *o, size_t smem, const int32_t *seg) {
+  if (d.Dh <= 32) return launch_fwd<1>(d, q, k, v, o, smem, seg);
+  if (d.Dh <= 64) return launch_fwd<2>(d, q, k, v, o, smem, seg);
+  if (d.Dh <= 128) return launch_fwd<4>(d, q, k, v, o, smem, seg);
+  return launch_fwd<8>(d, q, k, v, o, smem, seg);
 }
 
 // ---------------------------------------------------------------- backward
@@ -195,7 +198,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
     attention_bwd_rows_kernel(const E *__restrict__ q, const E *__restrict__ k, const E *__restrict__ v,
                               const E *__restrict__ dO, float *__restrict__ dq, float *__restrict__ row_m,
                               float *__restrict__ row_inv, float *__restrict__ row_D, int64_t rows, int Hq, int Hkv,
-                              int group, int T, int S, int Dh, float scale, bool causal) {
+                              int group, int T, int S, int Dh, float scale, bool causal,
+                              const int32_t *__restrict__ seg) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float *qs = smem + warp * (2 * Dh + 32), *dos = qs + Dh, *dsw = dos + Dh;
@@ -212,11 +216,16 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
   }
   __syncwarp();
   const int n = causal ? t + 1 : S;
+  const int32_t *segb = seg ? seg + int64_t(b) * T : nullptr;
+  const int32_t qseg = segb ? segb[t] : 0;
+  auto visible = [&](int s) { return !segb || segb[s] == qseg; };  // s < n already
   float m = -INFINITY;
-  for (int s = lane; s < n; s += 32) m = fmaxf(m, dot(qs, kb + int64_t(s) * Dh, Dh) * scale);
+  for (int s = lane; s < n; s += 32)
+    if (visible(s)) m = fmaxf(m, dot(qs, kb + int64_t(s) * Dh, Dh) * scale);
   m = warp_max(m);
   float l = 0.0f, ed = 0.0f;
   for (int s = lane; s < n; s += 32) {
+    if (!visible(s)) continue;
     const float e = expf(dot(qs, kb + int64_t(s) * Dh, Dh) * scale - m);
     l += e;
     ed += e * dot(dos, vb + int64_t(s) * Dh, Dh);
@@ -230,7 +239,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
   for (int s0 = 0; s0 < n; s0 += 32) {
     const int s = s0 + lane;
     float ds = 0.0f;
-    if (s < n) {
+    if (s < n && visible(s)) {
       const E *kr = kb + int64_t(s) * Dh;
       const float p = expf(dot(qs, kr, Dh) * scale - m) * inv;
       ds = p * (dot(dos, vb + int64_t(s) * Dh, Dh) - D);
@@ -260,7 +269,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
                             const E *__restrict__ dO, const float *__restrict__ row_m,
                             const float *__restrict__ row_inv, const float *__restrict__ row_D, float *__restrict__ dk,
                             float *__restrict__ dv, int64_t kv_rows, int Hq, int Hkv, int group, int T, int S, int Dh,
-                            float scale, bool causal) {
+                            float scale, bool causal, const int32_t *__restrict__ seg) {
   extern __shared__ float smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float *ks = smem + warp * (2 * Dh + 64), *vs = ks + Dh, *pw = vs + Dh, *dsw = pw + 32;
@@ -269,6 +278,8 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
   const int s = int(kr % S);
   const int64_t bhk = kr / S;
   const int hk = int(bhk % Hkv), b = int(bhk / Hkv);
+  const int32_t *segb = seg ? seg + int64_t(b) * T : nullptr;
+  const int32_t kseg = segb ? segb[s] : 0;
   for (int i = lane; i < Dh; i += 32) {
     ks[i] = ld(k, kr * Dh + i);
     vs[i] = ld(v, kr * Dh + i);
@@ -282,7 +293,7 @@ __global__ void __launch_bounds__(kBwdWarps * 32)
     for (int tb = causal ? s : 0; tb < T; tb += 32) {
       const int t = tb + lane;
       float p = 0.0f, ds = 0.0f;
-      if (t < T) {
+      if (t < T && (!segb || segb[t] == kseg)) {
         const int64_t row = rowbase + t;
         p = expf(dot(q + row * Dh, ks, Dh) * scale - row_m[row]) * row_inv[row];
         ds = p * (dot(dO + row * Dh, vs, Dh) - row_D[row]);
@@ -335,14 +346,17 @@ bool fits_launch(Check &ck, const Dims &d) {
 
 } // namespace
 
-// q (B,Hq,T,Dh), k (B,Hkv,S,Dh), v (B,Hkv,S,Dh) -> o (B,Hq,T,Dh); attrs scale, causal.
+// q (B,Hq,T,Dh), k (B,Hkv,S,Dh), v (B,Hkv,S,Dh) [, segment_ids (B,T)] -> o (B,Hq,T,Dh);
+// attrs scale, causal.
 Status attention_fwd(KernelCall &c) {
   Check ck(c, "attention_fwd");
-  if (!ck.operands(3, 3, 1)) return ck.status();
+  if (!ck.operands(3, 4, 1)) return ck.status();
   const Tensor &q = c.in[0], &k = c.in[1], &v = c.in[2], &o = c.out[0];
   Dims d;
   if (!parse_attention_qkv(c, ck, q, k, v, /*bf16_ok=*/true, &d) || !ck.flt(o, "o") || !ck.same_shape(o, "o", q, "q") || !fits_launch(ck, d))
     return ck.status();
+  if (c.in.size() == 4 && !parse_attention_segments(ck, c.in[3], d)) return ck.status();
+  const int32_t *seg = c.in.size() == 4 ? c.in[3].i32() : nullptr;
   const FloatKind kind = float_kind({&q, &k, &v, &o});
   if (kind == FloatKind::Mixed) return run_widened(c, attention_fwd);
   const int64_t rows = d.B * d.Hq * d.T;
@@ -360,8 +374,8 @@ Status attention_fwd(KernelCall &c) {
   Status s = kind == FloatKind::BF16 ? launch_fwd_dh(d, static_cast<const bf16_t *>(q.data),
                                                       static_cast<const bf16_t *>(k.data),
                                                       static_cast<const bf16_t *>(v.data),
-                                                      static_cast<bf16_t *>(o.data), smem)
-                                     : launch_fwd_dh(d, q.f32(), k.f32(), v.f32(), o.f32(), smem);
+                                                      static_cast<bf16_t *>(o.data), smem, seg)
+                                     : launch_fwd_dh(d, q.f32(), k.f32(), v.f32(), o.f32(), smem, seg);
   return s ? s : ck.error(s.message());
 }
 
@@ -371,7 +385,7 @@ namespace {
 // or f32 scratch that the caller rounds into bf16 outputs).
 template <typename E>
 Status launch_bwd(Check &ck, const Dims &d, const E *q, const E *k, const E *v, const E *dO, float *dq, float *dk,
-                  float *dv) {
+                  float *dv, const int32_t *seg) {
   const int64_t rows = d.B * d.Hq * d.T, kv_rows = d.B * d.Hkv * d.S;
   auto scratch = row_scratch(size_t(3 * rows));
   if (!scratch) return ck.error(scratch.message());
@@ -397,22 +411,23 @@ Status launch_bwd(Check &ck, const Dims &d, const E *q, const E *k, const E *v, 
     return ck.status();
   attention_bwd_rows_kernel<E><<<unsigned(blocks1), kBwdWarps * 32, smem1, stream()>>>(
       q, k, v, dO, dq, row_m, row_inv, row_D, rows, int(d.Hq), int(d.Hkv), int(d.group), int(d.T), int(d.S),
-      int(d.Dh), d.scale, d.causal);
+      int(d.Dh), d.scale, d.causal, seg);
   if (Status s = check_launch("attention_bwd (rows)"); !s) return ck.error(s.message());
   if (kv_rows == 0) return Status::ok();
   attention_bwd_kv_kernel<E><<<unsigned(blocks2), kBwdWarps * 32, smem2, stream()>>>(
       q, k, v, dO, row_m, row_inv, row_D, dk, dv, kv_rows, int(d.Hq), int(d.Hkv), int(d.group), int(d.T),
-      int(d.S), int(d.Dh), d.scale, d.causal);
+      int(d.S), int(d.Dh), d.scale, d.causal, seg);
   if (Status s = check_launch("attention_bwd (kv)"); !s) return ck.error(s.message());
   return Status::ok();
 }
 
 } // namespace
 
-// do (B,Hq,T,Dh), q, k, v -> dq (B,Hq,T,Dh), dk, dv (B,Hkv,S,Dh); attrs scale, causal.
+// do (B,Hq,T,Dh), q, k, v [, segment_ids (B,T)] -> dq (B,Hq,T,Dh), dk, dv (B,Hkv,S,Dh);
+// attrs scale, causal.
 Status attention_bwd(KernelCall &c) {
   Check ck(c, "attention_bwd");
-  if (!ck.operands(4, 4, 3)) return ck.status();
+  if (!ck.operands(4, 5, 3)) return ck.status();
   const Tensor &dO = c.in[0], &q = c.in[1], &k = c.in[2], &v = c.in[3];
   const Tensor &dq = c.out[0], &dk = c.out[1], &dv = c.out[2];
   Dims d;
@@ -420,6 +435,8 @@ Status attention_bwd(KernelCall &c) {
       !ck.flt(dq, "dq") || !ck.flt(dk, "dk") || !ck.flt(dv, "dv") || !ck.same_shape(dq, "dq", q, "q") ||
       !ck.same_shape(dk, "dk", k, "k") || !ck.same_shape(dv, "dv", v, "v") || !fits_launch(ck, d))
     return ck.status();
+  if (c.in.size() == 5 && !parse_attention_segments(ck, c.in[4], d)) return ck.status();
+  const int32_t *seg = c.in.size() == 5 ? c.in[4].i32() : nullptr;
   const FloatKind kind = float_kind({&dO, &q, &k, &v, &dq, &dk, &dv});
   if (kind == FloatKind::Mixed) return run_widened(c, attention_bwd);
   const int64_t rows = d.B * d.Hq * d.T;
@@ -433,7 +450,7 @@ Status attention_bwd(KernelCall &c) {
     return s ? s : ck.error(s.message());
   }
   if (kind == FloatKind::F32)
-    return launch_bwd(ck, d, q.f32(), k.f32(), v.f32(), dO.f32(), dq.f32(), dk.f32(), dv.f32());
+    return launch_bwd(ck, d, q.f32(), k.f32(), v.f32(), dO.f32(), dq.f32(), dk.f32(), dv.f32(), seg);
   // bf16: dq, dk, dv are summed in f32 scratch and rounded once.
   thread_local ScratchPool pool;
   StatusOr<float *> dq32 = pool.get_as<float>(0, size_t(dq.numel()));
@@ -444,7 +461,7 @@ Status attention_bwd(KernelCall &c) {
   if (!dv32) return ck.error(dv32.message());
   const auto *qb = static_cast<const bf16_t *>(q.data), *kb = static_cast<const bf16_t *>(k.data),
              *vb = static_cast<const bf16_t *>(v.data), *dob = static_cast<const bf16_t *>(dO.data);
-  if (Status s = launch_bwd(ck, d, qb, kb, vb, dob, *dq32, *dk32, *dv32); !s) return s;
+  if (Status s = launch_bwd(ck, d, qb, kb, vb, dob, *dq32, *dk32, *dv32, seg); !s) return s;
   Status s = narrow(*dq32, dq.data, dq.numel());
   if (s) s = narrow(*dk32, dk.data, dk.numel());
   if (s) s = narrow(*dv32, dv.data, dv.numel());

@@ -13,6 +13,10 @@
 // with -ffp-contract=off) use __fmul_rn / __fadd_rn here, so nvcc cannot fuse them into an FMA
 // and the results match the CPU element for element, up to the device's expf (2 ulp).
 // RoPE's cos / sin table is computed on the host with the CPU kernel's exact code and cached.
+// Packing: rope's optional position_ids (B, T) pick the table row of each token; they are checked
+// to lie in [0, T) like embedding_fwd's ids (a check kernel, then the host reads its error word:
+// at once, or after each replay of a CUDA graph), and the rotation reads row 0 for a bad one so
+// nothing is read out of bounds.
 //
 //===----------------------------------------------------------------------===//
 #include <cmath>
@@ -175,13 +179,29 @@ bool rope_table(const KernelCall &c, Check &ck, int64_t T, int64_t Dh, RopeTable
   return true;
 }
 
-// One thread per (row, i < half): the pair (x[i], x[i + half]) of row = ((b*H + h)*T + t).
+// Records the smallest index of position_ids whose value is outside [0, T).
+__global__ void rope_position_check_kernel(const int32_t *pos, int64_t n, int64_t T_,
+                                           unsigned long long *first_bad) {
+  PARALLORA_GRID_LOOP(i, n) {
+    if (pos[i] < 0 || pos[i] >= T_) atomicMin(first_bad, (unsigned long long)i);
+  }
+}
+
+thread_local util::ManagedScratch g_rope_err;
+
+// One thread per (row, i < half): the pair (x[i], x[i + half]) of row = ((b*H + h)*T + t), at
+// position t, or pos[b*T + t] with packing (a bad one, already reported, reads row 0).
 //   fwd: y1 = x1 c - x2 s, y2 = x2 c + x1 s;  bwd: dx1 = dy1 c + dy2 s, dx2 = dy2 c - dy1 s.
 template <typename T>
 __global__ void rope_kernel(const T *x, T *y, const float *cs, const float *sn, int64_t rows,
-                            int64_t T_, int64_t half, bool backward) {
+                            int64_t T_, int64_t half, bool backward, const int32_t *pos, int64_t H) {
   PARALLORA_GRID_LOOP(k, rows * half) {
-    const int64_t row = k / half, i = k - row * half, t = row % T_;
+    const int64_t row = k / half, i = k - row * half;
+    int64_t t = row % T_;
+    if (pos) {
+      const int64_t p = pos[(row / (H * T_)) * T_ + t];
+      t = p >= 0 && p < T_ ? p : 0;
+    }
     const T *xr = x + row * 2 * half;
     T *yr = y + row * 2 * half;
     const float x1 = ld(xr, i), x2 = ld(xr, i + half), co = cs[t * half + i], si = sn[t * half + i];
@@ -195,6 +215,36 @@ __global__ void rope_kernel(const T *x, T *y, const float *cs, const float *sn, 
   }
 }
 
+// position_ids in [0, T), checked on the device; the error names the first bad one (as the CPU
+// kernel's does). Inside a CUDA graph capture the host check runs after each replay.
+Status check_positions(KernelCall &c, Check &ck, const char *name, const int32_t *pos, int64_t B, int64_t T) {
+  const int64_t n = B * T;
+  const bool deferred = graph::capturing();
+  StatusOr<unsigned long long *> err = deferred ? graph::check_word() : g_rope_err.get<unsigned long long>(1);
+  if (!err) return ck.error(err.message());
+  if (Status s = cuda_status(cudaMemsetAsync(*err, 0xff, sizeof(unsigned long long), stream()), "cudaMemsetAsync");
+      !s)
+    return ck.error(s.message());
+  rope_position_check_kernel<<<blocks_for(n, kEltThreads), kEltThreads, 0, stream()>>>(pos, n, T, *err);
+  if (Status s = check_launch("rope_position_check_kernel"); !s) return ck.error(s.message());
+  if (deferred) {
+    const plan::Instr *instr = c.instr;
+    unsigned long long *word = *err;
+    graph::defer_check([instr, name, pos, word, T]() -> Status {
+      if (*word == util::kNoError) return Status::ok();
+      KernelCall call;
+      call.instr = instr;
+      const int64_t i = int64_t(*word);
+      return util::fail(call, name, rope_position_error(pos[i], i / T, i % T, T));
+    });
+    return Status::ok();
+  }
+  if (Status s = sync_stream(); !s) return ck.error(s.message());
+  const unsigned long long bad = **err;
+  if (bad != util::kNoError) return ck.error(rope_position_error(pos[bad], int64_t(bad) / T, int64_t(bad) % T, T));
+  return Status::ok();
+}
+
 Status rope(KernelCall &c, const char *name, bool backward) {
   Check ck(c, name);
   RopeArgs ra;
@@ -205,15 +255,18 @@ Status rope(KernelCall &c, const char *name, bool backward) {
   if (!rope_table(c, ck, T, Dh, &tab)) return ck.status();
   const int64_t half = Dh / 2, rows = B * H * T;
   if (rows * half == 0) return Status::ok();
+  const int32_t *pos = ra.positions ? c.in[1].i32() : nullptr;
+  if (pos && float_kind({&x, &y}) != FloatKind::Mixed)
+    if (Status s = check_positions(c, ck, name, pos, B, T); !s) return s;
   switch (float_kind({&x, &y})) {
   case FloatKind::F32:
     rope_kernel<<<blocks_for(rows * half, kEltThreads), kEltThreads, 0, stream()>>>(
-        x.f32(), y.f32(), tab.cos, tab.sin, rows, T, half, backward);
+        x.f32(), y.f32(), tab.cos, tab.sin, rows, T, half, backward, pos, H);
     break;
   case FloatKind::BF16:
     rope_kernel<<<blocks_for(rows * half, kEltThreads), kEltThreads, 0, stream()>>>(
         static_cast<const bf16_t *>(x.data), static_cast<bf16_t *>(y.data), tab.cos, tab.sin, rows, T,
-        half, backward);
+        half, backward, pos, H);
     break;
   case FloatKind::Mixed:
     return run_widened(c, backward ? rope_bwd : rope_fwd);

@@ -50,7 +50,7 @@ func.func @rope_scaling_width(%x: tensor<2x4x16x16xf32>) -> tensor<2x4x16x16xf32
 // -----
 
 func.func @rope_result(%x: tensor<2x4x16x16xf32>) -> tensor<2x4x16x16xf16> {
-  // expected-error @+1 {{'pl.rope' op requires the same type for all operands and results}}
+  // expected-error @+1 {{'pl.rope' op failed to verify that all of {input, result} have same type}}
   %r = "pl.rope"(%x) {theta = 10000.0 : f64} : (tensor<2x4x16x16xf32>) -> tensor<2x4x16x16xf16>
   return %r : tensor<2x4x16x16xf16>
 }

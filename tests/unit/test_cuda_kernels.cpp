@@ -26,7 +26,8 @@
 //
 // Without a usable GPU (no driver: cudaGetDeviceCount fails with error 35) every GPU test is
 // skipped with "no usable CUDA GPU: <why>"; the binary starts without a driver (no CUDA call
-// before main) and the registry and executor-hook tests still run.
+// before main) and the registry and executor-hook tests still run. PackedRopeAndAttention (at the
+// end) covers sequence packing: rope's position_ids and attention's segment_ids.
 #include "runtime/cuda/backend.h"
 
 #include <algorithm>
@@ -1225,6 +1226,73 @@ TEST_F(CudaKernels, CollectivesBf16OnALocalCommunicator) {
            {{"group", std::string("tp")}, {"scale", 0.25}}, o);  // both: round(0.25 * x), exact
   check_error("all_reduce bf16 and f32 in one bucket", "all_reduce", {a, rng.f32({11})},
               {bf(zeros(a.shape)), zeros({11})}, {{"group", std::string("dp")}});
+}
+
+// Sequence packing (lora-compile --packing): rope with position_ids, attention with segment_ids.
+// Packed rows of several examples (segments restart positions at 0), a padding segment, rows
+// longer than a tile, GQA, causal and not, f32 and bf16; bad positions fail in the same words.
+Arg packed_ids(const std::vector<std::vector<int64_t>> &rows, int64_t T, bool positions) {
+  Arg a;
+  a.shape = {int64_t(rows.size()), T};
+  a.is_i32 = true;
+  for (const auto &lens : rows) {
+    int32_t seg = 0;
+    int64_t used = 0;
+    for (int64_t len : lens) {
+      for (int64_t t = 0; t < len; ++t) a.i.push_back(positions ? int32_t(t) : seg);
+      used += len;
+      ++seg;
+    }
+    EXPECT_EQ(used, T);
+  }
+  return a;
+}
+
+TEST_F(CudaKernels, PackedRopeAndAttention) {
+  Rng rng(120);
+  for (bool bf16 : {false, true}) {
+    auto st = [&](Arg a) { return bf16 ? bf(std::move(a)) : a; };
+    const std::string tag = bf16 ? " bf16" : "";
+    // Rope: two rows of 3 and 2 examples.
+    const std::vector<std::vector<int64_t>> runs = {{5, 7, 4}, {9, 7}};
+    Arg pos = packed_ids(runs, 16, true);
+    check_op("rope_fwd packed" + tag, "rope_fwd", {st(rng.f32({2, 4, 16, 16})), pos}, {st(zeros({2, 4, 16, 16}))},
+             rope_attrs(false));
+    check_op("rope_bwd packed llama3" + tag, "rope_bwd", {st(rng.f32({2, 4, 16, 16})), pos},
+             {st(zeros({2, 4, 16, 16}))}, rope_attrs(true));
+    // Attention: segment boundaries inside and across the 32-row tiles.
+    struct Case {
+      const char *name;
+      int64_t hq, hkv, dh;
+      std::vector<std::vector<int64_t>> runs;
+      bool causal;
+    };
+    const Case cases[] = {
+        {"causal GQA 4/2 T16", 4, 2, 16, runs, true},
+        {"causal MHA T80 Dh64", 2, 2, 64, {{20, 45, 1, 14}}, true},
+        {"non-causal T40 Dh32", 4, 1, 32, {{17, 23}, {40}}, false},
+    };
+    for (const Case &c : cases) {
+      int64_t T = 0;
+      for (int64_t len : c.runs[0]) T += len;
+      const int64_t Bc = int64_t(c.runs.size());
+      Arg seg = packed_ids(c.runs, T, false);
+      for (int32_t &v : seg.i) v = 3 * v + 1;  // any int32 ids
+      const Attrs at{{"scale", 1.0 / std::sqrt(double(c.dh))}, {"causal", int64_t(c.causal)}};
+      Arg q = st(rng.f32({Bc, c.hq, T, c.dh}, -2, 2)), k = st(rng.f32({Bc, c.hkv, T, c.dh}, -2, 2)),
+          v = st(rng.f32({Bc, c.hkv, T, c.dh})), dO = st(rng.f32({Bc, c.hq, T, c.dh}));
+      check_op(std::string("attention_fwd packed ") + c.name + tag, "attention_fwd", {q, k, v, seg},
+               {st(zeros(q.shape))}, at);
+      check_op(std::string("attention_bwd packed ") + c.name + tag, "attention_bwd", {dO, q, k, v, seg},
+               {st(zeros(q.shape)), st(zeros(k.shape)), st(zeros(v.shape))}, at);
+    }
+  }
+  Arg x = rng.f32({1, 2, 4, 8}), bad = packed_ids({{4}}, 4, true);
+  bad.i[2] = 4;
+  check_error("rope_fwd position outside [0, T)", "rope_fwd", {x, bad}, {zeros(x.shape)}, rope_attrs(false));
+  Arg q = rng.f32({1, 2, 4, 8}), seg = packed_ids({{3}}, 3, false);
+  check_error("attention_fwd segment_ids shape", "attention_fwd", {q, q, q, seg}, {zeros(q.shape)},
+              {{"scale", 1.0}, {"causal", int64_t(1)}});
 }
 
 } // namespace

@@ -1,7 +1,7 @@
 //===- lora-compile.cpp - LLaMA (+LoRA) graph -> `pl` IR -> training plan ---===//
 //
 //   lora-compile --onnx model.onnx | --hf-config config.json [--weights dir]
-//                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...]
+//                [--batch B --seq-len T] [--lora-rank 16 --lora-alpha 32 --lora-targets ...] [--packing]
 //                [--micro-batches M --lr ... --warmup ... --lr-schedule ... --weight-decay ...]
 //                [--strategy single|data|tensor|pipeline|hybrid --dp N --tp N --pp N --pipeline-schedule gpipe|1f1b|interleaved|zb-h1 --virtual-stages V]
 //                [-o plan.lp] [--viz dir/] [--dump-ir out.mlir] [--dump-graph out.dot] [--dump-ir-after-all dir/]
@@ -61,6 +61,7 @@ struct Args {
   double lora_alpha = 32, lora_dropout = 0;
   std::string lora_targets = "q_proj,v_proj";
   bool use_rslora = false, no_lora = false;
+  bool packing = false;  // --packing: position_ids and segment_ids inputs (pack_sequences.cpp)
   std::string dump_ir, dump_graph, dump_after_all;
   // Training step and plan.
   std::string output;
@@ -301,7 +302,9 @@ void print_summary(ModuleOp module, const OnnxImportReport *rep, const Args &arg
     for (size_t i = 0; i < rep->generic_nodes.size() && i < 8; ++i) llvm::outs() << "\n    " << rep->generic_nodes[i];
     llvm::outs() << "\n";
   }
-  (void)args;
+  if (args.packing)
+    llvm::outs() << "  packing: inputs position_ids and segment_ids; " << op_counts["rope"] << " rope op(s) read the "
+                 << "positions, " << op_counts["attention"] << " attention op(s) mask across segments\n";
 }
 
 /// Bytes in the largest binary unit that keeps the number >= 1 (B, KiB, MiB, GiB).
@@ -372,6 +375,10 @@ int main(int argc, char **argv) {
   auto *targets_opt = app.add_option("--lora-targets", a.lora_targets, "comma-separated PEFT module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj) or all-linear");
   auto *rslora_opt = app.add_flag("--use-rslora", a.use_rslora, "rank-stabilised LoRA: scaling = alpha / sqrt(r)");
   app.add_flag("--no-lora", a.no_lora, "do not inject LoRA adapters");
+  app.add_flag("--packing", a.packing,
+               "sequence packing: the plan takes position_ids and segment_ids inputs (B x T, like input_ids); positions "
+               "restart at 0 for each example packed into a row (RoPE) and attention never crosses into another "
+               "example (block-diagonal causal mask), as transformers does with position_ids");
   app.add_option("--dump-ir", a.dump_ir, "write the final IR (MLIR text) to this file ('-' for stdout)");
   app.add_option("--dump-graph", a.dump_graph, "write the graph as Graphviz DOT (render: dot -Tsvg out.dot -o out.svg)");
   app.add_option("--dump-ir-after-all", a.dump_after_all, "write the IR after import and after every pass into this folder");
@@ -647,6 +654,7 @@ int main(int argc, char **argv) {
   } else {
     pm.addPass(createFreezeBase());
   }
+  if (a.packing) pm.addPass(createPackSequences());
   if (!a.dump_after_all.empty()) {
     ctx.disableMultithreading();
     std::string dir = a.dump_after_all;
