@@ -240,13 +240,6 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
   const bool has_ids = ids_buf && ids_buf->buffer->kind == plan::BufferKind::Input;
   const bool has_labels = labels_buf && labels_buf->buffer->kind == plan::BufferKind::Input;
   if (!has_ids && !multi) return fail(a.plan + ": the plan has no input 'input_ids'");
-  // A --packing plan's position_ids / segment_ids: this loader has no packed data to feed them,
-  // and zeros would train on wrong positions and masks. (The packed data path replaces this.)
-  for (const plan::Buffer &b : rp.buffers)
-    if (b.kind == plan::BufferKind::Input && b.name != "input_ids" && b.name != "labels")
-      return fail(a.plan + ": the plan takes input '" + b.name + "' (compiled with lora-compile --packing), which " +
-                  "lora-run cannot feed from --data " + a.data + " (a token file of one flat stream); compile "
-                  "without --packing");
   int64_t ids_numel = has_ids ? ids_buf->buffer->numel() : has_labels ? labels_buf->buffer->numel() : micro_batch * plan.seq_len;
   if (micro_batch < 1 || micro_batch * plan.micro_batches * dp != plan.global_batch ||
       ids_numel != micro_batch * plan.seq_len)
