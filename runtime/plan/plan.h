@@ -43,8 +43,13 @@ namespace parallora::plan {
 
 /// Bumped on every format change. The reader accepts kMinPlanFormatVersion..kPlanFormatVersion:
 /// version 3 added Plan::adapter_weights (absent = "" in a version-2 plan, which is what a
-/// version-2 plan meant); older plans are rejected on load.
-constexpr uint32_t kPlanFormatVersion = 3;
+/// version-2 plan meant); version 4 added the interleaved pipeline's virtual_stages, the zb-h1
+/// schedule (backward_weight programs), the packing inputs position_ids / segment_ids, LoRA
+/// dropout attributes on lora_linear instructions and the cost model's predictions (all optional:
+/// a version 2 or 3 plan means what it meant). A runtime older than version 4 refuses a version-4
+/// plan rather than running a schedule, input or dropout it does not know. Older plans than 2
+/// are rejected on load.
+constexpr uint32_t kPlanFormatVersion = 4;
 constexpr uint32_t kMinPlanFormatVersion = 2;
 
 /// Element types. BF16 is bfloat16 storage (the top 16 bits of an f32, round-to-nearest-even on

@@ -628,7 +628,7 @@ TEST_F(PlanIoTest, StructuralErrors) {
 TEST_F(PlanIoTest, Describe) {
   Plan p = make_plan();
   std::string d = describe_plan(p, false);
-  EXPECT_NE(d.find("plan: lora-compile 0.1.0 (test), format version 3, fingerprint " + plan_fingerprint(p)), std::string::npos) << d;
+  EXPECT_NE(d.find("plan: lora-compile 0.1.0 (test), format version 4, fingerprint " + plan_fingerprint(p)), std::string::npos) << d;
   EXPECT_NE(d.find("ranks: 1 (mesh dp 1 x tp 1 x pp 1), strategy single, pipeline schedule none"), std::string::npos) << d;
   EXPECT_NE(d.find("model: llama, 2 layers, hidden 8, heads 2 (kv 1), intermediate 16, vocab 32"), std::string::npos) << d;
   EXPECT_NE(d.find("LoRA: r=4, alpha=8"), std::string::npos) << d;
