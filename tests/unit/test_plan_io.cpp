@@ -397,7 +397,7 @@ TEST_F(PlanIoTest, Version1IsRejected) {
   ASSERT_FALSE(r.is_ok());
   EXPECT_EQ(r.message(), "old.lp was written by plan format version 1; this lora-run reads versions 2 to " +
                              std::to_string(kPlanFormatVersion) + ": recompile with lora-compile");
-  EXPECT_EQ(kPlanFormatVersion, 3u);
+  EXPECT_EQ(kPlanFormatVersion, 4u);
 }
 
 // Version 3 only added Plan::adapter_weights: a version-2 plan still loads, without it.
