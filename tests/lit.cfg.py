@@ -19,6 +19,11 @@ config.environment["PATH"] = os.pathsep.join(tool_dirs + [config.environment.get
 config.substitutions.append(("%fixtures", os.path.join(config.parallora_src_root, "tests", "fixtures")))
 config.substitutions.append(("%src", config.parallora_src_root))
 config.substitutions.append(("%obj", config.parallora_obj_root))
+# lora-run's --threads cap (tools/common/cli.h: 4 x the hardware threads, at most 1024).
+config.substitutions.append(("%max_threads", str(min(4 * (os.cpu_count() or 1), 1024))))
+# lora-run chooses libgomp's wait policy (ACTIVE when its ranks x threads fit the cores); tests
+# share the cores with each other (lit -j, ctest -j), so they run PASSIVE unless a test unsets it.
+config.environment["OMP_WAIT_POLICY"] = "PASSIVE"
 # Multi-rank tests: mpirun as root in containers, more ranks than cores.
 for k, v in {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
              "OMPI_MCA_rmaps_base_oversubscribe": "1"}.items():

@@ -14,10 +14,12 @@
 // line error. Every error names the file or flag involved.
 //
 //===----------------------------------------------------------------------===//
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <string>
+#include <thread>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -32,15 +34,45 @@ using namespace parallora::rt;
 
 namespace {
 
-/// The CPU kernels mix OpenMP loops (libgomp) with OpenBLAS's own thread pool; with libgomp's
-/// default ACTIVE wait policy its idle threads spin and steal the cores the GEMMs need (measured
-/// 2.2x slower steps on 2 cores, docs/benchmarks.md). libgomp reads OMP_WAIT_POLICY when it is
-/// loaded, before main, so when the user has not chosen one lora-run sets PASSIVE and re-executes
-/// itself once (same pid, before MPI_Init; mpirun's environment is kept). If the exec fails the
-/// run goes on with the default policy.
-void passive_omp_wait_policy(char **argv) {
+/// libgomp's wait policy, chosen before libgomp starts: it reads OMP_WAIT_POLICY when it is
+/// loaded, before main, so when the user has not chosen a policy lora-run sets one and
+/// re-executes itself once (same pid, before MPI_Init; mpirun's environment is kept; if the exec
+/// fails the run goes on with libgomp's default). The rule (measured side by side,
+/// docs/benchmarks.md "CPU levers"):
+///   ACTIVE  when OpenBLAS is its OpenMP build (one thread pool: GEMMs and our loops) and this
+///           host's ranks x threads per rank fit the cores: spinning workers pick up each kernel
+///           at once (1.22x torch vs 0.86x with PASSIVE on bench_cpu.sh, 2 threads on 2 cores);
+///   PASSIVE otherwise: with more threads than cores (several ranks, or --threads above the
+///           cores) a spinning team waits for descheduled members, and with OpenBLAS's pthread
+///           build two pools fight over the cores (2.2x slower steps, session 3).
+/// The ranks of this host come from mpirun's OMPI_COMM_WORLD_LOCAL_SIZE (Open MPI) or
+/// MPI_LOCALNRANKS (MPICH); threads from --threads, else OMP_NUM_THREADS, else all cores.
+extern "C" int openblas_get_parallel(void) __attribute__((weak));
+
+long env_long(const char *name, long fallback) {
+  const char *v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char *end = nullptr;
+  const long x = std::strtol(v, &end, 10);
+  return end && *end == '\0' && x > 0 ? x : fallback;
+}
+
+void choose_omp_wait_policy(int argc, char **argv) {
   if (std::getenv("OMP_WAIT_POLICY")) return;
-  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  const long cores = std::max(1L, long(std::thread::hardware_concurrency()));
+  long threads = env_long("OMP_NUM_THREADS", cores);
+  for (int i = 1; i < argc; ++i) {  // the last --threads wins, as in CLI11; 0 = all cores
+    std::string arg = argv[i], value;
+    if (arg == "--threads" && i + 1 < argc) value = argv[i + 1];
+    else if (arg.rfind("--threads=", 0) == 0) value = arg.substr(10);
+    else continue;
+    char *end = nullptr;
+    const long x = std::strtol(value.c_str(), &end, 10);
+    if (end && *end == '\0' && x >= 0) threads = x == 0 ? cores : x;
+  }
+  const long local_ranks = env_long("OMPI_COMM_WORLD_LOCAL_SIZE", env_long("MPI_LOCALNRANKS", 1));
+  const bool one_pool = openblas_get_parallel && openblas_get_parallel() == 2;  // 2 = OpenMP build
+  setenv("OMP_WAIT_POLICY", one_pool && local_ranks * threads <= cores ? "ACTIVE" : "PASSIVE", 1);
   execv("/proc/self/exe", argv);
 }
 
@@ -103,7 +135,7 @@ int train(const Args &a) {
 } // namespace
 
 int main(int argc, char **argv) {
-  passive_omp_wait_policy(argv);
+  choose_omp_wait_policy(argc, argv);
   CLI::App app{"lora-run: train LoRA adapters by executing a plan compiled by lora-compile (CPU backend;\n"
                "--backend cuda runs the same kernels on a GPU when lora-run was built with CUDA).\n"
                "Each optimizer step runs the plan's micro_step on every micro-batch (forward, loss, backward,\n"
@@ -162,7 +194,8 @@ int main(int argc, char **argv) {
   app.add_option("--save-every", o.save_every, "write a checkpoint every K steps (0: only at the end)")->check(cli::at_least(0));
   app.add_option("--keep-last", o.keep_last, "keep only the newest K checkpoints (0: keep all)")->check(cli::at_least(0));
   app.add_option("--threads", o.threads, "CPU threads of the cpu backend (default: OMP_NUM_THREADS, else all cores); "
-                                         "OMP_WAIT_POLICY defaults to PASSIVE (see docs/training.md)")
+                                         "unless OMP_WAIT_POLICY is set, lora-run sets ACTIVE when this host's ranks x threads fit the "
+                                         "cores, else PASSIVE (docs/training.md)")
       ->check(cli::thread_count());
   app.add_option("--backend", o.backend,
                  "kernels: cpu (fp32 reference, default) or cuda (one GPU per process: device = local rank % device "
