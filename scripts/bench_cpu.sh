@@ -2,10 +2,11 @@
 # CPU benchmark (not a test): one LoRA training step of a small random LLaMA, Parallora vs
 # PyTorch eager + PEFT, on the same machine in one run.
 #
-#   scripts/bench_cpu.sh [--threads N] [--repeats R] [--keep DIR]
+#   scripts/bench_cpu.sh [--threads N] [--repeats R] [--shape small|large] [--keep DIR]
 #
 # Shape: 4 layers, hidden 256, 4 heads (4 kv heads), intermediate 688, vocab 1024, batch 4 x seq 256
 # (1024 tokens per step), LoRA r=16 alpha=32 on q,k,v,o,gate,up,down, AdamW lr 1e-4, fp32.
+# --shape large: 8 layers, hidden 512, 8 heads (8 kv heads), intermediate 1376, batch 2 x seq 512.
 # Both sides use weight decay 0.01 and no gradient clipping (what bench_torch_cpu.py does).
 #
 # The HF config.json comes from the torch script (--save-config), so both sides build the same
@@ -24,11 +25,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 THREADS="$(nproc)"
 REPEATS=3
 KEEP=""
+SHAPE=small
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) THREADS="$2"; shift 2 ;;
     --repeats) REPEATS="$2"; shift 2 ;;
     --keep) KEEP="$2"; shift 2 ;;
+    --shape) SHAPE="$2"; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_cpu: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -43,6 +46,11 @@ for b in "$COMPILE" "$RUN"; do
 done
 
 LAYERS=4 HIDDEN=256 HEADS=4 KV_HEADS=4 INTER=688 VOCAB=1024 SEQ=256 BATCH=4 RANK=16 ALPHA=32
+case "$SHAPE" in
+  small) ;;
+  large) LAYERS=8 HIDDEN=512 HEADS=8 KV_HEADS=8 INTER=1376 SEQ=512 BATCH=2 ;;
+  *) echo "bench_cpu: --shape $SHAPE: choose small or large" >&2; exit 2 ;;
+esac
 OUR_STEPS=12 TORCH_STEPS=10
 TARGETS=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj
 
