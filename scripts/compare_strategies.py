@@ -120,6 +120,9 @@ def main():
                  "--comm-timeout", str(a.comm_timeout), "--log-every", str(a.steps), "--out", os.path.join(d, "run")]
         if a.val_data:
             train += ["--val-data", a.val_data, "--val-every", str(a.val_every or max(1, a.steps // 6))]
+        run_dir = os.path.join(d, "run")
+        if os.path.isdir(run_dir) and os.listdir(run_dir):
+            train += ["--overwrite"]  # this script owns --out/<strategy>/run: a rerun replaces it
         cmd = (["mpirun", "-np", str(np), "--oversubscribe", "--bind-to", "none"] + train) if np > 1 else train
         print(f"== {name}: {np} rank(s): {' '.join(cmd)}", flush=True)
         t0 = time.time()

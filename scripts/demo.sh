@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh
 scripts/build.sh
-OUT=${1:-out/demo}
+OUT=${1:-out/demo}  # rerunnable: its lora-run calls replace their own earlier runs (--overwrite)
 mkdir -p "$OUT"
 BIN=build/tools/lora-compile/lora-compile
 echo
@@ -42,7 +42,7 @@ $BIN --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-b
      -o "$OUT/plan.lp"
 build/tools/lora-run/lora-run --describe "$OUT/plan.lp"
 build/tools/lora-run/lora-run "$OUT/plan.lp" --data "$OUT/gpl.bin" --val-data "$OUT/gpl_val.bin" --val-every 50 \
-     --steps 200 --log-every 25 --save-every 100 --out "$OUT/train"
+     --steps 200 --log-every 25 --save-every 100 --out "$OUT/train" --overwrite
 python3 - "$OUT/train/metrics.jsonl" <<'PY'
 import json, sys
 val = [json.loads(l) for l in open(sys.argv[1]) if "val_loss" in l]
@@ -58,7 +58,7 @@ $BIN --hf-config models/configs/tiny-llama.json --batch 8 --seq-len 64 --micro-b
      --lora-rank 16 --lora-alpha 32 --lora-targets all-linear --lr 3e-3 --warmup 10 --schedule cosine \
      --precision bf16 -o "$OUT/plan_bf16.lp" | grep -E "memory|plan written"
 build/tools/lora-run/lora-run "$OUT/plan_bf16.lp" --data "$OUT/gpl.bin" --val-data "$OUT/gpl_val.bin" --val-every 50 \
-     --steps 200 --log-every 100 --out "$OUT/train_bf16"
+     --steps 200 --log-every 100 --out "$OUT/train_bf16" --overwrite
 python3 - "$OUT/train/metrics.jsonl" "$OUT/train_bf16/metrics.jsonl" <<'PY'
 import json, sys
 fp32, bf16 = ([json.loads(l)["val_loss"] for l in open(p) if "val_loss" in l] for p in sys.argv[1:])
@@ -75,7 +75,7 @@ $BIN --hf-config models/configs/tiny-llama-4l.json --batch 8 --seq-len 64 --micr
      --lora-rank 16 --lora-alpha 32 --lora-targets all-linear --strategy hybrid --dp 2 --tp 2 --pp 2 --schedule 1f1b \
      -o "$OUT/hybrid/plan.lp" --viz "$OUT/hybrid/viz"
 mpirun -np 8 build/tools/lora-run/lora-run "$OUT/hybrid/plan.lp" --data "$OUT/gpl.bin" --steps 10 --log-every 5 \
-     --threads 1 --out "$OUT/hybrid/train"
+     --threads 1 --out "$OUT/hybrid/train" --overwrite
 python3 scripts/compare_strategies.py --build build --config models/configs/tiny-llama-4l.json \
      --data "$OUT/gpl.bin" --val-data "$OUT/gpl_val.bin" --batch 8 --seq-len 64 --steps 30 --out "$OUT/strategies"
 echo "plan pictures: $OUT/hybrid/viz/index.html"
