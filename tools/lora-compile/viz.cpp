@@ -24,32 +24,11 @@
 #include "tools/lora-compile/viz_trace.h"
 
 namespace parallora {
-namespace {
-
-namespace fs = std::filesystem;
-using plan::BufferKind;
-using plan::Instr;
-using plan::Plan;
-using plan::Program;
-using plan::RankPlan;
-
-// ---------------------------------------------------------------------------------------------
-// Small helpers.
-
+namespace viz {
 std::string fmt(const char *f, double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, f, v);
   return buf;
-}
-
-std::string dot_escape(const std::string &s) {
-  std::string r;
-  for (char c : s) {
-    if (c == '"' || c == '\\') r += '\\';
-    if (c == '\n') { r += "\\n"; continue; }
-    r += c;
-  }
-  return r;
 }
 
 std::string xml_escape(const std::string &s) {
@@ -66,6 +45,33 @@ std::string xml_escape(const std::string &s) {
   }
   return r;
 }
+} // namespace viz
+
+namespace {
+
+namespace fs = std::filesystem;
+using viz::fmt;
+using viz::xml_escape;
+using plan::BufferKind;
+using plan::Instr;
+using plan::Plan;
+using plan::Program;
+using plan::RankPlan;
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+
+std::string dot_escape(const std::string &s) {
+  std::string r;
+  for (char c : s) {
+    if (c == '"' || c == '\\') r += '\\';
+    if (c == '\n') { r += "\\n"; continue; }
+    r += c;
+  }
+  return r;
+}
+
 
 std::string shape_str(const std::vector<int64_t> &shape) {
   if (shape.empty()) return "scalar";

@@ -43,6 +43,9 @@ std::string timeline_svg(const plan::Plan &plan);
 std::string mesh_svg(const plan::Plan &plan);
 /// Absolute path of `dot` on PATH, or "" when there is none.
 std::string find_dot();
+/// Text helpers shared by the viewer's parts: printf of one double; &, <, >, ", ' as entities.
+std::string fmt(const char *f, double v);
+std::string xml_escape(const std::string &s);
 } // namespace viz
 
 } // namespace parallora

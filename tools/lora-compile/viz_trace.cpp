@@ -4,6 +4,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "tools/lora-compile/viz_trace.h"
+#include "tools/lora-compile/viz.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,28 +20,8 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string fmt(const char *f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
 std::string pct(double x) { return fmt("%.1f", 100.0 * x) + "%"; }
 std::string exact(double x) { return fmt("%.17g", x); }
-
-std::string xml_escape(const std::string &s) {
-  std::string r;
-  for (char c : s) {
-    switch (c) {
-    case '&': r += "&amp;"; break;
-    case '<': r += "&lt;"; break;
-    case '>': r += "&gt;"; break;
-    case '"': r += "&quot;"; break;
-    case '\'': r += "&#39;"; break;
-    default: r += c;
-    }
-  }
-  return r;
-}
 
 bool is_backward_op(const std::string &op) { return op.find("_bwd") != std::string::npos || op == "accumulate"; }
 
