@@ -344,46 +344,38 @@ void TraceRecorder::append_json(std::string &out, int pid, const std::string &pr
     }
     gap(steps[s].second);
   }
-  // Gradient buckets in flight (async slices: they overlap each other and the compute).
-  int64_t n = 0;
-  for (const InFlight &f : buckets_in_flight(*this)) {
+  // An async slice on the communication track: a "b"/"e" pair sharing an id that is unique in this
+  // process ("r<pid><tag><n>"). Async slices may overlap each other and the compute.
+  auto async_slice = [&](const char *cat, int64_t bucket, const char *what, const char *id_tag, int64_t n,
+                         int64_t begin_ns, int64_t end_ns, const int64_t *step) {
     for (const char *ph : {"b", "e"}) {
       open(ph, 2);
-      out += ",\"cat\":\"bucket_in_flight\",\"name\":\"bucket ";
-      append_int(out, f.bucket);
-      out += " in flight\",\"id\":\"r";
+      out += ",\"cat\":\"";
+      out += cat;
+      out += "\",\"name\":\"bucket ";
+      append_int(out, bucket);
+      out += what;
+      out += "\",\"id\":\"r";
       append_int(out, pid);
-      out += ".";
+      out += id_tag;
       append_int(out, n);
       out += "\",\"ts\":";
-      append_us(out, ts(ph[0] == 'b' ? f.begin_ns : f.end_ns));
+      append_us(out, ts(ph[0] == 'b' ? begin_ns : end_ns));
       out += ",\"args\":{\"bucket\":";
-      append_int(out, f.bucket);
+      append_int(out, bucket);
+      if (step) out += ",\"step\":", append_int(out, *step);
       out += "}}";
     }
-    ++n;
-  }
+  };
+  // Gradient buckets in flight on the host: from all_reduce_start's end to the wait's begin.
+  int64_t n = 0;
+  for (const InFlight &f : buckets_in_flight(*this))
+    async_slice("bucket_in_flight", f.bucket, " in flight", ".", n++, f.begin_ns, f.end_ns, nullptr);
   // Bucket reductions as the device ran them (NCCL's communication stream).
   for (size_t i = 0; i < size_; ++i) {
     const TraceEvent &e = events_[i];
-    if (e.kind != TraceKind::DeviceComm) continue;
-    for (const char *ph : {"b", "e"}) {
-      open(ph, 2);
-      out += ",\"cat\":\"bucket_device\",\"name\":\"bucket ";
-      append_int(out, e.arg);
-      out += " on the device\",\"id\":\"r";
-      append_int(out, pid);
-      out += ".d";
-      append_int(out, n);
-      out += "\",\"ts\":";
-      append_us(out, ts(ph[0] == 'b' ? e.begin_ns : e.end_ns));
-      out += ",\"args\":{\"bucket\":";
-      append_int(out, e.arg);
-      out += ",\"step\":";
-      append_int(out, e.step);
-      out += "}}";
-    }
-    ++n;
+    if (e.kind == TraceKind::DeviceComm)
+      async_slice("bucket_device", e.arg, " on the device", ".d", n++, e.begin_ns, e.end_ns, &e.step);
   }
 }
 
