@@ -2,7 +2,8 @@
 //
 // Buf owns a tensor's data on the host (f32 or i32) and hands out an rt::Tensor view of it;
 // zeros / ints build them; Rng draws portable uniform values (no std::*_distribution, so the
-// numbers do not depend on the standard library). Used by test_cpu_kernels and test_comm.
+// numbers do not depend on the standard library). Used by test_comm and, through
+// kernel_test_util.h, by the CPU kernel tests.
 //
 //===----------------------------------------------------------------------===//
 #pragma once

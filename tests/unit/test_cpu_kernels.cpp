@@ -20,107 +20,34 @@
 
 #include <gtest/gtest.h>
 
-#include "tests/unit/host_buffers.h"
+#include "tests/unit/kernel_test_util.h"
 
 using namespace parallora;
 using namespace parallora::rt;
 
 namespace {
 
-using Attrs = std::map<std::string, plan::AttrValue>;
-
+using test_util::Attrs;
+using test_util::bit_equal;
 using test_util::Buf;
+using test_util::cpu_registry;
+using test_util::expect_error;
+using test_util::fd_check;
 using test_util::ints;
+using test_util::max_abs_diff;
+using test_util::project;
 using test_util::Rng;
 using test_util::zeros;
 
-const KernelRegistry &registry() {
-  static const KernelRegistry reg = [] {
-    KernelRegistry r;
-    cpu::register_kernels(r);
-    return r;
-  }();
-  return reg;
-}
-
 constexpr const char *kLoc = "model.layers.3.self_attn.test";
 
-/// Runs kernel `op`; a null Buf* is an absent operand.
-Status run(const std::string &op, std::vector<Buf *> in, std::vector<Buf *> out,
-           Attrs attrs = {}, StepState *step = nullptr) {
-  plan::Instr instr;
-  instr.op = op;
-  instr.attrs = std::move(attrs);
-  instr.loc = kLoc;
-  KernelCall call;
-  call.instr = &instr;
-  call.step = step;
-  for (Buf *b : in) call.in.push_back(b ? b->tensor() : Tensor());
-  for (Buf *b : out) call.out.push_back(b ? b->tensor() : Tensor());
-  const KernelFn *fn = registry().find(op);
-  if (!fn) return Status::error("no kernel named " + op);
-  return (*fn)(call);
-}
-
-#define RUN_OK(...)                                                                              \
-  do {                                                                                           \
-    Status s_ = run(__VA_ARGS__);                                                                \
-    ASSERT_TRUE(s_.is_ok()) << s_.message();                                                     \
-  } while (0)
-
-/// Expects an error whose message contains every needle.
-void expect_error(const Status &s, std::vector<std::string> needles) {
-  ASSERT_FALSE(s.is_ok()) << "expected an error containing " << needles[0];
-  for (const std::string &n : needles)
-    EXPECT_NE(s.message().find(n), std::string::npos)
-        << "message '" << s.message() << "' lacks '" << n << "'";
-}
-
-double project(const Buf &out, const Buf &R) {
-  double s = 0.0;
-  for (size_t i = 0; i < out.f.size(); ++i) s += double(out.f[i]) * double(R.f[i]);
-  return s;
-}
-
-/// Central-difference check of `analytic` (dL/dx) against L = loss() as x varies.
-/// Returns max|fd - analytic| / max|analytic| and prints the margins.
-double fd_check(const std::string &label, std::vector<float> &x,
-                const std::vector<float> &analytic, const std::function<double()> &loss,
-                double h = 1e-3) {
-  EXPECT_EQ(x.size(), analytic.size());
-  double max_abs = 0.0, max_grad = 0.0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const float save = x[i];
-    const float xp = float(double(save) + h), xm = float(double(save) - h);
-    x[i] = xp;
-    const double lp = loss();
-    x[i] = xm;
-    const double lm = loss();
-    x[i] = save;
-    const double fd = (lp - lm) / (double(xp) - double(xm));
-    max_abs = std::max(max_abs, std::fabs(fd - double(analytic[i])));
-    max_grad = std::max(max_grad, std::fabs(double(analytic[i])));
-  }
-  const double rel = max_abs / std::max(max_grad, 1e-12);
-  std::printf("[FD] %-44s n=%4zu max|grad|=%.3e max_abs_err=%.3e rel_err=%.3e\n", label.c_str(),
-              x.size(), max_grad, max_abs, rel);
-  EXPECT_GT(max_grad, 1e-6) << label << ": the gradient is identically zero";
-  return rel;
+/// Runs kernel `op` at kLoc; a null Buf* is an absent operand.
+Status run(const std::string &op, std::vector<Buf *> in, std::vector<Buf *> out, Attrs attrs = {},
+           StepState *step = nullptr) {
+  return test_util::run_kernel(op, kLoc, in, out, std::move(attrs), step);
 }
 
 constexpr double kFdTol = 1e-2;
-
-double max_abs_diff(const std::vector<float> &a, const std::vector<double> &b) {
-  EXPECT_EQ(a.size(), b.size());
-  double m = 0.0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
-    m = std::max(m, std::fabs(double(a[i]) - b[i]));
-  return m;
-}
-
-bool bit_equal(const std::vector<float> &a, const std::vector<float> &b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
 
 // ------------------------------------------------------------------- naive references
 
@@ -229,8 +156,8 @@ TEST(CpuKernels, RegistryHasEveryContractKernel) {
                          "swiglu_bwd",       "add",               "transpose",
                          "copy",             "accumulate",        "cross_entropy_fwd",
                          "cross_entropy_bwd", "adamw_step",       "fill_zero"};
-  for (const char *n : names) EXPECT_NE(registry().find(n), nullptr) << n;
-  EXPECT_EQ(registry().names().size(), sizeof(names) / sizeof(names[0]));
+  for (const char *n : names) EXPECT_NE(cpu_registry().find(n), nullptr) << n;
+  EXPECT_EQ(cpu_registry().names().size(), sizeof(names) / sizeof(names[0]));
 }
 
 TEST(CpuKernels, FillZeroClearsEveryOutput) {
@@ -240,11 +167,11 @@ TEST(CpuKernels, FillZeroClearsEveryOutput) {
   KernelCall c;
   c.instr = &instr;
   c.out = {Tensor{a.data(), plan::ElemType::F32, {5}}, Tensor{b.data(), plan::ElemType::F32, {3}}};
-  ASSERT_TRUE(registry().find("fill_zero")->operator()(c));
+  ASSERT_TRUE(cpu_registry().find("fill_zero")->operator()(c));
   for (float v : a) EXPECT_EQ(v, 0.0f);
   for (float v : b) EXPECT_EQ(v, 0.0f);
   c.in = {Tensor{a.data(), plan::ElemType::F32, {5}}};
-  EXPECT_FALSE(registry().find("fill_zero")->operator()(c));  // no inputs allowed
+  EXPECT_FALSE(cpu_registry().find("fill_zero")->operator()(c));  // no inputs allowed
 }
 
 // ------------------------------------------------------------------- attribute accessors

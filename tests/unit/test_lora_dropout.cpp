@@ -22,9 +22,8 @@
 #include <omp.h>
 
 #include "runtime/base/philox.h"
-#include "runtime/cpu/kernels.h"
 #include "runtime/lora_dropout.h"
-#include "tests/unit/host_buffers.h"
+#include "tests/unit/kernel_test_util.h"
 
 // Debian's librandom123-dev, when installed, is a second reference (not a dependency: the
 // known answers above come from its test vectors and run everywhere).
@@ -38,31 +37,16 @@ using namespace parallora::rt;
 
 namespace {
 
-using Attrs = std::map<std::string, plan::AttrValue>;
+using test_util::Attrs;
+using test_util::bit_equal;
 using test_util::Buf;
+using test_util::fd_check;
+using test_util::project;
 using test_util::Rng;
 using test_util::zeros;
 
-const KernelRegistry &registry() {
-  static const KernelRegistry reg = [] {
-    KernelRegistry r;
-    cpu::register_kernels(r);
-    return r;
-  }();
-  return reg;
-}
-
 Status run(const std::string &op, std::vector<Buf *> in, std::vector<Buf *> out, Attrs attrs, StepState *step) {
-  plan::Instr instr;
-  instr.op = op;
-  instr.attrs = std::move(attrs);
-  instr.loc = "model.layers.1.mlp.down_proj";
-  KernelCall call;
-  call.instr = &instr;
-  call.step = step;
-  for (Buf *b : in) call.in.push_back(b ? b->tensor() : Tensor());
-  for (Buf *b : out) call.out.push_back(b ? b->tensor() : Tensor());
-  return (*registry().find(op))(call);
+  return test_util::run_kernel(op, "model.layers.1.mlp.down_proj", in, out, std::move(attrs), step);
 }
 
 const char *kModule = "model.layers.1.mlp.down_proj";
@@ -227,31 +211,6 @@ TEST(LoraDropoutKernels, ForwardMatchesNaiveReference) {
   EXPECT_LT(err, 1e-4);
 }
 
-double project(const Buf &out, const Buf &R) {
-  double s = 0;
-  for (size_t i = 0; i < out.f.size(); ++i) s += double(out.f[i]) * double(R.f[i]);
-  return s;
-}
-
-double fd_rel(std::vector<float> &v, const std::vector<float> &analytic, const std::function<double()> &loss,
-              const char *label) {
-  double max_abs = 0, max_grad = 0;
-  for (size_t i = 0; i < v.size(); ++i) {
-    const float save = v[i], vp = float(double(save) + 1e-3), vm = float(double(save) - 1e-3);
-    v[i] = vp;
-    const double lp = loss();
-    v[i] = vm;
-    const double lm = loss();
-    v[i] = save;
-    const double fd = (lp - lm) / (double(vp) - double(vm));
-    max_abs = std::max(max_abs, std::fabs(fd - analytic[i]));
-    max_grad = std::max(max_grad, std::fabs(double(analytic[i])));
-  }
-  std::printf("[FD] %-30s max|grad|=%.3e rel_err=%.3e\n", label, max_grad, max_abs / max_grad);
-  EXPECT_GT(max_grad, 1e-6) << label;
-  return max_abs / std::max(max_grad, 1e-12);
-}
-
 TEST(LoraDropoutKernels, BackwardMatchesFiniteDifferencesWithTheMaskFixed) {
   Case c(12);
   StepState st = state(3, 4);
@@ -262,18 +221,14 @@ TEST(LoraDropoutKernels, BackwardMatchesFiniteDifferencesWithTheMaskFixed) {
     EXPECT_TRUE(run("lora_linear_fwd", {&c.x, &c.W, &c.A, &c.B}, {&y}, at, &st).is_ok());
     return project(y, c.R);
   };
-  EXPECT_LT(fd_rel(c.x.f, dx.f, loss, "dropout dx"), 1e-2);
-  EXPECT_LT(fd_rel(c.A.f, dA.f, loss, "dropout dA"), 1e-2);
-  EXPECT_LT(fd_rel(c.B.f, dB.f, loss, "dropout dB"), 1e-2);
+  EXPECT_LT(fd_check("dropout dx", c.x.f, dx.f, loss), 1e-2);
+  EXPECT_LT(fd_check("dropout dA", c.A.f, dA.f, loss), 1e-2);
+  EXPECT_LT(fd_check("dropout dB", c.B.f, dB.f, loss), 1e-2);
 
   // The mask matters: without dropout dA differs.
   Buf dx0 = zeros({c.Bn, c.T, c.K}), dA0 = zeros({c.r, c.K}), dB0 = zeros({c.N, c.r});
   ASSERT_TRUE(run("lora_linear_bwd", {&c.R, &c.x, &c.W, &c.A, &c.B}, {&dx0, &dA0, &dB0}, {{"scaling", 2.0}}, &st).is_ok());
   EXPECT_NE(std::memcmp(dA.f.data(), dA0.f.data(), dA.f.size() * sizeof(float)), 0);
-}
-
-bool bit_equal(const std::vector<float> &a, const std::vector<float> &b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
 
 TEST(LoraDropoutKernels, SameMaskForEveryThreadCountSameBitsForEveryCall) {

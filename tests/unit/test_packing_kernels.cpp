@@ -18,48 +18,24 @@
 
 #include <gtest/gtest.h>
 
-#include "runtime/cpu/kernels.h"
-#include "tests/unit/host_buffers.h"
+#include "tests/unit/kernel_test_util.h"
 
 using namespace parallora;
 using namespace parallora::rt;
 
 namespace {
 
-using Attrs = std::map<std::string, plan::AttrValue>;
+using test_util::Attrs;
 using test_util::Buf;
+using test_util::fd_measure;
 using test_util::ints;
+using test_util::project;
 using test_util::Rng;
 using test_util::zeros;
 
-const KernelRegistry &registry() {
-  static const KernelRegistry reg = [] {
-    KernelRegistry r;
-    cpu::register_kernels(r);
-    return r;
-  }();
-  return reg;
-}
-
 Status run(const std::string &op, std::vector<Buf *> in, std::vector<Buf *> out, const Attrs &attrs) {
-  plan::Instr instr;
-  instr.op = op;
-  instr.attrs = attrs;
-  instr.loc = "model.layers.0.self_attn";
-  KernelCall call;
-  call.instr = &instr;
-  for (Buf *b : in) call.in.push_back(b ? b->tensor() : Tensor());
-  for (Buf *b : out) call.out.push_back(b ? b->tensor() : Tensor());
-  const KernelFn *fn = registry().find(op);
-  if (!fn) return Status::error("no kernel named " + op);
-  return (*fn)(call);
+  return test_util::run_kernel(op, "model.layers.0.self_attn", in, out, attrs);
 }
-
-#define RUN_OK(...)                                                                              \
-  do {                                                                                           \
-    Status s_ = run(__VA_ARGS__);                                                                \
-    ASSERT_TRUE(s_.is_ok()) << s_.message();                                                     \
-  } while (0)
 
 /// x (B, H, T, Dh): rows [t0, t0 + len) of batch row b, as (1, H, len, Dh).
 Buf slice_t(const Buf &x, int64_t b, int64_t t0, int64_t len) {
@@ -139,24 +115,13 @@ TEST(PackingKernels, RopeBwdWithPositionsFiniteDifferences) {
   Buf x = rng.buf({B, H, T, Dh}), R = rng.buf({B, H, T, Dh}), y = zeros({B, H, T, Dh}), dx = zeros({B, H, T, Dh});
   Buf pos = ints({B, T}, {0, 1, 2, 0, 1, 2, 5, 4, 3, 2, 1, 0});
   RUN_OK("rope_bwd", {&R, &pos}, {&dx}, rope_attrs());
-  double max_err = 0, max_g = 0;
-  for (size_t i = 0; i < x.f.size(); ++i) {
-    const float save = x.f[i];
-    double l[2];
-    for (int s = 0; s < 2; ++s) {
-      x.f[i] = save + (s ? -1e-2f : 1e-2f);
-      EXPECT_TRUE(run("rope_fwd", {&x, &pos}, {&y}, rope_attrs()).is_ok());
-      l[s] = 0;
-      for (size_t j = 0; j < y.f.size(); ++j) l[s] += double(y.f[j]) * R.f[j];
-    }
-    x.f[i] = save;
-    const double fd = (l[0] - l[1]) / (double(save + 1e-2f) - double(save - 1e-2f));
-    max_err = std::max(max_err, std::fabs(fd - dx.f[i]));
-    max_g = std::max(max_g, std::fabs(double(dx.f[i])));
-  }
-  std::printf("[FD] rope_bwd dx (position_ids)  max|grad|=%.3e max_abs_err=%.3e\n", max_g, max_err);
-  EXPECT_GT(max_g, 0.1);
-  EXPECT_LT(max_err / max_g, 1e-2);
+  auto loss = [&] {
+    EXPECT_TRUE(run("rope_fwd", {&x, &pos}, {&y}, rope_attrs()).is_ok());
+    return project(y, R);
+  };
+  const test_util::FdResult r = fd_measure("rope_bwd dx (position_ids)", x.f, dx.f, loss, 1e-2);
+  EXPECT_GT(r.max_grad, 0.1);
+  EXPECT_LT(r.rel(), 1e-2);
 }
 
 TEST(PackingKernels, RopeRejectsBadPositions) {
@@ -295,24 +260,14 @@ TEST(PackingKernels, AttentionBwdWithSegmentsFiniteDifferences) {
   Buf seg = ints({B, T}, {0, 0, 0, 1, 1, 1, 1, /**/ 4, 4, 6, 6, 6, 6, 6});
   const Attrs at{{"scale", 0.7}, {"causal", int64_t(1)}};
   RUN_OK("attention_bwd", {&R, &q, &k, &v, &seg}, {&dq, &dk, &dv}, at);
+  auto loss = [&] {
+    EXPECT_TRUE(run("attention_fwd", {&q, &k, &v, &seg}, {&o}, at).is_ok());
+    return project(o, R);
+  };
   auto fd = [&](const char *name, std::vector<float> &x, const std::vector<float> &g) {
-    double max_err = 0, max_g = 0;
-    for (size_t i = 0; i < x.size(); ++i) {
-      const float save = x[i], xp = save + 1e-3f, xm = save - 1e-3f;
-      double l[2];
-      for (int s = 0; s < 2; ++s) {
-        x[i] = s ? xm : xp;
-        EXPECT_TRUE(run("attention_fwd", {&q, &k, &v, &seg}, {&o}, at).is_ok());
-        l[s] = 0;
-        for (size_t j = 0; j < o.f.size(); ++j) l[s] += double(o.f[j]) * R.f[j];
-      }
-      x[i] = save;
-      max_err = std::max(max_err, std::fabs((l[0] - l[1]) / (double(xp) - double(xm)) - g[i]));
-      max_g = std::max(max_g, std::fabs(double(g[i])));
-    }
-    std::printf("[FD] attention_bwd %s (segment_ids) max|grad|=%.3e max_abs_err=%.3e\n", name, max_g, max_err);
-    EXPECT_GT(max_g, 1e-2) << name;
-    EXPECT_LT(max_err / max_g, 1e-2) << name;
+    const test_util::FdResult r = fd_measure(std::string("attention_bwd ") + name + " (segment_ids)", x, g, loss);
+    EXPECT_GT(r.max_grad, 1e-2) << name;
+    EXPECT_LT(r.rel(), 1e-2) << name;
   };
   fd("dq", q.f, dq.f);
   fd("dk", k.f, dk.f);
