@@ -15,79 +15,28 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "frontend/hf_config.h"
-#include "ir/Dialect.h"
-#include "models/llama_builder.h"
-#include "passes/lora/Passes.h"
-#include "passes/lower/lower_to_plan.h"
-#include "passes/train/Passes.h"
-#include "runtime/base/safetensors.h"
 #include "runtime/core/executor.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/io/peft_adapter.h"
-
-#include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Pass/PassManager.h"
+#include "tests/unit/packing_fixture.h"
 
 using namespace parallora;
 
 namespace {
 
 const std::string kSrc = PARALLORA_SOURCE_DIR;
-const std::string kBase = kSrc + "/tests/fixtures/onnx/tiny_llama.hf";
-const std::string kFix = kSrc + "/tests/fixtures/train/packing";
-constexpr int64_t kB = 2, kT = 16;
+const std::string kBase = test_util::tiny_llama_dir();
+const std::string kFix = test_util::packing_fixture_dir();
+constexpr int64_t kB = test_util::kPackB, kT = test_util::kPackT;
 
 plan::Plan compile(bool packing) {
-  mlir::MLIRContext ctx;
-  ctx.loadDialect<pl::PlDialect, mlir::func::FuncDialect>();
-  auto config = load_llama_config(kBase + "/config.json");
-  EXPECT_TRUE(config.is_ok());
-  auto module = build_llama_module(ctx, *config, kB, kT);
-  mlir::PassManager pm(&ctx);
-  InjectLoraOptions lo;
-  lo.rank = 4;
-  lo.alpha = 8;
-  lo.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
-  buildLoraPassPipeline(pm, lo);
-  if (packing) pm.addPass(createPackSequences());
-  TrainPassPipelineOptions to;
-  buildTrainPassPipeline(pm, to);
-  EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
-  LowerOptions opts;
-  opts.global_batch = kB;
-  opts.micro_batches = 1;
-  opts.base_weights = kBase;
-  auto p = lower_to_plan(*module, opts);
-  EXPECT_TRUE(mlir::succeeded(p));
-  return *p;
+  test_util::TinyLoraPlanOptions o;
+  o.packing = packing;
+  return test_util::compile_tiny_lora(o);
 }
 
-struct Fixture {
-  std::unique_ptr<SafetensorsFile> file;
-  std::vector<float> f32(const std::string &name) const {
-    const TensorView *t = file->find(name);
-    EXPECT_NE(t, nullptr) << name;
-    if (!t) return {};
-    std::vector<float> out(t->numel());
-    EXPECT_TRUE(to_f32(*t, out.data()).is_ok());
-    return out;
-  }
-  std::vector<int32_t> i32(const std::string &name) const {
-    const TensorView *t = file->find(name);
-    EXPECT_NE(t, nullptr) << name;
-    if (!t) return {};
-    std::vector<int32_t> out(t->numel());
-    std::memcpy(out.data(), t->data, t->nbytes);
-    return out;
-  }
-};
-
-Fixture fixture() {
-  auto f = SafetensorsFile::open(kFix + "/batch.safetensors");
-  EXPECT_TRUE(f.is_ok()) << f.status().message();
-  return Fixture{std::move(*f)};
-}
+using Fixture = test_util::SafetensorsFixture;
+Fixture fixture() { return test_util::packing_batch(); }
 
 std::unique_ptr<rt::Executor> executor(const plan::Plan &p) {
   rt::KernelRegistry reg;

@@ -21,61 +21,25 @@
 
 #include <gtest/gtest.h>
 
-#include "frontend/hf_config.h"
-#include "ir/Dialect.h"
-#include "models/llama_builder.h"
-#include "passes/lora/Passes.h"
-#include "passes/lower/lower_to_plan.h"
-#include "passes/parallel/Passes.h"
-#include "passes/train/Passes.h"
-#include "runtime/base/safetensors.h"
 #include "runtime/comm/comm.h"
 #include "runtime/core/executor.h"
 #include "runtime/cpu/kernels.h"
-
-#include "mlir/Dialect/Func/IR/FuncOps.h"
-#include "mlir/Pass/PassManager.h"
+#include "tests/unit/packing_fixture.h"
 
 using namespace parallora;
 
 namespace {
 
-const std::string kSrc = PARALLORA_SOURCE_DIR;
-const std::string kBase = kSrc + "/tests/fixtures/onnx/tiny_llama.hf";
-constexpr int64_t kB = 2, kT = 16, kSteps = 3;
+const std::string kBase = test_util::tiny_llama_dir();
+constexpr int64_t kB = test_util::kPackB, kT = test_util::kPackT, kSteps = 3;
 
 plan::Plan compile(int64_t dp, int64_t tp, int64_t pp) {
-  mlir::MLIRContext ctx;
-  ctx.loadDialect<pl::PlDialect, mlir::func::FuncDialect>();
-  auto config = load_llama_config(kBase + "/config.json");
-  EXPECT_TRUE(config.is_ok());
-  auto module = build_llama_module(ctx, *config, kB, kT);
-  mlir::PassManager pm(&ctx);
-  InjectLoraOptions lo;
-  lo.rank = 4;
-  lo.alpha = 8;
-  lo.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
-  buildLoraPassPipeline(pm, lo);
-  pm.addPass(createPackSequences());
-  TrainPassPipelineOptions to;
-  to.adamw.lr = 1e-2;
-  if (dp * tp * pp > 1) {
-    ParallelPassPipelineOptions po;
-    po.partition.dp = dp;
-    po.partition.tp = tp;
-    po.partition.pp = pp;
-    buildParallelTrainPassPipeline(pm, to, po);
-  } else {
-    buildTrainPassPipeline(pm, to);
-  }
-  EXPECT_TRUE(mlir::succeeded(pm.run(*module)));
-  LowerOptions opts;
-  opts.global_batch = kB;
-  opts.micro_batches = 1;
-  opts.base_weights = kBase;
-  auto p = lower_to_plan(*module, opts);
-  EXPECT_TRUE(mlir::succeeded(p));
-  return *p;
+  test_util::TinyLoraPlanOptions o;
+  o.lr = 1e-2;
+  o.dp = dp;
+  o.tp = tp;
+  o.pp = pp;
+  return test_util::compile_tiny_lora(o);
 }
 
 struct Batch {
@@ -83,16 +47,9 @@ struct Batch {
 };
 
 Batch fixture_batch(bool equal_counts) {
-  auto f = SafetensorsFile::open(kSrc + "/tests/fixtures/train/packing/batch.safetensors");
-  EXPECT_TRUE(f.is_ok());
+  const test_util::SafetensorsFixture f = test_util::packing_batch();
   Batch b;
-  for (const char *name : {"input_ids", "labels", "position_ids", "segment_ids"}) {
-    const TensorView *t = (*f)->find(name);
-    EXPECT_NE(t, nullptr) << name;
-    std::vector<int32_t> v(t->numel());
-    std::memcpy(v.data(), t->data, t->nbytes);
-    b.inputs[name] = v;
-  }
+  for (const char *name : {"input_ids", "labels", "position_ids", "segment_ids"}) b.inputs[name] = f.i32(name);
   if (equal_counts) {  // row 0 scores 12 tokens, row 1 scores 11: drop row 0's last target
     std::vector<int32_t> &l = b.inputs["labels"];
     int scored[2] = {0, 0};
