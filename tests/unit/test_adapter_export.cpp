@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/train/adapter_export.h"
+#include "tests/unit/sharded_lora_plan.h"
 
 using namespace parallora;
 using namespace parallora::rt;
@@ -18,27 +19,7 @@ namespace {
 
 TEST(AdapterExport, FullTrainablesTakeOneCopyOfEverySlice) {
   // tp 2 x dp 2: B's output dim sharded over tp, A replicated; dp replicas are skipped.
-  plan::Plan p;
-  p.world_size = 4;
-  p.mesh.dp = 2;
-  p.mesh.tp = 2;
-  for (int r = 0; r < 4; ++r) {
-    plan::RankPlan rp;
-    rp.rank = r;
-    rp.dp_rank = r / 2;
-    rp.tp_rank = r % 2;
-    plan::Buffer a, b;
-    a.name = "l0.q.lora_A";
-    a.kind = plan::BufferKind::Trainable;
-    a.shape = {4, 8};
-    b.name = "l0.q.lora_B";
-    b.kind = plan::BufferKind::Trainable;
-    b.shape = {8, 4};
-    b.full_shape = {16, 4};
-    b.slice = {{rp.tp_rank * 8, 8}, {0, 4}};
-    rp.buffers = {a, b};
-    p.ranks.push_back(rp);
-  }
+  plan::Plan p = test_util::dp2_tp2_lora_plan(/*zero1_moments=*/false);
   std::vector<FullTrainable> t = full_trainables(p);
   ASSERT_EQ(t.size(), 2u);
   EXPECT_EQ(t[0].name, "l0.q.lora_A");

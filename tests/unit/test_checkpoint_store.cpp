@@ -17,6 +17,7 @@
 #include "runtime/plan/plan_io.h"
 #include "runtime/train/adapter_export.h"
 #include "runtime/train/checkpoint_store.h"
+#include "tests/unit/sharded_lora_plan.h"
 
 using namespace parallora;
 using namespace parallora::rt;
@@ -76,39 +77,7 @@ TEST(CheckpointManifest, Crc32IsZlibs) {
 
 // dp 2 x tp 2 with ZeRO-1: lora_A (replicated over tp) has its moments on dp rank 1 only,
 // lora_B (output dim sharded over tp) on dp rank 0 only; moments carry no slice of their own.
-plan::Plan zero1_plan() {
-  plan::Plan p;
-  p.world_size = 4;
-  p.mesh.dp = 2;
-  p.mesh.tp = 2;
-  for (int r = 0; r < 4; ++r) {
-    plan::RankPlan rp;
-    rp.rank = r;
-    rp.dp_rank = r / 2;
-    rp.tp_rank = r % 2;
-    plan::Buffer a, b;
-    a.name = "l0.q.lora_A";
-    a.kind = plan::BufferKind::Trainable;
-    a.shape = {4, 8};
-    b.name = "l0.q.lora_B";
-    b.kind = plan::BufferKind::Trainable;
-    b.shape = {8, 4};
-    b.full_shape = {16, 4};
-    b.slice = {{rp.tp_rank * 8, 8}, {0, 4}};
-    rp.buffers = {a, b};
-    const plan::Buffer &owned = rp.dp_rank == 1 ? a : b;
-    for (const char *m : {".exp_avg", ".exp_avg_sq"}) {
-      plan::Buffer o;
-      o.name = owned.name + m;
-      o.kind = plan::BufferKind::OptState;
-      o.shape = owned.shape;
-      o.param = owned.name;
-      rp.buffers.push_back(o);
-    }
-    p.ranks.push_back(rp);
-  }
-  return p;
-}
+plan::Plan zero1_plan() { return test_util::dp2_tp2_lora_plan(/*zero1_moments=*/true); }
 
 TEST(GlobalLayout, MomentsComeFromTheirOwnersSlicedLikeTheirTrainable) {
   plan::Plan p = zero1_plan();
