@@ -11,6 +11,8 @@
 //      metrics (metrics_log.h), validation, periodic checkpoints
 //   6. the final adapter, the final checkpoint, summary.json and the report (run_summary.h);
 //      with --trace, every rank's timeline merged into one Chrome trace (trace.h)
+// Each of these is a member function of SessionRun (session_run.h: setup, load, open_outputs in
+// session.cpp; train, step, finish in session_step.cpp).
 // Rank 0 prints progress and writes metrics and the summary; every rank writes its checkpoint
 // shard. Errors are returned; the caller (tools/lora-run) turns them into exit codes and, for
 // a rank-local failure in a run of several ranks, ends the other ranks.
