@@ -105,6 +105,8 @@ Status SessionRun::setup() {
     threads = env ? std::max(0, std::atoi(env)) : 0;
   }
   cpu::set_num_threads(threads);
+  if (a.backend == "cpu")
+    if (std::string err = cpu::set_gemm_library(a.cpu_gemm); !err.empty()) return fail("--cpu-gemm " + a.cpu_gemm + ": " + err);
   if (a.backend == "cuda") {
     // The CUDA backend module (runtime/cuda/plugin.h). Every rank uses device (local rank %
     // device count), chosen on first use by the backend (OMPI_COMM_WORLD_LOCAL_RANK).
@@ -359,7 +361,7 @@ Status SessionRun::open_outputs() {
               << (a.backend == "cuda" ? std::string("backend cuda")
                                       : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")) +
                                             ", OpenMP wait policy " + omp_wait_policy() +
-                                            (cpu::openblas_core().empty() ? "" : ", OpenBLAS " + cpu::openblas_core()))
+                                            ", GEMM " + cpu::gemm_library_description())
               << "\n";
     if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
     std::cout << "  base weights" << (multi ? " (rank 0)" : "") << ": " << ex.base_weights_used() << "\n";
