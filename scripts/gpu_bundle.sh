@@ -20,7 +20,8 @@
 #
 # Then, in a device `run`: carry [".gpu/bundle.tar.xz"] (not .gpu: the unpacked copy would pass the
 # 64 MiB carry limit), command `scripts/gpu_check.sh all` (it unpacks the
-# bundle and uses it when .gpu/bundle.tar.xz exists). Size: about 12 MiB compressed (77 MiB unpacked) (the carry
+# bundle and uses it when .gpu/bundle.tar.xz exists). Size: about 19 MiB compressed (117 MiB unpacked; oneDNN adds
+# 7 / 40 MiB) (the carry
 # limit is 64 MiB with the repository). `--check` runs the bundled binaries here in a mount
 # namespace where the Debian libraries they need are hidden, to prove the bundle is complete.
 set -euo pipefail

@@ -74,7 +74,7 @@ Status SessionRun::setup() {
   fingerprint = plan::plan_fingerprint(plan);
 
   // MPI: when a launcher started us, or the plan needs several ranks.
-  w = init_world(plan.world_size > 1);
+  w = init_world(plan.world_size > 1, a.comm_timeout);
   stop_signals.emplace();  // after MPI_Init, so the handlers are ours
   multi = plan.world_size > 1;
   if (w.size != plan.world_size) {

@@ -26,8 +26,10 @@ struct World {
 /// True when mpirun (Open MPI), a PMI or PMIx launcher started this process.
 bool launched_by_mpi_launcher();
 
-/// Initializes MPI when a launcher started us or `need_mpi` (a plan of several ranks).
-World init_world(bool need_mpi);
+/// Initializes MPI when a launcher started us or `need_mpi` (a plan of several ranks). When MPI's
+/// start-up has not completed after `timeout_seconds` (> 0; --comm-timeout), for instance because
+/// another rank was stopped before it, the process exits 1 with an error saying so.
+World init_world(bool need_mpi, double timeout_seconds = 0);
 /// MPI_Finalize when init_world started MPI.
 void finalize_world(World &w);
 /// Ends every rank of the job (MPI_Abort) after a rank-local failure; no-op without MPI.
