@@ -12,8 +12,10 @@
 //     a communication channel that runs beside the compute; the matching all_reduce_wait waits
 //     for it (docs/parallel.md "Overlap of the gradient sync");
 //   * a step is micro_batches x micro_step + optimizer_step, or for pipelines the simulated
-//     schedule (runtime/plan/schedule.h) of the stages' forward / backward times with the
-//     send cost between stages, then each stage's optimizer_step.
+//     schedule (runtime/plan/schedule.h: gpipe, 1f1b, interleaved with its model chunks, zb-h1
+//     with the weight-gradient program as its own task) of each model chunk's forward /
+//     backward (/ backward_weight) times with the send cost between stages, then each stage's
+//     optimizer_step.
 // The predicted step time of the plan is the slowest rank's. Plain C++, no MLIR.
 //
 //===----------------------------------------------------------------------===//
@@ -25,6 +27,7 @@
 
 #include "passes/planner/device_profile.h"
 #include "runtime/plan/plan.h"
+#include "runtime/plan/schedule.h"
 
 namespace parallora::planner {
 
@@ -72,8 +75,11 @@ struct PipelineTime {
   double makespan = 0;
   std::vector<double> last_backward_end;  // per stage
   std::vector<double> busy;               // per stage
+  std::vector<rt::TimelineEntry> entries; // every task of every stage, as simulated
 };
 PipelineTime pipeline_time(const std::string &schedule, int micro_batches, const std::vector<double> &fwd,
                            const std::vector<double> &bwd, double p2p);
+/// Any schedule: `costs` per model chunk (rt::PipelineCosts), `chunks` virtual stages per rank.
+PipelineTime pipeline_time(const std::string &schedule, int micro_batches, const rt::PipelineCosts &costs, int chunks);
 
 } // namespace parallora::planner

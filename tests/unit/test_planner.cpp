@@ -181,6 +181,89 @@ TEST(CostModel, HandCheckedPipeline) {
   EXPECT_NEAR(c.ranks[1].bubble_s, 26.56e-6, 1e-12);
 }
 
+// Interleaved, pp 2 x 2 virtual stages, 2 micro-batches: model chunk k = c x 2 + s (stage 0 holds
+// chunks 0 and 2, stage 1 chunks 1 and 3), programs forward / backward (chunk 0) and forward.c1 /
+// backward.c1 (chunk 1). Every forward is add 1.512 + send 1 = 2.512 us, every backward linear
+// 2.024 + send 1 = 3.024 us; the stage-to-stage transfer P = 10 us + 256 B / 1 GB/s = 10.256 us.
+// With M = pp Megatron's order runs every forward first: stage s runs F(s,0) F(s,1) F(s+2,0)
+// F(s+2,1), then B(s+2,0) B(s+2,1) B(s,0) B(s,1). Following micro-batch 0 through the chunks:
+//   F(0,0) 0-2.512; F(1,0) 12.768-15.28; F(2,0) 25.536-28.048; F(3,0) 38.304-40.816;
+//   stage 1 runs F(3,1) 40.816-43.328 first, then B(3,0) 43.328-46.352, B(3,1) -49.376;
+//   B(2,0) 56.608-59.632; B(1,0) 69.888-72.912, B(1,1) -75.936 (stage 1 done);
+//   B(0,0) 83.168-86.192, B(0,1) -89.216 (= 5 F + 5 B + 6 P).
+// Stage 1 is busy 4 x (2.512 + 3.024) = 22.144 us: idle 89.216 - 22.144 = 67.072 us.
+TEST(CostModel, HandCheckedInterleavedPipeline) {
+  plan::Plan p;
+  p.mesh = {1, 1, 2};
+  p.world_size = 2;
+  p.micro_batches = 2;
+  p.pipeline_schedule = "interleaved";
+  p.virtual_stages = 2;
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.pp_stage = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+    plan::AttrValue peer = int64_t(1 - rank);
+    plan::Instr linear = instr("linear_fwd", {0, 1}, {2}), add = instr("add", {2, 2}, {3});
+    plan::Instr send = instr("send", {2}, {}, {{"peer", peer}});
+    r.programs = {{"forward", {add, send}}, {"backward", {linear, send}}, {"forward.c1", {add, send}},
+                  {"backward.c1", {linear, send}}, {"optimizer_step", {}}};
+    p.ranks.push_back(r);
+  }
+  PlanCost c = cost_plan(p, round_profile());
+  EXPECT_NEAR(c.step_s, 89.216e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[0].step_s, 89.216e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].step_s, 75.936e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].bubble_s, 67.072e-6, 1e-12);
+  // Every chunk program counts: 2 micro-batches x 2 chunks x (1.512 + 2.024) compute, sends as comm.
+  EXPECT_NEAR(c.ranks[0].compute_s, 4 * 3.536e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[0].comm_s, 8 * 1e-6, 1e-12);
+}
+
+// zb-h1, pp 2, 2 micro-batches; the backward is split into B (lora_linear_bwd part "input", then a
+// send) and W (part "weight", the program backward_weight). x (4x8), W (16x8), dy (4x16), A (2x8),
+// B (16x2): m 4, n 16, k 8, r 2; every GEMM here has a side < 8, so 1 GFLOP/s:
+//   B: u = dy B 2*4*2*16 = 256 flop, dy W 2*4*8*16 = 1024, u A 2*4*8*2 = 128: 1.408 us + 1 = 2.408,
+//      + send 1 = 3.408 us;
+//   W: u again 256, x A^T 2*4*2*8 = 128, dA 2*2*8*4 = 128, dB 2*16*2*4 = 256: 0.768 us + 1 = 1.768;
+//   F: add 1.512 + send 1 = 2.512 us; P = 10.256 us.
+// Orders (schedule.cpp): stage 0 F0 F1 B0 W0 B1 W1; stage 1 F0 B0 F1 B1 W0 W1.
+//   stage 0: F0 0-2.512, F1 -5.024;
+//   stage 1: F0 12.768-15.28, B0 -18.688, F1 -21.2, B1 -24.608, W0 -26.376, W1 -28.144;
+//   stage 0: B0 28.944-32.352, W0 -34.12, B1 34.864-38.272, W1 -40.04.
+// Stage 1 is busy 2 x (2.512 + 3.408 + 1.768) = 15.376 us: idle 40.04 - 15.376 = 24.664 us.
+TEST(CostModel, HandCheckedZeroBubblePipeline) {
+  plan::Plan p;
+  p.mesh = {1, 1, 2};
+  p.world_size = 2;
+  p.micro_batches = 2;
+  p.pipeline_schedule = "zb-h1";
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.pp_stage = rank;
+    r.buffers = {buf(0, {4, 8}),  buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}),
+                 buf(3, {4, 16}), buf(4, {2, 8}, plan::BufferKind::Trainable), buf(5, {16, 2}, plan::BufferKind::Trainable),
+                 buf(6, {4, 8}),  buf(7, {2, 8}, plan::BufferKind::Grad),      buf(8, {16, 2}, plan::BufferKind::Grad)};
+    plan::AttrValue peer = int64_t(1 - rank);
+    plan::Instr add = instr("add", {2, 2}, {3}), send = instr("send", {2}, {}, {{"peer", peer}});
+    plan::Instr bwd_in = instr("lora_linear_bwd", {2, 0, 1, 4, 5}, {6, 7, 8}, {{"part", plan::AttrValue(std::string("input"))}});
+    plan::Instr bwd_w = instr("lora_linear_bwd", {2, 0, 1, 4, 5}, {6, 7, 8}, {{"part", plan::AttrValue(std::string("weight"))}});
+    r.programs = {{"forward", {add, send}}, {"backward", {bwd_in, send}}, {"backward_weight", {bwd_w}}, {"optimizer_step", {}}};
+    p.ranks.push_back(r);
+  }
+  PlanCost c = cost_plan(p, round_profile());
+  EXPECT_NEAR(c.step_s, 40.04e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].step_s, 28.144e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].bubble_s, 24.664e-6, 1e-12);
+  // The same split under 1f1b would ignore backward_weight; an unsplit lora_linear_bwd costs
+  // B + W - the shared u = 2.408 + 0.768 - 0.256 = 2.92 us.
+  plan::Instr whole = p.ranks[0].programs[1].instrs[0];
+  whole.attrs.clear();
+  EXPECT_NEAR(instruction_seconds(whole, p.ranks[0], p.mesh, round_profile()), 2.92e-6, 1e-12);
+}
+
 TEST(CostModel, GroupsAcrossNodes) {
   plan::Mesh m{2, 4, 1};  // ranks 0-3 tp group of dp 0, 4-7 of dp 1
   EXPECT_FALSE(group_crosses_nodes(m, 0, "tp", 4));
