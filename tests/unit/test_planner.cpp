@@ -288,6 +288,18 @@ TEST(Analytic, RejectsImpossibleMeshesWithReasons) {
   c.micro_batches = 2;
   EXPECT_EQ(reject_reason(m, c, 4), "");
   EXPECT_EQ(reject_reason(m, c, 8), "dp x tp x pp = 4 is not the 8 devices");
+  // Interleaved: whole layers per model chunk, micro-batches in groups of pp.
+  c = Candidate{};
+  c.pp = 2, c.micro_batches = 2, c.schedule = "interleaved", c.virtual_stages = 2;
+  EXPECT_EQ(reject_reason(m, c, 2), "interleaved v2: pp 2 x 2 = 4 model chunks do not divide the 2 layers");
+  m.layers = 4;
+  EXPECT_EQ(reject_reason(m, c, 2), "");
+  c.micro_batches = 1;
+  EXPECT_EQ(reject_reason(m, c, 2), "interleaved v2: micro-batches 1 is not a multiple of pp 2");
+  c.micro_batches = 2, c.virtual_stages = 1;
+  EXPECT_EQ(reject_reason(m, c, 2), "interleaved v1: needs 2 or more virtual stages");
+  EXPECT_EQ(c.flags(), "--strategy hybrid --dp 1 --tp 1 --pp 2 --micro-batches 2 --precision fp32 --pipeline-schedule interleaved "
+                       "--virtual-stages 1");
 }
 
 TEST(Analytic, MemoryFallsWithRecomputeAndShardingAndTimeIsPositive) {

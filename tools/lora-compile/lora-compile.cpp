@@ -506,13 +506,14 @@ int main(int argc, char **argv) {
     r.lora_targets = a.lora_targets, r.device_profile = a.device_profile, r.bucket_mb = a.bucket_mb, r.no_overlap = a.no_overlap;
     if (app.get_option("--micro-batches")->count()) r.micro_batches = a.micro_batches;
     if (pipe_given) r.schedule = a.pipe_schedule;
+    if (vstages_opt->count()) r.virtual_stages = a.virtual_stages;
     if (app.get_option("--precision")->count()) r.precision = a.precision;
     if (app.get_option("--recompute")->count()) r.recompute = a.recompute;
     if (a.zero1) r.zero1 = true;
     AutoChoice c;
     if (int rc = choose_strategy(r, c)) return rc;
     a.strategy = "hybrid", a.dp = c.dp, a.tp = c.tp, a.pp = c.pp, a.micro_batches = c.micro_batches;
-    a.pipe_schedule = c.schedule, a.precision = c.precision, a.recompute = c.recompute, a.zero1 = c.zero1;
+    a.pipe_schedule = c.schedule, a.virtual_stages = c.virtual_stages, a.precision = c.precision, a.recompute = c.recompute, a.zero1 = c.zero1;
   } else if (a.auto_req.devices || a.auto_req.explain || a.auto_req.memory_limit_gib > 0) {
     return usage("--devices, --memory-limit and --explain go with --strategy auto");
   }
