@@ -129,7 +129,7 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   const double rows = b * m.seq_len;
   const double D = m.hidden, V = m.vocab, I = m.intermediate, tp = c.tp;
   const double hq = double(m.heads) * m.head_dim / tp, hkv = double(m.kv_heads) * m.head_dim / tp;
-  const double over = dev.instruction_overhead_s;
+  const double over = dev.per_instruction_s();
   const bool zb = c.pp > 1 && rt::schedule_splits_weight_grad(c.schedule);
   const int nv = c.pp > 1 && c.schedule == "interleaved" ? std::max(1, c.virtual_stages) : 1;
   plan::Mesh mesh{c.dp, c.tp, c.pp};
@@ -288,6 +288,10 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
     e.flops_per_step += st[s].flops * c.micro_batches * c.dp;
   }
   e.step_s = worst;
+  const int world = c.dp * c.tp * c.pp;  // the runtime's per-step control all-reduce (cost_model.h)
+  if (world > 1)
+    e.step_s += (world > dev.devices_per_node ? dev.inter_node : dev.intra_node)
+                    .all_reduce.seconds(double(rt::all_reduce_bytes_sent(24, world)));
   const UnitCost &w = st[worst_stage];
   e.comm_s = c.micro_batches * (w.comm_fwd + w.comm_bwd);
   e.compute_s = c.micro_batches * (w.fwd + w.bwd + w.wgt) - e.comm_s;

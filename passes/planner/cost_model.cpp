@@ -130,7 +130,7 @@ struct Totals {
 double run_program(const plan::Program &prog, const plan::RankPlan &rank, const plan::Mesh &mesh, const DeviceProfile &dev,
                    bool last_micro, bool p2p_outside, double t, Channel &ch, Totals &tot) {
   for (const Instr &in : prog.instrs) {
-    double over = dev.instruction_overhead_s;
+    double over = dev.per_instruction_s();
     if (in.op == "all_reduce_start") {
       if (last_micro) {
         double cost = instruction_seconds(in, rank, mesh, dev) - over;
@@ -189,7 +189,7 @@ bool group_crosses_nodes(const plan::Mesh &mesh, int rank, const std::string &gr
 
 double instruction_seconds(const Instr &in, const plan::RankPlan &rank, const plan::Mesh &mesh, const DeviceProfile &dev) {
   const std::vector<Buffer> &B = rank.buffers;
-  double t = dev.instruction_overhead_s;
+  double t = dev.per_instruction_s();
   const std::string &op = in.op;
   if (op == "linear_fwd" || op == "linear_bwd_input" || op == "lora_linear_fwd" || op == "lora_linear_bwd")
     return t + linear_seconds(in, B, dev);
@@ -282,7 +282,7 @@ void cost_pipeline(const plan::Plan &p, const DeviceProfile &dev, int M, PlanCos
         v[k] = std::max(v[k], t);
         own[{static_cast<int>(i), static_cast<int>(k) * 3 + static_cast<int>(ph)}] = t;
         for (const Instr &in : prog->instrs)
-          if (in.op == "send") costs.p2p = std::max(costs.p2p, instruction_seconds(in, r, p.mesh, dev) - dev.instruction_overhead_s);
+          if (in.op == "send") costs.p2p = std::max(costs.p2p, instruction_seconds(in, r, p.mesh, dev) - dev.per_instruction_s());
       }
   }
   PipelineTime pt = pipeline_time(p.pipeline_schedule, M, costs, V);
@@ -320,6 +320,17 @@ void cost_pipeline(const plan::Plan &p, const DeviceProfile &dev, int M, PlanCos
 
 } // namespace
 
+double control_seconds(const plan::Plan &p, const DeviceProfile &dev) {
+  const int world = p.mesh.dp * p.mesh.tp * p.mesh.pp;
+  if (world <= 1) return 0;
+  // runtime/train/session.cpp, after every optimizer_step: comm->flush() (the pipeline's sends
+  // completed; their transfer is already in the simulation) and one control all-reduce of 3
+  // doubles (loss, stop request, non-finite weights) over the whole world (world.cpp's
+  // control_sum). The step ends for every rank when the slowest rank's value has arrived.
+  bool inter = dev.devices_per_node > 0 && world > dev.devices_per_node;
+  return links_for(dev, inter).all_reduce.seconds(static_cast<double>(rt::all_reduce_bytes_sent(3 * 8, world)));
+}
+
 PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
   PlanCost pc;
   pc.ranks.resize(p.ranks.size());
@@ -351,6 +362,8 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
     cost_pipeline(p, dev, M, pc);
   }
   for (const RankCost &rc : pc.ranks) pc.step_s = std::max(pc.step_s, rc.step_s);
+  pc.control_s = control_seconds(p, dev);
+  pc.step_s += pc.control_s;
   return pc;
 }
 

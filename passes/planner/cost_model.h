@@ -16,7 +16,9 @@
 //     with the weight-gradient program as its own task) of each model chunk's forward /
 //     backward (/ backward_weight) times with the send cost between stages, then each stage's
 //     optimizer_step.
-// The predicted step time of the plan is the slowest rank's. Plain C++, no MLIR.
+//   * a plan with more than one rank ends every step with the runtime's control all-reduce.
+// The predicted step time of the plan is the slowest rank's plus that control message. Plain
+// C++, no MLIR.
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -41,8 +43,13 @@ struct RankCost {
 
 struct PlanCost {
   std::vector<RankCost> ranks;
-  double step_s = 0;  // the slowest rank
+  double step_s = 0;     // the slowest rank + control_s
+  double control_s = 0;  // the runtime's per-step control all-reduce (multi-rank plans)
 };
+
+/// The runtime's per-step control traffic of a plan with more than one rank: one all-reduce of
+/// 3 doubles over the world after the optimizer step (runtime/train/session.cpp).
+double control_seconds(const plan::Plan &p, const DeviceProfile &dev);
 
 /// Seconds of one execution of `in` on `rank` (collectives included, as blocking calls).
 double instruction_seconds(const plan::Instr &in, const plan::RankPlan &rank, const plan::Mesh &mesh,

@@ -24,6 +24,10 @@ const char *kProfile = R"({
   "links": {"intra_node": {"all_reduce": {"alpha_s": 1e-5, "bus_gbps": 1}, "send": {"alpha_s": 1e-5, "bus_gbps": 1}}}
 })";
 
+/// Every plan of more than one rank ends its step with the runtime's control all-reduce of 3
+/// doubles over the world (session.cpp): 10 us + 2 (2-1)/2 x 24 B / 1 GB/s = 10.024 us on 2 ranks.
+constexpr double kControl2 = 10.024e-6;
+
 DeviceProfile round_profile() {
   auto p = parse_device_profile(kProfile, "round.json");
   EXPECT_TRUE(p.is_ok()) << p.message();
@@ -80,7 +84,7 @@ TEST(DeviceProfile, ErrorsNameFileAndField) {
   EXPECT_NE(o.message().find("bad.json: gemm.fp32[1].min_dim: must increase"), std::string::npos) << o.message();
   auto v = bad(std::string(good).replace(good.find("\"version\": 1"), 12, "\"version\": 7"));
   ASSERT_FALSE(v.is_ok());
-  EXPECT_EQ(v.message(), "bad.json: version: expected 1, got 7");
+  EXPECT_EQ(v.message(), "bad.json: version: expected 1 to 2, got 7");
   EXPECT_EQ(bad("{").message(), "bad.json: not valid JSON");
   auto typed = bad(std::string(good).replace(good.find("\"name\": \"round\""), 15, "\"name\": 7"));
   ASSERT_FALSE(typed.is_ok());
@@ -116,6 +120,41 @@ TEST(CostModel, HandCheckedSingleRank) {
   EXPECT_DOUBLE_EQ(c.ranks[0].comm_s, 0);
 }
 
+// The same plan on a version-2 profile with in-step corrections (lora-bench --calibrate
+// --step-plan): GEMMs x 2, memory-class kernels x 3, 0.5 us dispatch per instruction:
+//   linear (1 + 0.5) + 2 x 1.024 = 3.548 us; add (1 + 0.5) + 3 x 0.512 = 3.036 us; step 2 x 6.584.
+// A version-1 profile has none (factor 1, no dispatch): the 7.072 us above; a factor in a
+// version-1 file is an error naming it.
+TEST(CostModel, InStepFactorsAndDispatch) {
+  plan::Plan p;
+  p.micro_batches = 2;
+  plan::RankPlan r;
+  r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+  r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2}), instr("add", {2, 2}, {3})}}, {"optimizer_step", {}}};
+  p.ranks = {r};
+  std::string v2 = kProfile;
+  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
+  v2.insert(v2.rfind('}'), R"(, "in_step": {"gemm": {"value": 2, "source": "test"}, "memory": 3,
+                              "dispatch_overhead_s": {"value": 5e-7, "source": "test"}})");
+  auto dev = parse_device_profile(v2, "v2.json");
+  ASSERT_TRUE(dev.is_ok()) << dev.message();
+  EXPECT_NEAR(cost_plan(p, *dev).step_s, 2 * 6.584e-6, 1e-12);
+  EXPECT_DOUBLE_EQ(dev->factor("attention"), 1);
+  // Written and read back, the corrections survive.
+  auto back = parse_device_profile(device_profile_json(*dev, {}), "written.json");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_NEAR(cost_plan(p, *back).step_s, 2 * 6.584e-6, 1e-12);
+  EXPECT_NEAR(cost_plan(p, round_profile()).step_s, 7.072e-6, 1e-12);
+  std::string v1 = v2;
+  v1.replace(v1.find("\"version\": 2"), 12, "\"version\": 1");
+  auto bad = parse_device_profile(v1, "v1.json");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.message(), "v1.json: in_step: needs version 2 (got version 1)");
+  v2.replace(v2.find("\"memory\": 3"), 11, "\"memroy\": 3");
+  EXPECT_EQ(parse_device_profile(v2, "typo.json").message(),
+            "typo.json: in_step.memroy: unknown (expected gemm, attention, memory, dispatch_overhead_s)");
+}
+
 // Two data-parallel ranks; the gradient bucket (1000 f32 = 4000 B) starts after the first linear
 // and is waited for in the optimizer step.
 //   all-reduce: 10 us alpha + 2 (2-1)/2 x 4000 B / 1 GB/s = 14 us on the channel
@@ -138,7 +177,8 @@ TEST(CostModel, HandCheckedOverlappedBucket) {
     p.ranks.push_back(r);
   }
   PlanCost c = cost_plan(p, round_profile());
-  EXPECT_NEAR(c.step_s, 17.024e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 17.024e-6 + kControl2, 1e-12);
+  EXPECT_NEAR(c.control_s, kControl2, 1e-12);
   EXPECT_NEAR(c.ranks[1].comm_s, 11.976e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].comm_hidden_s, 2.024e-6, 1e-12);
   // Without the split (a blocking all_reduce in the optimizer step) nothing is hidden: 2.024 x 2 + 1 + 15.
@@ -146,7 +186,7 @@ TEST(CostModel, HandCheckedOverlappedBucket) {
     r.programs[0].instrs.erase(r.programs[0].instrs.begin() + 1);
     r.programs[1].instrs[0].op = "all_reduce";
   }
-  EXPECT_NEAR(cost_plan(p, round_profile()).step_s, (2 * 2.024 + 15) * 1e-6, 1e-12);
+  EXPECT_NEAR(cost_plan(p, round_profile()).step_s, (2 * 2.024 + 15) * 1e-6 + kControl2, 1e-12);
 }
 
 // Two pipeline stages, GPipe, 2 micro-batches. Stage times (send/recv cost their overhead only;
@@ -175,7 +215,7 @@ TEST(CostModel, HandCheckedPipeline) {
     p.ranks.push_back(r);
   }
   PlanCost c = cost_plan(p, round_profile());
-  EXPECT_NEAR(c.step_s, 37.632e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 37.632e-6 + kControl2, 1e-12);
   EXPECT_NEAR(c.ranks[0].step_s, 37.632e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].step_s, 24.864e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].bubble_s, 26.56e-6, 1e-12);
@@ -212,7 +252,7 @@ TEST(CostModel, HandCheckedInterleavedPipeline) {
     p.ranks.push_back(r);
   }
   PlanCost c = cost_plan(p, round_profile());
-  EXPECT_NEAR(c.step_s, 89.216e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 89.216e-6 + kControl2, 1e-12);
   EXPECT_NEAR(c.ranks[0].step_s, 89.216e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].step_s, 75.936e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].bubble_s, 67.072e-6, 1e-12);
@@ -254,7 +294,7 @@ TEST(CostModel, HandCheckedZeroBubblePipeline) {
     p.ranks.push_back(r);
   }
   PlanCost c = cost_plan(p, round_profile());
-  EXPECT_NEAR(c.step_s, 40.04e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 40.04e-6 + kControl2, 1e-12);
   EXPECT_NEAR(c.ranks[1].step_s, 28.144e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].bubble_s, 24.664e-6, 1e-12);
   // The same split under 1f1b would ignore backward_weight; an unsplit lora_linear_bwd costs
