@@ -243,7 +243,8 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   double makespan = 0;
   const double act_bytes = es * rows * D;
   const bool pp_inter = c.dp * c.tp * c.pp > dev.devices_per_node;
-  const double p2p = (pp_inter ? dev.inter_node : dev.intra_node).send.seconds(act_bytes);
+  const LinkCost &pl = (pp_inter ? dev.inter_node : dev.intra_node).send;
+  const double p2p = pl.seconds(act_bytes) + pl.wake_s;
   std::vector<double> bwd(c.pp);  // a stage's last backward task (the buckets start in it)
   for (int s = 0; s < c.pp; ++s) bwd[s] = zb ? st[s].wgt : st[s].bwd / nv;
   if (c.pp > 1) {
@@ -289,9 +290,10 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   }
   e.step_s = worst;
   const int world = c.dp * c.tp * c.pp;  // the runtime's per-step control all-reduce (cost_model.h)
-  if (world > 1)
-    e.step_s += (world > dev.devices_per_node ? dev.inter_node : dev.intra_node)
-                    .all_reduce.seconds(double(rt::all_reduce_bytes_sent(24, world)));
+  if (world > 1) {
+    const LinkCost &cl = (world > dev.devices_per_node ? dev.inter_node : dev.intra_node).all_reduce;
+    e.step_s += cl.seconds(double(rt::all_reduce_bytes_sent(24, world))) + cl.wake_s;
+  }
   const UnitCost &w = st[worst_stage];
   e.comm_s = c.micro_batches * (w.comm_fwd + w.comm_bwd);
   e.compute_s = c.micro_batches * (w.fwd + w.bwd + w.wgt) - e.comm_s;

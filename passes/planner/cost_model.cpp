@@ -282,7 +282,13 @@ void cost_pipeline(const plan::Plan &p, const DeviceProfile &dev, int M, PlanCos
         v[k] = std::max(v[k], t);
         own[{static_cast<int>(i), static_cast<int>(k) * 3 + static_cast<int>(ph)}] = t;
         for (const Instr &in : prog->instrs)
-          if (in.op == "send") costs.p2p = std::max(costs.p2p, instruction_seconds(in, r, p.mesh, dev) - dev.per_instruction_s());
+          if (in.op == "send") {
+            // The receiving stage has been waiting for it: the link's wake-up latency too.
+            int64_t peer = int_attr(in, "peer", r.rank);
+            bool inter = dev.devices_per_node > 0 && peer / dev.devices_per_node != r.rank / dev.devices_per_node;
+            costs.p2p = std::max(costs.p2p, instruction_seconds(in, r, p.mesh, dev) - dev.per_instruction_s() +
+                                                links_for(dev, inter).send.wake_s);
+          }
       }
   }
   PipelineTime pt = pipeline_time(p.pipeline_schedule, M, costs, V);
@@ -328,7 +334,8 @@ double control_seconds(const plan::Plan &p, const DeviceProfile &dev) {
   // doubles (loss, stop request, non-finite weights) over the whole world (world.cpp's
   // control_sum). The step ends for every rank when the slowest rank's value has arrived.
   bool inter = dev.devices_per_node > 0 && world > dev.devices_per_node;
-  return links_for(dev, inter).all_reduce.seconds(static_cast<double>(rt::all_reduce_bytes_sent(3 * 8, world)));
+  const LinkCost &l = links_for(dev, inter).all_reduce;
+  return l.seconds(static_cast<double>(rt::all_reduce_bytes_sent(3 * 8, world))) + l.wake_s;
 }
 
 PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {

@@ -80,6 +80,7 @@ struct Reader {
     if (!v) return l;
     l.alpha_s = number(*v, path + key + ".", "alpha_s", true);
     l.bus_gbps = number(*v, path + key + ".", "bus_gbps");
+    if (v->contains("wake_s")) l.wake_s = number(*v, path + key + ".", "wake_s", true);
     return l;
   }
   Links links(const json &obj, const std::string &key) {
@@ -238,7 +239,9 @@ std::string device_profile_json(const DeviceProfile &p, const std::map<std::stri
   if (!p.in_step_factor.empty() || p.dispatch_overhead_s > 0)
     j["in_step"]["dispatch_overhead_s"] = valued(p.dispatch_overhead_s, "in_step.dispatch_overhead_s");
   auto link = [&](const LinkCost &l, const std::string &k) {
-    return json{{"alpha_s", l.alpha_s}, {"bus_gbps", l.bus_gbps}, {"source", src(k)}};
+    json o{{"alpha_s", l.alpha_s}, {"bus_gbps", l.bus_gbps}, {"source", src(k)}};
+    if (l.wake_s > 0) o["wake_s"] = l.wake_s;
+    return o;
   };
   for (auto [key, ls] : {std::pair<const char *, const Links *>{"intra_node", &p.intra_node}, {"inter_node", &p.inter_node}}) {
     std::string k = std::string("links.") + key;

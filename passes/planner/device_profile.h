@@ -32,6 +32,10 @@ struct GemmRate {
 struct LinkCost {
   double alpha_s = 0;
   double bus_gbps = 0;  // GB/s = 1e9 bytes per second
+  // Optional ("wake_s"): the extra latency when the receiving side has been waiting a while (the
+  // runtime's poll backs off into sleeps): the cost model adds it where a rank waits on another's
+  // compute (a pipeline stage's input, the control all-reduce that ends a step). Not in seconds().
+  double wake_s = 0;
   double seconds(double bytes_sent) const { return alpha_s + (bus_gbps > 0 ? bytes_sent / (bus_gbps * 1e9) : 0.0); }
 };
 

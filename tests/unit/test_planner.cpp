@@ -304,6 +304,40 @@ TEST(CostModel, HandCheckedZeroBubblePipeline) {
   EXPECT_NEAR(instruction_seconds(whole, p.ranks[0], p.mesh, round_profile()), 2.92e-6, 1e-12);
 }
 
+// Wake-up latency (LinkCost::wake_s, lora-bench's link measurement): the gpipe plan of
+// HandCheckedPipeline with send wake 5 us and all-reduce wake 3 us. Its critical path crosses
+// the stage boundary twice (F0 -> F1 of micro-batch 0, B1 -> B0 of micro-batch 1), each
+// transfer 5 us later: 37.632 + 2 x 5 = 47.632 us; the control all-reduce 10.024 + 3 us.
+TEST(CostModel, WakeLatencyOnPipelineTransfersAndControl) {
+  plan::Plan p;
+  p.mesh = {1, 1, 2};
+  p.world_size = 2;
+  p.micro_batches = 2;
+  p.pipeline_schedule = "gpipe";
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.pp_stage = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+    plan::AttrValue peer = int64_t(1 - rank);
+    plan::Instr linear = instr("linear_fwd", {0, 1}, {2}), add = instr("add", {2, 2}, {3});
+    plan::Instr send = instr("send", {2}, {}, {{"peer", peer}}), recv = instr("recv", {}, {2}, {{"peer", peer}});
+    if (rank == 0) r.programs = {{"forward", {linear, send}}, {"backward", {recv, add}}, {"optimizer_step", {}}};
+    else r.programs = {{"forward", {recv, add}}, {"backward", {linear, send}}, {"optimizer_step", {}}};
+    p.ranks.push_back(r);
+  }
+  DeviceProfile dev = round_profile();
+  dev.intra_node.send.wake_s = 5e-6;
+  dev.intra_node.all_reduce.wake_s = 3e-6;
+  PlanCost c = cost_plan(p, dev);
+  EXPECT_NEAR(c.ranks[0].step_s, 47.632e-6, 1e-12);
+  EXPECT_NEAR(c.control_s, kControl2 + 3e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 47.632e-6 + kControl2 + 3e-6, 1e-12);
+  auto back = parse_device_profile(device_profile_json(dev, {}), "written.json");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_DOUBLE_EQ(back->intra_node.send.wake_s, 5e-6);
+}
+
 TEST(CostModel, GroupsAcrossNodes) {
   plan::Mesh m{2, 4, 1};  // ranks 0-3 tp group of dp 0, 4-7 of dp 1
   EXPECT_FALSE(group_crosses_nodes(m, 0, "tp", 4));
