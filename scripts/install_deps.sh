@@ -19,6 +19,7 @@ APT_PACKAGES=(
   iproute2                                                      # ip netns + veth: the two-host tests (tests/tools/two_hosts*.test)
   libopenblas-dev                                               # CPU GEMM (cblas.h)
   libopenblas0-openmp                                           # the OpenMP build we link (runtime/cpu/CMakeLists.txt)
+  libdnnl-dev                                                   # oneDNN: the CPU GEMMs (runtime/cpu/gemm.cpp)
   zlib1g-dev                                                    # CRC32 of checkpoint manifests
   libgtest-dev libgmock-dev                                     # unit tests
   clang-14 libclang-rt-14-dev                                   # libFuzzer targets

@@ -1,7 +1,7 @@
 //===- common.h - shared helpers of the CPU kernels (private to runtime/cpu) -===//
 //
 // Operand validation that turns every contract violation into a Status naming the kernel,
-// the instruction's loc and the mismatching sizes, plus a cblas_sgemm wrapper.
+// the instruction's loc and the mismatching sizes, plus the GEMM (gemm.cpp).
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -23,15 +23,17 @@ inline Status fail(const KernelCall &call, const char *kernel, const std::string
 
 constexpr int64_t kParallelWork = int64_t(1) << 15;
 
+/// C = alpha op(A) op(B) + beta C, row-major (cblas_sgemm's arguments). oneDNN or OpenBLAS
+/// (blas_core.h), cut into tiles by the shape alone, so the result does not depend on the
+/// thread count (gemm.cpp).
 void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
            const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
            int64_t ldc);
 
-/// While alive (and `active`), OpenBLAS runs single-threaded; the destructor restores its
-/// previous thread count. For sgemm calls made from inside an OpenMP parallel region: the
-/// pthreads OpenBLAS would otherwise start its own threads from every caller and oversubscribe
-/// the cores. A no-op when the CBLAS is not OpenBLAS. Not reentrant across threads: create it
-/// outside the parallel region (the kernels run one at a time).
+/// While alive (and `active`), sgemm calls of this thread run their tiles one after another on
+/// this thread, and a pthread OpenBLAS runs single-threaded (its previous count is restored by
+/// the destructor). For kernels that parallelise around their GEMMs themselves. Create it
+/// outside parallel regions (inside one, sgemm is serial anyway).
 class SerialBlas {
 public:
   explicit SerialBlas(bool active);
@@ -40,7 +42,8 @@ public:
   SerialBlas &operator=(const SerialBlas &) = delete;
 
 private:
-  int saved_ = 0;  // 0: nothing to restore
+  bool active_ = false;
+  int saved_ = 0;  // OpenBLAS threads to restore; 0: nothing to restore
 };
 
 } // namespace parallora::rt::cpu::detail

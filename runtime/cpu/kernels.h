@@ -1,9 +1,9 @@
 //===- kernels.h - CPU reference kernels (fp32, multithreaded) --------------===//
 //
-// The CPU backend is the numerical oracle: fp32 everywhere, GEMMs through OpenBLAS (cblas),
-// other loops parallel with OpenMP. Results must not depend on the thread count beyond
-// fp32 rounding of the GEMMs, and must be bit-reproducible for the same thread count
-// (static schedules, no atomics in reductions), so that --resume continues bit-for-bit.
+// The CPU backend is the numerical oracle: fp32 everywhere, GEMMs through oneDNN or OpenBLAS
+// (gemm.cpp: tiles fixed by shape), other loops parallel with OpenMP. Results must not depend
+// on the thread count (static schedules over work cut by shape, no atomics in reductions), so
+// that --resume continues bit-for-bit, also with another --threads.
 //
 // THE KERNEL CONTRACT. Shapes: B batch, T sequence, D hidden, K in-features, N out-features,
 // r LoRA rank, H heads (Hq query, Hkv key/value; Hq % Hkv == 0), Dh head dim, V vocab.
@@ -157,7 +157,7 @@ int64_t scratch_bytes();
 /// The f32 kernels alone (bf16 operands are refused by the operand checks).
 void register_f32_kernels(KernelRegistry &registry);
 
-/// Threads used by the CPU kernels (OpenMP and OpenBLAS); 0 = all cores.
+/// Threads used by the CPU kernels (OpenMP, and OpenBLAS's own pool if it has one); 0 = all cores.
 void set_num_threads(int n);
 
 } // namespace parallora::rt::cpu

@@ -122,6 +122,8 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
     threads = env ? std::max(0, std::atoi(env)) : 0;
   }
   cpu::set_num_threads(threads);
+  if (a.backend == "cpu")
+    if (std::string err = cpu::set_gemm_library(a.cpu_gemm); !err.empty()) return fail("--cpu-gemm " + a.cpu_gemm + ": " + err);
   KernelRegistry registry;
   MemoryHooks cuda_memory;
   const MemoryHooks *memory_hooks = nullptr;
@@ -376,7 +378,7 @@ Status run_session(const SessionOptions &a, World &w, SessionOutcome *outcome) {
               << (a.backend == "cuda" ? std::string("backend cuda")
                                       : "threads " + (threads > 0 ? std::to_string(threads) : std::string("all")) +
                                             ", OpenMP wait policy " + omp_wait_policy() +
-                                            (cpu::openblas_core().empty() ? "" : ", OpenBLAS " + cpu::openblas_core()))
+                                            ", GEMM " + cpu::gemm_library_description())
               << "\n";
     if (!device_line.empty()) std::cout << "  device" << (multi ? " (rank 0)" : "") << ": " << device_line << "\n";
     std::cout << "  base weights" << (multi ? " (rank 0)" : "") << ": " << ex.base_weights_used() << "\n";

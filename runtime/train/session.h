@@ -39,6 +39,7 @@ struct SessionOptions {
   bool overwrite = false;  // replace a finished run's outputs in `out` (else refused without resume)
   int64_t save_every = 0, keep_last = 0;
   int threads = -1;  // < 0: OMP_NUM_THREADS, else all cores
+  std::string cpu_gemm = "auto";  // auto | onednn | openblas (runtime/cpu/blas_core.h)
   std::string backend = "cpu";
   std::string collectives = "mpi";
   bool cuda_graphs = false;

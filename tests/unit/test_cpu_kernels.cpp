@@ -6,6 +6,8 @@
 //   - validation errors (operand counts, shapes, out-of-range ids and labels, attrs)
 //   - determinism: bit-identical results on a second run and for another thread count
 //   - KernelCall's attribute accessors
+#include "runtime/cpu/blas_core.h"
+#include "runtime/cpu/common.h"  // detail::sgemm
 #include "runtime/cpu/kernels.h"
 
 #include <algorithm>
@@ -951,6 +953,85 @@ TEST(CpuKernelsDeterminism, RepeatedRunsAndThreadCountsAreBitIdentical) {
     return all;
   };
   EXPECT_TRUE(bit_equal(lora(), lora()));
+  cpu::set_num_threads(0);
+}
+
+// The GEMM kernels (runtime/cpu/gemm.cpp cuts each product into tiles by its shape alone and
+// never splits K): the same bits for 1, 2, 3 and 8 threads, with oneDNN and with OpenBLAS, at
+// shapes that are cut along M (the LoRA linears) and along N (a skinny product with a long
+// reduction, which both libraries split over K when left to thread it themselves). Each library
+// must also agree with a plain double-precision product (catches a tile written to the wrong
+// place or a tile left out).
+TEST(CpuKernelsDeterminism, GemmsIndependentOfThreadCountForEveryLibrary) {
+  Rng rng(43);
+  const int64_t M = 1000, K = 200, N = 176, r = 16;
+  Buf x = rng.buf({M, K}), W = rng.buf({N, K}), A = rng.buf({r, K}), Bm = rng.buf({N, r}),
+      dy = rng.buf({M, N}), bias = rng.buf({N});
+  // Skinny: (16 x 8192) @ (8192 x 300): 16 rows, a reduction of 8192.
+  Buf s1 = rng.buf({8192, 16}), s2 = rng.buf({8192, 300});
+  auto all = [&](int threads) {
+    cpu::set_num_threads(threads);
+    Buf y = zeros({M, N}), dx = zeros({M, K}), dA = zeros({r, K}), dB = zeros({N, r}), st = zeros({16, 300});
+    const Attrs at{{"scaling", 2.0}};
+    EXPECT_TRUE(run("lora_linear_fwd", {&x, &W, &A, &Bm, &bias}, {&y}, at).is_ok());
+    EXPECT_TRUE(run("lora_linear_bwd", {&dy, &x, &W, &A, &Bm}, {&dx, &dA, &dB}, at).is_ok());
+    // st = s1^T s2 through the transposed-A path of sgemm.
+    cpu::detail::sgemm(true, false, 16, 300, 8192, 1.0f, s1.f.data(), 16, s2.f.data(), 300, 0.0f, st.f.data(), 300);
+    std::vector<float> out;
+    for (Buf *b : {&y, &dx, &dA, &dB, &st}) out.insert(out.end(), b->f.begin(), b->f.end());
+    return out;
+  };
+  for (const char *lib : {"onednn", "openblas"}) {
+    if (!cpu::gemm_library_available(std::string(lib) == "onednn" ? cpu::GemmLibrary::kOneDnn : cpu::GemmLibrary::kOpenBlas)) {
+      std::printf("  %s: not in this build, skipped\n", lib);
+      continue;
+    }
+    ASSERT_EQ(cpu::set_gemm_library(lib), "");
+    const auto a1 = all(1), a2 = all(2), a3 = all(3), a8 = all(8);
+    EXPECT_TRUE(bit_equal(a1, a2)) << lib << ": 1 vs 2 threads";
+    EXPECT_TRUE(bit_equal(a1, a3)) << lib << ": 1 vs 3 threads";
+    EXPECT_TRUE(bit_equal(a1, a8)) << lib << ": 1 vs 8 threads";
+    // Against double precision, each error relative to the sum of |terms| of its dot products
+    // (fp32 rounding is bounded by about K x 2^-24 of it and typically sqrt(K) x 2^-24; 1e-6 is
+    // ~17 x 2^-24): a misplaced or missing tile is off by O(1). The skinny product first.
+    const size_t off = a1.size() - 16 * 300;
+    double worst = 0;
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 300; ++j) {
+        double ref = 0, mag = 0;
+        for (int k = 0; k < 8192; ++k) {
+          const double t = double(s1.f[size_t(k) * 16 + i]) * s2.f[size_t(k) * 300 + j];
+          ref += t;
+          mag += std::abs(t);
+        }
+        worst = std::max(worst, std::abs(a1[off + size_t(i) * 300 + j] - ref) / mag);
+      }
+    EXPECT_LT(worst, 1e-6) << lib << ": 16 x 300 x 8192";
+    // The forward: y = x W^T + bias + 2 (x A^T) B^T, on every 37th row.
+    worst = 0;
+    for (int64_t i = 0; i < M; i += 37)
+      for (int64_t j = 0; j < N; ++j) {
+        double ref = bias.f[size_t(j)], mag = std::abs(ref);
+        for (int64_t k = 0; k < K; ++k) {
+          const double t = double(x.f[size_t(i * K + k)]) * W.f[size_t(j * K + k)];
+          ref += t;
+          mag += std::abs(t);
+        }
+        for (int64_t q = 0; q < r; ++q) {
+          double xa = 0, xmag = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            const double t = double(x.f[size_t(i * K + k)]) * A.f[size_t(q * K + k)];
+            xa += t;
+            xmag += std::abs(t);
+          }
+          ref += 2.0 * xa * Bm.f[size_t(j * r + q)];
+          mag += 2.0 * xmag * std::abs(Bm.f[size_t(j * r + q)]);
+        }
+        worst = std::max(worst, std::abs(a1[size_t(i * N + j)] - ref) / mag);
+      }
+    EXPECT_LT(worst, 1e-6) << lib << ": lora_linear_fwd";
+  }
+  ASSERT_EQ(cpu::set_gemm_library("auto"), "");
   cpu::set_num_threads(0);
 }
 

@@ -24,6 +24,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "runtime/cpu/blas_core.h"
 #include "runtime/plan/plan_io.h"
 #include "tools/common/cli.h"
 #include "tools/lora-compile/viz.h"
@@ -39,7 +40,8 @@ namespace {
 /// re-executes itself once (same pid, before MPI_Init; mpirun's environment is kept; if the exec
 /// fails the run goes on with libgomp's default). The rule (measured side by side,
 /// docs/benchmarks.md "CPU levers"):
-///   ACTIVE  when OpenBLAS is its OpenMP build (one thread pool: GEMMs and our loops) and this
+///   ACTIVE  when the GEMMs run on OpenMP's pool (oneDNN, or OpenBLAS's OpenMP build: one thread
+///           pool for GEMMs and our loops) and this
 ///           host's ranks x threads per rank fit the cores: spinning workers pick up each kernel
 ///           at once (1.22x torch vs 0.86x with PASSIVE on bench_cpu.sh, 2 threads on 2 cores);
 ///   PASSIVE otherwise: with more threads than cores (several ranks, or --threads above the
@@ -63,6 +65,8 @@ void choose_omp_wait_policy(int argc, char **argv) {
   long threads = env_long("OMP_NUM_THREADS", cores);
   for (int i = 1; i < argc; ++i) {  // the last --threads wins, as in CLI11; 0 = all cores
     std::string arg = argv[i], value;
+    if (arg == "--cpu-gemm" && i + 1 < argc) setenv("PARALLORA_CPU_GEMM", argv[i + 1], 1);
+    else if (arg.rfind("--cpu-gemm=", 0) == 0) setenv("PARALLORA_CPU_GEMM", arg.substr(11).c_str(), 1);
     if (arg == "--threads" && i + 1 < argc) value = argv[i + 1];
     else if (arg.rfind("--threads=", 0) == 0) value = arg.substr(10);
     else continue;
@@ -71,7 +75,10 @@ void choose_omp_wait_policy(int argc, char **argv) {
     if (end && *end == '\0' && x >= 0) threads = x == 0 ? cores : x;
   }
   const long local_ranks = env_long("OMPI_COMM_WORLD_LOCAL_SIZE", env_long("MPI_LOCALNRANKS", 1));
-  const bool one_pool = openblas_get_parallel && openblas_get_parallel() == 2;  // 2 = OpenMP build
+  // oneDNN's GEMMs run on libgomp's pool; OpenBLAS's only in its OpenMP build (parallel == 2).
+  const char *gemm = std::getenv("PARALLORA_CPU_GEMM");
+  const bool onednn = cpu::gemm_library_available(cpu::GemmLibrary::kOneDnn) && !(gemm && std::string(gemm) == "openblas");
+  const bool one_pool = onednn || (openblas_get_parallel && openblas_get_parallel() == 2);
   setenv("OMP_WAIT_POLICY", one_pool && local_ranks * threads <= cores ? "ACTIVE" : "PASSIVE", 1);
   execv("/proc/self/exe", argv);
 }
@@ -197,6 +204,10 @@ int main(int argc, char **argv) {
                                          "unless OMP_WAIT_POLICY is set, lora-run sets ACTIVE when this host's ranks x threads fit the "
                                          "cores, else PASSIVE (docs/training.md)")
       ->check(cli::thread_count());
+  app.add_option("--cpu-gemm", o.cpu_gemm,
+                 "GEMM library of the cpu backend: auto (default: PARALLORA_CPU_GEMM, else oneDNN when built in), "
+                 "onednn or openblas (which honours OPENBLAS_CORETYPE). Same bits with any --threads either way")
+      ->check(CLI::IsMember({"auto", "onednn", "openblas"}));
   app.add_option("--backend", o.backend,
                  "kernels: cpu (fp32 reference, default) or cuda (one GPU per process: device = local rank % device "
                  "count; multi-rank collectives are host-staged through MPI)")
