@@ -19,7 +19,9 @@ std::string op_class(const std::string &op) {
   return "memory";
 }
 
-StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::DeviceProfile &hot, int steps) {
+namespace {
+
+StatusOr<plan::Plan> read_step_plan(const std::string &plan_path) {
   const std::string where = "--step-plan " + plan_path;
   auto p = plan::read_plan(plan_path);
   if (!p) return Status::error(where + ": " + p.message());
@@ -28,6 +30,20 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
                          std::to_string(p->ranks.size()) + " ranks");
   if (p->vocab_size <= 0 || p->global_batch <= 0 || p->seq_len <= 0)
     return Status::error(where + ": the plan has no vocabulary / batch / sequence length");
+  return p;
+}
+
+} // namespace
+
+Status check_step_plan(const std::string &plan_path) {
+  auto p = read_step_plan(plan_path);
+  return p ? Status::ok() : p.status();
+}
+
+StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::DeviceProfile &hot, int steps) {
+  const std::string where = "--step-plan " + plan_path;
+  auto p = read_step_plan(plan_path);
+  if (!p) return p.status();
   rt::KernelRegistry reg;
   rt::cpu::register_kernels(reg);
   auto ex = rt::Executor::create(*p, 0, reg);
@@ -56,15 +72,35 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
   };
   for (int s = 1; s <= 2; ++s)  // warm-up: first-touch page faults, OpenMP team start
     if (Status st = step(s); !st) return Status::error(where + ": warm-up step: " + st.message());
+  // Per profiled step: wall time and kernel seconds per class (the profile is cumulative: deltas).
+  // The median over the steps: a step that another process interrupted does not set the factor.
   e.enable_profile(true);
   e.reset_profile();
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int s = 3; s < 3 + steps; ++s)
+  std::map<std::string, std::vector<double>> per_class;  // class -> seconds in each step
+  std::vector<double> walls, kernel_s;
+  std::map<std::string, double> before;
+  for (int s = 3; s < 3 + steps; ++s) {
+    const auto t0 = std::chrono::steady_clock::now();
     if (Status st = step(s); !st) return Status::error(where + ": step " + std::to_string(s) + ": " + st.message());
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    walls.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    std::map<std::string, double> now_c;
+    double k = 0;
+    for (const auto &[op, prof] : e.profile()) {
+      now_c[op_class(op)] += prof.seconds;
+      k += prof.seconds;
+    }
+    for (const auto &[c, v] : now_c) per_class[c].push_back(v - before[c]);
+    kernel_s.push_back(k - before["*"]);
+    before = now_c;
+    before["*"] = k;
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+  };
 
   InStep r;
-  r.step_wall_s = wall / steps;
+  r.step_wall_s = median(walls);
   std::map<std::string, int64_t> count;  // instructions per step by class
   for (const plan::Program &prog : p->ranks[0].programs) {
     const int64_t times = prog.name == "micro_step" ? M : prog.name == "optimizer_step" ? 1 : 0;
@@ -73,11 +109,10 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
       count[op_class(in.op)] += times;
     }
   }
-  double kernels = 0;
-  for (const auto &[op, prof] : e.profile()) {
-    kernels += prof.seconds / steps;
-    if (std::string c = op_class(op); !c.empty()) r.measured_s[c] += prof.seconds / steps;
-  }
+  std::vector<double> gaps;  // wall - kernels, per step
+  for (size_t i = 0; i < walls.size(); ++i) gaps.push_back(walls[i] - kernel_s[i]);
+  for (auto &[c, v] : per_class)
+    if (!c.empty()) r.measured_s[c] = median(v);
   for (const auto &[op, s] : planner::op_seconds(*p, 0, hot))
     if (std::string c = op_class(op); !c.empty()) r.predicted_s[c] += s;
   for (const auto &[c, pred] : r.predicted_s) {
@@ -85,9 +120,9 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
     const double work_pred = pred - fixed, work_meas = r.measured_s[c] - fixed;
     if (work_pred > 0 && work_meas > 0) r.factor[c] = work_meas / work_pred;
   }
-  r.dispatch_s = std::max(0.0, (r.step_wall_s - kernels) / static_cast<double>(std::max<int64_t>(1, r.instructions)));
+  r.dispatch_s = std::max(0.0, median(gaps) / static_cast<double>(std::max<int64_t>(1, r.instructions)));
   r.describe = plan_path + " (" + std::to_string(M) + " micro-batch(es), " + std::to_string(r.instructions) +
-               " instructions per step), " + std::to_string(steps) + " profiled steps after 2 warm-up steps";
+               " instructions per step), the median of " + std::to_string(steps) + " profiled steps after 2 warm-up steps";
   return r;
 }
 

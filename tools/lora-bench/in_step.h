@@ -9,8 +9,10 @@
 //   * per op class c (gemm, attention, memory): factor_c = (measured kernel seconds of c -
 //     n_c x instruction_overhead_s) / (predicted seconds of c - n_c x instruction_overhead_s),
 //     n_c the instructions of class c per step: the work part only, the fixed cost stays;
-//   * dispatch_overhead_s = (measured wall time of the steps - measured kernel time) / the
-//     instructions executed: the executor's time per instruction between kernels.
+//   * dispatch_overhead_s = (measured wall time of a step - its measured kernel time) / the
+//     instructions it executed: the executor's time per instruction between kernels.
+// Each measured figure is the median over the profiled steps (another process's interruption of
+// one step does not set a factor).
 // No MPI (rank 0 runs it alone), no MLIR: the plan comes from lora-compile.
 //
 //===----------------------------------------------------------------------===//
@@ -29,13 +31,17 @@ struct InStep {
   std::map<std::string, double> measured_s;   // per class, per step
   std::map<std::string, double> predicted_s;  // per class, per step (hot-loop rates)
   double dispatch_s = 0;
-  double step_wall_s = 0;                     // mean wall time of one profiled step
+  double step_wall_s = 0;                     // median wall time of one profiled step
   int64_t instructions = 0;                   // per step
   std::string describe;                       // "plan.lp (1 rank, 2 micro-batches, 1234 instructions per step), 5 steps"
 };
 
 /// The op class a kernel's time is costed in ("gemm", "attention", "memory"; "" for collectives).
 std::string op_class(const std::string &op);
+
+/// Reads the plan at `plan_path` and checks that measure_in_step can run it (one rank, a vocabulary,
+/// a batch): lora-bench calls it before its minutes of kernel timing.
+Status check_step_plan(const std::string &plan_path);
 
 /// Runs `steps` training steps of the single-rank plan at `plan_path` (after 2 warm-up steps) and
 /// derives the corrections of `hot` (a profile without them). Errors name the plan.

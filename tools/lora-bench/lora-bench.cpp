@@ -129,6 +129,7 @@ double time_comm(rt::Communicator &comm, int rank, int world, int64_t bytes, boo
   std::vector<double> cost;
   for (int i = 0; i < reps; ++i) {
     idle_barrier();
+    MPI_Barrier(MPI_COMM_WORLD);  // both ranks polling: they leave it within microseconds
     const int late = i % std::min(world, 2);
     double t_in = 0, t_out = 0;
     if (allreduce) {
@@ -187,7 +188,7 @@ int main(int argc, char **argv) {
   app.add_option("--batch", shape.batch, "with --hf-config: sequences per rank and micro-batch")->check(cli::at_least(1));
   app.add_option("--seq-len", shape.seq, "with --hf-config: sequence length")->check(cli::at_least(2));
   std::string step_plan;
-  int step_steps = 5;
+  int step_steps = 10;
   double link_wait_ms = 2;
   app.add_option("--step-plan", step_plan, "also run this single-rank plan (lora-compile of the calibration model) through "
                                            "the executor with its profiler and store the in-step factors per op class and "
@@ -221,6 +222,11 @@ int main(int argc, char **argv) {
     std::cerr << "error: nothing to do: give --calibrate (see lora-bench --help)\n";
     return cli::kExitUsageError;
   }
+  if (!step_plan.empty())  // before minutes of kernel timing
+    if (Status s = bench::check_step_plan(step_plan); !s) {
+      std::cerr << "error: " << s.message() << "\n";
+      return cli::kExitUsageError;
+    }
   MPI_Init(&argc, &argv);
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
