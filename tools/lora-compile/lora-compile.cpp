@@ -435,7 +435,7 @@ int main(int argc, char **argv) {
   app.add_option("--memory-limit", a.auto_req.memory_limit_gib,
                  "--strategy auto: per-device memory in GiB that a plan's predicted peak must fit (default: the device profile's memory_gib)")
       ->check(cli::positive_number());
-  app.add_flag("--explain", a.auto_req.explain, "--strategy auto: also print every rejected mesh with its reason and the candidates over the memory limit");
+  app.add_flag("--explain", a.auto_req.explain, "--strategy auto: also print every rejected mesh (and interleaved virtual-stage count) with its reason and the candidates over the memory limit");
   app.add_option("--top", a.auto_req.top, "--strategy auto: candidates printed, compiled and costed exactly before the choice (default 5)")
       ->check(cli::at_least(1));
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
