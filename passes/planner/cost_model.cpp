@@ -268,7 +268,6 @@ void cost_pipeline(const plan::Plan &p, const DeviceProfile &dev, int M, PlanCos
   costs.bwd.assign(static_cast<size_t>(S * V), 0.0);
   if (zb) costs.wgt.assign(static_cast<size_t>(S * V), 0.0);
   std::vector<Totals> per_micro(p.ranks.size());  // one micro-batch of every chunk and phase
-  std::map<std::pair<int, int>, double> own;      // (rank, model chunk * 3 + phase) -> seconds
   for (size_t i = 0; i < p.ranks.size(); ++i) {
     const plan::RankPlan &r = p.ranks[i];
     for (int c = 0; c < V; ++c)
@@ -280,7 +279,6 @@ void cost_pipeline(const plan::Plan &p, const DeviceProfile &dev, int M, PlanCos
         const size_t k = static_cast<size_t>(c * S + r.pp_stage);
         std::vector<double> &v = ph == rt::Phase::Forward ? costs.fwd : ph == rt::Phase::Backward ? costs.bwd : costs.wgt;
         v[k] = std::max(v[k], t);
-        own[{static_cast<int>(i), static_cast<int>(k) * 3 + static_cast<int>(ph)}] = t;
         for (const Instr &in : prog->instrs)
           if (in.op == "send") {
             // The receiving stage has been waiting for it: the link's wake-up latency too.

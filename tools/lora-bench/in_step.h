@@ -11,8 +11,8 @@
 //     n_c the instructions of class c per step: the work part only, the fixed cost stays;
 //   * dispatch_overhead_s = (measured wall time of a step - its measured kernel time) / the
 //     instructions it executed: the executor's time per instruction between kernels.
-// Each measured figure is the median over the profiled steps (another process's interruption of
-// one step does not set a factor).
+// Each measured figure is the 10th percentile over the profiled steps, as lora-bench's kernel
+// timings (another process's interruption of a step does not set a factor).
 // No MPI (rank 0 runs it alone), no MLIR: the plan comes from lora-compile.
 //
 //===----------------------------------------------------------------------===//
@@ -31,7 +31,7 @@ struct InStep {
   std::map<std::string, double> measured_s;   // per class, per step
   std::map<std::string, double> predicted_s;  // per class, per step (hot-loop rates)
   double dispatch_s = 0;
-  double step_wall_s = 0;                     // median wall time of one profiled step
+  double step_wall_s = 0;                     // wall time of one profiled step (10th percentile)
   int64_t instructions = 0;                   // per step
   std::string describe;                       // "plan.lp (1 rank, 2 micro-batches, 1234 instructions per step), 5 steps"
 };

@@ -188,7 +188,7 @@ int main(int argc, char **argv) {
   app.add_option("--batch", shape.batch, "with --hf-config: sequences per rank and micro-batch")->check(cli::at_least(1));
   app.add_option("--seq-len", shape.seq, "with --hf-config: sequence length")->check(cli::at_least(2));
   std::string step_plan;
-  int step_steps = 10;
+  int step_steps = 20;
   double link_wait_ms = 2;
   app.add_option("--step-plan", step_plan, "also run this single-rank plan (lora-compile of the calibration model) through "
                                            "the executor with its profiler and store the in-step factors per op class and "
