@@ -411,6 +411,18 @@ StatusOr<WeightStore> WeightStore::open(const std::string &path) {
   return store;
 }
 
+void SafetensorsFile::release(const TensorView &v) const {
+  if (!mapping_ || v.nbytes == 0 || v.data < bytes_ || v.data + v.nbytes > bytes_ + size_) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = uintptr_t(v.data) & ~(page - 1);
+  const uintptr_t end = (uintptr_t(v.data) + v.nbytes + page - 1) & ~(page - 1);
+  ::madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);  // advice: errors change nothing
+}
+
+void WeightStore::release(const TensorView &v) const {
+  for (const auto &f : files_) f->release(v);
+}
+
 const TensorView *WeightStore::find(const std::string &name) const {
   auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : it->second;

@@ -58,6 +58,11 @@ public:
 
   /// nullptr when the file holds no tensor of that name.
   const TensorView *find(const std::string &name) const;
+  /// Drops the pages of `v` (a tensor of this file) from this process's memory once its bytes
+  /// have been copied out (madvise MADV_DONTNEED on the mapping; the page cache keeps them, a
+  /// later read faults them back in). Without it a model's every page read stays resident until
+  /// the file is closed, on top of the copy. No-op for files read from memory.
+  void release(const TensorView &v) const;
   /// In header order.
   const std::vector<TensorView> &tensors() const { return tensors_; }
   const std::map<std::string, std::string> &metadata() const { return metadata_; }
@@ -86,6 +91,8 @@ public:
   static StatusOr<WeightStore> open(const std::string &path);
 
   const TensorView *find(const std::string &name) const;
+  /// SafetensorsFile::release on the file that holds `v`.
+  void release(const TensorView &v) const;
   /// In file order (single file) or weight_map order (sharded).
   const std::vector<std::string> &names() const { return names_; }
 

@@ -16,6 +16,8 @@
 #include "runtime/plan/weight_init.h"
 #include "runtime/plan/plan_io.h"
 
+#include <zlib.h>
+
 namespace parallora::rt {
 namespace {
 
@@ -26,6 +28,17 @@ constexpr const char *kAdapterHint =
     "lora-compile -o, which carries its adapter values in the plan";
 
 int64_t round_up(int64_t n, int64_t a) { return (n + a - 1) / a * a; }
+
+// zlib's CRC32 of n bytes (in pieces: zlib takes 32-bit lengths).
+uint32_t crc32_bytes(const uint8_t *p, size_t n) {
+  uLong crc = ::crc32(0L, Z_NULL, 0);
+  for (size_t off = 0; off < n;) {
+    const size_t len = std::min<size_t>(n - off, size_t(1) << 30);
+    crc = ::crc32(crc, p + off, static_cast<uInt>(len));
+    off += len;
+  }
+  return uint32_t(crc);
+}
 
 std::string shape_str(const std::vector<int64_t> &shape) {
   if (shape.empty()) return "scalar";
@@ -270,10 +283,13 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
     std::vector<float> scratch;
     // Content hash of what was read: CRC32 (zlib's) chained over the raw bytes of every tensor
     // read, in name order, so the same checkpoint gives the same hash whatever its file layout.
-    std::map<std::string, const TensorView *> read;
+    // Each tensor's CRC is taken while its pages are in memory and the chain is assembled with
+    // crc32_combine afterwards, so each tensor's mapped pages can be released (WeightStore::
+    // release) right after its copy: the mapping then never holds more than one tensor.
+    std::map<std::string, std::pair<uint32_t, size_t>> read;  // name -> (crc of its bytes, size)
     for (const plan::Buffer *b : list) {
       const TensorView *v = store->find(b->name);
-      read[b->name] = v;
+      if (!read.count(b->name)) read[b->name] = {crc32_bytes(v->data, v->nbytes), v->nbytes};
       const Tensor &t = tensors_[0][b->id].tensor;
       if (b->dtype == plan::ElemType::I32)
         return Status::error("parameter '" + b->name + "' is i32; only float parameters can be read from a checkpoint");
@@ -303,9 +319,10 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
         take_slice(scratch.data(), v->shape, b->slice, dst);
       }
       narrow.store(t);  // a bf16 checkpoint tensor round-trips exactly
+      store->release(*v);
     }
-    uint32_t crc = 0;
-    for (auto &[name, v] : read) crc = plan::crc32(v->data, v->nbytes, crc);
+    uLong crc = ::crc32(0L, Z_NULL, 0);
+    for (auto &[name, c] : read) crc = ::crc32_combine(crc, c.first, static_cast<z_off_t>(c.second));
     char hex[16];
     std::snprintf(hex, sizeof hex, "%08x", crc);
     if (used) *used = path + " (crc32 " + hex + " of the " + std::to_string(read.size()) +

@@ -362,6 +362,40 @@ TEST_F(ExecutorTest, GivenWeightsOverrideRandomInitOfBaseParameters) {
   EXPECT_NE(s.message().find("ints.safetensors"), std::string::npos) << s.message();
 }
 
+// The hash of the base weights read is the CRC32 chained over the tensors' raw bytes in name
+// order, whatever the order of the plan's buffers or of the file (each tensor's CRC is taken
+// before its pages are released and the chain assembled with crc32_combine: checked here
+// against plan::crc32 chained directly, on tensors of different sizes, the file in another order).
+TEST_F(ExecutorTest, BaseWeightsHashChainsTheTensorsInNameOrder) {
+  std::vector<float> z(1000), a(7), m(4096);
+  for (size_t i = 0; i < z.size(); ++i) z[i] = float(i) * 0.5f - 3.0f;
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(i) + 0.25f;
+  for (size_t i = 0; i < m.size(); ++i) m[i] = std::sin(float(i));
+  ASSERT_TRUE(write_safetensors(path("three.safetensors"), {{"z", DType::F32, {10, 100}, z.data()},
+                                                            {"m", DType::F32, {64, 64}, m.data()},
+                                                            {"a", DType::F32, {7}, a.data()}})
+                  .is_ok());
+  PlanBuilder b;
+  const int32_t pm = b.buffer("m", BufferKind::Param, {64, 64}, ElemType::F32, "checkpoint");
+  const int32_t pz = b.buffer("z", BufferKind::Param, {10, 100}, ElemType::F32, "checkpoint");
+  const int32_t pa = b.buffer("a", BufferKind::Param, {7}, ElemType::F32, "checkpoint");
+  KernelRegistry reg;
+  auto ex = Executor::create(b.p, 0, reg);
+  ASSERT_TRUE(ex.is_ok()) << ex.message();
+  ASSERT_TRUE((*ex)->init_parameters(path("three.safetensors"), 5).is_ok());
+  for (auto [id, want] : {std::pair{pm, &m}, std::pair{pz, &z}, std::pair{pa, &a}}) {
+    const float *got = (*ex)->buffer(id).tensor.f32();
+    EXPECT_EQ(std::vector<float>(got, got + want->size()), *want);
+  }
+  uint32_t chain = plan::crc32(a.data(), a.size() * 4);
+  chain = plan::crc32(m.data(), m.size() * 4, chain);
+  chain = plan::crc32(z.data(), z.size() * 4, chain);
+  char crc[16];
+  std::snprintf(crc, sizeof crc, "%08x", chain);
+  EXPECT_EQ((*ex)->base_weights_used(),
+            path("three.safetensors") + " (crc32 " + crc + " of the 3 tensors read, raw bytes in name order)");
+}
+
 // Issue 18 item 9: a PEFT ONNX export's adapter values travel in Plan::adapter_weights; they
 // are the Trainables' init whatever base weights are given (--weights overrides only those).
 TEST_F(ExecutorTest, TrainablesWithCheckpointInitComeFromThePlansAdapterWeights) {

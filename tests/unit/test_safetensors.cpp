@@ -290,6 +290,47 @@ TEST(Safetensors, OtherHfFixturesOpen) {
   EXPECT_FALSE(adapter.value()->tensors().empty());
 }
 
+// release() drops a tensor's mapped pages from the process (resident set) and a later read
+// still sees the same bytes (faulted back in from the file).
+long resident_kib() {
+  std::ifstream statm("/proc/self/statm");
+  long size = 0, resident = 0;
+  statm >> size >> resident;
+  return resident * (::sysconf(_SC_PAGESIZE) / 1024);
+}
+
+TEST_F(SafetensorsTest, ReleaseDropsTheMappedPagesAndKeepsTheBytes) {
+  std::vector<float> big(size_t(16) << 20 >> 2);  // 16 MiB
+  for (size_t i = 0; i < big.size(); ++i) big[i] = float(i % 9973) * 0.125f;
+  const float small[3] = {1, 2, 3};
+  const std::string file = path("big.safetensors");
+  ASSERT_TRUE(write_safetensors(file, {{"big", DType::F32, {int64_t(big.size())}, big.data()},
+                                       {"small", DType::F32, {3}, small}}, {})
+                  .is_ok());
+  auto f = SafetensorsFile::open(file);
+  ASSERT_TRUE(f.is_ok()) << f.message();
+  const TensorView *v = (*f)->find("big");
+  ASSERT_NE(v, nullptr);
+  auto sum = [&] {
+    double s = 0;
+    for (size_t i = 0; i < v->nbytes; i += 4096) s += v->data[i];
+    return s;
+  };
+  const double first = sum();  // every page of the tensor is now resident
+  const long before = resident_kib();
+  (*f)->release(*v);
+  const long after = resident_kib();
+  EXPECT_GE(before - after, 12 * 1024) << "resident " << before << " KiB -> " << after << " KiB";
+  EXPECT_EQ(sum(), first);
+  EXPECT_EQ(std::memcmp(v->data, big.data(), v->nbytes), 0);
+  EXPECT_EQ(std::memcmp((*f)->find("small")->data, small, sizeof small), 0);
+  // A view from elsewhere (or a file read from memory) is left alone.
+  TensorView foreign = *v;
+  foreign.data = reinterpret_cast<const uint8_t *>(big.data());
+  (*f)->release(foreign);
+  EXPECT_EQ(big[12345], float(12345 % 9973) * 0.125f);
+}
+
 TEST_F(SafetensorsTest, WriteErrors) {
   const float data[4] = {};
   Status s = write_safetensors(path("x.safetensors"),
