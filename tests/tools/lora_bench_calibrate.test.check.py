@@ -11,8 +11,9 @@ ins = p.get("in_step")
 assert ins, "no in_step section"
 for cls in ("gemm", "attention", "memory"):
     f = ins[cls]
-    # A kernel inside a step is neither 20x faster nor 20x slower than hot in a loop.
-    assert 0.05 < f["value"] < 20, f"in_step.{cls} = {f['value']}"
+    # A kernel inside a step is neither 100x faster nor 100x slower than hot in a loop (a unit or
+    # class mix-up is off by 1000x or more; a loaded machine moves a 10th percentile by far less).
+    assert 0.01 < f["value"] < 100, f"in_step.{cls} = {f['value']}"
     assert plan in f["source"] and "lora-bench --step-plan" in f["source"], f["source"]
 d = ins["dispatch_overhead_s"]
 assert 0 <= d["value"] < 1e-3, f"dispatch {d['value']}"
