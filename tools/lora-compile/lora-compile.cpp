@@ -478,7 +478,7 @@ int main(int argc, char **argv) {
       a.lr_schedule = a.schedule;
     }
   }
-  const bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b" ||
+  bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b" ||
                           a.schedule == "interleaved" || a.schedule == "zb-h1";
   if (vstages_opt->count() && a.pipe_schedule != "interleaved")
     return usage("--virtual-stages " + std::to_string(a.virtual_stages) +
@@ -512,6 +512,7 @@ int main(int argc, char **argv) {
     if (a.zero1) r.zero1 = true;
     AutoChoice c;
     if (int rc = choose_strategy(r, c)) return rc;
+    pipe_given = pipe_given && c.pp > 1;  // auto chose no pipeline: the schedule given does not apply, no warning
     a.strategy = "hybrid", a.dp = c.dp, a.tp = c.tp, a.pp = c.pp, a.micro_batches = c.micro_batches;
     a.pipe_schedule = c.schedule, a.virtual_stages = c.virtual_stages, a.precision = c.precision, a.recompute = c.recompute, a.zero1 = c.zero1;
   } else if (a.auto_req.devices || a.auto_req.explain || a.auto_req.memory_limit_gib > 0) {
