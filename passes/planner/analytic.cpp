@@ -241,6 +241,7 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
 
   // Pipeline: one call into the schedule simulation; p2p = one activation send.
   double makespan = 0;
+  std::vector<double> last_end;  // per stage: its last task's end (the pipeline's stages end apart)
   const double act_bytes = es * rows * D;
   const bool pp_inter = c.dp * c.tp * c.pp > dev.devices_per_node;
   const LinkCost &pl = (pp_inter ? dev.inter_node : dev.intra_node).send;
@@ -249,7 +250,9 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   for (int s = 0; s < c.pp; ++s) bwd[s] = zb ? st[s].wgt : st[s].bwd / nv;
   if (c.pp > 1) {
     rt::PipelineCosts costs{kf, kb, zb ? kw : std::vector<double>{}, p2p};
-    makespan = pipeline_time(c.schedule, c.micro_batches, costs, nv).makespan;
+    PipelineTime pt = pipeline_time(c.schedule, c.micro_batches, costs, nv);
+    makespan = pt.makespan;
+    last_end = pt.last_backward_end;
   } else {
     makespan = c.micro_batches * (st[0].fwd + st[0].bwd);
   }
@@ -259,6 +262,7 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   const Links &dl = dp_inter ? dev.inter_node : dev.intra_node;
   double worst = 0;
   int worst_stage = 0;
+  std::vector<double> stage_end;
   for (int s = 0; s < c.pp; ++s) {
     const double grad_bytes = 4 * st[s].trainable;
     double sync = 0;
@@ -279,6 +283,7 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
     }
     if (c.pp > 1) sent += int64_t(2 * nv * c.micro_batches * act_bytes);
     double step = makespan + sync + opt;
+    stage_end.push_back((s < int(last_end.size()) ? last_end[s] : makespan) + sync + opt);
     if (step > worst) worst = step, worst_stage = s;
     // Memory: frozen params (es), adapters + grads + moments (f32), arena x slots, inputs.
     const int slots = c.pp > 1 ? rt::pipeline_slots(c.schedule, c.pp, s, c.micro_batches, nv) : 1;
@@ -292,7 +297,10 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   const int world = c.dp * c.tp * c.pp;  // the runtime's per-step control all-reduce (cost_model.h)
   if (world > 1) {
     const LinkCost &cl = (world > dev.devices_per_node ? dev.inter_node : dev.intra_node).all_reduce;
-    e.step_s += cl.seconds(double(rt::all_reduce_bytes_sent(24, world))) + cl.wake_s;
+    // + wake_s when the stages end apart by more than it (cost_model.cpp's control_seconds).
+    double first_done = worst;
+    for (double t : stage_end) first_done = std::min(first_done, t);
+    e.step_s += cl.seconds(double(rt::all_reduce_bytes_sent(24, world))) + (worst - first_done > cl.wake_s ? cl.wake_s : 0.0);
   }
   const UnitCost &w = st[worst_stage];
   e.comm_s = c.micro_batches * (w.comm_fwd + w.comm_bwd);

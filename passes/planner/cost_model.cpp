@@ -324,7 +324,7 @@ void cost_pipeline(const plan::Plan &p, const DeviceProfile &dev, int M, PlanCos
 
 } // namespace
 
-double control_seconds(const plan::Plan &p, const DeviceProfile &dev) {
+double control_seconds(const plan::Plan &p, const DeviceProfile &dev, double skew_s) {
   const int world = p.mesh.dp * p.mesh.tp * p.mesh.pp;
   if (world <= 1) return 0;
   // runtime/train/session.cpp, after every optimizer_step: comm->flush() (the pipeline's sends
@@ -333,7 +333,10 @@ double control_seconds(const plan::Plan &p, const DeviceProfile &dev) {
   // control_sum). The step ends for every rank when the slowest rank's value has arrived.
   bool inter = dev.devices_per_node > 0 && world > dev.devices_per_node;
   const LinkCost &l = links_for(dev, inter).all_reduce;
-  return l.seconds(static_cast<double>(rt::all_reduce_bytes_sent(3 * 8, world))) + l.wake_s;
+  // The first rank done waits skew_s for the last: longer than a wake-up, and its poll has backed
+  // off into sleeps (a pipeline's stages end apart); ranks that end together (data / tensor
+  // parallel) meet while still polling.
+  return l.seconds(static_cast<double>(rt::all_reduce_bytes_sent(3 * 8, world))) + (skew_s > l.wake_s ? l.wake_s : 0.0);
 }
 
 PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
@@ -366,8 +369,9 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
   } else {
     cost_pipeline(p, dev, M, pc);
   }
-  for (const RankCost &rc : pc.ranks) pc.step_s = std::max(pc.step_s, rc.step_s);
-  pc.control_s = control_seconds(p, dev);
+  double first_done = pc.ranks.empty() ? 0 : pc.ranks[0].step_s;
+  for (const RankCost &rc : pc.ranks) pc.step_s = std::max(pc.step_s, rc.step_s), first_done = std::min(first_done, rc.step_s);
+  pc.control_s = control_seconds(p, dev, pc.step_s - first_done);
   pc.step_s += pc.control_s;
   return pc;
 }

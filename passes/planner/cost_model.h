@@ -48,8 +48,9 @@ struct PlanCost {
 };
 
 /// The runtime's per-step control traffic of a plan with more than one rank: one all-reduce of
-/// 3 doubles over the world after the optimizer step (runtime/train/session.cpp).
-double control_seconds(const plan::Plan &p, const DeviceProfile &dev);
+/// 3 doubles over the world after the optimizer step (runtime/train/session.cpp); plus the
+/// all-reduce link's wake_s when the first rank done waits longer than that for the last (`skew_s`).
+double control_seconds(const plan::Plan &p, const DeviceProfile &dev, double skew_s = 0);
 
 /// Seconds of one execution of `in` on `rank` (collectives included, as blocking calls).
 double instruction_seconds(const plan::Instr &in, const plan::RankPlan &rank, const plan::Mesh &mesh,

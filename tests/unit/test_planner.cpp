@@ -307,7 +307,9 @@ TEST(CostModel, HandCheckedZeroBubblePipeline) {
 // Wake-up latency (LinkCost::wake_s, lora-bench's link measurement): the gpipe plan of
 // HandCheckedPipeline with send wake 5 us and all-reduce wake 3 us. Its critical path crosses
 // the stage boundary twice (F0 -> F1 of micro-batch 0, B1 -> B0 of micro-batch 1), each
-// transfer 5 us later: 37.632 + 2 x 5 = 47.632 us; the control all-reduce 10.024 + 3 us.
+// transfer 5 us later: 37.632 + 2 x 5 = 47.632 us. Stage 1 ends long before (its last backward
+// at 24.864 + 5 = 29.864 us), so at the control all-reduce it has waited ~18 us > 3 us: asleep,
+// it pays the wake-up: 10.024 + 3 us.
 TEST(CostModel, WakeLatencyOnPipelineTransfersAndControl) {
   plan::Plan p;
   p.mesh = {1, 1, 2};
@@ -331,11 +333,28 @@ TEST(CostModel, WakeLatencyOnPipelineTransfersAndControl) {
   dev.intra_node.all_reduce.wake_s = 3e-6;
   PlanCost c = cost_plan(p, dev);
   EXPECT_NEAR(c.ranks[0].step_s, 47.632e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].step_s, 29.864e-6, 1e-12);
   EXPECT_NEAR(c.control_s, kControl2 + 3e-6, 1e-12);
   EXPECT_NEAR(c.step_s, 47.632e-6 + kControl2 + 3e-6, 1e-12);
   auto back = parse_device_profile(device_profile_json(dev, {}), "written.json");
   ASSERT_TRUE(back.is_ok()) << back.message();
   EXPECT_DOUBLE_EQ(back->intra_node.send.wake_s, 5e-6);
+  // Two data-parallel ranks with the same work (linear 2.024 us each) end together: nobody waited
+  // long enough to fall asleep, the control all-reduce pays no wake-up.
+  plan::Plan d;
+  d.mesh = {2, 1, 1};
+  d.world_size = 2;
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.dp_rank = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16})};
+    r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2})}}, {"optimizer_step", {}}};
+    d.ranks.push_back(r);
+  }
+  PlanCost dc = cost_plan(d, dev);
+  EXPECT_NEAR(dc.control_s, kControl2, 1e-12);
+  EXPECT_NEAR(dc.step_s, 2.024e-6 + kControl2, 1e-12);
 }
 
 TEST(CostModel, GroupsAcrossNodes) {
