@@ -13,10 +13,12 @@ and compare the plan's predictions with the run's summary.json:
     RankPlan::peak_bytes (the compiler) vs the runtime's allocation high-water mark
     (alloc_peak_bytes: the executor's block + the CPU bf16 widening scratch; not RSS).
 
-  validate_planner.py --build build [--profile cpu-local] [--steps 30] [--out out/validate] [--json out.json]
+  validate_planner.py --build build [--profile cpu-local | --calibrate p.json] [--steps 30] [--out out/validate]
+                      [--json out.json]
 
-Prints a Markdown table. Exit status 1 when a run fails (not when a goal is missed: the numbers
-are the result).
+Prints a Markdown table, then the goal verdict (median |time error| <= 5%, worst <= 10%, no pair
+of strategies more than 10% apart in measured time predicted in the wrong order, memory within
+1%). Exit status 1 when a run fails (not when a goal is missed: the numbers are the result).
 """
 import argparse
 import json
@@ -46,6 +48,9 @@ STRATEGIES = [
     ("pp2-gpipe-m2", ["--strategy", "pipeline", "--pp", "2", "--pipeline-schedule", "gpipe", "--micro-batches", "2"]),
     ("pp2-1f1b-m4", ["--strategy", "pipeline", "--pp", "2", "--pipeline-schedule", "1f1b", "--micro-batches", "4"]),
     ("pp2-gpipe-m4", ["--strategy", "pipeline", "--pp", "2", "--pipeline-schedule", "gpipe", "--micro-batches", "4"]),
+    ("pp2-interleaved-m4", ["--strategy", "pipeline", "--pp", "2", "--pipeline-schedule", "interleaved",
+                            "--virtual-stages", "2", "--micro-batches", "4"]),
+    ("pp2-zb-h1-m4", ["--strategy", "pipeline", "--pp", "2", "--pipeline-schedule", "zb-h1", "--micro-batches", "4"]),
     ("pp2-1f1b-m4-bf16", ["--strategy", "pipeline", "--pp", "2", "--pipeline-schedule", "1f1b", "--micro-batches", "4",
                           "--precision", "bf16"]),
     # Memory only (oversubscribed on 2 cores).
@@ -87,6 +92,17 @@ def spearman(xs, ys):
     return num / den if den else 1.0
 
 
+def verdict(summary):
+    """The issue's goals as (name, goal, value, met) rows."""
+    return [
+        ("median |time error|", "<= 5%", f"{summary['time_median_abs_error_pct']:.1f}%", summary["time_median_abs_error_pct"] <= 5),
+        ("worst |time error|", "<= 10%", f"{summary['time_max_abs_error_pct']:.1f}%", summary["time_max_abs_error_pct"] <= 10),
+        ("rank inversions (pairs > 10% apart predicted in the wrong order)", "0", str(len(summary["wrong_order_pairs"])),
+         not summary["wrong_order_pairs"]),
+        ("worst |memory error|", "<= 1%", f"{summary['memory_max_abs_error_pct']:.3f}%", summary["memory_max_abs_error_pct"] <= 1),
+    ]
+
+
 def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -126,6 +142,9 @@ def main():
     ap.add_argument("--json", default="", help="also write the results here")
     ap.add_argument("--plot", default="", help="predicted vs measured picture (needs matplotlib: run with /usr/bin/python3)")
     ap.add_argument("--replot", default="", help="only draw --plot from an earlier --json file")
+    ap.add_argument("--calibrate", default="", metavar="PROFILE.json",
+                    help="first calibrate this machine into PROFILE.json (mpirun -np 2 lora-bench --calibrate at the "
+                    "model's shapes, --step-plan = the single-rank plan of the model) and validate with it")
     a = ap.parse_args()
     if a.replot:
         plot(json.load(open(a.replot))["results"], a.plot)
@@ -136,13 +155,28 @@ def main():
     run_bin = os.path.join(a.build, "tools/lora-run/lora-run")
     chosen = [s for s in STRATEGIES if not a.strategies or s[0] in a.strategies.split(",")]
     os.makedirs(a.out, exist_ok=True)
+    base = ["--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--lora-rank", "4",
+            "--lora-alpha", "8", "--lora-targets", "all-linear"]
+    if a.calibrate:
+        cal_plan = os.path.join(a.out, "calibration.lp")
+        p = subprocess.run([compile_bin] + base + ["--micro-batches", "1", "-o", cal_plan], capture_output=True, text=True,
+                           env=env)
+        if p.returncode:
+            sys.exit(f"validate_planner: --calibrate: lora-compile failed:\n{p.stderr[-2000:]}")
+        bench = ["mpirun", "-np", "2", os.path.join(a.build, "tools/lora-bench/lora-bench"), "--calibrate", "--hf-config",
+                 a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--threads", "1", "--step-plan", cal_plan,
+                 "--name", "cpu-local", "-o", a.calibrate]
+        print("validate_planner: " + " ".join(bench), file=sys.stderr)
+        p = subprocess.run(bench, text=True, env=env)
+        if p.returncode:
+            sys.exit("validate_planner: --calibrate: lora-bench failed")
+        a.profile = os.path.realpath(a.calibrate)
     results = []
     for name, flags in chosen:
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
         plan = os.path.join(d, "plan.lp")
-        cmd = [compile_bin, "--hf-config", a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--lora-rank", "4",
-               "--lora-alpha", "8", "--lora-targets", "all-linear", "--device-profile", a.profile, "-o", plan] + flags
+        cmd = [compile_bin] + base + ["--device-profile", a.profile, "-o", plan] + flags
         n = ranks_of(flags)
         if n == 1:
             cmd.append("--cost-breakdown")
@@ -206,6 +240,12 @@ def main():
               f"{len(wrong)}{' (' + '; '.join(wrong) + ')' if wrong else ''}")
         print(f"memory ({sum(len(r['memory']) for r in results)} ranks of {len(results)} strategies): worst |error| of the "
               f"planner's allocation {summary['memory_max_abs_error_pct']:.3f}%")
+        summary["goals"] = verdict(summary)
+        print("\ngoals (issue 19):")
+        for name, goal, value, ok in summary["goals"]:
+            print(f"  {'MET   ' if ok else 'MISSED'} {name}: {value} (goal {goal})")
+        low = sum(1 for r in timed if r["predicted_s"] < r["measured_s"])
+        print(f"  predictions below the measurement: {low} of {len(timed)}")
     shaped = [r for r in results if r.get("ops")]
     if shaped:
         print("\nwhere the time goes (1 rank: predicted vs lora-run --profile shares of kernel time; "

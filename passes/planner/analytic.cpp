@@ -41,6 +41,7 @@ std::vector<Proj> projections(const ModelDims &m, int tp) {
 
 struct UnitCost {
   double fwd = 0, bwd = 0;        // seconds, one micro-batch, communication included
+  double wgt = 0;                 // zb-h1: the weight-gradient part (in bwd otherwise)
   double comm_fwd = 0, comm_bwd = 0;
   double flops = 0;               // model FLOPs of fwd + bwd (all tp shards together)
   double trainable = 0;           // f32 elements of adapters on this rank
@@ -56,6 +57,7 @@ std::string Candidate::describe() const {
   std::string s = "dp " + std::to_string(dp) + " x tp " + std::to_string(tp) + " x pp " + std::to_string(pp) + ", M " +
                   std::to_string(micro_batches);
   if (pp > 1) s += ", " + schedule;
+  if (pp > 1 && schedule == "interleaved") s += " v" + std::to_string(virtual_stages);
   if (zero1) s += ", zero1";
   if (recompute) s += ", recompute";
   return s + ", " + precision;
@@ -65,6 +67,7 @@ std::string Candidate::flags() const {
   std::string s = "--strategy hybrid --dp " + std::to_string(dp) + " --tp " + std::to_string(tp) + " --pp " + std::to_string(pp) +
                   " --micro-batches " + std::to_string(micro_batches) + " --precision " + precision;
   if (pp > 1) s += " --pipeline-schedule " + schedule;
+  if (pp > 1 && schedule == "interleaved") s += " --virtual-stages " + std::to_string(virtual_stages);
   if (zero1) s += " --zero1";
   if (recompute) s += " --recompute layers";
   return s;
@@ -83,6 +86,15 @@ std::string reject_reason(const ModelDims &m, const Candidate &c, int devices) {
     return "batch " + std::to_string(m.batch) + " is not divisible by dp " + std::to_string(c.dp) + " x micro-batches " +
            std::to_string(c.micro_batches);
   if (c.zero1 && c.dp < 2) return "ZeRO-1 needs dp >= 2";
+  if (c.pp > 1 && c.schedule == "interleaved") {
+    const std::string what = "interleaved v" + std::to_string(c.virtual_stages) + ": ";
+    if (c.virtual_stages < 2) return what + "needs 2 or more virtual stages";
+    if (c.micro_batches % c.pp != 0)
+      return what + "micro-batches " + std::to_string(c.micro_batches) + " is not a multiple of pp " + std::to_string(c.pp);
+    if (m.layers % (int64_t(c.pp) * c.virtual_stages) != 0)
+      return what + "pp " + std::to_string(c.pp) + " x " + std::to_string(c.virtual_stages) + " = " +
+             std::to_string(c.pp * c.virtual_stages) + " model chunks do not divide the " + std::to_string(m.layers) + " layers";
+  }
   return "";
 }
 
@@ -117,7 +129,9 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   const double rows = b * m.seq_len;
   const double D = m.hidden, V = m.vocab, I = m.intermediate, tp = c.tp;
   const double hq = double(m.heads) * m.head_dim / tp, hkv = double(m.kv_heads) * m.head_dim / tp;
-  const double over = dev.instruction_overhead_s;
+  const double over = dev.per_instruction_s();
+  const bool zb = c.pp > 1 && rt::schedule_splits_weight_grad(c.schedule);
+  const int nv = c.pp > 1 && c.schedule == "interleaved" ? std::max(1, c.virtual_stages) : 1;
   plan::Mesh mesh{c.dp, c.tp, c.pp};
   // Megatron's activation all-reduce over tp (rank 0's group is representative).
   const bool tp_inter = group_crosses_nodes(mesh, 0, "tp", dev.devices_per_node);
@@ -141,9 +155,12 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
     if (lora) {
       double r = m.lora_rank;
       layer.fwd += dev.gemm_seconds(rows, r, p.k, "fp32") + dev.gemm_seconds(rows, p.n, r, "fp32");
-      layer.bwd += dev.gemm_seconds(rows, r, p.n, "fp32") + dev.gemm_seconds(rows, p.k, r, "fp32") +
-                   dev.gemm_seconds(r, p.k, rows, "fp32") + dev.gemm_seconds(rows, r, p.k, "fp32") +
-                   dev.gemm_seconds(p.n, r, rows, "fp32");
+      layer.bwd += dev.gemm_seconds(rows, r, p.n, "fp32") + dev.gemm_seconds(rows, p.k, r, "fp32");
+      // dA, dB (and x A^T): zb-h1's W task, which recomputes u = dy B (cost_model.cpp's split).
+      const double w = dev.gemm_seconds(r, p.k, rows, "fp32") + dev.gemm_seconds(rows, r, p.k, "fp32") +
+                       dev.gemm_seconds(p.n, r, rows, "fp32");
+      if (zb) layer.wgt += over + w + dev.gemm_seconds(rows, r, p.n, "fp32");
+      else layer.bwd += w;
       layer.flops += 6 * 2 * rows * r * (p.k + p.n) * tp / 2;  // fwd 2 GEMMs + bwd 4 (flops.cpp's count)
       layer.trainable += p.lora_elems;
     }
@@ -199,8 +216,15 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   for (int64_t l = 0; l < m.layers; ++l) units.push_back(layer);
   units.push_back(head);
   std::vector<double> unit_cost;
-  for (const UnitCost &u : units) unit_cost.push_back(u.fwd + u.bwd);
-  std::vector<int> stage = c.pp > 1 ? balance_units(unit_cost, c.pp) : std::vector<int>(units.size(), 0);
+  for (const UnitCost &u : units) unit_cost.push_back(u.fwd + u.bwd + u.wgt);
+  // Interleaved: pp x V model chunks, chunk k on stage k % pp (pipeline-split's rule).
+  const int K = c.pp * nv;
+  std::vector<int> chunk = c.pp > 1 && K <= int(units.size()) ? balance_units(unit_cost, K) : std::vector<int>(units.size(), 0);
+  std::vector<int> stage(units.size());
+  for (size_t u = 0; u < units.size(); ++u) stage[u] = chunk[u] % c.pp;
+  std::vector<double> kf(K, 0.0), kb(K, 0.0), kw(K, 0.0);  // per model chunk
+  for (size_t u = 0; u < units.size(); ++u)
+    kf[chunk[u]] += units[u].fwd, kb[chunk[u]] += units[u].bwd, kw[chunk[u]] += units[u].wgt;
   if (m.tied && c.pp > 1) units.back().params = V * D / tp + D;  // the last stage holds its own copy
 
   std::vector<UnitCost> st(c.pp);
@@ -208,7 +232,7 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   for (size_t u = 0; u < units.size(); ++u) {
     UnitCost &s = st[stage[u]];
     const UnitCost &x = units[u];
-    s.fwd += x.fwd, s.bwd += x.bwd, s.comm_fwd += x.comm_fwd, s.comm_bwd += x.comm_bwd, s.flops += x.flops;
+    s.fwd += x.fwd, s.bwd += x.bwd, s.wgt += x.wgt, s.comm_fwd += x.comm_fwd, s.comm_bwd += x.comm_bwd, s.flops += x.flops;
     s.trainable += x.trainable, s.params += x.params, s.sent += x.sent;
     s.saved += x.saved;
     s.transient = std::max(s.transient, x.transient);
@@ -217,15 +241,20 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
 
   // Pipeline: one call into the schedule simulation; p2p = one activation send.
   double makespan = 0;
+  std::vector<double> last_end;  // per stage: its last task's end (the pipeline's stages end apart)
   const double act_bytes = es * rows * D;
   const bool pp_inter = c.dp * c.tp * c.pp > dev.devices_per_node;
-  const double p2p = (pp_inter ? dev.inter_node : dev.intra_node).send.seconds(act_bytes);
-  std::vector<double> fwd(c.pp), bwd(c.pp);
-  for (int s = 0; s < c.pp; ++s) fwd[s] = st[s].fwd, bwd[s] = st[s].bwd;
+  const LinkCost &pl = (pp_inter ? dev.inter_node : dev.intra_node).send;
+  const double p2p = pl.seconds(act_bytes) + pl.wake_s;
+  std::vector<double> bwd(c.pp);  // a stage's last backward task (the buckets start in it)
+  for (int s = 0; s < c.pp; ++s) bwd[s] = zb ? st[s].wgt : st[s].bwd / nv;
   if (c.pp > 1) {
-    makespan = pipeline_time(c.schedule, c.micro_batches, fwd, bwd, p2p).makespan;
+    rt::PipelineCosts costs{kf, kb, zb ? kw : std::vector<double>{}, p2p};
+    PipelineTime pt = pipeline_time(c.schedule, c.micro_batches, costs, nv);
+    makespan = pt.makespan;
+    last_end = pt.last_backward_end;
   } else {
-    makespan = c.micro_batches * (fwd[0] + bwd[0]);
+    makespan = c.micro_batches * (st[0].fwd + st[0].bwd);
   }
   // Per stage: gradient sync (buckets start in the last backward; the last bucket is exposed),
   // AdamW (memory-bound; ZeRO-1 updates 1/dp and broadcasts), memory.
@@ -233,6 +262,7 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
   const Links &dl = dp_inter ? dev.inter_node : dev.intra_node;
   double worst = 0;
   int worst_stage = 0;
+  std::vector<double> stage_end;
   for (int s = 0; s < c.pp; ++s) {
     const double grad_bytes = 4 * st[s].trainable;
     double sync = 0;
@@ -251,11 +281,12 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
       opt += dl.broadcast.seconds(grad_bytes * (c.dp - 1) / c.dp);
       sent += int64_t(grad_bytes / c.dp * (c.dp - 1));
     }
-    if (c.pp > 1) sent += int64_t(2 * c.micro_batches * act_bytes);
+    if (c.pp > 1) sent += int64_t(2 * nv * c.micro_batches * act_bytes);
     double step = makespan + sync + opt;
+    stage_end.push_back((s < int(last_end.size()) ? last_end[s] : makespan) + sync + opt);
     if (step > worst) worst = step, worst_stage = s;
     // Memory: frozen params (es), adapters + grads + moments (f32), arena x slots, inputs.
-    const int slots = c.pp > 1 ? rt::pipeline_slots(c.schedule, c.pp, s, c.micro_batches) : 1;
+    const int slots = c.pp > 1 ? rt::pipeline_slots(c.schedule, c.pp, s, c.micro_batches, nv) : 1;
     const double arena = es * (st[s].saved + st[s].transient);
     const double bytes = es * st[s].params + 4 * st[s].trainable * (2 + 2 / shard) + slots * (arena + 8 * rows);
     e.peak_bytes = std::max(e.peak_bytes, int64_t(bytes));
@@ -263,10 +294,18 @@ Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &d
     e.flops_per_step += st[s].flops * c.micro_batches * c.dp;
   }
   e.step_s = worst;
+  const int world = c.dp * c.tp * c.pp;  // the runtime's per-step control all-reduce (cost_model.h)
+  if (world > 1) {
+    const LinkCost &cl = (world > dev.devices_per_node ? dev.inter_node : dev.intra_node).all_reduce;
+    // + wake_s when the stages end apart by more than it (cost_model.cpp's control_seconds).
+    double first_done = worst;
+    for (double t : stage_end) first_done = std::min(first_done, t);
+    e.step_s += cl.seconds(double(rt::all_reduce_bytes_sent(24, world))) + (worst - first_done > cl.wake_s ? cl.wake_s : 0.0);
+  }
   const UnitCost &w = st[worst_stage];
   e.comm_s = c.micro_batches * (w.comm_fwd + w.comm_bwd);
-  e.compute_s = c.micro_batches * (w.fwd + w.bwd) - e.comm_s;
-  e.bubble_s = std::max(0.0, makespan - c.micro_batches * (w.fwd + w.bwd));
+  e.compute_s = c.micro_batches * (w.fwd + w.bwd + w.wgt) - e.comm_s;
+  e.bubble_s = std::max(0.0, makespan - c.micro_batches * (w.fwd + w.bwd + w.wgt));
   return e;
 }
 

@@ -31,11 +31,12 @@ struct ModelDims {
 struct Candidate {
   int dp = 1, tp = 1, pp = 1;
   int micro_batches = 1;
-  std::string schedule = "none";  // "gpipe" | "1f1b" when pp > 1
+  std::string schedule = "none";  // "gpipe" | "1f1b" | "interleaved" | "zb-h1" when pp > 1
+  int virtual_stages = 1;         // interleaved: model chunks per rank (>= 2)
   bool zero1 = false;
   bool recompute = false;
   std::string precision = "fp32";
-  std::string describe() const;   // "dp 2 x tp 4 x pp 1, M 2, 1f1b, zero1, recompute, bf16"
+  std::string describe() const;   // "dp 2 x tp 4 x pp 1, M 2, 1f1b, zero1, recompute, bf16" ("interleaved v2")
   std::string flags() const;      // the lora-compile flags that compile it
 };
 

@@ -74,11 +74,17 @@ double linear_seconds(const Instr &in, const std::vector<Buffer> &B, const Devic
     double m = rows(x), n = w.shape[0], k = w.shape[1], r = a.shape[0];
     return dev.gemm_seconds(m, n, k, precision_of(w)) + dev.gemm_seconds(m, r, k, kFp32) + dev.gemm_seconds(m, n, r, kFp32);
   }
-  // lora_linear_bwd: dx = dy W + s (dy B) A; dA = s (dy B)^T x; dB = s dy^T (x A^T).
+  // lora_linear_bwd: dx = dy W + s (dy B) A; dA = s (dy B)^T x; dB = s dy^T (x A^T). zb-h1 splits
+  // it (attr part, runtime/cpu/matmul.cpp): "input" computes dy B, dy W and (dy B) A; "weight"
+  // computes dy B again, x A^T, dA and dB.
   const Buffer &dy = at(0), &w = at(2), &a = at(3);
   double m = rows(dy), n = w.shape[0], k = w.shape[1], r = a.shape[0];
-  return dev.gemm_seconds(m, k, n, precision_of(w)) + dev.gemm_seconds(m, r, n, kFp32) + dev.gemm_seconds(m, k, r, kFp32) +
-         dev.gemm_seconds(r, k, m, kFp32) + dev.gemm_seconds(m, r, k, kFp32) + dev.gemm_seconds(n, r, m, kFp32);
+  const std::string part = str_attr(in, "part");
+  const bool dx = part != "weight", dw = part != "input";
+  double t = dev.gemm_seconds(m, r, n, kFp32);  // u = dy B, both parts
+  if (dx) t += dev.gemm_seconds(m, k, n, precision_of(w)) + dev.gemm_seconds(m, k, r, kFp32);
+  if (dw) t += dev.gemm_seconds(m, r, k, kFp32) + dev.gemm_seconds(r, k, m, kFp32) + dev.gemm_seconds(n, r, m, kFp32);
+  return t;
 }
 
 /// Causal attention's model FLOPs from the shapes (Instr::flops is 0 for recomputed copies).
@@ -124,7 +130,7 @@ struct Totals {
 double run_program(const plan::Program &prog, const plan::RankPlan &rank, const plan::Mesh &mesh, const DeviceProfile &dev,
                    bool last_micro, bool p2p_outside, double t, Channel &ch, Totals &tot) {
   for (const Instr &in : prog.instrs) {
-    double over = dev.instruction_overhead_s;
+    double over = dev.per_instruction_s();
     if (in.op == "all_reduce_start") {
       if (last_micro) {
         double cost = instruction_seconds(in, rank, mesh, dev) - over;
@@ -183,7 +189,7 @@ bool group_crosses_nodes(const plan::Mesh &mesh, int rank, const std::string &gr
 
 double instruction_seconds(const Instr &in, const plan::RankPlan &rank, const plan::Mesh &mesh, const DeviceProfile &dev) {
   const std::vector<Buffer> &B = rank.buffers;
-  double t = dev.instruction_overhead_s;
+  double t = dev.per_instruction_s();
   const std::string &op = in.op;
   if (op == "linear_fwd" || op == "linear_bwd_input" || op == "lora_linear_fwd" || op == "lora_linear_bwd")
     return t + linear_seconds(in, B, dev);
@@ -226,15 +232,111 @@ double instruction_seconds(const Instr &in, const plan::RankPlan &rank, const pl
 
 PipelineTime pipeline_time(const std::string &schedule, int micro_batches, const std::vector<double> &fwd,
                            const std::vector<double> &bwd, double p2p) {
-  rt::Timeline tl = rt::simulate_pipeline(schedule, micro_batches, fwd, bwd, p2p);
+  return pipeline_time(schedule, micro_batches, rt::PipelineCosts{fwd, bwd, {}, p2p}, 1);
+}
+
+PipelineTime pipeline_time(const std::string &schedule, int micro_batches, const rt::PipelineCosts &costs, int chunks) {
+  rt::Timeline tl = rt::simulate_pipeline(schedule, micro_batches, costs, chunks);
+  const size_t S = tl.busy.size();
   PipelineTime pt;
   pt.makespan = tl.makespan;
   pt.busy = tl.busy;
-  pt.last_backward_end.assign(fwd.size(), 0.0);
+  pt.entries = tl.entries;
+  pt.last_backward_end.assign(S, 0.0);
   for (const rt::TimelineEntry &e : tl.entries)
     if (e.phase != rt::Phase::Forward)  // the backward (or, with schedules that split it, its last part)
       pt.last_backward_end[static_cast<size_t>(e.stage)] = std::max(pt.last_backward_end[static_cast<size_t>(e.stage)], e.end);
   return pt;
+}
+
+namespace {
+
+/// A pipeline plan: every rank's programs of one micro-batch per model chunk (forward.cN,
+/// backward.cN, under zb-h1 backward_weight; rt::pipeline_program names them) costed with the
+/// profile, the slowest rank of each stage taken, and the schedule simulated with the runtime's
+/// own task order (runtime/plan/schedule.h). Then each rank replays, at the time the simulation
+/// last runs it, every program that starts gradient buckets (the lowering puts the starts into
+/// the last backward the stage runs: backward, backward.c0 of an interleaved plan, or
+/// backward_weight), and runs its optimizer_step after its last task.
+void cost_pipeline(const plan::Plan &p, const DeviceProfile &dev, int M, PlanCost &pc) {
+  const int S = p.mesh.pp, V = std::max(1, static_cast<int>(p.virtual_stages));
+  const bool zb = rt::schedule_splits_weight_grad(p.pipeline_schedule);
+  const std::vector<rt::Phase> phases = zb ? std::vector<rt::Phase>{rt::Phase::Forward, rt::Phase::Backward, rt::Phase::Weight}
+                                           : std::vector<rt::Phase>{rt::Phase::Forward, rt::Phase::Backward};
+  rt::PipelineCosts costs;
+  costs.fwd.assign(static_cast<size_t>(S * V), 0.0);
+  costs.bwd.assign(static_cast<size_t>(S * V), 0.0);
+  if (zb) costs.wgt.assign(static_cast<size_t>(S * V), 0.0);
+  std::vector<Totals> per_micro(p.ranks.size());  // one micro-batch of every chunk and phase
+  for (size_t i = 0; i < p.ranks.size(); ++i) {
+    const plan::RankPlan &r = p.ranks[i];
+    for (int c = 0; c < V; ++c)
+      for (rt::Phase ph : phases) {
+        const plan::Program *prog = find_program(r, rt::pipeline_program(ph, c));
+        if (!prog) continue;
+        Channel unused;
+        double t = run_program(*prog, r, p.mesh, dev, false, true, 0, unused, per_micro[i]);
+        const size_t k = static_cast<size_t>(c * S + r.pp_stage);
+        std::vector<double> &v = ph == rt::Phase::Forward ? costs.fwd : ph == rt::Phase::Backward ? costs.bwd : costs.wgt;
+        v[k] = std::max(v[k], t);
+        for (const Instr &in : prog->instrs)
+          if (in.op == "send") {
+            // The receiving stage has been waiting for it: the link's wake-up latency too.
+            int64_t peer = int_attr(in, "peer", r.rank);
+            bool inter = dev.devices_per_node > 0 && peer / dev.devices_per_node != r.rank / dev.devices_per_node;
+            costs.p2p = std::max(costs.p2p, instruction_seconds(in, r, p.mesh, dev) - dev.per_instruction_s() +
+                                                links_for(dev, inter).send.wake_s);
+          }
+      }
+  }
+  PipelineTime pt = pipeline_time(p.pipeline_schedule, M, costs, V);
+  for (size_t i = 0; i < p.ranks.size(); ++i) {
+    const plan::RankPlan &r = p.ranks[i];
+    const size_t s = static_cast<size_t>(r.pp_stage);
+    RankCost &rc = pc.ranks[i];
+    Channel ch;
+    Totals tot;
+    // Programs that start buckets, each at its last run on this stage, in time order.
+    std::vector<std::pair<double, const plan::Program *>> starts;
+    for (const plan::Program &prog : r.programs) {
+      if (std::none_of(prog.instrs.begin(), prog.instrs.end(), [](const Instr &in) { return in.op == "all_reduce_start"; }))
+        continue;
+      double begin = -1;
+      for (const rt::TimelineEntry &e : pt.entries)
+        if (static_cast<size_t>(e.stage) == s && rt::pipeline_program(e.phase, e.chunk) == prog.name) begin = std::max(begin, e.start);
+      if (begin >= 0) starts.push_back({begin, &prog});
+    }
+    std::sort(starts.begin(), starts.end());
+    for (auto &[begin, prog] : starts) {
+      Totals ignored;
+      run_program(*prog, r, p.mesh, dev, true, true, begin, ch, ignored);
+    }
+    double t = pt.last_backward_end[s];
+    if (const plan::Program *opt = find_program(r, "optimizer_step")) t = run_program(*opt, r, p.mesh, dev, false, false, t, ch, tot);
+    rc.step_s = t;
+    rc.compute_s = M * per_micro[i].compute + tot.compute;
+    rc.comm_s = M * per_micro[i].comm + tot.comm;
+    rc.bubble_s = std::max(0.0, pt.makespan - pt.busy[s]);
+    rc.comm_hidden_s = std::max(0.0, ch.busy - tot.comm);
+    if (rc.comm_hidden_s < 1e-12) rc.comm_hidden_s = 0;  // float noise of busy - waited
+  }
+}
+
+} // namespace
+
+double control_seconds(const plan::Plan &p, const DeviceProfile &dev, double skew_s) {
+  const int world = p.mesh.dp * p.mesh.tp * p.mesh.pp;
+  if (world <= 1) return 0;
+  // runtime/train/session.cpp, after every optimizer_step: comm->flush() (the pipeline's sends
+  // completed; their transfer is already in the simulation) and one control all-reduce of 3
+  // doubles (loss, stop request, non-finite weights) over the whole world (world.cpp's
+  // control_sum). The step ends for every rank when the slowest rank's value has arrived.
+  bool inter = dev.devices_per_node > 0 && world > dev.devices_per_node;
+  const LinkCost &l = links_for(dev, inter).all_reduce;
+  // The first rank done waits skew_s for the last: longer than a wake-up, and its poll has backed
+  // off into sleeps (a pipeline's stages end apart); ranks that end together (data / tensor
+  // parallel) meet while still polling.
+  return l.seconds(static_cast<double>(rt::all_reduce_bytes_sent(3 * 8, world))) + (skew_s > l.wake_s ? l.wake_s : 0.0);
 }
 
 PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
@@ -265,47 +367,12 @@ PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
       if (rc.comm_hidden_s < 1e-12) rc.comm_hidden_s = 0;  // float noise of busy - waited
     }
   } else {
-    // Per stage: the slowest rank's forward / backward of one micro-batch (send/recv outside).
-    const int S = p.mesh.pp;
-    std::vector<double> fwd(S, 0.0), bwd(S, 0.0);
-    std::vector<Totals> fwd_tot(p.ranks.size()), bwd_tot(p.ranks.size());
-    double p2p = 0;
-    for (size_t i = 0; i < p.ranks.size(); ++i) {
-      const plan::RankPlan &r = p.ranks[i];
-      Channel unused;
-      double f = 0, b = 0;
-      if (const plan::Program *pf = find_program(r, "forward")) f = run_program(*pf, r, p.mesh, dev, false, true, 0, unused, fwd_tot[i]);
-      if (const plan::Program *pb = find_program(r, "backward")) b = run_program(*pb, r, p.mesh, dev, false, true, 0, unused, bwd_tot[i]);
-      fwd[static_cast<size_t>(r.pp_stage)] = std::max(fwd[static_cast<size_t>(r.pp_stage)], f);
-      bwd[static_cast<size_t>(r.pp_stage)] = std::max(bwd[static_cast<size_t>(r.pp_stage)], b);
-      for (const plan::Program &prog : r.programs)
-        if (prog.name == "forward" || prog.name == "backward")
-          for (const Instr &in : prog.instrs)
-            if (in.op == "send") p2p = std::max(p2p, instruction_seconds(in, r, p.mesh, dev) - dev.instruction_overhead_s);
-    }
-    PipelineTime pt = pipeline_time(p.pipeline_schedule, M, fwd, bwd, p2p);
-    for (size_t i = 0; i < p.ranks.size(); ++i) {
-      const plan::RankPlan &r = p.ranks[i];
-      const size_t s = static_cast<size_t>(r.pp_stage);
-      RankCost &rc = pc.ranks[i];
-      Channel ch;
-      Totals tot;
-      // The rank's last backward starts the buckets; replay it to place them on the channel.
-      double t = pt.last_backward_end[s];
-      if (const plan::Program *pb = find_program(r, "backward")) {
-        Totals ignored;
-        run_program(*pb, r, p.mesh, dev, true, true, pt.last_backward_end[s] - bwd[s], ch, ignored);
-      }
-      if (const plan::Program *opt = find_program(r, "optimizer_step")) t = run_program(*opt, r, p.mesh, dev, false, false, t, ch, tot);
-      rc.step_s = t;
-      rc.compute_s = M * (fwd_tot[i].compute + bwd_tot[i].compute) + tot.compute;
-      rc.comm_s = M * (fwd_tot[i].comm + bwd_tot[i].comm) + tot.comm;
-      rc.bubble_s = std::max(0.0, pt.makespan - pt.busy[s]);
-      rc.comm_hidden_s = std::max(0.0, ch.busy - tot.comm);
-      if (rc.comm_hidden_s < 1e-12) rc.comm_hidden_s = 0;  // float noise of busy - waited
-    }
+    cost_pipeline(p, dev, M, pc);
   }
-  for (const RankCost &rc : pc.ranks) pc.step_s = std::max(pc.step_s, rc.step_s);
+  double first_done = pc.ranks.empty() ? 0 : pc.ranks[0].step_s;
+  for (const RankCost &rc : pc.ranks) pc.step_s = std::max(pc.step_s, rc.step_s), first_done = std::min(first_done, rc.step_s);
+  pc.control_s = control_seconds(p, dev, pc.step_s - first_done);
+  pc.step_s += pc.control_s;
   return pc;
 }
 

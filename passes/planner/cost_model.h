@@ -12,9 +12,13 @@
 //     a communication channel that runs beside the compute; the matching all_reduce_wait waits
 //     for it (docs/parallel.md "Overlap of the gradient sync");
 //   * a step is micro_batches x micro_step + optimizer_step, or for pipelines the simulated
-//     schedule (runtime/plan/schedule.h) of the stages' forward / backward times with the
-//     send cost between stages, then each stage's optimizer_step.
-// The predicted step time of the plan is the slowest rank's. Plain C++, no MLIR.
+//     schedule (runtime/plan/schedule.h: gpipe, 1f1b, interleaved with its model chunks, zb-h1
+//     with the weight-gradient program as its own task) of each model chunk's forward /
+//     backward (/ backward_weight) times with the send cost between stages, then each stage's
+//     optimizer_step.
+//   * a plan with more than one rank ends every step with the runtime's control all-reduce.
+// The predicted step time of the plan is the slowest rank's plus that control message. Plain
+// C++, no MLIR.
 //
 //===----------------------------------------------------------------------===//
 #pragma once
@@ -25,6 +29,7 @@
 
 #include "passes/planner/device_profile.h"
 #include "runtime/plan/plan.h"
+#include "runtime/plan/schedule.h"
 
 namespace parallora::planner {
 
@@ -38,8 +43,14 @@ struct RankCost {
 
 struct PlanCost {
   std::vector<RankCost> ranks;
-  double step_s = 0;  // the slowest rank
+  double step_s = 0;     // the slowest rank + control_s
+  double control_s = 0;  // the runtime's per-step control all-reduce (multi-rank plans)
 };
+
+/// The runtime's per-step control traffic of a plan with more than one rank: one all-reduce of
+/// 3 doubles over the world after the optimizer step (runtime/train/session.cpp); plus the
+/// all-reduce link's wake_s when the first rank done waits longer than that for the last (`skew_s`).
+double control_seconds(const plan::Plan &p, const DeviceProfile &dev, double skew_s = 0);
 
 /// Seconds of one execution of `in` on `rank` (collectives included, as blocking calls).
 double instruction_seconds(const plan::Instr &in, const plan::RankPlan &rank, const plan::Mesh &mesh,
@@ -72,8 +83,11 @@ struct PipelineTime {
   double makespan = 0;
   std::vector<double> last_backward_end;  // per stage
   std::vector<double> busy;               // per stage
+  std::vector<rt::TimelineEntry> entries; // every task of every stage, as simulated
 };
 PipelineTime pipeline_time(const std::string &schedule, int micro_batches, const std::vector<double> &fwd,
                            const std::vector<double> &bwd, double p2p);
+/// Any schedule: `costs` per model chunk (rt::PipelineCosts), `chunks` virtual stages per rank.
+PipelineTime pipeline_time(const std::string &schedule, int micro_batches, const rt::PipelineCosts &costs, int chunks);
 
 } // namespace parallora::planner

@@ -19,22 +19,22 @@ double DeviceProfile::gemm_seconds(double m, double n, double k, const std::stri
   double tflops = it->second.front().tflops;
   for (const GemmRate &r : it->second)
     if (small >= static_cast<double>(r.min_dim)) tflops = r.tflops;
-  return 2.0 * m * n * k / (tflops * 1e12);
+  return factor("gemm") * 2.0 * m * n * k / (tflops * 1e12);
 }
 
 double DeviceProfile::attention_seconds(double flops, const std::string &precision, const std::string &kernel) const {
-  if (auto k = kernel_tflops.find(kernel); k != kernel_tflops.end()) return flops / (k->second * 1e12);
+  if (auto k = kernel_tflops.find(kernel); k != kernel_tflops.end()) return factor("attention") * flops / (k->second * 1e12);
   if (size_t dot = kernel.find('.'); dot != std::string::npos) return attention_seconds(flops, precision, kernel.substr(0, dot));
   auto it = attention_tflops.find(precision);
   if (it == attention_tflops.end()) it = attention_tflops.find("fp32");
-  return it == attention_tflops.end() || it->second <= 0 ? 0 : flops / (it->second * 1e12);
+  return it == attention_tflops.end() || it->second <= 0 ? 0 : factor("attention") * flops / (it->second * 1e12);
 }
 
 double DeviceProfile::memory_seconds(double bytes, const std::string &kernel) const {
-  if (auto k = kernel_gbps.find(kernel); k != kernel_gbps.end()) return bytes / (k->second * 1e9);
+  if (auto k = kernel_gbps.find(kernel); k != kernel_gbps.end()) return factor("memory") * bytes / (k->second * 1e9);
   if (size_t dot = kernel.find('.'); dot != std::string::npos)  // "swiglu_fwd.bf16" -> "swiglu_fwd"
     return memory_seconds(bytes, kernel.substr(0, dot));
-  return memory_bandwidth_gbps > 0 ? bytes / (memory_bandwidth_gbps * 1e9) : 0;
+  return memory_bandwidth_gbps > 0 ? factor("memory") * bytes / (memory_bandwidth_gbps * 1e9) : 0;
 }
 
 namespace {
@@ -80,6 +80,7 @@ struct Reader {
     if (!v) return l;
     l.alpha_s = number(*v, path + key + ".", "alpha_s", true);
     l.bus_gbps = number(*v, path + key + ".", "bus_gbps");
+    if (v->contains("wake_s")) l.wake_s = number(*v, path + key + ".", "wake_s", true);
     return l;
   }
   Links links(const json &obj, const std::string &key) {
@@ -117,8 +118,9 @@ StatusOr<DeviceProfile> parse_checked(const std::string &text, const std::string
   if (!j.is_object()) return Status::error(file + ": expected a JSON object");
   if (j.value("format", std::string()) != "parallora-device-profile")
     return Status::error(file + ": format: expected \"parallora-device-profile\"");
-  if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kDeviceProfileVersion)
-    return Status::error(file + ": version: expected " + std::to_string(kDeviceProfileVersion) +
+  const int version = j.contains("version") && j["version"].is_number_integer() ? j["version"].get<int>() : -1;
+  if (version < 1 || version > kDeviceProfileVersion)
+    return Status::error(file + ": version: expected 1 to " + std::to_string(kDeviceProfileVersion) +
                          (j.contains("version") ? ", got " + j["version"].dump() : ", missing"));
   Reader r{file, ""};
   DeviceProfile p;
@@ -167,6 +169,16 @@ StatusOr<DeviceProfile> parse_checked(const std::string &text, const std::string
       if (it->contains("gbps")) p.kernel_gbps[it.key()] = r.number(*it, path, "gbps");
       else if (it->contains("tflops")) p.kernel_tflops[it.key()] = r.number(*it, path, "tflops");
       else r.error = file + ": " + path + "gbps: missing (give \"gbps\" or \"tflops\")";
+    }
+  }
+  if (r.error.empty() && j.contains("in_step")) {  // version 2
+    const json &is = j["in_step"];
+    if (version < 2) return Status::error(file + ": in_step: needs version 2 (got version " + std::to_string(version) + ")");
+    if (!is.is_object()) return Status::error(file + ": in_step: expected an object");
+    for (auto it = is.begin(); it != is.end() && r.error.empty(); ++it) {
+      if (it.key() == "dispatch_overhead_s") p.dispatch_overhead_s = r.number(is, "in_step.", it.key(), true);
+      else if (it.key() == "gemm" || it.key() == "attention" || it.key() == "memory") p.in_step_factor[it.key()] = r.number(is, "in_step.", it.key());
+      else if (it.key() != "source") r.error = file + ": in_step." + it.key() + ": unknown (expected gemm, attention, memory, dispatch_overhead_s)";
     }
   }
   if (r.error.empty()) {
@@ -223,8 +235,13 @@ std::string device_profile_json(const DeviceProfile &p, const std::map<std::stri
   for (auto &[prec, t] : p.attention_tflops) j["attention"][prec] = {{"tflops", t}, {"source", src("attention." + prec)}};
   for (auto &[k, v] : p.kernel_gbps) j["kernels"][k] = {{"gbps", v}, {"source", src("kernels." + k)}};
   for (auto &[k, v] : p.kernel_tflops) j["kernels"][k] = {{"tflops", v}, {"source", src("kernels." + k)}};
+  for (auto &[cls, f] : p.in_step_factor) j["in_step"][cls] = valued(f, "in_step." + cls);
+  if (!p.in_step_factor.empty() || p.dispatch_overhead_s > 0)
+    j["in_step"]["dispatch_overhead_s"] = valued(p.dispatch_overhead_s, "in_step.dispatch_overhead_s");
   auto link = [&](const LinkCost &l, const std::string &k) {
-    return json{{"alpha_s", l.alpha_s}, {"bus_gbps", l.bus_gbps}, {"source", src(k)}};
+    json o{{"alpha_s", l.alpha_s}, {"bus_gbps", l.bus_gbps}, {"source", src(k)}};
+    if (l.wake_s > 0) o["wake_s"] = l.wake_s;
+    return o;
   };
   for (auto [key, ls] : {std::pair<const char *, const Links *>{"intra_node", &p.intra_node}, {"inter_node", &p.inter_node}}) {
     std::string k = std::string("links.") + key;

@@ -1,7 +1,7 @@
 //===- device_profile.h - what one device and its links cost ---------------===//
 //
-// A device profile (models/devices/*.json, format "parallora-device-profile" version 1,
-// documented in docs/planner.md) gives the cost model its rates: GEMM throughput by shape
+// A device profile (models/devices/*.json, format "parallora-device-profile" version 2; version
+// 1 files are still read, with no in-step corrections; documented in docs/planner.md) gives the cost model its rates: GEMM throughput by shape
 // class and precision, attention throughput, memory bandwidth for the memory-bound kernels,
 // a fixed overhead per instruction, and alpha-beta costs (latency + bytes / bus bandwidth) of
 // all-reduce, send/recv and broadcast inside a node and across nodes. Every number in the file
@@ -19,7 +19,7 @@
 
 namespace parallora::planner {
 
-constexpr int kDeviceProfileVersion = 1;
+constexpr int kDeviceProfileVersion = 2;
 
 /// A GEMM rate that applies when the smallest of M, N, K is at least `min_dim`.
 struct GemmRate {
@@ -32,6 +32,10 @@ struct GemmRate {
 struct LinkCost {
   double alpha_s = 0;
   double bus_gbps = 0;  // GB/s = 1e9 bytes per second
+  // Optional ("wake_s"): the extra latency when the receiving side has been waiting a while (the
+  // runtime's poll backs off into sleeps): the cost model adds it where a rank waits on another's
+  // compute (a pipeline stage's input, the control all-reduce that ends a step). Not in seconds().
+  double wake_s = 0;
   double seconds(double bytes_sent) const { return alpha_s + (bus_gbps > 0 ? bytes_sent / (bus_gbps * 1e9) : 0.0); }
 };
 
@@ -56,7 +60,22 @@ struct DeviceProfile {
   // swiglu or cross entropy is bound by exp, not by memory): "gbps" = bytes moved per second
   // for memory-class kernels, "tflops" = model FLOPs per second for attention.
   std::map<std::string, double> kernel_gbps, kernel_tflops;
+  // Version 2, optional ("in_step"): what a real training step costs beyond the kernels timed hot
+  // in a loop (lora-bench --calibrate --step-plan): per op class ("gemm", "attention", "memory")
+  // the measured in-step kernel time over the hot-loop prediction (1 when absent), and the
+  // executor's own time per instruction between kernels (dispatch, 0 when absent).
+  std::map<std::string, double> in_step_factor;
+  double dispatch_overhead_s = 0;
 
+  /// The factor of op class `cls` (1 without one).
+  double factor(const std::string &cls) const {
+    auto it = in_step_factor.find(cls);
+    return it == in_step_factor.end() ? 1.0 : it->second;
+  }
+  /// What every instruction costs besides its work: the kernel's fixed cost + the dispatch.
+  double per_instruction_s() const { return instruction_overhead_s + dispatch_overhead_s; }
+
+  // The three rates below include the in-step factor of their class.
   /// Seconds of a GEMM (M x K) * (K x N) in `precision`.
   double gemm_seconds(double m, double n, double k, const std::string &precision) const;
   /// Seconds of causal attention doing `flops` model FLOPs (`kernel`'s own rate when given).

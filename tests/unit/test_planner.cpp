@@ -24,6 +24,10 @@ const char *kProfile = R"({
   "links": {"intra_node": {"all_reduce": {"alpha_s": 1e-5, "bus_gbps": 1}, "send": {"alpha_s": 1e-5, "bus_gbps": 1}}}
 })";
 
+/// Every plan of more than one rank ends its step with the runtime's control all-reduce of 3
+/// doubles over the world (session.cpp): 10 us + 2 (2-1)/2 x 24 B / 1 GB/s = 10.024 us on 2 ranks.
+constexpr double kControl2 = 10.024e-6;
+
 DeviceProfile round_profile() {
   auto p = parse_device_profile(kProfile, "round.json");
   EXPECT_TRUE(p.is_ok()) << p.message();
@@ -80,7 +84,7 @@ TEST(DeviceProfile, ErrorsNameFileAndField) {
   EXPECT_NE(o.message().find("bad.json: gemm.fp32[1].min_dim: must increase"), std::string::npos) << o.message();
   auto v = bad(std::string(good).replace(good.find("\"version\": 1"), 12, "\"version\": 7"));
   ASSERT_FALSE(v.is_ok());
-  EXPECT_EQ(v.message(), "bad.json: version: expected 1, got 7");
+  EXPECT_EQ(v.message(), "bad.json: version: expected 1 to 2, got 7");
   EXPECT_EQ(bad("{").message(), "bad.json: not valid JSON");
   auto typed = bad(std::string(good).replace(good.find("\"name\": \"round\""), 15, "\"name\": 7"));
   ASSERT_FALSE(typed.is_ok());
@@ -116,6 +120,41 @@ TEST(CostModel, HandCheckedSingleRank) {
   EXPECT_DOUBLE_EQ(c.ranks[0].comm_s, 0);
 }
 
+// The same plan on a version-2 profile with in-step corrections (lora-bench --calibrate
+// --step-plan): GEMMs x 2, memory-class kernels x 3, 0.5 us dispatch per instruction:
+//   linear (1 + 0.5) + 2 x 1.024 = 3.548 us; add (1 + 0.5) + 3 x 0.512 = 3.036 us; step 2 x 6.584.
+// A version-1 profile has none (factor 1, no dispatch): the 7.072 us above; a factor in a
+// version-1 file is an error naming it.
+TEST(CostModel, InStepFactorsAndDispatch) {
+  plan::Plan p;
+  p.micro_batches = 2;
+  plan::RankPlan r;
+  r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+  r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2}), instr("add", {2, 2}, {3})}}, {"optimizer_step", {}}};
+  p.ranks = {r};
+  std::string v2 = kProfile;
+  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
+  v2.insert(v2.rfind('}'), R"(, "in_step": {"gemm": {"value": 2, "source": "test"}, "memory": 3,
+                              "dispatch_overhead_s": {"value": 5e-7, "source": "test"}})");
+  auto dev = parse_device_profile(v2, "v2.json");
+  ASSERT_TRUE(dev.is_ok()) << dev.message();
+  EXPECT_NEAR(cost_plan(p, *dev).step_s, 2 * 6.584e-6, 1e-12);
+  EXPECT_DOUBLE_EQ(dev->factor("attention"), 1);
+  // Written and read back, the corrections survive.
+  auto back = parse_device_profile(device_profile_json(*dev, {}), "written.json");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_NEAR(cost_plan(p, *back).step_s, 2 * 6.584e-6, 1e-12);
+  EXPECT_NEAR(cost_plan(p, round_profile()).step_s, 7.072e-6, 1e-12);
+  std::string v1 = v2;
+  v1.replace(v1.find("\"version\": 2"), 12, "\"version\": 1");
+  auto bad = parse_device_profile(v1, "v1.json");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.message(), "v1.json: in_step: needs version 2 (got version 1)");
+  v2.replace(v2.find("\"memory\": 3"), 11, "\"memroy\": 3");
+  EXPECT_EQ(parse_device_profile(v2, "typo.json").message(),
+            "typo.json: in_step.memroy: unknown (expected gemm, attention, memory, dispatch_overhead_s)");
+}
+
 // Two data-parallel ranks; the gradient bucket (1000 f32 = 4000 B) starts after the first linear
 // and is waited for in the optimizer step.
 //   all-reduce: 10 us alpha + 2 (2-1)/2 x 4000 B / 1 GB/s = 14 us on the channel
@@ -138,7 +177,8 @@ TEST(CostModel, HandCheckedOverlappedBucket) {
     p.ranks.push_back(r);
   }
   PlanCost c = cost_plan(p, round_profile());
-  EXPECT_NEAR(c.step_s, 17.024e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 17.024e-6 + kControl2, 1e-12);
+  EXPECT_NEAR(c.control_s, kControl2, 1e-12);
   EXPECT_NEAR(c.ranks[1].comm_s, 11.976e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].comm_hidden_s, 2.024e-6, 1e-12);
   // Without the split (a blocking all_reduce in the optimizer step) nothing is hidden: 2.024 x 2 + 1 + 15.
@@ -146,7 +186,7 @@ TEST(CostModel, HandCheckedOverlappedBucket) {
     r.programs[0].instrs.erase(r.programs[0].instrs.begin() + 1);
     r.programs[1].instrs[0].op = "all_reduce";
   }
-  EXPECT_NEAR(cost_plan(p, round_profile()).step_s, (2 * 2.024 + 15) * 1e-6, 1e-12);
+  EXPECT_NEAR(cost_plan(p, round_profile()).step_s, (2 * 2.024 + 15) * 1e-6 + kControl2, 1e-12);
 }
 
 // Two pipeline stages, GPipe, 2 micro-batches. Stage times (send/recv cost their overhead only;
@@ -175,10 +215,146 @@ TEST(CostModel, HandCheckedPipeline) {
     p.ranks.push_back(r);
   }
   PlanCost c = cost_plan(p, round_profile());
-  EXPECT_NEAR(c.step_s, 37.632e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 37.632e-6 + kControl2, 1e-12);
   EXPECT_NEAR(c.ranks[0].step_s, 37.632e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].step_s, 24.864e-6, 1e-12);
   EXPECT_NEAR(c.ranks[1].bubble_s, 26.56e-6, 1e-12);
+}
+
+// Interleaved, pp 2 x 2 virtual stages, 2 micro-batches: model chunk k = c x 2 + s (stage 0 holds
+// chunks 0 and 2, stage 1 chunks 1 and 3), programs forward / backward (chunk 0) and forward.c1 /
+// backward.c1 (chunk 1). Every forward is add 1.512 + send 1 = 2.512 us, every backward linear
+// 2.024 + send 1 = 3.024 us; the stage-to-stage transfer P = 10 us + 256 B / 1 GB/s = 10.256 us.
+// With M = pp Megatron's order runs every forward first: stage s runs F(s,0) F(s,1) F(s+2,0)
+// F(s+2,1), then B(s+2,0) B(s+2,1) B(s,0) B(s,1). Following micro-batch 0 through the chunks:
+//   F(0,0) 0-2.512; F(1,0) 12.768-15.28; F(2,0) 25.536-28.048; F(3,0) 38.304-40.816;
+//   stage 1 runs F(3,1) 40.816-43.328 first, then B(3,0) 43.328-46.352, B(3,1) -49.376;
+//   B(2,0) 56.608-59.632; B(1,0) 69.888-72.912, B(1,1) -75.936 (stage 1 done);
+//   B(0,0) 83.168-86.192, B(0,1) -89.216 (= 5 F + 5 B + 6 P).
+// Stage 1 is busy 4 x (2.512 + 3.024) = 22.144 us: idle 89.216 - 22.144 = 67.072 us.
+TEST(CostModel, HandCheckedInterleavedPipeline) {
+  plan::Plan p;
+  p.mesh = {1, 1, 2};
+  p.world_size = 2;
+  p.micro_batches = 2;
+  p.pipeline_schedule = "interleaved";
+  p.virtual_stages = 2;
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.pp_stage = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+    plan::AttrValue peer = int64_t(1 - rank);
+    plan::Instr linear = instr("linear_fwd", {0, 1}, {2}), add = instr("add", {2, 2}, {3});
+    plan::Instr send = instr("send", {2}, {}, {{"peer", peer}});
+    r.programs = {{"forward", {add, send}}, {"backward", {linear, send}}, {"forward.c1", {add, send}},
+                  {"backward.c1", {linear, send}}, {"optimizer_step", {}}};
+    p.ranks.push_back(r);
+  }
+  PlanCost c = cost_plan(p, round_profile());
+  EXPECT_NEAR(c.step_s, 89.216e-6 + kControl2, 1e-12);
+  EXPECT_NEAR(c.ranks[0].step_s, 89.216e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].step_s, 75.936e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].bubble_s, 67.072e-6, 1e-12);
+  // Every chunk program counts: 2 micro-batches x 2 chunks x (1.512 + 2.024) compute, sends as comm.
+  EXPECT_NEAR(c.ranks[0].compute_s, 4 * 3.536e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[0].comm_s, 8 * 1e-6, 1e-12);
+}
+
+// zb-h1, pp 2, 2 micro-batches; the backward is split into B (lora_linear_bwd part "input", then a
+// send) and W (part "weight", the program backward_weight). x (4x8), W (16x8), dy (4x16), A (2x8),
+// B (16x2): m 4, n 16, k 8, r 2; every GEMM here has a side < 8, so 1 GFLOP/s:
+//   B: u = dy B 2*4*2*16 = 256 flop, dy W 2*4*8*16 = 1024, u A 2*4*8*2 = 128: 1.408 us + 1 = 2.408,
+//      + send 1 = 3.408 us;
+//   W: u again 256, x A^T 2*4*2*8 = 128, dA 2*2*8*4 = 128, dB 2*16*2*4 = 256: 0.768 us + 1 = 1.768;
+//   F: add 1.512 + send 1 = 2.512 us; P = 10.256 us.
+// Orders (schedule.cpp): stage 0 F0 F1 B0 W0 B1 W1; stage 1 F0 B0 F1 B1 W0 W1.
+//   stage 0: F0 0-2.512, F1 -5.024;
+//   stage 1: F0 12.768-15.28, B0 -18.688, F1 -21.2, B1 -24.608, W0 -26.376, W1 -28.144;
+//   stage 0: B0 28.944-32.352, W0 -34.12, B1 34.864-38.272, W1 -40.04.
+// Stage 1 is busy 2 x (2.512 + 3.408 + 1.768) = 15.376 us: idle 40.04 - 15.376 = 24.664 us.
+TEST(CostModel, HandCheckedZeroBubblePipeline) {
+  plan::Plan p;
+  p.mesh = {1, 1, 2};
+  p.world_size = 2;
+  p.micro_batches = 2;
+  p.pipeline_schedule = "zb-h1";
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.pp_stage = rank;
+    r.buffers = {buf(0, {4, 8}),  buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}),
+                 buf(3, {4, 16}), buf(4, {2, 8}, plan::BufferKind::Trainable), buf(5, {16, 2}, plan::BufferKind::Trainable),
+                 buf(6, {4, 8}),  buf(7, {2, 8}, plan::BufferKind::Grad),      buf(8, {16, 2}, plan::BufferKind::Grad)};
+    plan::AttrValue peer = int64_t(1 - rank);
+    plan::Instr add = instr("add", {2, 2}, {3}), send = instr("send", {2}, {}, {{"peer", peer}});
+    plan::Instr bwd_in = instr("lora_linear_bwd", {2, 0, 1, 4, 5}, {6, 7, 8}, {{"part", plan::AttrValue(std::string("input"))}});
+    plan::Instr bwd_w = instr("lora_linear_bwd", {2, 0, 1, 4, 5}, {6, 7, 8}, {{"part", plan::AttrValue(std::string("weight"))}});
+    r.programs = {{"forward", {add, send}}, {"backward", {bwd_in, send}}, {"backward_weight", {bwd_w}}, {"optimizer_step", {}}};
+    p.ranks.push_back(r);
+  }
+  PlanCost c = cost_plan(p, round_profile());
+  EXPECT_NEAR(c.step_s, 40.04e-6 + kControl2, 1e-12);
+  EXPECT_NEAR(c.ranks[1].step_s, 28.144e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].bubble_s, 24.664e-6, 1e-12);
+  // The same split under 1f1b would ignore backward_weight; an unsplit lora_linear_bwd costs
+  // B + W - the shared u = 2.408 + 0.768 - 0.256 = 2.92 us.
+  plan::Instr whole = p.ranks[0].programs[1].instrs[0];
+  whole.attrs.clear();
+  EXPECT_NEAR(instruction_seconds(whole, p.ranks[0], p.mesh, round_profile()), 2.92e-6, 1e-12);
+}
+
+// Wake-up latency (LinkCost::wake_s, lora-bench's link measurement): the gpipe plan of
+// HandCheckedPipeline with send wake 5 us and all-reduce wake 3 us. Its critical path crosses
+// the stage boundary twice (F0 -> F1 of micro-batch 0, B1 -> B0 of micro-batch 1), each
+// transfer 5 us later: 37.632 + 2 x 5 = 47.632 us. Stage 1 ends long before (its last backward
+// at 24.864 + 5 = 29.864 us), so at the control all-reduce it has waited ~18 us > 3 us: asleep,
+// it pays the wake-up: 10.024 + 3 us.
+TEST(CostModel, WakeLatencyOnPipelineTransfersAndControl) {
+  plan::Plan p;
+  p.mesh = {1, 1, 2};
+  p.world_size = 2;
+  p.micro_batches = 2;
+  p.pipeline_schedule = "gpipe";
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.pp_stage = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+    plan::AttrValue peer = int64_t(1 - rank);
+    plan::Instr linear = instr("linear_fwd", {0, 1}, {2}), add = instr("add", {2, 2}, {3});
+    plan::Instr send = instr("send", {2}, {}, {{"peer", peer}}), recv = instr("recv", {}, {2}, {{"peer", peer}});
+    if (rank == 0) r.programs = {{"forward", {linear, send}}, {"backward", {recv, add}}, {"optimizer_step", {}}};
+    else r.programs = {{"forward", {recv, add}}, {"backward", {linear, send}}, {"optimizer_step", {}}};
+    p.ranks.push_back(r);
+  }
+  DeviceProfile dev = round_profile();
+  dev.intra_node.send.wake_s = 5e-6;
+  dev.intra_node.all_reduce.wake_s = 3e-6;
+  PlanCost c = cost_plan(p, dev);
+  EXPECT_NEAR(c.ranks[0].step_s, 47.632e-6, 1e-12);
+  EXPECT_NEAR(c.ranks[1].step_s, 29.864e-6, 1e-12);
+  EXPECT_NEAR(c.control_s, kControl2 + 3e-6, 1e-12);
+  EXPECT_NEAR(c.step_s, 47.632e-6 + kControl2 + 3e-6, 1e-12);
+  auto back = parse_device_profile(device_profile_json(dev, {}), "written.json");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_DOUBLE_EQ(back->intra_node.send.wake_s, 5e-6);
+  // Two data-parallel ranks with the same work (linear 2.024 us each) end together: nobody waited
+  // long enough to fall asleep, the control all-reduce pays no wake-up.
+  plan::Plan d;
+  d.mesh = {2, 1, 1};
+  d.world_size = 2;
+  for (int rank = 0; rank < 2; ++rank) {
+    plan::RankPlan r;
+    r.rank = rank;
+    r.dp_rank = rank;
+    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16})};
+    r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2})}}, {"optimizer_step", {}}};
+    d.ranks.push_back(r);
+  }
+  PlanCost dc = cost_plan(d, dev);
+  EXPECT_NEAR(dc.control_s, kControl2, 1e-12);
+  EXPECT_NEAR(dc.step_s, 2.024e-6 + kControl2, 1e-12);
 }
 
 TEST(CostModel, GroupsAcrossNodes) {
@@ -205,6 +381,18 @@ TEST(Analytic, RejectsImpossibleMeshesWithReasons) {
   c.micro_batches = 2;
   EXPECT_EQ(reject_reason(m, c, 4), "");
   EXPECT_EQ(reject_reason(m, c, 8), "dp x tp x pp = 4 is not the 8 devices");
+  // Interleaved: whole layers per model chunk, micro-batches in groups of pp.
+  c = Candidate{};
+  c.pp = 2, c.micro_batches = 2, c.schedule = "interleaved", c.virtual_stages = 2;
+  EXPECT_EQ(reject_reason(m, c, 2), "interleaved v2: pp 2 x 2 = 4 model chunks do not divide the 2 layers");
+  m.layers = 4;
+  EXPECT_EQ(reject_reason(m, c, 2), "");
+  c.micro_batches = 1;
+  EXPECT_EQ(reject_reason(m, c, 2), "interleaved v2: micro-batches 1 is not a multiple of pp 2");
+  c.micro_batches = 2, c.virtual_stages = 1;
+  EXPECT_EQ(reject_reason(m, c, 2), "interleaved v1: needs 2 or more virtual stages");
+  EXPECT_EQ(c.flags(), "--strategy hybrid --dp 1 --tp 1 --pp 2 --micro-batches 2 --precision fp32 --pipeline-schedule interleaved "
+                       "--virtual-stages 1");
 }
 
 TEST(Analytic, MemoryFallsWithRecomputeAndShardingAndTimeIsPositive) {

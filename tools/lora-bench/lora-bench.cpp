@@ -1,13 +1,17 @@
 //===- lora-bench.cpp - calibrates a device profile on this machine ---------===//
 //
-//   [mpirun -np 2] lora-bench --calibrate [-o models/devices/cpu-local.json] [--name cpu-local]
+//   [mpirun -np 2] lora-bench --calibrate [--step-plan plan.lp] [-o models/devices/cpu-local.json]
 //
 // Times the CPU backend's own kernels (runtime/cpu) on shapes of each GEMM class, causal
 // attention, a streaming kernel (add) for the memory bandwidth and a tiny one for the fixed
-// per-instruction overhead; with 2 MPI ranks also all-reduce and send/recv at a small and a
-// large size (alpha = the small message's time, bus bandwidth from the large one). Writes the
-// profile format of passes/planner/device_profile.h, each number's source saying how it was
-// measured. One rank per core: oversubscribed ranks measure the scheduler, not the link.
+// per-instruction overhead. With --step-plan it also runs a short training step of that
+// single-rank plan through the executor with its profiler and stores how much slower the kernels
+// are inside a step than hot in a loop, per op class, and the executor's dispatch time per
+// instruction (in_step.h; profile version 2). With 2 MPI ranks it measures all-reduce and
+// send/recv through the runtime's own communicator: alpha = a small message with both ranks
+// ready, wake_s = the extra latency when the receiver has been polling for a while (its poll has
+// backed off into sleeps, as in a real step), bus bandwidth from a large message. Writes the profile format of passes/planner/device_profile.h, each number's source saying
+// how it was measured. One rank per core: oversubscribed ranks measure the scheduler, not the link.
 //
 //===----------------------------------------------------------------------===//
 #include <algorithm>
@@ -25,9 +29,11 @@
 #include <mpi.h>
 
 #include "passes/planner/device_profile.h"
+#include "runtime/comm/comm.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/kernel.h"
 #include "tools/common/cli.h"
+#include "tools/lora-bench/in_step.h"
 
 using namespace parallora;
 using rt::KernelCall;
@@ -94,29 +100,62 @@ double time_kernel(const std::string &op, std::vector<Buf *> in, std::vector<Buf
   return times[times.size() / 10];
 }
 
-/// Seconds (10th percentile) of a blocking collective over MPI_COMM_WORLD.
-double time_mpi(int world, int rank, int64_t bytes, bool allreduce) {
-  std::vector<float> buf(static_cast<size_t>(std::max<int64_t>(1, bytes / 4)), 1.0f), out(buf.size());
-  std::vector<double> times;
-  for (int i = 0; i < 30; ++i) {
-    MPI_Barrier(MPI_COMM_WORLD);
-    double t0 = now();
-    if (allreduce) {
-      MPI_Allreduce(buf.data(), out.data(), static_cast<int>(buf.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    } else if (rank == 0) {
-      MPI_Send(buf.data(), static_cast<int>(buf.size()), MPI_FLOAT, 1, 7, MPI_COMM_WORLD);
-      MPI_Recv(out.data(), 1, MPI_FLOAT, 1, 8, MPI_COMM_WORLD, MPI_STATUS_IGNORE);  // ack: the send arrived
-    } else if (rank == 1) {
-      MPI_Recv(out.data(), static_cast<int>(buf.size()), MPI_FLOAT, 0, 7, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-      MPI_Send(out.data(), 1, MPI_FLOAT, 0, 8, MPI_COMM_WORLD);
-    }
-    times.push_back(now() - t0);
+/// Waits for the other ranks without spinning (an MPI_Barrier polls a core that rank 0's kernel
+/// timings need on a 2-core machine).
+void idle_barrier() {
+  MPI_Request req;
+  MPI_Ibarrier(MPI_COMM_WORLD, &req);
+  for (int done = 0; !done;) {
+    MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+    if (!done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  (void)world;
-  std::sort(times.begin(), times.end());
-  double med = times[times.size() / 10];  // 10th percentile, as time_kernel
-  MPI_Allreduce(MPI_IN_PLACE, &med, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  return med;
+}
+
+void spin_for(double s) {
+  const double end = now() + s;
+  while (now() < end) {
+  }
+}
+
+/// What a step pays for a small message through the runtime's own communicator (runtime/comm:
+/// non-blocking MPI polled with a backoff that yields, then sleeps): the waiting side has been
+/// polling for `wait_s` (a stage's or a rank's compute) when the message comes, so its wake-up
+/// is part of the cost. Per repeat, with the ranks taking turns to be late by wait_s:
+///   all-reduce of `bytes`: the last rank's completion - the late rank's entry;
+///   send/recv ping-pong of `bytes`: the receiver's completion - the sender's start (one way).
+/// steady_clock is CLOCK_MONOTONIC, one clock for every process of this host. Median of the repeats.
+double time_comm(rt::Communicator &comm, int rank, int world, int64_t bytes, bool allreduce, double wait_s, int reps) {
+  std::vector<float> buf(static_cast<size_t>(std::max<int64_t>(1, bytes / 4)), 1.0f);
+  std::vector<double> cost;
+  for (int i = 0; i < reps; ++i) {
+    idle_barrier();
+    MPI_Barrier(MPI_COMM_WORLD);  // both ranks polling: they leave it within microseconds
+    const int late = i % std::min(world, 2);
+    double t_in = 0, t_out = 0;
+    if (allreduce) {
+      if (rank == late) spin_for(wait_s);
+      t_in = now();
+      (void)comm.all_reduce("dp", buf.data(), static_cast<int64_t>(buf.size()), rt::ReduceOp::Sum);
+      t_out = now();
+    } else if (rank < 2) {
+      const int from = late, to = 1 - late;
+      if (rank == from) {
+        spin_for(wait_s);
+        t_in = now();
+        (void)comm.send(to, 11, buf.data(), bytes);
+        (void)comm.flush();
+      } else {
+        (void)comm.recv(from, 11, buf.data(), bytes);
+        t_out = now();
+      }
+    }
+    // [max entry of the late side, max completion]: the exposed cost of this repeat.
+    double ts[2] = {t_in, t_out}, mx[2];
+    MPI_Allreduce(ts, mx, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    cost.push_back(mx[1] - mx[0]);
+  }
+  std::sort(cost.begin(), cost.end());
+  return cost[cost.size() / 2];
 }
 
 /// The layer shapes the per-kernel rates are measured at.
@@ -148,6 +187,17 @@ int main(int argc, char **argv) {
                                            "instead of a mid-size layer")->check(CLI::ExistingFile);
   app.add_option("--batch", shape.batch, "with --hf-config: sequences per rank and micro-batch")->check(cli::at_least(1));
   app.add_option("--seq-len", shape.seq, "with --hf-config: sequence length")->check(cli::at_least(2));
+  std::string step_plan;
+  int step_steps = 20;
+  double link_wait_ms = 2;
+  app.add_option("--step-plan", step_plan, "also run this single-rank plan (lora-compile of the calibration model) through "
+                                           "the executor with its profiler and store the in-step factors per op class and "
+                                           "the dispatch time per instruction (profile version 2)")->check(CLI::ExistingFile);
+  app.add_option("--step-steps", step_steps, "with --step-plan: profiled training steps (after 2 warm-up steps)")
+      ->check(cli::at_least(1));
+  app.add_option("--link-wait-ms", link_wait_ms, "2 ranks: how long the waiting rank polls before a small message "
+                                                 "arrives when alpha is measured (about one stage's compute)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--threads", threads, "OpenMP threads of the kernels (default: OMP_NUM_THREADS or all cores)")->check(cli::at_least(1));
   if (int rc = cli::parse(app, argc, argv); rc >= 0) return rc;
   if (!hf_config.empty()) {
@@ -172,6 +222,11 @@ int main(int argc, char **argv) {
     std::cerr << "error: nothing to do: give --calibrate (see lora-bench --help)\n";
     return cli::kExitUsageError;
   }
+  if (!step_plan.empty())  // before minutes of kernel timing
+    if (Status s = bench::check_step_plan(step_plan); !s) {
+      std::cerr << "error: " << s.message() << "\n";
+      return cli::kExitUsageError;
+    }
   MPI_Init(&argc, &argv);
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -290,18 +345,56 @@ int main(int argc, char **argv) {
     p.peak_tflops = 0;
     for (const planner::GemmRate &r : p.gemm["fp32"]) p.peak_tflops = std::max(p.peak_tflops, r.tflops);
     src["peak_tflops"] = "lora-bench: the best measured fp32 GEMM rate (the CPU has no data-sheet bf16 peak)";
+    if (!step_plan.empty()) {
+      auto is = bench::measure_in_step(step_plan, p, step_steps);
+      if (!is) {
+        std::cerr << "error: " << is.message() << "\n";
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      }
+      p.in_step_factor = is->factor;
+      p.dispatch_overhead_s = is->dispatch_s;
+      for (auto &[c, f] : is->factor) {
+        src["in_step." + c] = "lora-bench --step-plan: measured in-step " + c + " kernel time / the hot-loop prediction (work " +
+                              "part, the per-instruction fixed cost excluded) over " + is->describe;
+        std::fprintf(stderr, "lora-bench: in-step %-9s measured %.3f ms/step, hot-loop prediction %.3f ms: factor %.3f\n",
+                     c.c_str(), 1e3 * is->measured_s[c], 1e3 * is->predicted_s[c], f);
+      }
+      src["in_step.dispatch_overhead_s"] = "lora-bench --step-plan: (wall time - kernel time) / instructions over " + is->describe;
+      std::fprintf(stderr, "lora-bench: in-step step %.3f ms wall, %lld instructions: dispatch %.2f us per instruction\n",
+                   1e3 * is->step_wall_s, static_cast<long long>(is->instructions), 1e6 * is->dispatch_s);
+    }
   }
-  // Links: 2 ranks (one per core). Alpha = a 4-byte message; bus bandwidth from 8 MiB.
+  // Links: 2 ranks (one per core), through the runtime's communicator (time_comm). Alpha = a
+  // 4-byte message with both ranks ready; wake_s = the extra when the receiver has been polling
+  // --link-wait-ms; bus bandwidth from 8 MiB, minus the ready 4-byte time.
   planner::LinkCost ar{}, send{};
+  idle_barrier();
   if (world >= 2) {
-    double a_small = time_mpi(world, rank, 4, true), a_big = time_mpi(world, rank, 8 << 20, true);
-    double sent = 2.0 * (world - 1) / world * (8 << 20);
-    ar = {a_small, sent / std::max(a_big - a_small, 1e-9) / 1e9};
-    double s_small = time_mpi(world, rank, 4, false), s_big = time_mpi(world, rank, 8 << 20, false);
-    send = {s_small, (8 << 20) / std::max(s_big - s_small, 1e-9) / 1e9};
-    src["links.intra_node.all_reduce"] = "lora-bench: MPI_Allreduce over " + std::to_string(world) +
-                                         " ranks, alpha = 4 B message, bus bandwidth = 2(n-1)/n x 8 MiB / (time - alpha)";
-    src["links.intra_node.send"] = "lora-bench: MPI_Send + 4 B ack between 2 ranks, alpha = 4 B, bandwidth from 8 MiB";
+    auto comm = rt::make_mpi_communicator(plan::Mesh{world, 1, 1});
+    if (!comm) {
+      std::cerr << "error: " << comm.message() << "\n";
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+    rt::Communicator &c = **comm;
+    const double wait = link_wait_ms * 1e-3;
+    const int64_t big = 8 << 20;
+    double a_wake = time_comm(c, rank, world, 4, true, wait, 40), a_ready = time_comm(c, rank, world, 4, true, 0, 40);
+    double a_big = time_comm(c, rank, world, big, true, 0, 20);
+    double sent = 2.0 * (world - 1) / world * big;
+    ar = {a_ready, sent / std::max(a_big - a_ready, 1e-9) / 1e9, std::max(0.0, a_wake - a_ready)};
+    double s_wake = time_comm(c, rank, world, 4, false, wait, 40), s_ready = time_comm(c, rank, world, 4, false, 0, 40);
+    double s_big = time_comm(c, rank, world, big, false, 0, 20);
+    send = {s_ready, big / std::max(s_big - s_ready, 1e-9) / 1e9, std::max(0.0, s_wake - s_ready)};
+    char w[160];
+    std::snprintf(w, sizeof w, "with both ranks ready (median of 40); wake_s = the same after the receiver polled %g ms "
+                  "(%.1f us all-reduce, %.1f us send) - the ready time", link_wait_ms, 1e6 * a_wake, 1e6 * s_wake);
+    src["links.intra_node.all_reduce"] = "lora-bench: the runtime's MPI communicator (runtime/comm: non-blocking, polled with "
+                                         "a yield/sleep backoff), all-reduce over " + std::to_string(world) +
+                                         " ranks; alpha = 4 B, completed on every rank - the last rank's entry, " + w +
+                                         "; bus bandwidth = 2(n-1)/n x 8 MiB / (time - ready 4 B time)";
+    src["links.intra_node.send"] = std::string("lora-bench: the runtime's MPI communicator, send/recv between 2 ranks; alpha = ") +
+                                   "4 B one way (the receiver's completion - the sender's start), " + w +
+                                   "; bandwidth from 8 MiB";
   } else {
     ar = {1e-6, 1.0};
     send = {1e-6, 1.0};

@@ -157,18 +157,38 @@ int choose_strategy(const AutoRequest &req, AutoChoice &choice) {
           mesh_rejects.push_back({mesh + ", M " + std::to_string(M), why});
           continue;
         }
-        std::vector<std::string> scheds = pp > 1 ? (req.schedule ? std::vector<std::string>{*req.schedule}
-                                                                 : std::vector<std::string>{"1f1b", "gpipe"})
-                                                 : std::vector<std::string>{"none"};
+        std::vector<std::pair<std::string, int>> scheds;  // (schedule, virtual stages)
+        if (pp <= 1) {
+          scheds.push_back({"none", 1});
+        } else {
+          for (const std::string &sch : req.schedule ? std::vector<std::string>{*req.schedule}
+                                                     : std::vector<std::string>{"1f1b", "gpipe", "interleaved", "zb-h1"}) {
+            if (sch != "interleaved") {
+              scheds.push_back({sch, 1});
+              continue;
+            }
+            // Interleaved: V = 2 .. layers / pp chunks per rank (or the --virtual-stages given).
+            const int vmax = std::max<int>(2, static_cast<int>(m.layers / pp));
+            for (int v = req.virtual_stages ? int(*req.virtual_stages) : 2; v <= (req.virtual_stages ? int(*req.virtual_stages) : vmax); ++v) {
+              Candidate ci = c0;
+              ci.schedule = sch, ci.virtual_stages = v;
+              if (std::string why = planner::reject_reason(m, ci, req.devices); !why.empty()) {
+                mesh_rejects.push_back({mesh + ", M " + std::to_string(M), why});
+                continue;
+              }
+              scheds.push_back({sch, v});
+            }
+          }
+        }
         std::vector<bool> zeros = req.zero1 ? std::vector<bool>{*req.zero1} : std::vector<bool>{false, true};
-        for (const std::string &sch : scheds)
+        for (const auto &[sch, vs] : scheds)
           for (bool z : zeros) {
             if (z && base.dp < 2) continue;
             for (bool rc : recomputes)
               for (const std::string &prec : precisions) {
                 Scored s;
                 s.c = c0;
-                s.c.schedule = sch, s.c.zero1 = z, s.c.recompute = rc, s.c.precision = prec;
+                s.c.schedule = sch, s.c.virtual_stages = vs, s.c.zero1 = z, s.c.recompute = rc, s.c.precision = prec;
                 s.e = planner::estimate(m, s.c, *dev);
                 ++considered;
                 if (double(s.e.peak_bytes) > limit) {
@@ -214,7 +234,7 @@ int choose_strategy(const AutoRequest &req, AutoChoice &choice) {
   for (int i = 0; i < k; ++i) verify(req, fit[static_cast<size_t>(i)], dir, i);
   rmdir(dir);
   std::printf("  top %d by estimate, then compiled and costed (plan = the compiled plan's prediction and peak memory):\n", k);
-  std::printf("    %-3s %-52s %11s %11s %12s %7s %11s %11s %12s\n", "#", "strategy", "est. ms", "plan ms", "tokens/s", "MFU",
+  std::printf("    %-3s %-58s %11s %11s %12s %7s %11s %11s %12s\n", "#", "strategy", "est. ms", "plan ms", "tokens/s", "MFU",
               "est. mem", "plan mem", "sent/step");
   int best = -1;
   for (int i = 0; i < k; ++i) {
@@ -224,7 +244,7 @@ int choose_strategy(const AutoRequest &req, AutoChoice &choice) {
     if (s.plan_step_s > 0) std::snprintf(plan_ms, sizeof plan_ms, "%.3f", 1e3 * s.plan_step_s);
     if (s.plan_peak >= 0) std::snprintf(plan_mem, sizeof plan_mem, "%s", mib(double(s.plan_peak)).c_str());
     double mfu = t > 0 ? 100.0 * s.e.flops_per_step / t / (dev->peak_tflops * 1e12 * req.devices) : 0;
-    std::printf("    %-3d %-52s %11.3f %11s %12.0f %6.1f%% %11s %11s %12s\n", i + 1, s.c.describe().c_str(), 1e3 * s.e.step_s,
+    std::printf("    %-3d %-58s %11.3f %11s %12.0f %6.1f%% %11s %11s %12s\n", i + 1, s.c.describe().c_str(), 1e3 * s.e.step_s,
                 plan_ms, t > 0 ? tokens / t : 0.0, mfu, mib(double(s.e.peak_bytes)).c_str(), plan_mem,
                 mib(double(s.e.bytes_sent)).c_str());
     if (!s.verify_error.empty()) {
@@ -251,6 +271,7 @@ int choose_strategy(const AutoRequest &req, AutoChoice &choice) {
   choice.dp = c.dp, choice.tp = c.tp, choice.pp = c.pp;
   choice.micro_batches = c.micro_batches;
   choice.schedule = c.pp > 1 ? c.schedule : "1f1b";
+  choice.virtual_stages = c.pp > 1 && c.schedule == "interleaved" ? c.virtual_stages : 1;
   choice.precision = c.precision;
   choice.recompute = c.recompute ? "layers" : "none";
   choice.zero1 = c.zero1;

@@ -1,7 +1,8 @@
 //===- auto_strategy.h - lora-compile --strategy auto ----------------------===//
 //
 // Enumerates the strategies the compiler accepts for N devices (dp x tp x pp, micro-batches,
-// pipeline schedule, ZeRO-1, recompute, precision), estimates each (passes/planner/analytic.h),
+// pipeline schedule: gpipe, 1f1b, zb-h1, interleaved with V = 2 .. layers/pp; ZeRO-1, recompute,
+// precision), estimates each (passes/planner/analytic.h),
 // drops those over the memory limit, ranks the rest by estimated step time (ties: less memory,
 // then the candidate's flags in lexical order, so the choice is deterministic), compiles the best
 // few for real and costs their plans (passes/planner/cost_model.h), and returns the one with the
@@ -30,7 +31,7 @@ struct AutoRequest {
   double bucket_mb = 25;
   bool no_overlap = false;
   // Settings the user fixed on the command line (then not enumerated).
-  std::optional<int64_t> micro_batches;
+  std::optional<int64_t> micro_batches, virtual_stages;
   std::optional<std::string> schedule, precision, recompute;
   std::optional<bool> zero1;
 };
@@ -38,6 +39,7 @@ struct AutoRequest {
 struct AutoChoice {
   int dp = 1, tp = 1, pp = 1;
   int64_t micro_batches = 1;
+  int64_t virtual_stages = 1;  // interleaved: model chunks per rank
   std::string schedule = "1f1b", precision = "fp32", recompute = "none";
   bool zero1 = false;
 };

@@ -175,7 +175,7 @@ int parse_options(int argc, char **argv, CompileOptions &a) {
   app.add_option("--memory-limit", a.auto_req.memory_limit_gib,
                  "--strategy auto: per-device memory in GiB that a plan's predicted peak must fit (default: the device profile's memory_gib)")
       ->check(cli::positive_number());
-  app.add_flag("--explain", a.auto_req.explain, "--strategy auto: also print every rejected mesh with its reason and the candidates over the memory limit");
+  app.add_flag("--explain", a.auto_req.explain, "--strategy auto: also print every rejected mesh (and interleaved virtual-stage count) with its reason and the candidates over the memory limit");
   app.add_option("--top", a.auto_req.top, "--strategy auto: candidates printed, compiled and costed exactly before the choice (default 5)")
       ->check(cli::at_least(1));
   app.add_option("--viz", a.viz, "write pictures of the plan into this folder: per-rank graphs (DOT/SVG), pipeline timeline, index.html");
@@ -223,7 +223,7 @@ int parse_options(int argc, char **argv, CompileOptions &a) {
       a.lr_schedule = a.schedule;
     }
   }
-  const bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b" ||
+  bool pipe_given = pipe_opt->count() > 0 || a.schedule == "gpipe" || a.schedule == "1f1b" ||
                           a.schedule == "interleaved" || a.schedule == "zb-h1";
   if (vstages_opt->count() && a.pipe_schedule != "interleaved")
     return usage("--virtual-stages " + std::to_string(a.virtual_stages) +
@@ -251,13 +251,15 @@ int parse_options(int argc, char **argv, CompileOptions &a) {
     r.lora_targets = a.lora_targets, r.device_profile = a.device_profile, r.bucket_mb = a.bucket_mb, r.no_overlap = a.no_overlap;
     if (app.get_option("--micro-batches")->count()) r.micro_batches = a.micro_batches;
     if (pipe_given) r.schedule = a.pipe_schedule;
+    if (vstages_opt->count()) r.virtual_stages = a.virtual_stages;
     if (app.get_option("--precision")->count()) r.precision = a.precision;
     if (app.get_option("--recompute")->count()) r.recompute = a.recompute;
     if (a.zero1) r.zero1 = true;
     AutoChoice c;
     if (int rc = choose_strategy(r, c)) return rc;
+    pipe_given = pipe_given && c.pp > 1;  // auto chose no pipeline: the schedule given does not apply, no warning
     a.strategy = "hybrid", a.dp = c.dp, a.tp = c.tp, a.pp = c.pp, a.micro_batches = c.micro_batches;
-    a.pipe_schedule = c.schedule, a.precision = c.precision, a.recompute = c.recompute, a.zero1 = c.zero1;
+    a.pipe_schedule = c.schedule, a.virtual_stages = c.virtual_stages, a.precision = c.precision, a.recompute = c.recompute, a.zero1 = c.zero1;
   } else if (a.auto_req.devices || a.auto_req.explain || a.auto_req.memory_limit_gib > 0) {
     return usage("--devices, --memory-limit and --explain go with --strategy auto");
   }
