@@ -172,6 +172,14 @@ const plan::Program *find_program(const plan::RankPlan &r, const std::string &na
 
 } // namespace
 
+int gemm_calls(const Instr &in) {
+  if (in.op == "linear_fwd" || in.op == "linear_bwd_input") return 1;
+  if (in.op == "lora_linear_fwd") return 3;
+  if (in.op != "lora_linear_bwd") return 0;
+  const std::string part = str_attr(in, "part");  // as linear_seconds
+  return 1 + (part != "weight" ? 2 : 0) + (part != "input" ? 3 : 0);
+}
+
 bool group_crosses_nodes(const plan::Mesh &mesh, int rank, const std::string &group, int devices_per_node) {
   if (devices_per_node <= 0) return false;
   plan::MeshCoord me = plan::coord_of(mesh, rank);

@@ -59,6 +59,11 @@ double instruction_seconds(const plan::Instr &in, const plan::RankPlan &rank, co
 /// The predicted step of every rank.
 PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev);
 
+/// GEMM library calls of one linear instruction (linear_fwd, linear_bwd_input: 1; lora_linear_fwd:
+/// 3; lora_linear_bwd: 6, or its zb-h1 part: 3 each; runtime/cpu/matmul.cpp), 0 for other ops: what
+/// DeviceProfile::gemm_call_s is charged for.
+int gemm_calls(const plan::Instr &in);
+
 /// Bytes the runtime allocates for `rank` (RankPlan::predicted_alloc_bytes): the executor's block
 /// (runtime/core/executor.cpp: S arenas, then persistent buffers, Input/Output once per slot,
 /// each rounded up to 64 bytes) plus the CPU backend's bf16 widening scratch (runtime/cpu/

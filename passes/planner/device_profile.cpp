@@ -19,7 +19,7 @@ double DeviceProfile::gemm_seconds(double m, double n, double k, const std::stri
   double tflops = it->second.front().tflops;
   for (const GemmRate &r : it->second)
     if (small >= static_cast<double>(r.min_dim)) tflops = r.tflops;
-  return factor("gemm") * 2.0 * m * n * k / (tflops * 1e12);
+  return gemm_call_s + factor("gemm") * 2.0 * m * n * k / (tflops * 1e12);
 }
 
 double DeviceProfile::attention_seconds(double flops, const std::string &precision, const std::string &kernel) const {
@@ -135,6 +135,10 @@ StatusOr<DeviceProfile> parse_checked(const std::string &text, const std::string
   p.memory_gib = r.number(j, "", "memory_gib");
   p.peak_tflops = r.number(j, "", "peak_tflops");
   p.instruction_overhead_s = r.number(j, "", "instruction_overhead_s", true);
+  if (r.error.empty() && j.contains("gemm_call_s")) {
+    if (version < 2) return Status::error(file + ": gemm_call_s: needs version 2 (got version " + std::to_string(version) + ")");
+    p.gemm_call_s = r.number(j, "", "gemm_call_s", true);
+  }
   p.memory_bandwidth_gbps = r.number(j, "", "memory_bandwidth_gbps");
   if (const json *g = r.at(j, "", "gemm")) {
     if (!g->is_object() || !g->contains("fp32")) return Status::error(file + ": gemm: needs a \"fp32\" table");
@@ -225,6 +229,7 @@ std::string device_profile_json(const DeviceProfile &p, const std::map<std::stri
   j["memory_gib"] = p.memory_gib;
   j["peak_tflops"] = valued(p.peak_tflops, "peak_tflops");
   j["instruction_overhead_s"] = valued(p.instruction_overhead_s, "instruction_overhead_s");
+  if (p.gemm_call_s > 0) j["gemm_call_s"] = valued(p.gemm_call_s, "gemm_call_s");
   j["memory_bandwidth_gbps"] = valued(p.memory_bandwidth_gbps, "memory_bandwidth_gbps");
   for (auto &[prec, rates] : p.gemm) {
     json arr = json::array();

@@ -66,6 +66,11 @@ struct DeviceProfile {
   // executor's own time per instruction between kernels (dispatch, 0 when absent).
   std::map<std::string, double> in_step_factor;
   double dispatch_overhead_s = 0;
+  // Version 2, optional ("gemm_call_s"): the fixed cost of one GEMM library call (oneDNN's or
+  // OpenBLAS's dispatch, our tiling), charged per GEMM of a linear kernel on top of its work; the
+  // GEMM rates are then measured net of it. Without it small GEMMs (small micro-batches, data
+  // parallel shards) cost proportionally less than they do.
+  double gemm_call_s = 0;
 
   /// The factor of op class `cls` (1 without one).
   double factor(const std::string &cls) const {
@@ -76,7 +81,7 @@ struct DeviceProfile {
   double per_instruction_s() const { return instruction_overhead_s + dispatch_overhead_s; }
 
   // The three rates below include the in-step factor of their class.
-  /// Seconds of a GEMM (M x K) * (K x N) in `precision`.
+  /// Seconds of a GEMM (M x K) * (K x N) in `precision`: one library call (gemm_call_s) + the work.
   double gemm_seconds(double m, double n, double k, const std::string &precision) const;
   /// Seconds of causal attention doing `flops` model FLOPs (`kernel`'s own rate when given).
   double attention_seconds(double flops, const std::string &precision, const std::string &kernel = "") const;

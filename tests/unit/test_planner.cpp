@@ -155,6 +155,48 @@ TEST(CostModel, InStepFactorsAndDispatch) {
             "typo.json: in_step.memroy: unknown (expected gemm, attention, memory, dispatch_overhead_s)");
 }
 
+// gemm_call_s (profile version 2) is charged once per GEMM library call of a linear kernel, on top
+// of its work (runtime/cpu/matmul.cpp): linear_fwd 1, lora_linear_fwd 3, lora_linear_bwd 6, its
+// zb-h1 parts 3 (input: dy B, dy W, (dy B) A) and 4 (weight: dy B again, x A^T, dA, dB). With 2
+// micro-batches of those five instructions: 2 x (1 + 3 + 6 + 3 + 4) = 34 calls, 34 us at 1 us each.
+TEST(CostModel, GemmCallCostPerLibraryCall) {
+  plan::Plan p;
+  p.micro_batches = 2;
+  plan::RankPlan r;
+  // x (4 x 8), W (16 x 8), A (2 x 8), B (16 x 2), y / dy (4 x 16), dx (4 x 8), dA, dB.
+  r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {2, 8}, plan::BufferKind::Trainable),
+               buf(3, {16, 2}, plan::BufferKind::Trainable), buf(4, {4, 16}), buf(5, {4, 8}), buf(6, {2, 8}, plan::BufferKind::Grad),
+               buf(7, {16, 2}, plan::BufferKind::Grad)};
+  plan::AttrValue in_part = std::string("input"), w_part = std::string("weight");
+  const std::vector<plan::Instr> step = {
+      instr("linear_fwd", {0, 1}, {4}), instr("lora_linear_fwd", {0, 1, 2, 3}, {4}),
+      instr("lora_linear_bwd", {4, 0, 1, 2, 3}, {5, 6, 7}),
+      instr("lora_linear_bwd", {4, 0, 1, 2, 3}, {5, 6, 7}, {{"part", in_part}}),
+      instr("lora_linear_bwd", {4, 0, 1, 2, 3}, {5, 6, 7}, {{"part", w_part}})};
+  r.programs = {{"micro_step", step}, {"optimizer_step", {}}};
+  p.ranks = {r};
+  int calls = 0;
+  for (const plan::Instr &in : step) calls += gemm_calls(in);
+  EXPECT_EQ(calls, 17);
+  EXPECT_EQ(gemm_calls(instr("add", {4, 4}, {4})), 0);
+  std::string v2 = kProfile;
+  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
+  auto without = parse_device_profile(v2, "v2.json");
+  ASSERT_TRUE(without.is_ok()) << without.message();
+  v2.insert(v2.rfind('}'), R"(, "gemm_call_s": {"value": 1e-6, "source": "test"})");
+  auto with = parse_device_profile(v2, "v2.json");
+  ASSERT_TRUE(with.is_ok()) << with.message();
+  EXPECT_DOUBLE_EQ(with->gemm_call_s, 1e-6);
+  EXPECT_NEAR(cost_plan(p, *with).step_s - cost_plan(p, *without).step_s, 34e-6, 1e-12);
+  // Written and read back; refused in a version-1 file.
+  auto back = parse_device_profile(device_profile_json(*with, {}), "written.json");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_DOUBLE_EQ(back->gemm_call_s, 1e-6);
+  std::string v1 = v2;
+  v1.replace(v1.find("\"version\": 2"), 12, "\"version\": 1");
+  EXPECT_EQ(parse_device_profile(v1, "v1.json").message(), "v1.json: gemm_call_s: needs version 2 (got version 1)");
+}
+
 // Two data-parallel ranks; the gradient bucket (1000 f32 = 4000 B) starts after the first linear
 // and is waited for in the optimizer step.
 //   all-reduce: 10 us alpha + 2 (2-1)/2 x 4000 B / 1 GB/s = 14 us on the channel

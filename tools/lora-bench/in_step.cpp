@@ -73,8 +73,8 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
   for (int s = 1; s <= 2; ++s)  // warm-up: first-touch page faults, OpenMP team start
     if (Status st = step(s); !st) return Status::error(where + ": warm-up step: " + st.message());
   // Per profiled step: wall time and kernel seconds per class (the profile is cumulative: deltas).
-  // The 10th percentile over the steps, the statistic of lora-bench's kernel timings: the profile
-  // describes this machine without the other processes (a step they interrupted sets nothing).
+  // The median over the steps: what lora-run reports as a run's step time (step_time_s_median),
+  // so the factors map the hot-loop timings (10th percentiles) onto the statistic predicted.
   e.enable_profile(true);
   e.reset_profile();
   std::map<std::string, std::vector<double>> per_class;  // class -> seconds in each step
@@ -95,19 +95,21 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
     before = now_c;
     before["*"] = k;
   }
-  auto low = [](std::vector<double> v) {  // 10th percentile
+  auto low = [](std::vector<double> v) {  // the median
     std::sort(v.begin(), v.end());
-    return v.empty() ? 0.0 : v[v.size() / 10];
+    return v.empty() ? 0.0 : v[v.size() / 2];
   };
 
   InStep r;
   r.step_wall_s = low(walls);
   std::map<std::string, int64_t> count;  // instructions per step by class
+  int64_t gemm_calls = 0;                 // GEMM library calls per step (gemm_call_s each)
   for (const plan::Program &prog : p->ranks[0].programs) {
     const int64_t times = prog.name == "micro_step" ? M : prog.name == "optimizer_step" ? 1 : 0;
     for (const plan::Instr &in : prog.instrs) {
       r.instructions += times;
       count[op_class(in.op)] += times;
+      gemm_calls += times * planner::gemm_calls(in);
     }
   }
   std::vector<double> gaps;  // wall - kernels, per step
@@ -117,13 +119,14 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
   for (const auto &[op, s] : planner::op_seconds(*p, 0, hot))
     if (std::string c = op_class(op); !c.empty()) r.predicted_s[c] += s;
   for (const auto &[c, pred] : r.predicted_s) {
-    const double fixed = static_cast<double>(count[c]) * hot.per_instruction_s();
+    const double fixed = static_cast<double>(count[c]) * hot.per_instruction_s() +
+                         (c == "gemm" ? static_cast<double>(gemm_calls) * hot.gemm_call_s : 0.0);
     const double work_pred = pred - fixed, work_meas = r.measured_s[c] - fixed;
     if (work_pred > 0 && work_meas > 0) r.factor[c] = work_meas / work_pred;
   }
   r.dispatch_s = std::max(0.0, low(gaps) / static_cast<double>(std::max<int64_t>(1, r.instructions)));
   r.describe = plan_path + " (" + std::to_string(M) + " micro-batch(es), " + std::to_string(r.instructions) +
-               " instructions per step), the 10th percentile of " + std::to_string(steps) + " profiled steps after 2 warm-up steps";
+               " instructions per step), the median of " + std::to_string(steps) + " profiled steps after 2 warm-up steps";
   return r;
 }
 

@@ -30,6 +30,7 @@
 
 #include "passes/planner/device_profile.h"
 #include "runtime/comm/comm.h"
+#include "runtime/cpu/blas_core.h"
 #include "runtime/cpu/kernels.h"
 #include "runtime/kernel.h"
 #include "tools/common/cli.h"
@@ -260,20 +261,32 @@ int main(int argc, char **argv) {
     double t = time_kernel("add", {&A, &B}, {&Y}) - p.instruction_overhead_s;
     p.memory_bandwidth_gbps = 3.0 * 32 * 1048576 / t / 1e9;
     src["memory_bandwidth_gbps"] = "lora-bench: the CPU add kernel on 3 x 32 MiB (bytes read + written / time)";
-    // GEMM classes: linear_fwd with (M, K) x (N, K)^T, the smallest side = the class.
+    // One GEMM library call's fixed cost: linear_fwd's time on (M x 64) x (64 x 64) is close to
+    // linear in M; its intercept at M = 0 (from M = 32 and 512) less the kernel's fixed cost is what
+    // a call costs besides its work (a 1 x 1 x 1 call skips the packing setup that real shapes pay).
+    {
+      Buf x1({32, 64}), x2({512, 64}), w({64, 64}), o1({32, 64}), o2({512, 64});
+      const double t1 = time_kernel("linear_fwd", {&x1, &w}, {&o1}), t2 = time_kernel("linear_fwd", {&x2, &w}, {&o2});
+      p.gemm_call_s = std::max(0.0, t1 - 32.0 * (t2 - t1) / 480.0 - p.instruction_overhead_s);
+      src["gemm_call_s"] = "lora-bench: the CPU linear_fwd kernel on (M x 64) x (64 x 64), its time extrapolated to M = 0 "
+                           "from M = 32 and 512, minus instruction_overhead_s (one GEMM library call: " +
+                           rt::cpu::gemm_library_description() + ")";
+    }
+    // GEMM classes: linear_fwd with (M, K) x (N, K)^T, the smallest side = the class; the rate
+    // is net of the call's fixed cost (gemm_call_s), which the cost model charges per call.
     for (plan::ElemType dt : {plan::ElemType::F32, plan::ElemType::BF16}) {
       std::vector<planner::GemmRate> rates;
       for (int64_t d : {4, 16, 64, 256, 1024}) {
         int64_t m = std::max<int64_t>(512, d), n = std::max<int64_t>(512, d), k = d;
         Buf x({m, k}, dt), w({n, k}, dt), out({m, n}, dt);
-        double s = time_kernel("linear_fwd", {&x, &w}, {&out}) - p.instruction_overhead_s;
+        double s = time_kernel("linear_fwd", {&x, &w}, {&out}) - p.instruction_overhead_s - p.gemm_call_s;
         rates.push_back({d == 4 ? 0 : d, 2.0 * m * n * k / std::max(s, 1e-9) / 1e12});
       }
       const std::string prec = dt == plan::ElemType::BF16 ? "bf16" : "fp32";
       p.gemm[prec] = rates;
-      src["gemm." + prec] = "lora-bench: the CPU linear_fwd kernel (OpenBLAS sgemm" +
+      src["gemm." + prec] = "lora-bench: the CPU linear_fwd kernel (" + rt::cpu::gemm_library_description() + " sgemm" +
                             std::string(dt == plan::ElemType::BF16 ? " on operands widened from bf16 and rounded back" : "") +
-                            ") on (max(512,d) x d) x (d x max(512,d)), d = the class's min_dim (4 for class 0)";
+                            ") on (max(512,d) x d) x (d x max(512,d)), d = the class's min_dim (4 for class 0), net of gemm_call_s";
     }
     // Attention: causal, B=1, H=8, T=256, Dh=64.
     Buf q({1, 8, 256, 64}), k({1, 8, 256, 64}), v({1, 8, 256, 64}), o({1, 8, 256, 64});
