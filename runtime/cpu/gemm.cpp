@@ -67,6 +67,11 @@ bool gemm_library_available(GemmLibrary lib) {
 
 std::string set_gemm_library(const std::string &name) {
   if (name.empty() || name == "auto") {
+    const char *v = std::getenv("PARALLORA_CPU_GEMM");
+    if (v && *v && std::strcmp(v, "auto") != 0) {  // the environment's choice, checked like the flag's
+      const std::string err = set_gemm_library(v);
+      return err.empty() ? "" : "PARALLORA_CPU_GEMM=" + std::string(v) + ": " + err;
+    }
     g_library.store(int(default_library()));
     return "";
   }

@@ -106,7 +106,8 @@ Status SessionRun::setup() {
   }
   cpu::set_num_threads(threads);
   if (a.backend == "cpu")
-    if (std::string err = cpu::set_gemm_library(a.cpu_gemm); !err.empty()) return fail("--cpu-gemm " + a.cpu_gemm + ": " + err);
+    if (std::string err = cpu::set_gemm_library(a.cpu_gemm); !err.empty())
+      return fail(a.cpu_gemm == "auto" ? err : "--cpu-gemm " + a.cpu_gemm + ": " + err);
   if (a.backend == "cuda") {
     // The CUDA backend module (runtime/cuda/plugin.h). Every rank uses device (local rank %
     // device count), chosen on first use by the backend (OMPI_COMM_WORLD_LOCAL_RANK).
