@@ -231,14 +231,9 @@ TEST(CostModel, HandCheckedOverlappedBucket) {
   EXPECT_NEAR(cost_plan(p, round_profile()).step_s, (2 * 2.024 + 15) * 1e-6 + kControl2, 1e-12);
 }
 
-// Two pipeline stages, GPipe, 2 micro-batches. Stage times (send/recv cost their overhead only;
-// the transfer, 10 us + 256 B / 1 GB/s = 10.256 us, is the simulated stage-to-stage latency):
-//   stage 0: forward = linear 2.024 + send 1 = 3.024; backward = recv 1 + add 1.512 = 2.512
-//   stage 1: forward = recv 1 + add 1.512 = 2.512;    backward = linear 2.024 + send 1 = 3.024
-// Simulation: F0 0-3.024, 3.024-6.048; F1 13.28-15.792, 16.304-18.816; B1 18.816-21.84,
-// 21.84-24.864; B0 32.096-34.608, 35.12-37.632. Step = 37.632 us (stage 1 done at 24.864;
-// its idle = 37.632 - 2 x (2.512 + 3.024) = 26.56 us).
-TEST(CostModel, HandCheckedPipeline) {
+// Two pipeline stages, 2 micro-batches, gpipe: stage 0 runs linear + send forward and recv + add
+// backward, stage 1 the mirror image (HandCheckedPipeline, WakeLatencyOnPipelineTransfersAndControl).
+plan::Plan two_stage_gpipe_plan() {
   plan::Plan p;
   p.mesh = {1, 1, 2};
   p.world_size = 2;
@@ -256,6 +251,18 @@ TEST(CostModel, HandCheckedPipeline) {
     else r.programs = {{"forward", {recv, add}}, {"backward", {linear, send}}, {"optimizer_step", {}}};
     p.ranks.push_back(r);
   }
+  return p;
+}
+
+// Two pipeline stages, GPipe, 2 micro-batches. Stage times (send/recv cost their overhead only;
+// the transfer, 10 us + 256 B / 1 GB/s = 10.256 us, is the simulated stage-to-stage latency):
+//   stage 0: forward = linear 2.024 + send 1 = 3.024; backward = recv 1 + add 1.512 = 2.512
+//   stage 1: forward = recv 1 + add 1.512 = 2.512;    backward = linear 2.024 + send 1 = 3.024
+// Simulation: F0 0-3.024, 3.024-6.048; F1 13.28-15.792, 16.304-18.816; B1 18.816-21.84,
+// 21.84-24.864; B0 32.096-34.608, 35.12-37.632. Step = 37.632 us (stage 1 done at 24.864;
+// its idle = 37.632 - 2 x (2.512 + 3.024) = 26.56 us).
+TEST(CostModel, HandCheckedPipeline) {
+  plan::Plan p = two_stage_gpipe_plan();
   PlanCost c = cost_plan(p, round_profile());
   EXPECT_NEAR(c.step_s, 37.632e-6 + kControl2, 1e-12);
   EXPECT_NEAR(c.ranks[0].step_s, 37.632e-6, 1e-12);
@@ -353,23 +360,7 @@ TEST(CostModel, HandCheckedZeroBubblePipeline) {
 // at 24.864 + 5 = 29.864 us), so at the control all-reduce it has waited ~18 us > 3 us: asleep,
 // it pays the wake-up: 10.024 + 3 us.
 TEST(CostModel, WakeLatencyOnPipelineTransfersAndControl) {
-  plan::Plan p;
-  p.mesh = {1, 1, 2};
-  p.world_size = 2;
-  p.micro_batches = 2;
-  p.pipeline_schedule = "gpipe";
-  for (int rank = 0; rank < 2; ++rank) {
-    plan::RankPlan r;
-    r.rank = rank;
-    r.pp_stage = rank;
-    r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
-    plan::AttrValue peer = int64_t(1 - rank);
-    plan::Instr linear = instr("linear_fwd", {0, 1}, {2}), add = instr("add", {2, 2}, {3});
-    plan::Instr send = instr("send", {2}, {}, {{"peer", peer}}), recv = instr("recv", {}, {2}, {{"peer", peer}});
-    if (rank == 0) r.programs = {{"forward", {linear, send}}, {"backward", {recv, add}}, {"optimizer_step", {}}};
-    else r.programs = {{"forward", {recv, add}}, {"backward", {linear, send}}, {"optimizer_step", {}}};
-    p.ranks.push_back(r);
-  }
+  plan::Plan p = two_stage_gpipe_plan();
   DeviceProfile dev = round_profile();
   dev.intra_node.send.wake_s = 5e-6;
   dev.intra_node.all_reduce.wake_s = 3e-6;
