@@ -13,7 +13,7 @@ and compare the plan's predictions with the run's summary.json:
     RankPlan::peak_bytes (the compiler) vs the runtime's allocation high-water mark
     (alloc_peak_bytes: the executor's block + the CPU bf16 widening scratch; not RSS).
 
-  validate_planner.py --build build [--profile cpu-local | --calibrate p.json] [--steps 30] [--out out/validate]
+  validate_planner.py --build build [--profile cpu-local | --calibrate p.json] [--steps 30] [--repeats 1] [--out out/validate]
                       [--json out.json]
 
 Prints a Markdown table, then the goal verdict (median |time error| <= 5%, worst <= 10%, no pair
@@ -135,6 +135,9 @@ def main():
                     "lora-bench --calibrate --hf-config <the model> --batch <batch> --seq-len <seq>)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each timed strategy (back to back); its measured step is the median of the runs' "
+                         "median steps (default 1)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max-time-ranks", type=int, default=2, help="judge time only up to this many ranks (cores)")
     ap.add_argument("--strategies", default="", help="comma-separated subset of the names above")
@@ -146,6 +149,8 @@ def main():
                     help="first calibrate this machine into PROFILE.json (mpirun -np 2 lora-bench --calibrate at the "
                     "model's shapes, --step-plan = the single-rank plan of the model) and validate with it")
     a = ap.parse_args()
+    if a.repeats < 1 or a.steps < 2:
+        ap.error("--repeats must be at least 1 and --steps at least 2")
     if a.replot:
         plot(json.load(open(a.replot))["results"], a.plot)
         return
@@ -187,10 +192,14 @@ def main():
         timed = n <= a.max_time_ranks
         run = ["mpirun", "-np", str(n), run_bin, plan, "--data", a.data, "--steps", str(a.steps if timed else 3),
                "--threads", "1", "--out", os.path.join(d, "run"), "--overwrite"] + (["--profile"] if n == 1 else [])
-        p = subprocess.run(run, capture_output=True, text=True, env=env)
-        if p.returncode:
-            sys.exit(f"validate_planner: {name}: lora-run failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
-        s = json.load(open(os.path.join(d, "run", "summary.json")))
+        medians = []
+        for _ in range(a.repeats if timed else 1):  # --repeats: the median of the runs' medians
+            p = subprocess.run(run, capture_output=True, text=True, env=env)
+            if p.returncode:
+                sys.exit(f"validate_planner: {name}: lora-run failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+            s = json.load(open(os.path.join(d, "run", "summary.json")))
+            medians.append(s["step_time_s_median"])
+        measured = statistics.median(medians)
         mem = []
         for r in s["ranks"]:
             mem.append({"rank": r["rank"], "measured": r["alloc_peak_bytes"], "planner": r["predicted_alloc_bytes"],
@@ -205,9 +214,10 @@ def main():
             ops = {"tv_distance": 0.5 * sum(abs(pred_ops.get(k, 0) / tp - meas.get(k, 0) / tm) for k in keys),
                    "predicted": pred_ops, "measured_per_step": {k: v / a.steps for k, v in meas.items()}}
         results.append({"name": name, "ranks": n, "timed": timed, "predicted_s": s["predicted_step_s"],
-                        "measured_s": s["step_time_s_median"], "memory": mem, "ops": ops})
+                        "measured_s": measured, "measured_runs_s": medians, "memory": mem, "ops": ops})
         print(f"validate_planner: {name}: predicted {1e3 * s['predicted_step_s']:.3f} ms, measured "
-              f"{1e3 * s['step_time_s_median']:.3f} ms", file=sys.stderr)
+              f"{1e3 * measured:.3f} ms" + (f" (median of {', '.join(f'{1e3 * x:.3f}' for x in medians)})"
+                                            if len(medians) > 1 else ""), file=sys.stderr)
 
     def err(p, m):
         return 100.0 * (p - m) / m if m else 0.0
