@@ -136,8 +136,8 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1,
-                    help="runs of each timed strategy (back to back); its measured step is the median of the runs' "
-                         "median steps (default 1)")
+                    help="rounds: each round runs every timed strategy once, in turn; a strategy's measured step is "
+                         "the median of its rounds' median steps (default 1)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max-time-ranks", type=int, default=2, help="judge time only up to this many ranks (cores)")
     ap.add_argument("--strategies", default="", help="comma-separated subset of the names above")
@@ -176,7 +176,10 @@ def main():
         if p.returncode:
             sys.exit("validate_planner: --calibrate: lora-bench failed")
         a.profile = os.path.realpath(a.calibrate)
-    results = []
+    # Compile every strategy, then run them in rounds: round k runs each strategy once (its k-th
+    # run), so a slow spell of the machine hits one run of several strategies instead of every
+    # run of one; a timed strategy's measured step is the median of its rounds' median steps.
+    jobs = []
     for name, flags in chosen:
         d = os.path.join(a.out, name)
         os.makedirs(d, exist_ok=True)
@@ -192,13 +195,20 @@ def main():
         timed = n <= a.max_time_ranks
         run = ["mpirun", "-np", str(n), run_bin, plan, "--data", a.data, "--steps", str(a.steps if timed else 3),
                "--threads", "1", "--out", os.path.join(d, "run"), "--overwrite"] + (["--profile"] if n == 1 else [])
-        medians = []
-        for _ in range(a.repeats if timed else 1):  # --repeats: the median of the runs' medians
-            p = subprocess.run(run, capture_output=True, text=True, env=env)
+        jobs.append({"name": name, "n": n, "timed": timed, "run": run, "dir": d, "pred_ops": pred_ops,
+                     "medians": [], "summary": None})
+    for k in range(a.repeats):
+        for j in jobs:
+            if k > 0 and not j["timed"]:
+                continue  # memory only: one run
+            p = subprocess.run(j["run"], capture_output=True, text=True, env=env)
             if p.returncode:
-                sys.exit(f"validate_planner: {name}: lora-run failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
-            s = json.load(open(os.path.join(d, "run", "summary.json")))
-            medians.append(s["step_time_s_median"])
+                sys.exit(f"validate_planner: {j['name']}: lora-run failed:\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+            j["summary"] = json.load(open(os.path.join(j["dir"], "run", "summary.json")))
+            j["medians"].append(j["summary"]["step_time_s_median"])
+    results = []
+    for j in jobs:
+        name, n, s, pred_ops, medians = j["name"], j["n"], j["summary"], j["pred_ops"], j["medians"]
         measured = statistics.median(medians)
         mem = []
         for r in s["ranks"]:
@@ -213,7 +223,7 @@ def main():
             # 0 = the model puts the time in the same places as the run; load scales both alike.
             ops = {"tv_distance": 0.5 * sum(abs(pred_ops.get(k, 0) / tp - meas.get(k, 0) / tm) for k in keys),
                    "predicted": pred_ops, "measured_per_step": {k: v / a.steps for k, v in meas.items()}}
-        results.append({"name": name, "ranks": n, "timed": timed, "predicted_s": s["predicted_step_s"],
+        results.append({"name": name, "ranks": n, "timed": j["timed"], "predicted_s": s["predicted_step_s"],
                         "measured_s": measured, "measured_runs_s": medians, "memory": mem, "ops": ops})
         print(f"validate_planner: {name}: predicted {1e3 * s['predicted_step_s']:.3f} ms, measured "
               f"{1e3 * measured:.3f} ms" + (f" (median of {', '.join(f'{1e3 * x:.3f}' for x in medians)})"
