@@ -126,7 +126,7 @@ def footnotes(study):
     if st["backend"] == "cpu":
         notes.append("Memory per device on CPU: the plan's buffers as allocated per rank (arena x slots + persistent "
                      "weights, adapters, gradients, AdamW moments), the largest rank; the compiler's prediction in "
-                     "parentheses. Process RSS (MPI, OpenBLAS, code) is listed apart and not used in ratios.")
+                     "parentheses. Process RSS (MPI, the BLAS libraries, code) is listed apart and not used in ratios.")
         notes.append("compute / comm / idle: seconds of all ranks' training steps spent in kernels, in communication "
                      "(including waiting for peers) and in neither.")
     else:
