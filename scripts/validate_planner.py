@@ -168,9 +168,14 @@ def main():
                            env=env)
         if p.returncode:
             sys.exit(f"validate_planner: --calibrate: lora-compile failed:\n{p.stderr[-2000:]}")
+        cal_bf16 = os.path.join(a.out, "calibration_bf16.lp")  # the same model in bf16: in_step.bf16
+        p = subprocess.run([compile_bin] + base + ["--micro-batches", "1", "--precision", "bf16", "-o", cal_bf16],
+                           capture_output=True, text=True, env=env)
+        if p.returncode:
+            sys.exit(f"validate_planner: --calibrate: lora-compile (bf16) failed:\n{p.stderr[-2000:]}")
         bench = ["mpirun", "-np", "2", os.path.join(a.build, "tools/lora-bench/lora-bench"), "--calibrate", "--hf-config",
                  a.config, "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--threads", "1", "--step-plan", cal_plan,
-                 "--name", "cpu-local", "-o", a.calibrate]
+                 "--step-plan-bf16", cal_bf16, "--name", "cpu-local", "-o", a.calibrate]
         print("validate_planner: " + " ".join(bench), file=sys.stderr)
         p = subprocess.run(bench, text=True, env=env)
         if p.returncode:

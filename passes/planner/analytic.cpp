@@ -121,7 +121,8 @@ std::vector<int> balance_units(const std::vector<double> &cost, int parts) {
   return stage;
 }
 
-Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &dev) {
+Estimate estimate(const ModelDims &m, const Candidate &c, const DeviceProfile &dev_in) {
+  const DeviceProfile dev = dev_in.for_precision(c.precision);  // the in-step factors of the candidate's precision
   Estimate e;
   const std::string &prec = c.precision;
   const double es = prec == "bf16" ? 2 : 4;

@@ -347,7 +347,8 @@ double control_seconds(const plan::Plan &p, const DeviceProfile &dev, double ske
   return l.seconds(static_cast<double>(rt::all_reduce_bytes_sent(3 * 8, world))) + (skew_s > l.wake_s ? l.wake_s : 0.0);
 }
 
-PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev) {
+PlanCost cost_plan(const plan::Plan &p, const DeviceProfile &dev_in) {
+  const DeviceProfile dev = dev_in.for_precision(p.precision);  // the in-step factors of the plan's precision
   PlanCost pc;
   pc.ranks.resize(p.ranks.size());
   const int M = static_cast<int>(std::max<int64_t>(1, p.micro_batches));
@@ -426,7 +427,8 @@ int64_t predicted_alloc_bytes(const plan::RankPlan &r, bool cpu_scratch) {
   return bytes;
 }
 
-std::map<std::string, double> op_seconds(const plan::Plan &p, int rank, const DeviceProfile &dev) {
+std::map<std::string, double> op_seconds(const plan::Plan &p, int rank, const DeviceProfile &dev_in) {
+  const DeviceProfile dev = dev_in.for_precision(p.precision);
   std::map<std::string, double> out;
   const plan::RankPlan &r = p.ranks[static_cast<size_t>(rank)];
   for (const plan::Program &prog : r.programs) {

@@ -179,10 +179,23 @@ StatusOr<DeviceProfile> parse_checked(const std::string &text, const std::string
     const json &is = j["in_step"];
     if (version < 2) return Status::error(file + ": in_step: needs version 2 (got version " + std::to_string(version) + ")");
     if (!is.is_object()) return Status::error(file + ": in_step: expected an object");
-    for (auto it = is.begin(); it != is.end() && r.error.empty(); ++it) {
-      if (it.key() == "dispatch_overhead_s") p.dispatch_overhead_s = r.number(is, "in_step.", it.key(), true);
-      else if (it.key() == "gemm" || it.key() == "attention" || it.key() == "memory") p.in_step_factor[it.key()] = r.number(is, "in_step.", it.key());
-      else if (it.key() != "source") r.error = file + ": in_step." + it.key() + ": unknown (expected gemm, attention, memory, dispatch_overhead_s)";
+    auto factors = [&](const json &o, const std::string &path, std::map<std::string, double> &f, double &dispatch,
+                       bool allow_bf16) {
+      for (auto it = o.begin(); it != o.end() && r.error.empty(); ++it) {
+        if (it.key() == "dispatch_overhead_s") dispatch = r.number(o, path, it.key(), true);
+        else if (it.key() == "gemm" || it.key() == "attention" || it.key() == "memory") f[it.key()] = r.number(o, path, it.key());
+        else if (allow_bf16 && it.key() == "bf16") {
+          if (!it->is_object()) r.error = file + ": " + path + "bf16: expected an object";
+        } else if (it.key() != "source")
+          r.error = file + ": " + path + it.key() + ": unknown (expected gemm, attention, memory, dispatch_overhead_s" +
+                    (allow_bf16 ? ", bf16)" : ")");
+      }
+    };
+    factors(is, "in_step.", p.in_step_factor, p.dispatch_overhead_s, true);
+    if (r.error.empty() && is.contains("bf16") && is["bf16"].is_object()) {
+      double d = -1;
+      factors(is["bf16"], "in_step.bf16.", p.in_step_factor_bf16, d, false);
+      p.dispatch_overhead_bf16_s = d;
     }
   }
   if (r.error.empty()) {
@@ -243,6 +256,9 @@ std::string device_profile_json(const DeviceProfile &p, const std::map<std::stri
   for (auto &[cls, f] : p.in_step_factor) j["in_step"][cls] = valued(f, "in_step." + cls);
   if (!p.in_step_factor.empty() || p.dispatch_overhead_s > 0)
     j["in_step"]["dispatch_overhead_s"] = valued(p.dispatch_overhead_s, "in_step.dispatch_overhead_s");
+  for (auto &[cls, f] : p.in_step_factor_bf16) j["in_step"]["bf16"][cls] = valued(f, "in_step.bf16." + cls);
+  if (p.dispatch_overhead_bf16_s >= 0)
+    j["in_step"]["bf16"]["dispatch_overhead_s"] = valued(p.dispatch_overhead_bf16_s, "in_step.bf16.dispatch_overhead_s");
   auto link = [&](const LinkCost &l, const std::string &k) {
     json o{{"alpha_s", l.alpha_s}, {"bus_gbps", l.bus_gbps}, {"source", src(k)}};
     if (l.wake_s > 0) o["wake_s"] = l.wake_s;

@@ -71,6 +71,22 @@ struct DeviceProfile {
   // GEMM rates are then measured net of it. Without it small GEMMs (small micro-batches, data
   // parallel shards) cost proportionally less than they do.
   double gemm_call_s = 0;
+  // Version 2, optional ("in_step": {"bf16": {...}}): the same factors and dispatch measured on a
+  // bf16 plan (lora-bench --step-plan-bf16), whose kernels also widen and round; for_precision()
+  // puts them in place for a bf16 plan.
+  std::map<std::string, double> in_step_factor_bf16;
+  double dispatch_overhead_bf16_s = -1;  // < 0: none measured
+
+  /// This profile as it applies to a plan of storage `precision`: for "bf16", the bf16 in-step
+  /// factors and dispatch replace the fp32 ones when the profile has them; otherwise unchanged.
+  DeviceProfile for_precision(const std::string &precision) const {
+    DeviceProfile d = *this;
+    if (precision == "bf16" && !in_step_factor_bf16.empty()) {
+      d.in_step_factor = in_step_factor_bf16;
+      if (dispatch_overhead_bf16_s >= 0) d.dispatch_overhead_s = dispatch_overhead_bf16_s;
+    }
+    return d;
+  }
 
   /// The factor of op class `cls` (1 without one).
   double factor(const std::string &cls) const {

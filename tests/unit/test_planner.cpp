@@ -152,7 +152,35 @@ TEST(CostModel, InStepFactorsAndDispatch) {
   EXPECT_EQ(bad.message(), "v1.json: in_step: needs version 2 (got version 1)");
   v2.replace(v2.find("\"memory\": 3"), 11, "\"memroy\": 3");
   EXPECT_EQ(parse_device_profile(v2, "typo.json").message(),
-            "typo.json: in_step.memroy: unknown (expected gemm, attention, memory, dispatch_overhead_s)");
+            "typo.json: in_step.memroy: unknown (expected gemm, attention, memory, dispatch_overhead_s, bf16)");
+}
+
+// in_step.bf16 (lora-bench --step-plan-bf16): a bf16 plan is costed with the bf16 factors and
+// dispatch, an fp32 plan with the fp32 ones. InStepFactorsAndDispatch's plan (linear_fwd 2.024
+// us = 1 + 1.024 work, add 1.512 = 1 + 0.512, per micro-batch, 2 micro-batches): with bf16 gemm 3,
+// memory 5 and dispatch 1 us: 2 x ((1 + 1 + 3 x 1.024) + (1 + 1 + 5 x 0.512)) = 2 x 9.632 us.
+TEST(CostModel, Bf16InStepFactorsApplyToBf16Plans) {
+  plan::Plan p;
+  p.micro_batches = 2;
+  plan::RankPlan r;
+  r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
+  r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2}), instr("add", {2, 2}, {3})}}, {"optimizer_step", {}}};
+  p.ranks = {r};
+  std::string v2 = kProfile;
+  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
+  v2.insert(v2.rfind('}'), R"(, "in_step": {"gemm": 2, "memory": 3, "dispatch_overhead_s": 5e-7,
+                              "bf16": {"gemm": 3, "memory": 5, "dispatch_overhead_s": 1e-6}})");
+  auto dev = parse_device_profile(v2, "v2.json");
+  ASSERT_TRUE(dev.is_ok()) << dev.message();
+  EXPECT_NEAR(cost_plan(p, *dev).step_s, 2 * 6.584e-6, 1e-12);  // fp32: InStepFactorsAndDispatch
+  p.precision = "bf16";
+  EXPECT_NEAR(cost_plan(p, *dev).step_s, 2 * 9.632e-6, 1e-12);
+  auto back = parse_device_profile(device_profile_json(*dev, {}), "written.json");
+  ASSERT_TRUE(back.is_ok()) << back.message();
+  EXPECT_NEAR(cost_plan(p, *back).step_s, 2 * 9.632e-6, 1e-12);
+  v2.replace(v2.find("\"memory\": 5"), 11, "\"memroy\": 5");
+  EXPECT_EQ(parse_device_profile(v2, "typo.json").message(),
+            "typo.json: in_step.bf16.memroy: unknown (expected gemm, attention, memory, dispatch_overhead_s)");
 }
 
 // gemm_call_s (profile version 2) is charged once per GEMM library call of a linear kernel, on top

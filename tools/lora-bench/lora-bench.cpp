@@ -188,12 +188,16 @@ int main(int argc, char **argv) {
                                            "instead of a mid-size layer")->check(CLI::ExistingFile);
   app.add_option("--batch", shape.batch, "with --hf-config: sequences per rank and micro-batch")->check(cli::at_least(1));
   app.add_option("--seq-len", shape.seq, "with --hf-config: sequence length")->check(cli::at_least(2));
-  std::string step_plan;
+  std::string step_plan, step_plan_bf16;
   int step_steps = 20;
   double link_wait_ms = 2;
   app.add_option("--step-plan", step_plan, "also run this single-rank plan (lora-compile of the calibration model) through "
                                            "the executor with its profiler and store the in-step factors per op class and "
                                            "the dispatch time per instruction (profile version 2)")->check(CLI::ExistingFile);
+  app.add_option("--step-plan-bf16", step_plan_bf16,
+                 "with --step-plan: the same model compiled with --precision bf16; its in-step factors and dispatch "
+                 "apply to bf16 plans (in_step.bf16)")
+      ->check(CLI::ExistingFile);
   app.add_option("--step-steps", step_steps, "with --step-plan: profiled training steps (after 2 warm-up steps)")
       ->check(cli::at_least(1));
   app.add_option("--link-wait-ms", link_wait_ms, "2 ranks: how long the waiting rank polls before a small message "
@@ -223,11 +227,16 @@ int main(int argc, char **argv) {
     std::cerr << "error: nothing to do: give --calibrate (see lora-bench --help)\n";
     return cli::kExitUsageError;
   }
-  if (!step_plan.empty())  // before minutes of kernel timing
-    if (Status s = bench::check_step_plan(step_plan); !s) {
-      std::cerr << "error: " << s.message() << "\n";
-      return cli::kExitUsageError;
-    }
+  if (!step_plan_bf16.empty() && step_plan.empty()) {
+    std::cerr << "error: --step-plan-bf16 goes with --step-plan\n";
+    return cli::kExitUsageError;
+  }
+  for (const std::string &sp : {step_plan, step_plan_bf16})  // before minutes of kernel timing
+    if (!sp.empty())
+      if (Status s = bench::check_step_plan(sp); !s) {
+        std::cerr << "error: " << s.message() << "\n";
+        return cli::kExitUsageError;
+      }
   MPI_Init(&argc, &argv);
   int rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -358,23 +367,29 @@ int main(int argc, char **argv) {
     p.peak_tflops = 0;
     for (const planner::GemmRate &r : p.gemm["fp32"]) p.peak_tflops = std::max(p.peak_tflops, r.tflops);
     src["peak_tflops"] = "lora-bench: the best measured fp32 GEMM rate (the CPU has no data-sheet bf16 peak)";
-    if (!step_plan.empty()) {
-      auto is = bench::measure_in_step(step_plan, p, step_steps);
+    // In-step factors: measured against the hot-loop profile without any (hot), fp32 plan first.
+    const planner::DeviceProfile hot = p;
+    for (int k = 0; k < 2; ++k) {
+      const bool bf16 = k == 1;
+      const std::string &sp = bf16 ? step_plan_bf16 : step_plan;
+      if (sp.empty()) continue;
+      auto is = bench::measure_in_step(sp, hot, step_steps);
       if (!is) {
         std::cerr << "error: " << is.message() << "\n";
         MPI_Abort(MPI_COMM_WORLD, 1);
       }
-      p.in_step_factor = is->factor;
-      p.dispatch_overhead_s = is->dispatch_s;
+      const std::string key = bf16 ? "in_step.bf16." : "in_step.", flag = bf16 ? "--step-plan-bf16" : "--step-plan";
+      (bf16 ? p.in_step_factor_bf16 : p.in_step_factor) = is->factor;
+      (bf16 ? p.dispatch_overhead_bf16_s : p.dispatch_overhead_s) = is->dispatch_s;
       for (auto &[c, f] : is->factor) {
-        src["in_step." + c] = "lora-bench --step-plan: measured in-step " + c + " kernel time / the hot-loop prediction (work " +
-                              "part, the per-instruction fixed cost excluded) over " + is->describe;
-        std::fprintf(stderr, "lora-bench: in-step %-9s measured %.3f ms/step, hot-loop prediction %.3f ms: factor %.3f\n",
-                     c.c_str(), 1e3 * is->measured_s[c], 1e3 * is->predicted_s[c], f);
+        src[key + c] = "lora-bench " + flag + ": measured in-step " + c + " kernel time / the hot-loop prediction (work " +
+                       "part, the per-instruction fixed cost excluded) over " + is->describe;
+        std::fprintf(stderr, "lora-bench: in-step%s %-9s measured %.3f ms/step, hot-loop prediction %.3f ms: factor %.3f\n",
+                     bf16 ? " (bf16)" : "", c.c_str(), 1e3 * is->measured_s[c], 1e3 * is->predicted_s[c], f);
       }
-      src["in_step.dispatch_overhead_s"] = "lora-bench --step-plan: (wall time - kernel time) / instructions over " + is->describe;
-      std::fprintf(stderr, "lora-bench: in-step step %.3f ms wall, %lld instructions: dispatch %.2f us per instruction\n",
-                   1e3 * is->step_wall_s, static_cast<long long>(is->instructions), 1e6 * is->dispatch_s);
+      src[key + "dispatch_overhead_s"] = "lora-bench " + flag + ": (wall time - kernel time) / instructions over " + is->describe;
+      std::fprintf(stderr, "lora-bench: in-step%s step %.3f ms wall, %lld instructions: dispatch %.2f us per instruction\n",
+                   bf16 ? " (bf16)" : "", 1e3 * is->step_wall_s, static_cast<long long>(is->instructions), 1e6 * is->dispatch_s);
     }
   }
   // Links: 2 ranks (one per core), through the runtime's communicator (time_comm). Alpha = a
