@@ -114,6 +114,7 @@ Status write_run_summary(const RunInfo &info, const RunStats &stats, const plan:
                   {"adapter", info.out_dir + "/adapter"},
                   {"threads", info.threads},
                   {"omp_wait_policy", info.omp_wait_policy},
+                  {"cpu_gemm", info.cpu_gemm},
                   {"backend", info.backend},
                   {"world_size", plan.world_size},
                   {"mesh", {{"dp", mesh.dp}, {"tp", mesh.tp}, {"pp", mesh.pp}}},

@@ -44,6 +44,7 @@ struct RunStats {
 /// The run's settings as the summary reports them.
 struct RunInfo {
   std::string plan_path, fingerprint, out_dir, metrics_path, backend, omp_wait_policy;
+  std::string cpu_gemm;  // the cpu backend's GEMM library ("oneDNN 2.6.3 (avx512)"); "" on cuda
   std::string gpu_name, nvml_why, base_weights;
   int64_t steps = 0, start_step = 0;
   int threads = 0;

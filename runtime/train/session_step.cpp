@@ -19,6 +19,7 @@
 
 #include "runtime/base/bf16.h"
 #include "runtime/base/safetensors.h"
+#include "runtime/cpu/blas_core.h"
 #include "runtime/train/adapter_export.h"
 #include "runtime/train/session_run.h"
 #include "runtime/train/trace.h"
@@ -410,6 +411,7 @@ Status SessionRun::finish() {
   info.metrics_path = metrics_path;
   info.backend = a.backend;
   info.omp_wait_policy = omp_wait_policy();
+  if (a.backend == "cpu") info.cpu_gemm = cpu::gemm_library_description();
   info.gpu_name = gpu_name;
   info.nvml_why = nvml_why;
   info.base_weights = ex.base_weights_used();
