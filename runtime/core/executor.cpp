@@ -289,7 +289,7 @@ Status Executor::init_parameters(const std::string &weights_path, uint64_t seed,
     std::map<std::string, std::pair<uint32_t, size_t>> read;  // name -> (crc of its bytes, size)
     for (const plan::Buffer *b : list) {
       const TensorView *v = store->find(b->name);
-      if (!read.count(b->name)) read[b->name] = {crc32_bytes(v->data, v->nbytes), v->nbytes};
+      if (auto [it, fresh] = read.try_emplace(b->name); fresh) it->second = {crc32_bytes(v->data, v->nbytes), v->nbytes};
       const Tensor &t = tensors_[0][b->id].tensor;
       if (b->dtype == plan::ElemType::I32)
         return Status::error("parameter '" + b->name + "' is i32; only float parameters can be read from a checkpoint");

@@ -211,8 +211,11 @@ void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float al
     }
   };
   const bool nested = omp_in_parallel();
+  // Tiles one after another: one tile, inside a parallel region, under a caller's SerialBlas, or
+  // one thread; else on the team.
+  const bool in_turn = t.tiles == 1 || nested || t_serial > 0 || omp_get_max_threads() == 1;
   SerialBlas serial(!nested);  // pthread OpenBLAS: one thread per call (not from inside a region)
-  if (t.tiles == 1 || t_serial > 1 || nested || omp_get_max_threads() == 1) {
+  if (in_turn) {
     for (int64_t i = 0; i < t.tiles; ++i) tile(i);
     return;
   }

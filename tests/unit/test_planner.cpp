@@ -103,16 +103,30 @@ TEST(DeviceProfile, WrittenProfileReadsBack) {
 }
 
 // One rank, micro_step = linear_fwd then add, 2 micro-batches, empty optimizer step.
-//   linear_fwd x (4,8) W (16,8): 1 us overhead + 2*4*16*8 FLOP / 1 GFLOP/s = 1 + 1.024 = 2.024 us
-//   add y (4,16) + y -> z (4,16): 1 us + (256 B read once + 256 B written) / 1 GB/s = 1.512 us
-//   step = 2 x (2.024 + 1.512) = 7.072 us
-TEST(CostModel, HandCheckedSingleRank) {
+plan::Plan linear_add_plan() {
   plan::Plan p;
   p.micro_batches = 2;
   plan::RankPlan r;
   r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
   r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2}), instr("add", {2, 2}, {3})}}, {"optimizer_step", {}}};
   p.ranks = {r};
+  return p;
+}
+
+// kProfile as a version-2 file with `extra` (", \"key\": ...") added to its top-level object.
+std::string profile_v2(const std::string &extra) {
+  std::string v2 = kProfile;
+  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
+  v2.insert(v2.rfind('}'), extra);
+  return v2;
+}
+
+// One rank, micro_step = linear_fwd then add, 2 micro-batches, empty optimizer step.
+//   linear_fwd x (4,8) W (16,8): 1 us overhead + 2*4*16*8 FLOP / 1 GFLOP/s = 1 + 1.024 = 2.024 us
+//   add y (4,16) + y -> z (4,16): 1 us + (256 B read once + 256 B written) / 1 GB/s = 1.512 us
+//   step = 2 x (2.024 + 1.512) = 7.072 us
+TEST(CostModel, HandCheckedSingleRank) {
+  plan::Plan p = linear_add_plan();
   PlanCost c = cost_plan(p, round_profile());
   ASSERT_EQ(c.ranks.size(), 1u);
   EXPECT_NEAR(c.step_s, 7.072e-6, 1e-12);
@@ -126,15 +140,8 @@ TEST(CostModel, HandCheckedSingleRank) {
 // A version-1 profile has none (factor 1, no dispatch): the 7.072 us above; a factor in a
 // version-1 file is an error naming it.
 TEST(CostModel, InStepFactorsAndDispatch) {
-  plan::Plan p;
-  p.micro_batches = 2;
-  plan::RankPlan r;
-  r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
-  r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2}), instr("add", {2, 2}, {3})}}, {"optimizer_step", {}}};
-  p.ranks = {r};
-  std::string v2 = kProfile;
-  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
-  v2.insert(v2.rfind('}'), R"(, "in_step": {"gemm": {"value": 2, "source": "test"}, "memory": 3,
+  plan::Plan p = linear_add_plan();
+  std::string v2 = profile_v2(R"(, "in_step": {"gemm": {"value": 2, "source": "test"}, "memory": 3,
                               "dispatch_overhead_s": {"value": 5e-7, "source": "test"}})");
   auto dev = parse_device_profile(v2, "v2.json");
   ASSERT_TRUE(dev.is_ok()) << dev.message();
@@ -160,15 +167,8 @@ TEST(CostModel, InStepFactorsAndDispatch) {
 // us = 1 + 1.024 work, add 1.512 = 1 + 0.512, per micro-batch, 2 micro-batches): with bf16 gemm 3,
 // memory 5 and dispatch 1 us: 2 x ((1 + 1 + 3 x 1.024) + (1 + 1 + 5 x 0.512)) = 2 x 9.632 us.
 TEST(CostModel, Bf16InStepFactorsApplyToBf16Plans) {
-  plan::Plan p;
-  p.micro_batches = 2;
-  plan::RankPlan r;
-  r.buffers = {buf(0, {4, 8}), buf(1, {16, 8}, plan::BufferKind::Param), buf(2, {4, 16}), buf(3, {4, 16})};
-  r.programs = {{"micro_step", {instr("linear_fwd", {0, 1}, {2}), instr("add", {2, 2}, {3})}}, {"optimizer_step", {}}};
-  p.ranks = {r};
-  std::string v2 = kProfile;
-  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
-  v2.insert(v2.rfind('}'), R"(, "in_step": {"gemm": 2, "memory": 3, "dispatch_overhead_s": 5e-7,
+  plan::Plan p = linear_add_plan();
+  std::string v2 = profile_v2(R"(, "in_step": {"gemm": 2, "memory": 3, "dispatch_overhead_s": 5e-7,
                               "bf16": {"gemm": 3, "memory": 5, "dispatch_overhead_s": 1e-6}})");
   auto dev = parse_device_profile(v2, "v2.json");
   ASSERT_TRUE(dev.is_ok()) << dev.message();
@@ -207,8 +207,7 @@ TEST(CostModel, GemmCallCostPerLibraryCall) {
   for (const plan::Instr &in : step) calls += gemm_calls(in);
   EXPECT_EQ(calls, 17);
   EXPECT_EQ(gemm_calls(instr("add", {4, 4}, {4})), 0);
-  std::string v2 = kProfile;
-  v2.replace(v2.find("\"version\": 1"), 12, "\"version\": 2");
+  std::string v2 = profile_v2("");
   auto without = parse_device_profile(v2, "v2.json");
   ASSERT_TRUE(without.is_ok()) << without.message();
   v2.insert(v2.rfind('}'), R"(, "gemm_call_s": {"value": 1e-6, "source": "test"})");

@@ -95,13 +95,13 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
     before = now_c;
     before["*"] = k;
   }
-  auto low = [](std::vector<double> v) {  // the median
+  auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v.empty() ? 0.0 : v[v.size() / 2];
   };
 
   InStep r;
-  r.step_wall_s = low(walls);
+  r.step_wall_s = median(walls);
   std::map<std::string, int64_t> count;  // instructions per step by class
   int64_t gemm_calls = 0;                 // GEMM library calls per step (gemm_call_s each)
   for (const plan::Program &prog : p->ranks[0].programs) {
@@ -115,7 +115,7 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
   std::vector<double> gaps;  // wall - kernels, per step
   for (size_t i = 0; i < walls.size(); ++i) gaps.push_back(walls[i] - kernel_s[i]);
   for (auto &[c, v] : per_class)
-    if (!c.empty()) r.measured_s[c] = low(v);
+    if (!c.empty()) r.measured_s[c] = median(v);
   for (const auto &[op, s] : planner::op_seconds(*p, 0, hot))
     if (std::string c = op_class(op); !c.empty()) r.predicted_s[c] += s;
   for (const auto &[c, pred] : r.predicted_s) {
@@ -124,7 +124,7 @@ StatusOr<InStep> measure_in_step(const std::string &plan_path, const planner::De
     const double work_pred = pred - fixed, work_meas = r.measured_s[c] - fixed;
     if (work_pred > 0 && work_meas > 0) r.factor[c] = work_meas / work_pred;
   }
-  r.dispatch_s = std::max(0.0, low(gaps) / static_cast<double>(std::max<int64_t>(1, r.instructions)));
+  r.dispatch_s = std::max(0.0, median(gaps) / static_cast<double>(std::max<int64_t>(1, r.instructions)));
   r.describe = plan_path + " (" + std::to_string(M) + " micro-batch(es), " + std::to_string(r.instructions) +
                " instructions per step), the median of " + std::to_string(steps) + " profiled steps after 2 warm-up steps";
   return r;

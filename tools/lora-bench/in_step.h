@@ -31,7 +31,7 @@ struct InStep {
   std::map<std::string, double> measured_s;   // per class, per step
   std::map<std::string, double> predicted_s;  // per class, per step (hot-loop rates)
   double dispatch_s = 0;
-  double step_wall_s = 0;                     // wall time of one profiled step (10th percentile)
+  double step_wall_s = 0;                     // wall time of one profiled step (median)
   int64_t instructions = 0;                   // per step
   std::string describe;                       // "plan.lp (1 rank, 2 micro-batches, 1234 instructions per step), 5 steps"
 };
